@@ -1,0 +1,158 @@
+//! The command line. `main` only maps the outcome to an exit code: 0 ok, 1 invalid input, 2 usage.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::certs::placeholder;
+use crate::pipeline;
+use crate::render::Renderer;
+use crate::report::Report;
+use crate::settings::{LogFormat, Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "nginx-smart-proxy", version, about = "Keeps nginx in sync with Docker labels and DOMAINS/SERVICES, safely")]
+pub struct Cli {
+    /// Print the config that would be applied, and exit (writes nothing).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// With --dry-run: write the config to this file instead of standard output.
+    #[arg(long, short, requires = "dry_run")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: keep nginx in sync with the Docker host (the default).
+    Run,
+    /// Print the route table (domain → servers, source, network, TLS, allowlist) and every error.
+    Check {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Exit codes.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_INVALID: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if cli.dry_run {
+        return dry_run(&cli.settings, cli.output.as_deref()).await;
+    }
+    match cli.command {
+        Some(Command::Check { format }) => check(&cli.settings, format).await,
+        Some(Command::Run) | None => {
+            eprintln!(
+                "error: the live agent is not available in this version yet; use `nginx-smart-proxy --dry-run` to print the config or `nginx-smart-proxy check` to see the routes"
+            );
+            Ok(EXIT_USAGE)
+        }
+    }
+}
+
+async fn gather_and_warn(settings: &Settings) -> pipeline::Gathered {
+    let gathered = pipeline::gather(settings).await;
+    if let Some(e) = &gathered.docker_unavailable {
+        tracing::warn!("{e}; container labels were not read, showing env/file routes only");
+    }
+    gathered
+}
+
+async fn dry_run(settings: &Settings, output: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let renderer = match &settings.nginx_template {
+        Some(path) => Renderer::from_file(path)?,
+        None => Renderer::builtin(),
+    };
+    let render_settings = settings.render_settings()?;
+    let gathered = gather_and_warn(settings).await;
+    let table = &gathered.table;
+    let config = renderer.render(table, &render_settings)?;
+    match output {
+        Some(path) => std::fs::write(path, &config).with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::stdout().write_all(config.as_bytes())?,
+    }
+    let mut stderr = std::io::stderr().lock();
+    for d in &table.diagnostics {
+        writeln!(stderr, "{d}")?;
+    }
+    if !settings.local {
+        let missing = placeholder::missing(&settings.certs_dir, table);
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+            writeln!(
+                stderr,
+                "note: no certificate yet for {}: a self-signed placeholder would be written under {}/live/ (dry run: nothing written)",
+                list.join(", "),
+                settings.certs_dir.display()
+            )?;
+        }
+    }
+    Ok(exit_code(table))
+}
+
+async fn check(settings: &Settings, format: Format) -> anyhow::Result<u8> {
+    let gathered = gather_and_warn(settings).await;
+    let table = &gathered.table;
+    let missing = if settings.local { Vec::new() } else { placeholder::missing(&settings.certs_dir, table) };
+    let report = Report::new(table, settings.local, &missing);
+    let text = match format {
+        Format::Text => report.to_text(),
+        Format::Json => report.to_json() + "\n",
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(exit_code(table))
+}
+
+fn exit_code(table: &crate::routes::RouteTable) -> u8 {
+    if table.has_static_errors() {
+        EXIT_INVALID
+    } else {
+        EXIT_OK
+    }
+}

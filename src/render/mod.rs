@@ -1,0 +1,338 @@
+//! Route table → nginx config text, through a minijinja template.
+//!
+//! Architecture invariant: rendering does no IO (the template is loaded before) and only ever
+//! places values of the validated types from `routes::grammar` into the output.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use minijinja::{syntax::SyntaxConfig, Environment, UndefinedBehavior};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::routes::{BackendState, Host, RouteTable};
+
+/// The template compiled into the binary.
+pub const BUILTIN_TEMPLATE: &str = include_str!("../../templates/nginx.conf.j2");
+const BUILTIN_NAME: &str = "nginx.conf.j2 (built in)";
+
+#[derive(Debug, Error)]
+pub enum RenderError {
+    #[error("cannot read template {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("template {name}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Template { name: String, line: Option<usize>, message: String },
+    #[error("{setting} {value:?} is not allowed: {reason}")]
+    Setting { setting: &'static str, value: String, reason: String },
+}
+
+impl RenderError {
+    fn template(e: minijinja::Error) -> Self {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        RenderError::Template { name: e.name().unwrap_or("template").to_string(), line: e.line(), message }
+    }
+}
+
+/// An nginx version, to pick syntax the target nginx understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NginxVersion(pub u32, pub u32, pub u32);
+
+impl NginxVersion {
+    /// The version the official image ships; assumed when nginx cannot be asked.
+    pub const ASSUMED: NginxVersion = NginxVersion(1, 27, 0);
+
+    /// `http2 on;` exists from 1.25.1; before, `listen ... http2`.
+    pub fn has_http2_directive(self) -> bool {
+        self >= NginxVersion(1, 25, 1)
+    }
+
+    /// Parses `1.22.1` or the output of `nginx -v` (`nginx version: nginx/1.22.1`).
+    pub fn parse(text: &str) -> Option<Self> {
+        let start = text.find("nginx/").map(|i| i + 6).unwrap_or(0);
+        let version: String = text[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+        let major = parts.next().flatten()?;
+        let minor = parts.next().flatten()?;
+        let patch = parts.next().flatten().unwrap_or(0);
+        Some(NginxVersion(major, minor, patch))
+    }
+}
+
+impl fmt::Display for NginxVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+impl FromStr for NginxVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NginxVersion::parse(s).ok_or_else(|| format!("{s:?} is not an nginx version like 1.27.3"))
+    }
+}
+
+/// An absolute directory path safe to place in the config (no spaces, quotes, ';', '$', ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ConfigPath(String);
+
+impl ConfigPath {
+    pub fn parse(setting: &'static str, value: &Path) -> Result<Self, RenderError> {
+        let text = value.to_string_lossy();
+        let bad = |reason: &str| RenderError::Setting { setting, value: text.to_string(), reason: reason.into() };
+        if !text.starts_with('/') {
+            return Err(bad("must be an absolute path"));
+        }
+        if let Some(c) = text.chars().find(|c| !(c.is_ascii_alphanumeric() || "/._-+@".contains(*c))) {
+            return Err(bad(&format!("contains {c:?}; use letters, digits and / . _ - + @")));
+        }
+        Ok(ConfigPath(text.trim_end_matches('/').to_string()).or_root())
+    }
+
+    fn or_root(self) -> Self {
+        if self.0.is_empty() {
+            ConfigPath("/".into())
+        } else {
+            self
+        }
+    }
+
+    pub fn as_path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+/// Everything besides the routes that shapes the config.
+#[derive(Debug, Clone)]
+pub struct RenderSettings {
+    /// HTTP only: no certificates, no redirects.
+    pub local: bool,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub certs_dir: ConfigPath,
+    pub acme_webroot: ConfigPath,
+    pub log_dir: ConfigPath,
+    pub nginx_version: NginxVersion,
+    /// Name servers nginx uses to resolve static (env/file) service host names at request time.
+    pub resolver: Vec<IpAddr>,
+}
+
+/// A loaded template, ready to render any number of tables.
+pub struct Renderer {
+    env: Environment<'static>,
+    name: String,
+}
+
+impl Renderer {
+    pub fn builtin() -> Self {
+        Self::from_source(BUILTIN_NAME.to_string(), BUILTIN_TEMPLATE.to_string()).expect("the built-in template compiles")
+    }
+
+    /// Loads `NGINX_TEMPLATE`; syntax errors are reported with file and line.
+    pub fn from_file(path: &Path) -> Result<Self, RenderError> {
+        let source = std::fs::read_to_string(path).map_err(|source| RenderError::Read { path: path.into(), source })?;
+        Self::from_source(path.display().to_string(), source)
+    }
+
+    fn from_source(name: String, source: String) -> Result<Self, RenderError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_syntax(SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(RenderError::template)?);
+        env.add_template_owned(name.clone(), source).map_err(RenderError::template)?;
+        Ok(Renderer { env, name })
+    }
+
+    pub fn render(&self, table: &RouteTable, settings: &RenderSettings) -> Result<String, RenderError> {
+        let context = Context::new(table, settings);
+        let template = self.env.get_template(&self.name).map_err(RenderError::template)?;
+        template.render(minijinja::value::Serde(&context)).map_err(RenderError::template)
+    }
+}
+
+/// The template's context; its fields are the documented template interface.
+#[derive(Serialize)]
+struct Context<'a> {
+    generator_version: &'static str,
+    local: bool,
+    http_port: u16,
+    https_port: u16,
+    /// `:8443` when HTTPS is not on 443, for redirects.
+    https_port_suffix: String,
+    http2_on: bool,
+    acme_webroot: &'a ConfigPath,
+    log_dir: &'a ConfigPath,
+    resolver: Option<String>,
+    hash: HashSizes,
+    upstreams: Vec<UpstreamCtx>,
+    sites: Vec<SiteCtx>,
+}
+
+#[derive(Serialize)]
+struct HashSizes {
+    bucket_size: usize,
+    max_size: usize,
+}
+
+#[derive(Serialize)]
+struct UpstreamCtx {
+    id: String,
+    /// `ip:port` of every server that may take traffic (starting/unhealthy replicas left out).
+    servers: Vec<String>,
+    /// A static service given by host name: resolved by nginx at request time, no upstream block.
+    dynamic: bool,
+}
+
+#[derive(Serialize)]
+struct SiteCtx {
+    domain: String,
+    tls: bool,
+    cert_dir: String,
+    log_name: String,
+    has_root: bool,
+    locations: Vec<LocationCtx>,
+}
+
+#[derive(Serialize)]
+struct LocationCtx {
+    path: String,
+    upstream: Option<String>,
+    /// `host:port` for a dynamic upstream.
+    backend: Option<String>,
+    allow: Vec<String>,
+}
+
+impl<'a> Context<'a> {
+    fn new(table: &RouteTable, settings: &'a RenderSettings) -> Self {
+        let upstreams: Vec<UpstreamCtx> = table
+            .upstreams
+            .iter()
+            .map(|u| {
+                let dynamic = matches!(&u.backends[..], [b] if matches!(b.host, Host::Name(_)));
+                UpstreamCtx {
+                    id: u.id.clone(),
+                    servers: u.backends.iter().filter(|b| b.state == BackendState::Up).map(|b| b.address()).collect(),
+                    dynamic,
+                }
+            })
+            .collect();
+        let sites = table
+            .sites
+            .iter()
+            .map(|site| SiteCtx {
+                domain: site.domain.to_string(),
+                tls: site.tls == crate::routes::TlsMode::Auto,
+                cert_dir: format!("{}/live/{}", settings.certs_dir.0, site.domain.cert_name()),
+                log_name: site.domain.file_stem(),
+                has_root: site.locations.iter().any(|l| l.path.as_str() == "/"),
+                locations: site
+                    .locations
+                    .iter()
+                    .map(|l| {
+                        let upstream = l.upstream.as_ref().and_then(|id| table.upstream(id));
+                        let backend = upstream
+                            .filter(|u| matches!(&u.backends[..], [b] if matches!(b.host, Host::Name(_))))
+                            .map(|u| u.backends[0].address());
+                        LocationCtx {
+                            path: l.path.to_string(),
+                            upstream: if backend.is_some() { None } else { l.upstream.clone() },
+                            backend,
+                            allow: l.allow.iter().map(ToString::to_string).collect(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let needs_resolver = upstreams.iter().any(|u| u.dynamic);
+        let resolver = (needs_resolver && !settings.resolver.is_empty()).then(|| {
+            settings
+                .resolver
+                .iter()
+                .map(|ip| match ip {
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                    v4 => v4.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        Context {
+            generator_version: env!("CARGO_PKG_VERSION"),
+            local: settings.local,
+            http_port: settings.http_port,
+            https_port: settings.https_port,
+            https_port_suffix: if settings.https_port == 443 { String::new() } else { format!(":{}", settings.https_port) },
+            http2_on: settings.nginx_version.has_http2_directive(),
+            acme_webroot: &settings.acme_webroot,
+            log_dir: &settings.log_dir,
+            resolver,
+            hash: hash_sizes(table),
+            upstreams,
+            sites,
+        }
+    }
+}
+
+/// `server_names_hash_*` large enough for every name: a bucket must hold the longest name (plus
+/// nginx's per-entry overhead), and the table must have room for all names.
+fn hash_sizes(table: &RouteTable) -> HashSizes {
+    let longest = table.sites.iter().map(|s| s.domain.as_str().len()).max().unwrap_or(0);
+    let bucket_size = (longest + 32).next_power_of_two().max(64);
+    let max_size = (table.sites.len() * 4).next_power_of_two().max(512);
+    HashSizes { bucket_size, max_size }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(NginxVersion::parse("nginx version: nginx/1.22.1\n"), Some(NginxVersion(1, 22, 1)));
+        assert_eq!(NginxVersion::parse("1.25"), Some(NginxVersion(1, 25, 0)));
+        assert!(!NginxVersion(1, 25, 0).has_http2_directive());
+        assert!(NginxVersion(1, 25, 1).has_http2_directive());
+        assert_eq!(NginxVersion::parse("banana"), None);
+    }
+
+    #[test]
+    fn config_paths() {
+        assert!(ConfigPath::parse("CERTS_DIR", Path::new("/etc/letsencrypt")).is_ok());
+        assert!(ConfigPath::parse("CERTS_DIR", Path::new("relative")).is_err());
+        assert!(ConfigPath::parse("CERTS_DIR", Path::new("/etc/a b")).is_err());
+        assert!(ConfigPath::parse("CERTS_DIR", Path::new("/etc/a;b")).is_err());
+    }
+
+    #[test]
+    fn template_errors_name_file_and_line() {
+        let err = Renderer::from_source("custom.j2".into(), "ok\n{% if %}".into()).err().unwrap();
+        assert!(err.to_string().starts_with("template custom.j2, line 2"), "{err}");
+        let r = Renderer::from_source("custom.j2".into(), "a\nb {{ nope }}".into()).unwrap();
+        let err = r
+            .render(
+                &RouteTable::default(),
+                &RenderSettings {
+                    local: true,
+                    http_port: 80,
+                    https_port: 443,
+                    certs_dir: ConfigPath("/c".into()),
+                    acme_webroot: ConfigPath("/w".into()),
+                    log_dir: ConfigPath("/l".into()),
+                    nginx_version: NginxVersion::ASSUMED,
+                    resolver: vec![],
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(err.to_string().contains("undefined"), "{err}");
+    }
+}

@@ -1,0 +1,300 @@
+//! Merging the sources into one table, deterministically.
+//!
+//! Precedence: labels first (containers in name order), then `DOMAINS`/`SERVICES`, then JSON files.
+//! A later source only fills in (domain, path) pairs that no earlier one claimed.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use serde::Serialize;
+
+use super::{
+    Backend, Cidr, Diagnostic, DomainName, Namespace, Origin, PathPrefix, RouteDef, ServiceDef, ServiceKey,
+    ServiceName, SourceOutput, TlsMode,
+};
+
+/// The validated, merged routes: what gets rendered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RouteTable {
+    pub upstreams: Vec<Upstream>,
+    pub sites: Vec<Site>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One nginx upstream: a service and its servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Upstream {
+    /// The nginx upstream name: `sp_` + service name (+ `_N` when two namespaces share a name).
+    /// The underscore keeps it apart from every valid host name.
+    pub id: String,
+    pub service: ServiceName,
+    pub namespace: Namespace,
+    pub backends: Vec<Backend>,
+}
+
+/// Everything served for one domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Site {
+    pub domain: DomainName,
+    pub tls: TlsMode,
+    pub locations: Vec<Location>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    pub path: PathPrefix,
+    /// The [`Upstream::id`], or `None` for a domain without a service (503).
+    pub upstream: Option<String>,
+    pub allow: Vec<Cidr>,
+    pub origin: Origin,
+}
+
+impl RouteTable {
+    /// Merges source outputs given in precedence order.
+    pub fn build(sources: Vec<SourceOutput>) -> RouteTable {
+        let mut diagnostics = Vec::new();
+        let mut routes = Vec::new();
+        let mut defs = Vec::new();
+        for source in sources {
+            diagnostics.extend(source.diagnostics);
+            routes.extend(source.routes);
+            defs.extend(source.services);
+        }
+
+        let services = merge_services(defs, &mut diagnostics);
+        let available: Vec<&str> =
+            services.keys().filter(|k| k.namespace == Namespace::Static).map(|k| k.name.as_str()).collect();
+
+        let mut claimed: BTreeMap<(DomainName, PathPrefix), RouteDef> = BTreeMap::new();
+        let mut site_tls: BTreeMap<DomainName, (TlsMode, Origin)> = BTreeMap::new();
+        for route in routes {
+            if let Some(key) = &route.service {
+                if !services.contains_key(key) {
+                    let message = if available.is_empty() {
+                        format!("unknown service {:?}. No services are defined (set SERVICES or a services file)", key.name.as_str())
+                    } else {
+                        format!("unknown service {:?}. Available services: {}", key.name.as_str(), available.join(", "))
+                    };
+                    diagnostics.push(Diagnostic::error(route.origin.clone(), message));
+                    continue;
+                }
+            }
+            let slot = (route.domain.clone(), route.path.clone());
+            if let Some(first) = claimed.get_mut(&slot) {
+                if let Some(diagnostic) = conflict(first, &route) {
+                    diagnostics.push(diagnostic);
+                }
+                continue;
+            }
+            match site_tls.get(&route.domain) {
+                Some((tls, by)) if *tls != route.tls => diagnostics.push(Diagnostic::warning(
+                    route.origin.clone(),
+                    format!(
+                        "tls {} conflicts with tls {} set for {} by {by}; a domain has one TLS mode, keeping {tls}",
+                        route.tls, tls, route.domain
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    site_tls.insert(route.domain.clone(), (route.tls, route.origin.clone()));
+                }
+            }
+            claimed.insert(slot, route);
+        }
+
+        let used: BTreeSet<&ServiceKey> = claimed.values().filter_map(|r| r.service.as_ref()).collect();
+        let mut ids: BTreeMap<ServiceKey, String> = BTreeMap::new();
+        let mut taken: HashSet<String> = HashSet::new();
+        let mut upstreams = Vec::new();
+        for key in used {
+            let base = format!("sp_{}", key.name);
+            let mut id = base.clone();
+            let mut n = 2;
+            while !taken.insert(id.to_ascii_lowercase()) {
+                id = format!("{base}_{n}");
+                n += 1;
+            }
+            ids.insert(key.clone(), id.clone());
+            upstreams.push(Upstream {
+                id,
+                service: key.name.clone(),
+                namespace: key.namespace,
+                backends: services[key].clone(),
+            });
+        }
+
+        let mut sites: Vec<Site> = Vec::new();
+        for ((domain, path), route) in claimed {
+            let location = Location {
+                path,
+                upstream: route.service.as_ref().map(|k| ids[k].clone()),
+                allow: route.allow,
+                origin: route.origin,
+            };
+            match sites.last_mut() {
+                Some(site) if site.domain == domain => site.locations.push(location),
+                _ => {
+                    let tls = site_tls.get(&domain).map(|(t, _)| *t).unwrap_or_default();
+                    sites.push(Site { domain, tls, locations: vec![location] });
+                }
+            }
+        }
+
+        RouteTable { upstreams, sites, diagnostics }
+    }
+
+    pub fn has_static_errors(&self) -> bool {
+        self.errors().any(|d| d.origin.is_static())
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.severity == super::Severity::Error)
+    }
+
+    pub fn upstream(&self, id: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.id == id)
+    }
+}
+
+/// Merges definitions of the same service: replicas of a Docker service add servers; two static
+/// definitions of one name are an error (the first wins).
+fn merge_services(defs: Vec<ServiceDef>, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<ServiceKey, Vec<Backend>> {
+    let mut services: BTreeMap<ServiceKey, (Origin, Vec<Backend>)> = BTreeMap::new();
+    for def in defs {
+        match services.get_mut(&def.key) {
+            None => {
+                services.insert(def.key, (def.origin, def.backends));
+            }
+            Some((_, backends)) if def.key.namespace == Namespace::Docker => backends.extend(def.backends),
+            Some((first, _)) => diagnostics.push(Diagnostic::error(
+                def.origin,
+                format!("duplicate service {:?}: already defined by {first}; keeping that one", def.key.name.as_str()),
+            )),
+        }
+    }
+    services
+        .into_iter()
+        .map(|(key, (_, mut backends))| {
+            backends.sort();
+            backends.dedup_by(|a, b| a.host == b.host && a.port == b.port);
+            (key, backends)
+        })
+        .collect()
+}
+
+/// What to say when `route` claims a (domain, path) that `first` already holds.
+fn conflict(first: &mut RouteDef, route: &RouteDef) -> Option<Diagnostic> {
+    let same_target = first.service == route.service && first.tls == route.tls;
+    let domain = &route.domain;
+    let path = &route.path;
+    let target = |r: &RouteDef| match &r.service {
+        Some(k) => format!("service {}", k.name),
+        None => "no service".to_string(),
+    };
+    match (first.origin.is_static(), route.origin.is_static()) {
+        // Replicas of one service declare the same domains: that is load balancing, not a conflict.
+        (false, false) if same_target => {
+            if first.allow != route.allow {
+                let union: BTreeSet<Cidr> = first.allow.iter().chain(&route.allow).copied().collect();
+                first.allow = union.into_iter().collect();
+                return Some(Diagnostic::warning(
+                    route.origin.clone(),
+                    format!("allow list for {domain}{path} differs from {}; using both lists together", first.origin),
+                ));
+            }
+            None
+        }
+        (false, false) => Some(Diagnostic::warning(
+            route.origin.clone(),
+            format!(
+                "{domain}{path} is already routed to {} by {}; this container's {} is ignored (the container whose name sorts first wins)",
+                target(first),
+                first.origin,
+                target(route)
+            ),
+        )),
+        (false, true) => Some(Diagnostic::warning(
+            route.origin.clone(),
+            format!(
+                "{domain} is already routed by {} (labels take precedence over env and files); this entry is ignored",
+                first.origin
+            ),
+        )),
+        (true, _) => Some(Diagnostic::error(
+            route.origin.clone(),
+            format!("duplicate domain {domain}: already defined by {}; keeping that one", first.origin),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{BackendState, Host, Port};
+
+    fn key(ns: Namespace, name: &str) -> ServiceKey {
+        ServiceKey { namespace: ns, name: ServiceName::parse(name).unwrap() }
+    }
+
+    fn container(name: &str) -> Origin {
+        Origin::Container { name: name.into(), label: None }
+    }
+
+    fn route(domain: &str, service: Option<ServiceKey>, origin: Origin) -> RouteDef {
+        RouteDef {
+            domain: DomainName::parse(domain).unwrap(),
+            path: PathPrefix::root(),
+            service,
+            allow: vec![],
+            tls: TlsMode::Auto,
+            origin,
+        }
+    }
+
+    fn service(k: ServiceKey, ip: &str, origin: Origin) -> ServiceDef {
+        ServiceDef {
+            key: k,
+            backends: vec![Backend {
+                host: Host::parse(ip).unwrap(),
+                port: Port::parse("80").unwrap(),
+                state: BackendState::Up,
+                network: None,
+                origin: origin.clone(),
+            }],
+            origin,
+        }
+    }
+
+    #[test]
+    fn replicas_share_one_upstream_and_labels_win_over_env() {
+        let web = key(Namespace::Docker, "web");
+        let docker = SourceOutput {
+            routes: vec![route("a.com", Some(web.clone()), container("web-1")), route("a.com", Some(web.clone()), container("web-2"))],
+            services: vec![service(web.clone(), "10.0.0.2", container("web-1")), service(web, "10.0.0.3", container("web-2"))],
+            diagnostics: vec![],
+        };
+        let env_origin = Origin::Env { var: "DOMAINS", entry: 1, text: "a.com".into() };
+        let env = SourceOutput { routes: vec![route("a.com", None, env_origin)], ..Default::default() };
+        let table = RouteTable::build(vec![docker, env]);
+        assert_eq!(table.upstreams.len(), 1);
+        assert_eq!(table.upstreams[0].backends.len(), 2);
+        assert_eq!(table.sites.len(), 1);
+        assert_eq!(table.diagnostics.len(), 1, "{:?}", table.diagnostics);
+        assert!(table.diagnostics[0].message.contains("labels take precedence"));
+        assert!(!table.has_static_errors());
+    }
+
+    #[test]
+    fn same_name_in_two_namespaces_gets_two_ids() {
+        let d = key(Namespace::Docker, "app");
+        let s = key(Namespace::Static, "app");
+        let env = |n| Origin::Env { var: "DOMAINS", entry: n, text: String::new() };
+        let out = SourceOutput {
+            routes: vec![route("a.com", Some(d.clone()), container("c")), route("b.com", Some(s.clone()), env(1))],
+            services: vec![service(d, "10.0.0.2", container("c")), service(s, "10.0.0.3", env(1))],
+            diagnostics: vec![],
+        };
+        let table = RouteTable::build(vec![out]);
+        let ids: Vec<_> = table.upstreams.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["sp_app", "sp_app_2"]);
+    }
+}

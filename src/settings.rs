@@ -1,0 +1,153 @@
+//! Every setting, as a flag and an environment variable (clap `env`). The README's settings
+//! reference is checked against this list by a test.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
+
+use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
+use crate::sources::StaticConfig;
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Do not read container labels; use env and file routes only.
+    #[arg(long, env = "NO_DOCKER", global = true, value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub no_docker: bool,
+
+    /// Label prefix: labels are `<prefix>.domains`, `<prefix>.port`, ...
+    #[arg(long, env = "LABEL_PREFIX", global = true, default_value = "smart-proxy")]
+    pub label_prefix: String,
+
+    /// Seed format: `app1.com:app1,app2.com:app2,status.com` (domain[:service], comma-separated).
+    #[arg(long, env = "DOMAINS", global = true)]
+    pub domains: Option<String>,
+
+    /// Seed format: `app1:app1:8080,app2:app2:8081` (name:host:port, comma-separated).
+    #[arg(long, env = "SERVICES", global = true)]
+    pub services: Option<String>,
+
+    /// JSON file with `domains` and `services`.
+    #[arg(long, env = "CONFIG_FILE", global = true)]
+    pub config_file: Option<PathBuf>,
+
+    /// JSON file with `domains` only.
+    #[arg(long, env = "DOMAINS_CONFIG", global = true)]
+    pub domains_config: Option<PathBuf>,
+
+    /// JSON file with `services` only.
+    #[arg(long, env = "SERVICES_CONFIG", global = true)]
+    pub services_config: Option<PathBuf>,
+
+    /// A minijinja template to use instead of the built-in one.
+    #[arg(long, env = "NGINX_TEMPLATE", global = true)]
+    pub nginx_template: Option<PathBuf>,
+
+    /// The config file the agent writes (included in nginx's http context).
+    #[arg(long, env = "NGINX_CONF", global = true, default_value = "/etc/nginx/conf.d/default.conf")]
+    pub nginx_conf: PathBuf,
+
+    /// Certificate store in certbot's layout: `<dir>/live/<domain>/{fullchain,privkey}.pem`.
+    #[arg(long, env = "CERTS_DIR", global = true, default_value = "/etc/letsencrypt")]
+    pub certs_dir: PathBuf,
+
+    /// Directory nginx serves `/.well-known/acme-challenge/` from.
+    #[arg(long, env = "ACME_WEBROOT", global = true, default_value = "/var/www/certbot")]
+    pub acme_webroot: PathBuf,
+
+    /// Directory for the per-domain access and error logs.
+    #[arg(long, env = "LOG_DIR", global = true, default_value = "/var/log/nginx")]
+    pub log_dir: PathBuf,
+
+    /// Local mode: HTTP only, no certificates, no redirects.
+    #[arg(long, env = "LOCAL", global = true, value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub local: bool,
+
+    /// Port nginx listens on for HTTP.
+    #[arg(long, env = "HTTP_PORT", global = true, default_value_t = 80, value_parser = clap::value_parser!(u16).range(1..))]
+    pub http_port: u16,
+
+    /// Port nginx listens on for HTTPS.
+    #[arg(long, env = "HTTPS_PORT", global = true, default_value_t = 443, value_parser = clap::value_parser!(u16).range(1..))]
+    pub https_port: u16,
+
+    /// The target nginx version (decides `http2 on;` vs `listen ... http2`); default: ask `nginx -v`,
+    /// else assume 1.27.
+    #[arg(long, env = "NGINX_VERSION", global = true)]
+    pub nginx_version: Option<NginxVersion>,
+
+    /// The nginx binary (for `nginx -v`, and to run nginx in the same container).
+    #[arg(long, env = "NGINX_BIN", global = true, default_value = "nginx")]
+    pub nginx_bin: PathBuf,
+
+    /// The nginx container (name or id) in the companion setup; its networks decide which
+    /// container addresses are used. Default: the container labelled `<prefix>.nginx=true`.
+    #[arg(long, env = "NGINX_CONTAINER", global = true)]
+    pub nginx_container: Option<String>,
+
+    /// Name servers nginx uses for static service host names, comma-separated; default: those
+    /// in /etc/resolv.conf.
+    #[arg(long, env = "RESOLVER", global = true, value_delimiter = ',')]
+    pub resolver: Vec<IpAddr>,
+
+    /// Log format on stderr.
+    #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    pub fn static_config(&self) -> StaticConfig {
+        StaticConfig {
+            domains: self.domains.clone(),
+            services: self.services.clone(),
+            config_file: self.config_file.clone(),
+            domains_config: self.domains_config.clone(),
+            services_config: self.services_config.clone(),
+        }
+    }
+
+    /// The render settings, asking nginx for its version when none is set.
+    pub fn render_settings(&self) -> Result<RenderSettings, RenderError> {
+        Ok(RenderSettings {
+            local: self.local,
+            http_port: self.http_port,
+            https_port: self.https_port,
+            certs_dir: ConfigPath::parse("CERTS_DIR", &self.certs_dir)?,
+            acme_webroot: ConfigPath::parse("ACME_WEBROOT", &self.acme_webroot)?,
+            log_dir: ConfigPath::parse("LOG_DIR", &self.log_dir)?,
+            nginx_version: self.nginx_version.unwrap_or_else(|| detect_nginx_version(&self.nginx_bin)),
+            resolver: if self.resolver.is_empty() { system_resolvers() } else { self.resolver.clone() },
+        })
+    }
+}
+
+/// `nginx -v`, or the assumed version when nginx is not installed here (companion setup, dry runs).
+pub fn detect_nginx_version(nginx_bin: &std::path::Path) -> NginxVersion {
+    std::process::Command::new(nginx_bin)
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| NginxVersion::parse(&String::from_utf8_lossy(&o.stderr)))
+        .unwrap_or(NginxVersion::ASSUMED)
+}
+
+/// The `nameserver` lines of /etc/resolv.conf (Docker's embedded DNS inside a container).
+fn system_resolvers() -> Vec<IpAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let found: Vec<IpAddr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse().ok())
+        .collect();
+    if found.is_empty() {
+        vec![IpAddr::from([127, 0, 0, 11])]
+    } else {
+        found
+    }
+}

@@ -1,0 +1,246 @@
+//! The seed-era JSON format:
+//! `{"domains":[{"name":"app1.com","service":"app1","allow":["10.8.0.0/24"],"tls":"auto"}],
+//!   "services":[{"name":"app1","host":"app1","port":8080}]}`.
+//!
+//! Read field by field rather than through derived structs, so one bad entry is reported with its
+//! field path and skipped while the rest of the file still counts.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::routes::{
+    Backend, BackendState, Cidr, Diagnostic, DomainName, Host, Namespace, Origin, PathPrefix, Port, RouteDef,
+    ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
+};
+
+/// Which top-level keys a file may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `CONFIG_FILE`: `domains` and `services`.
+    Combined,
+    /// `DOMAINS_CONFIG`: `domains` only.
+    Domains,
+    /// `SERVICES_CONFIG`: `services` only.
+    Services,
+}
+
+impl FileKind {
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            FileKind::Combined => &["domains", "services"],
+            FileKind::Domains => &["domains"],
+            FileKind::Services => &["services"],
+        }
+    }
+}
+
+/// Reads and parses one file. A file that cannot be read or is not JSON yields one error.
+pub fn load(path: &Path, kind: FileKind) -> SourceOutput {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(path, &text, kind),
+        Err(e) => {
+            let origin = Origin::File { path: path.to_path_buf(), field: "(file)".into() };
+            SourceOutput { diagnostics: vec![Diagnostic::error(origin, format!("cannot read the file: {e}"))], ..Default::default() }
+        }
+    }
+}
+
+pub fn parse(path: &Path, text: &str, kind: FileKind) -> SourceOutput {
+    let mut out = SourceOutput::default();
+    let at = |field: String| Origin::File { path: path.to_path_buf(), field };
+    let root = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            out.diagnostics.push(Diagnostic::error(at("(top level)".into()), format!("must be a JSON object with {}", keys_list(kind.keys()))));
+            return out;
+        }
+        Err(e) => {
+            out.diagnostics.push(Diagnostic::error(at("(file)".into()), format!("not valid JSON: {e}")));
+            return out;
+        }
+    };
+    for key in root.keys().filter(|k| !kind.keys().contains(&k.as_str())) {
+        out.diagnostics.push(Diagnostic::error(at(key.clone()), format!("unknown key; this file may hold {}", keys_list(kind.keys()))));
+    }
+    let file = FileReader { path: path.to_path_buf() };
+    if let Some(services) = root.get("services").filter(|_| kind != FileKind::Domains) {
+        file.each(services, "services", &mut out, |entry, field, out| file.service(entry, field, out));
+    }
+    if let Some(domains) = root.get("domains").filter(|_| kind != FileKind::Services) {
+        file.each(domains, "domains", &mut out, |entry, field, out| file.domain(entry, field, out));
+    }
+    out
+}
+
+fn keys_list(keys: &[&str]) -> String {
+    keys.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(" and ")
+}
+
+struct FileReader {
+    path: PathBuf,
+}
+
+impl FileReader {
+    fn origin(&self, field: impl Into<String>) -> Origin {
+        Origin::File { path: self.path.clone(), field: field.into() }
+    }
+
+    /// Calls `f` for each object in the array at `key`, reporting non-objects.
+    fn each(
+        &self,
+        value: &Value,
+        key: &str,
+        out: &mut SourceOutput,
+        mut f: impl FnMut(&Map<String, Value>, &str, &mut SourceOutput) -> Result<(), Diagnostic>,
+    ) {
+        let Some(items) = value.as_array() else {
+            out.diagnostics.push(Diagnostic::error(self.origin(key), "must be a JSON array of objects"));
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("{key}[{i}]");
+            let result = match item.as_object() {
+                Some(entry) => f(entry, &field, out),
+                None => Err(Diagnostic::error(self.origin(&field), "must be a JSON object")),
+            };
+            if let Err(diagnostic) = result {
+                out.diagnostics.push(diagnostic);
+            }
+        }
+    }
+
+    fn check_keys(&self, entry: &Map<String, Value>, field: &str, allowed: &[&str]) -> Result<(), Diagnostic> {
+        match entry.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(Diagnostic::error(
+                self.origin(format!("{field}.{k}")),
+                format!("unknown field; allowed fields: {}", allowed.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn string<'a>(&self, entry: &'a Map<String, Value>, field: &str, name: &str) -> Result<Option<&'a str>, Diagnostic> {
+        match entry.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(Diagnostic::error(self.origin(format!("{field}.{name}")), format!("must be a string, found {}", kind_of(other)))),
+        }
+    }
+
+    fn required<'a>(&self, entry: &'a Map<String, Value>, field: &str, name: &str) -> Result<&'a str, Diagnostic> {
+        self.string(entry, field, name)?
+            .ok_or_else(|| Diagnostic::error(self.origin(format!("{field}.{name}")), "missing; this field is required"))
+    }
+
+    fn service(&self, entry: &Map<String, Value>, field: &str, out: &mut SourceOutput) -> Result<(), Diagnostic> {
+        self.check_keys(entry, field, &["name", "host", "port"])?;
+        let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
+        let name = ServiceName::parse(self.required(entry, field, "name")?).map_err(|e| fail("name", &e))?;
+        let host = Host::parse(self.required(entry, field, "host")?).map_err(|e| fail("host", &e))?;
+        let port = match entry.get("port") {
+            Some(Value::Number(n)) => Port::parse(&n.to_string()).map_err(|e| fail("port", &e))?,
+            Some(Value::String(s)) => {
+                return Err(fail("port", &format!("must be a JSON number like 8080, found the string {s:?}")))
+            }
+            None | Some(Value::Null) => return Err(fail("port", &"missing; this field is required (1-65535)")),
+            Some(other) => return Err(fail("port", &format!("must be a number from 1 to 65535, found {}", kind_of(other)))),
+        };
+        let origin = self.origin(field);
+        out.services.push(ServiceDef {
+            key: ServiceKey { namespace: Namespace::Static, name },
+            backends: vec![Backend { host, port, state: BackendState::Up, network: None, origin: origin.clone() }],
+            origin,
+        });
+        Ok(())
+    }
+
+    fn domain(&self, entry: &Map<String, Value>, field: &str, out: &mut SourceOutput) -> Result<(), Diagnostic> {
+        self.check_keys(entry, field, &["name", "service", "allow", "tls"])?;
+        let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
+        let domain = DomainName::parse(self.required(entry, field, "name")?).map_err(|e| fail("name", &e))?;
+        let service = match self.string(entry, field, "service")? {
+            None => None,
+            Some(s) => Some(ServiceName::parse(s).map_err(|e| fail("service", &e))?),
+        };
+        let tls = match self.string(entry, field, "tls")? {
+            None => TlsMode::Auto,
+            Some(s) => TlsMode::parse(s).map_err(|e| fail("tls", &e))?,
+        };
+        let allow = match entry.get("allow") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut allow = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let text = item.as_str().ok_or_else(|| fail(&format!("allow[{i}]"), &"must be a string like \"10.0.0.0/8\""))?;
+                    allow.push(Cidr::parse(text).map_err(|e| fail(&format!("allow[{i}]"), &e))?);
+                }
+                allow.sort();
+                allow.dedup();
+                allow
+            }
+            Some(Value::String(s)) => Cidr::parse_list(s).map_err(|e| fail("allow", &e))?,
+            Some(other) => return Err(fail("allow", &format!("must be a list of IPs or CIDR ranges, found {}", kind_of(other)))),
+        };
+        out.routes.push(RouteDef {
+            domain,
+            path: PathPrefix::root(),
+            service: service.map(|name| ServiceKey { namespace: Namespace::Static, name }),
+            allow,
+            tls,
+            origin: self.origin(field),
+        });
+        Ok(())
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_example_and_allow() {
+        let text = r#"{"domains":[{"name":"app1.com","service":"app1","allow":["10.8.0.0/24","fd00::/8"]},{"name":"status.com","tls":"off"}],
+                       "services":[{"name":"app1","host":"app1","port":8080}]}"#;
+        let out = parse(Path::new("c.json"), text, FileKind::Combined);
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+        assert_eq!(out.routes.len(), 2);
+        assert_eq!(out.routes[0].allow.len(), 2);
+        assert_eq!(out.routes[1].tls, TlsMode::Off);
+    }
+
+    #[test]
+    fn bad_fields_are_named_and_only_their_entry_is_skipped() {
+        let text = r#"{"domains":[{"name":"a.com","service":"app1"},{"name":"b c.com"},{"name":"d.com","servce":"x"},{"name":"e.com","allow":["nope"]}],
+                       "services":[{"name":"app1","host":"h","port":8080},{"name":"app2","host":"h","port":"8081"},{"name":"app3","host":"h","port":99999}],
+                       "extra":1}"#;
+        let out = parse(Path::new("/etc/sp/c.json"), text, FileKind::Combined);
+        let messages: Vec<String> = out.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(out.routes.len(), 1);
+        assert_eq!(out.services.len(), 1);
+        assert_eq!(messages.len(), 6, "{messages:#?}");
+        assert!(messages[0].contains("file /etc/sp/c.json, extra: unknown key"));
+        assert!(messages[1].contains("services[1].port: must be a JSON number"));
+        assert!(messages[2].contains("services[2].port: port 99999 is out of range"));
+        assert!(messages[3].contains("domains[1].name"));
+        assert!(messages[4].contains("domains[2].servce: unknown field; allowed fields: name, service, allow, tls"));
+        assert!(messages[5].contains("domains[3].allow[0]"));
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let out = parse(Path::new("c.json"), "{\"domains\": [\n  {\"name\": }]}", FileKind::Combined);
+        assert!(out.diagnostics[0].to_string().contains("line 2"), "{}", out.diagnostics[0]);
+    }
+}

@@ -1,0 +1,469 @@
+//! Container labels → routes. Pure: the Docker client turns daemon objects into [`Container`]s
+//! (see `docker.rs`) and this module never talks to the daemon.
+//!
+//! Labels (prefix `smart-proxy.` by default):
+//! - `domains` (required), `port`, `path`, `service`, `network`, `allow`, `tls`, `enable`;
+//! - named routes `<route>.domains`, `<route>.port`, ... (`<route>` is `[a-z0-9-]+`); the
+//!   container-wide `port`, `path`, `network`, `allow` and `tls` are their defaults;
+//! - `nginx=true` marks the nginx container itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::routes::{
+    grammar::parse_bool, Backend, BackendState, Cidr, Diagnostic, DomainName, Host, Namespace, NetworkChoice, Origin,
+    PathPrefix, Port, RouteDef, ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
+};
+
+/// What the label builder needs to know about one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    /// Without Docker's leading '/'.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Exposed TCP ports (from the image's EXPOSE or `--expose`), sorted.
+    pub exposed_ports: Vec<u16>,
+    pub networks: BTreeMap<String, NetworkAddress>,
+    pub health: Option<Health>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkAddress {
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// Settings the builder needs.
+#[derive(Debug, Clone)]
+pub struct LabelSettings {
+    /// Without the trailing dot, e.g. `smart-proxy`.
+    pub prefix: String,
+    /// The networks the nginx container is on, when known.
+    pub nginx_networks: Option<BTreeSet<String>>,
+}
+
+const ROUTE_KEYS: &[&str] = &["domains", "port", "path", "service", "network", "allow", "tls"];
+const CONTAINER_KEYS: &[&str] = &["enable", "nginx"];
+
+impl Container {
+    /// True when the container carries any label with the prefix (so it is meant to be routed).
+    pub fn has_prefix_labels(&self, prefix: &str) -> bool {
+        let dotted = format!("{prefix}.");
+        self.labels.keys().any(|k| k.starts_with(&dotted))
+    }
+
+    /// True when the container is labelled `<prefix>.nginx=true`.
+    pub fn is_nginx(&self, prefix: &str) -> bool {
+        self.labels.get(&format!("{prefix}.nginx")).is_some_and(|v| parse_bool(v) == Ok(true))
+    }
+}
+
+/// Builds routes from all containers, in container-name order. A container with any bad label is
+/// reported and skipped as a whole.
+pub fn routes(containers: &[Container], settings: &LabelSettings) -> SourceOutput {
+    let mut sorted: Vec<&Container> = containers.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    let mut out = SourceOutput::default();
+    for container in sorted {
+        match container_routes(container, settings) {
+            Ok(Some(part)) => out.extend(part),
+            Ok(None) => {}
+            Err(diagnostics) => out.diagnostics.extend(diagnostics),
+        }
+    }
+    out
+}
+
+/// The labels of one route, container-wide defaults already applied.
+#[derive(Default)]
+struct RouteLabels<'a> {
+    values: BTreeMap<&'static str, (&'a str, String)>, // key → (value, full label name)
+}
+
+fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<SourceOutput>, Vec<Diagnostic>> {
+    let dotted = format!("{}.", settings.prefix);
+    let at = |label: &str| Origin::Container { name: c.name.clone(), label: Some(label.to_string()) };
+    let mut errors = Vec::new();
+
+    // Split labels into container-wide ones and named routes.
+    let mut wide: BTreeMap<&'static str, (&str, String)> = BTreeMap::new();
+    let mut named: BTreeMap<&str, BTreeMap<&'static str, (&str, String)>> = BTreeMap::new();
+    for (label, value) in &c.labels {
+        let Some(rest) = label.strip_prefix(&dotted) else { continue };
+        let (route, key) = match rest.split_once('.') {
+            Some((route, key)) => (Some(route), key),
+            None => (None, rest),
+        };
+        let known = ROUTE_KEYS.iter().chain(CONTAINER_KEYS).find(|k| **k == key);
+        match (route, known) {
+            (None, Some(k)) => {
+                wide.insert(k, (value.as_str(), label.clone()));
+            }
+            (Some(route), Some(k)) if ROUTE_KEYS.contains(k) && is_route_name(route) => {
+                named.entry(route).or_default().insert(k, (value.as_str(), label.clone()));
+            }
+            (Some(route), Some(_)) if !is_route_name(route) => errors.push(Diagnostic::error(
+                at(label),
+                format!("route name {route:?} is not allowed; route names use only a-z, 0-9 and '-'"),
+            )),
+            _ => errors.push(Diagnostic::error(
+                at(label),
+                format!(
+                    "unknown label; known labels: {p}.{{{}}}, {p}.<route>.{{{}}} and {p}.{{{}}}",
+                    ROUTE_KEYS.join(","),
+                    ROUTE_KEYS.join(","),
+                    CONTAINER_KEYS.join(","),
+                    p = settings.prefix
+                ),
+            )),
+        }
+    }
+    if let Some((value, label)) = wide.get("enable") {
+        match parse_bool(value) {
+            Ok(false) => return Ok(None),
+            Ok(true) => {}
+            Err(e) => errors.push(Diagnostic::error(at(label), e)),
+        }
+    }
+    if c.is_nginx(&settings.prefix) {
+        return Ok(None);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    if !wide.contains_key("domains") && named.is_empty() {
+        if wide.keys().any(|k| ROUTE_KEYS.contains(k)) {
+            return Err(vec![Diagnostic::error(
+                Origin::Container { name: c.name.clone(), label: None },
+                format!("has {p}.* labels but no {p}.domains; add {p}.domains=example.com (or {p}.enable=false)", p = settings.prefix),
+            )]);
+        }
+        return Ok(None);
+    }
+
+    let base_service = base_service_name(c);
+    let mut routes: Vec<(Option<&str>, RouteLabels)> = Vec::new();
+    if wide.contains_key("domains") {
+        routes.push((None, RouteLabels { values: wide.clone() }));
+    }
+    for (name, own) in named {
+        let mut values: BTreeMap<&'static str, (&str, String)> =
+            wide.iter().filter(|(k, _)| !matches!(**k, "domains" | "service")).map(|(k, v)| (*k, v.clone())).collect();
+        values.extend(own);
+        routes.push((Some(name), RouteLabels { values }));
+    }
+
+    let mut out = SourceOutput::default();
+    for (name, labels) in routes {
+        match route(c, settings, name, &labels, &base_service) {
+            Ok(part) => out.extend(part),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Some(out))
+    } else {
+        Err(errors)
+    }
+}
+
+fn route(
+    c: &Container,
+    settings: &LabelSettings,
+    name: Option<&str>,
+    labels: &RouteLabels,
+    base_service: &str,
+) -> Result<SourceOutput, Vec<Diagnostic>> {
+    let at = |label: &str| Origin::Container { name: c.name.clone(), label: Some(label.to_string()) };
+    let get = |key: &str| labels.values.get(key).map(|(v, l)| (*v, l.as_str()));
+    let mut errors = Vec::new();
+    // Parses label `key` when it is set (else takes `default`), recording a failure against it.
+    fn parsed<T, E: std::fmt::Display>(
+        errors: &mut Vec<Diagnostic>,
+        at: &dyn Fn(&str) -> Origin,
+        label: Option<(&str, &str)>,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+        default: impl FnOnce() -> T,
+    ) -> Option<T> {
+        match label {
+            None => Some(default()),
+            Some((value, name)) => parse(value).map_err(|e| errors.push(Diagnostic::error(at(name), e))).ok(),
+        }
+    }
+
+    let mut domains = Vec::new();
+    match get("domains") {
+        Some((value, label)) => {
+            for part in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                match DomainName::parse(part) {
+                    Ok(d) => domains.push(d),
+                    Err(e) => errors.push(Diagnostic::error(at(label), e)),
+                }
+            }
+            if value.split(',').all(|s| s.trim().is_empty()) {
+                errors.push(Diagnostic::error(at(label), "empty; list one or more host names, comma-separated"));
+            }
+        }
+        None => {
+            let p = &settings.prefix;
+            let route = name.unwrap_or_default();
+            errors.push(Diagnostic::error(
+                Origin::Container { name: c.name.clone(), label: None },
+                format!("route {route:?} has no domains; add {p}.{route}.domains"),
+            ));
+        }
+    }
+    domains.sort();
+    domains.dedup();
+
+    let port = parsed(&mut errors, &at, get("port"), Port::parse, || default_port(c));
+    let path = parsed(&mut errors, &at, get("path"), PathPrefix::parse, PathPrefix::root);
+    let allow = parsed(&mut errors, &at, get("allow"), Cidr::parse_list, Vec::new);
+    let tls = parsed(&mut errors, &at, get("tls"), TlsMode::parse, TlsMode::default);
+    let generated = match name {
+        None => base_service.to_string(),
+        Some(route) => format!("{base_service}-{route}"),
+    };
+    let service = match get("service") {
+        Some(label) => parsed(&mut errors, &at, Some(label), ServiceName::parse, || unreachable!()),
+        None => parse_generated_service(&generated, c, &mut errors),
+    };
+    let network = choose_network(c, settings, get("network")).map_err(|e| errors.push(e)).ok();
+    let (Some(port), Some(path), Some(allow), Some(tls), Some(service), Some((network, ip)), true) =
+        (port, path, allow, tls, service, network, errors.is_empty())
+    else {
+        return Err(errors);
+    };
+    let origin = Origin::Container { name: c.name.clone(), label: None };
+    let key = ServiceKey { namespace: Namespace::Docker, name: service };
+    let state = match c.health {
+        None | Some(Health::Healthy) => BackendState::Up,
+        Some(Health::Starting) => BackendState::Starting,
+        Some(Health::Unhealthy) => BackendState::Unhealthy,
+    };
+    let backend = Backend { host: Host::Ip(ip), port, state, network: Some(network), origin: origin.clone() };
+    let mut out = SourceOutput::default();
+    out.services.push(ServiceDef { key: key.clone(), backends: vec![backend], origin: origin.clone() });
+    for domain in domains {
+        out.routes.push(RouteDef {
+            domain,
+            path: path.clone(),
+            service: Some(key.clone()),
+            allow: allow.clone(),
+            tls,
+            origin: origin.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn is_route_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The compose service with its project (`project-service`), else the container name.
+fn base_service_name(c: &Container) -> String {
+    let project = c.labels.get("com.docker.compose.project");
+    match (project, c.labels.get("com.docker.compose.service")) {
+        (Some(project), Some(service)) => format!("{project}-{service}"),
+        (None, Some(service)) => service.clone(),
+        _ => c.name.clone(),
+    }
+}
+
+fn parse_generated_service(name: &str, c: &Container, errors: &mut Vec<Diagnostic>) -> Option<ServiceName> {
+    ServiceName::parse(name)
+        .map_err(|e| {
+            errors.push(Diagnostic::error(
+                Origin::Container { name: c.name.clone(), label: None },
+                format!("the default service name does not fit: {e}; set the service label"),
+            ))
+        })
+        .ok()
+}
+
+/// The container's only exposed TCP port, else 80.
+fn default_port(c: &Container) -> Port {
+    match c.exposed_ports[..] {
+        [only] => Port::new(only).unwrap_or_else(|| Port::new(80).expect("80 is a port")),
+        _ => Port::new(80).expect("80 is a port"),
+    }
+}
+
+/// Picks the network nginx reaches the container on, deterministically, and says why.
+fn choose_network(
+    c: &Container,
+    settings: &LabelSettings,
+    label: Option<(&str, &str)>,
+) -> Result<(NetworkChoice, IpAddr), Diagnostic> {
+    let addressed: BTreeMap<&str, IpAddr> = c
+        .networks
+        .iter()
+        .filter_map(|(name, a)| a.ipv4.map(IpAddr::V4).or(a.ipv6.map(IpAddr::V6)).map(|ip| (name.as_str(), ip)))
+        .collect();
+    let list = |names: &mut dyn Iterator<Item = &str>| {
+        let v: Vec<&str> = names.collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let on = list(&mut addressed.keys().copied());
+    let container_origin = Origin::Container { name: c.name.clone(), label: None };
+    if let Some((wanted, label_name)) = label {
+        let wanted = wanted.trim();
+        return match addressed.get(wanted) {
+            Some(ip) => Ok((NetworkChoice { name: wanted.to_string(), reason: format!("set by {label_name}") }, *ip)),
+            None => Err(Diagnostic::error(
+                Origin::Container { name: c.name.clone(), label: Some(label_name.to_string()) },
+                format!("the container has no address on network {wanted:?}; it is on: {on}"),
+            )),
+        };
+    }
+    let pick = |name: &str, reason: String| (NetworkChoice { name: name.to_string(), reason }, addressed[name]);
+    match &settings.nginx_networks {
+        Some(nginx) => {
+            let shared: Vec<&str> = addressed.keys().copied().filter(|n| nginx.contains(*n)).collect();
+            match shared[..] {
+                [] => Err(Diagnostic::error(
+                    container_origin,
+                    format!(
+                        "no network shared with nginx: the container is on {on}; nginx is on {}. Connect them to a common network or set {}.network",
+                        list(&mut nginx.iter().map(String::as_str)),
+                        settings.prefix
+                    ),
+                )),
+                [one] => Ok(pick(one, "the network shared with nginx".into())),
+                [first, ..] => Ok(pick(
+                    first,
+                    format!("first (by name) of the networks shared with nginx: {}; set {}.network to choose", shared.join(", "), settings.prefix),
+                )),
+            }
+        }
+        None => match addressed.keys().copied().collect::<Vec<_>>()[..] {
+            [] => Err(Diagnostic::error(
+                container_origin,
+                "the container has no IP address on any network (network mode host or none?); attach it to a network nginx can reach",
+            )),
+            [one] => Ok(pick(one, "the container's only network".into())),
+            [first, ..] => Ok(pick(
+                first,
+                format!("first (by name) of {on}; nginx's networks are unknown, set NGINX_CONTAINER or {}.network", settings.prefix),
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(name: &str, labels: &[(&str, &str)]) -> Container {
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            exposed_ports: vec![8080],
+            networks: [("demo_default".to_string(), NetworkAddress { ipv4: Some(Ipv4Addr::new(172, 18, 0, 5)), ipv6: None })].into(),
+            health: None,
+        }
+    }
+
+    fn settings() -> LabelSettings {
+        LabelSettings { prefix: "smart-proxy".into(), nginx_networks: None }
+    }
+
+    #[test]
+    fn defaults_from_compose_and_exposed_port() {
+        let c = container(
+            "demo-app1-1",
+            &[("smart-proxy.domains", "app1.localhost, www.app1.localhost"), ("com.docker.compose.project", "demo"), ("com.docker.compose.service", "app1")],
+        );
+        let out = routes(&[c], &settings());
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+        assert_eq!(out.routes.len(), 2);
+        assert_eq!(out.services[0].key.name.as_str(), "demo-app1");
+        assert_eq!(out.services[0].backends[0].address(), "172.18.0.5:8080");
+        assert_eq!(out.services[0].backends[0].network.as_ref().unwrap().reason, "the container's only network");
+    }
+
+    #[test]
+    fn named_routes_inherit_container_defaults() {
+        let c = container(
+            "shop",
+            &[
+                ("smart-proxy.domains", "shop.com"),
+                ("smart-proxy.allow", "10.0.0.0/8"),
+                ("smart-proxy.admin.domains", "admin.shop.com"),
+                ("smart-proxy.admin.port", "9000"),
+            ],
+        );
+        let out = routes(&[c], &settings());
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+        let names: Vec<_> = out.services.iter().map(|s| s.key.name.as_str()).collect();
+        assert_eq!(names, ["shop", "shop-admin"]);
+        assert_eq!(out.services[1].backends[0].port.get(), 9000);
+        assert_eq!(out.routes[1].allow.len(), 1);
+    }
+
+    #[test]
+    fn bad_labels_skip_the_container_with_precise_errors() {
+        let bad = container("bad", &[("smart-proxy.domains", "ok.com"), ("smart-proxy.port", "invalid"), ("smart-proxy.domian", "x")]);
+        let good = container("good", &[("smart-proxy.domains", "good.com")]);
+        let out = routes(&[bad, good], &settings());
+        assert_eq!(out.routes.len(), 1);
+        assert_eq!(out.routes[0].domain.as_str(), "good.com");
+        let messages: Vec<String> = out.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(messages.len(), 1, "unknown label stops before value checks: {messages:#?}");
+        assert!(messages[0].contains("container bad, label smart-proxy.domian: unknown label"));
+        let bad = container("bad", &[("smart-proxy.domains", "ok.com"), ("smart-proxy.port", "invalid")]);
+        let messages: Vec<String> = routes(&[bad], &settings()).diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(messages, ["error: container bad, label smart-proxy.port: port \"invalid\" is not a number; must be a whole number from 1 to 65535"]);
+    }
+
+    #[test]
+    fn disabled_nginx_and_unlabelled_containers_are_ignored() {
+        let out = routes(
+            &[
+                container("off", &[("smart-proxy.domains", "a.com"), ("smart-proxy.enable", "false")]),
+                container("nginx", &[("smart-proxy.nginx", "true")]),
+                container("plain", &[("other", "x")]),
+            ],
+            &settings(),
+        );
+        assert_eq!(out, SourceOutput::default());
+    }
+
+    #[test]
+    fn network_choice() {
+        let mut c = container("multi", &[("smart-proxy.domains", "a.com")]);
+        c.networks.insert("backend".into(), NetworkAddress { ipv4: Some(Ipv4Addr::new(10, 1, 0, 2)), ipv6: None });
+        c.networks.insert("host".into(), NetworkAddress::default());
+        let mut s = settings();
+        let out = routes(std::slice::from_ref(&c), &s);
+        let chosen = out.services[0].backends[0].network.clone().unwrap();
+        assert_eq!(chosen.name, "backend");
+        assert!(chosen.reason.contains("first (by name) of backend, demo_default"), "{}", chosen.reason);
+
+        s.nginx_networks = Some(["demo_default".to_string()].into());
+        let out = routes(std::slice::from_ref(&c), &s);
+        assert_eq!(out.services[0].backends[0].address(), "172.18.0.5:8080");
+
+        s.nginx_networks = Some(["elsewhere".to_string()].into());
+        let out = routes(std::slice::from_ref(&c), &s);
+        assert!(out.diagnostics[0].message.contains("no network shared with nginx"), "{}", out.diagnostics[0]);
+
+        c.labels.insert("smart-proxy.network".into(), "nope".into());
+        let out = routes(&[c], &s);
+        assert!(out.diagnostics[0].to_string().contains("label smart-proxy.network: the container has no address on network \"nope\"; it is on: backend, demo_default"));
+    }
+}

@@ -1,0 +1,125 @@
+//! Golden configs: each case is rendered, checked with the real `nginx -t`, and compared with its
+//! snapshot in `tests/snapshots/` (review changes with `cargo insta review`).
+
+use crate::support::{container, env_table, label_table, stable, NginxSandbox};
+use smart_proxy::routes::RouteTable;
+
+fn golden(name: &str, table: &RouteTable, local: bool) {
+    assert!(table.diagnostics.is_empty(), "{name}: unexpected diagnostics {:#?}", table.diagnostics);
+    let sandbox = NginxSandbox::new();
+    let config = sandbox.render_and_test(table, local);
+    insta::assert_snapshot!(name, stable(&config, &sandbox));
+}
+
+#[test]
+fn production() {
+    let table = env_table("app1.example.com:app1,app2.example.com:app2,api.example.com:api", "app1:10.0.0.11:8080,app2:10.0.0.12:8081,api:api:3000");
+    golden("production", &table, false);
+}
+
+#[test]
+fn local_mode_is_http_only() {
+    let table = env_table("app1.localhost:app1,app2.localhost:app2", "app1:10.0.0.11:8080,app2:10.0.0.12:8081");
+    golden("local", &table, true);
+    let config = NginxSandbox::new().render_and_test(&table, true);
+    assert!(!config.contains("ssl"), "LOCAL must render no ssl directive");
+    assert!(!config.contains("443"));
+    assert!(config.contains("proxy_set_header HTTPS off;"));
+}
+
+#[test]
+fn allowlist() {
+    let c = container("vpn-app", [172, 20, 0, 5], &[("smart-proxy.domains", "internal.example.com"), ("smart-proxy.allow", "10.8.0.0/24, 192.168.1.7, fd00:8::/64")]);
+    golden("allowlist", &label_table(&[c]), false);
+}
+
+#[test]
+fn domain_without_service() {
+    let table = env_table("status.example.com", "");
+    golden("no_service", &table, false);
+}
+
+#[test]
+fn replicas_are_one_upstream() {
+    let labels = [("smart-proxy.domains", "web.example.com"), ("com.docker.compose.project", "shop"), ("com.docker.compose.service", "web")];
+    let table = label_table(&[container("shop-web-1", [172, 20, 0, 2], &labels), container("shop-web-2", [172, 20, 0, 3], &labels), container("shop-web-3", [172, 20, 0, 4], &labels)]);
+    assert_eq!(table.upstreams.len(), 1);
+    assert_eq!(table.upstreams[0].backends.len(), 3);
+    golden("replicas", &table, false);
+}
+
+#[test]
+fn multi_route_container() {
+    let c = container(
+        "shop",
+        [172, 20, 0, 9],
+        &[
+            ("smart-proxy.domains", "shop.example.com"),
+            ("smart-proxy.api.domains", "shop.example.com"),
+            ("smart-proxy.api.path", "/api/"),
+            ("smart-proxy.api.port", "9000"),
+            ("smart-proxy.admin.domains", "admin.shop.example.com"),
+            ("smart-proxy.admin.port", "9100"),
+            ("smart-proxy.admin.tls", "off"),
+        ],
+    );
+    golden("multi_route", &label_table(&[c]), false);
+}
+
+#[test]
+fn wildcard() {
+    let c = container("tenant-app", [172, 20, 0, 6], &[("smart-proxy.domains", "*.tenants.example.com")]);
+    let table = label_table(&[c]);
+    golden("wildcard", &table, false);
+}
+
+#[test]
+fn idn_is_punycode() {
+    let table = env_table("bücher.example:shop,münchen.example", "shop:10.0.0.5:80");
+    assert_eq!(table.sites[0].domain.as_str(), "xn--bcher-kva.example");
+    golden("idn", &table, false);
+}
+
+#[test]
+fn unresolvable_static_host_still_loads() {
+    // nginx resolves a static service's host name per request, so a host that does not resolve
+    // cannot stop nginx from loading; that domain answers 502 and the others serve.
+    let table = env_table("a.example.com:gone,b.example.com:ok", "gone:no-such-host.invalid:80,ok:10.0.0.5:80");
+    let config = NginxSandbox::new().render_and_test(&table, false);
+    assert!(config.contains("set $smartproxy_backend no-such-host.invalid:80;"));
+}
+
+#[test]
+fn upstream_with_no_live_server_still_loads() {
+    let mut c = container("sick", [172, 20, 0, 7], &[("smart-proxy.domains", "sick.example.com")]);
+    c.health = Some(smart_proxy::sources::labels::Health::Unhealthy);
+    let table = label_table(&[c]);
+    let config = NginxSandbox::new().render_and_test(&table, false);
+    assert!(config.contains("server 127.0.0.1:9 down;"));
+}
+
+#[test]
+fn ten_thousand_domains_and_a_253_character_name_load() {
+    let label = "a".repeat(63);
+    let long = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+    assert_eq!(long.len(), 253);
+    let mut domains: Vec<String> = (0..10_000).map(|i| format!("site{i}.example.com:app")).collect();
+    domains.push(format!("{long}:app"));
+    let table = env_table(&domains.join(","), "app:10.0.0.5:80");
+    assert_eq!(table.sites.len(), 10_001);
+    // LOCAL keeps the file count (one error log per domain) within the open-file limit of test
+    // machines; the hash sizing under test is the same in both modes.
+    NginxSandbox::new().render_and_test(&table, true);
+}
+
+#[test]
+fn http2_directive_follows_the_nginx_version() {
+    use smart_proxy::render::{NginxVersion, RenderSettings, Renderer};
+    let table = env_table("a.example.com:app", "app:10.0.0.5:80");
+    let sandbox = NginxSandbox::new();
+    let render = |v| Renderer::builtin().render(&table, &RenderSettings { nginx_version: v, ..sandbox.settings(false) }).unwrap();
+    let old = render(NginxVersion(1, 22, 1));
+    assert!(old.contains("listen 443 ssl http2;") && !old.contains("http2 on;"));
+    let new = render(NginxVersion(1, 27, 3));
+    assert!(new.contains("listen 443 ssl;\n    http2 on;") && !new.contains("ssl http2"));
+}

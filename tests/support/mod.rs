@@ -1,0 +1,153 @@
+//! Test support: a real nginx to `nginx -t` rendered configs, and builders for route inputs.
+#![allow(dead_code)]
+
+pub mod docker;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use smart_proxy::certs::placeholder;
+use smart_proxy::render::{ConfigPath, NginxVersion, RenderSettings, Renderer};
+use smart_proxy::routes::RouteTable;
+
+/// True when running under CI (`CI=true`): missing real components are failures there.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The nginx binary. Debian's `nginx` package (installed by `.ci/run`).
+pub fn nginx_bin() -> PathBuf {
+    let path = PathBuf::from(std::env::var("TEST_NGINX_BIN").unwrap_or_else(|_| "/usr/sbin/nginx".into()));
+    assert!(
+        path.exists(),
+        "nginx is required for these tests and was not found at {} (install Debian's nginx: apt-get install nginx; .ci/run does this)",
+        path.display()
+    );
+    path
+}
+
+/// The version of the nginx the tests run.
+pub fn nginx_version() -> NginxVersion {
+    smart_proxy::settings::detect_nginx_version(&nginx_bin())
+}
+
+/// A scratch nginx prefix: certs, webroot and log directories, and a main `nginx.conf` that
+/// includes the rendered file in its http context (as `conf.d/*.conf` is in real setups).
+pub struct NginxSandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl NginxSandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for sub in ["certs", "webroot", "logs", "conf.d"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        NginxSandbox { dir }
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    /// Render settings pointing into this sandbox (production mode unless `local`).
+    pub fn settings(&self, local: bool) -> RenderSettings {
+        RenderSettings {
+            local,
+            http_port: 80,
+            https_port: 443,
+            certs_dir: ConfigPath::parse("CERTS_DIR", &self.path("certs")).unwrap(),
+            acme_webroot: ConfigPath::parse("ACME_WEBROOT", &self.path("webroot")).unwrap(),
+            log_dir: ConfigPath::parse("LOG_DIR", &self.path("logs")).unwrap(),
+            // Snapshots are rendered for a fixed version; `render_and_test` tests with the real one.
+            nginx_version: NginxVersion(1, 22, 1),
+            resolver: vec!["127.0.0.11".parse().unwrap()],
+        }
+    }
+
+    /// Writes placeholder certificates for every TLS domain that has none.
+    pub fn placeholders(&self, table: &RouteTable) {
+        for domain in placeholder::missing(&self.path("certs"), table) {
+            placeholder::write(&self.path("certs"), &domain).unwrap();
+        }
+    }
+
+    /// Runs the real `nginx -t` on `config` included in a minimal main config.
+    pub fn test(&self, config: &str) -> Result<(), String> {
+        let conf_d = self.path("conf.d/default.conf");
+        std::fs::write(&conf_d, config).unwrap();
+        let main = self.path("nginx.conf");
+        std::fs::write(
+            &main,
+            format!(
+                "pid {pid};\nerror_log stderr;\nevents {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    include {conf};\n}}\n",
+                pid = self.path("nginx.pid").display(),
+                conf = conf_d.display()
+            ),
+        )
+        .unwrap();
+        let output = Command::new(nginx_bin())
+            .arg("-t")
+            .arg("-q")
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(&main)
+            .arg("-e")
+            .arg("stderr")
+            .output()
+            .expect("run nginx -t");
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// Renders `table` with the built-in template, writes placeholders, and `nginx -t`s it.
+    pub fn render_and_test(&self, table: &RouteTable, local: bool) -> String {
+        let renderer = Renderer::builtin();
+        let tested = RenderSettings { nginx_version: nginx_version(), ..self.settings(local) };
+        let config = renderer.render(table, &tested).expect("render");
+        if !local {
+            self.placeholders(table);
+        }
+        if let Err(e) = self.test(&config) {
+            panic!("nginx -t rejected the rendered config:\n{e}\n--- config ---\n{config}");
+        }
+        renderer.render(table, &self.settings(local)).expect("render")
+    }
+}
+
+/// Replaces the sandbox's temporary directory with a stable name, for snapshots.
+pub fn stable(config: &str, sandbox: &NginxSandbox) -> String {
+    config.replace(&sandbox.dir.path().display().to_string(), "/SANDBOX")
+}
+
+pub fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A running container as the Docker client would report it, on one network.
+pub fn container(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> smart_proxy::sources::labels::Container {
+    use smart_proxy::sources::labels::{Container, NetworkAddress};
+    Container {
+        id: format!("{name}-id"),
+        name: name.to_string(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        exposed_ports: vec![8080],
+        networks: [("proxy".to_string(), NetworkAddress { ipv4: Some(ip.into()), ipv6: None })].into(),
+        health: None,
+    }
+}
+
+/// Routes from containers, as the agent builds them.
+pub fn label_table(containers: &[smart_proxy::sources::labels::Container]) -> RouteTable {
+    use smart_proxy::sources::labels::{routes, LabelSettings};
+    RouteTable::build(vec![routes(containers, &LabelSettings { prefix: "smart-proxy".into(), nginx_networks: None })])
+}
+
+/// Routes from the seed env format.
+pub fn env_table(domains: &str, services: &str) -> RouteTable {
+    RouteTable::build(vec![smart_proxy::sources::env::parse(Some(domains), Some(services))])
+}
