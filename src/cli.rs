@@ -14,7 +14,11 @@ use crate::report::Report;
 use crate::settings::{LogFormat, Settings};
 
 #[derive(Debug, Parser)]
-#[command(name = "nginx-smart-proxy", version, about = "Keeps nginx in sync with Docker labels and DOMAINS/SERVICES, safely")]
+#[command(
+    name = "nginx-smart-proxy",
+    version,
+    about = "Keeps nginx in sync with Docker labels and DOMAINS/SERVICES, safely"
+)]
 pub struct Cli {
     /// Print the config that would be applied, and exit (writes nothing).
     #[arg(long)]

@@ -101,7 +101,15 @@ impl<'a> Report<'a> {
                         .join(" "),
                 };
                 let allow = if r.allow.is_empty() { "any".to_string() } else { r.allow.join(" ") };
-                [r.domain.clone(), r.path.clone(), r.service.clone().unwrap_or("-".into()), servers, r.tls.clone(), allow, r.source.clone()]
+                [
+                    r.domain.clone(),
+                    r.path.clone(),
+                    r.service.clone().unwrap_or("-".into()),
+                    servers,
+                    r.tls.clone(),
+                    allow,
+                    r.source.clone(),
+                ]
             })
             .collect();
         if rows.is_empty() {
@@ -126,7 +134,15 @@ impl<'a> Report<'a> {
             .routes
             .iter()
             .flat_map(|r| &r.servers)
-            .filter_map(|s| Some(format!("  {} ({}): network {}: {}", s.source, s.address, s.network.as_ref()?, s.network_reason.as_ref()?)))
+            .filter_map(|s| {
+                Some(format!(
+                    "  {} ({}): network {}: {}",
+                    s.source,
+                    s.address,
+                    s.network.as_ref()?,
+                    s.network_reason.as_ref()?
+                ))
+            })
             .collect();
         networks.sort();
         networks.dedup();

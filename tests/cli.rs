@@ -1,1 +1,213 @@
-//! (being written)
+//! The command line as a user meets it: `--dry-run`, `check`, exit codes and error messages.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+/// The binary with a clean environment: no Docker, a fixed nginx version, and the given env.
+fn cmd(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::cargo_bin("nginx-smart-proxy").unwrap();
+    cmd.env_clear()
+        .env("NO_DOCKER", "true")
+        .env("NGINX_VERSION", "1.22.1")
+        .env("RESOLVER", "127.0.0.11")
+        .env("CERTS_DIR", "/nonexistent-certs");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+const SERVICES: &str = "app1:app1:8080,app2:app2:8081,api:api:3000";
+
+#[test]
+fn dry_run_prints_the_config() {
+    cmd(&[("DOMAINS", "app1.com:app1,app2.com:app2,status.com"), ("SERVICES", SERVICES)])
+        .arg("--dry-run")
+        .assert()
+        .success()
+        .stdout(contains("server_name app1.com;").and(contains("server_name status.com;")))
+        .stdout(contains("Service not configured for this domain"))
+        .stderr(contains("a self-signed placeholder would be written").and(contains("nothing written")));
+}
+
+#[test]
+fn dry_run_output_file_and_local_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.conf");
+    cmd(&[("DOMAINS", "app1.localhost:app1"), ("SERVICES", SERVICES), ("LOCAL", "true")])
+        .args(["--dry-run", "--output"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout("");
+    let config = std::fs::read_to_string(&out).unwrap();
+    assert!(config.contains("server_name app1.localhost;"));
+    assert!(!config.contains("ssl"));
+}
+
+#[test]
+fn unknown_service_lists_the_available_ones() {
+    cmd(&[("DOMAINS", "app1.com:app1,app2.com:nope"), ("SERVICES", SERVICES)])
+        .arg("--dry-run")
+        .assert()
+        .code(1)
+        .stdout(contains("server_name app1.com;"))
+        .stderr(contains(
+            r#"DOMAINS entry 2 "app2.com:nope": unknown service "nope". Available services: api, app1, app2"#,
+        ));
+}
+
+#[test]
+fn bad_ports_say_what_is_allowed() {
+    cmd(&[("DOMAINS", "a.com:a,b.com:b,c.com:c"), ("SERVICES", "a:a:invalid,b:b:99999,c:c:80")])
+        .arg("--dry-run")
+        .assert()
+        .code(1)
+        .stdout(contains("server_name c.com;"))
+        .stderr(contains(
+            r#"SERVICES entry 1 "a:a:invalid": port "invalid" is not a number; must be a whole number from 1 to 65535"#,
+        ))
+        .stderr(contains(r#"SERVICES entry 2 "b:b:99999": port 99999 is out of range; must be 1-65535"#));
+}
+
+#[test]
+fn duplicate_empty_and_bad_domains() {
+    cmd(&[("DOMAINS", "a.com:app1,a.com:app2,:app1,bad_name.com:app1, ,ok.com"), ("SERVICES", SERVICES)])
+        .arg("--dry-run")
+        .assert()
+        .code(1)
+        .stdout(contains("server_name ok.com;").and(contains("server_name a.com;")))
+        .stderr(contains(r#"DOMAINS entry 2 "a.com:app2": duplicate domain a.com: already defined by DOMAINS entry 1"#))
+        .stderr(contains(r#"DOMAINS entry 3 ":app1": empty domain name"#))
+        .stderr(contains(r#"DOMAINS entry 4 "bad_name.com:app1": domain "bad_name.com" is not a valid host name: it contains the character '_'"#));
+}
+
+#[test]
+fn international_names_become_punycode() {
+    cmd(&[("DOMAINS", "bücher.example:app1"), ("SERVICES", SERVICES)])
+        .arg("--dry-run")
+        .assert()
+        .success()
+        .stdout(contains("server_name xn--bcher-kva.example;"));
+}
+
+#[test]
+fn json_file_errors_name_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    std::fs::write(
+        &file,
+        r#"{"domains":[{"name":"app1.com","service":"app1"},{"name":"x.com","service":"ghost"}],
+            "services":[{"name":"app1","host":"app1","port":8080},{"name":"bad","host":"h","port":0}]}"#,
+    )
+    .unwrap();
+    let shown = file.display().to_string();
+    cmd(&[])
+        .arg("--dry-run")
+        .arg("--config-file")
+        .arg(&file)
+        .assert()
+        .code(1)
+        .stdout(contains("server_name app1.com;"))
+        .stderr(contains(format!("file {shown}, services[1].port: port 0 is out of range; must be 1-65535")))
+        .stderr(contains(format!(r#"file {shown}, domains[1]: unknown service "ghost". Available services: app1"#)));
+}
+
+#[test]
+fn split_files_and_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let domains = dir.path().join("domains.json");
+    let services = dir.path().join("services.json");
+    std::fs::write(&domains, r#"{"domains":[{"name":"a.com","service":"a"}]}"#).unwrap();
+    std::fs::write(&services, r#"{"services":[{"name":"a","host":"10.0.0.1","port":80}]}"#).unwrap();
+    cmd(&[])
+        .arg("--dry-run")
+        .env("DOMAINS_CONFIG", &domains)
+        .env("SERVICES_CONFIG", &services)
+        .assert()
+        .success()
+        .stdout(contains("server 10.0.0.1:80;"));
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config.json");
+    cmd(&[]).args(["--dry-run", "--config-file", examples]).assert().success();
+}
+
+#[test]
+fn check_prints_the_route_table() {
+    cmd(&[("DOMAINS", "app1.com:app1,status.com,zz.com:nope"), ("SERVICES", SERVICES)])
+        .arg("check")
+        .assert()
+        .code(1)
+        .stdout(contains("DOMAIN").and(contains("SERVERS")))
+        .stdout(contains("app1.com").and(contains("app1:8080")).and(contains("DOMAINS entry 1")))
+        .stdout(contains("- (answers 503)"))
+        .stdout(contains("Errors (1):"));
+}
+
+#[test]
+fn check_json_is_machine_readable() {
+    let output = cmd(&[("DOMAINS", "app1.com:app1"), ("SERVICES", SERVICES)])
+        .args(["check", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["routes"][0]["domain"], "app1.com");
+    assert_eq!(report["routes"][0]["servers"][0]["address"], "app1:8080");
+    assert_eq!(report["placeholders"][0], "app1.com");
+    assert_eq!(report["errors"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    cmd(&[]).arg("--no-such-flag").assert().code(2);
+    cmd(&[("HTTP_PORT", "0")]).arg("--dry-run").assert().code(2);
+    cmd(&[("LOCAL", "maybe")]).arg("--dry-run").assert().code(2);
+}
+
+#[test]
+fn template_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("custom.j2");
+    std::fs::write(&template, "# custom\n{% for site in sites %}\nserver_name {{ site.nope }};\n{% endfor %}\n")
+        .unwrap();
+    cmd(&[("DOMAINS", "a.com")])
+        .arg("--dry-run")
+        .env("NGINX_TEMPLATE", &template)
+        .assert()
+        .code(1)
+        .stderr(contains(format!("template {}, line 3", template.display())));
+}
+
+#[test]
+fn unsafe_settings_are_refused() {
+    cmd(&[("DOMAINS", "a.com"), ("CERTS_DIR", "/etc/le;ssl")])
+        .arg("--dry-run")
+        .assert()
+        .code(1)
+        .stderr(contains(r#"CERTS_DIR "/etc/le;ssl" is not allowed"#));
+}
+
+#[test]
+fn every_setting_is_documented_in_the_readme() {
+    use clap::CommandFactory;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let documented: std::collections::BTreeSet<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(name, _)| name))
+        .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    let command = smart_proxy::cli::Cli::command();
+    let in_code: std::collections::BTreeSet<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    assert!(in_code.len() >= 20 && documented.len() >= 20, "found {in_code:?} in code, {documented:?} in the README");
+    let undocumented: Vec<&String> = in_code.iter().filter(|e| !documented.contains(e.as_str())).collect();
+    assert!(undocumented.is_empty(), "settings missing from the README's settings table: {undocumented:?}");
+    let stale: Vec<&&str> =
+        documented.iter().filter(|d| !in_code.contains(**d) && !["DOCKER_HOST"].contains(*d)).collect();
+    assert!(stale.is_empty(), "README documents settings the code does not have: {stale:?}");
+}

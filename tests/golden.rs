@@ -13,7 +13,10 @@ fn golden(name: &str, table: &RouteTable, local: bool) {
 
 #[test]
 fn production() {
-    let table = env_table("app1.example.com:app1,app2.example.com:app2,api.example.com:api", "app1:10.0.0.11:8080,app2:10.0.0.12:8081,api:api:3000");
+    let table = env_table(
+        "app1.example.com:app1,app2.example.com:app2,api.example.com:api",
+        "app1:10.0.0.11:8080,app2:10.0.0.12:8081,api:api:3000",
+    );
     golden("production", &table, false);
 }
 
@@ -29,7 +32,14 @@ fn local_mode_is_http_only() {
 
 #[test]
 fn allowlist() {
-    let c = container("vpn-app", [172, 20, 0, 5], &[("smart-proxy.domains", "internal.example.com"), ("smart-proxy.allow", "10.8.0.0/24, 192.168.1.7, fd00:8::/64")]);
+    let c = container(
+        "vpn-app",
+        [172, 20, 0, 5],
+        &[
+            ("smart-proxy.domains", "internal.example.com"),
+            ("smart-proxy.allow", "10.8.0.0/24, 192.168.1.7, fd00:8::/64"),
+        ],
+    );
     golden("allowlist", &label_table(&[c]), false);
 }
 
@@ -41,8 +51,16 @@ fn domain_without_service() {
 
 #[test]
 fn replicas_are_one_upstream() {
-    let labels = [("smart-proxy.domains", "web.example.com"), ("com.docker.compose.project", "shop"), ("com.docker.compose.service", "web")];
-    let table = label_table(&[container("shop-web-1", [172, 20, 0, 2], &labels), container("shop-web-2", [172, 20, 0, 3], &labels), container("shop-web-3", [172, 20, 0, 4], &labels)]);
+    let labels = [
+        ("smart-proxy.domains", "web.example.com"),
+        ("com.docker.compose.project", "shop"),
+        ("com.docker.compose.service", "web"),
+    ];
+    let table = label_table(&[
+        container("shop-web-1", [172, 20, 0, 2], &labels),
+        container("shop-web-2", [172, 20, 0, 3], &labels),
+        container("shop-web-3", [172, 20, 0, 4], &labels),
+    ]);
     assert_eq!(table.upstreams.len(), 1);
     assert_eq!(table.upstreams[0].backends.len(), 3);
     golden("replicas", &table, false);
@@ -117,7 +135,9 @@ fn http2_directive_follows_the_nginx_version() {
     use smart_proxy::render::{NginxVersion, RenderSettings, Renderer};
     let table = env_table("a.example.com:app", "app:10.0.0.5:80");
     let sandbox = NginxSandbox::new();
-    let render = |v| Renderer::builtin().render(&table, &RenderSettings { nginx_version: v, ..sandbox.settings(false) }).unwrap();
+    let render = |v| {
+        Renderer::builtin().render(&table, &RenderSettings { nginx_version: v, ..sandbox.settings(false) }).unwrap()
+    };
     let old = render(NginxVersion(1, 22, 1));
     assert!(old.contains("listen 443 ssl http2;") && !old.contains("http2 on;"));
     let new = render(NginxVersion(1, 27, 3));

@@ -136,7 +136,8 @@ pub struct Renderer {
 
 impl Renderer {
     pub fn builtin() -> Self {
-        Self::from_source(BUILTIN_NAME.to_string(), BUILTIN_TEMPLATE.to_string()).expect("the built-in template compiles")
+        Self::from_source(BUILTIN_NAME.to_string(), BUILTIN_TEMPLATE.to_string())
+            .expect("the built-in template compiles")
     }
 
     /// Loads `NGINX_TEMPLATE`; syntax errors are reported with file and line.
@@ -148,7 +149,9 @@ impl Renderer {
     fn from_source(name: String, source: String) -> Result<Self, RenderError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_syntax(SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(RenderError::template)?);
+        env.set_syntax(
+            SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(RenderError::template)?,
+        );
         env.add_template_owned(name.clone(), source).map_err(RenderError::template)?;
         Ok(Renderer { env, name })
     }
@@ -270,7 +273,11 @@ impl<'a> Context<'a> {
             local: settings.local,
             http_port: settings.http_port,
             https_port: settings.https_port,
-            https_port_suffix: if settings.https_port == 443 { String::new() } else { format!(":{}", settings.https_port) },
+            https_port_suffix: if settings.https_port == 443 {
+                String::new()
+            } else {
+                format!(":{}", settings.https_port)
+            },
             http2_on: settings.nginx_version.has_http2_directive(),
             acme_webroot: &settings.acme_webroot,
             log_dir: &settings.log_dir,

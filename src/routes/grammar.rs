@@ -25,7 +25,9 @@ pub enum ValueError {
     PortNotNumber { value: String },
     #[error("port {value} is out of range; must be 1-65535")]
     PortOutOfRange { value: String },
-    #[error("path {value:?} is not allowed: {reason}; a path starts with '/' and uses only letters, digits and / . _ ~ -")]
+    #[error(
+        "path {value:?} is not allowed: {reason}; a path starts with '/' and uses only letters, digits and / . _ ~ -"
+    )]
     BadPath { value: String, reason: String },
     #[error("{value:?} is not an IP address or CIDR range (like 10.0.0.0/8 or 2001:db8::/32)")]
     BadCidr { value: String },
@@ -170,9 +172,7 @@ impl Host {
         if trimmed.is_empty() {
             return Err(ValueError::BadHost { value: String::new(), reason: "it is empty".into() });
         }
-        to_ascii_host(trimmed)
-            .map(Host::Name)
-            .map_err(|reason| ValueError::BadHost { value: show(trimmed), reason })
+        to_ascii_host(trimmed).map(Host::Name).map_err(|reason| ValueError::BadHost { value: show(trimmed), reason })
     }
 }
 
@@ -275,12 +275,8 @@ impl Cidr {
 
     /// Parses a comma list, skipping empty entries.
     pub fn parse_list(input: &str) -> Result<Vec<Self>, ValueError> {
-        let mut out: Vec<Cidr> = input
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(Cidr::parse)
-            .collect::<Result<_, _>>()?;
+        let mut out: Vec<Cidr> =
+            input.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Cidr::parse).collect::<Result<_, _>>()?;
         out.sort();
         out.dedup();
         Ok(out)
@@ -385,7 +381,20 @@ mod tests {
         assert_eq!(DomainName::parse("*.example.com").unwrap().cert_name(), "_.example.com");
         assert_eq!(DomainName::parse("bücher.example").unwrap().as_str(), "xn--bcher-kva.example");
         assert_eq!(DomainName::parse("example.com.").unwrap().as_str(), "example.com");
-        for bad in ["", "a..b", "-a.com", "a-.com", "a_b.com", "a.*.com", "*", "**.a.com", "a b.com", "a;b", "1.2.3.4", "a.com;\nx"] {
+        for bad in [
+            "",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a_b.com",
+            "a.*.com",
+            "*",
+            "**.a.com",
+            "a b.com",
+            "a;b",
+            "1.2.3.4",
+            "a.com;\nx",
+        ] {
             assert!(DomainName::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let label63 = "a".repeat(63);

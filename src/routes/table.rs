@@ -70,7 +70,10 @@ impl RouteTable {
             if let Some(key) = &route.service {
                 if !services.contains_key(key) {
                     let message = if available.is_empty() {
-                        format!("unknown service {:?}. No services are defined (set SERVICES or a services file)", key.name.as_str())
+                        format!(
+                            "unknown service {:?}. No services are defined (set SERVICES or a services file)",
+                            key.name.as_str()
+                        )
                     } else {
                         format!("unknown service {:?}. Available services: {}", key.name.as_str(), available.join(", "))
                     };
@@ -268,8 +271,14 @@ mod tests {
     fn replicas_share_one_upstream_and_labels_win_over_env() {
         let web = key(Namespace::Docker, "web");
         let docker = SourceOutput {
-            routes: vec![route("a.com", Some(web.clone()), container("web-1")), route("a.com", Some(web.clone()), container("web-2"))],
-            services: vec![service(web.clone(), "10.0.0.2", container("web-1")), service(web, "10.0.0.3", container("web-2"))],
+            routes: vec![
+                route("a.com", Some(web.clone()), container("web-1")),
+                route("a.com", Some(web.clone()), container("web-2")),
+            ],
+            services: vec![
+                service(web.clone(), "10.0.0.2", container("web-1")),
+                service(web, "10.0.0.3", container("web-2")),
+            ],
             diagnostics: vec![],
         };
         let env_origin = Origin::Env { var: "DOMAINS", entry: 1, text: "a.com".into() };

@@ -70,7 +70,10 @@ impl DockerClient {
                 Ok(Some(c)) => containers.push(c),
                 Ok(None) => {}
                 // A container removed between list and inspect is simply gone.
-                Err(DockerError::Api { source: bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }, .. }) => {}
+                Err(DockerError::Api {
+                    source: bollard::errors::Error::DockerResponseServerError { status_code: 404, .. },
+                    ..
+                }) => {}
                 Err(e) => return Err(e),
             }
         }

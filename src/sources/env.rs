@@ -68,7 +68,8 @@ fn parse_service(text: &str) -> Result<(ServiceName, Host, Port), String> {
     let (name, rest) = text.split_once(':').ok_or_else(|| format!("missing host and port; {FORMAT}"))?;
     let (host, port) = if rest.trim_start().starts_with('[') {
         let close = rest.find(']').ok_or_else(|| format!("unclosed '[' in the host; {FORMAT}"))?;
-        let port = rest[close + 1..].strip_prefix(':').ok_or_else(|| format!("missing port after the host; {FORMAT}"))?;
+        let port =
+            rest[close + 1..].strip_prefix(':').ok_or_else(|| format!("missing port after the host; {FORMAT}"))?;
         (&rest[..=close], port)
     } else {
         match rest.split(':').collect::<Vec<_>>()[..] {
@@ -103,10 +104,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_entry() {
-        let out = parse(Some("ok.com:app1,:app1,bad_domain.com:app1,x.com:"), Some("app1:app1:invalid,app2:h:99999,api"));
+        let out =
+            parse(Some("ok.com:app1,:app1,bad_domain.com:app1,x.com:"), Some("app1:app1:invalid,app2:h:99999,api"));
         let messages: Vec<String> = out.diagnostics.iter().map(|d| d.to_string()).collect();
         assert_eq!(messages.len(), 6, "{messages:#?}");
-        assert!(messages[0].starts_with("error: SERVICES entry 1 \"app1:app1:invalid\": port \"invalid\" is not a number"));
+        assert!(
+            messages[0].starts_with("error: SERVICES entry 1 \"app1:app1:invalid\": port \"invalid\" is not a number")
+        );
         assert!(messages[1].contains("SERVICES entry 2") && messages[1].contains("must be 1-65535"));
         assert!(messages[2].contains("SERVICES entry 3") && messages[2].contains("expected name:host:port"));
         assert!(messages[3].contains("DOMAINS entry 2") && messages[3].contains("empty domain name"));
@@ -119,7 +123,10 @@ mod tests {
         let out = parse(Some("a.com:nope"), Some("app1:app1:8080,app2:app2:8081,api:api:80"));
         let table = RouteTable::build(vec![out]);
         let msg = table.diagnostics[0].to_string();
-        assert_eq!(msg, "error: DOMAINS entry 1 \"a.com:nope\": unknown service \"nope\". Available services: api, app1, app2");
+        assert_eq!(
+            msg,
+            "error: DOMAINS entry 1 \"a.com:nope\": unknown service \"nope\". Available services: api, app1, app2"
+        );
         assert!(table.sites.is_empty());
         assert!(table.has_static_errors());
     }

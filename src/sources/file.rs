@@ -41,7 +41,10 @@ pub fn load(path: &Path, kind: FileKind) -> SourceOutput {
         Ok(text) => parse(path, &text, kind),
         Err(e) => {
             let origin = Origin::File { path: path.to_path_buf(), field: "(file)".into() };
-            SourceOutput { diagnostics: vec![Diagnostic::error(origin, format!("cannot read the file: {e}"))], ..Default::default() }
+            SourceOutput {
+                diagnostics: vec![Diagnostic::error(origin, format!("cannot read the file: {e}"))],
+                ..Default::default()
+            }
         }
     }
 }
@@ -52,7 +55,10 @@ pub fn parse(path: &Path, text: &str, kind: FileKind) -> SourceOutput {
     let root = match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => map,
         Ok(_) => {
-            out.diagnostics.push(Diagnostic::error(at("(top level)".into()), format!("must be a JSON object with {}", keys_list(kind.keys()))));
+            out.diagnostics.push(Diagnostic::error(
+                at("(top level)".into()),
+                format!("must be a JSON object with {}", keys_list(kind.keys())),
+            ));
             return out;
         }
         Err(e) => {
@@ -61,7 +67,10 @@ pub fn parse(path: &Path, text: &str, kind: FileKind) -> SourceOutput {
         }
     };
     for key in root.keys().filter(|k| !kind.keys().contains(&k.as_str())) {
-        out.diagnostics.push(Diagnostic::error(at(key.clone()), format!("unknown key; this file may hold {}", keys_list(kind.keys()))));
+        out.diagnostics.push(Diagnostic::error(
+            at(key.clone()),
+            format!("unknown key; this file may hold {}", keys_list(kind.keys())),
+        ));
     }
     let file = FileReader { path: path.to_path_buf() };
     if let Some(services) = root.get("services").filter(|_| kind != FileKind::Domains) {
@@ -120,11 +129,19 @@ impl FileReader {
         }
     }
 
-    fn string<'a>(&self, entry: &'a Map<String, Value>, field: &str, name: &str) -> Result<Option<&'a str>, Diagnostic> {
+    fn string<'a>(
+        &self,
+        entry: &'a Map<String, Value>,
+        field: &str,
+        name: &str,
+    ) -> Result<Option<&'a str>, Diagnostic> {
         match entry.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(Diagnostic::error(self.origin(format!("{field}.{name}")), format!("must be a string, found {}", kind_of(other)))),
+            Some(other) => Err(Diagnostic::error(
+                self.origin(format!("{field}.{name}")),
+                format!("must be a string, found {}", kind_of(other)),
+            )),
         }
     }
 
@@ -144,7 +161,9 @@ impl FileReader {
                 return Err(fail("port", &format!("must be a JSON number like 8080, found the string {s:?}")))
             }
             None | Some(Value::Null) => return Err(fail("port", &"missing; this field is required (1-65535)")),
-            Some(other) => return Err(fail("port", &format!("must be a number from 1 to 65535, found {}", kind_of(other)))),
+            Some(other) => {
+                return Err(fail("port", &format!("must be a number from 1 to 65535, found {}", kind_of(other))))
+            }
         };
         let origin = self.origin(field);
         out.services.push(ServiceDef {
@@ -172,7 +191,9 @@ impl FileReader {
             Some(Value::Array(items)) => {
                 let mut allow = Vec::new();
                 for (i, item) in items.iter().enumerate() {
-                    let text = item.as_str().ok_or_else(|| fail(&format!("allow[{i}]"), &"must be a string like \"10.0.0.0/8\""))?;
+                    let text = item
+                        .as_str()
+                        .ok_or_else(|| fail(&format!("allow[{i}]"), &"must be a string like \"10.0.0.0/8\""))?;
                     allow.push(Cidr::parse(text).map_err(|e| fail(&format!("allow[{i}]"), &e))?);
                 }
                 allow.sort();
@@ -180,7 +201,9 @@ impl FileReader {
                 allow
             }
             Some(Value::String(s)) => Cidr::parse_list(s).map_err(|e| fail("allow", &e))?,
-            Some(other) => return Err(fail("allow", &format!("must be a list of IPs or CIDR ranges, found {}", kind_of(other)))),
+            Some(other) => {
+                return Err(fail("allow", &format!("must be a list of IPs or CIDR ranges, found {}", kind_of(other))))
+            }
         };
         out.routes.push(RouteDef {
             domain,

@@ -143,7 +143,10 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
         if wide.keys().any(|k| ROUTE_KEYS.contains(k)) {
             return Err(vec![Diagnostic::error(
                 Origin::Container { name: c.name.clone(), label: None },
-                format!("has {p}.* labels but no {p}.domains; add {p}.domains=example.com (or {p}.enable=false)", p = settings.prefix),
+                format!(
+                    "has {p}.* labels but no {p}.domains; add {p}.domains=example.com (or {p}.enable=false)",
+                    p = settings.prefix
+                ),
             )]);
         }
         return Ok(None);
@@ -266,7 +269,9 @@ fn route(
 }
 
 fn is_route_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The compose service with its project (`project-service`), else the container name.
@@ -373,7 +378,11 @@ mod tests {
             name: name.into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             exposed_ports: vec![8080],
-            networks: [("demo_default".to_string(), NetworkAddress { ipv4: Some(Ipv4Addr::new(172, 18, 0, 5)), ipv6: None })].into(),
+            networks: [(
+                "demo_default".to_string(),
+                NetworkAddress { ipv4: Some(Ipv4Addr::new(172, 18, 0, 5)), ipv6: None },
+            )]
+            .into(),
             health: None,
         }
     }
@@ -386,7 +395,11 @@ mod tests {
     fn defaults_from_compose_and_exposed_port() {
         let c = container(
             "demo-app1-1",
-            &[("smart-proxy.domains", "app1.localhost, www.app1.localhost"), ("com.docker.compose.project", "demo"), ("com.docker.compose.service", "app1")],
+            &[
+                ("smart-proxy.domains", "app1.localhost, www.app1.localhost"),
+                ("com.docker.compose.project", "demo"),
+                ("com.docker.compose.service", "app1"),
+            ],
         );
         let out = routes(&[c], &settings());
         assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
@@ -417,7 +430,10 @@ mod tests {
 
     #[test]
     fn bad_labels_skip_the_container_with_precise_errors() {
-        let bad = container("bad", &[("smart-proxy.domains", "ok.com"), ("smart-proxy.port", "invalid"), ("smart-proxy.domian", "x")]);
+        let bad = container(
+            "bad",
+            &[("smart-proxy.domains", "ok.com"), ("smart-proxy.port", "invalid"), ("smart-proxy.domian", "x")],
+        );
         let good = container("good", &[("smart-proxy.domains", "good.com")]);
         let out = routes(&[bad, good], &settings());
         assert_eq!(out.routes.len(), 1);
