@@ -92,10 +92,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Some(Command::Check { format }) => check(&cli.settings, format).await,
         Some(Command::Run) | None => {
-            eprintln!(
-                "error: the live agent is not available in this version yet; use `nginx-smart-proxy --dry-run` to print the config or `nginx-smart-proxy check` to see the routes"
-            );
-            Ok(EXIT_USAGE)
+            crate::agent::run(cli.settings, shutdown_signal()).await?;
+            Ok(EXIT_OK)
         }
     }
 }
@@ -151,6 +149,17 @@ async fn check(settings: &Settings, format: Format) -> anyhow::Result<u8> {
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(exit_code(table))
+}
+
+/// SIGTERM (docker stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 fn exit_code(table: &crate::routes::RouteTable) -> u8 {

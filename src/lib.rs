@@ -3,6 +3,8 @@
 //!
 //! Data flow: `sources` → `routes` (validated, merged) → `render` → apply; `certs` alongside.
 
+pub mod agent;
+pub mod apply;
 pub mod certs;
 pub mod cli;
 pub mod fsutil;

@@ -80,6 +80,22 @@ pub struct Settings {
     #[arg(long, env = "NGINX_BIN", global = true, default_value = "nginx")]
     pub nginx_bin: PathBuf,
 
+    /// nginx's main config (passed with `-c`); `NGINX_CONF` must be inside its directory.
+    #[arg(long, env = "NGINX_MAIN_CONF", global = true, default_value = "/etc/nginx/nginx.conf")]
+    pub nginx_main_conf: PathBuf,
+
+    /// Quiet time after the last Docker or file event before a pass runs (trailing debounce).
+    #[arg(long, env = "DEBOUNCE", global = true, default_value = "100ms")]
+    pub debounce: humantime::Duration,
+
+    /// The longest a pass waits while events keep coming. A long value hides updates longer.
+    #[arg(long, env = "DEBOUNCE_MAX", global = true, default_value = "1s")]
+    pub debounce_max: humantime::Duration,
+
+    /// Full resync with the Docker host (list and inspect every labelled container) this often.
+    #[arg(long, env = "RESYNC_INTERVAL", global = true, default_value = "5m")]
+    pub resync_interval: humantime::Duration,
+
     /// The nginx container (name or id) in the companion setup; its networks decide which
     /// container addresses are used. Default: the container labelled `<prefix>.nginx=true`.
     #[arg(long, env = "NGINX_CONTAINER", global = true)]

@@ -156,6 +156,24 @@ impl RouteTable {
     pub fn upstream(&self, id: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.id == id)
     }
+
+    /// The table without one domain's site (and without upstreams only it used).
+    pub fn without_site(&self, domain: &DomainName) -> RouteTable {
+        self.retain_sites(|site| &site.domain != domain)
+    }
+
+    /// The table with only the given domains' sites.
+    pub fn only_sites(&self, domains: &[DomainName]) -> RouteTable {
+        self.retain_sites(|site| domains.contains(&site.domain))
+    }
+
+    fn retain_sites(&self, keep: impl Fn(&Site) -> bool) -> RouteTable {
+        let sites: Vec<Site> = self.sites.iter().filter(|s| keep(s)).cloned().collect();
+        let used: HashSet<&str> =
+            sites.iter().flat_map(|s| &s.locations).filter_map(|l| l.upstream.as_deref()).collect();
+        let upstreams = self.upstreams.iter().filter(|u| used.contains(u.id.as_str())).cloned().collect();
+        RouteTable { upstreams, sites, diagnostics: self.diagnostics.clone() }
+    }
 }
 
 /// Merges definitions of the same service: replicas of a Docker service add servers; two static

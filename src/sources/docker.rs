@@ -31,8 +31,28 @@ pub enum DockerError {
     },
 }
 
+/// One event that may change routes: which container, and what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub container: String,
+    /// The container's name (container events only).
+    pub name: Option<String>,
+    /// `start`, `die`, `health_status: healthy`, `connect`, ...
+    pub action: String,
+}
+
+impl DockerError {
+    /// True for "no such container" (removed meanwhile).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            DockerError::Api { source: bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }, .. }
+        )
+    }
+}
+
 /// A connected Docker client (version negotiated).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct DockerClient {
     docker: Docker,
 }
@@ -50,11 +70,56 @@ impl DockerClient {
         Ok(DockerClient { docker })
     }
 
-    /// Every running container that carries a label with `prefix.`, inspected.
+    /// The underlying client, for the exec calls of the companion nginx.
+    pub fn raw(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.docker.ping().await.map(|_| ()).map_err(|source| DockerError::Unreachable { host: docker_host(), source })
+    }
+
+    /// The events that can change routes, from `since` (unix seconds) on: container start, die,
+    /// stop, destroy, rename, health_status, and network connect/disconnect (filtered by the daemon).
+    pub fn events(&self, since: i64) -> impl futures::Stream<Item = Result<ContainerEvent, DockerError>> + use<> {
+        use futures::StreamExt;
+        let filters: HashMap<String, Vec<String>> = [
+            ("type".to_string(), vec!["container".to_string(), "network".to_string()]),
+            (
+                "event".to_string(),
+                ["start", "die", "stop", "destroy", "rename", "health_status", "connect", "disconnect"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+        ]
+        .into();
+        let options = bollard::query_parameters::EventsOptions {
+            since: Some(since.to_string()),
+            until: None,
+            filters: Some(filters),
+        };
+        self.docker.events(Some(options)).map(|item| {
+            let message = item.map_err(|source| DockerError::Api { call: "events".into(), source })?;
+            let attributes = message.actor.as_ref().and_then(|a| a.attributes.clone()).unwrap_or_default();
+            let is_network = matches!(message.typ, Some(bollard::models::EventMessageTypeEnum::NETWORK));
+            let container = if is_network {
+                attributes.get("container").cloned().unwrap_or_default()
+            } else {
+                message.actor.as_ref().and_then(|a| a.id.clone()).unwrap_or_default()
+            };
+            Ok(ContainerEvent {
+                container,
+                name: if is_network { None } else { attributes.get("name").cloned() },
+                action: message.action.unwrap_or_default(),
+            })
+        })
+    }
+
+    /// Every container (running or stopped) that carries a label with `prefix.`, inspected.
     pub async fn labelled_containers(&self, prefix: &str) -> Result<Vec<Container>, DockerError> {
         let summaries = self
             .docker
-            .list_containers(Some(ListContainersOptions { all: false, ..Default::default() }))
+            .list_containers(Some(ListContainersOptions { all: true, ..Default::default() }))
             .await
             .map_err(|source| DockerError::Api { call: "list containers".into(), source })?;
         let dotted = format!("{prefix}.");
@@ -67,21 +132,17 @@ impl DockerClient {
         let mut containers = Vec::new();
         for result in inspections {
             match result {
-                Ok(Some(c)) => containers.push(c),
-                Ok(None) => {}
+                Ok(c) => containers.push(c),
                 // A container removed between list and inspect is simply gone.
-                Err(DockerError::Api {
-                    source: bollard::errors::Error::DockerResponseServerError { status_code: 404, .. },
-                    ..
-                }) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(containers)
     }
 
-    /// Inspects one container; `None` when it is not running.
-    pub async fn inspect(&self, id: &str) -> Result<Option<Container>, DockerError> {
+    /// Inspects one container.
+    pub async fn inspect(&self, id: &str) -> Result<Container, DockerError> {
         let response = self
             .docker
             .inspect_container(id, None)
@@ -110,11 +171,8 @@ impl DockerClient {
     }
 }
 
-fn container_from(response: ContainerInspectResponse) -> Option<Container> {
+fn container_from(response: ContainerInspectResponse) -> Container {
     let state = response.state.unwrap_or_default();
-    if state.running != Some(true) {
-        return None;
-    }
     let config = response.config.unwrap_or_default();
     let labels: BTreeMap<String, String> = config.labels.unwrap_or_default().into_iter().collect();
     let mut exposed_ports: Vec<u16> = config
@@ -143,12 +201,13 @@ fn container_from(response: ContainerInspectResponse) -> Option<Container> {
         HealthStatusEnum::UNHEALTHY => Some(Health::Unhealthy),
         HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => None,
     });
-    Some(Container {
+    Container {
         id: response.id.unwrap_or_default(),
         name: response.name.unwrap_or_default().trim_start_matches('/').to_string(),
         labels,
         exposed_ports,
         networks,
         health,
-    })
+        running: state.running == Some(true),
+    }
 }

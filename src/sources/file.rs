@@ -35,12 +35,20 @@ impl FileKind {
     }
 }
 
+/// The field name of errors that cost the whole file (unreadable, not JSON, not an object).
+pub const WHOLE_FILE: &str = "(file)";
+
+/// True when `diagnostic` says the whole file was lost (so a watcher keeps its last good version).
+pub fn is_whole_file_error(diagnostic: &Diagnostic) -> bool {
+    matches!(&diagnostic.origin, Origin::File { field, .. } if field == WHOLE_FILE)
+}
+
 /// Reads and parses one file. A file that cannot be read or is not JSON yields one error.
 pub fn load(path: &Path, kind: FileKind) -> SourceOutput {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(path, &text, kind),
         Err(e) => {
-            let origin = Origin::File { path: path.to_path_buf(), field: "(file)".into() };
+            let origin = Origin::File { path: path.to_path_buf(), field: WHOLE_FILE.into() };
             SourceOutput {
                 diagnostics: vec![Diagnostic::error(origin, format!("cannot read the file: {e}"))],
                 ..Default::default()
@@ -62,7 +70,7 @@ pub fn parse(path: &Path, text: &str, kind: FileKind) -> SourceOutput {
             return out;
         }
         Err(e) => {
-            out.diagnostics.push(Diagnostic::error(at("(file)".into()), format!("not valid JSON: {e}")));
+            out.diagnostics.push(Diagnostic::error(at(WHOLE_FILE.into()), format!("not valid JSON: {e}")));
             return out;
         }
     };

@@ -26,6 +26,9 @@ pub struct Container {
     pub exposed_ports: Vec<u16>,
     pub networks: BTreeMap<String, NetworkAddress>,
     pub health: Option<Health>,
+    /// A stopped container keeps its routes with no live server, so its domains answer 502 (not
+    /// the default server's 503) until it is removed.
+    pub running: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -239,8 +242,12 @@ fn route(
         Some(label) => parsed(&mut errors, &at, Some(label), ServiceName::parse, || unreachable!()),
         None => parse_generated_service(&generated, c, &mut errors),
     };
-    let network = choose_network(c, settings, get("network")).map_err(|e| errors.push(e)).ok();
-    let (Some(port), Some(path), Some(allow), Some(tls), Some(service), Some((network, ip)), true) =
+    let network = if c.running {
+        choose_network(c, settings, get("network")).map_err(|e| errors.push(e)).ok().map(Some)
+    } else {
+        Some(None)
+    };
+    let (Some(port), Some(path), Some(allow), Some(tls), Some(service), Some(network), true) =
         (port, path, allow, tls, service, network, errors.is_empty())
     else {
         return Err(errors);
@@ -252,9 +259,14 @@ fn route(
         Some(Health::Starting) => BackendState::Starting,
         Some(Health::Unhealthy) => BackendState::Unhealthy,
     };
-    let backend = Backend { host: Host::Ip(ip), port, state, network: Some(network), origin: origin.clone() };
+    let backends = match network {
+        Some((network, ip)) => {
+            vec![Backend { host: Host::Ip(ip), port, state, network: Some(network), origin: origin.clone() }]
+        }
+        None => Vec::new(),
+    };
     let mut out = SourceOutput::default();
-    out.services.push(ServiceDef { key: key.clone(), backends: vec![backend], origin: origin.clone() });
+    out.services.push(ServiceDef { key: key.clone(), backends, origin: origin.clone() });
     for domain in domains {
         out.routes.push(RouteDef {
             domain,
@@ -384,6 +396,7 @@ mod tests {
             )]
             .into(),
             health: None,
+            running: true,
         }
     }
 
@@ -457,6 +470,17 @@ mod tests {
             &settings(),
         );
         assert_eq!(out, SourceOutput::default());
+    }
+
+    #[test]
+    fn a_stopped_container_keeps_its_routes_without_servers() {
+        let mut c = container("stopped", &[("smart-proxy.domains", "a.com")]);
+        c.running = false;
+        c.networks.clear();
+        let out = routes(&[c], &settings());
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+        assert_eq!(out.routes.len(), 1);
+        assert!(out.services[0].backends.is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod images;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,6 +139,7 @@ pub fn container(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> smart_prox
         exposed_ports: vec![8080],
         networks: [("proxy".to_string(), NetworkAddress { ipv4: Some(ip.into()), ipv6: None })].into(),
         health: None,
+        running: true,
     }
 }
 

@@ -1,0 +1,488 @@
+//! The live agent: one controller that owns the order of side effects.
+//!
+//! Watchers (the Docker event stream, the file watcher, the resync timer) only *trigger* passes.
+//! A pass rebuilds the whole desired config from the whole current state (the container cache plus
+//! the static sources) and hands it to the `Applier`. Nothing is rendered from Docker before the
+//! first complete list of containers.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tracing::{error, info, warn};
+
+use crate::apply::nginx::{CompanionNginx, LocalNginx};
+use crate::apply::{Applier, ApplyError, Nginx};
+use crate::render::{RenderSettings, Renderer};
+use crate::routes::{Diagnostic, RouteTable};
+use crate::settings::Settings;
+use crate::sources::docker::DockerClient;
+use crate::sources::labels::{self, Container, LabelSettings};
+use crate::sources::StaticState;
+
+/// Why a pass may be needed. The controller never applies these as deltas.
+#[derive(Debug)]
+enum Trigger {
+    /// Inspect this container again (it started, stopped, changed health or networks...).
+    Container { id: String, name: Option<String>, action: String },
+    /// List and inspect everything: at start, after a reconnect, on the safety timer.
+    Resync,
+    /// A static config file or the template changed.
+    Files,
+    /// Docker answered for the first time (it was down when the agent started).
+    Connected(DockerClient),
+}
+
+/// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let render_settings = settings.render_settings()?;
+    let renderer = load_renderer(&settings)?;
+    let (tx, mut rx) = mpsc::channel::<Trigger>(1024);
+
+    let docker = if settings.no_docker {
+        None
+    } else {
+        match DockerClient::connect().await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                warn!("{e}; retrying with backoff, serving the config on disk meanwhile");
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut backoff = Duration::from_millis(250);
+                    loop {
+                        tokio::time::sleep(backoff).await;
+                        if let Ok(client) = DockerClient::connect().await {
+                            let _ = tx.send(Trigger::Connected(client)).await;
+                            return;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                });
+                None
+            }
+        }
+    };
+    let docker_wanted = !settings.no_docker;
+    let nginx = choose_nginx(&settings, docker.as_ref()).await?;
+    info!(nginx = %nginx.describe(), conf = %settings.nginx_conf.display(), "starting");
+    let applier = Applier::new(nginx, settings.nginx_conf.clone(), settings.certs_dir.clone());
+
+    let _file_watcher = watch_files(&settings, tx.clone());
+    if let Some(client) = docker.clone() {
+        tokio::spawn(watch_docker(client, tx.clone()));
+    }
+    let resync_every = Duration::from(settings.resync_interval);
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + resync_every, resync_every);
+            loop {
+                tick.tick().await;
+                if tx.send(Trigger::Resync).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let mut controller = Controller {
+        docker_wanted,
+        tx: tx.clone(),
+        settings,
+        render_settings,
+        renderer,
+        docker,
+        applier,
+        containers: BTreeMap::new(),
+        listed: false,
+        statics: StaticState::default(),
+        dirty: HashSet::new(),
+        resync: false,
+        last_diagnostics: Vec::new(),
+        nginx_networks: None,
+    };
+    if !docker_wanted {
+        // Env/file routes only: the first pass needs no Docker list.
+        controller.pass().await;
+    }
+    controller.start_nginx_if_local().await?;
+
+    let debounce = Duration::from(controller.settings.debounce);
+    let max_wait = Duration::from(controller.settings.debounce_max);
+    let mut pending: Option<(Instant, Instant)> = None; // (first, last) trigger of this burst
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = pending.map(|(first, last)| (last + debounce).min(first + max_wait));
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down");
+                controller.stop_nginx().await;
+                return Ok(());
+            }
+            status = controller.nginx_exited() => {
+                anyhow::bail!("nginx exited unexpectedly ({status}); stopping so that the container restarts");
+            }
+            Some(trigger) = rx.recv() => {
+                controller.note(trigger);
+                let now = Instant::now();
+                pending = Some(match pending { Some((first, _)) => (first, now), None => (now, now) });
+            }
+            _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                pending = None;
+                controller.pass().await;
+                controller.start_nginx_if_local().await?;
+            }
+        }
+    }
+}
+
+fn load_renderer(settings: &Settings) -> anyhow::Result<Renderer> {
+    Ok(match &settings.nginx_template {
+        Some(path) => Renderer::from_file(path)?,
+        None => Renderer::builtin(),
+    })
+}
+
+struct Controller {
+    /// False with NO_DOCKER: env/file routes only.
+    docker_wanted: bool,
+    tx: mpsc::Sender<Trigger>,
+    settings: Settings,
+    render_settings: RenderSettings,
+    renderer: Renderer,
+    docker: Option<DockerClient>,
+    applier: Applier,
+    /// Labelled running containers by id: the cache events keep current.
+    containers: BTreeMap<String, Container>,
+    /// True once a complete list of containers was read.
+    listed: bool,
+    statics: StaticState,
+    dirty: HashSet<String>,
+    resync: bool,
+    last_diagnostics: Vec<Diagnostic>,
+    nginx_networks: Option<BTreeSet<String>>,
+}
+
+impl Controller {
+    fn note(&mut self, trigger: Trigger) {
+        match trigger {
+            Trigger::Container { id, name, action } => {
+                if action == "start" && self.is_nginx_container(&id, name.as_deref()) {
+                    info!("the nginx container started again: applying the current config");
+                    self.applier.invalidate();
+                    self.resync = true;
+                }
+                self.dirty.insert(id);
+            }
+            Trigger::Resync => self.resync = true,
+            Trigger::Connected(client) => {
+                info!("connected to Docker");
+                tokio::spawn(watch_docker(client.clone(), self.tx.clone()));
+                self.docker = Some(client);
+                self.resync = true;
+            }
+            Trigger::Files => {
+                if let Some(path) = &self.settings.nginx_template {
+                    match Renderer::from_file(path) {
+                        Ok(r) => self.renderer = r,
+                        Err(e) => error!("{e}; keeping the last good template"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_nginx_container(&self, id: &str, name: Option<&str>) -> bool {
+        match (&self.applier.nginx, &self.settings.nginx_container) {
+            (Nginx::Companion(_), Some(wanted)) => name == Some(wanted.as_str()) || id.starts_with(wanted.as_str()),
+            (Nginx::Companion(c), None) => id.starts_with(&c.container) || name == Some(c.container.as_str()),
+            _ => false,
+        }
+    }
+
+    /// Brings the cache up to date, rebuilds the table, and applies it.
+    async fn pass(&mut self) {
+        if let Some(client) = self.docker.clone() {
+            if self.resync || !self.listed {
+                match client.labelled_containers(&self.settings.label_prefix).await {
+                    Ok(list) => {
+                        let before = self.containers.len();
+                        self.containers = list.into_iter().map(|c| (c.id.clone(), c)).collect();
+                        if !self.listed {
+                            info!(containers = self.containers.len(), "listed labelled containers");
+                        } else if before != self.containers.len() {
+                            info!(before, after = self.containers.len(), "resync changed the container set");
+                        }
+                        self.listed = true;
+                        self.resync = false;
+                        self.dirty.clear();
+                        self.nginx_networks = self.nginx_networks(&client).await;
+                    }
+                    Err(e) => {
+                        if self.listed {
+                            warn!("resync failed: {e}; keeping the last known containers");
+                        }
+                    }
+                }
+            }
+            if !self.dirty.is_empty() {
+                let ids: Vec<String> = self.dirty.drain().collect();
+                let inspected = futures::future::join_all(ids.iter().map(|id| client.inspect(id))).await;
+                for (id, result) in ids.into_iter().zip(inspected) {
+                    match result {
+                        Ok(c) if c.has_prefix_labels(&self.settings.label_prefix) => {
+                            if c.is_nginx(&self.settings.label_prefix) {
+                                self.resync = true;
+                            }
+                            self.containers.insert(id, c);
+                        }
+                        Ok(_) => {
+                            self.containers.remove(&id);
+                        }
+                        Err(e) if e.is_not_found() => {
+                            self.containers.remove(&id);
+                        }
+                        Err(e) => {
+                            warn!("{e}; will resync");
+                            self.resync = true;
+                        }
+                    }
+                }
+            }
+            if !self.listed {
+                // Never render Docker routes from a partial picture.
+                return;
+            }
+        } else if self.docker_wanted {
+            // Docker has not answered yet: keep the config on disk until it does.
+            return;
+        }
+
+        let mut sources = Vec::new();
+        if self.docker_wanted {
+            let containers: Vec<Container> = self.containers.values().cloned().collect();
+            let label_settings = LabelSettings {
+                prefix: self.settings.label_prefix.clone(),
+                nginx_networks: self.nginx_networks.clone(),
+            };
+            sources.push(labels::routes(&containers, &label_settings));
+        }
+        sources.push(self.statics.load(&self.settings.static_config()));
+        let table = RouteTable::build(sources);
+        self.report_diagnostics(&table);
+
+        let previous = self.applier.live().is_some();
+        match self.applier.apply(&self.renderer, &self.render_settings, &table).await {
+            Ok(applied) if !applied.changed => {}
+            Ok(applied) => {
+                for d in &applied.dropped {
+                    error!(domain = %d.domain, "route left out: nginx -t fails with it: {}", d.reason);
+                }
+                if !applied.placeholders.is_empty() {
+                    let list: Vec<String> = applied.placeholders.iter().map(ToString::to_string).collect();
+                    info!("placeholder certificates written for: {}", list.join(", "));
+                }
+                let t = applied.timings;
+                info!(
+                    sites = table.sites.len() - applied.dropped.len(),
+                    upstreams = table.upstreams.len(),
+                    render_ms = t.render.as_millis() as u64,
+                    test_ms = t.test.as_millis() as u64,
+                    tests = t.tests_run,
+                    reload_ms = t.reload.as_millis() as u64,
+                    "{}",
+                    if previous { "config applied and nginx reloaded" } else { "config applied" }
+                );
+            }
+            Err(ApplyError::NotRouteRelated { output }) => {
+                error!("nginx -t fails even without routes; the last good config stays live:\n{output}");
+            }
+            Err(e) => error!("apply failed; the last good config stays live: {e}"),
+        }
+    }
+
+    /// Logs diagnostics when they change (quiet when nothing happens).
+    fn report_diagnostics(&mut self, table: &RouteTable) {
+        if table.diagnostics == self.last_diagnostics {
+            return;
+        }
+        for d in table.diagnostics.iter().filter(|d| !self.last_diagnostics.contains(d)) {
+            match d.severity {
+                crate::routes::Severity::Error => error!("{}: {}", d.origin, d.message),
+                crate::routes::Severity::Warning => warn!("{}: {}", d.origin, d.message),
+            }
+        }
+        self.last_diagnostics = table.diagnostics.clone();
+    }
+
+    /// The networks nginx is on: the companion container's, or this container's own (same
+    /// container setup, where the host name is the container id), or unknown.
+    async fn nginx_networks(&self, client: &DockerClient) -> Option<BTreeSet<String>> {
+        match &self.applier.nginx {
+            Nginx::Companion(c) => client.networks_of(&c.container).await.ok(),
+            Nginx::Local(_) => {
+                let host = std::fs::read_to_string("/etc/hostname").ok()?;
+                client.networks_of(host.trim()).await.ok()
+            }
+        }
+    }
+
+    async fn start_nginx_if_local(&mut self) -> anyhow::Result<()> {
+        if let Nginx::Local(local) = &mut self.applier.nginx {
+            if local.child.is_none() && (self.listed || !self.docker_wanted || self.settings.nginx_conf.exists()) {
+                local.start()?;
+                info!("nginx started");
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_nginx(&mut self) {
+        if let Nginx::Local(local) = &mut self.applier.nginx {
+            local.stop(Duration::from_secs(10)).await;
+        }
+    }
+
+    /// Resolves when the local nginx child exits; never for a companion.
+    async fn nginx_exited(&mut self) -> String {
+        match &mut self.applier.nginx {
+            Nginx::Local(LocalNginx { child: Some(child), .. }) => match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            },
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+/// Companion when `NGINX_CONTAINER` is set or a running container is labelled `<prefix>.nginx=true`;
+/// else nginx is our child.
+async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) -> anyhow::Result<Nginx> {
+    let mut container = settings.nginx_container.clone();
+    if container.is_none() {
+        if let Some(client) = docker {
+            if let Ok(list) = client.labelled_containers(&settings.label_prefix).await {
+                let nginx: Vec<&Container> = list.iter().filter(|c| c.is_nginx(&settings.label_prefix)).collect();
+                match nginx[..] {
+                    [] => {}
+                    [one] => container = Some(one.name.clone()),
+                    _ => anyhow::bail!(
+                        "several running containers are labelled {}.nginx=true ({}); set NGINX_CONTAINER to the one to use",
+                        settings.label_prefix,
+                        nginx.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+            }
+        }
+    }
+    Ok(match container {
+        Some(name) => {
+            let client = docker.context("NGINX_CONTAINER is set but Docker is disabled (NO_DOCKER)")?;
+            Nginx::Companion(CompanionNginx {
+                docker: client.raw().clone(),
+                container: name,
+                main_conf: settings.nginx_main_conf.clone(),
+            })
+        }
+        None => Nginx::Local(LocalNginx {
+            bin: settings.nginx_bin.clone(),
+            main_conf: settings.nginx_main_conf.clone(),
+            child: None,
+        }),
+    })
+}
+
+/// Follows the Docker event stream; reconnects with exponential backoff, without limit, and asks
+/// for a resync after every (re)connect. Logs each state change once, not each retry.
+async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>) {
+    let mut backoff = Duration::from_millis(250);
+    let mut down_since: Option<std::time::Instant> = None;
+    loop {
+        match client.ping().await {
+            Ok(()) => {
+                if let Some(since) = down_since.take() {
+                    info!(down_for_s = since.elapsed().as_secs(), "Docker is reachable again: resyncing");
+                }
+                backoff = Duration::from_millis(250);
+                // Events from just before the resync on are replayed, so none falls in between.
+                let since = unix_now() - 1;
+                let mut events = Box::pin(client.events(since));
+                if tx.send(Trigger::Resync).await.is_err() {
+                    return;
+                }
+                let reason = loop {
+                    match events.next().await {
+                        Some(Ok(event)) => {
+                            if event.container.is_empty() {
+                                continue;
+                            }
+                            let trigger =
+                                Trigger::Container { id: event.container, name: event.name, action: event.action };
+                            if tx.send(trigger).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "the event stream ended".to_string(),
+                    }
+                };
+                warn!("lost the Docker event stream ({reason}); reconnecting with backoff, the last good config stays live");
+                down_since = Some(std::time::Instant::now());
+            }
+            Err(e) => {
+                if down_since.is_none() {
+                    warn!("{e}; retrying with backoff, the last good config stays live");
+                    down_since = Some(std::time::Instant::now());
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Watches the directories of the static files and the template (editors and ConfigMaps replace
+/// files by rename, so the file itself cannot be watched).
+fn watch_files(settings: &Settings, tx: mpsc::Sender<Trigger>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let statics = settings.static_config();
+    let mut files: Vec<PathBuf> = statics.files().into_iter().map(Path::to_path_buf).collect();
+    files.extend(settings.nginx_template.clone());
+    if files.is_empty() {
+        return None;
+    }
+    let names: HashSet<std::ffi::OsString> =
+        files.iter().filter_map(|f| f.file_name().map(ToOwned::to_owned)).collect();
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n))) {
+                let _ = tx.blocking_send(Trigger::Files);
+            }
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("cannot watch the config files ({e}); edits are picked up at the next resync");
+            return None;
+        }
+    };
+    let dirs: BTreeSet<PathBuf> = files
+        .iter()
+        .map(|f| f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
+        .collect();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            warn!("cannot watch {} ({e}); edits there are picked up at the next resync", dir.display());
+        }
+    }
+    Some(watcher)
+}

@@ -1,0 +1,248 @@
+//! Apply: render → unchanged? → placeholders → `nginx -t` on a candidate → atomic swap → reload.
+//!
+//! Architecture invariant: the file at `NGINX_CONF` is only ever replaced (by rename) with a
+//! config that `nginx -t` accepted, so a crash at any point leaves the last good config. When the
+//! test fails, the routes that broke it are found (by the error's line, by a certificate path, or
+//! by bisection) and the config goes live without them.
+
+pub mod nginx;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::certs::placeholder;
+use crate::fsutil::write_atomic;
+use crate::render::{RenderError, RenderSettings, Renderer};
+use crate::routes::{DomainName, RouteTable};
+pub use nginx::{Nginx, NginxError};
+
+/// Marker the built-in template writes before each domain's servers; error lines map back to a
+/// domain through it. Custom templates that keep it get precise isolation, others bisection.
+pub const SITE_MARKER: &str = "# --- ";
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Nginx(#[from] NginxError),
+    #[error("nginx -t rejects even a config without any route, so the problem is outside the routes (template header or nginx's own config); the last good config stays live:\n{output}")]
+    NotRouteRelated { output: String },
+}
+
+/// A route left out because nginx refused the config with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub domain: DomainName,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// False when the rendered bytes equal what is live (nothing done).
+    pub changed: bool,
+    pub dropped: Vec<Dropped>,
+    pub placeholders: Vec<DomainName>,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub render: Duration,
+    pub test: Duration,
+    pub reload: Duration,
+    pub tests_run: u32,
+}
+
+/// Owns the live config file and the order of side effects on it.
+pub struct Applier {
+    pub nginx: Nginx,
+    pub target: PathBuf,
+    pub certs_dir: PathBuf,
+    /// The bytes of the config nginx runs (after a successful apply).
+    live: Option<String>,
+}
+
+impl Applier {
+    pub fn new(nginx: Nginx, target: PathBuf, certs_dir: PathBuf) -> Self {
+        Applier { nginx, target, certs_dir, live: None }
+    }
+
+    /// The config currently live, if the agent applied one.
+    pub fn live(&self) -> Option<&str> {
+        self.live.as_deref()
+    }
+
+    /// Forgets what is live, so the next apply reloads even for identical bytes (nginx restarted).
+    pub fn invalidate(&mut self) {
+        self.live = None;
+    }
+
+    fn candidate_path(&self) -> PathBuf {
+        let dir = self.target.parent().unwrap_or(Path::new("."));
+        dir.join(".smart-proxy-candidate")
+    }
+
+    /// Renders and applies `table`. On an error the previous config stays live.
+    pub async fn apply(
+        &mut self,
+        renderer: &Renderer,
+        settings: &RenderSettings,
+        table: &RouteTable,
+    ) -> Result<Applied, ApplyError> {
+        let mut timings = Timings::default();
+        let started = Instant::now();
+        let mut config = renderer.render(table, settings)?;
+        timings.render += started.elapsed();
+        if self.live.as_deref() == Some(config.as_str()) {
+            return Ok(Applied { timings, ..Default::default() });
+        }
+
+        let mut placeholders = Vec::new();
+        if !settings.local {
+            for domain in placeholder::missing(&self.certs_dir, table) {
+                if let Err(e) = placeholder::write(&self.certs_dir, &domain) {
+                    tracing::warn!("{e}");
+                }
+                placeholders.push(domain);
+            }
+        }
+
+        let mut current = table.clone();
+        let mut dropped = Vec::new();
+        loop {
+            let output = match self.test(&config, &mut timings).await? {
+                None => break,
+                Some(output) => output,
+            };
+            let culprits = match culprit(&output, &config, &current, self.target_name()) {
+                Some(domain) => vec![(domain, output.clone())],
+                None => self.bisect(renderer, settings, &current, &output, &mut timings).await?,
+            };
+            for (domain, reason) in culprits {
+                current = current.without_site(&domain);
+                dropped.push(Dropped { domain, reason: first_error_line(&reason) });
+            }
+            let started = Instant::now();
+            config = renderer.render(&current, settings)?;
+            timings.render += started.elapsed();
+        }
+
+        let candidate = self.candidate_path();
+        std::fs::rename(&candidate, &self.target)
+            .map_err(|source| ApplyError::Write { path: self.target.clone(), source })?;
+        if let Some(dir) = self.target.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        let started = Instant::now();
+        self.nginx.reload().await?;
+        timings.reload = started.elapsed();
+        self.live = Some(config);
+        Ok(Applied { changed: true, dropped, placeholders, timings })
+    }
+
+    fn target_name(&self) -> &str {
+        self.target.file_name().and_then(|n| n.to_str()).unwrap_or("")
+    }
+
+    /// Writes the candidate and tests it: `None` when nginx accepts it, else nginx's output.
+    async fn test(&self, config: &str, timings: &mut Timings) -> Result<Option<String>, ApplyError> {
+        let candidate = self.candidate_path();
+        write_atomic(&candidate, config.as_bytes(), 0o644)
+            .map_err(|source| ApplyError::Write { path: candidate.clone(), source })?;
+        let started = Instant::now();
+        let result = self.nginx.test(&self.target, &candidate).await;
+        timings.test += started.elapsed();
+        timings.tests_run += 1;
+        match result {
+            Ok(()) => Ok(None),
+            Err(NginxError::TestFailed { output }) => Ok(Some(output)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Finds one site whose removal makes the config pass, by halving the set of sites.
+    async fn bisect(
+        &self,
+        renderer: &Renderer,
+        settings: &RenderSettings,
+        table: &RouteTable,
+        output: &str,
+        timings: &mut Timings,
+    ) -> Result<Vec<(DomainName, String)>, ApplyError> {
+        let empty = table.only_sites(&[]);
+        if self.test(&renderer.render(&empty, settings)?, timings).await?.is_some() {
+            return Err(ApplyError::NotRouteRelated { output: output.to_string() });
+        }
+        // Invariant: the sites in `suspects` hold at least one that fails on its own merits when
+        // added to `kept` (which passes).
+        let mut suspects: Vec<DomainName> = table.sites.iter().map(|s| s.domain.clone()).collect();
+        let mut kept: Vec<DomainName> = Vec::new();
+        while suspects.len() > 1 {
+            let half: Vec<DomainName> = suspects[..suspects.len() / 2].to_vec();
+            let trial: Vec<DomainName> = kept.iter().chain(&half).cloned().collect();
+            let fails = self.test(&renderer.render(&table.only_sites(&trial), settings)?, timings).await?;
+            if fails.is_some() {
+                suspects = half;
+            } else {
+                kept = trial;
+                suspects.drain(..suspects.len() / 2);
+            }
+        }
+        Ok(suspects.into_iter().map(|d| (d, output.to_string())).collect())
+    }
+}
+
+/// Maps nginx's error to the domain whose servers contain it: by `<file>:<line>` and the site
+/// marker above that line, or by a certificate path `live/<name>/`.
+fn culprit(output: &str, config: &str, table: &RouteTable, target_name: &str) -> Option<DomainName> {
+    let needle = format!("{target_name}:");
+    for (i, _) in output.match_indices(&needle) {
+        let digits: String = output[i + needle.len()..].chars().take_while(char::is_ascii_digit).collect();
+        let Ok(line) = digits.parse::<usize>() else { continue };
+        let marker = config.lines().take(line).filter_map(|l| l.strip_prefix(SITE_MARKER)).last();
+        if let Some(domain) = marker.and_then(|m| table.sites.iter().find(|s| s.domain.as_str() == m.trim())) {
+            return Some(domain.domain.clone());
+        }
+    }
+    for (i, _) in output.match_indices("/live/") {
+        let name: String = output[i + 6..].chars().take_while(|c| *c != '/' && *c != '"').collect();
+        if let Some(site) = table.sites.iter().find(|s| s.domain.cert_name() == name) {
+            return Some(site.domain.clone());
+        }
+    }
+    None
+}
+
+fn first_error_line(output: &str) -> String {
+    output
+        .lines()
+        .find(|l| l.contains("[emerg]") || l.contains("[crit]"))
+        .unwrap_or(output.lines().next().unwrap_or(""))
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn culprit_by_line_and_by_certificate() {
+        let table = RouteTable::build(vec![crate::sources::env::parse(Some("a.com,b.com,*.c.com"), None)]);
+        let config = "header\n# --- a.com\nserver a\n# --- b.com\nbad line\n# --- *.c.com\n";
+        let out = "nginx: [emerg] unknown directive \"bad\" in /tmp/x/conf.d/default.conf:5\n";
+        assert_eq!(culprit(out, config, &table, "default.conf").unwrap().as_str(), "b.com");
+        let out = "nginx: [emerg] cannot load certificate \"/etc/letsencrypt/live/_.c.com/fullchain.pem\": PEM_read_bio_X509_AUX() failed";
+        assert_eq!(culprit(out, config, &table, "default.conf").unwrap().as_str(), "*.c.com");
+        assert_eq!(culprit("nginx: [emerg] in /tmp/x/conf.d/default.conf:1", config, &table, "default.conf"), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! Reaching nginx: as our own child process (same container) or in a companion container through
+//! the Docker exec API. Both test a candidate the same way: a POSIX sh script copies nginx's
+//! config directory, puts the candidate in place in the copy, and runs `nginx -t` on the copy, so
+//! the live file is only replaced by a config that nginx has accepted together with everything
+//! else it includes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::Docker;
+use futures::StreamExt;
+use thiserror::Error;
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Error)]
+pub enum NginxError {
+    #[error("nginx -t rejected the config:\n{output}")]
+    TestFailed { output: String },
+    #[error("cannot run {what}: {message}")]
+    Run { what: String, message: String },
+    #[error("nginx -s reload failed (exit {code}): {output}")]
+    ReloadFailed { code: i64, output: String },
+}
+
+/// Tests a candidate on a copy of nginx's config directory. Arguments: main config, the file the
+/// agent owns (inside the main config's directory), the candidate. Paths of the directory inside
+/// the copied files are rewritten to the copy, so absolute `include`s stay inside the copy.
+const TEST_SCRIPT: &str = r#"set -eu
+conf="$1"; target="$2"; candidate="$3"
+dir=$(dirname "$conf")
+case "$target" in "$dir"/*) ;; *) echo "NGINX_CONF $target is not inside nginx's config directory $dir" >&2; exit 3;; esac
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -rL "$dir/." "$tmp/"
+grep -rlF "$dir/" "$tmp" | while IFS= read -r f; do sed -i "s#$dir/#$tmp/#g" "$f"; done
+cp "$candidate" "$tmp/${target#"$dir"/}"
+nginx -t -q -c "$tmp/${conf#"$dir"/}" 2>&1
+"#;
+
+/// How the agent reaches nginx.
+pub enum Nginx {
+    Local(LocalNginx),
+    Companion(CompanionNginx),
+}
+
+pub struct LocalNginx {
+    pub bin: PathBuf,
+    pub main_conf: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct CompanionNginx {
+    pub docker: Docker,
+    /// Name or id of the nginx container.
+    pub container: String,
+    pub main_conf: PathBuf,
+}
+
+impl Nginx {
+    /// Tests `candidate` as if it were at `target`.
+    pub async fn test(&self, target: &Path, candidate: &Path) -> Result<(), NginxError> {
+        let args = [path_str(self.main_conf()), path_str(target), path_str(candidate)];
+        let (code, output) = match self {
+            Nginx::Local(local) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(TEST_SCRIPT).arg("sh").args(args);
+                if let Some(dir) = local.bin.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    let path = std::env::var("PATH").unwrap_or_default();
+                    cmd.env("PATH", format!("{}:{path}", dir.display()));
+                }
+                let out = cmd
+                    .output()
+                    .await
+                    .map_err(|e| NginxError::Run { what: "sh (nginx -t)".into(), message: e.to_string() })?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+                (i64::from(out.status.code().unwrap_or(-1)), text)
+            }
+            Nginx::Companion(c) => {
+                let mut cmd = vec!["sh".to_string(), "-c".into(), TEST_SCRIPT.into(), "sh".into()];
+                cmd.extend(args);
+                c.exec(cmd).await?
+            }
+        };
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(NginxError::TestFailed { output: output.trim().to_string() })
+        }
+    }
+
+    /// Tells nginx to load the config now on disk.
+    pub async fn reload(&self) -> Result<(), NginxError> {
+        match self {
+            Nginx::Local(local) => {
+                // Not started yet: nginx reads the file when it starts.
+                let Some(pid) = local.child.as_ref().and_then(Child::id) else { return Ok(()) };
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
+                    .map_err(|e| NginxError::Run { what: "kill -HUP nginx".into(), message: e.to_string() })
+            }
+            Nginx::Companion(c) => {
+                let main = path_str(&c.main_conf);
+                let (code, output) =
+                    c.exec(vec!["nginx".into(), "-c".into(), main, "-s".into(), "reload".into()]).await?;
+                if code == 0 {
+                    Ok(())
+                } else {
+                    Err(NginxError::ReloadFailed { code, output: output.trim().to_string() })
+                }
+            }
+        }
+    }
+
+    fn main_conf(&self) -> &Path {
+        match self {
+            Nginx::Local(l) => &l.main_conf,
+            Nginx::Companion(c) => &c.main_conf,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Nginx::Local(l) => format!("local nginx ({})", l.bin.display()),
+            Nginx::Companion(c) => format!("nginx container {}", c.container),
+        }
+    }
+}
+
+impl LocalNginx {
+    /// Starts `nginx -g 'daemon off;'` as a child.
+    pub fn start(&mut self) -> Result<(), NginxError> {
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.main_conf)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| NginxError::Run {
+                what: format!("{} -g 'daemon off;'", self.bin.display()),
+                message: e.to_string(),
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Asks the child to stop gracefully (SIGQUIT), waiting up to `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        let Some(child) = self.child.as_mut() else { return };
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGQUIT);
+        }
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+        self.child = None;
+    }
+}
+
+impl CompanionNginx {
+    /// Runs a command in the nginx container; returns its exit code and combined output.
+    async fn exec(&self, cmd: Vec<String>) -> Result<(i64, String), NginxError> {
+        let what = format!("docker exec {} {}", self.container, cmd.first().map(String::as_str).unwrap_or(""));
+        let run = |e: bollard::errors::Error| NginxError::Run { what: what.clone(), message: e.to_string() };
+        let exec = self
+            .docker
+            .create_exec(
+                &self.container,
+                CreateExecOptions {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(run)?;
+        let mut output = String::new();
+        if let StartExecResults::Attached { output: mut stream, .. } =
+            self.docker.start_exec(&exec.id, None).await.map_err(run)?
+        {
+            while let Some(chunk) = stream.next().await {
+                output.push_str(&chunk.map_err(run)?.to_string());
+            }
+        }
+        let inspect = self.docker.inspect_exec(&exec.id).await.map_err(run)?;
+        Ok((inspect.exit_code.unwrap_or(-1), output))
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
