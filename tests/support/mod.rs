@@ -1,6 +1,7 @@
 //! Test support: a real nginx to `nginx -t` rendered configs, and builders for route inputs.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod docker;
 pub mod images;
 
