@@ -105,6 +105,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         resync: false,
         last_diagnostics: Vec::new(),
         nginx_networks: None,
+        causes: BTreeSet::new(),
+        served: BTreeSet::new(),
     };
     if !docker_wanted {
         // Env/file routes only: the first pass needs no Docker list.
@@ -166,10 +168,26 @@ struct Controller {
     resync: bool,
     last_diagnostics: Vec<Diagnostic>,
     nginx_networks: Option<BTreeSet<String>>,
+    /// What triggered the coming pass, for the log.
+    causes: BTreeSet<String>,
+    /// The domains served after the last apply, to log what changed.
+    served: BTreeSet<String>,
 }
 
 impl Controller {
     fn note(&mut self, trigger: Trigger) {
+        let cause = match &trigger {
+            Trigger::Container { id, name, action } => {
+                let who = name.clone().unwrap_or_else(|| id.chars().take(12).collect());
+                format!("{who}: {action}")
+            }
+            Trigger::Resync => "resync".to_string(),
+            Trigger::Files => "config file or template changed".to_string(),
+            Trigger::Connected(_) => "connected to Docker".to_string(),
+        };
+        if self.causes.len() < 20 {
+            self.causes.insert(cause);
+        }
         match trigger {
             Trigger::Container { id, name, action } => {
                 if action == "start" && self.is_nginx_container(&id, name.as_deref()) {
@@ -277,9 +295,18 @@ impl Controller {
         self.report_diagnostics(&table);
 
         let previous = self.applier.live().is_some();
+        let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().collect();
         match self.applier.apply(&self.renderer, &self.render_settings, &table).await {
             Ok(applied) if !applied.changed => {}
             Ok(applied) => {
+                let served: BTreeSet<String> = table
+                    .sites
+                    .iter()
+                    .map(|s| s.domain.to_string())
+                    .filter(|d| !applied.dropped.iter().any(|x| x.domain.as_str() == d))
+                    .collect();
+                let added: Vec<&String> = served.difference(&self.served).collect();
+                let removed: Vec<&String> = self.served.difference(&served).collect();
                 for d in &applied.dropped {
                     error!(domain = %d.domain, "route left out: nginx -t fails with it: {}", d.reason);
                 }
@@ -289,6 +316,9 @@ impl Controller {
                 }
                 let t = applied.timings;
                 info!(
+                    cause = %causes.join("; "),
+                    added = %list(&added),
+                    removed = %list(&removed),
                     sites = table.sites.len() - applied.dropped.len(),
                     upstreams = table.upstreams.len(),
                     render_ms = t.render.as_millis() as u64,
@@ -298,6 +328,7 @@ impl Controller {
                     "{}",
                     if previous { "config applied and nginx reloaded" } else { "config applied" }
                 );
+                self.served = served;
             }
             Err(ApplyError::NotRouteRelated { output }) => {
                 error!("nginx -t fails even without routes; the last good config stays live:\n{output}");
@@ -443,6 +474,15 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// A short list for log lines: at most 10 names, then a count.
+fn list(names: &[&String]) -> String {
+    match names.len() {
+        0 => "-".to_string(),
+        n if n <= 10 => names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+        n => format!("{} and {} more", names[..10].iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","), n - 10),
     }
 }
 
