@@ -1,4 +1,7 @@
-//! Certificates. Today: the self-signed placeholders that let nginx load a TLS server before its
-//! real certificate exists. ACME issuance and renewal arrive here later.
+//! Certificates: self-signed placeholders that let nginx load a TLS server before its real
+//! certificate exists, the store (certbot's layout plus renewal state and locks), and the plan of
+//! which domains to order. ACME and the DNS provider do the IO.
 
 pub mod placeholder;
+pub mod plan;
+pub mod store;

@@ -1,0 +1,156 @@
+//! Which domains need a certificate order now, and with which challenge. Pure: the caller reads
+//! the store and passes what it found.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::store::{CertInfo, DomainState};
+use crate::routes::DomainName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Challenge {
+    Dns01,
+    Http01,
+}
+
+impl std::fmt::Display for Challenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Challenge::Dns01 => "DNS-01",
+            Challenge::Http01 => "HTTP-01",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Reason {
+    Missing,
+    Placeholder,
+    Expiring { days_left: i64 },
+    Forced,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Missing => f.write_str("no certificate"),
+            Reason::Placeholder => f.write_str("placeholder certificate"),
+            Reason::Expiring { days_left } => write!(f, "{days_left} days left"),
+            Reason::Forced => f.write_str("renewal forced"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Order {
+    pub domain: DomainName,
+    pub reason: Reason,
+    pub challenge: Challenge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Skip {
+    /// A recent failure: the next attempt waits until `next_try` (unix seconds).
+    Backoff { next_try: i64, last_error: String },
+    /// A wildcard can only be validated with DNS-01, and no DNS provider is configured.
+    WildcardNeedsDns01,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub orders: Vec<Order>,
+    pub skipped: Vec<(DomainName, Skip)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PlanSettings {
+    /// Renew when this many days or fewer are left.
+    pub renew_days: i64,
+    /// A DNS provider (Cloudflare) is configured: DNS-01 for every domain; else HTTP-01.
+    pub dns01: bool,
+}
+
+/// Plans orders for `domains` (the TLS domains of the route table). `forced` domains are ordered
+/// whatever their state, backoff included.
+pub fn plan(
+    domains: &[DomainName],
+    lookup: impl Fn(&DomainName) -> (Option<CertInfo>, DomainState),
+    forced: &[DomainName],
+    settings: PlanSettings,
+    now: OffsetDateTime,
+) -> Plan {
+    let mut plan = Plan::default();
+    for domain in domains {
+        let (info, state) = lookup(domain);
+        let force = forced.contains(domain);
+        let reason = match &info {
+            _ if force => Reason::Forced,
+            None => Reason::Missing,
+            Some(i) if i.placeholder => Reason::Placeholder,
+            Some(i) if i.days_left(now) <= settings.renew_days => Reason::Expiring { days_left: i.days_left(now) },
+            Some(_) => continue,
+        };
+        if domain.is_wildcard() && !settings.dns01 {
+            plan.skipped.push((domain.clone(), Skip::WildcardNeedsDns01));
+            continue;
+        }
+        if let (Some(next_try), false) = (state.next_try, force) {
+            if next_try > now.unix_timestamp() {
+                let last_error = state.last_error.clone().unwrap_or_default();
+                plan.skipped.push((domain.clone(), Skip::Backoff { next_try, last_error }));
+                continue;
+            }
+        }
+        let challenge = if settings.dns01 { Challenge::Dns01 } else { Challenge::Http01 };
+        plan.orders.push(Order { domain: domain.clone(), reason, challenge });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> DomainName {
+        DomainName::parse(s).unwrap()
+    }
+
+    fn cert(days: i64, placeholder: bool, now: OffsetDateTime) -> CertInfo {
+        CertInfo { issuer: "CN=test".into(), not_after: now + time::Duration::days(days), placeholder }
+    }
+
+    #[test]
+    fn orders_what_is_missing_placeholder_or_expiring_and_respects_backoff() {
+        let now = OffsetDateTime::now_utc();
+        let domains = [d("missing.com"), d("placeholder.com"), d("expiring.com"), d("fresh.com"), d("failing.com"), d("*.wild.com")];
+        let lookup = |domain: &DomainName| match domain.as_str() {
+            "placeholder.com" => (Some(cert(7, true, now)), DomainState::default()),
+            "expiring.com" => (Some(cert(10, false, now)), DomainState::default()),
+            "fresh.com" => (Some(cert(80, false, now)), DomainState::default()),
+            "failing.com" => (
+                None,
+                DomainState { failures: 3, last_error: Some("CA down".into()), next_try: Some(now.unix_timestamp() + 60), last_attempt: None },
+            ),
+            _ => (None, DomainState::default()),
+        };
+        let settings = PlanSettings { renew_days: 30, dns01: false };
+        let p = plan(&domains, lookup, &[], settings, now);
+        let ordered: Vec<(&str, &Reason)> = p.orders.iter().map(|o| (o.domain.as_str(), &o.reason)).collect();
+        assert_eq!(
+            ordered,
+            [("missing.com", &Reason::Missing), ("placeholder.com", &Reason::Placeholder), ("expiring.com", &Reason::Expiring { days_left: 10 })]
+        );
+        assert!(p.orders.iter().all(|o| o.challenge == Challenge::Http01));
+        assert_eq!(p.skipped.len(), 2);
+        assert!(matches!(p.skipped[0].1, Skip::Backoff { .. }));
+        assert_eq!(p.skipped[1], (d("*.wild.com"), Skip::WildcardNeedsDns01));
+
+        let p = plan(&domains, lookup, &[d("fresh.com"), d("failing.com")], PlanSettings { renew_days: 30, dns01: true }, now);
+        assert!(p.orders.iter().any(|o| o.domain.as_str() == "fresh.com" && o.reason == Reason::Forced));
+        assert!(p.orders.iter().any(|o| o.domain.as_str() == "failing.com"), "forcing overrides backoff");
+        assert!(p.orders.iter().any(|o| o.domain.as_str() == "*.wild.com" && o.challenge == Challenge::Dns01));
+    }
+}
