@@ -159,7 +159,7 @@ struct Controller {
     renderer: Renderer,
     docker: Option<DockerClient>,
     applier: Applier,
-    /// Labelled running containers by id: the cache events keep current.
+    /// Labelled containers (running or stopped) by id: the cache events keep current.
     containers: BTreeMap<String, Container>,
     /// True once a complete list of containers was read.
     listed: bool,
@@ -398,7 +398,7 @@ async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) -> any
     if container.is_none() {
         if let Some(client) = docker {
             if let Ok(list) = client.labelled_containers(&settings.label_prefix).await {
-                let nginx: Vec<&Container> = list.iter().filter(|c| c.is_nginx(&settings.label_prefix)).collect();
+                let nginx: Vec<&Container> = list.iter().filter(|c| c.running && c.is_nginx(&settings.label_prefix)).collect();
                 match nginx[..] {
                     [] => {}
                     [one] => container = Some(one.name.clone()),

@@ -163,7 +163,7 @@ impl DockerClient {
 
     /// The networks of the running container labelled `<prefix>.nginx=true`, if exactly one is.
     pub async fn labelled_nginx_networks(&self, containers: &[Container], prefix: &str) -> Option<BTreeSet<String>> {
-        let nginx: Vec<&Container> = containers.iter().filter(|c| c.is_nginx(prefix)).collect();
+        let nginx: Vec<&Container> = containers.iter().filter(|c| c.running && c.is_nginx(prefix)).collect();
         match nginx[..] {
             [one] => Some(one.networks.keys().cloned().collect()),
             _ => None,
