@@ -44,6 +44,21 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Certificates of the routed TLS domains.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Domain, issuer, expiry, days left and status (valid, renew-due, placeholder, missing,
+    /// renewing, failing with the last error and the next try).
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -91,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     match cli.command {
         Some(Command::Check { format }) => check(&cli.settings, format).await,
+        Some(Command::Certs { command: CertsCommand::List { format } }) => certs_list(&cli.settings, format).await,
         Some(Command::Run) | None => {
             crate::agent::run(cli.settings, shutdown_signal()).await?;
             Ok(EXIT_OK)
@@ -160,6 +176,33 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+async fn certs_list(settings: &Settings, format: Format) -> anyhow::Result<u8> {
+    use crate::certs::store::{status_table, CertStore};
+    let gathered = gather_and_warn(settings).await;
+    let domains: Vec<_> = if settings.local {
+        Vec::new()
+    } else {
+        gathered
+            .table
+            .sites
+            .iter()
+            .filter(|s| s.tls == crate::routes::TlsMode::Auto)
+            .map(|s| s.domain.clone())
+            .collect()
+    };
+    let rows = CertStore::new(&settings.certs_dir).status(
+        &domains,
+        settings.cert_renewal_threshold,
+        time::OffsetDateTime::now_utc(),
+    );
+    let text = match format {
+        Format::Text => status_table(&rows),
+        Format::Json => serde_json::to_string_pretty(&rows)? + "\n",
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(EXIT_OK)
 }
 
 fn exit_code(table: &crate::routes::RouteTable) -> u8 {

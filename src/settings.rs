@@ -106,6 +106,10 @@ pub struct Settings {
     #[arg(long, env = "RESOLVER", global = true, value_delimiter = ',')]
     pub resolver: Vec<IpAddr>,
 
+    /// Renew a certificate when this many days or fewer are left.
+    #[arg(long, env = "CERT_RENEWAL_THRESHOLD", global = true, default_value_t = 30)]
+    pub cert_renewal_threshold: i64,
+
     /// Log format on stderr.
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,

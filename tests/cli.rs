@@ -199,15 +199,49 @@ fn every_setting_is_documented_in_the_readme() {
         .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
         .collect();
     let command = smart_proxy::cli::Cli::command();
-    let in_code: std::collections::BTreeSet<String> = command
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect();
+    let in_code: std::collections::BTreeSet<String> =
+        command.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
     assert!(in_code.len() >= 20 && documented.len() >= 20, "found {in_code:?} in code, {documented:?} in the README");
     let undocumented: Vec<&String> = in_code.iter().filter(|e| !documented.contains(e.as_str())).collect();
     assert!(undocumented.is_empty(), "settings missing from the README's settings table: {undocumented:?}");
     let stale: Vec<&&str> =
         documented.iter().filter(|d| !in_code.contains(**d) && !["DOCKER_HOST"].contains(*d)).collect();
     assert!(stale.is_empty(), "README documents settings the code does not have: {stale:?}");
+}
+
+#[test]
+fn certs_list_shows_each_tls_domain() {
+    use smart_proxy::certs::{
+        placeholder,
+        store::{CertStore, DomainState},
+    };
+    use smart_proxy::routes::DomainName;
+    let certs = tempfile::tempdir().unwrap();
+    let d = |s: &str| DomainName::parse(s).unwrap();
+    placeholder::write(certs.path(), &d("a.com")).unwrap();
+    let failing = DomainState {
+        failures: 2,
+        last_error: Some("CA said no".into()),
+        next_try: Some(4102444800),
+        last_attempt: None,
+    };
+    CertStore::new(certs.path()).save_state(&d("c.com"), &failing).unwrap();
+    let dir = certs.path().display().to_string();
+    cmd(&[("DOMAINS", "a.com,b.com,c.com"), ("CERTS_DIR", &dir)])
+        .args(["certs", "list"])
+        .assert()
+        .success()
+        .stdout(contains("DOMAIN").and(contains("DAYS LEFT")))
+        .stdout(
+            predicates::str::is_match(
+                r"a\.com\s+CN=a\.com, O=nginx-smart-proxy placeholder\s+\S+\s+[67]\s+placeholder",
+            )
+            .unwrap(),
+        )
+        .stdout(predicates::str::is_match(r"b\.com\s+-\s+-\s+-\s+missing").unwrap())
+        .stdout(contains("failing: CA said no (next try 2100-01-01T00:00:00Z)"));
+    let output =
+        cmd(&[("DOMAINS", "a.com"), ("CERTS_DIR", &dir)]).args(["certs", "list", "--format", "json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows[0]["status"], "placeholder");
 }

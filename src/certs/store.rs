@@ -109,7 +109,8 @@ impl CertStore {
         let path = self.dir.join("smart-proxy/locks").join(format!("{}.lock", domain.file_stem()));
         let io = |action, source| StoreError::Io { action, path: path.clone(), source };
         std::fs::create_dir_all(path.parent().expect("lock path has a parent")).map_err(|e| io("create", e))?;
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io("open", e))?;
+        let file =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io("open", e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(DomainLock { _file: lock })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -154,7 +155,8 @@ mod tests {
         assert!(info.placeholder);
         assert!((6..=7).contains(&info.days_left(OffsetDateTime::now_utc())));
 
-        let state = DomainState { failures: 2, last_error: Some("boom".into()), next_try: Some(1), last_attempt: Some(0) };
+        let state =
+            DomainState { failures: 2, last_error: Some("boom".into()), next_try: Some(1), last_attempt: Some(0) };
         store.save_state(&domain, &state).unwrap();
         assert_eq!(store.state(&domain), state);
 
@@ -163,4 +165,91 @@ mod tests {
         drop(held);
         assert!(store.try_lock(&domain).unwrap().is_some(), "released on drop");
     }
+}
+
+/// One line of `certs list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertStatus {
+    pub domain: String,
+    pub issuer: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+    pub days_left: Option<i64>,
+    /// `valid`, `renew-due`, `placeholder`, `missing`, `renewing` or `failing`.
+    pub status: &'static str,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_try: Option<OffsetDateTime>,
+}
+
+impl CertStore {
+    /// The status of each domain's certificate, for `certs list`.
+    pub fn status(&self, domains: &[DomainName], renew_days: i64, now: OffsetDateTime) -> Vec<CertStatus> {
+        domains
+            .iter()
+            .map(|domain| {
+                let info = self.info(domain);
+                let state = self.state(domain);
+                let renewing = matches!(self.try_lock(domain), Ok(None));
+                let days_left = info.as_ref().map(|i| i.days_left(now));
+                let status = match (&info, renewing, state.failures) {
+                    (_, true, _) => "renewing",
+                    (_, false, f) if f > 0 => "failing",
+                    (None, ..) => "missing",
+                    (Some(i), ..) if i.placeholder => "placeholder",
+                    (Some(_), ..) if days_left.unwrap_or(0) <= renew_days => "renew-due",
+                    _ => "valid",
+                };
+                CertStatus {
+                    domain: domain.to_string(),
+                    issuer: info.as_ref().map(|i| i.issuer.clone()),
+                    not_after: info.as_ref().map(|i| i.not_after),
+                    days_left,
+                    status,
+                    last_error: state.last_error.filter(|_| state.failures > 0),
+                    next_try: state.next_try.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `certs list` as a table.
+pub fn status_table(rows: &[CertStatus]) -> String {
+    use std::fmt::Write;
+    if rows.is_empty() {
+        return "No TLS domains.\n".into();
+    }
+    let fmt_time = |t: &Option<OffsetDateTime>| {
+        t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_else(|| "-".into())
+    };
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let mut status = r.status.to_string();
+            if let Some(e) = &r.last_error {
+                let _ = write!(status, ": {e} (next try {})", fmt_time(&r.next_try));
+            }
+            [
+                r.domain.clone(),
+                r.issuer.clone().unwrap_or_else(|| "-".into()),
+                fmt_time(&r.not_after),
+                r.days_left.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                status,
+            ]
+        })
+        .collect();
+    let header = ["DOMAIN", "ISSUER", "NOT AFTER", "DAYS LEFT", "STATUS"];
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(header.map(String::from)).chain(cells) {
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
 }
