@@ -36,6 +36,8 @@ enum Trigger {
     Files,
     /// Docker answered for the first time (it was down when the agent started).
     Connected(DockerClient),
+    /// Certificates were issued: nginx must reload (once per batch) to serve them.
+    CertsIssued(Vec<crate::routes::DomainName>),
 }
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
@@ -72,6 +74,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     info!(nginx = %nginx.describe(), conf = %settings.nginx_conf.display(), "starting");
     let applier = Applier::new(nginx, settings.nginx_conf.clone(), settings.certs_dir.clone());
 
+    let certs = crate::certs::manager::CertManager::from_settings(&settings)?;
+    let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
+    if let Some(manager) = certs {
+        info!(challenge = %manager.challenge(), "certificates: ordering from {}", settings.acme_directory);
+        tokio::spawn(certs_task(manager, tls_domains_rx, tx.clone(), settings.renewal_interval.into()));
+    }
     let _file_watcher = watch_files(&settings, tx.clone());
     if let Some(client) = docker.clone() {
         tokio::spawn(watch_docker(client, tx.clone()));
@@ -107,6 +115,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         nginx_networks: None,
         causes: BTreeSet::new(),
         served: BTreeSet::new(),
+        tls_domains,
     };
     if !docker_wanted {
         // Env/file routes only: the first pass needs no Docker list.
@@ -172,6 +181,8 @@ struct Controller {
     causes: BTreeSet<String>,
     /// The domains served after the last apply, to log what changed.
     served: BTreeSet<String>,
+    /// The TLS domains served, for the certificate task (new routes are ordered right away).
+    tls_domains: tokio::sync::watch::Sender<Vec<crate::routes::DomainName>>,
 }
 
 impl Controller {
@@ -184,6 +195,12 @@ impl Controller {
             Trigger::Resync => "resync".to_string(),
             Trigger::Files => "config file or template changed".to_string(),
             Trigger::Connected(_) => "connected to Docker".to_string(),
+            Trigger::CertsIssued(domains) => {
+                format!(
+                    "certificates issued for {}",
+                    domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                )
+            }
         };
         if self.causes.len() < 20 {
             self.causes.insert(cause);
@@ -198,6 +215,7 @@ impl Controller {
                 self.dirty.insert(id);
             }
             Trigger::Resync => self.resync = true,
+            Trigger::CertsIssued(_) => self.applier.invalidate(),
             Trigger::Connected(client) => {
                 info!("connected to Docker");
                 tokio::spawn(watch_docker(client.clone(), self.tx.clone()));
@@ -329,6 +347,18 @@ impl Controller {
                     if previous { "config applied and nginx reloaded" } else { "config applied" }
                 );
                 self.served = served;
+                let tls: Vec<crate::routes::DomainName> = table
+                    .sites
+                    .iter()
+                    .filter(|s| s.tls == crate::routes::TlsMode::Auto && !self.settings.local)
+                    .filter(|s| !applied.dropped.iter().any(|d| d.domain == s.domain))
+                    .map(|s| s.domain.clone())
+                    .collect();
+                self.tls_domains.send_if_modified(|current| {
+                    let changed = *current != tls;
+                    *current = tls;
+                    changed
+                });
             }
             Err(ApplyError::NotRouteRelated { output }) => {
                 error!("nginx -t fails even without routes; the last good config stays live:\n{output}");
@@ -393,12 +423,13 @@ impl Controller {
 
 /// Companion when `NGINX_CONTAINER` is set or a running container is labelled `<prefix>.nginx=true`;
 /// else nginx is our child.
-async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) -> anyhow::Result<Nginx> {
+pub async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) -> anyhow::Result<Nginx> {
     let mut container = settings.nginx_container.clone();
     if container.is_none() {
         if let Some(client) = docker {
             if let Ok(list) = client.labelled_containers(&settings.label_prefix).await {
-                let nginx: Vec<&Container> = list.iter().filter(|c| c.running && c.is_nginx(&settings.label_prefix)).collect();
+                let nginx: Vec<&Container> =
+                    list.iter().filter(|c| c.running && c.is_nginx(&settings.label_prefix)).collect();
                 match nginx[..] {
                     [] => {}
                     [one] => container = Some(one.name.clone()),
@@ -474,6 +505,36 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Orders certificates for the TLS domains: when they change (new routes right away), every
+/// `interval`, and when a domain's backoff ends. Asks the controller for one reload per batch.
+async fn certs_task(
+    manager: crate::certs::manager::CertManager,
+    mut domains: tokio::sync::watch::Receiver<Vec<crate::routes::DomainName>>,
+    tx: mpsc::Sender<Trigger>,
+    interval: Duration,
+) {
+    if domains.changed().await.is_err() {
+        return;
+    }
+    loop {
+        let current = domains.borrow_and_update().clone();
+        let report = manager.run(&current, &[]).await;
+        if !report.issued.is_empty() && tx.send(Trigger::CertsIssued(report.issued)).await.is_err() {
+            return;
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let retry = manager
+            .next_retry(&current)
+            .filter(|t| *t > now)
+            .map(|t| Duration::try_from(t - now).unwrap_or_default() + Duration::from_secs(1));
+        let wake = retry.map_or(interval, |r| r.min(interval));
+        tokio::select! {
+            changed = domains.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wake) => {}
+        }
     }
 }
 

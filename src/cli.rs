@@ -59,6 +59,14 @@ pub enum CertsCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Order certificates now for the given domains (default: every TLS domain that needs one),
+    /// then reload nginx.
+    Renew {
+        /// Order even when the certificate is fresh or the domain is in backoff.
+        #[arg(long)]
+        force: bool,
+        domains: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +115,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Some(Command::Check { format }) => check(&cli.settings, format).await,
         Some(Command::Certs { command: CertsCommand::List { format } }) => certs_list(&cli.settings, format).await,
+        Some(Command::Certs { command: CertsCommand::Renew { force, domains } }) => {
+            certs_renew(&cli.settings, force, &domains).await
+        }
         Some(Command::Run) | None => {
             crate::agent::run(cli.settings, shutdown_signal()).await?;
             Ok(EXIT_OK)
@@ -149,6 +160,27 @@ async fn dry_run(settings: &Settings, output: Option<&std::path::Path>) -> anyho
                 list.join(", "),
                 settings.certs_dir.display()
             )?;
+        }
+    }
+    if settings.acme_enabled() {
+        let domains: Vec<_> =
+            table.sites.iter().filter(|s| s.tls == crate::routes::TlsMode::Auto).map(|s| s.domain.clone()).collect();
+        match crate::certs::manager::CertManager::from_settings(settings) {
+            Ok(Some(manager)) => {
+                let plan = manager.plan(&domains, &[]);
+                for order in &plan.orders {
+                    writeln!(
+                        stderr,
+                        "note: would order a certificate for {} ({}) with {}",
+                        order.domain, order.reason, order.challenge
+                    )?;
+                }
+                for (domain, skip) in &plan.skipped {
+                    writeln!(stderr, "note: no order for {domain}: {skip}")?;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => writeln!(stderr, "error: certificates: {e:#}")?,
         }
     }
     Ok(exit_code(table))
@@ -203,6 +235,54 @@ async fn certs_list(settings: &Settings, format: Format) -> anyhow::Result<u8> {
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(EXIT_OK)
+}
+
+async fn certs_renew(settings: &Settings, force: bool, names: &[String]) -> anyhow::Result<u8> {
+    use crate::certs::manager::CertManager;
+    let Some(manager) = CertManager::from_settings(settings)? else {
+        anyhow::bail!("certificates are off: set ACME_EMAIL (or ACME=on), and do not set LOCAL");
+    };
+    let domains: Vec<crate::routes::DomainName> = if names.is_empty() {
+        let gathered = gather_and_warn(settings).await;
+        gathered
+            .table
+            .sites
+            .iter()
+            .filter(|s| s.tls == crate::routes::TlsMode::Auto)
+            .map(|s| s.domain.clone())
+            .collect()
+    } else {
+        names
+            .iter()
+            .map(|n| crate::routes::DomainName::parse(n).map_err(|e| anyhow::anyhow!("{e}")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let forced = if force { domains.clone() } else { Vec::new() };
+    let report = manager.run(&domains, &forced).await;
+    for domain in &report.issued {
+        println!("issued: {domain}");
+    }
+    for (domain, error) in &report.failed {
+        println!("failed: {domain}: {error}");
+    }
+    for (domain, skip) in &report.plan.skipped {
+        println!("skipped: {domain}: {skip}");
+    }
+    if report.plan.orders.is_empty() {
+        println!("nothing to order (use --force to renew fresh certificates)");
+    }
+    if !report.issued.is_empty() {
+        let docker = if settings.no_docker { None } else { crate::sources::docker::DockerClient::connect().await.ok() };
+        let nginx = crate::agent::choose_nginx(settings, docker.as_ref()).await?;
+        match nginx.test(&settings.nginx_conf, &settings.nginx_conf).await.and(Ok(())) {
+            Ok(()) => match nginx.reload_running().await {
+                Ok(()) => println!("nginx reloaded"),
+                Err(e) => println!("nginx not reloaded ({e}); it serves the new certificates after its next reload"),
+            },
+            Err(e) => println!("nginx not reloaded: {e}"),
+        }
+    }
+    Ok(if report.failed.is_empty() { EXIT_OK } else { EXIT_INVALID })
 }
 
 fn exit_code(table: &crate::routes::RouteTable) -> u8 {

@@ -12,5 +12,6 @@ pub mod pipeline;
 pub mod render;
 pub mod report;
 pub mod routes;
+pub mod secret;
 pub mod settings;
 pub mod sources;

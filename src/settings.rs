@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
 
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
+use crate::secret::Secret;
 use crate::sources::StaticConfig;
 
 #[derive(Debug, Clone, Args)]
@@ -110,9 +111,97 @@ pub struct Settings {
     #[arg(long, env = "CERT_RENEWAL_THRESHOLD", global = true, default_value_t = 30)]
     pub cert_renewal_threshold: i64,
 
+    /// Certificates from ACME: `on`, `off`, or `auto` (on in production mode when ACME_EMAIL or
+    /// CERTBOT_EMAIL is set).
+    #[arg(long, env = "ACME", global = true, value_enum, default_value = "auto")]
+    pub acme: AcmeMode,
+
+    /// Contact email of the ACME account (alias: CERTBOT_EMAIL).
+    #[arg(long, env = "ACME_EMAIL", global = true)]
+    pub acme_email: Option<String>,
+
+    /// `letsencrypt`, `letsencrypt-staging`, or the directory URL of another ACME CA.
+    #[arg(long, env = "ACME_DIRECTORY", global = true, default_value = "letsencrypt")]
+    pub acme_directory: String,
+
+    /// External account binding key id, for CAs that require one.
+    #[arg(long, env = "ACME_EAB_KID", global = true)]
+    pub acme_eab_kid: Option<String>,
+
+    /// External account binding HMAC key (base64url).
+    #[arg(long, env = "ACME_EAB_HMAC_KEY", global = true, hide_env_values = true)]
+    pub acme_eab_hmac_key: Option<Secret>,
+
+    /// A PEM root to trust for the ACME server's TLS (a private CA; tests).
+    #[arg(long, env = "ACME_CA_ROOT", global = true)]
+    pub acme_ca_root: Option<PathBuf>,
+
+    /// Orders run at once across domains (one per domain at a time).
+    #[arg(long, env = "ACME_CONCURRENCY", global = true, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub acme_concurrency: u16,
+
+    /// Check certificates this often (also at start and when routes change). Accepts d, h, m.
+    #[arg(long, env = "RENEWAL_INTERVAL", global = true, default_value = "3d")]
+    pub renewal_interval: humantime::Duration,
+
+    /// Cloudflare API token with Zone:DNS:Edit (recommended): enables DNS-01.
+    #[arg(long, env = "CLOUDFLARE_API_TOKEN", global = true, hide_env_values = true)]
+    pub cloudflare_api_token: Option<Secret>,
+
+    /// A file holding the Cloudflare API token (Docker secret).
+    #[arg(long, env = "CLOUDFLARE_API_TOKEN_FILE", global = true)]
+    pub cloudflare_api_token_file: Option<PathBuf>,
+
+    /// Cloudflare account email, with CLOUDFLARE_API_KEY (the seed's global key).
+    #[arg(long, env = "CLOUDFLARE_EMAIL", global = true)]
+    pub cloudflare_email: Option<String>,
+
+    /// Cloudflare global API key, with CLOUDFLARE_EMAIL.
+    #[arg(long, env = "CLOUDFLARE_API_KEY", global = true, hide_env_values = true)]
+    pub cloudflare_api_key: Option<Secret>,
+
+    /// A file holding the Cloudflare global API key (Docker secret).
+    #[arg(long, env = "CLOUDFLARE_API_KEY_FILE", global = true)]
+    pub cloudflare_api_key_file: Option<PathBuf>,
+
+    /// Cloudflare API base URL.
+    #[arg(long, env = "CLOUDFLARE_API_BASE", global = true, default_value = "https://api.cloudflare.com/client/v4")]
+    pub cloudflare_api_base: String,
+
+    /// Before ordering, check that the domain's A/AAAA records point at this server:
+    /// `strict` (skip the domain), `warn` (say so, go on) or `off`.
+    #[arg(long, env = "DNS_CHECK", global = true, value_enum, default_value = "warn")]
+    pub dns_check: DnsCheck,
+
+    /// This server's public addresses, comma-separated (v4 and v6); default: detected.
+    #[arg(long, env = "PUBLIC_IP", global = true, value_delimiter = ',')]
+    pub public_ip: Vec<IpAddr>,
+
+    /// Name servers for DNS checks, `ip` or `ip:port`, comma-separated; default: the system's.
+    #[arg(long, env = "DNS_RESOLVERS", global = true, value_delimiter = ',')]
+    pub dns_resolvers: Vec<String>,
+
+    /// How long to wait for a DNS-01 TXT record to reach the zone's authoritative servers.
+    #[arg(long, env = "DNS_PROPAGATION_TIMEOUT", global = true, default_value = "120s")]
+    pub dns_propagation_timeout: humantime::Duration,
+
     /// Log format on stderr.
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcmeMode {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DnsCheck {
+    Strict,
+    Warn,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,6 +219,29 @@ impl Settings {
             domains_config: self.domains_config.clone(),
             services_config: self.services_config.clone(),
         }
+    }
+
+    /// The ACME account email: ACME_EMAIL, else the seed's CERTBOT_EMAIL.
+    pub fn email(&self) -> Option<String> {
+        self.acme_email.clone().or_else(|| std::env::var("CERTBOT_EMAIL").ok()).filter(|e| !e.trim().is_empty())
+    }
+
+    /// Whether the agent orders certificates (never in LOCAL mode).
+    pub fn acme_enabled(&self) -> bool {
+        !self.local
+            && match self.acme {
+                AcmeMode::On => true,
+                AcmeMode::Off => false,
+                AcmeMode::Auto => self.email().is_some(),
+            }
+    }
+
+    /// True when DNS provider credentials are configured (DNS-01 for every domain).
+    pub fn dns01_configured(&self) -> bool {
+        self.cloudflare_api_token.is_some()
+            || self.cloudflare_api_token_file.is_some()
+            || self.cloudflare_api_key.is_some()
+            || self.cloudflare_api_key_file.is_some()
     }
 
     /// The render settings, asking nginx for its version when none is set.

@@ -2,8 +2,10 @@
 
 mod support;
 
+mod acme;
 mod agent;
 mod cli;
+mod cloudflare;
 mod docker_labels;
 mod golden;
 mod injection;

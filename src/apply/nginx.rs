@@ -112,6 +112,31 @@ impl Nginx {
         }
     }
 
+    /// Reloads an nginx this process did not start (the `certs renew` command): through its pid
+    /// file locally, or by exec in the companion container.
+    pub async fn reload_running(&self) -> Result<(), NginxError> {
+        match self {
+            Nginx::Local(local) => {
+                let out = Command::new(&local.bin)
+                    .arg("-c")
+                    .arg(&local.main_conf)
+                    .args(["-s", "reload"])
+                    .output()
+                    .await
+                    .map_err(|e| NginxError::Run { what: "nginx -s reload".into(), message: e.to_string() })?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(NginxError::ReloadFailed {
+                        code: i64::from(out.status.code().unwrap_or(-1)),
+                        output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    })
+                }
+            }
+            Nginx::Companion(_) => self.reload().await,
+        }
+    }
+
     fn main_conf(&self) -> &Path {
         match self {
             Nginx::Local(l) => &l.main_conf,

@@ -2,6 +2,10 @@
 //! certificate exists, the store (certbot's layout plus renewal state and locks), and the plan of
 //! which domains to order. ACME and the DNS provider do the IO.
 
+pub mod acme;
+pub mod cloudflare;
+pub mod dns;
+pub mod manager;
 pub mod placeholder;
 pub mod plan;
 pub mod store;

@@ -59,6 +59,21 @@ pub enum Skip {
     WildcardNeedsDns01,
 }
 
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::Backoff { next_try, last_error } => {
+                let at = time::OffsetDateTime::from_unix_timestamp(*next_try)
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_default();
+                write!(f, "waiting after a failure until {at} (last error: {last_error})")
+            }
+            Skip::WildcardNeedsDns01 => f.write_str("a wildcard needs DNS-01; set CLOUDFLARE_API_TOKEN"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub orders: Vec<Order>,
@@ -125,14 +140,26 @@ mod tests {
     #[test]
     fn orders_what_is_missing_placeholder_or_expiring_and_respects_backoff() {
         let now = OffsetDateTime::now_utc();
-        let domains = [d("missing.com"), d("placeholder.com"), d("expiring.com"), d("fresh.com"), d("failing.com"), d("*.wild.com")];
+        let domains = [
+            d("missing.com"),
+            d("placeholder.com"),
+            d("expiring.com"),
+            d("fresh.com"),
+            d("failing.com"),
+            d("*.wild.com"),
+        ];
         let lookup = |domain: &DomainName| match domain.as_str() {
             "placeholder.com" => (Some(cert(7, true, now)), DomainState::default()),
             "expiring.com" => (Some(cert(10, false, now)), DomainState::default()),
             "fresh.com" => (Some(cert(80, false, now)), DomainState::default()),
             "failing.com" => (
                 None,
-                DomainState { failures: 3, last_error: Some("CA down".into()), next_try: Some(now.unix_timestamp() + 60), last_attempt: None },
+                DomainState {
+                    failures: 3,
+                    last_error: Some("CA down".into()),
+                    next_try: Some(now.unix_timestamp() + 60),
+                    last_attempt: None,
+                },
             ),
             _ => (None, DomainState::default()),
         };
@@ -141,14 +168,24 @@ mod tests {
         let ordered: Vec<(&str, &Reason)> = p.orders.iter().map(|o| (o.domain.as_str(), &o.reason)).collect();
         assert_eq!(
             ordered,
-            [("missing.com", &Reason::Missing), ("placeholder.com", &Reason::Placeholder), ("expiring.com", &Reason::Expiring { days_left: 10 })]
+            [
+                ("missing.com", &Reason::Missing),
+                ("placeholder.com", &Reason::Placeholder),
+                ("expiring.com", &Reason::Expiring { days_left: 10 })
+            ]
         );
         assert!(p.orders.iter().all(|o| o.challenge == Challenge::Http01));
         assert_eq!(p.skipped.len(), 2);
         assert!(matches!(p.skipped[0].1, Skip::Backoff { .. }));
         assert_eq!(p.skipped[1], (d("*.wild.com"), Skip::WildcardNeedsDns01));
 
-        let p = plan(&domains, lookup, &[d("fresh.com"), d("failing.com")], PlanSettings { renew_days: 30, dns01: true }, now);
+        let p = plan(
+            &domains,
+            lookup,
+            &[d("fresh.com"), d("failing.com")],
+            PlanSettings { renew_days: 30, dns01: true },
+            now,
+        );
         assert!(p.orders.iter().any(|o| o.domain.as_str() == "fresh.com" && o.reason == Reason::Forced));
         assert!(p.orders.iter().any(|o| o.domain.as_str() == "failing.com"), "forcing overrides backoff");
         assert!(p.orders.iter().any(|o| o.domain.as_str() == "*.wild.com" && o.challenge == Challenge::Dns01));

@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cloudflare_fake;
 pub mod docker;
 pub mod images;
+pub mod pebble;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,921 @@
+//! The ACME client layer (RFC 8555, via instant-acme): accounts persisted on disk, one order per
+//! domain, challenges presented through a [`Solver`], and the result written in certbot's layout.
+//!
+//! This module does not know how a challenge is presented: the certificate manager implements
+//! [`Solver`] (DNS-01 through a DNS provider, HTTP-01 through nginx's webroot).
+//!
+//! Secrets (the account key inside the credentials file, the EAB HMAC key, issued private keys)
+//! never appear in logs, errors or `Debug` output; files holding them are written 0600.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use instant_acme::{
+    AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType, ExternalAccountKey, HttpClient, Identifier,
+    NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+pub use instant_acme::Problem;
+
+/// The EAB HMAC key and issued private keys are [`Secret`]s: never in Debug, Display or logs.
+pub use crate::secret::Secret;
+
+use crate::certs::placeholder::cert_dir;
+use crate::fsutil::write_atomic;
+use crate::routes::DomainName;
+
+/// Let's Encrypt's production directory (the name `letsencrypt` in [`AcmeSettings::directory`]).
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (the name `letsencrypt-staging`).
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// The problem type a CA uses for rate limits (RFC 8555 section 6.7).
+pub const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+
+/// Longest wait for one HTTP exchange with the CA.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Polling while the CA validates the challenges (delays 0.25 s, ×1.5, up to 3 minutes in all).
+const READY_POLICY: RetryPolicy =
+    RetryPolicy::new().initial_delay(Duration::from_millis(250)).backoff(1.5).timeout(Duration::from_secs(180));
+/// Polling while the CA signs the certificate.
+const CERT_POLICY: RetryPolicy =
+    RetryPolicy::new().initial_delay(Duration::from_millis(250)).backoff(1.5).timeout(Duration::from_secs(120));
+
+/// Where and how to talk to the ACME CA.
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    /// The directory URL (`https://...`), or `letsencrypt` / `letsencrypt-staging`.
+    pub directory: String,
+    /// Contact address registered with the account (`mailto:` is added).
+    pub email: Option<String>,
+    /// External account binding: key id and the base64url HMAC key, as the CA shows them.
+    pub eab: Option<(String, Secret)>,
+    /// A PEM file with the root(s) to trust for the CA's own TLS certificate (test CAs); the
+    /// system's roots otherwise.
+    pub ca_root: Option<PathBuf>,
+}
+
+impl AcmeSettings {
+    /// The directory URL, with the Let's Encrypt names resolved.
+    pub fn directory_url(&self) -> Result<String, AcmeError> {
+        let value = self.directory.trim();
+        match value {
+            "letsencrypt" => Ok(LETSENCRYPT.to_string()),
+            "letsencrypt-staging" => Ok(LETSENCRYPT_STAGING.to_string()),
+            url if url.starts_with("https://")
+                && url.len() > "https://".len()
+                && !url.contains(char::is_whitespace) =>
+            {
+                Ok(url.to_string())
+            }
+            _ => Err(AcmeError::Directory { value: self.directory.clone() }),
+        }
+    }
+}
+
+/// The challenge types a [`Solver`] can present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChallengeKind {
+    Http01,
+    Dns01,
+}
+
+impl ChallengeKind {
+    fn acme_type(self) -> ChallengeType {
+        match self {
+            ChallengeKind::Http01 => ChallengeType::Http01,
+            ChallengeKind::Dns01 => ChallengeType::Dns01,
+        }
+    }
+}
+
+impl fmt::Display for ChallengeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChallengeKind::Http01 => "HTTP-01",
+            ChallengeKind::Dns01 => "DNS-01",
+        })
+    }
+}
+
+/// What a solver must put in place (and later remove) for one authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeResponse {
+    /// Serve `key_authorization` as the body of `http://<domain>/.well-known/acme-challenge/<token>`.
+    Http01 { domain: String, token: String, key_authorization: String },
+    /// Publish a TXT record `record` (`_acme-challenge.<domain>`, without trailing dot) holding
+    /// `value`. For a wildcard `*.example.com`, `domain` is `example.com`.
+    Dns01 { domain: String, record: String, value: String },
+}
+
+impl ChallengeResponse {
+    pub fn kind(&self) -> ChallengeKind {
+        match self {
+            ChallengeResponse::Http01 { .. } => ChallengeKind::Http01,
+            ChallengeResponse::Dns01 { .. } => ChallengeKind::Dns01,
+        }
+    }
+
+    /// The name the CA validates (without any `*.`).
+    pub fn domain(&self) -> &str {
+        match self {
+            ChallengeResponse::Http01 { domain, .. } | ChallengeResponse::Dns01 { domain, .. } => domain,
+        }
+    }
+
+    /// For HTTP-01: the request path the CA fetches.
+    pub fn http_path(&self) -> Option<String> {
+        match self {
+            ChallengeResponse::Http01 { token, .. } => Some(format!("/.well-known/acme-challenge/{token}")),
+            ChallengeResponse::Dns01 { .. } => None,
+        }
+    }
+}
+
+/// A solver's failure to present or remove a challenge response.
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct SolverError {
+    message: String,
+}
+
+impl SolverError {
+    pub fn new(message: impl Into<String>) -> Self {
+        SolverError { message: message.into() }
+    }
+}
+
+/// Presents challenge responses: DNS-01 through a DNS provider, HTTP-01 through the webroot.
+///
+/// `present` returns once the response is visible to the CA (for DNS-01: propagated). `cleanup`
+/// is called for every response `present` was called for, also when `present` failed or
+/// validation failed, so it must tolerate a response that is not (fully) in place.
+pub trait Solver: Send + Sync {
+    fn kind(&self) -> ChallengeKind;
+    fn present(&self, challenge: &ChallengeResponse) -> impl Future<Output = Result<(), SolverError>> + Send;
+    fn cleanup(&self, challenge: &ChallengeResponse) -> impl Future<Output = Result<(), SolverError>> + Send;
+}
+
+/// An issued certificate, not yet on disk.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The leaf first, then the intermediates, as the CA sent them.
+    pub fullchain_pem: String,
+    /// The certificate's private key (PKCS#8 PEM), generated locally.
+    pub key_pem: Secret,
+    pub not_after: time::OffsetDateTime,
+}
+
+#[derive(Debug, Error)]
+pub enum AcmeError {
+    #[error("the ACME directory {value:?} is neither an https:// URL nor one of: letsencrypt, letsencrypt-staging")]
+    Directory { value: String },
+    #[error("cannot use {path} as the ACME CA root: {reason}")]
+    CaRoot { path: PathBuf, reason: String },
+    #[error(
+        "cannot load the system's trusted root certificates ({reason}); install the ca-certificates package or set the ACME CA root"
+    )]
+    SystemRoots { reason: String },
+    #[error("the EAB HMAC key for key id {kid:?} is not base64url; copy it exactly as the CA shows it")]
+    EabKey { kid: String },
+    #[error("cannot {action} the ACME account file {path}: {source}")]
+    AccountStore {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the ACME account file {path} is unusable ({reason}); move it away to register a new account")]
+    AccountFile { path: PathBuf, reason: String },
+    #[error("cannot {step} at the ACME CA: {}{}", ca_text(.source), rate_hint(*.status, *.retry_at))]
+    Ca {
+        step: String,
+        #[source]
+        source: instant_acme::Error,
+        /// The HTTP status of the CA's last response, when it was an error.
+        status: Option<u16>,
+        /// When the CA said to try again (Retry-After), if it did.
+        retry_at: Option<SystemTime>,
+    },
+    #[error("{domain}: HTTP-01 cannot validate a wildcard name; use DNS-01 for wildcard domains")]
+    WildcardNeedsDns { domain: DomainName },
+    #[error("the ACME CA offers no {kind} challenge for {domain} (offered: {offered})")]
+    NoChallenge { domain: DomainName, kind: ChallengeKind, offered: String },
+    #[error("cannot complete the ACME authorization for {domain}: {reason}")]
+    Authorization { domain: DomainName, reason: String },
+    #[error("cannot present the {kind} challenge for {domain}: {source}")]
+    Present {
+        domain: DomainName,
+        kind: ChallengeKind,
+        #[source]
+        source: SolverError,
+    },
+    #[error("the ACME CA could not validate the {kind} challenge for {domain}: {}", describe(.problem.as_ref()))]
+    Validation { domain: DomainName, kind: ChallengeKind, problem: Option<Problem> },
+    #[error("the ACME CA returned an unusable certificate for {domain}: {reason}")]
+    BadCertificate { domain: DomainName, reason: String },
+    #[error("cannot write the certificate for {domain} in {dir}: {source}")]
+    Write {
+        domain: DomainName,
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn rate_hint(status: Option<u16>, retry_at: Option<SystemTime>) -> String {
+    match (status, retry_at) {
+        (_, Some(at)) => format!(" (retry after {})", humantime::format_rfc3339_seconds(at)),
+        (Some(429), None) => " (rate limited)".to_string(),
+        _ => String::new(),
+    }
+}
+
+fn ca_text(error: &instant_acme::Error) -> String {
+    match error {
+        instant_acme::Error::Api(problem) => describe(Some(problem)),
+        other => other.to_string(),
+    }
+}
+
+fn describe(problem: Option<&Problem>) -> String {
+    let Some(problem) = problem else {
+        return "the authorization is invalid and the CA gave no reason".to_string();
+    };
+    let mut text = problem.detail.clone().unwrap_or_else(|| "no detail given".to_string());
+    if let Some(kind) = &problem.r#type {
+        text.push_str(&format!(" ({kind})"));
+    }
+    for sub in &problem.subproblems {
+        text.push_str(&format!("; {sub}"));
+    }
+    text
+}
+
+impl AcmeError {
+    /// The CA's problem document, when the error came from the CA.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            AcmeError::Ca { source: instant_acme::Error::Api(problem), .. } => Some(problem),
+            AcmeError::Validation { problem, .. } => problem.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// How long the CA asked to wait before trying again, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AcmeError::Ca { retry_at: Some(at), .. } => {
+                Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the CA refused because of a rate limit: back off (see [`AcmeError::retry_after`]).
+    pub fn is_rate_limited(&self) -> bool {
+        let status_429 = matches!(self, AcmeError::Ca { status: Some(429), .. });
+        let problem =
+            self.problem().is_some_and(|p| p.r#type.as_deref() == Some(RATE_LIMITED) || p.status == Some(429));
+        status_429 || problem
+    }
+}
+
+// --- HTTP: instant-acme over hyper-rustls (ring), recording the status and Retry-After of the
+// CA's last response for the error that follows it.
+
+/// The outcome of the last HTTP exchange with the CA made by the current task.
+#[derive(Debug, Clone, Copy)]
+struct LastResponse {
+    status: u16,
+    retry_at: Option<SystemTime>,
+}
+
+tokio::task_local! {
+    static LAST_RESPONSE: Cell<Option<LastResponse>>;
+}
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    BodyWrapper<Bytes>,
+>;
+
+struct RecordingClient(HyperClient);
+
+impl HttpClient for RecordingClient {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let response = HttpClient::request(&self.0, req);
+        Box::pin(async move {
+            let result = match tokio::time::timeout(REQUEST_TIMEOUT, response).await {
+                Ok(result) => result,
+                Err(_) => Err(instant_acme::Error::Other(
+                    format!("the ACME CA did not answer within {}s", REQUEST_TIMEOUT.as_secs()).into(),
+                )),
+            };
+            record(&result);
+            result
+        })
+    }
+}
+
+/// Remembers the status and Retry-After of `result` for the current task's [`with_capture`]
+/// scope; a no-op outside one.
+fn record(result: &Result<BytesResponse, instant_acme::Error>) {
+    let last = result
+        .as_ref()
+        .ok()
+        .map(|rsp| LastResponse { status: rsp.parts.status.as_u16(), retry_at: parse_retry_after(&rsp.parts.headers) });
+    let _ = LAST_RESPONSE.try_with(|cell| cell.set(last));
+}
+
+fn parse_retry_after(headers: &http::HeaderMap) -> Option<SystemTime> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    match value.parse::<u64>() {
+        Ok(seconds) => Some(SystemTime::now() + Duration::from_secs(seconds)),
+        Err(_) => httpdate::parse_http_date(value).ok(),
+    }
+}
+
+/// Runs `fut` with the last-response capture that [`ca_error`] reads.
+async fn with_capture<T>(fut: impl Future<Output = T>) -> T {
+    LAST_RESPONSE.scope(Cell::new(None), fut).await
+}
+
+fn ca_error(step: impl Into<String>, source: instant_acme::Error) -> AcmeError {
+    let last = LAST_RESPONSE.try_with(|cell| cell.get()).ok().flatten().filter(|last| last.status >= 400);
+    let timeout_hint = match &source {
+        instant_acme::Error::Timeout(Some(next)) => {
+            Some(SystemTime::now() + next.saturating_duration_since(Instant::now()))
+        }
+        _ => None,
+    };
+    AcmeError::Ca {
+        step: step.into(),
+        status: last.map(|l| l.status),
+        retry_at: last.and_then(|l| l.retry_at).or(timeout_hint),
+        source,
+    }
+}
+
+fn http_client(settings: &AcmeSettings) -> Result<Box<dyn HttpClient>, AcmeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match &settings.ca_root {
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::CertificateDer;
+            let bad = |reason: String| AcmeError::CaRoot { path: path.clone(), reason };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("the file holds no PEM certificate".to_string()));
+            }
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+        None => builder
+            .with_provider_and_platform_verifier(provider)
+            .map_err(|e| AcmeError::SystemRoots { reason: e.to_string() })?,
+    };
+    let connector = builder.https_only().enable_http1().enable_http2().build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    Ok(Box::new(RecordingClient(client)))
+}
+
+// --- Accounts
+
+/// An ACME account, registered once per directory URL and email and restored from disk after.
+#[derive(Clone)]
+pub struct Account {
+    inner: instant_acme::Account,
+    directory: String,
+    path: PathBuf,
+    created: bool,
+}
+
+impl Account {
+    /// The account URL at the CA.
+    pub fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    pub fn directory(&self) -> &str {
+        &self.directory
+    }
+
+    /// The credentials file (0600).
+    pub fn credentials_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when this call registered the account, false when it was restored from disk.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id())
+            .field("directory", &self.directory)
+            .field("credentials_path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The credentials file of the account for `directory` + `email`:
+/// `<store_dir>/accounts/<stable hash>.json`.
+pub fn account_path(store_dir: &Path, directory: &str, email: Option<&str>) -> PathBuf {
+    // FNV-1a: stable across Rust versions and runs, unlike std's hasher.
+    let key = format!("{directory}\n{}", email.unwrap_or(""));
+    let hash = key.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    store_dir.join("accounts").join(format!("{hash:016x}.json"))
+}
+
+/// The account for these settings: restored from `<store_dir>/accounts/` when registered before,
+/// otherwise registered now (terms of service agreed) and its credentials written there, 0600.
+///
+/// Call it once per settings (at startup), not concurrently: two concurrent first calls would
+/// register two accounts.
+pub async fn account(store_dir: &Path, settings: &AcmeSettings) -> Result<Account, AcmeError> {
+    let directory = settings.directory_url()?;
+    let email = settings.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
+    let path = account_path(store_dir, &directory, email);
+    let http = http_client(settings)?;
+    with_capture(async move {
+        let store_err = |action, source| AcmeError::AccountStore { action, path: path.clone(), source };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let credentials = parse_credentials(&path, &bytes, &directory)?;
+                let inner = instant_acme::Account::builder_with_http(http)
+                    .from_credentials(credentials)
+                    .await
+                    .map_err(|e| match e {
+                        instant_acme::Error::KeyRejected => AcmeError::AccountFile {
+                            path: path.clone(),
+                            reason: "its account key does not load".to_string(),
+                        },
+                        e => ca_error(format!("restore the ACME account of {}", path.display()), e),
+                    })?;
+                debug!(account = inner.id(), directory = %directory, "restored the ACME account");
+                Ok(Account { inner, directory, path, created: false })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let eab = match &settings.eab {
+                    Some((kid, hmac)) => Some(eab_key(kid, hmac)?),
+                    None => None,
+                };
+                let contact = email.map(|email| format!("mailto:{email}"));
+                let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let new = NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false };
+                let (inner, credentials) = instant_acme::Account::builder_with_http(http)
+                    .create(&new, directory.clone(), eab.as_ref())
+                    .await
+                    .map_err(|e| ca_error(format!("register an ACME account at {directory}"), e))?;
+                let json = serde_json::to_vec_pretty(&credentials)
+                    .map_err(|e| store_err("serialize", io::Error::other(json_problem(&e))))?;
+                let accounts = path.parent().expect("account path has a parent");
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(accounts)
+                    .map_err(|e| store_err("create the directory of", e))?;
+                write_atomic(&path, &json, 0o600).map_err(|e| store_err("write", e))?;
+                info!(account = inner.id(), directory = %directory, "registered a new ACME account");
+                Ok(Account { inner, directory, path, created: true })
+            }
+            Err(e) => Err(store_err("read", e)),
+        }
+    })
+    .await
+}
+
+/// What is wrong with a JSON document, without quoting it (serde messages can quote values).
+fn json_problem(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "not ACME account credentials",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    match e.line() {
+        0 => what.to_string(),
+        line => format!("{what} at line {line}, column {}", e.column()),
+    }
+}
+
+/// Parses stored credentials. Errors name the position only: serde messages can quote values.
+fn parse_credentials(
+    path: &Path,
+    bytes: &[u8],
+    directory: &str,
+) -> Result<instant_acme::AccountCredentials, AcmeError> {
+    let unusable = |reason: String| AcmeError::AccountFile { path: path.to_path_buf(), reason };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| unusable(json_problem(&e)))?;
+    match value.get("directory").and_then(|d| d.as_str()) {
+        Some(stored) if stored == directory => {}
+        Some(stored) => return Err(unusable(format!("it belongs to the ACME directory {stored}, not {directory}"))),
+        None => return Err(unusable("it names no ACME directory".to_string())),
+    }
+    serde_json::from_value(value).map_err(|e| unusable(json_problem(&e)))
+}
+
+fn eab_key(kid: &str, hmac: &Secret) -> Result<ExternalAccountKey, AcmeError> {
+    let encoded = hmac.expose().trim().trim_end_matches('=');
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| AcmeError::EabKey { kid: kid.to_string() })?;
+    if key.is_empty() {
+        return Err(AcmeError::EabKey { kid: kid.to_string() });
+    }
+    Ok(ExternalAccountKey::new(kid.to_string(), &key))
+}
+
+// --- Issuance
+
+/// Fails before any order is placed when `kind` cannot validate `domain` (HTTP-01 and wildcards).
+pub fn check_solver(domain: &DomainName, kind: ChallengeKind) -> Result<(), AcmeError> {
+    if kind == ChallengeKind::Http01 && domain.is_wildcard() {
+        return Err(AcmeError::WildcardNeedsDns { domain: domain.clone() });
+    }
+    Ok(())
+}
+
+/// Obtains a certificate for `domain` (a wildcard as `*.example.com`): one order, the solver's
+/// challenge presented for each pending authorization and always cleaned up, bounded polling,
+/// a fresh private key, and the chain checked to name `domain`.
+///
+/// Do not drop the future midway: cleanup would not run. It bounds its own time.
+pub async fn issue(account: &Account, domain: &DomainName, solver: &impl Solver) -> Result<Issued, AcmeError> {
+    let kind = solver.kind();
+    check_solver(domain, kind)?;
+    with_capture(async {
+        let identifiers = [Identifier::Dns(domain.as_str().to_string())];
+        let mut order = account
+            .inner
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .map_err(|e| ca_error(format!("create an order for {domain}"), e))?;
+        debug!(%domain, order = order.url(), "created an ACME order");
+
+        let mut presented = Vec::new();
+        let validated = authorize(&mut order, domain, solver, &mut presented).await;
+        for challenge in &presented {
+            if let Err(e) = solver.cleanup(challenge).await {
+                warn!(%domain, kind = %kind, error = %e, "cannot clean up the ACME challenge response");
+            }
+        }
+        validated?;
+
+        let key_pem = order.finalize().await.map_err(|e| ca_error(format!("finalize the order for {domain}"), e))?;
+        let fullchain_pem = order
+            .poll_certificate(&CERT_POLICY)
+            .await
+            .map_err(|e| ca_error(format!("download the certificate for {domain}"), e))?;
+        let not_after = check_chain(domain, &fullchain_pem)?;
+        info!(%domain, not_after = %not_after, "issued a certificate");
+        Ok(Issued { fullchain_pem, key_pem: Secret::new(key_pem), not_after })
+    })
+    .await
+}
+
+/// Presents and readies each pending authorization's challenge, then waits for the order to be
+/// ready. Every response handed to the solver is pushed to `presented` first.
+async fn authorize(
+    order: &mut Order,
+    domain: &DomainName,
+    solver: &impl Solver,
+    presented: &mut Vec<ChallengeResponse>,
+) -> Result<(), AcmeError> {
+    let kind = solver.kind();
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(|e| ca_error(format!("fetch the authorization for {domain}"), e))?;
+        match authz.status {
+            AuthorizationStatus::Valid => continue,
+            AuthorizationStatus::Pending => {}
+            status => {
+                let reason = format!("it is {status:?}; the next attempt starts a new order").to_lowercase();
+                return Err(AcmeError::Authorization { domain: domain.clone(), reason });
+            }
+        }
+        let name = match &authz.identifier().identifier {
+            Identifier::Dns(name) => name.clone(),
+            other => {
+                let reason = format!("it is for {other:?}, not a DNS name");
+                return Err(AcmeError::Authorization { domain: domain.clone(), reason });
+            }
+        };
+        let offered = authz.challenges.iter().map(|c| challenge_name(&c.r#type)).collect::<Vec<_>>().join(", ");
+        let Some(mut challenge) = authz.challenge(kind.acme_type()) else {
+            return Err(AcmeError::NoChallenge { domain: domain.clone(), kind, offered });
+        };
+        let key_authorization = challenge.key_authorization();
+        let response = match kind {
+            ChallengeKind::Http01 => ChallengeResponse::Http01 {
+                domain: name,
+                token: challenge.token.clone(),
+                key_authorization: key_authorization.as_str().to_string(),
+            },
+            ChallengeKind::Dns01 => ChallengeResponse::Dns01 {
+                record: format!("_acme-challenge.{name}"),
+                domain: name,
+                value: key_authorization.dns_value(),
+            },
+        };
+        presented.push(response.clone());
+        solver.present(&response).await.map_err(|source| AcmeError::Present {
+            domain: domain.clone(),
+            kind,
+            source,
+        })?;
+        challenge.set_ready().await.map_err(|e| ca_error(format!("start the {kind} validation of {domain}"), e))?;
+    }
+
+    match order.poll_ready(&READY_POLICY).await {
+        Ok(OrderStatus::Ready) => Ok(()),
+        Ok(_) => Err(validation_error(order, domain, kind, None).await),
+        Err(instant_acme::Error::Api(problem)) => Err(validation_error(order, domain, kind, Some(problem)).await),
+        Err(e) => Err(ca_error(format!("wait for the {kind} validation of {domain}"), e)),
+    }
+}
+
+/// The order is invalid: find what the CA said about the challenge (more precise than the
+/// order's problem, if it has one).
+async fn validation_error(
+    order: &mut Order,
+    domain: &DomainName,
+    kind: ChallengeKind,
+    order_problem: Option<Problem>,
+) -> AcmeError {
+    let mut problem = None;
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authz)) = authorizations.next().await {
+        if let Ok(state) = authz.refresh().await {
+            problem = state.challenges.iter().find_map(|c| c.error.clone());
+            if problem.is_some() {
+                break;
+            }
+        }
+    }
+    AcmeError::Validation { domain: domain.clone(), kind, problem: problem.or(order_problem) }
+}
+
+fn challenge_name(kind: &ChallengeType) -> String {
+    match kind {
+        ChallengeType::Http01 => "http-01".to_string(),
+        ChallengeType::Dns01 => "dns-01".to_string(),
+        ChallengeType::TlsAlpn01 => "tls-alpn-01".to_string(),
+        ChallengeType::DeviceAttest01 => "device-attest-01".to_string(),
+        ChallengeType::Unknown(name) => name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks that the chain's leaf names `domain`; returns its expiry.
+fn check_chain(domain: &DomainName, fullchain_pem: &str) -> Result<time::OffsetDateTime, AcmeError> {
+    let bad = |reason: String| AcmeError::BadCertificate { domain: domain.clone(), reason };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(fullchain_pem.as_bytes())
+        .map_err(|e| bad(format!("the chain does not start with a PEM certificate: {e}")))?;
+    let leaf = pem.parse_x509().map_err(|e| bad(format!("the leaf certificate does not parse: {e}")))?;
+    let names: Vec<String> = match leaf.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(bad(format!("its subject alternative names do not parse: {e}"))),
+    };
+    if !names.iter().any(|name| name == domain.as_str()) {
+        return Err(bad(format!(
+            "the leaf names {} instead",
+            if names.is_empty() { "nothing".into() } else { names.join(", ") }
+        )));
+    }
+    Ok(leaf.validity().not_after.to_datetime())
+}
+
+/// Writes `issued` in certbot's layout: `<certs_dir>/live/<cert name>/privkey.pem` (0600, first)
+/// and `fullchain.pem` (0644), each atomically. Returns the directory.
+pub fn write_certificate(certs_dir: &Path, domain: &DomainName, issued: &Issued) -> Result<PathBuf, AcmeError> {
+    let dir = cert_dir(certs_dir, domain);
+    let io = |source| AcmeError::Write { domain: domain.clone(), dir: dir.clone(), source };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    write_atomic(&dir.join("privkey.pem"), issued.key_pem.expose().as_bytes(), 0o600).map_err(io)?;
+    write_atomic(&dir.join("fullchain.pem"), issued.fullchain_pem.as_bytes(), 0o644).map_err(io)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(directory: &str) -> AcmeSettings {
+        AcmeSettings { directory: directory.into(), email: None, eab: None, ca_root: None }
+    }
+
+    #[test]
+    fn directory_names_and_urls() {
+        assert_eq!(settings("letsencrypt").directory_url().unwrap(), LETSENCRYPT);
+        assert_eq!(settings(" letsencrypt-staging ").directory_url().unwrap(), LETSENCRYPT_STAGING);
+        assert_eq!(settings("https://ca.test/dir").directory_url().unwrap(), "https://ca.test/dir");
+        for bad in ["", "http://ca.test/dir", "https://", "lets-encrypt", "https://a b"] {
+            let err = settings(bad).directory_url().unwrap_err();
+            assert!(matches!(err, AcmeError::Directory { .. }), "{bad:?}");
+            assert!(err.to_string().contains("letsencrypt-staging"), "{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let hmac = "c2VjcmV0LWhtYWMta2V5LXZhbHVl";
+        let mut s = settings("letsencrypt");
+        s.eab = Some(("kid-1".into(), Secret::new(hmac)));
+        assert!(!format!("{s:?}").contains(hmac));
+        let err = eab_key("kid-1", &Secret::new("not base64!")).err().unwrap();
+        assert!(!format!("{err} {err:?}").contains("not base64!"));
+        assert!(eab_key("kid-1", &Secret::new(hmac)).is_ok());
+        assert!(eab_key("kid-1", &Secret::new(format!("{hmac}=="))).is_ok(), "padding is tolerated");
+        let issued = Issued {
+            fullchain_pem: "CHAIN".into(),
+            key_pem: Secret::new("PRIVATE KEY"),
+            not_after: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert!(!format!("{issued:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn account_path_is_stable_and_distinct() {
+        let dir = Path::new("/store");
+        let a = account_path(dir, LETSENCRYPT, Some("a@example.com"));
+        assert_eq!(a, account_path(dir, LETSENCRYPT, Some("a@example.com")));
+        assert_eq!(a.parent().unwrap(), Path::new("/store/accounts"));
+        assert_ne!(a, account_path(dir, LETSENCRYPT, Some("b@example.com")));
+        assert_ne!(a, account_path(dir, LETSENCRYPT_STAGING, Some("a@example.com")));
+        assert_ne!(a, account_path(dir, LETSENCRYPT, None));
+        // Pinned: changing the hash would register new accounts on upgrade.
+        assert_eq!(account_path(dir, LETSENCRYPT, None), account_path(dir, LETSENCRYPT, Some("")));
+        assert_eq!(account_path(dir, LETSENCRYPT, None), Path::new("/store/accounts/379e4423237a4d94.json"));
+    }
+
+    #[test]
+    fn corrupt_credentials_do_not_echo_content() {
+        let path = Path::new("/store/accounts/x.json");
+        let secret_like =
+            r#"{"id":"https://ca/acct/1","key_pkcs8":{"oops":"SECRETVALUE"},"directory":"https://ca/dir"}"#;
+        let err = parse_credentials(path, secret_like.as_bytes(), "https://ca/dir").err().unwrap();
+        assert!(!format!("{err} {err:?}").contains("SECRETVALUE"), "{err}");
+        assert!(err.to_string().contains("move it away"), "{err}");
+        let other = r#"{"id":"x","key_pkcs8":"AAAA","directory":"https://other/dir"}"#;
+        let err = parse_credentials(path, other.as_bytes(), "https://ca/dir").err().unwrap();
+        assert!(err.to_string().contains("https://other/dir"), "{err}");
+    }
+
+    #[test]
+    fn wildcards_need_dns() {
+        let wildcard = DomainName::parse("*.example.com").unwrap();
+        let err = check_solver(&wildcard, ChallengeKind::Http01).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "*.example.com: HTTP-01 cannot validate a wildcard name; use DNS-01 for wildcard domains"
+        );
+        assert!(check_solver(&wildcard, ChallengeKind::Dns01).is_ok());
+        assert!(check_solver(&DomainName::parse("example.com").unwrap(), ChallengeKind::Http01).is_ok());
+    }
+
+    fn problem(kind: &str, status: u16) -> Problem {
+        Problem {
+            r#type: Some(kind.into()),
+            detail: Some("too many certificates".into()),
+            status: Some(status),
+            subproblems: vec![],
+        }
+    }
+
+    #[test]
+    fn rate_limits_and_retry_after() {
+        let at = SystemTime::now() + Duration::from_secs(3600);
+        let err = AcmeError::Ca {
+            step: "create an order for a.test".into(),
+            source: instant_acme::Error::Api(problem(RATE_LIMITED, 429)),
+            status: Some(429),
+            retry_at: Some(at),
+        };
+        assert!(err.is_rate_limited());
+        let wait = err.retry_after().unwrap();
+        assert!(wait > Duration::from_secs(3590) && wait <= Duration::from_secs(3600), "{wait:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("cannot create an order for a.test at the ACME CA: "), "{msg}");
+        assert!(
+            msg.contains("too many certificates") && msg.contains(RATE_LIMITED) && msg.contains("retry after"),
+            "{msg}"
+        );
+        assert!(!msg.ends_with('.'), "{msg}");
+
+        let other = AcmeError::Ca {
+            step: "x".into(),
+            source: instant_acme::Error::Api(problem("urn:ietf:params:acme:error:malformed", 400)),
+            status: Some(400),
+            retry_at: None,
+        };
+        assert!(!other.is_rate_limited());
+        assert_eq!(other.retry_after(), None);
+        let bare_429 = AcmeError::Ca { step: "x".into(), source: "no JSON".into(), status: Some(429), retry_at: None };
+        assert!(bare_429.is_rate_limited());
+    }
+
+    #[test]
+    fn retry_after_header_forms() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(parse_retry_after(&headers), None);
+        headers.insert(http::header::RETRY_AFTER, "120".parse().unwrap());
+        let at = parse_retry_after(&headers).unwrap();
+        let secs = at.duration_since(SystemTime::now()).unwrap().as_secs();
+        assert!((118..=120).contains(&secs), "{secs}");
+        headers.insert(http::header::RETRY_AFTER, "Sat, 06 Nov 2094 08:49:37 GMT".parse().unwrap());
+        assert!(parse_retry_after(&headers).unwrap() > SystemTime::now());
+        headers.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(parse_retry_after(&headers), None);
+    }
+
+    #[tokio::test]
+    async fn the_last_error_response_reaches_the_error() {
+        let response = |status: u16, retry_after: Option<&str>| {
+            let mut builder = http::Response::builder().status(status);
+            if let Some(value) = retry_after {
+                builder = builder.header(http::header::RETRY_AFTER, value);
+            }
+            Ok(BytesResponse::from(builder.body(BodyWrapper::<Bytes>::default()).unwrap()))
+        };
+        let api = || instant_acme::Error::Api(problem(RATE_LIMITED, 429));
+        let err = with_capture(async {
+            record(&response(200, None));
+            record(&response(429, Some("30")));
+            ca_error("create an order for a.test", api())
+        })
+        .await;
+        assert!(matches!(err, AcmeError::Ca { status: Some(429), retry_at: Some(_), .. }), "{err:?}");
+        let wait = err.retry_after().unwrap();
+        assert!(wait > Duration::from_secs(27) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert!(err.is_rate_limited());
+
+        // A later successful response clears it: the error that follows did not come from HTTP.
+        let err = with_capture(async {
+            record(&response(429, Some("30")));
+            record(&response(200, Some("30")));
+            ca_error("x", "broken".into())
+        })
+        .await;
+        assert!(matches!(err, AcmeError::Ca { status: None, retry_at: None, .. }), "{err:?}");
+        // Outside a capture scope nothing is recorded and nothing panics.
+        record(&response(429, Some("30")));
+        assert!(matches!(ca_error("x", api()), AcmeError::Ca { status: None, retry_at: None, .. }));
+    }
+
+    struct Nothing;
+    impl Solver for Nothing {
+        fn kind(&self) -> ChallengeKind {
+            ChallengeKind::Dns01
+        }
+        async fn present(&self, _: &ChallengeResponse) -> Result<(), SolverError> {
+            Ok(())
+        }
+        async fn cleanup(&self, _: &ChallengeResponse) -> Result<(), SolverError> {
+            Ok(())
+        }
+    }
+
+    /// Compile-time check: the futures can be spawned on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn futures_are_send(account: &Account, domain: &DomainName, settings: &AcmeSettings) {
+        fn send<T: Send>(_: &T) {}
+        send(&issue(account, domain, &Nothing));
+        send(&self::account(Path::new("/"), settings));
+    }
+}

@@ -1,0 +1,327 @@
+//! Issuance and renewal: plan → (lock, DNS check, order, write, record state) per domain with
+//! bounded concurrency. The caller reloads nginx once after a batch that issued anything.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::StreamExt;
+use time::OffsetDateTime;
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use super::acme::{self, AcmeSettings, ChallengeKind, ChallengeResponse, Solver, SolverError};
+use super::cloudflare::{Cloudflare, Credentials, RecordId, Zone};
+use super::dns::{self, Dns, Verdict};
+use super::plan::{plan, Challenge, Plan, PlanSettings};
+use super::store::{backoff, CertStore, DomainState};
+use crate::routes::DomainName;
+use crate::settings::{DnsCheck, Settings};
+
+/// Expiry warnings start this many days before a certificate expires.
+pub const WARN_DAYS: i64 = 14;
+
+/// What one batch did.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub issued: Vec<DomainName>,
+    pub failed: Vec<(DomainName, String)>,
+    pub plan: Plan,
+}
+
+pub struct CertManager {
+    store: CertStore,
+    acme: AcmeSettings,
+    solver: AnySolver,
+    dns: Dns,
+    cloudflare: Option<Cloudflare>,
+    dns_check: DnsCheck,
+    public_ips: Vec<IpAddr>,
+    renew_days: i64,
+    concurrency: usize,
+    account: OnceCell<acme::Account>,
+}
+
+impl CertManager {
+    /// `None` when the agent does not order certificates (LOCAL, or ACME off).
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Option<Self>> {
+        if !settings.acme_enabled() {
+            return Ok(None);
+        }
+        let servers = settings.dns_resolvers.iter().map(|s| dns::parse_server(s)).collect::<Result<Vec<_>, _>>()?;
+        let dns = Dns::new(servers)?;
+        let credentials = Credentials::from_values(
+            settings.cloudflare_api_token.as_ref().map(|s| s.expose()),
+            settings.cloudflare_api_token_file.as_deref(),
+            settings.cloudflare_email.as_deref(),
+            settings.cloudflare_api_key.as_ref().map(|s| s.expose()),
+            settings.cloudflare_api_key_file.as_deref(),
+        )?;
+        let cloudflare = credentials.map(|c| Cloudflare::new(&settings.cloudflare_api_base, c)).transpose()?;
+        let solver = match &cloudflare {
+            Some(cf) => AnySolver::Dns(CloudflareSolver {
+                cloudflare: cf.clone(),
+                dns: dns.clone(),
+                timeout: settings.dns_propagation_timeout.into(),
+                created: Mutex::new(HashMap::new()),
+            }),
+            None => AnySolver::Http(WebrootSolver { webroot: settings.acme_webroot.clone() }),
+        };
+        let eab = match (&settings.acme_eab_kid, &settings.acme_eab_hmac_key) {
+            (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("set both ACME_EAB_KID and ACME_EAB_HMAC_KEY for external account binding, or neither"),
+        };
+        let acme = AcmeSettings {
+            directory: settings.acme_directory.clone(),
+            email: settings.email(),
+            eab,
+            ca_root: settings.acme_ca_root.clone(),
+        };
+        acme.directory_url()?;
+        Ok(Some(CertManager {
+            store: CertStore::new(&settings.certs_dir),
+            acme,
+            solver,
+            dns,
+            cloudflare,
+            dns_check: settings.dns_check,
+            public_ips: settings.public_ip.clone(),
+            renew_days: settings.cert_renewal_threshold,
+            concurrency: usize::from(settings.acme_concurrency),
+            account: OnceCell::new(),
+        }))
+    }
+
+    pub fn challenge(&self) -> Challenge {
+        match self.solver {
+            AnySolver::Dns(_) => Challenge::Dns01,
+            AnySolver::Http(_) => Challenge::Http01,
+        }
+    }
+
+    /// What would be ordered now (for `--dry-run` and the batch itself).
+    pub fn plan(&self, domains: &[DomainName], forced: &[DomainName]) -> Plan {
+        let settings = PlanSettings { renew_days: self.renew_days, dns01: self.challenge() == Challenge::Dns01 };
+        plan(domains, |d| (self.store.info(d), self.store.state(d)), forced, settings, OffsetDateTime::now_utc())
+    }
+
+    /// The earliest time a domain in backoff may be tried again.
+    pub fn next_retry(&self, domains: &[DomainName]) -> Option<OffsetDateTime> {
+        domains
+            .iter()
+            .filter_map(|d| self.store.state(d).next_try)
+            .min()
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+    }
+
+    /// Orders what the plan says, at most `concurrency` at a time.
+    pub async fn run(&self, domains: &[DomainName], forced: &[DomainName]) -> BatchReport {
+        let now = OffsetDateTime::now_utc();
+        for domain in domains {
+            if let Some(info) = self.store.info(domain).filter(|i| !i.placeholder) {
+                let days = info.days_left(now);
+                if days <= WARN_DAYS {
+                    warn!(%domain, days_left = days, not_after = %info.not_after, "certificate expires soon");
+                }
+            }
+        }
+        let plan = self.plan(domains, forced);
+        for (domain, skip) in &plan.skipped {
+            if let super::plan::Skip::WildcardNeedsDns01 = skip {
+                warn!(%domain, "a wildcard certificate needs DNS-01: set CLOUDFLARE_API_TOKEN");
+            }
+        }
+        let results: Vec<(DomainName, Result<(), String>)> = futures::stream::iter(plan.orders.clone())
+            .map(|order| async move {
+                info!(domain = %order.domain, reason = %order.reason, challenge = %order.challenge, "ordering a certificate");
+                let result = self.order(&order.domain).await;
+                (order.domain, result)
+            })
+            .buffer_unordered(self.concurrency.max(1))
+            .collect()
+            .await;
+        let mut report = BatchReport { plan, ..Default::default() };
+        for (domain, result) in results {
+            match result {
+                Ok(()) => report.issued.push(domain),
+                Err(e) => report.failed.push((domain, e)),
+            }
+        }
+        report
+    }
+
+    async fn account(&self) -> Result<&acme::Account, acme::AcmeError> {
+        let dir = self.store.dir.join("smart-proxy");
+        self.account.get_or_try_init(|| async move { acme::account(&dir, &self.acme).await }).await
+    }
+
+    /// One domain: lock, DNS check, order, write, record the outcome.
+    async fn order(&self, domain: &DomainName) -> Result<(), String> {
+        let lock = match self.store.try_lock(domain) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Err("another order for this domain is running (lock held)".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Err(reason) = self.check_dns(domain).await {
+            return Err(reason);
+        }
+        let mut state = self.store.state(domain);
+        state.last_attempt = Some(OffsetDateTime::now_utc().unix_timestamp());
+        let result = async {
+            let account = self.account().await?;
+            let issued = match &self.solver {
+                AnySolver::Dns(s) => acme::issue(account, domain, s).await?,
+                AnySolver::Http(s) => acme::issue(account, domain, s).await?,
+            };
+            acme::write_certificate(&self.store.dir, domain, &issued)?;
+            Ok::<_, acme::AcmeError>(issued)
+        }
+        .await;
+        let outcome = match result {
+            Ok(issued) => {
+                info!(%domain, not_after = %issued.not_after, "certificate issued");
+                state = DomainState { last_attempt: state.last_attempt, ..Default::default() };
+                Ok(())
+            }
+            Err(e) => {
+                state.failures += 1;
+                let wait = backoff(state.failures, e.retry_after());
+                state.next_try = Some(OffsetDateTime::now_utc().unix_timestamp() + wait.as_secs() as i64);
+                state.last_error = Some(e.to_string());
+                let rate = if e.is_rate_limited() { " (rate limited by the CA)" } else { "" };
+                warn!(%domain, failures = state.failures, retry_in = %humantime::format_duration(wait), "certificate order failed{rate}: {e}; an existing certificate stays in use");
+                Err(e.to_string())
+            }
+        };
+        if let Err(e) = self.store.save_state(domain, &state) {
+            warn!("{e}");
+        }
+        drop(lock);
+        outcome
+    }
+
+    /// `DNS_CHECK`: does the domain point here? With Cloudflare, the zone's record content is
+    /// checked instead (a proxied record resolves to Cloudflare's addresses).
+    async fn check_dns(&self, domain: &DomainName) -> Result<(), String> {
+        if self.dns_check == DnsCheck::Off || domain.is_wildcard() {
+            return Ok(());
+        }
+        if self.public_ips.is_empty() {
+            warn!(%domain, "DNS check skipped: set PUBLIC_IP to this server's public addresses");
+            return Ok(());
+        }
+        let (found, via) = match &self.cloudflare {
+            Some(cf) => match cf.find_zone(domain.as_str()).await {
+                Ok(zone) => {
+                    let mut found = Vec::new();
+                    for rtype in ["A", "AAAA"] {
+                        if let Ok(records) = cf.records(&zone, domain.as_str(), rtype).await {
+                            found.extend(records.iter().filter_map(|r| r.content.parse::<IpAddr>().ok()));
+                        }
+                    }
+                    (found, "the Cloudflare zone's records")
+                }
+                Err(_) => (self.dns.addresses(domain.as_str()).await, "DNS"),
+            },
+            None => (self.dns.addresses(domain.as_str()).await, "DNS"),
+        };
+        let problem = match dns::verdict(&found, &self.public_ips) {
+            Verdict::PointsHere => return Ok(()),
+            Verdict::NoRecords => format!("{domain} has no A/AAAA record (checked {via})"),
+            Verdict::Elsewhere { found } => {
+                let list: Vec<String> = found.iter().map(ToString::to_string).collect();
+                format!("{domain} points at {} (checked {via}), not at PUBLIC_IP", list.join(", "))
+            }
+        };
+        match self.dns_check {
+            DnsCheck::Strict => Err(format!("{problem}; skipped (DNS_CHECK=strict)")),
+            _ => {
+                warn!("{problem}; ordering anyway (DNS_CHECK=warn)");
+                Ok(())
+            }
+        }
+    }
+}
+
+enum AnySolver {
+    Http(WebrootSolver),
+    Dns(CloudflareSolver),
+}
+
+/// HTTP-01: the key authorization as a file under the webroot nginx serves on port 80.
+pub struct WebrootSolver {
+    pub webroot: PathBuf,
+}
+
+impl WebrootSolver {
+    fn path(&self, challenge: &ChallengeResponse) -> Option<PathBuf> {
+        match challenge {
+            ChallengeResponse::Http01 { token, .. } => {
+                Some(self.webroot.join(".well-known/acme-challenge").join(token))
+            }
+            ChallengeResponse::Dns01 { .. } => None,
+        }
+    }
+}
+
+impl Solver for WebrootSolver {
+    fn kind(&self) -> ChallengeKind {
+        ChallengeKind::Http01
+    }
+
+    async fn present(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {
+        let (Some(path), ChallengeResponse::Http01 { key_authorization, .. }) = (self.path(challenge), challenge)
+        else {
+            return Err(SolverError::new("the webroot solver only answers HTTP-01"));
+        };
+        let dir = path.parent().expect("challenge path has a parent");
+        std::fs::create_dir_all(dir).map_err(|e| SolverError::new(format!("cannot create {}: {e}", dir.display())))?;
+        crate::fsutil::write_atomic(&path, key_authorization.as_bytes(), 0o644)
+            .map_err(|e| SolverError::new(format!("cannot write {}: {e}", path.display())))
+    }
+
+    async fn cleanup(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {
+        if let Some(path) = self.path(challenge) {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+/// DNS-01 through Cloudflare: create the TXT record, wait until the zone's authoritative name
+/// servers serve it, delete it afterwards.
+pub struct CloudflareSolver {
+    cloudflare: Cloudflare,
+    dns: Dns,
+    timeout: Duration,
+    created: Mutex<HashMap<(String, String), (Zone, RecordId)>>,
+}
+
+impl Solver for CloudflareSolver {
+    fn kind(&self) -> ChallengeKind {
+        ChallengeKind::Dns01
+    }
+
+    async fn present(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {
+        let ChallengeResponse::Dns01 { domain, record, value } = challenge else {
+            return Err(SolverError::new("the Cloudflare solver only answers DNS-01"));
+        };
+        let zone = self.cloudflare.find_zone(domain).await.map_err(|e| SolverError::new(e.to_string()))?;
+        let id =
+            self.cloudflare.create_txt(&zone, record, value, 60).await.map_err(|e| SolverError::new(e.to_string()))?;
+        self.created.lock().expect("not poisoned").insert((record.clone(), value.clone()), (zone, id));
+        self.dns.wait_for_txt(record, value, self.timeout).await.map_err(|e| SolverError::new(e.to_string()))
+    }
+
+    async fn cleanup(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {
+        let ChallengeResponse::Dns01 { record, value, .. } = challenge else { return Ok(()) };
+        let created = self.created.lock().expect("not poisoned").remove(&(record.clone(), value.clone()));
+        if let Some((zone, id)) = created {
+            self.cloudflare.delete_record(&zone, &id).await.map_err(|e| SolverError::new(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

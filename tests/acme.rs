@@ -1,0 +1,405 @@
+//! The ACME client layer against a real CA: pebble and its mock DNS (challtestsrv), one pair per
+//! test. DNS-01 through TXT records set in the mock DNS, HTTP-01 through a tiny server on the port
+//! pebble validates on; issued chains are verified against pebble's issuing root.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smart_proxy::certs::acme::{
+    self, AcmeError, AcmeSettings, ChallengeKind, ChallengeResponse, Issued, Solver, SolverError,
+};
+use smart_proxy::routes::DomainName;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+use crate::support::pebble::Pebble;
+
+fn settings(pebble: &Pebble, email: Option<&str>) -> AcmeSettings {
+    AcmeSettings {
+        directory: pebble.directory_url(),
+        email: email.map(String::from),
+        eab: None,
+        ca_root: Some(pebble.ca_root_path()),
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[derive(Default)]
+struct Calls {
+    presented: Vec<ChallengeResponse>,
+    cleaned: Vec<ChallengeResponse>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Dns {
+    Correct,
+    WrongValue,
+    FailPresent,
+}
+
+/// DNS-01 through challtestsrv's TXT records.
+struct DnsSolver<'a> {
+    pebble: &'a Pebble,
+    behaviour: Dns,
+    calls: Mutex<Calls>,
+}
+
+impl<'a> DnsSolver<'a> {
+    fn new(pebble: &'a Pebble, behaviour: Dns) -> Self {
+        DnsSolver { pebble, behaviour, calls: Mutex::default() }
+    }
+}
+
+impl Solver for DnsSolver<'_> {
+    fn kind(&self) -> ChallengeKind {
+        ChallengeKind::Dns01
+    }
+
+    async fn present(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {
+        self.calls.lock().unwrap().presented.push(challenge.clone());
+        let ChallengeResponse::Dns01 { record, value, .. } = challenge else {
+            return Err(SolverError::new(format!("a DNS solver got {challenge:?}")));
+        };
+        match self.behaviour {
+            Dns::Correct => self.pebble.set_txt(record, value),
+            Dns::WrongValue => self.pebble.set_txt(record, "bm90LXRoZS1rZXktYXV0aG9yaXphdGlvbi1kaWdlc3Q"),
+            Dns::FailPresent => return Err(SolverError::new("the DNS provider refused the record")),
+        }
+        Ok(())
+    }
+
+    async fn cleanup(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {
+        self.calls.lock().unwrap().cleaned.push(challenge.clone());
+        if let ChallengeResponse::Dns01 { record, .. } = challenge {
+            self.pebble.clear_txt(record);
+        }
+        Ok(())
+    }
+}
+
+/// HTTP-01 through a tiny HTTP server on 127.0.0.1:<pebble's httpPort>.
+struct HttpSolver {
+    port: u16,
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+    served: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    calls: Mutex<Calls>,
+}
+
+impl HttpSolver {
+    fn serve(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind pebble's HTTP-01 port");
+        let tokens: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let served = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, s, st) = (tokens.clone(), served.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    answer(stream, &t, &s);
+                }
+            }
+        });
+        HttpSolver { port, tokens, served, stop, calls: Mutex::default() }
+    }
+}
+
+fn answer(mut stream: TcpStream, tokens: &Mutex<HashMap<String, String>>, served: &AtomicUsize) {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&request);
+    let path = head.split_whitespace().nth(1).unwrap_or("");
+    let body = path.strip_prefix("/.well-known/acme-challenge/").and_then(|t| tokens.lock().unwrap().get(t).cloned());
+    let response = match body {
+        Some(body) => {
+            served.fetch_add(1, Ordering::SeqCst);
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+    };
+    let _ = stream.write_all(response.as_bytes());
+}
+
+impl Drop for HttpSolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+impl Solver for HttpSolver {
+    fn kind(&self) -> ChallengeKind {
+        ChallengeKind::Http01
+    }
+
+    async fn present(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {
+        self.calls.lock().unwrap().presented.push(challenge.clone());
+        let ChallengeResponse::Http01 { token, key_authorization, .. } = challenge else {
+            return Err(SolverError::new(format!("an HTTP solver got {challenge:?}")));
+        };
+        self.tokens.lock().unwrap().insert(token.clone(), key_authorization.clone());
+        Ok(())
+    }
+
+    async fn cleanup(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {
+        self.calls.lock().unwrap().cleaned.push(challenge.clone());
+        if let ChallengeResponse::Http01 { token, .. } = challenge {
+            self.tokens.lock().unwrap().remove(token);
+        }
+        Ok(())
+    }
+}
+
+fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).map(|p| p.expect("PEM").contents).collect()
+}
+
+fn parse(der: &[u8]) -> X509Certificate<'_> {
+    x509_parser::parse_x509_certificate(der).expect("certificate").1
+}
+
+/// The chain links leaf → intermediates → one of pebble's issuing roots, every signature checks,
+/// the leaf is valid now and names `domain`, and the private key belongs to the leaf.
+fn verify_issued(pebble: &Pebble, issued: &Issued, domain: &str) {
+    let chain = pem_ders(&issued.fullchain_pem);
+    assert!(chain.len() >= 2, "leaf and intermediate expected:\n{}", issued.fullchain_pem);
+    let chain: Vec<_> = chain.iter().map(|der| parse(der)).collect();
+    let leaf = &chain[0];
+    assert!(leaf.validity().is_valid(), "leaf not valid now: {:?}", leaf.validity());
+    assert_eq!(leaf.validity().not_after.to_datetime(), issued.not_after);
+    let san = leaf.subject_alternative_name().unwrap().expect("SAN");
+    let names: Vec<_> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| if let GeneralName::DNSName(d) = n { Some(*d) } else { None })
+        .collect();
+    assert_eq!(names, [domain]);
+    for pair in chain.windows(2) {
+        assert_eq!(pair[0].issuer(), pair[1].subject(), "chain order");
+        pair[0].verify_signature(Some(pair[1].public_key())).expect("signed by the next certificate");
+    }
+    let roots = pem_ders(pebble.issuer_roots_pem());
+    let last = chain.last().unwrap();
+    let root = roots
+        .iter()
+        .map(|der| parse(der))
+        .find(|root| root.subject() == last.issuer())
+        .unwrap_or_else(|| panic!("no pebble root named {}", last.issuer()));
+    last.verify_signature(Some(root.public_key())).expect("signed by pebble's root");
+
+    use rcgen::PublicKeyData;
+    let key = rcgen::KeyPair::from_pem(issued.key_pem.expose()).expect("private key PEM");
+    assert_eq!(key.subject_public_key_info(), leaf.public_key().raw, "the key belongs to the leaf");
+}
+
+#[tokio::test]
+async fn dns01_issues_and_writes_certbots_layout() {
+    let pebble = Pebble::start();
+    let store = tempfile::tempdir().unwrap();
+    let account = acme::account(store.path(), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
+    let domain = DomainName::parse("dns.test").unwrap();
+    let solver = DnsSolver::new(&pebble, Dns::Correct);
+
+    let issued = acme::issue(&account, &domain, &solver).await.unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+    verify_issued(&pebble, &issued, "dns.test");
+    let calls = solver.calls.lock().unwrap();
+    let expected_record = "_acme-challenge.dns.test";
+    assert!(
+        matches!(&calls.presented[..], [ChallengeResponse::Dns01 { record, domain, .. }] if record == expected_record && domain == "dns.test"),
+        "{:?}",
+        calls.presented
+    );
+    assert_eq!(calls.cleaned, calls.presented, "cleaned up after success");
+
+    let certs = tempfile::tempdir().unwrap();
+    let dir = acme::write_certificate(certs.path(), &domain, &issued).unwrap();
+    assert_eq!(dir, certs.path().join("live/dns.test"));
+    assert_eq!(mode(&dir.join("privkey.pem")), 0o600);
+    assert_eq!(std::fs::read_to_string(dir.join("fullchain.pem")).unwrap(), issued.fullchain_pem);
+    assert_eq!(std::fs::read_to_string(dir.join("privkey.pem")).unwrap(), issued.key_pem.expose());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "no temporary file left behind");
+}
+
+#[tokio::test]
+async fn dns01_issues_a_wildcard() {
+    let pebble = Pebble::start();
+    let store = tempfile::tempdir().unwrap();
+    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let domain = DomainName::parse("*.wild.test").unwrap();
+    let solver = DnsSolver::new(&pebble, Dns::Correct);
+
+    let issued = acme::issue(&account, &domain, &solver).await.unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+    verify_issued(&pebble, &issued, "*.wild.test");
+    let calls = solver.calls.lock().unwrap();
+    assert!(
+        matches!(&calls.presented[..], [ChallengeResponse::Dns01 { record, domain, .. }] if record == "_acme-challenge.wild.test" && domain == "wild.test"),
+        "{:?}",
+        calls.presented
+    );
+    assert_eq!(calls.cleaned, calls.presented);
+
+    let certs = tempfile::tempdir().unwrap();
+    let dir = acme::write_certificate(certs.path(), &domain, &issued).unwrap();
+    assert_eq!(dir, certs.path().join("live/_.wild.test"));
+    assert_eq!(mode(&dir.join("privkey.pem")), 0o600);
+}
+
+#[tokio::test]
+async fn http01_issues_through_the_served_token() {
+    let pebble = Pebble::start();
+    pebble.add_a("web.test", Ipv4Addr::LOCALHOST);
+    let store = tempfile::tempdir().unwrap();
+    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let domain = DomainName::parse("web.test").unwrap();
+    let solver = HttpSolver::serve(pebble.http_port());
+
+    let issued = acme::issue(&account, &domain, &solver).await.unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+    verify_issued(&pebble, &issued, "web.test");
+    assert!(solver.served.load(Ordering::SeqCst) >= 1, "pebble fetched the token from our server");
+    let calls = solver.calls.lock().unwrap();
+    match &calls.presented[..] {
+        [challenge @ ChallengeResponse::Http01 { domain, token, key_authorization }] => {
+            assert_eq!(domain, "web.test");
+            assert!(key_authorization.starts_with(&format!("{token}.")), "token.thumbprint");
+            assert_eq!(challenge.http_path().unwrap(), format!("/.well-known/acme-challenge/{token}"));
+        }
+        other => panic!("one HTTP-01 challenge expected: {other:?}"),
+    }
+    assert_eq!(calls.cleaned, calls.presented);
+    assert!(solver.tokens.lock().unwrap().is_empty(), "the token is no longer served");
+}
+
+#[tokio::test]
+async fn a_valid_authorization_is_reused_without_a_challenge() {
+    // Let's Encrypt reuses valid authorizations (renewals); pebble does when told to.
+    let pebble = Pebble::start_with(&[("PEBBLE_AUTHZREUSE", "100")]);
+    let store = tempfile::tempdir().unwrap();
+    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let domain = DomainName::parse("reuse.test").unwrap();
+    let first = DnsSolver::new(&pebble, Dns::Correct);
+    acme::issue(&account, &domain, &first).await.unwrap();
+    assert_eq!(first.calls.lock().unwrap().presented.len(), 1);
+
+    let second = DnsSolver::new(&pebble, Dns::Correct);
+    let issued = acme::issue(&account, &domain, &second).await.unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+    verify_issued(&pebble, &issued, "reuse.test");
+    let calls = second.calls.lock().unwrap();
+    assert!(calls.presented.is_empty() && calls.cleaned.is_empty(), "no challenge for a valid authorization");
+}
+
+#[tokio::test]
+async fn http01_refuses_a_wildcard_before_any_order() {
+    let pebble = Pebble::start();
+    let store = tempfile::tempdir().unwrap();
+    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    // With the CA gone, any attempt to place an order would fail with a connection error.
+    drop(pebble);
+    let solver = HttpSolver::serve(crate::support::pebble::free_port());
+    let domain = DomainName::parse("*.wild.test").unwrap();
+
+    let err = acme::issue(&account, &domain, &solver).await.unwrap_err();
+    assert!(matches!(err, AcmeError::WildcardNeedsDns { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "*.wild.test: HTTP-01 cannot validate a wildcard name; use DNS-01 for wildcard domains"
+    );
+    let calls = solver.calls.lock().unwrap();
+    assert!(calls.presented.is_empty() && calls.cleaned.is_empty());
+}
+
+#[tokio::test]
+async fn account_is_registered_once_and_reused() {
+    let pebble = Pebble::start();
+    let store = tempfile::tempdir().unwrap();
+    let first = acme::account(store.path(), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
+    assert!(first.created());
+    let path = first.credentials_path().to_path_buf();
+    assert!(path.starts_with(store.path().join("accounts")), "{}", path.display());
+    assert_eq!(mode(&path), 0o600);
+
+    let second = acme::account(store.path(), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
+    assert!(!second.created(), "restored, not registered again");
+    assert_eq!(second.id(), first.id());
+    assert_eq!(second.credentials_path(), path);
+    assert_eq!(std::fs::read_dir(store.path().join("accounts")).unwrap().count(), 1);
+
+    // The restored account works: it can order.
+    let domain = DomainName::parse("again.test").unwrap();
+    acme::issue(&second, &domain, &DnsSolver::new(&pebble, Dns::Correct)).await.unwrap();
+
+    // Another email is another account.
+    let other = acme::account(store.path(), &settings(&pebble, Some("dev@example.com"))).await.unwrap();
+    assert!(other.created());
+    assert_ne!(other.id(), first.id());
+    assert_eq!(std::fs::read_dir(store.path().join("accounts")).unwrap().count(), 2);
+
+    // The account key is in the file, never in Debug output.
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let key = stored["key_pkcs8"].as_str().expect("instant-acme credentials");
+    assert_eq!(stored["directory"], pebble.directory_url());
+    assert!(!format!("{first:?}{second:?}").contains(key));
+}
+
+#[tokio::test]
+async fn failed_validation_keeps_the_ca_detail_and_cleans_up() {
+    let pebble = Pebble::start();
+    let store = tempfile::tempdir().unwrap();
+    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let domain = DomainName::parse("wrong.test").unwrap();
+    let solver = DnsSolver::new(&pebble, Dns::WrongValue);
+
+    let err = acme::issue(&account, &domain, &solver).await.unwrap_err();
+    assert!(matches!(err, AcmeError::Validation { kind: ChallengeKind::Dns01, .. }), "{err:?}");
+    let problem = err.problem().expect("the CA's problem document");
+    assert_eq!(problem.r#type.as_deref(), Some("urn:ietf:params:acme:error:unauthorized"), "{problem:?}");
+    let detail = problem.detail.as_deref().expect("detail");
+    let message = err.to_string();
+    assert!(message.starts_with("the ACME CA could not validate the DNS-01 challenge for wrong.test: "), "{message}");
+    assert!(message.contains(detail), "{message}");
+    assert!(!err.is_rate_limited());
+    assert_eq!(err.retry_after(), None);
+    let calls = solver.calls.lock().unwrap();
+    assert_eq!(calls.presented.len(), 1);
+    assert_eq!(calls.cleaned, calls.presented, "cleaned up after a failed validation");
+}
+
+#[tokio::test]
+async fn failed_present_still_cleans_up() {
+    let pebble = Pebble::start();
+    let store = tempfile::tempdir().unwrap();
+    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let domain = DomainName::parse("refused.test").unwrap();
+    let solver = DnsSolver::new(&pebble, Dns::FailPresent);
+
+    let err = acme::issue(&account, &domain, &solver).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot present the DNS-01 challenge for refused.test: the DNS provider refused the record"
+    );
+    let calls = solver.calls.lock().unwrap();
+    assert_eq!(calls.presented.len(), 1);
+    assert_eq!(calls.cleaned, calls.presented, "cleanup runs for a response whose present failed");
+}
