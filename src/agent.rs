@@ -29,7 +29,8 @@ use crate::sources::StaticState;
 #[derive(Debug)]
 enum Trigger {
     /// Inspect this container again (it started, stopped, changed health or networks...).
-    Container { id: String, name: Option<String>, action: String },
+    /// `labelled`: the event showed a label with the prefix.
+    Container { id: String, name: Option<String>, action: String, labelled: bool },
     /// List and inspect everything: at start, after a reconnect, on the safety timer.
     Resync,
     /// A static config file or the template changed.
@@ -82,7 +83,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
     let _file_watcher = watch_files(&settings, tx.clone());
     if let Some(client) = docker.clone() {
-        tokio::spawn(watch_docker(client, tx.clone()));
+        tokio::spawn(watch_docker(client, tx.clone(), settings.label_prefix.clone()));
     }
     let resync_every = Duration::from(settings.resync_interval);
     {
@@ -116,6 +117,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         causes: BTreeSet::new(),
         served: BTreeSet::new(),
         tls_domains,
+        retry: None,
     };
     if !docker_wanted {
         // Env/file routes only: the first pass needs no Docker list.
@@ -126,6 +128,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let debounce = Duration::from(controller.settings.debounce);
     let max_wait = Duration::from(controller.settings.debounce_max);
     let mut pending: Option<(Instant, Instant)> = None; // (first, last) trigger of this burst
+    let mut retry_at: Option<Instant> = None; // after an apply failed for a passing reason
     tokio::pin!(shutdown);
     loop {
         let deadline = pending.map(|(first, last)| (last + debounce).min(first + max_wait));
@@ -139,14 +142,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 anyhow::bail!("nginx exited unexpectedly ({status}); stopping so that the container restarts");
             }
             Some(trigger) = rx.recv() => {
-                controller.note(trigger);
-                let now = Instant::now();
-                pending = Some(match pending { Some((first, _)) => (first, now), None => (now, now) });
+                if controller.note(trigger) {
+                    let now = Instant::now();
+                    pending = Some(match pending { Some((first, _)) => (first, now), None => (now, now) });
+                }
             }
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                 pending = None;
                 controller.pass().await;
                 controller.start_nginx_if_local().await?;
+                retry_at = controller.retry.as_ref().map(|(_, delay)| Instant::now() + *delay);
+            }
+            _ = async { sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
+                retry_at = None;
+                controller.note(Trigger::Resync);
+                pending = Some((Instant::now(), Instant::now()));
             }
         }
     }
@@ -183,12 +193,22 @@ struct Controller {
     served: BTreeSet<String>,
     /// The TLS domains served, for the certificate task (new routes are ordered right away).
     tls_domains: tokio::sync::watch::Sender<Vec<crate::routes::DomainName>>,
+    /// After an apply failed for a reason that may pass (nginx unreachable, a write error): the
+    /// last error and the delay before the next try (1 s doubling to 30 s).
+    retry: Option<(String, Duration)>,
 }
 
 impl Controller {
-    fn note(&mut self, trigger: Trigger) {
+    /// Takes a trigger into account; false when it cannot change anything (an event about a
+    /// container that has no labels with the prefix and is neither cached nor nginx).
+    fn note(&mut self, trigger: Trigger) -> bool {
+        if let Trigger::Container { id, name, labelled: false, .. } = &trigger {
+            if !self.containers.contains_key(id) && !self.is_nginx_container(id, name.as_deref()) {
+                return false;
+            }
+        }
         let cause = match &trigger {
-            Trigger::Container { id, name, action } => {
+            Trigger::Container { id, name, action, .. } => {
                 let who = name.clone().unwrap_or_else(|| id.chars().take(12).collect());
                 format!("{who}: {action}")
             }
@@ -206,8 +226,8 @@ impl Controller {
             self.causes.insert(cause);
         }
         match trigger {
-            Trigger::Container { id, name, action } => {
-                if action == "start" && self.is_nginx_container(&id, name.as_deref()) {
+            Trigger::Container { id, name, action, .. } => {
+                if (action == "start" || action == "unpause") && self.is_nginx_container(&id, name.as_deref()) {
                     info!("the nginx container started again: applying the current config");
                     self.applier.invalidate();
                     self.resync = true;
@@ -218,7 +238,7 @@ impl Controller {
             Trigger::CertsIssued(_) => self.applier.invalidate(),
             Trigger::Connected(client) => {
                 info!("connected to Docker");
-                tokio::spawn(watch_docker(client.clone(), self.tx.clone()));
+                tokio::spawn(watch_docker(client.clone(), self.tx.clone(), self.settings.label_prefix.clone()));
                 self.docker = Some(client);
                 self.resync = true;
             }
@@ -231,6 +251,7 @@ impl Controller {
                 }
             }
         }
+        true
     }
 
     fn is_nginx_container(&self, id: &str, name: Option<&str>) -> bool {
@@ -312,7 +333,6 @@ impl Controller {
         let table = RouteTable::build(sources);
         self.report_diagnostics(&table);
 
-        let previous = self.applier.live().is_some();
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().collect();
         match self.applier.apply(&self.renderer, &self.render_settings, &table).await {
             Ok(applied) if !applied.changed => {}
@@ -344,7 +364,7 @@ impl Controller {
                     tests = t.tests_run,
                     reload_ms = t.reload.as_millis() as u64,
                     "{}",
-                    if previous { "config applied and nginx reloaded" } else { "config applied" }
+                    if applied.reloaded { "config applied and nginx reloaded" } else { "config applied" }
                 );
                 self.served = served;
                 let tls: Vec<crate::routes::DomainName> = table
@@ -363,7 +383,21 @@ impl Controller {
             Err(ApplyError::NotRouteRelated { output }) => {
                 error!("nginx -t fails even without routes; the last good config stays live:\n{output}");
             }
-            Err(e) => error!("apply failed; the last good config stays live: {e}"),
+            Err(e) => {
+                let message = e.to_string();
+                let delay = match &self.retry {
+                    Some((_, d)) => (*d * 2).min(Duration::from_secs(30)),
+                    None => Duration::from_secs(1),
+                };
+                if self.retry.as_ref().is_none_or(|(last, _)| *last != message) {
+                    error!("apply failed; the last good config stays live, retrying with backoff: {message}");
+                }
+                self.retry = Some((message, delay));
+                return;
+            }
+        }
+        if self.retry.take().is_some() {
+            info!("apply succeeded again");
         }
     }
 
@@ -461,7 +495,7 @@ pub async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) ->
 
 /// Follows the Docker event stream; reconnects with exponential backoff, without limit, and asks
 /// for a resync after every (re)connect. Logs each state change once, not each retry.
-async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>) {
+async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: String) {
     let mut backoff = Duration::from_millis(250);
     let mut down_since: Option<std::time::Instant> = None;
     loop {
@@ -473,7 +507,7 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>) {
                 backoff = Duration::from_millis(250);
                 // Events from just before the resync on are replayed, so none falls in between.
                 let since = unix_now() - 1;
-                let mut events = Box::pin(client.events(since));
+                let mut events = Box::pin(client.events(since, &prefix));
                 if tx.send(Trigger::Resync).await.is_err() {
                     return;
                 }
@@ -483,8 +517,12 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>) {
                             if event.container.is_empty() {
                                 continue;
                             }
-                            let trigger =
-                                Trigger::Container { id: event.container, name: event.name, action: event.action };
+                            let trigger = Trigger::Container {
+                                id: event.container,
+                                name: event.name,
+                                action: event.action,
+                                labelled: event.labelled,
+                            };
                             if tx.send(trigger).await.is_err() {
                                 return;
                             }

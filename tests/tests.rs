@@ -6,6 +6,8 @@ mod acme;
 mod agent;
 mod cli;
 mod cloudflare;
+mod companion;
 mod docker_labels;
 mod golden;
 mod injection;
+mod load;

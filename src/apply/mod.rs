@@ -49,6 +49,8 @@ pub struct Dropped {
 pub struct Applied {
     /// False when the rendered bytes equal what is live (nothing done).
     pub changed: bool,
+    /// nginx was told to reload (false before the local nginx has started).
+    pub reloaded: bool,
     pub dropped: Vec<Dropped>,
     pub placeholders: Vec<DomainName>,
     pub timings: Timings,
@@ -143,10 +145,10 @@ impl Applier {
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
         let started = Instant::now();
-        self.nginx.reload().await?;
+        let reloaded = self.nginx.reload().await?;
         timings.reload = started.elapsed();
         self.live = Some(config);
-        Ok(Applied { changed: true, dropped, placeholders, timings })
+        Ok(Applied { changed: true, reloaded, dropped, placeholders, timings })
     }
 
     fn target_name(&self) -> &str {

@@ -90,13 +90,15 @@ impl Nginx {
         }
     }
 
-    /// Tells nginx to load the config now on disk.
-    pub async fn reload(&self) -> Result<(), NginxError> {
+    /// Tells nginx to load the config now on disk; `false` when nginx is not running yet (our
+    /// child before its start: it reads the file when it starts).
+    pub async fn reload(&self) -> Result<bool, NginxError> {
         match self {
             Nginx::Local(local) => {
                 // Not started yet: nginx reads the file when it starts.
-                let Some(pid) = local.child.as_ref().and_then(Child::id) else { return Ok(()) };
+                let Some(pid) = local.child.as_ref().and_then(Child::id) else { return Ok(false) };
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
+                    .map(|()| true)
                     .map_err(|e| NginxError::Run { what: "kill -HUP nginx".into(), message: e.to_string() })
             }
             Nginx::Companion(c) => {
@@ -104,7 +106,7 @@ impl Nginx {
                 let (code, output) =
                     c.exec(vec!["nginx".into(), "-c".into(), main, "-s".into(), "reload".into()]).await?;
                 if code == 0 {
-                    Ok(())
+                    Ok(true)
                 } else {
                     Err(NginxError::ReloadFailed { code, output: output.trim().to_string() })
                 }
@@ -133,7 +135,7 @@ impl Nginx {
                     })
                 }
             }
-            Nginx::Companion(_) => self.reload().await,
+            Nginx::Companion(_) => self.reload().await.map(|_| ()),
         }
     }
 

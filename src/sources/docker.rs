@@ -39,6 +39,8 @@ pub struct ContainerEvent {
     pub name: Option<String>,
     /// `start`, `die`, `health_status: healthy`, `connect`, ...
     pub action: String,
+    /// The event carries a label with the prefix (container events carry the labels).
+    pub labelled: bool,
 }
 
 impl DockerError {
@@ -81,13 +83,18 @@ impl DockerClient {
 
     /// The events that can change routes, from `since` (unix seconds) on: container start, die,
     /// stop, destroy, rename, health_status, and network connect/disconnect (filtered by the daemon).
-    pub fn events(&self, since: i64) -> impl futures::Stream<Item = Result<ContainerEvent, DockerError>> + use<> {
+    pub fn events(
+        &self,
+        since: i64,
+        prefix: &str,
+    ) -> impl futures::Stream<Item = Result<ContainerEvent, DockerError>> + use<> {
+        let dotted = format!("{prefix}.");
         use futures::StreamExt;
         let filters: HashMap<String, Vec<String>> = [
             ("type".to_string(), vec!["container".to_string(), "network".to_string()]),
             (
                 "event".to_string(),
-                ["start", "die", "stop", "destroy", "rename", "health_status", "connect", "disconnect"]
+                ["start", "die", "stop", "destroy", "rename", "health_status", "unpause", "connect", "disconnect"]
                     .map(String::from)
                     .to_vec(),
             ),
@@ -98,7 +105,7 @@ impl DockerClient {
             until: None,
             filters: Some(filters),
         };
-        self.docker.events(Some(options)).map(|item| {
+        self.docker.events(Some(options)).map(move |item| {
             let message = item.map_err(|source| DockerError::Api { call: "events".into(), source })?;
             let attributes = message.actor.as_ref().and_then(|a| a.attributes.clone()).unwrap_or_default();
             let is_network = matches!(message.typ, Some(bollard::models::EventMessageTypeEnum::NETWORK));
@@ -111,6 +118,7 @@ impl DockerClient {
                 container,
                 name: if is_network { None } else { attributes.get("name").cloned() },
                 action: message.action.unwrap_or_default(),
+                labelled: attributes.keys().any(|k| k.starts_with(&dotted)),
             })
         })
     }
