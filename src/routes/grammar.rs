@@ -39,7 +39,8 @@ pub enum ValueError {
     BadBool { value: String },
 }
 
-fn show(value: &str) -> String {
+/// A value as error messages echo it: at most 80 characters, with the full length said.
+pub fn show(value: &str) -> String {
     // Error messages echo the value, but never a 10k-character blob.
     const MAX: usize = 80;
     if value.chars().count() > MAX {
@@ -243,6 +244,9 @@ impl PathPrefix {
         if trimmed.split('/').any(|seg| seg == "." || seg == "..") || trimmed.contains("//") {
             return Err(bad("it contains '.', '..' or '//' segments"));
         }
+        if trimmed.starts_with("/.well-known/acme-challenge") {
+            return Err(bad("/.well-known/acme-challenge/ is reserved for certificate validation"));
+        }
         Ok(PathPrefix(trimmed.to_string()))
     }
 
@@ -419,7 +423,7 @@ mod tests {
     #[test]
     fn paths_hosts_cidrs() {
         assert!(PathPrefix::parse("/api/v1/").is_ok());
-        for bad in ["api", "/a b", "/a;", "/a{", "/../x", "/a//b", "/$x"] {
+        for bad in ["api", "/a b", "/a;", "/a{", "/../x", "/a//b", "/$x", "/.well-known/acme-challenge/"] {
             assert!(PathPrefix::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Host::parse("10.0.0.1").unwrap().to_string(), "10.0.0.1");

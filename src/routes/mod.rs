@@ -41,13 +41,25 @@ impl Origin {
     }
 }
 
+/// A name from the input (label name, JSON key) as printed: as is when it is short and plain,
+/// else shortened and quoted with escapes, so a printed diagnostic is always one bounded line.
+fn name(text: &str) -> String {
+    if text.len() <= 120 && text.chars().all(|c| c.is_ascii_graphic()) {
+        text.to_string()
+    } else {
+        format!("{:?}", grammar::show(text))
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Container { name, label: Some(label) } => write!(f, "container {name}, label {label}"),
-            Origin::Container { name, label: None } => write!(f, "container {name}"),
-            Origin::Env { var, entry, text } => write!(f, "{var} entry {entry} {text:?}"),
-            Origin::File { path, field } => write!(f, "file {}, {field}", path.display()),
+            Origin::Container { name: c, label: Some(label) } => {
+                write!(f, "container {}, label {}", name(c), name(label))
+            }
+            Origin::Container { name: c, label: None } => write!(f, "container {}", name(c)),
+            Origin::Env { var, entry, text } => write!(f, "{var} entry {entry} {:?}", grammar::show(text)),
+            Origin::File { path, field } => write!(f, "file {}, {}", path.display(), name(field)),
         }
     }
 }

@@ -166,7 +166,10 @@ impl FileReader {
         let port = match entry.get("port") {
             Some(Value::Number(n)) => Port::parse(&n.to_string()).map_err(|e| fail("port", &e))?,
             Some(Value::String(s)) => {
-                return Err(fail("port", &format!("must be a JSON number like 8080, found the string {s:?}")))
+                return Err(fail(
+                    "port",
+                    &format!("must be a JSON number like 8080, found the string {:?}", crate::routes::grammar::show(s)),
+                ))
             }
             None | Some(Value::Null) => return Err(fail("port", &"missing; this field is required (1-65535)")),
             Some(other) => {

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::routes::{
-    grammar::parse_bool, Backend, BackendState, Cidr, Diagnostic, DomainName, Host, Namespace, NetworkChoice, Origin,
-    PathPrefix, Port, RouteDef, ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
+    grammar::{parse_bool, show},
+    Backend, BackendState, Cidr, Diagnostic, DomainName, Host, Namespace, NetworkChoice, Origin, PathPrefix, Port,
+    RouteDef, ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
 };
 
 /// What the label builder needs to know about one container.
@@ -115,7 +116,7 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
             }
             (Some(route), Some(_)) if !is_route_name(route) => errors.push(Diagnostic::error(
                 at(label),
-                format!("route name {route:?} is not allowed; route names use only a-z, 0-9 and '-'"),
+                format!("route name {:?} is not allowed; route names use only a-z, 0-9 and '-'", show(route)),
             )),
             _ => errors.push(Diagnostic::error(
                 at(label),
@@ -342,7 +343,7 @@ fn choose_network(
             Some(ip) => Ok((NetworkChoice { name: wanted.to_string(), reason: format!("set by {label_name}") }, *ip)),
             None => Err(Diagnostic::error(
                 Origin::Container { name: c.name.clone(), label: Some(label_name.to_string()) },
-                format!("the container has no address on network {wanted:?}; it is on: {on}"),
+                format!("the container has no address on network {:?}; it is on: {on}", show(wanted)),
             )),
         };
     }
