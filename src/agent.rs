@@ -367,13 +367,15 @@ impl Controller {
                     if applied.reloaded { "config applied and nginx reloaded" } else { "config applied" }
                 );
                 self.served = served;
-                let tls: Vec<crate::routes::DomainName> = table
-                    .sites
-                    .iter()
-                    .filter(|s| s.tls == crate::routes::TlsMode::Auto && !self.settings.local)
-                    .filter(|s| !applied.dropped.iter().any(|d| d.domain == s.domain))
-                    .map(|s| s.domain.clone())
-                    .collect();
+                let tls: Vec<crate::routes::DomainName> = if self.settings.local {
+                    Vec::new()
+                } else {
+                    table
+                        .tls_domains()
+                        .into_iter()
+                        .filter(|d| !applied.dropped.iter().any(|x| x.domain == *d))
+                        .collect()
+                };
                 self.tls_domains.send_if_modified(|current| {
                     let changed = *current != tls;
                     *current = tls;

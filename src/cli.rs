@@ -163,8 +163,7 @@ async fn dry_run(settings: &Settings, output: Option<&std::path::Path>) -> anyho
         }
     }
     if settings.acme_enabled() {
-        let domains: Vec<_> =
-            table.sites.iter().filter(|s| s.tls == crate::routes::TlsMode::Auto).map(|s| s.domain.clone()).collect();
+        let domains = table.tls_domains();
         match crate::certs::manager::CertManager::from_settings(settings) {
             Ok(Some(manager)) => {
                 let plan = manager.plan(&domains, &[]);
@@ -213,17 +212,7 @@ async fn shutdown_signal() {
 async fn certs_list(settings: &Settings, format: Format) -> anyhow::Result<u8> {
     use crate::certs::store::{status_table, CertStore};
     let gathered = gather_and_warn(settings).await;
-    let domains: Vec<_> = if settings.local {
-        Vec::new()
-    } else {
-        gathered
-            .table
-            .sites
-            .iter()
-            .filter(|s| s.tls == crate::routes::TlsMode::Auto)
-            .map(|s| s.domain.clone())
-            .collect()
-    };
+    let domains = if settings.local { Vec::new() } else { gathered.table.tls_domains() };
     let rows = CertStore::new(&settings.certs_dir).status(
         &domains,
         settings.cert_renewal_threshold,
@@ -243,14 +232,7 @@ async fn certs_renew(settings: &Settings, force: bool, names: &[String]) -> anyh
         anyhow::bail!("certificates are off: set ACME_EMAIL (or ACME=on), and do not set LOCAL");
     };
     let domains: Vec<crate::routes::DomainName> = if names.is_empty() {
-        let gathered = gather_and_warn(settings).await;
-        gathered
-            .table
-            .sites
-            .iter()
-            .filter(|s| s.tls == crate::routes::TlsMode::Auto)
-            .map(|s| s.domain.clone())
-            .collect()
+        gather_and_warn(settings).await.table.tls_domains()
     } else {
         names
             .iter()

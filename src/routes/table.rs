@@ -157,6 +157,11 @@ impl RouteTable {
         self.upstreams.iter().find(|u| u.id == id)
     }
 
+    /// The domains served over HTTPS (tls `auto`): the ones that need certificates.
+    pub fn tls_domains(&self) -> Vec<DomainName> {
+        self.sites.iter().filter(|s| s.tls == TlsMode::Auto).map(|s| s.domain.clone()).collect()
+    }
+
     /// The table without one domain's site (and without upstreams only it used).
     pub fn without_site(&self, domain: &DomainName) -> RouteTable {
         self.retain_sites(|site| &site.domain != domain)
