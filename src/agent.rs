@@ -126,7 +126,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     controller.start_nginx_if_local().await?;
 
     let debounce = Duration::from(controller.settings.debounce);
-    let max_wait = Duration::from(controller.settings.debounce_max);
+    // During a sustained burst (events still coming when the maximum wait ends) the maximum wait
+    // doubles after each pass, up to 8 x DEBOUNCE_MAX, so a long storm costs a handful of reloads;
+    // it is back to DEBOUNCE_MAX after the first quiet pass.
+    let base_max_wait = Duration::from(controller.settings.debounce_max);
+    let mut max_wait = base_max_wait;
     let mut pending: Option<(Instant, Instant)> = None; // (first, last) trigger of this burst
     let mut retry_at: Option<Instant> = None; // after an apply failed for a passing reason
     tokio::pin!(shutdown);
@@ -148,6 +152,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 }
             }
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                let in_burst = pending.is_some_and(|(_, last)| Instant::now() < last + debounce);
+                max_wait = if in_burst { (max_wait * 2).min(base_max_wait * 8) } else { base_max_wait };
                 pending = None;
                 controller.pass().await;
                 controller.start_nginx_if_local().await?;

@@ -60,6 +60,11 @@ pub struct Settings {
     #[arg(long, env = "LOG_DIR", global = true, default_value = "/var/log/nginx")]
     pub log_dir: PathBuf,
 
+    /// Per-domain error logs up to this many domains; above, nginx's main error log only. Each
+    /// error log is an open file in every nginx process, twice during a reload.
+    #[arg(long, env = "ERROR_LOGS_MAX", global = true, default_value_t = 1000)]
+    pub error_logs_max: usize,
+
     /// Local mode: HTTP only, no certificates, no redirects.
     #[arg(long, env = "LOCAL", global = true, value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub local: bool,
@@ -90,6 +95,7 @@ pub struct Settings {
     pub debounce: humantime::Duration,
 
     /// The longest a pass waits while events keep coming. A long value hides updates longer.
+    /// In a sustained burst it doubles after each pass, up to 8 x this value.
     #[arg(long, env = "DEBOUNCE_MAX", global = true, default_value = "1s")]
     pub debounce_max: humantime::Duration,
 
@@ -255,6 +261,7 @@ impl Settings {
             log_dir: ConfigPath::parse("LOG_DIR", &self.log_dir)?,
             nginx_version: self.nginx_version.unwrap_or_else(|| detect_nginx_version(&self.nginx_bin)),
             resolver: if self.resolver.is_empty() { system_resolvers() } else { self.resolver.clone() },
+            error_logs_max: self.error_logs_max,
         })
     }
 }

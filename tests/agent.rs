@@ -255,6 +255,10 @@ fn starting_and_unhealthy_replicas_are_left_out() {
     );
     let agent = agent_for(&docker, &[]);
     agent.wait_for_status("hc.test", 200, Some("good"));
+    // The replicas' health changes cause reloads; let the old workers drain before sampling.
+    agent.wait_for("hc.test to settle", Duration::from_secs(15), || {
+        (0..10).all(|_| agent.get("hc.test", "/") == (200, "good\n".to_string()))
+    });
     let answers: Vec<(u16, String)> = (0..30).map(|_| agent.get("hc.test", "/")).collect();
     assert!(answers.iter().all(|a| *a == (200, "good\n".to_string())), "only the healthy replica serves: {answers:?}");
     assert_eq!(agent.get("slow.test", "/").0, 502, "a domain whose only replica is starting answers 502");

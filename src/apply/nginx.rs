@@ -97,9 +97,25 @@ impl Nginx {
             Nginx::Local(local) => {
                 // Not started yet: nginx reads the file when it starts.
                 let Some(pid) = local.child.as_ref().and_then(Child::id) else { return Ok(false) };
+                let before = worker_pids(pid);
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
-                    .map(|()| true)
-                    .map_err(|e| NginxError::Run { what: "kill -HUP nginx".into(), message: e.to_string() })
+                    .map_err(|e| NginxError::Run { what: "kill -HUP nginx".into(), message: e.to_string() })?;
+                // SIGHUP says nothing about success: nginx starts new workers only when the new
+                // config loaded (it can still fail, e.g. out of file descriptors).
+                let Some(before) = before else { return Ok(true) };
+                let deadline = tokio::time::Instant::now() + RELOAD_CONFIRM;
+                while tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if worker_pids(pid).is_some_and(|now| now.iter().any(|p| !before.contains(p))) {
+                        return Ok(true);
+                    }
+                }
+                Err(NginxError::ReloadFailed {
+                    code: -1,
+                    output: format!(
+                        "nginx started no new worker within {RELOAD_CONFIRM:?} of SIGHUP, so it did not load the new config; its error log says why"
+                    ),
+                })
             }
             Nginx::Companion(c) => {
                 let main = path_str(&c.main_conf);
@@ -214,6 +230,15 @@ impl CompanionNginx {
         let inspect = self.docker.inspect_exec(&exec.id).await.map_err(run)?;
         Ok((inspect.exit_code.unwrap_or(-1), output))
     }
+}
+
+/// How long a reload may take before it counts as failed (10,000 routes take a few seconds).
+const RELOAD_CONFIRM: Duration = Duration::from_secs(30);
+
+/// The nginx master's child processes (workers), when the kernel shows them.
+fn worker_pids(master: u32) -> Option<Vec<u32>> {
+    let text = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
+    Some(text.split_whitespace().filter_map(|p| p.parse().ok()).collect())
 }
 
 fn path_str(p: &Path) -> String {

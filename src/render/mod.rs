@@ -126,6 +126,9 @@ pub struct RenderSettings {
     pub nginx_version: NginxVersion,
     /// Name servers nginx uses to resolve static (env/file) service host names at request time.
     pub resolver: Vec<IpAddr>,
+    /// Per-domain error logs up to this many domains; above it, nginx's own error log only
+    /// (every nginx process keeps each error log open, and a reload opens a second set).
+    pub error_logs_max: usize,
 }
 
 /// A loaded template, ready to render any number of tables.
@@ -175,6 +178,8 @@ struct Context<'a> {
     http2_on: bool,
     acme_webroot: &'a ConfigPath,
     log_dir: &'a ConfigPath,
+    /// One error log per domain (false above `ERROR_LOGS_MAX` domains).
+    per_domain_error_logs: bool,
     resolver: Option<String>,
     hash: HashSizes,
     upstreams: Vec<UpstreamCtx>,
@@ -281,6 +286,7 @@ impl<'a> Context<'a> {
             http2_on: settings.nginx_version.has_http2_directive(),
             acme_webroot: &settings.acme_webroot,
             log_dir: &settings.log_dir,
+            per_domain_error_logs: table.sites.len() <= settings.error_logs_max,
             resolver,
             hash: hash_sizes(table),
             upstreams,
@@ -334,6 +340,7 @@ mod tests {
                     certs_dir: ConfigPath("/c".into()),
                     acme_webroot: ConfigPath("/w".into()),
                     log_dir: ConfigPath("/l".into()),
+                    error_logs_max: 1000,
                     nginx_version: NginxVersion::ASSUMED,
                     resolver: vec![],
                 },

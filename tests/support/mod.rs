@@ -66,6 +66,7 @@ impl NginxSandbox {
             // Snapshots are rendered for a fixed version; `render_and_test` tests with the real one.
             nginx_version: NginxVersion(1, 22, 1),
             resolver: vec!["127.0.0.11".parse().unwrap()],
+            error_logs_max: 1000,
         }
     }
 
