@@ -117,6 +117,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         causes: BTreeSet::new(),
         served: BTreeSet::new(),
         tls_domains,
+        tls_pending: None,
         retry: None,
     };
     if !docker_wanted {
@@ -199,6 +200,8 @@ struct Controller {
     served: BTreeSet<String>,
     /// The TLS domains served, for the certificate task (new routes are ordered right away).
     tls_domains: tokio::sync::watch::Sender<Vec<crate::routes::DomainName>>,
+    /// The TLS domains of the last apply, handed to the certificate task once nginx runs.
+    tls_pending: Option<Vec<crate::routes::DomainName>>,
     /// After an apply failed for a reason that may pass (nginx unreachable, a write error): the
     /// last error and the delay before the next try (1 s doubling to 30 s).
     retry: Option<(String, Duration)>,
@@ -382,11 +385,7 @@ impl Controller {
                         .filter(|d| !applied.dropped.iter().any(|x| x.domain == *d))
                         .collect()
                 };
-                self.tls_domains.send_if_modified(|current| {
-                    let changed = *current != tls;
-                    *current = tls;
-                    changed
-                });
+                self.tls_pending = Some(tls);
             }
             Err(ApplyError::NotRouteRelated { output }) => {
                 error!("nginx -t fails even without routes; the last good config stays live:\n{output}");
@@ -442,7 +441,28 @@ impl Controller {
                 info!("nginx started");
             }
         }
+        self.publish_tls();
         Ok(())
+    }
+
+    /// Hands the TLS domains of the last apply to the certificate task once nginx runs: HTTP-01
+    /// validation needs nginx answering on the HTTP port, and the first pass runs before nginx
+    /// is started.
+    fn publish_tls(&mut self) {
+        let running = match &self.applier.nginx {
+            Nginx::Local(local) => local.child.is_some(),
+            Nginx::Companion(_) => true,
+        };
+        if !running {
+            return;
+        }
+        if let Some(tls) = self.tls_pending.take() {
+            self.tls_domains.send_if_modified(|current| {
+                let changed = *current != tls;
+                *current = tls;
+                changed
+            });
+        }
     }
 
     async fn stop_nginx(&mut self) {

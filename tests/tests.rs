@@ -4,6 +4,7 @@ mod support;
 
 mod acme;
 mod agent;
+mod certs_e2e;
 mod cli;
 mod cloudflare;
 mod companion;

@@ -245,7 +245,21 @@ fn rate_hint(status: Option<u16>, retry_at: Option<SystemTime>) -> String {
 fn ca_text(error: &instant_acme::Error) -> String {
     match error {
         instant_acme::Error::Api(problem) => describe(Some(problem)),
-        other => other.to_string(),
+        other => {
+            // hyper's "client error (Connect)" hides the cause ("Connection refused") in its source
+            // chain; name it.
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 

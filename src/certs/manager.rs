@@ -110,9 +110,13 @@ impl CertManager {
 
     /// The earliest time a domain in backoff may be tried again.
     pub fn next_retry(&self, domains: &[DomainName]) -> Option<OffsetDateTime> {
+        // Only future times: a stale `next_try` in the past (a domain whose certificate is fine
+        // again) must not hide another domain's coming retry.
+        let now = OffsetDateTime::now_utc().unix_timestamp();
         domains
             .iter()
             .filter_map(|d| self.store.state(d).next_try)
+            .filter(|t| *t > now)
             .min()
             .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
     }
@@ -165,11 +169,21 @@ impl CertManager {
             Ok(None) => return Err("another order for this domain is running (lock held)".into()),
             Err(e) => return Err(e.to_string()),
         };
-        if let Err(reason) = self.check_dns(domain).await {
-            return Err(reason);
-        }
         let mut state = self.store.state(domain);
         state.last_attempt = Some(OffsetDateTime::now_utc().unix_timestamp());
+        if let Err(reason) = self.check_dns(domain).await {
+            // Like a failed order: logged, shown by `certs list`, and tried again after the
+            // backoff (the DNS may be fixed meanwhile), not only at the next RENEWAL_INTERVAL.
+            state.failures += 1;
+            let wait = backoff(state.failures, None);
+            state.next_try = Some(OffsetDateTime::now_utc().unix_timestamp() + wait.as_secs() as i64);
+            state.last_error = Some(reason.clone());
+            warn!(%domain, failures = state.failures, retry_in = %humantime::format_duration(wait), "certificate not ordered: {reason}");
+            if let Err(e) = self.store.save_state(domain, &state) {
+                warn!("{e}");
+            }
+            return Err(reason);
+        }
         let result = async {
             let account = self.account().await?;
             let issued = match &self.solver {

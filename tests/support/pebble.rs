@@ -324,3 +324,41 @@ fn tls_certificates() -> (String, String, String) {
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
     (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
 }
+
+/// A cloneable handle on challtestsrv's management API, for use from other threads and `'static`
+/// callbacks (e.g. a Cloudflare fake's TXT hook mirroring records into the mock DNS).
+#[derive(Clone, Debug)]
+pub struct ChallTestSrv {
+    port: u16,
+}
+
+impl Pebble {
+    /// A handle on the mock DNS's management API that outlives borrows of `self`. It stops
+    /// working when the `Pebble` is dropped.
+    pub fn challtestsrv(&self) -> ChallTestSrv {
+        ChallTestSrv { port: self.challtestsrv_port }
+    }
+}
+
+impl ChallTestSrv {
+    /// Makes `host` resolve to `ip` (A record).
+    pub fn add_a(&self, host: &str, ip: Ipv4Addr) {
+        self.manage("/add-a", serde_json::json!({ "host": fqdn(host), "addresses": [ip.to_string()] }));
+    }
+
+    /// Adds `value` to the TXT records of `host` (challtestsrv keeps every value set until cleared).
+    pub fn set_txt(&self, host: &str, value: &str) {
+        self.manage("/set-txt", serde_json::json!({ "host": fqdn(host), "value": value }));
+    }
+
+    /// Removes every TXT record of `host`.
+    pub fn clear_txt(&self, host: &str) {
+        self.manage("/clear-txt", serde_json::json!({ "host": fqdn(host) }));
+    }
+
+    fn manage(&self, path: &str, body: serde_json::Value) {
+        let body = body.to_string();
+        let (status, response) = http_request(self.port, "POST", path, &body);
+        assert_eq!(status, 200, "challtestsrv {path} {body}: {}", String::from_utf8_lossy(&response));
+    }
+}

@@ -1,0 +1,1229 @@
+//! Certificates end to end: the agent binary in production mode (`LOCAL=false`, `ACME=on`) with
+//! Debian's nginx as its child, ordering from a real ACME CA (Debian's pebble, resolving names
+//! through pebble-challtestsrv). HTTP-01 is validated by pebble fetching the token from the real
+//! nginx on pebble's HTTP-01 port (the agent's `HTTP_PORT`); DNS-01 goes through the Cloudflare
+//! fake, whose TXT changes are mirrored into challtestsrv. Backends are tiny HTTP servers on
+//! 127.0.0.1; test names resolve to 127.0.0.1 (but one, for the DNS check). Nothing leaves the
+//! machine.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smart_proxy::certs::store::{parse_info, CertInfo};
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+use crate::support::agent::{http_get, strip_ansi};
+use crate::support::cloudflare_fake::{Failure, FakeCloudflare};
+use crate::support::pebble::{free_port, Pebble};
+
+const EMAIL: &str = "test@example.com";
+const CF_TOKEN: &str = "cf-e2e-TOKEN-7f3a9c1d";
+const CF_ZONE_ID: &str = "3f1a9e0c2b7d4e5f8a6b1c2d3e4f5a6b";
+
+// --- A backend on 127.0.0.1
+
+/// Serves `HTTP 200 <body>` to every request on a free port, in a thread, for the test's life.
+fn backend(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || answer(stream, body));
+        }
+    });
+    port
+}
+
+fn answer(mut stream: TcpStream, body: &str) {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+// --- The agent in production mode
+
+/// The agent binary as a host process in production mode, nginx its child, in a scratch prefix.
+/// Unlike `support::agent::Agent` (LOCAL mode on a port it picks), `HTTP_PORT` is given: pebble
+/// validates HTTP-01 on its own fixed port, so nginx must listen there.
+struct ProdAgent {
+    dir: tempfile::TempDir,
+    http_port: u16,
+    https_port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl ProdAgent {
+    /// Prepares the prefix and the environment; `start` runs the agent. `env` overrides defaults.
+    fn new(http_port: u16, env: &[(&str, &str)]) -> ProdAgent {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["conf.d", "logs", "certs", "webroot"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        // As root, nginx's workers run as `nobody`: they must reach the webroot (HTTP-01 tokens)
+        // and write the per-site access logs. tempfile creates 0700 directories.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path().join("logs"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let p = |s: &str| dir.path().join(s);
+        std::fs::write(
+            p("nginx.conf"),
+            format!(
+                "pid {pid};\nerror_log {err} info;\nevents {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    include {confd}/*.conf;\n}}\n",
+                pid = p("nginx.pid").display(),
+                err = p("logs/nginx-error.log").display(),
+                confd = p("conf.d").display()
+            ),
+        )
+        .unwrap();
+        let https_port = free_port();
+        let s = |p: PathBuf| p.display().to_string();
+        let mut vars: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("LOCAL".into(), "false".into()),
+            ("NO_DOCKER".into(), "true".into()),
+            ("HTTP_PORT".into(), http_port.to_string()),
+            ("HTTPS_PORT".into(), https_port.to_string()),
+            ("NGINX_BIN".into(), s(crate::support::nginx_bin())),
+            ("NGINX_MAIN_CONF".into(), s(p("nginx.conf"))),
+            ("NGINX_CONF".into(), s(p("conf.d/default.conf"))),
+            ("LOG_DIR".into(), s(p("logs"))),
+            ("CERTS_DIR".into(), s(p("certs"))),
+            ("ACME_WEBROOT".into(), s(p("webroot"))),
+            ("RESOLVER".into(), "127.0.0.11".into()),
+            ("LOG_LEVEL".into(), "info".into()),
+            ("ACME".into(), "on".into()),
+            ("ACME_EMAIL".into(), EMAIL.into()),
+            ("DNS_CHECK".into(), "off".into()),
+        ];
+        for (k, v) in env {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        ProdAgent { dir, http_port, https_port, env: vars, child: None }
+    }
+
+    /// Starts the agent and waits until nginx answers on `HTTP_PORT`.
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.path("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))
+            .arg("run")
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        self.child = Some(child);
+        let port = self.http_port;
+        self.wait_for("nginx to answer on HTTP_PORT", Duration::from_secs(20), || {
+            http_get(port, "unknown.invalid", "/").0 != 0
+        });
+    }
+
+    fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.path("certs")
+    }
+
+    fn live(&self, domain: &str) -> PathBuf {
+        self.certs().join("live").join(domain.replacen("*.", "_.", 1))
+    }
+
+    fn cert_info(&self, domain: &str) -> Option<CertInfo> {
+        parse_info(&std::fs::read(self.live(domain).join("fullchain.pem")).ok()?)
+    }
+
+    fn fullchain(&self, domain: &str) -> String {
+        std::fs::read_to_string(self.live(domain).join("fullchain.pem")).unwrap()
+    }
+
+    /// The agent's log so far (ANSI colours removed).
+    fn log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(self.path("agent.log")).unwrap_or_default())
+    }
+
+    /// Polls `check` every 50 ms; panics with the agent's log after `timeout`.
+    fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+        let started = Instant::now();
+        loop {
+            if check() {
+                return started.elapsed();
+            }
+            if started.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what}\n--- agent log ---\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until nginx serves, for `sni`, the leaf of the certificate on disk for `domain`, on
+    /// 10 handshakes in a row: during a reload, old workers may still take a connection or two.
+    fn wait_served(&self, domain: &str, sni: &str) {
+        let want = first_der(&self.fullchain(domain));
+        let mut in_a_row = 0;
+        self.wait_for(&format!("nginx to serve the new certificate of {domain}"), Duration::from_secs(10), || {
+            for _ in 0..10 {
+                if served_leaf(self.https_port, sni).as_deref() == Some(want.as_slice()) {
+                    in_a_row += 1;
+                } else {
+                    in_a_row = 0;
+                }
+            }
+            in_a_row >= 10
+        });
+    }
+
+    /// `curl` (see [`curl`]) until it succeeds, for at most 5 s (the end of a reload window);
+    /// panics with curl's last error and the log. Returns the body.
+    fn curl_ok(&self, host: &str, trusted_pem: &Path) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = curl(self.https_port, host, trusted_pem);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "curl https://{host}/ trusting pebble's roots failed: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs the CLI with the agent's environment (same CERTS_DIR, DOMAINS...).
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the CLI")
+    }
+
+    /// `certs list --format json`.
+    fn certs_list(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["certs", "list", "--format", "json"]);
+        assert!(out.status.success(), "certs list failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+
+    /// Polls `certs list` until `domain` has `status` (the failure is logged a moment before the
+    /// state is saved and the domain's lock released); returns its row.
+    fn wait_status(&self, domain: &str, status: &str) -> serde_json::Value {
+        let mut row = serde_json::Value::Null;
+        self.wait_for(&format!("certs list to show {domain} {status}"), Duration::from_secs(10), || {
+            row = self.certs_list().into_iter().find(|r| r["domain"] == domain).unwrap_or_default();
+            row["status"] == status
+        });
+        row
+    }
+
+    /// The persisted renewal state of `domain`.
+    fn state(&self, domain: &str) -> serde_json::Value {
+        let path = self.certs().join("smart-proxy/state").join(format!("{}.json", domain.replacen("*.", "_.", 1)));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.log()));
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn nginx_pid(&self) -> u32 {
+        std::fs::read_to_string(self.path("nginx.pid")).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for ProdAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // nginx may outlive a killed agent: stop it through its pid file.
+        if let Ok(pid) = std::fs::read_to_string(self.path("nginx.pid")) {
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                signal(pid, "QUIT");
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+}
+
+/// The agent settings that point it at `pebble`.
+fn pebble_env(pebble: &Pebble) -> Vec<(String, String)> {
+    vec![
+        ("ACME_DIRECTORY".into(), pebble.directory_url()),
+        ("ACME_CA_ROOT".into(), pebble.ca_root_path().display().to_string()),
+        ("DNS_RESOLVERS".into(), pebble.dns_addr().to_string()),
+    ]
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+// --- Log lines
+
+/// The log lines holding `message` whose `domain` field is `domain`.
+fn lines_for<'a>(log: &'a str, message: &str, domain: &str) -> Vec<&'a str> {
+    let field = format!("domain={domain}");
+    log.lines().filter(|l| l.contains(message) && l.split_whitespace().any(|w| w == field)).collect()
+}
+
+// --- Certificates
+
+fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).map(|p| p.expect("PEM").contents).collect()
+}
+
+fn first_der(pem: &str) -> Vec<u8> {
+    pem_ders(pem).into_iter().next().expect("a certificate")
+}
+
+fn parse(der: &[u8]) -> X509Certificate<'_> {
+    x509_parser::parse_x509_certificate(der).expect("certificate").1
+}
+
+/// The chain on disk links leaf → intermediates → one of pebble's issuing roots with valid
+/// signatures, the leaf is valid now and names exactly `domain`.
+fn verify_pebble_chain(pebble: &Pebble, fullchain_pem: &str, domain: &str) {
+    let ders = pem_ders(fullchain_pem);
+    assert!(ders.len() >= 2, "leaf and intermediate expected:\n{fullchain_pem}");
+    let chain: Vec<_> = ders.iter().map(|der| parse(der)).collect();
+    let leaf = &chain[0];
+    assert!(leaf.validity().is_valid(), "leaf not valid now: {:?}", leaf.validity());
+    let san = leaf.subject_alternative_name().unwrap().expect("SAN");
+    let names: Vec<_> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| if let GeneralName::DNSName(d) = n { Some(*d) } else { None })
+        .collect();
+    assert_eq!(names, [domain]);
+    for pair in chain.windows(2) {
+        assert_eq!(pair[0].issuer(), pair[1].subject(), "chain order");
+        pair[0].verify_signature(Some(pair[1].public_key())).expect("signed by the next certificate");
+    }
+    let roots = pem_ders(pebble.issuer_roots_pem());
+    let last = chain.last().unwrap();
+    let root = roots
+        .iter()
+        .map(|der| parse(der))
+        .find(|root| root.subject() == last.issuer())
+        .unwrap_or_else(|| panic!("no pebble root named {}", last.issuer()));
+    last.verify_signature(Some(root.public_key())).expect("signed by pebble's root");
+}
+
+/// The private key on disk is 0600 and belongs to the leaf.
+fn verify_key(dir: &Path) {
+    let key_path = dir.join("privkey.pem");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", key_path.display());
+    use rcgen::PublicKeyData;
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path).unwrap()).expect("private key PEM");
+    let leaf_der = first_der(&std::fs::read_to_string(dir.join("fullchain.pem")).unwrap());
+    assert_eq!(key.subject_public_key_info(), parse(&leaf_der).public_key().raw, "the key belongs to the leaf");
+}
+
+fn serial(der: &[u8]) -> String {
+    parse(der).raw_serial_as_string()
+}
+
+/// Writes a self-signed certificate for `domain` valid for `days` more days (not a placeholder).
+fn precreate(certs: &Path, domain: &str, days: i64) {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let mut params = CertificateParams::new(vec![domain.to_string()]).unwrap();
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days) + time::Duration::hours(1);
+    params.distinguished_name.push(DnType::OrganizationName, "e2e pre-created");
+    params.distinguished_name.push(DnType::CommonName, domain);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let dir = certs.join("live").join(domain);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("privkey.pem"), key.serialize_pem()).unwrap();
+    std::fs::set_permissions(dir.join("privkey.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("fullchain.pem"), cert.pem()).unwrap();
+}
+
+// --- TLS clients
+
+/// Accepts any server certificate: to see what nginx serves (placeholders included).
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The leaf certificate nginx on 127.0.0.1:`port` presents for `sni`; `None` when the handshake
+/// fails.
+fn served_leaf(port: u16, sni: &str) -> Option<Vec<u8>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let mut tcp = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).ok()?;
+    }
+    conn.peer_certificates().and_then(|certs| certs.first()).map(|c| c.as_ref().to_vec())
+}
+
+/// `curl` over HTTPS to nginx, trusting only `trusted_pem` (pebble's roots and intermediates):
+/// the certificate must verify for `host`. Returns curl's output.
+fn curl(https_port: u16, host: &str, trusted_pem: &Path) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(trusted_pem)
+        .args(["--resolve", &format!("{host}:{https_port}:127.0.0.1")])
+        .arg(format!("https://{host}:{https_port}/"))
+        .output()
+        .expect("run curl (Debian's curl package)")
+}
+
+/// Pebble's issuing roots plus the intermediates of `fullchain_pem`, as a file for curl.
+fn trust_file(dir: &Path, pebble: &Pebble, fullchain_pem: &str) -> PathBuf {
+    let path = dir.join("trusted.pem");
+    let intermediates: String = x509_parser::pem::Pem::iter_from_buffer(fullchain_pem.as_bytes())
+        .skip(1)
+        .map(|p| pem_text(&p.unwrap().contents))
+        .collect();
+    std::fs::write(&path, format!("{}\n{intermediates}", pebble.issuer_roots_pem())).unwrap();
+    path
+}
+
+fn pem_text(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+}
+
+fn report_time(test: &str, started: Instant) {
+    eprintln!("[certs_e2e] {test}: {:.1}s", started.elapsed().as_secs_f64());
+}
+
+// --- 1. HTTP-01 through nginx's webroot
+
+#[test]
+fn http01_issues_several_domains_through_the_real_nginx_and_serves_them() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    let domains = ["alpha.test", "beta.test", "gamma.test"];
+    for d in domains {
+        pebble.add_a(d, Ipv4Addr::LOCALHOST);
+    }
+    let port = backend("hello from the backend\n");
+    let domains_var = domains.map(|d| format!("{d}:app")).join(",");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([("DOMAINS".into(), domains_var), ("SERVICES".into(), services)]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    agent.start();
+    let nginx_pid = agent.nginx_pid();
+
+    agent.wait_for("real certificates for every domain", Duration::from_secs(25), || {
+        domains.iter().all(|d| agent.cert_info(d).is_some_and(|i| !i.placeholder))
+    });
+    for d in domains {
+        let fullchain = agent.fullchain(d);
+        verify_pebble_chain(&pebble, &fullchain, d);
+        verify_key(&agent.live(d));
+        agent.wait_served(d, d);
+        let trusted = trust_file(agent.dir.path(), &pebble, &fullchain);
+        assert_eq!(agent.curl_ok(d, &trusted), "hello from the backend\n");
+    }
+    // The HTTP-01 tokens are gone from the webroot.
+    let challenges = agent.path("webroot/.well-known/acme-challenge");
+    let left: Vec<_> = std::fs::read_dir(&challenges).map(|r| r.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "challenge files left behind: {left:?}");
+
+    // One batch, one reload: a single apply names all three domains as its cause, and nginx was
+    // reloaded (same master), not restarted.
+    agent.wait_for("the batch's apply to be logged", Duration::from_secs(5), || {
+        agent.log().contains("certificates issued for")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let log = agent.log();
+    let applied: Vec<&str> = log.lines().filter(|l| l.contains("certificates issued for")).collect();
+    assert_eq!(applied.len(), 1, "one reload for the batch:\n{log}");
+    for d in domains {
+        assert!(applied[0].contains(d), "{d} missing from the batch's cause: {}", applied[0]);
+    }
+    assert!(
+        applied[0].contains("config applied and nginx reloaded"),
+        "the batch's apply must say nginx reloaded:\n{log}"
+    );
+    assert_eq!(log.lines().filter(|l| l.contains("config applied")).count(), 2, "initial apply + the batch:\n{log}");
+    for d in domains {
+        assert_eq!(lines_for(&log, "ordering a certificate", d).len(), 1, "{d} ordered once:\n{log}");
+    }
+    // HTTP-01 needs nginx answering: no order starts before nginx does.
+    let position = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle:?} not logged:\n{log}"));
+    assert!(position("nginx started") < position("ordering a certificate"), "an order started before nginx:\n{log}");
+    assert_eq!(agent.nginx_pid(), nginx_pid, "reloaded, not restarted");
+    assert!(!log.contains("ERROR") && !log.contains(" WARN "), "no errors or warnings:\n{log}");
+    report_time("http01", started);
+}
+
+// --- 2. A wildcard through DNS-01 (Cloudflare fake mirrored into the mock DNS)
+
+#[test]
+fn dns01_issues_a_wildcard_through_cloudflare_and_cleans_up_the_txt_record() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dns = pebble.challtestsrv();
+    let fake = runtime.block_on(
+        FakeCloudflare::builder()
+            .token(CF_TOKEN)
+            .zone(CF_ZONE_ID, "wild.test")
+            .on_txt_change(move |name, value| {
+                let dns = dns.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || match value {
+                        None => dns.clear_txt(&name),
+                        Some(value) => dns.set_txt(&name, &value),
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+            .start(),
+    );
+    let port = backend("wildcard backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([
+        ("DOMAINS".into(), "*.wild.test:app".into()),
+        ("SERVICES".into(), services),
+        ("CLOUDFLARE_API_TOKEN".into(), CF_TOKEN.into()),
+        ("CLOUDFLARE_API_BASE".into(), fake.base_url()),
+        ("DNS_PROPAGATION_TIMEOUT".into(), "20s".into()),
+    ]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    agent.start();
+
+    agent.wait_for("the wildcard certificate", Duration::from_secs(25), || {
+        agent.cert_info("*.wild.test").is_some_and(|i| !i.placeholder)
+    });
+    assert!(agent.path("certs/live/_.wild.test/fullchain.pem").is_file());
+    let fullchain = agent.fullchain("*.wild.test");
+    verify_pebble_chain(&pebble, &fullchain, "*.wild.test");
+    verify_key(&agent.live("*.wild.test"));
+
+    // The TXT record was created, then deleted (cleanup runs before the certificate is written).
+    let requests = fake.requests();
+    let record_path = format!("/client/v4/zones/{CF_ZONE_ID}/dns_records");
+    assert!(requests.iter().any(|r| r.method == "POST" && r.path == record_path && r.status == 200), "{requests:#?}");
+    assert!(
+        requests.iter().any(|r| r.method == "DELETE" && r.path.starts_with(&record_path) && r.status == 200),
+        "{requests:#?}"
+    );
+    assert!(fake.txt_values("_acme-challenge.wild.test").is_empty(), "TXT left: {:?}", fake.records());
+    assert!(fake.records().iter().all(|r| r.record_type != "TXT"), "{:?}", fake.records());
+
+    // nginx serves it for any name under the wildcard, verifiably.
+    agent.wait_served("*.wild.test", "anything.wild.test");
+    let trusted = trust_file(agent.dir.path(), &pebble, &fullchain);
+    assert_eq!(agent.curl_ok("anything.wild.test", &trusted), "wildcard backend\n");
+
+    let log = agent.log();
+    assert!(log.contains("challenge=DNS-01"), "{log}");
+    assert!(!log.contains(CF_TOKEN), "the Cloudflare token leaked into the log:\n{log}");
+    drop(agent);
+    drop(fake);
+    report_time("dns01 wildcard", started);
+}
+
+// --- 3. Renewal of an expiring certificate; a fresh one is left alone
+
+#[test]
+fn an_expiring_certificate_is_renewed_and_a_fresh_one_left_alone() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    for d in ["expiring.test", "fresh.test"] {
+        pebble.add_a(d, Ipv4Addr::LOCALHOST);
+    }
+    let port = backend("renewal backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([("DOMAINS".into(), "expiring.test:app,fresh.test:app".into()), ("SERVICES".into(), services)]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    precreate(&agent.certs(), "expiring.test", 10);
+    precreate(&agent.certs(), "fresh.test", 80);
+    let old_issuer = agent.cert_info("expiring.test").unwrap().issuer;
+    let fresh_chain = std::fs::read(agent.live("fresh.test").join("fullchain.pem")).unwrap();
+    let fresh_key = std::fs::read(agent.live("fresh.test").join("privkey.pem")).unwrap();
+    agent.start();
+
+    agent.wait_for("the expiring certificate to be renewed", Duration::from_secs(25), || {
+        agent.cert_info("expiring.test").is_some_and(|i| i.issuer != old_issuer && !i.placeholder)
+    });
+    let info = agent.cert_info("expiring.test").unwrap();
+    assert!(info.days_left(OffsetDateTime::now_utc()) > 30, "{info:?}");
+    verify_pebble_chain(&pebble, &agent.fullchain("expiring.test"), "expiring.test");
+    verify_key(&agent.live("expiring.test"));
+    agent.wait_served("expiring.test", "expiring.test");
+    let trusted = trust_file(agent.dir.path(), &pebble, &agent.fullchain("expiring.test"));
+    assert_eq!(agent.curl_ok("expiring.test", &trusted), "renewal backend\n");
+
+    // After the batch's reload, and a bit more: the fresh certificate is untouched and served.
+    agent.wait_for("the reload after the batch", Duration::from_secs(10), || {
+        agent.log().lines().any(|l| l.contains("config applied") && l.contains("certificates issued for"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(std::fs::read(agent.live("fresh.test").join("fullchain.pem")).unwrap(), fresh_chain);
+    assert_eq!(std::fs::read(agent.live("fresh.test").join("privkey.pem")).unwrap(), fresh_key);
+    assert_eq!(served_leaf(agent.https_port, "fresh.test"), Some(first_der(&String::from_utf8(fresh_chain).unwrap())));
+
+    let log = agent.log();
+    let ordered = lines_for(&log, "ordering a certificate", "expiring.test");
+    assert_eq!(ordered.len(), 1, "{log}");
+    assert!(ordered[0].contains("days left"), "ordered because it expires: {}", ordered[0]);
+    assert!(lines_for(&log, "ordering a certificate", "fresh.test").is_empty(), "{log}");
+    assert_eq!(lines_for(&log, "certificate expires soon", "expiring.test").len(), 1, "{log}");
+    assert!(lines_for(&log, "certificate expires soon", "fresh.test").is_empty(), "{log}");
+    report_time("renewal", started);
+}
+
+// --- 4. The CA is unreachable
+
+/// A throwaway CA certificate as a PEM file (the agent must trust something for the CA's TLS).
+fn throwaway_ca(dir: &Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "unreachable test CA");
+    let path = dir.join("unreachable-ca.pem");
+    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+    path
+}
+
+#[test]
+fn an_unreachable_ca_keeps_the_current_certificates_backs_off_and_shows_failing() {
+    let started = Instant::now();
+    let closed = free_port();
+    let port = backend("still serving\n");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_root = throwaway_ca(ca_dir.path()).display().to_string();
+    let directory = format!("https://127.0.0.1:{closed}/dir");
+    let services = format!("app:127.0.0.1:{port}");
+    let env = [
+        ("DOMAINS", "new.test:app,kept.test:app"),
+        ("SERVICES", services.as_str()),
+        ("ACME_DIRECTORY", directory.as_str()),
+        ("ACME_CA_ROOT", ca_root.as_str()),
+    ];
+    let mut agent = ProdAgent::new(free_port(), &env);
+    precreate(&agent.certs(), "kept.test", 10);
+    let kept_chain = std::fs::read_to_string(agent.live("kept.test").join("fullchain.pem")).unwrap();
+    agent.start();
+
+    agent.wait_for("both orders to fail", Duration::from_secs(15), || {
+        let log = agent.log();
+        ["new.test", "kept.test"].iter().all(|d| !lines_for(&log, "certificate order failed", d).is_empty())
+    });
+    let failed_at = OffsetDateTime::now_utc();
+    // No hammering: over the next 5 s, still one attempt per domain.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = agent.log();
+    for d in ["new.test", "kept.test"] {
+        assert_eq!(lines_for(&log, "ordering a certificate", d).len(), 1, "{d}: one attempt:\n{log}");
+        assert_eq!(lines_for(&log, "certificate order failed", d).len(), 1, "{d}:\n{log}");
+    }
+    let failure = lines_for(&log, "certificate order failed", "new.test")[0];
+    assert!(failure.contains("an existing certificate stays in use"), "{failure}");
+
+    // Still serving what it had: the placeholder for the new domain, the pre-created one for the other.
+    assert!(agent.cert_info("new.test").unwrap().placeholder);
+    assert_eq!(agent.fullchain("kept.test"), kept_chain);
+    for d in ["new.test", "kept.test"] {
+        assert_eq!(served_leaf(agent.https_port, d), Some(first_der(&agent.fullchain(d))), "{d}");
+        let (status, _) = http_get(agent.http_port, d, "/health");
+        assert_eq!(status, 200, "{d}: nginx still answers");
+    }
+
+    // `certs list` shows the failure, its error and a next try in the future.
+    for d in ["new.test", "kept.test"] {
+        agent.wait_status(d, "failing");
+    }
+    let rows = agent.certs_list();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["status"], "failing", "{row}");
+        let error = row["last_error"].as_str().expect("last_error");
+        assert!(error.contains("ACME") && error.contains(&format!("127.0.0.1:{closed}")), "{error}");
+        let next = OffsetDateTime::parse(
+            row["next_try"].as_str().expect("next_try"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert!(next > failed_at + time::Duration::minutes(4), "next try {next} is not ~5 min ahead");
+    }
+    let text = agent.cli(&["certs", "list"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.matches("failing: ").count(), 2, "{text}");
+    assert!(text.contains("(next try "), "{text}");
+
+    for d in ["new.test", "kept.test"] {
+        let state = agent.state(d);
+        assert!(state["failures"].as_u64().unwrap() >= 1, "{state}");
+        assert!(state["next_try"].as_i64().unwrap() > OffsetDateTime::now_utc().unix_timestamp(), "{state}");
+        assert!(state["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{state}");
+    }
+    report_time("unreachable CA", started);
+}
+
+// --- 5. Cloudflare errors
+
+/// An agent ordering `www.cf.test` through DNS-01 with `token`, against a fake that accepts only
+/// `CF_TOKEN` and answers as `prepare` sets it up.
+fn cloudflare_failure(token: &str, prepare: impl FnOnce(&FakeCloudflare)) -> (ProdAgent, Pebble, String) {
+    let pebble = Pebble::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeCloudflare::builder().token(CF_TOKEN).zone(CF_ZONE_ID, "cf.test").start());
+    prepare(&fake);
+    let port = backend("cf backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([
+        ("DOMAINS".into(), "www.cf.test:app".into()),
+        ("SERVICES".into(), services),
+        ("CLOUDFLARE_API_TOKEN".into(), token.into()),
+        ("CLOUDFLARE_API_BASE".into(), fake.base_url()),
+        ("DNS_PROPAGATION_TIMEOUT".into(), "10s".into()),
+    ]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    agent.start();
+    agent.wait_for("the order to fail", Duration::from_secs(20), || {
+        !lines_for(&agent.log(), "certificate order failed", "www.cf.test").is_empty()
+    });
+    assert!(!fake.requests().is_empty(), "the agent reached the fake");
+    let error = lines_for(&agent.log(), "certificate order failed", "www.cf.test")[0].to_string();
+    drop(fake);
+    drop(runtime);
+    (agent, pebble, error)
+}
+
+/// The order failed, `certs list` says `failing` with `expected` in the error, and `secret` shows
+/// nowhere: not in the log, the CLI's output or the state file.
+fn assert_failing_without_secret(agent: &ProdAgent, expected: &[&str], secret: &str) {
+    let row = agent.wait_status("www.cf.test", "failing");
+    assert_eq!(agent.certs_list().len(), 1);
+    let error = row["last_error"].as_str().unwrap();
+    for part in expected {
+        assert!(error.contains(part), "{part:?} not in: {error}");
+    }
+    let state = agent.state("www.cf.test");
+    assert!(state["failures"].as_u64().unwrap() >= 1, "{state}");
+    assert!(agent.cert_info("www.cf.test").unwrap().placeholder, "the placeholder stays");
+
+    let list = agent.cli(&["certs", "list"]);
+    let everything = format!(
+        "{}\n{}{}\n{}",
+        agent.log(),
+        String::from_utf8_lossy(&list.stdout),
+        String::from_utf8_lossy(&list.stderr),
+        std::fs::read_to_string(agent.certs().join("smart-proxy/state/www.cf.test.json")).unwrap()
+    );
+    assert!(!everything.contains(secret), "the token leaked:\n{everything}");
+    for line in agent.log().lines() {
+        assert!(!line.contains(secret), "{line}");
+    }
+}
+
+#[test]
+fn cloudflare_server_errors_fail_the_order_clearly_without_leaking_the_token() {
+    let started = Instant::now();
+    let (agent, _pebble, error) = cloudflare_failure(CF_TOKEN, |fake| fake.fail_next(1000, Failure::Server(500)));
+    for part in ["cannot present the DNS-01 challenge for www.cf.test", "Cloudflare had a server error (HTTP 500)"] {
+        assert!(error.contains(part), "{part:?} not in: {error}");
+    }
+    assert_failing_without_secret(&agent, &["Cloudflare had a server error (HTTP 500)"], CF_TOKEN);
+    report_time("cloudflare 500", started);
+}
+
+#[test]
+fn a_bad_cloudflare_token_is_named_as_the_problem_and_never_logged() {
+    let started = Instant::now();
+    let bad = "cf-e2e-WRONG-token-0d9e8f";
+    let (agent, _pebble, error) = cloudflare_failure(bad, |_| {});
+    for part in ["Cloudflare rejected the credentials", "API token", "CLOUDFLARE_API_TOKEN"] {
+        assert!(error.contains(part), "{part:?} not in: {error}");
+    }
+    assert_failing_without_secret(&agent, &["Cloudflare rejected the credentials", "CLOUDFLARE_API_TOKEN"], bad);
+    report_time("cloudflare bad token", started);
+}
+
+// --- 6. --dry-run with ACME on
+
+/// Every file under `dir` with its bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.push((path.clone(), Vec::new()));
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn dry_run_says_what_would_be_ordered_with_which_challenge_and_writes_nothing() {
+    let started = Instant::now();
+    // A CA that is not there: a dry run must not need it.
+    let directory = format!("https://127.0.0.1:{}/dir", free_port());
+    let api = format!("http://127.0.0.1:{}/client/v4", free_port());
+    let env = [
+        ("DOMAINS", "new.test:app,*.wild.test:app,expiring.test:app,fresh.test:app"),
+        ("SERVICES", "app:127.0.0.1:9"),
+        ("ACME_DIRECTORY", directory.as_str()),
+    ];
+    let agent = ProdAgent::new(free_port(), &env);
+    precreate(&agent.certs(), "expiring.test", 10);
+    precreate(&agent.certs(), "fresh.test", 80);
+    let before = tree(agent.dir.path());
+
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"));
+        cmd.arg("--dry-run").env_clear().envs(agent.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("server_name new.test;"), "the config is printed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let http = run(&[]);
+    assert!(http.contains("note: would order a certificate for new.test (no certificate) with HTTP-01"), "{http}");
+    assert!(http.contains("note: would order a certificate for expiring.test ("), "{http}");
+    assert!(http.lines().any(|l| l.contains("expiring.test") && l.contains("days left) with HTTP-01")), "{http}");
+    assert!(http.contains("note: no order for *.wild.test: a wildcard needs DNS-01"), "{http}");
+    assert!(!http.contains("for fresh.test"), "a fresh certificate is not ordered:\n{http}");
+
+    let dns = run(&[("CLOUDFLARE_API_TOKEN", CF_TOKEN), ("CLOUDFLARE_API_BASE", api.as_str())]);
+    for d in ["new.test (no certificate)", "*.wild.test (no certificate)", "expiring.test ("] {
+        assert!(
+            dns.lines()
+                .any(|l| l.contains(&format!("note: would order a certificate for {d}")) && l.ends_with("with DNS-01")),
+            "{d}: {dns}"
+        );
+    }
+    assert!(!dns.contains("HTTP-01") && !dns.contains("no order for"), "{dns}");
+    assert!(!dns.contains("for fresh.test"), "{dns}");
+    assert!(!dns.contains(CF_TOKEN), "{dns}");
+
+    assert_eq!(tree(agent.dir.path()), before, "a dry run writes nothing (no placeholder, state, account or config)");
+    report_time("dry run", started);
+}
+
+// --- 7. certs renew --force
+
+#[test]
+fn certs_renew_force_orders_a_new_certificate_for_a_fresh_one_and_nginx_serves_it() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    pebble.add_a("renew.test", Ipv4Addr::LOCALHOST);
+    let port = backend("renew backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([("DOMAINS".into(), "renew.test:app".into()), ("SERVICES".into(), services)]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    agent.start();
+    agent.wait_for("the first certificate", Duration::from_secs(25), || {
+        agent.cert_info("renew.test").is_some_and(|i| !i.placeholder)
+    });
+    agent.wait_served("renew.test", "renew.test");
+    let first = first_der(&agent.fullchain("renew.test"));
+    assert!(agent.cert_info("renew.test").unwrap().days_left(OffsetDateTime::now_utc()) > 30, "fresh");
+
+    // Without --force: nothing to do for a fresh certificate.
+    let out = agent.cli(&["certs", "renew", "renew.test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("nothing to order"), "{stdout}");
+    assert_eq!(first_der(&agent.fullchain("renew.test")), first);
+
+    let out = agent.cli(&["certs", "renew", "--force", "renew.test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", pebble.logs());
+    assert!(stdout.lines().any(|l| l == "issued: renew.test"), "{stdout}");
+    assert!(stdout.contains("nginx reloaded"), "{stdout}\n{stderr}");
+    let second = first_der(&agent.fullchain("renew.test"));
+    assert_ne!(serial(&second), serial(&first), "a new certificate");
+    verify_pebble_chain(&pebble, &agent.fullchain("renew.test"), "renew.test");
+    verify_key(&agent.live("renew.test"));
+    agent.wait_served("renew.test", "renew.test");
+    let trusted = trust_file(agent.dir.path(), &pebble, &agent.fullchain("renew.test"));
+    assert_eq!(agent.curl_ok("renew.test", &trusted), "renew backend\n");
+    assert_eq!(agent.state("renew.test")["failures"], 0);
+    report_time("certs renew --force", started);
+}
+
+// --- More: DNS_CHECK=strict, the end of a backoff, the renewal interval
+
+#[test]
+fn dns_check_strict_orders_what_points_here_and_reports_what_does_not() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    pebble.add_a("here.test", Ipv4Addr::LOCALHOST);
+    pebble.add_a("elsewhere.test", Ipv4Addr::new(198, 51, 100, 7));
+    let port = backend("dns check backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([
+        ("DOMAINS".into(), "here.test:app,elsewhere.test:app".into()),
+        ("SERVICES".into(), services),
+        ("DNS_CHECK".into(), "strict".into()),
+        ("PUBLIC_IP".into(), "127.0.0.1".into()),
+    ]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    agent.start();
+    agent.wait_for("here.test's certificate", Duration::from_secs(25), || {
+        agent.cert_info("here.test").is_some_and(|i| !i.placeholder)
+    });
+    verify_pebble_chain(&pebble, &agent.fullchain("here.test"), "here.test");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.cert_info("elsewhere.test").unwrap().placeholder, "not ordered: it points elsewhere");
+
+    // The operator learns why: a warning in the log, and `certs list` names the problem.
+    let log = agent.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("elsewhere.test") && l.contains("198.51.100.7"))
+        .collect();
+    assert!(!warned.is_empty(), "the skipped order is not logged:\n{log}");
+    assert!(warned.iter().any(|l| l.contains("DNS_CHECK=strict")), "{warned:?}");
+    let row = agent.wait_status("elsewhere.test", "failing");
+    assert!(row["last_error"].as_str().is_some_and(|e| e.contains("198.51.100.7")), "{row}");
+    assert!(row["next_try"].is_string(), "a next try is planned: {row}");
+    report_time("dns check strict", started);
+}
+
+#[test]
+fn a_domain_is_retried_when_its_backoff_ends_whatever_other_domains_states_say() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    for d in ["waiting.test", "stale.test"] {
+        pebble.add_a(d, Ipv4Addr::LOCALHOST);
+    }
+    let port = backend("backoff backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([("DOMAINS".into(), "waiting.test:app,stale.test:app".into()), ("SERVICES".into(), services)]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    // waiting.test failed a moment ago and may be tried again in 3 s.
+    // stale.test failed long ago (its certificate was fixed since): its next try is in the past.
+    precreate(&agent.certs(), "stale.test", 80);
+    let state_dir = agent.certs().join("smart-proxy/state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let state = |failures: u32, next_try: i64| {
+        serde_json::json!({ "failures": failures, "last_error": "the CA was down", "next_try": next_try, "last_attempt": next_try - 300 })
+            .to_string()
+    };
+    std::fs::write(state_dir.join("waiting.test.json"), state(1, now + 3)).unwrap();
+    std::fs::write(state_dir.join("stale.test.json"), state(2, now - 3600)).unwrap();
+    agent.start();
+
+    agent.wait_for("waiting.test to be ordered after its backoff", Duration::from_secs(20), || {
+        agent.cert_info("waiting.test").is_some_and(|i| !i.placeholder)
+    });
+    let log = agent.log();
+    assert_eq!(lines_for(&log, "ordering a certificate", "waiting.test").len(), 1, "{log}");
+    assert!(lines_for(&log, "ordering a certificate", "stale.test").is_empty(), "{log}");
+    // The state is saved just after the certificate is written.
+    agent.wait_for("waiting.test's failures to be reset", Duration::from_secs(5), || {
+        agent.state("waiting.test")["failures"] == 0
+    });
+    report_time("backoff end", started);
+}
+
+#[test]
+fn certificates_are_checked_again_every_renewal_interval() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    pebble.add_a("interval.test", Ipv4Addr::LOCALHOST);
+    let port = backend("interval backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([
+        ("DOMAINS".into(), "interval.test:app".into()),
+        ("SERVICES".into(), services),
+        ("RENEWAL_INTERVAL".into(), "3s".into()),
+    ]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    precreate(&agent.certs(), "interval.test", 80);
+    agent.start();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(agent.log().lines().all(|l| !l.contains("ordering a certificate")), "fresh: nothing to order");
+
+    // Time passes (simulated): the certificate on disk now expires in 10 days.
+    let dir = tempfile::tempdir().unwrap();
+    precreate(dir.path(), "interval.test", 10);
+    let expiring = dir.path().join("live/interval.test");
+    for file in ["privkey.pem", "fullchain.pem"] {
+        std::fs::copy(expiring.join(file), agent.live("interval.test").join(file)).unwrap();
+    }
+    let old_issuer = agent.cert_info("interval.test").unwrap().issuer;
+    agent.wait_for("the next interval to renew it", Duration::from_secs(15), || {
+        agent.cert_info("interval.test").is_some_and(|i| i.issuer != old_issuer)
+    });
+    verify_pebble_chain(&pebble, &agent.fullchain("interval.test"), "interval.test");
+    agent.wait_served("interval.test", "interval.test");
+    report_time("renewal interval", started);
+}
+
+// --- testssl.sh against nginx serving an issued certificate
+
+/// Debian's `testssl.sh` package installs the script as `/usr/bin/testssl`.
+fn testssl_bin() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var("TEST_TESTSSL_BIN").unwrap_or_else(|_| "/usr/bin/testssl".into()));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        !crate::support::in_ci(),
+        "{} is required in CI (install Debian's testssl.sh: apt-get install testssl.sh; .ci/run does this)",
+        path.display()
+    );
+    eprintln!("skipped: {} not found (apt-get install testssl.sh)", path.display());
+    None
+}
+
+/// Findings that come from the test setup, not from the TLS configuration: (testssl id, why).
+///
+/// The chain of trust is checked, not ignored: pebble's issuing root is passed with `--add-ca`.
+const TESTSSL_IGNORED: &[(&str, &str)] = &[
+    (
+        "cert_revocation",
+        "the test CA: pebble runs without an OCSP responder and puts no CRL distribution point in its certificates",
+    ),
+    (
+        "cipher_order",
+        "deliberate: the template follows Mozilla's intermediate profile (ssl_prefer_server_ciphers off, every \
+         offered TLS 1.2 cipher is AEAD with forward secrecy); testssl 3.0 rates any missing server order HIGH",
+    ),
+];
+
+#[test]
+fn testssl_finds_nothing_high_or_critical_on_an_issued_certificate() {
+    let Some(testssl) = testssl_bin() else { return };
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    pebble.add_a("tls.test", Ipv4Addr::LOCALHOST);
+    let port = backend("tls backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = pebble_env(&pebble);
+    env.extend([("DOMAINS".into(), "tls.test:app".into()), ("SERVICES".into(), services)]);
+    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    agent.start();
+    agent.wait_for("the certificate", Duration::from_secs(25), || {
+        agent.cert_info("tls.test").is_some_and(|i| !i.placeholder)
+    });
+    agent.wait_served("tls.test", "tls.test");
+
+    let json = agent.path("testssl.json");
+    // Pebble's issuing root, so that the chain of trust is checked rather than reported untrusted.
+    let roots = agent.path("pebble-roots.pem");
+    std::fs::write(&roots, pebble.issuer_roots_pem()).unwrap();
+    // Protocols, cipher categories, server preferences, server defaults (the certificate),
+    // headers and vulnerabilities: ~30 s. Client simulation and per-cipher listings (minutes) are
+    // left out; TEST_TESTSSL_CHECKS overrides the selection (e.g. "-p" while debugging).
+    let out = Command::new(&testssl)
+        .args(["--quiet", "--color", "0", "--severity", "HIGH", "--warnings", "off", "--nodns", "none"])
+        .args(["--connect-timeout", "5", "--openssl-timeout", "5", "--ip", "127.0.0.1"])
+        .args(std::env::var("TEST_TESTSSL_CHECKS").unwrap_or_else(|_| "-p -s -P -S -h -U".into()).split_whitespace())
+        .arg("--add-ca")
+        .arg(&roots)
+        .arg("--jsonfile")
+        .arg(&json)
+        .arg(format!("https://tls.test:{}/", agent.https_port))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run testssl");
+    let findings: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&json).unwrap_or_else(|e| {
+        panic!(
+            "testssl wrote no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }))
+    .unwrap();
+    let (ignored, bad): (Vec<_>, Vec<_>) = findings
+        .iter()
+        .filter(|f| matches!(f["severity"].as_str(), Some("HIGH" | "CRITICAL")))
+        .partition(|f| TESTSSL_IGNORED.iter().any(|(id, _)| f["id"] == *id));
+    for f in &ignored {
+        eprintln!("[certs_e2e] testssl, ignored: {} {} {}", f["id"], f["severity"], f["finding"]);
+    }
+    assert!(
+        bad.is_empty(),
+        "testssl found HIGH/CRITICAL problems:\n{}\n--- testssl output ---\n{}",
+        bad.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n"),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    report_time("testssl", started);
+}
+
+/// The protocol version nginx on 127.0.0.1:`port` agrees to for `sni` when the client offers only
+/// `version`; `None` when the handshake fails.
+fn negotiated(
+    port: u16,
+    sni: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Option<rustls::ProtocolVersion> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let mut tcp = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).ok()?;
+    }
+    conn.protocol_version()
+}
+
+#[test]
+fn sites_are_served_over_tls_1_3_and_1_2() {
+    // The rendered sites say `ssl_protocols TLSv1.2 TLSv1.3`; nginx must honour it whatever its
+    // version (before 1.23.4 the default server's protocols decide, and its default lacks 1.3).
+    let port = backend("protocols backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut agent =
+        ProdAgent::new(free_port(), &[("DOMAINS", "proto.test:app"), ("SERVICES", &services), ("ACME", "off")]);
+    agent.start();
+    agent.wait_served("proto.test", "proto.test");
+    assert_eq!(
+        negotiated(agent.https_port, "proto.test", &rustls::version::TLS12),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(
+        negotiated(agent.https_port, "proto.test", &rustls::version::TLS13),
+        Some(rustls::ProtocolVersion::TLSv1_3),
+        "TLS 1.3 is not offered (nginx {})",
+        crate::support::nginx_version()
+    );
+}
+
+#[test]
+fn a_ca_that_cannot_be_reached_or_trusted_is_named_with_the_cause() {
+    // "client error (Connect)" alone does not tell a CA that is down from one whose TLS
+    // certificate is not trusted (a wrong ACME_CA_ROOT): the error must say which.
+    let pebble = Pebble::start();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let wrong_root = throwaway_ca(ca_dir.path()).display().to_string();
+    let closed = format!("https://127.0.0.1:{}/dir", free_port());
+    let cases = [
+        (closed.as_str(), pebble.ca_root_path().display().to_string(), "connection refused"),
+        (&*pebble.directory_url(), wrong_root, "certificate"),
+    ];
+    for (directory, root, cause) in cases {
+        let agent = ProdAgent::new(
+            free_port(),
+            &[("DOMAINS", "cause.test"), ("ACME_DIRECTORY", directory), ("ACME_CA_ROOT", root.as_str())],
+        );
+        let out = agent.cli(&["certs", "renew", "cause.test"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{stdout}");
+        let failed =
+            stdout.lines().find(|l| l.starts_with("failed: cause.test: ")).unwrap_or_else(|| panic!("{stdout}"));
+        eprintln!("[certs_e2e] {failed}");
+        assert!(failed.contains(directory), "{failed}");
+        assert!(failed.to_lowercase().contains(cause), "{cause:?} not named: {failed}");
+    }
+}
