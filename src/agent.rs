@@ -127,16 +127,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     controller.start_nginx_if_local().await?;
 
     let debounce = Duration::from(controller.settings.debounce);
-    // During a sustained burst (events still coming when the maximum wait ends) the maximum wait
-    // doubles after each pass, up to 8 x DEBOUNCE_MAX, so a long storm costs a handful of reloads;
-    // it is back to DEBOUNCE_MAX after the first quiet pass.
     let base_max_wait = Duration::from(controller.settings.debounce_max);
-    let mut max_wait = base_max_wait;
+    // Storm mode: when a burst begins within DEBOUNCE of the end of the previous pass (events
+    // queued up during the pass), events are still streaming in (a slow daemon starting hundreds
+    // of containers). Each such burst
+    // raises the level: the trailing wait becomes DEBOUNCE_MAX and the maximum wait doubles, up to
+    // 8 x DEBOUNCE_MAX, so a long storm costs a handful of reloads instead of one per second.
+    // A burst after a quiet gap is back to level 0.
+    let mut storm: u32 = 0;
+    let mut last_pass_end: Option<Instant> = None;
     let mut pending: Option<(Instant, Instant)> = None; // (first, last) trigger of this burst
     let mut retry_at: Option<Instant> = None; // after an apply failed for a passing reason
     tokio::pin!(shutdown);
     loop {
-        let deadline = pending.map(|(first, last)| (last + debounce).min(first + max_wait));
+        let (trailing, max_wait) = if storm == 0 {
+            (debounce, base_max_wait)
+        } else {
+            (base_max_wait.max(debounce), base_max_wait * (1 << storm))
+        };
+        let deadline = pending.map(|(first, last)| (last + trailing).min(first + max_wait));
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down");
@@ -149,15 +158,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             Some(trigger) = rx.recv() => {
                 if controller.note(trigger) {
                     let now = Instant::now();
+                    if pending.is_none() {
+                        let streaming = last_pass_end.is_some_and(|end| now < end + debounce);
+                        storm = if streaming { (storm + 1).min(3) } else { 0 };
+                    }
                     pending = Some(match pending { Some((first, _)) => (first, now), None => (now, now) });
                 }
             }
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                let in_burst = pending.is_some_and(|(_, last)| Instant::now() < last + debounce);
-                max_wait = if in_burst { (max_wait * 2).min(base_max_wait * 8) } else { base_max_wait };
                 pending = None;
                 controller.pass().await;
                 controller.start_nginx_if_local().await?;
+                last_pass_end = Some(Instant::now());
                 retry_at = controller.retry.as_ref().map(|(_, delay)| Instant::now() + *delay);
             }
             _ = async { sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {

@@ -95,7 +95,7 @@ pub struct Settings {
     pub debounce: humantime::Duration,
 
     /// The longest a pass waits while events keep coming. A long value hides updates longer.
-    /// In a sustained burst it doubles after each pass, up to 8 x this value.
+    /// In a storm (events still streaming when a pass ends) it doubles with each pass, up to 8 x.
     #[arg(long, env = "DEBOUNCE_MAX", global = true, default_value = "1s")]
     pub debounce_max: humantime::Duration,
 
