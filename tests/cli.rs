@@ -246,4 +246,5 @@ fn certs_list_shows_each_tls_domain() {
         cmd(&[("DOMAINS", "a.com"), ("CERTS_DIR", &dir)]).args(["certs", "list", "--format", "json"]).output().unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(rows[0]["status"], "placeholder");
+    assert!(!certs.path().join("smart-proxy/locks").exists(), "certs list writes nothing");
 }

@@ -106,7 +106,7 @@ impl CertStore {
     /// Takes the domain's lock without waiting; `None` when another order for it is running.
     pub fn try_lock(&self, domain: &DomainName) -> Result<Option<DomainLock>, StoreError> {
         use nix::fcntl::{Flock, FlockArg};
-        let path = self.dir.join("smart-proxy/locks").join(format!("{}.lock", domain.file_stem()));
+        let path = self.lock_path(domain);
         let io = |action, source| StoreError::Io { action, path: path.clone(), source };
         std::fs::create_dir_all(path.parent().expect("lock path has a parent")).map_err(|e| io("create", e))?;
         let file =
@@ -116,6 +116,17 @@ impl CertStore {
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, errno)) => Err(io("lock", std::io::Error::from(errno))),
         }
+    }
+
+    /// True while another order holds the domain's lock. Creates nothing (for `certs list`).
+    pub fn is_locked(&self, domain: &DomainName) -> bool {
+        use nix::fcntl::{Flock, FlockArg};
+        let Ok(file) = File::open(self.lock_path(domain)) else { return false };
+        matches!(Flock::lock(file, FlockArg::LockExclusiveNonblock), Err((_, nix::errno::Errno::EWOULDBLOCK)))
+    }
+
+    fn lock_path(&self, domain: &DomainName) -> PathBuf {
+        self.dir.join("smart-proxy/locks").join(format!("{}.lock", domain.file_stem()))
     }
 
     pub fn path(&self) -> &Path {
@@ -160,9 +171,12 @@ mod tests {
         store.save_state(&domain, &state).unwrap();
         assert_eq!(store.state(&domain), state);
 
+        assert!(!store.is_locked(&domain));
         let held = store.try_lock(&domain).unwrap().expect("free");
         assert!(store.try_lock(&domain).unwrap().is_none(), "held by us: a second taker waits");
+        assert!(store.is_locked(&domain));
         drop(held);
+        assert!(!store.is_locked(&domain));
         assert!(store.try_lock(&domain).unwrap().is_some(), "released on drop");
     }
 }
@@ -190,7 +204,7 @@ impl CertStore {
             .map(|domain| {
                 let info = self.info(domain);
                 let state = self.state(domain);
-                let renewing = matches!(self.try_lock(domain), Ok(None));
+                let renewing = self.is_locked(domain);
                 let days_left = info.as_ref().map(|i| i.days_left(now));
                 let status = match (&info, renewing, state.failures) {
                     (_, true, _) => "renewing",

@@ -137,6 +137,11 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
             Err(e) => errors.push(Diagnostic::error(at(label), e)),
         }
     }
+    if let Some((value, label)) = wide.get("nginx") {
+        if let Err(e) = parse_bool(value) {
+            errors.push(Diagnostic::error(at(label), e));
+        }
+    }
     if c.is_nginx(&settings.prefix) {
         return Ok(None);
     }
@@ -482,6 +487,13 @@ mod tests {
         assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
         assert_eq!(out.routes.len(), 1);
         assert!(out.services[0].backends.is_empty());
+    }
+
+    #[test]
+    fn a_misspelt_nginx_label_is_an_error() {
+        let out = routes(&[container("web", &[("smart-proxy.nginx", "ture")])], &settings());
+        assert_eq!(out.diagnostics.len(), 1);
+        assert!(out.diagnostics[0].to_string().contains("label smart-proxy.nginx: \"ture\" is not a boolean"));
     }
 
     #[test]
