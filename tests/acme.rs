@@ -15,10 +15,8 @@ use smart_proxy::certs::acme::{
     self, AcmeError, AcmeSettings, ChallengeKind, ChallengeResponse, Issued, Solver, SolverError,
 };
 use smart_proxy::routes::DomainName;
-use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 
-use crate::support::pebble::Pebble;
+use crate::support::pebble::{parse_cert, pem_ders, Pebble};
 
 fn settings(pebble: &Pebble, email: Option<&str>) -> AcmeSettings {
     AcmeSettings {
@@ -172,43 +170,13 @@ impl Solver for HttpSolver {
     }
 }
 
-fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
-    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).map(|p| p.expect("PEM").contents).collect()
-}
-
-fn parse(der: &[u8]) -> X509Certificate<'_> {
-    x509_parser::parse_x509_certificate(der).expect("certificate").1
-}
-
-/// The chain links leaf → intermediates → one of pebble's issuing roots, every signature checks,
-/// the leaf is valid now and names `domain`, and the private key belongs to the leaf.
+/// The chain is pebble's (see `Pebble::verify_chain`), its expiry is the one reported, and the
+/// private key belongs to the leaf.
 fn verify_issued(pebble: &Pebble, issued: &Issued, domain: &str) {
-    let chain = pem_ders(&issued.fullchain_pem);
-    assert!(chain.len() >= 2, "leaf and intermediate expected:\n{}", issued.fullchain_pem);
-    let chain: Vec<_> = chain.iter().map(|der| parse(der)).collect();
-    let leaf = &chain[0];
-    assert!(leaf.validity().is_valid(), "leaf not valid now: {:?}", leaf.validity());
+    pebble.verify_chain(&issued.fullchain_pem, domain);
+    let leaf_der = pem_ders(&issued.fullchain_pem).remove(0);
+    let leaf = parse_cert(&leaf_der);
     assert_eq!(leaf.validity().not_after.to_datetime(), issued.not_after);
-    let san = leaf.subject_alternative_name().unwrap().expect("SAN");
-    let names: Vec<_> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| if let GeneralName::DNSName(d) = n { Some(*d) } else { None })
-        .collect();
-    assert_eq!(names, [domain]);
-    for pair in chain.windows(2) {
-        assert_eq!(pair[0].issuer(), pair[1].subject(), "chain order");
-        pair[0].verify_signature(Some(pair[1].public_key())).expect("signed by the next certificate");
-    }
-    let roots = pem_ders(pebble.issuer_roots_pem());
-    let last = chain.last().unwrap();
-    let root = roots
-        .iter()
-        .map(|der| parse(der))
-        .find(|root| root.subject() == last.issuer())
-        .unwrap_or_else(|| panic!("no pebble root named {}", last.issuer()));
-    last.verify_signature(Some(root.public_key())).expect("signed by pebble's root");
 
     use rcgen::PublicKeyData;
     let key = rcgen::KeyPair::from_pem(issued.key_pem.expose()).expect("private key PEM");

@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 
 use smart_proxy::certs::store::{parse_info, CertInfo};
 use time::OffsetDateTime;
-use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 
 use crate::support::agent::{http_get, strip_ansi};
 use crate::support::cloudflare_fake::{Failure, FakeCloudflare};
-use crate::support::pebble::{free_port, Pebble};
+use crate::support::pebble::{free_port, parse_cert, pem_ders, Pebble};
 
 const EMAIL: &str = "test@example.com";
 const CF_TOKEN: &str = "cf-e2e-TOKEN-7f3a9c1d";
@@ -308,46 +306,8 @@ fn lines_for<'a>(log: &'a str, message: &str, domain: &str) -> Vec<&'a str> {
 
 // --- Certificates
 
-fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
-    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).map(|p| p.expect("PEM").contents).collect()
-}
-
 fn first_der(pem: &str) -> Vec<u8> {
     pem_ders(pem).into_iter().next().expect("a certificate")
-}
-
-fn parse(der: &[u8]) -> X509Certificate<'_> {
-    x509_parser::parse_x509_certificate(der).expect("certificate").1
-}
-
-/// The chain on disk links leaf → intermediates → one of pebble's issuing roots with valid
-/// signatures, the leaf is valid now and names exactly `domain`.
-fn verify_pebble_chain(pebble: &Pebble, fullchain_pem: &str, domain: &str) {
-    let ders = pem_ders(fullchain_pem);
-    assert!(ders.len() >= 2, "leaf and intermediate expected:\n{fullchain_pem}");
-    let chain: Vec<_> = ders.iter().map(|der| parse(der)).collect();
-    let leaf = &chain[0];
-    assert!(leaf.validity().is_valid(), "leaf not valid now: {:?}", leaf.validity());
-    let san = leaf.subject_alternative_name().unwrap().expect("SAN");
-    let names: Vec<_> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| if let GeneralName::DNSName(d) = n { Some(*d) } else { None })
-        .collect();
-    assert_eq!(names, [domain]);
-    for pair in chain.windows(2) {
-        assert_eq!(pair[0].issuer(), pair[1].subject(), "chain order");
-        pair[0].verify_signature(Some(pair[1].public_key())).expect("signed by the next certificate");
-    }
-    let roots = pem_ders(pebble.issuer_roots_pem());
-    let last = chain.last().unwrap();
-    let root = roots
-        .iter()
-        .map(|der| parse(der))
-        .find(|root| root.subject() == last.issuer())
-        .unwrap_or_else(|| panic!("no pebble root named {}", last.issuer()));
-    last.verify_signature(Some(root.public_key())).expect("signed by pebble's root");
 }
 
 /// The private key on disk is 0600 and belongs to the leaf.
@@ -358,11 +318,11 @@ fn verify_key(dir: &Path) {
     use rcgen::PublicKeyData;
     let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path).unwrap()).expect("private key PEM");
     let leaf_der = first_der(&std::fs::read_to_string(dir.join("fullchain.pem")).unwrap());
-    assert_eq!(key.subject_public_key_info(), parse(&leaf_der).public_key().raw, "the key belongs to the leaf");
+    assert_eq!(key.subject_public_key_info(), parse_cert(&leaf_der).public_key().raw, "the key belongs to the leaf");
 }
 
 fn serial(der: &[u8]) -> String {
-    parse(der).raw_serial_as_string()
+    parse_cert(der).raw_serial_as_string()
 }
 
 /// Writes a self-signed certificate for `domain` valid for `days` more days (not a placeholder).
@@ -502,7 +462,7 @@ fn http01_issues_several_domains_through_the_real_nginx_and_serves_them() {
     });
     for d in domains {
         let fullchain = agent.fullchain(d);
-        verify_pebble_chain(&pebble, &fullchain, d);
+        pebble.verify_chain(&fullchain, d);
         verify_key(&agent.live(d));
         agent.wait_served(d, d);
         let trusted = trust_file(agent.dir.path(), &pebble, &fullchain);
@@ -584,7 +544,7 @@ fn dns01_issues_a_wildcard_through_cloudflare_and_cleans_up_the_txt_record() {
     });
     assert!(agent.path("certs/live/_.wild.test/fullchain.pem").is_file());
     let fullchain = agent.fullchain("*.wild.test");
-    verify_pebble_chain(&pebble, &fullchain, "*.wild.test");
+    pebble.verify_chain(&fullchain, "*.wild.test");
     verify_key(&agent.live("*.wild.test"));
 
     // The TXT record was created, then deleted (cleanup runs before the certificate is written).
@@ -637,7 +597,7 @@ fn an_expiring_certificate_is_renewed_and_a_fresh_one_left_alone() {
     });
     let info = agent.cert_info("expiring.test").unwrap();
     assert!(info.days_left(OffsetDateTime::now_utc()) > 30, "{info:?}");
-    verify_pebble_chain(&pebble, &agent.fullchain("expiring.test"), "expiring.test");
+    pebble.verify_chain(&agent.fullchain("expiring.test"), "expiring.test");
     verify_key(&agent.live("expiring.test"));
     agent.wait_served("expiring.test", "expiring.test");
     let trusted = trust_file(agent.dir.path(), &pebble, &agent.fullchain("expiring.test"));
@@ -939,7 +899,7 @@ fn certs_renew_force_orders_a_new_certificate_for_a_fresh_one_and_nginx_serves_i
     assert!(stdout.contains("nginx reloaded"), "{stdout}\n{stderr}");
     let second = first_der(&agent.fullchain("renew.test"));
     assert_ne!(serial(&second), serial(&first), "a new certificate");
-    verify_pebble_chain(&pebble, &agent.fullchain("renew.test"), "renew.test");
+    pebble.verify_chain(&agent.fullchain("renew.test"), "renew.test");
     verify_key(&agent.live("renew.test"));
     agent.wait_served("renew.test", "renew.test");
     let trusted = trust_file(agent.dir.path(), &pebble, &agent.fullchain("renew.test"));
@@ -970,7 +930,7 @@ fn dns_check_strict_orders_what_points_here_and_reports_what_does_not() {
     agent.wait_for("here.test's certificate", Duration::from_secs(25), || {
         agent.cert_info("here.test").is_some_and(|i| !i.placeholder)
     });
-    verify_pebble_chain(&pebble, &agent.fullchain("here.test"), "here.test");
+    pebble.verify_chain(&agent.fullchain("here.test"), "here.test");
     std::thread::sleep(Duration::from_millis(500));
     assert!(agent.cert_info("elsewhere.test").unwrap().placeholder, "not ordered: it points elsewhere");
 
@@ -1057,7 +1017,7 @@ fn certificates_are_checked_again_every_renewal_interval() {
     agent.wait_for("the next interval to renew it", Duration::from_secs(15), || {
         agent.cert_info("interval.test").is_some_and(|i| i.issuer != old_issuer)
     });
-    verify_pebble_chain(&pebble, &agent.fullchain("interval.test"), "interval.test");
+    pebble.verify_chain(&agent.fullchain("interval.test"), "interval.test");
     agent.wait_served("interval.test", "interval.test");
     report_time("renewal interval", started);
 }

@@ -362,3 +362,45 @@ impl ChallTestSrv {
         assert_eq!(status, 200, "challtestsrv {path} {body}: {}", String::from_utf8_lossy(&response));
     }
 }
+
+/// The DER certificates of a PEM bundle, in order.
+pub fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).map(|p| p.expect("PEM").contents).collect()
+}
+
+pub fn parse_cert(der: &[u8]) -> x509_parser::certificate::X509Certificate<'_> {
+    x509_parser::parse_x509_certificate(der).expect("certificate").1
+}
+
+impl Pebble {
+    /// The chain links leaf → intermediates → one of pebble's issuing roots with valid signatures,
+    /// and the leaf is valid now and names exactly `domain`.
+    pub fn verify_chain(&self, fullchain_pem: &str, domain: &str) {
+        use x509_parser::extensions::GeneralName;
+        let ders = pem_ders(fullchain_pem);
+        assert!(ders.len() >= 2, "leaf and intermediate expected:\n{fullchain_pem}");
+        let chain: Vec<_> = ders.iter().map(|der| parse_cert(der)).collect();
+        let leaf = &chain[0];
+        assert!(leaf.validity().is_valid(), "leaf not valid now: {:?}", leaf.validity());
+        let san = leaf.subject_alternative_name().unwrap().expect("SAN");
+        let names: Vec<_> = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| if let GeneralName::DNSName(d) = n { Some(*d) } else { None })
+            .collect();
+        assert_eq!(names, [domain]);
+        for pair in chain.windows(2) {
+            assert_eq!(pair[0].issuer(), pair[1].subject(), "chain order");
+            pair[0].verify_signature(Some(pair[1].public_key())).expect("signed by the next certificate");
+        }
+        let roots = pem_ders(self.issuer_roots_pem());
+        let last = chain.last().unwrap();
+        let root = roots
+            .iter()
+            .map(|der| parse_cert(der))
+            .find(|root| root.subject() == last.issuer())
+            .unwrap_or_else(|| panic!("no pebble root named {}", last.issuer()));
+        last.verify_signature(Some(root.public_key())).expect("signed by pebble's root");
+    }
+}
