@@ -129,11 +129,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let debounce = Duration::from(controller.settings.debounce);
     let base_max_wait = Duration::from(controller.settings.debounce_max);
     // Storm mode: when a burst begins within DEBOUNCE of the end of the previous pass (events
-    // queued up during the pass), events are still streaming in (a slow daemon starting hundreds
-    // of containers). Each such burst
-    // raises the level: the trailing wait becomes DEBOUNCE_MAX and the maximum wait doubles, up to
-    // 8 x DEBOUNCE_MAX, so a long storm costs a handful of reloads instead of one per second.
-    // A burst after a quiet gap is back to level 0.
+    // queued up during the pass), events are still streaming in: a slow daemon starting hundreds
+    // of containers after a reboot or a `docker-compose up`. Each such burst raises the level:
+    // the trailing wait becomes DEBOUNCE_MAX and the maximum wait grows fourfold (4, 16, 64 x
+    // DEBOUNCE_MAX), capped at STORM_MAX_WAIT, so a 40 s storm costs four reloads instead of one per
+    // second, and the last containers are served one DEBOUNCE_MAX after the storm ends. A burst
+    // after a quiet gap is back to level 0.
     let mut storm: u32 = 0;
     let mut last_pass_end: Option<Instant> = None;
     let mut pending: Option<(Instant, Instant)> = None; // (first, last) trigger of this burst
@@ -143,7 +144,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         let (trailing, max_wait) = if storm == 0 {
             (debounce, base_max_wait)
         } else {
-            (base_max_wait.max(debounce), base_max_wait * (1 << storm))
+            (base_max_wait.max(debounce), (base_max_wait * 4u32.pow(storm)).min(STORM_MAX_WAIT.max(base_max_wait)))
         };
         let deadline = pending.map(|(first, last)| (last + trailing).min(first + max_wait));
         tokio::select! {
@@ -180,6 +181,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         }
     }
 }
+
+/// The longest a storm of events can hold back a pass (see storm mode in [`run`]).
+const STORM_MAX_WAIT: Duration = Duration::from_secs(30);
 
 fn load_renderer(settings: &Settings) -> anyhow::Result<Renderer> {
     Ok(match &settings.nginx_template {
