@@ -371,3 +371,49 @@ async fn failed_present_still_cleans_up() {
     assert_eq!(calls.presented.len(), 1);
     assert_eq!(calls.cleaned, calls.presented, "cleanup runs for a response whose present failed");
 }
+
+#[tokio::test]
+async fn renewal_information_where_the_ca_offers_it_and_replaces_on_the_next_order() {
+    use crate::support::pebble::{AcmeProxy, FakeWindow};
+    let pebble = Pebble::start();
+    let store = tempfile::tempdir().unwrap();
+    let domain = DomainName::parse("ari.test").unwrap();
+
+    // Debian's pebble 2.4 offers no ARI: no window, no request, not an error.
+    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let issued = acme::issue(&account, &domain, &DnsSolver::new(&pebble, Dns::Correct)).await.unwrap();
+    let leaf = pem_ders(&issued.fullchain_pem).remove(0);
+    let id = smart_proxy::certs::store::ari_id(&parse_cert(&leaf)).expect("an AKI");
+    assert!(acme::renewal_info(&account, &id).await.unwrap().is_none());
+
+    // Through the proxy, which serves `renewalInfo` (RFC 9773).
+    let proxy = AcmeProxy::start(&pebble);
+    proxy.serve_renewal_info(FakeWindow { start: -60, end: 3600, retry_after: 120 });
+    let through = AcmeSettings {
+        directory: proxy.directory_url(),
+        ca_root: Some(proxy.ca_root_path()),
+        ..settings(&pebble, None)
+    };
+    let store = tempfile::tempdir().unwrap();
+    let account = acme::account(store.path(), &through).await.unwrap();
+    let (window, retry_after) = acme::renewal_info(&account, &id).await.unwrap().expect("a window");
+    let now = time::OffsetDateTime::now_utc();
+    assert!(window.start < now && window.end > now + time::Duration::minutes(59), "{window:?}");
+    assert!(retry_after <= Duration::from_secs(120) && retry_after > Duration::from_secs(110), "{retry_after:?}");
+    let asked = proxy.requests();
+    assert!(asked.iter().any(|r| r.method == "GET" && r.path == format!("/renewal-info/{id}")), "{asked:#?}");
+
+    // The renewal names the certificate it replaces.
+    let options = acme::IssueOptions { replaces: Some(id.clone()), journal: None };
+    let renewed = acme::issue_with(&account, &domain, &DnsSolver::new(&pebble, Dns::Correct), &options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+    verify_issued(&pebble, &renewed, "ari.test");
+    let orders = proxy.new_orders();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].payload.as_ref().unwrap()["replaces"], id.as_str());
+
+    // Against pebble directly (no ARI), `replaces` is left out rather than failing the order.
+    let account = acme::account(tempfile::tempdir().unwrap().path(), &settings(&pebble, None)).await.unwrap();
+    acme::issue_with(&account, &domain, &DnsSolver::new(&pebble, Dns::Correct), &options).await.unwrap();
+}

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine as _;
 use bytes::Bytes;
 use instant_acme::{
-    AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType, ExternalAccountKey, HttpClient, Identifier,
-    NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+    AuthorizationStatus, BodyWrapper, BytesResponse, CertificateIdentifier, ChallengeType, ExternalAccountKey,
+    HttpClient, Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -225,6 +225,14 @@ pub enum AcmeError {
     Validation { domain: DomainName, kind: ChallengeKind, problem: Option<Problem> },
     #[error("the ACME CA returned an unusable certificate for {domain}: {reason}")]
     BadCertificate { domain: DomainName, reason: String },
+    #[error("cannot {action} the journal of the order in progress for {domain} ({path}): {source}")]
+    Journal {
+        domain: DomainName,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot write the certificate for {domain} in {dir}: {source}")]
     Write {
         domain: DomainName,
@@ -283,6 +291,14 @@ impl AcmeError {
         match self {
             AcmeError::Ca { source: instant_acme::Error::Api(problem), .. } => Some(problem),
             AcmeError::Validation { problem, .. } => problem.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// When the CA asked to be tried again, if it did.
+    pub fn retry_at(&self) -> Option<SystemTime> {
+        match self {
+            AcmeError::Ca { retry_at, .. } => *retry_at,
             _ => None,
         }
     }
@@ -582,34 +598,233 @@ pub fn check_solver(domain: &DomainName, kind: ChallengeKind) -> Result<(), Acme
 ///
 /// Do not drop the future midway: cleanup would not run. It bounds its own time.
 pub async fn issue(account: &Account, domain: &DomainName, solver: &impl Solver) -> Result<Issued, AcmeError> {
+    issue_with(account, domain, solver, &IssueOptions::default()).await
+}
+
+/// Options of [`issue_with`].
+#[derive(Debug, Clone, Default)]
+pub struct IssueOptions {
+    /// ACME Renewal Information: the identifier of the certificate this order replaces
+    /// (`replaces`, RFC 9773 section 5). Sent only when the CA offers ARI.
+    pub replaces: Option<String>,
+    /// A directory journaling the order in progress (`<stem>.json`, 0600: the order URL, then
+    /// the key of its CSR before finalization). An order found there from an earlier process
+    /// that died is resumed when it got past validation, so no second order is placed and
+    /// no key is lost. The caller removes the journal ([`clear_journal`]) once the
+    /// certificate is written.
+    pub journal: Option<PathBuf>,
+}
+
+/// The journal of an order in progress.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    order: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_pem: Option<String>,
+}
+
+fn journal_path(dir: &Path, domain: &DomainName) -> PathBuf {
+    dir.join(format!("{}.json", domain.file_stem()))
+}
+
+fn write_journal(dir: &Path, domain: &DomainName, order: &str, key_pem: Option<&Secret>) -> Result<(), AcmeError> {
+    let path = journal_path(dir, domain);
+    let err = |action, source| AcmeError::Journal { domain: domain.clone(), action, path: path.clone(), source };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| err("create the directory of", e))?;
+    let journal = Journal { order: order.to_string(), key_pem: key_pem.map(|k| k.expose().to_string()) };
+    let json = serde_json::to_vec(&journal).expect("the journal serializes");
+    write_atomic(&path, &json, 0o600).map_err(|e| err("write", e))
+}
+
+fn read_journal(dir: &Path, domain: &DomainName) -> Option<Journal> {
+    // An unreadable journal is an order we cannot resume: a new order replaces it.
+    serde_json::from_slice(&std::fs::read(journal_path(dir, domain)).ok()?).ok()
+}
+
+/// Removes the journal of `domain`'s order (after its certificate is written, or when the order
+/// is dead).
+pub fn clear_journal(dir: &Path, domain: &DomainName) {
+    let _ = std::fs::remove_file(journal_path(dir, domain));
+}
+
+/// [`issue`] with `replaces` and a journal that survives the process (see [`IssueOptions`]).
+pub async fn issue_with(
+    account: &Account,
+    domain: &DomainName,
+    solver: &impl Solver,
+    options: &IssueOptions,
+) -> Result<Issued, AcmeError> {
     let kind = solver.kind();
     check_solver(domain, kind)?;
     with_capture(async {
-        let identifiers = [Identifier::Dns(domain.as_str().to_string())];
-        let mut order = account
-            .inner
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(|e| ca_error(format!("create an order for {domain}"), e))?;
-        debug!(%domain, order = order.url(), "created an ACME order");
-
-        let mut presented = Vec::new();
-        let validated = authorize(&mut order, domain, solver, &mut presented).await;
-        for challenge in &presented {
-            if let Err(e) = solver.cleanup(challenge).await {
-                warn!(%domain, kind = %kind, error = %e, "cannot clean up the ACME challenge response");
+        let journal_dir = options.journal.as_deref();
+        let (mut order, mut key_pem) = match resume(account, domain, journal_dir).await {
+            Some(resumed) => resumed,
+            None => {
+                let identifiers = [Identifier::Dns(domain.as_str().to_string())];
+                let replaces = options.replaces.as_deref().and_then(certificate_identifier);
+                let order = match replaces {
+                    Some(id) => match account.inner.new_order(&NewOrder::new(&identifiers).replaces(id)).await {
+                        // The CA has no ARI: instant-acme refuses `replaces` before sending anything.
+                        Err(instant_acme::Error::Unsupported(_)) => {
+                            account.inner.new_order(&NewOrder::new(&identifiers)).await
+                        }
+                        other => other,
+                    },
+                    None => account.inner.new_order(&NewOrder::new(&identifiers)).await,
+                }
+                .map_err(|e| ca_error(format!("create an order for {domain}"), e))?;
+                debug!(%domain, order = order.url(), "created an ACME order");
+                if let Some(dir) = journal_dir {
+                    write_journal(dir, domain, order.url(), None)?;
+                }
+                (order, None)
             }
-        }
-        validated?;
+        };
 
-        let key_pem = order.finalize().await.map_err(|e| ca_error(format!("finalize the order for {domain}"), e))?;
+        if order.state().status == OrderStatus::Pending {
+            let mut presented = Vec::new();
+            let validated = authorize(&mut order, domain, solver, &mut presented).await;
+            for challenge in &presented {
+                if let Err(e) = solver.cleanup(challenge).await {
+                    warn!(%domain, kind = %kind, error = %e, "cannot clean up the ACME challenge response");
+                }
+            }
+            validated?;
+        }
+
+        if order.state().status == OrderStatus::Ready {
+            let key = match key_pem.take() {
+                Some(key) => key,
+                None => Secret::new(
+                    rcgen::KeyPair::generate()
+                        .map_err(|e| AcmeError::BadCertificate {
+                            domain: domain.clone(),
+                            reason: format!("cannot generate its key: {e}"),
+                        })?
+                        .serialize_pem(),
+                ),
+            };
+            // The key is on disk (0600) before the CA can sign for it: a process killed from
+            // here on loses nothing.
+            if let Some(dir) = journal_dir {
+                write_journal(dir, domain, order.url(), Some(&key))?;
+            }
+            let csr = csr_der(domain, &key)?;
+            order.finalize_csr(&csr).await.map_err(|e| ca_error(format!("finalize the order for {domain}"), e))?;
+            key_pem = Some(key);
+        }
+        let Some(key_pem) = key_pem else {
+            return Err(AcmeError::Authorization {
+                domain: domain.clone(),
+                reason: "the order is past finalization but its key is unknown; the next attempt starts a new order"
+                    .to_string(),
+            });
+        };
         let fullchain_pem = order
             .poll_certificate(&CERT_POLICY)
             .await
             .map_err(|e| ca_error(format!("download the certificate for {domain}"), e))?;
         let not_after = check_chain(domain, &fullchain_pem)?;
+        check_key(domain, &fullchain_pem, &key_pem)?;
         info!(%domain, not_after = %not_after, "issued a certificate");
-        Ok(Issued { fullchain_pem, key_pem: Secret::new(key_pem), not_after })
+        Ok(Issued { fullchain_pem, key_pem, not_after })
+    })
+    .await
+}
+
+/// The order journaled by an earlier process, when it can be taken up where it was left:
+/// validated (ready), or finalized with its key journaled (processing, valid). An order still
+/// pending is given up (its validation starts afresh with a new order); so is one that is gone,
+/// failed or unreadable.
+async fn resume(account: &Account, domain: &DomainName, dir: Option<&Path>) -> Option<(Order, Option<Secret>)> {
+    let dir = dir?;
+    let journal = read_journal(dir, domain)?;
+    let key = journal.key_pem.map(Secret::new);
+    match account.inner.order(journal.order.clone()).await {
+        Ok(mut order) => {
+            let status = order.state().status;
+            let usable = match status {
+                OrderStatus::Ready => true,
+                OrderStatus::Processing | OrderStatus::Valid => key.is_some(),
+                _ => false,
+            };
+            if usable {
+                info!(%domain, order = %journal.order, status = ?status, "resuming the ACME order left by an earlier run");
+                return Some((order, key));
+            }
+            debug!(%domain, order = %journal.order, status = ?status, "not resuming the journaled ACME order");
+        }
+        Err(e) => debug!(%domain, order = %journal.order, error = %ca_text(&e), "the journaled ACME order is gone"),
+    }
+    clear_journal(dir, domain);
+    None
+}
+
+/// A CSR for `domain` signed with `key_pem`.
+fn csr_der(domain: &DomainName, key_pem: &Secret) -> Result<Vec<u8>, AcmeError> {
+    let bad = |reason: String| AcmeError::BadCertificate { domain: domain.clone(), reason };
+    let key = rcgen::KeyPair::from_pem(key_pem.expose()).map_err(|_| bad("the journaled key does not load".into()))?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.as_str().to_string()])
+        .map_err(|e| bad(format!("cannot build the CSR: {e}")))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(|e| bad(format!("cannot sign the CSR: {e}")))?;
+    Ok(csr.der().to_vec())
+}
+
+/// The key belongs to the chain's leaf.
+fn check_key(domain: &DomainName, fullchain_pem: &str, key_pem: &Secret) -> Result<(), AcmeError> {
+    use rcgen::PublicKeyData;
+    let bad = |reason: &str| AcmeError::BadCertificate { domain: domain.clone(), reason: reason.to_string() };
+    let key = rcgen::KeyPair::from_pem(key_pem.expose()).map_err(|_| bad("its private key does not load"))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(fullchain_pem.as_bytes()).map_err(|_| bad("no PEM leaf"))?;
+    let leaf = pem.parse_x509().map_err(|_| bad("the leaf does not parse"))?;
+    if key.subject_public_key_info() != leaf.public_key().raw {
+        return Err(bad("the leaf is not for the order's key"));
+    }
+    Ok(())
+}
+
+/// An RFC 9773 identifier (`aki.serial`) as instant-acme's type.
+fn certificate_identifier(id: &str) -> Option<CertificateIdentifier<'static>> {
+    let (aki, serial) = id.split_once('.')?;
+    Some(CertificateIdentifier { authority_key_identifier: aki.to_string().into(), serial: serial.to_string().into() })
+}
+
+// --- ACME Renewal Information (RFC 9773)
+
+/// A suggested renewal window, as the CA sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuggestedWindow {
+    pub start: time::OffsetDateTime,
+    pub end: time::OffsetDateTime,
+    pub explanation_url: Option<String>,
+}
+
+/// The CA's suggested renewal window for the certificate `cert_id` (`aki.serial`) and how long
+/// to cache it (the CA's Retry-After). `Ok(None)` when the CA does not offer ARI.
+pub async fn renewal_info(account: &Account, cert_id: &str) -> Result<Option<(SuggestedWindow, Duration)>, AcmeError> {
+    let step = || format!("fetch the renewal information of certificate {cert_id}");
+    let Some(id) = certificate_identifier(cert_id) else {
+        return Err(ca_error(step(), instant_acme::Error::Other("not an ARI certificate identifier".into())));
+    };
+    with_capture(async {
+        match account.inner.renewal_info(&id).await {
+            Ok((info, retry_after)) => Ok(Some((
+                SuggestedWindow {
+                    start: info.suggested_window.start,
+                    end: info.suggested_window.end,
+                    explanation_url: info.explanation_url,
+                },
+                retry_after,
+            ))),
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(ca_error(step(), e)),
+        }
     })
     .await
 }

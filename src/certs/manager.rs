@@ -10,18 +10,49 @@ use std::time::Duration;
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::acme::{self, AcmeSettings, ChallengeKind, ChallengeResponse, Solver, SolverError};
 use super::cloudflare::{Cloudflare, Credentials, RecordId, Zone};
 use super::dns::{self, Dns, Verdict};
-use super::plan::{plan, Challenge, Plan, PlanSettings};
-use super::store::{backoff, CertStore, DomainState};
+use super::plan::{plan, Challenge, Plan, PlanSettings, Reason};
+use super::store::{backoff, AriState, CertStore, DomainState, RenewalWindow};
 use crate::routes::DomainName;
 use crate::settings::{DnsCheck, Settings};
 
 /// Expiry warnings start this many days before a certificate expires.
 pub const WARN_DAYS: i64 = 14;
+
+/// A CA's Retry-After for renewal information is clamped to this range (RFC 9773 section 4.3.3
+/// asks clients to bound it).
+const ARI_MIN_REFETCH: Duration = Duration::from_secs(60);
+const ARI_MAX_REFETCH: Duration = Duration::from_secs(24 * 3600);
+
+/// A random `u64` (std's randomly keyed hasher), for the point chosen in a renewal window.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.finish()
+}
+
+/// When to try again after `error`, the `failures`-th in a row: (the wait, unix seconds). A CA's
+/// rate limit with a Retry-After is waited out exactly (the CA said when; waiting longer only
+/// delays the certificate); other failures back off exponentially, at least until any
+/// Retry-After. The time is rounded up to the second, so no attempt comes before Retry-After.
+fn retry_plan(failures: u32, error: &acme::AcmeError) -> (Duration, i64) {
+    let now = std::time::SystemTime::now();
+    let retry_at = error.retry_at();
+    let wait = match retry_at.and_then(|at| at.duration_since(now).ok()) {
+        Some(retry_after) if error.is_rate_limited() => retry_after.max(Duration::from_secs(1)),
+        retry_after => backoff(failures, retry_after),
+    };
+    let at = (now + wait).max(retry_at.unwrap_or(now));
+    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs() as i64 + i64::from(since_epoch.subsec_nanos() > 0);
+    (wait, secs)
+}
 
 /// What one batch did.
 #[derive(Debug, Default)]
@@ -61,12 +92,12 @@ impl CertManager {
         )?;
         let cloudflare = credentials.map(|c| Cloudflare::new(&settings.cloudflare_api_base, c)).transpose()?;
         let solver = match &cloudflare {
-            Some(cf) => AnySolver::Dns(CloudflareSolver {
+            Some(cf) => AnySolver::Dns(Box::new(CloudflareSolver {
                 cloudflare: cf.clone(),
                 dns: dns.clone(),
                 timeout: settings.dns_propagation_timeout.into(),
                 created: Mutex::new(HashMap::new()),
-            }),
+            })),
             None => AnySolver::Http(WebrootSolver { webroot: settings.acme_webroot.clone() }),
         };
         let eab = match (&settings.acme_eab_kid, &settings.acme_eab_hmac_key) {
@@ -105,20 +136,91 @@ impl CertManager {
     /// What would be ordered now (for `--dry-run` and the batch itself).
     pub fn plan(&self, domains: &[DomainName], forced: &[DomainName]) -> Plan {
         let settings = PlanSettings { renew_days: self.renew_days, dns01: self.challenge() == Challenge::Dns01 };
-        plan(domains, |d| (self.store.info(d), self.store.state(d)), forced, settings, OffsetDateTime::now_utc())
+        let lookup = |d: &DomainName| (self.store.info(d), self.store.state(d), self.store.current_ari(d));
+        plan(domains, lookup, forced, settings, OffsetDateTime::now_utc())
     }
 
-    /// The earliest time a domain in backoff may be tried again.
+    /// The earliest time something is due: a domain in backoff may be tried again, the point
+    /// chosen in a CA's renewal window (ARI) arrives, or a cached window must be fetched again.
     pub fn next_retry(&self, domains: &[DomainName]) -> Option<OffsetDateTime> {
         // Only future times: a stale `next_try` in the past (a domain whose certificate is fine
         // again) must not hide another domain's coming retry.
         let now = OffsetDateTime::now_utc().unix_timestamp();
         domains
             .iter()
-            .filter_map(|d| self.store.state(d).next_try)
+            .flat_map(|d| {
+                let ari = self.store.current_ari(d);
+                let renew_at = ari.as_ref().and_then(|a| a.window.as_ref()).map(|w| w.renew_at);
+                [self.store.state(d).next_try, renew_at, ari.map(|a| a.next_fetch)]
+            })
+            .flatten()
             .filter(|t| *t > now)
             .min()
             .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+    }
+
+    /// ACME Renewal Information: fetches the CA's suggested window for each real certificate
+    /// whose cached window is missing, stale (another certificate) or past its Retry-After. A CA
+    /// without ARI, or one that cannot be reached, leaves the days-left threshold alone to decide.
+    async fn refresh_ari(&self, domains: &[DomainName]) {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let due: Vec<(DomainName, String, Option<AriState>)> = domains
+            .iter()
+            .filter_map(|d| {
+                let id = self.store.ari_id(d)?;
+                let cached = self.store.ari(d);
+                let fresh = cached.as_ref().is_some_and(|a| a.cert_id == id && a.next_fetch > now);
+                (!fresh).then(|| (d.clone(), id, cached))
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let account = match self.account().await {
+            Ok(account) => account,
+            Err(e) => {
+                debug!("renewal information not fetched: {e}");
+                return;
+            }
+        };
+        let _ = futures::stream::iter(due)
+            .map(|(domain, id, cached)| async move {
+                let now = OffsetDateTime::now_utc().unix_timestamp();
+                let ari = match acme::renewal_info(account, &id).await {
+                    // No ARI at this CA: nothing to cache, the threshold decides.
+                    Ok(None) => return false,
+                    Ok(Some((window, retry_after))) => {
+                        let retry_after = retry_after.clamp(ARI_MIN_REFETCH, ARI_MAX_REFETCH);
+                        let previous = cached.as_ref().filter(|a| a.cert_id == id).and_then(|a| a.window.as_ref());
+                        let window = RenewalWindow::new(
+                            window.start.unix_timestamp(),
+                            window.end.unix_timestamp(),
+                            window.explanation_url,
+                            random_u64(),
+                        )
+                        .keep_point(previous);
+                        debug!(%domain, start = window.start, end = window.end, renew_at = window.renew_at, "renewal window from the CA");
+                        AriState { cert_id: id, next_fetch: now + retry_after.as_secs() as i64, window: Some(window) }
+                    }
+                    // The CA answered but knows no window for this certificate (another CA
+                    // issued it): ask again later.
+                    Err(e) if e.problem().is_some() => {
+                        debug!(%domain, "no renewal window: {e}");
+                        AriState { cert_id: id, next_fetch: now + ARI_MAX_REFETCH.as_secs() as i64, window: None }
+                    }
+                    Err(e) => {
+                        debug!(%domain, "renewal information not fetched: {e}");
+                        return true;
+                    }
+                };
+                if let Err(e) = self.store.save_ari(&domain, &ari) {
+                    warn!("{e}");
+                }
+                true
+            })
+            .buffer_unordered(self.concurrency.max(1))
+            .collect::<Vec<bool>>()
+            .await;
     }
 
     /// Orders what the plan says, at most `concurrency` at a time.
@@ -132,6 +234,7 @@ impl CertManager {
                 }
             }
         }
+        self.refresh_ari(domains).await;
         let plan = self.plan(domains, forced);
         for (domain, skip) in &plan.skipped {
             if let super::plan::Skip::WildcardNeedsDns01 = skip {
@@ -141,7 +244,7 @@ impl CertManager {
         let results: Vec<(DomainName, Result<(), String>)> = futures::stream::iter(plan.orders.clone())
             .map(|order| async move {
                 info!(domain = %order.domain, reason = %order.reason, challenge = %order.challenge, "ordering a certificate");
-                let result = self.order(&order.domain).await;
+                let result = self.order(&order.domain, &order.reason).await;
                 (order.domain, result)
             })
             .buffer_unordered(self.concurrency.max(1))
@@ -163,7 +266,7 @@ impl CertManager {
     }
 
     /// One domain: lock, DNS check, order, write, record the outcome.
-    async fn order(&self, domain: &DomainName) -> Result<(), String> {
+    async fn order(&self, domain: &DomainName, reason: &Reason) -> Result<(), String> {
         let lock = match self.store.try_lock(domain) {
             Ok(Some(lock)) => lock,
             Ok(None) => return Err("another order for this domain is running (lock held)".into()),
@@ -184,13 +287,21 @@ impl CertManager {
             }
             return Err(reason);
         }
+        // ARI: a renewal names the certificate it replaces, when the CA gave a window for it.
+        let replaces = match reason {
+            Reason::Missing | Reason::Placeholder => None,
+            _ => self.store.current_ari(domain).filter(|a| a.window.is_some()).map(|a| a.cert_id),
+        };
+        let journal = self.store.pending_dir();
+        let options = acme::IssueOptions { replaces, journal: Some(journal.clone()) };
         let result = async {
             let account = self.account().await?;
             let issued = match &self.solver {
-                AnySolver::Dns(s) => acme::issue(account, domain, s).await?,
-                AnySolver::Http(s) => acme::issue(account, domain, s).await?,
+                AnySolver::Dns(s) => acme::issue_with(account, domain, s.as_ref(), &options).await?,
+                AnySolver::Http(s) => acme::issue_with(account, domain, s, &options).await?,
             };
             acme::write_certificate(&self.store.dir, domain, &issued)?;
+            acme::clear_journal(&journal, domain);
             Ok::<_, acme::AcmeError>(issued)
         }
         .await;
@@ -202,8 +313,8 @@ impl CertManager {
             }
             Err(e) => {
                 state.failures += 1;
-                let wait = backoff(state.failures, e.retry_after());
-                state.next_try = Some(OffsetDateTime::now_utc().unix_timestamp() + wait.as_secs() as i64);
+                let (wait, next_try) = retry_plan(state.failures, &e);
+                state.next_try = Some(next_try);
                 state.last_error = Some(e.to_string());
                 let rate = if e.is_rate_limited() { " (rate limited by the CA)" } else { "" };
                 warn!(%domain, failures = state.failures, retry_in = %humantime::format_duration(wait), "certificate order failed{rate}: {e}; an existing certificate stays in use");
@@ -262,7 +373,7 @@ impl CertManager {
 
 enum AnySolver {
     Http(WebrootSolver),
-    Dns(CloudflareSolver),
+    Dns(Box<CloudflareSolver>),
 }
 
 /// HTTP-01: the key authorization as a file under the webroot nginx serves on port 80.
@@ -337,5 +448,41 @@ impl Solver for CloudflareSolver {
             self.cloudflare.delete_record(&zone, &id).await.map_err(|e| SolverError::new(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    fn ca_error(status: u16, kind: &str, retry_at: Option<SystemTime>) -> acme::AcmeError {
+        acme::AcmeError::Ca {
+            step: "create an order for a.test".into(),
+            source: instant_acme::Error::Api(acme::Problem {
+                r#type: Some(kind.into()),
+                detail: None,
+                status: Some(status),
+                subproblems: vec![],
+            }),
+            status: Some(status),
+            retry_at,
+        }
+    }
+
+    #[test]
+    fn a_rate_limit_is_waited_out_exactly_and_never_cut_short() {
+        let at = SystemTime::now() + Duration::from_millis(2500);
+        let (wait, next_try) = retry_plan(1, &ca_error(429, acme::RATE_LIMITED, Some(at)));
+        assert!(wait <= Duration::from_millis(2500) && wait >= Duration::from_secs(2), "{wait:?}");
+        let at_secs = at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(next_try as f64 >= at_secs && (next_try as f64) < at_secs + 1.0, "{next_try} vs {at_secs}");
+
+        // Other failures back off exponentially; a Retry-After is a floor.
+        let (wait, _) = retry_plan(1, &ca_error(500, "urn:ietf:params:acme:error:serverInternal", Some(at)));
+        assert_eq!(wait, Duration::from_secs(300));
+        // A rate limit without Retry-After backs off like any failure.
+        let (wait, _) = retry_plan(2, &ca_error(429, acme::RATE_LIMITED, None));
+        assert_eq!(wait, Duration::from_secs(600));
     }
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::store::{CertInfo, DomainState};
+use super::store::{AriState, CertInfo, DomainState};
 use crate::routes::DomainName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -28,7 +28,13 @@ impl std::fmt::Display for Challenge {
 pub enum Reason {
     Missing,
     Placeholder,
-    Expiring { days_left: i64 },
+    Expiring {
+        days_left: i64,
+    },
+    /// The CA's renewal window (ACME Renewal Information) says to renew now.
+    RenewalWindow {
+        renew_at: i64,
+    },
     Forced,
 }
 
@@ -38,6 +44,7 @@ impl std::fmt::Display for Reason {
             Reason::Missing => f.write_str("no certificate"),
             Reason::Placeholder => f.write_str("placeholder certificate"),
             Reason::Expiring { days_left } => write!(f, "{days_left} days left"),
+            Reason::RenewalWindow { .. } => f.write_str("the CA's renewal window (ARI) says to renew"),
             Reason::Forced => f.write_str("renewal forced"),
         }
     }
@@ -88,25 +95,39 @@ pub struct PlanSettings {
     pub dns01: bool,
 }
 
+/// What the store knows about one domain: its certificate, its renewal state, and the CA's
+/// renewal information (ARI) cached for that very certificate.
+pub type Known = (Option<CertInfo>, DomainState, Option<AriState>);
+
 /// Plans orders for `domains` (the TLS domains of the route table). `forced` domains are ordered
-/// whatever their state, backoff included.
+/// whatever their state, backoff included. A certificate is renewed when `renew_days` or fewer
+/// are left, or once the point chosen in the CA's renewal window (ARI) for this very certificate
+/// has passed.
 pub fn plan(
     domains: &[DomainName],
-    lookup: impl Fn(&DomainName) -> (Option<CertInfo>, DomainState),
+    lookup: impl Fn(&DomainName) -> Known,
     forced: &[DomainName],
     settings: PlanSettings,
     now: OffsetDateTime,
 ) -> Plan {
     let mut plan = Plan::default();
     for domain in domains {
-        let (info, state) = lookup(domain);
+        let (info, state, ari) = lookup(domain);
         let force = forced.contains(domain);
+        let window = ari
+            .as_ref()
+            .and_then(|a| a.window.as_ref())
+            .filter(|w| w.renew_at <= now.unix_timestamp())
+            .map(|w| w.renew_at);
         let reason = match &info {
             _ if force => Reason::Forced,
             None => Reason::Missing,
             Some(i) if i.placeholder => Reason::Placeholder,
             Some(i) if i.days_left(now) <= settings.renew_days => Reason::Expiring { days_left: i.days_left(now) },
-            Some(_) => continue,
+            Some(_) => match window {
+                Some(renew_at) => Reason::RenewalWindow { renew_at },
+                None => continue,
+            },
         };
         if domain.is_wildcard() && !settings.dns01 {
             plan.skipped.push((domain.clone(), Skip::WildcardNeedsDns01));
@@ -149,9 +170,9 @@ mod tests {
             d("*.wild.com"),
         ];
         let lookup = |domain: &DomainName| match domain.as_str() {
-            "placeholder.com" => (Some(cert(7, true, now)), DomainState::default()),
-            "expiring.com" => (Some(cert(10, false, now)), DomainState::default()),
-            "fresh.com" => (Some(cert(80, false, now)), DomainState::default()),
+            "placeholder.com" => (Some(cert(7, true, now)), DomainState::default(), None),
+            "expiring.com" => (Some(cert(10, false, now)), DomainState::default(), None),
+            "fresh.com" => (Some(cert(80, false, now)), DomainState::default(), None),
             "failing.com" => (
                 None,
                 DomainState {
@@ -160,8 +181,9 @@ mod tests {
                     next_try: Some(now.unix_timestamp() + 60),
                     last_attempt: None,
                 },
+                None,
             ),
-            _ => (None, DomainState::default()),
+            _ => (None, DomainState::default(), None),
         };
         let settings = PlanSettings { renew_days: 30, dns01: false };
         let p = plan(&domains, lookup, &[], settings, now);
@@ -189,5 +211,41 @@ mod tests {
         assert!(p.orders.iter().any(|o| o.domain.as_str() == "fresh.com" && o.reason == Reason::Forced));
         assert!(p.orders.iter().any(|o| o.domain.as_str() == "failing.com"), "forcing overrides backoff");
         assert!(p.orders.iter().any(|o| o.domain.as_str() == "*.wild.com" && o.challenge == Challenge::Dns01));
+    }
+
+    #[test]
+    fn the_cas_renewal_window_renews_a_fresh_certificate_once_its_point_passed() {
+        use crate::certs::store::RenewalWindow;
+        let now = OffsetDateTime::now_utc();
+        let t = now.unix_timestamp();
+        let ari = |cert_id: &str, renew_at: i64| AriState {
+            cert_id: cert_id.into(),
+            next_fetch: t + 3600,
+            window: Some(RenewalWindow { start: t - 100, end: t + 100, renew_at, explanation_url: None }),
+        };
+        let domains = [d("due.com"), d("later.com"), d("no-window.com"), d("failed.com")];
+        let lookup = |domain: &DomainName| {
+            let fresh = Some(cert(60, false, now));
+            match domain.as_str() {
+                "due.com" => (fresh, DomainState::default(), Some(ari("aki.serial", t - 1))),
+                "later.com" => (fresh, DomainState::default(), Some(ari("aki.serial", t + 50))),
+                "no-window.com" => (
+                    fresh,
+                    DomainState::default(),
+                    Some(AriState { cert_id: "aki.serial".into(), next_fetch: t + 60, window: None }),
+                ),
+                _ => (
+                    fresh,
+                    DomainState { failures: 1, next_try: Some(t + 60), ..Default::default() },
+                    Some(ari("aki.serial", t - 1)),
+                ),
+            }
+        };
+        let p = plan(&domains, lookup, &[], PlanSettings { renew_days: 30, dns01: false }, now);
+        assert_eq!(p.orders.len(), 1, "{p:?}");
+        assert_eq!(p.orders[0].domain, d("due.com"));
+        assert_eq!(p.orders[0].reason, Reason::RenewalWindow { renew_at: t - 1 });
+        assert_eq!(p.orders[0].reason.to_string(), "the CA's renewal window (ARI) says to renew");
+        assert!(matches!(&p.skipped[..], [(name, Skip::Backoff { .. })] if name.as_str() == "failed.com"), "{p:?}");
     }
 }

@@ -54,6 +54,50 @@ pub struct DomainState {
     pub last_attempt: Option<i64>,
 }
 
+/// What the CA's ACME Renewal Information (RFC 9773) said about one certificate, cached until
+/// the CA's Retry-After. Persisted per domain next to its renewal state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AriState {
+    /// The certificate this is about (see [`CertInfo::ari_id`]); stale once the certificate on
+    /// disk is another one.
+    pub cert_id: String,
+    /// Unix seconds after which the window is fetched again.
+    pub next_fetch: i64,
+    /// The suggested window; `None` when the CA answered but has none for this certificate
+    /// (it did not issue it).
+    pub window: Option<RenewalWindow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalWindow {
+    /// Unix seconds.
+    pub start: i64,
+    pub end: i64,
+    /// The random point in the window chosen for this certificate (RFC 9773 section 4.2): the
+    /// renewal starts once it has passed.
+    pub renew_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation_url: Option<String>,
+}
+
+impl RenewalWindow {
+    /// A window from `start` to `end` with `renew_at` chosen uniformly in it by `random`
+    /// (a uniform `u64`). A window that ends before it starts is treated as its start.
+    pub fn new(start: i64, end: i64, explanation_url: Option<String>, random: u64) -> Self {
+        let span = end.saturating_sub(start).max(0) as u64;
+        let offset = if span == 0 { 0 } else { random % (span + 1) };
+        RenewalWindow { start, end: end.max(start), renew_at: start + offset as i64, explanation_url }
+    }
+
+    /// The same window, keeping the point already chosen when the CA's window did not change.
+    pub fn keep_point(self, previous: Option<&RenewalWindow>) -> Self {
+        match previous {
+            Some(p) if p.start == self.start && p.end == self.end => RenewalWindow { renew_at: p.renew_at, ..self },
+            _ => self,
+        }
+    }
+}
+
 /// Backoff after `failures` consecutive failures: 5 min doubling up to 24 h; a CA's Retry-After
 /// wins when longer.
 pub fn backoff(failures: u32, retry_after: Option<Duration>) -> Duration {
@@ -83,6 +127,49 @@ impl CertStore {
 
     fn state_path(&self, domain: &DomainName) -> PathBuf {
         self.dir.join("smart-proxy/state").join(format!("{}.json", domain.file_stem()))
+    }
+
+    fn ari_path(&self, domain: &DomainName) -> PathBuf {
+        self.dir.join("smart-proxy/ari").join(format!("{}.json", domain.file_stem()))
+    }
+
+    /// Where an order in progress is journaled (its URL, then the key of its CSR), so that a
+    /// restarted agent resumes it instead of placing another: `smart-proxy/pending/`.
+    pub fn pending_dir(&self) -> PathBuf {
+        self.dir.join("smart-proxy/pending")
+    }
+
+    /// The cached renewal information of the domain's certificate, if any (for whichever
+    /// certificate it was fetched: compare `cert_id` with [`CertStore::ari_id`]).
+    pub fn ari(&self, domain: &DomainName) -> Option<AriState> {
+        std::fs::read(self.ari_path(domain)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// The cached renewal information, only when it is about the certificate on disk now.
+    pub fn current_ari(&self, domain: &DomainName) -> Option<AriState> {
+        let ari = self.ari(domain)?;
+        (self.ari_id(domain).as_deref() == Some(ari.cert_id.as_str())).then_some(ari)
+    }
+
+    /// The RFC 9773 identifier of the domain's certificate on disk (`None` for a placeholder, or
+    /// a certificate without an authority key identifier).
+    pub fn ari_id(&self, domain: &DomainName) -> Option<String> {
+        let pem = std::fs::read(self.live_dir(domain).join("fullchain.pem")).ok()?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+        let cert = pem.parse_x509().ok()?;
+        let placeholder = cert.subject().iter_organization().any(|o| o.as_str().ok() == Some(PLACEHOLDER_ORG));
+        if placeholder {
+            return None;
+        }
+        ari_id(&cert)
+    }
+
+    pub fn save_ari(&self, domain: &DomainName, ari: &AriState) -> Result<(), StoreError> {
+        let path = self.ari_path(domain);
+        let io = |action, source| StoreError::Io { action, path: path.clone(), source };
+        std::fs::create_dir_all(path.parent().expect("ari path has a parent")).map_err(|e| io("create", e))?;
+        let bytes = serde_json::to_vec_pretty(ari).expect("ARI state serializes");
+        write_atomic(&path, &bytes, 0o644).map_err(|e| io("write", e))
     }
 
     /// Reads the certificate at the domain's certbot path, if any.
@@ -143,6 +230,19 @@ pub fn parse_info(pem: &[u8]) -> Option<CertInfo> {
     Some(CertInfo { issuer: cert.issuer().to_string(), not_after, placeholder })
 }
 
+/// The RFC 9773 certificate identifier: the authority key identifier's `keyIdentifier` and the
+/// DER serial number, each base64url without padding, joined by a dot.
+pub fn ari_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    use base64::Engine as _;
+    use x509_parser::extensions::ParsedExtension;
+    let aki = cert.iter_extensions().find_map(|ext| match ext.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
+        _ => None,
+    })?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    Some(format!("{}.{}", b64.encode(aki), b64.encode(cert.tbs_certificate.raw_serial())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +278,54 @@ mod tests {
         drop(held);
         assert!(!store.is_locked(&domain));
         assert!(store.try_lock(&domain).unwrap().is_some(), "released on drop");
+    }
+
+    #[test]
+    fn a_lock_left_by_a_killed_process_does_not_block() {
+        // Another process (util-linux's flock(1)) takes the domain's lock and is killed with
+        // SIGKILL: its lock file stays behind, the lock itself goes with the process.
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::new(dir.path());
+        let domain = DomainName::parse("stale.example.com").unwrap();
+        drop(store.try_lock(&domain).unwrap());
+        let mut holder = std::process::Command::new("flock")
+            .arg(store.lock_path(&domain))
+            .args(["sleep", "60"])
+            .spawn()
+            .expect("run flock(1) from util-linux");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !store.is_locked(&domain) {
+            assert!(std::time::Instant::now() < deadline, "flock(1) did not take the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(store.try_lock(&domain).unwrap().is_none(), "held by the other process");
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert!(store.lock_path(&domain).exists(), "the lock file is left behind");
+        assert!(!store.is_locked(&domain));
+        assert!(store.try_lock(&domain).unwrap().is_some(), "a stale lock file does not block");
+    }
+
+    #[test]
+    fn renewal_window_point_is_inside_and_kept_while_the_window_stays() {
+        for random in [0, 1, 599, 600, 601, u64::MAX] {
+            let w = RenewalWindow::new(1000, 1600, None, random);
+            assert!((1000..=1600).contains(&w.renew_at), "{w:?}");
+        }
+        assert_eq!(RenewalWindow::new(1000, 900, None, 7).renew_at, 1000, "an inverted window is its start");
+        let first = RenewalWindow::new(1000, 1600, None, 5);
+        let again = RenewalWindow::new(1000, 1600, None, 400).keep_point(Some(&first));
+        assert_eq!(again.renew_at, first.renew_at);
+        let moved = RenewalWindow::new(0, 10, None, 3).keep_point(Some(&first));
+        assert_eq!(moved.renew_at, 3, "a new window gets a new point");
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::new(dir.path());
+        let domain = DomainName::parse("a.example.com").unwrap();
+        assert_eq!(store.ari(&domain), None);
+        let ari = AriState { cert_id: "aki.serial".into(), next_fetch: 5, window: Some(first) };
+        store.save_ari(&domain, &ari).unwrap();
+        assert_eq!(store.ari(&domain), Some(ari));
     }
 }
 

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Paths of Debian's `pebble` package (installed by `.ci/run`).
@@ -403,4 +403,361 @@ impl Pebble {
             .unwrap_or_else(|| panic!("no pebble root named {}", last.issuer()));
         last.verify_signature(Some(root.public_key())).expect("signed by pebble's root");
     }
+}
+
+// --- A proxy in front of pebble: rate limits, held requests, renewal information
+
+/// An HTTPS proxy in front of [`Pebble`]'s ACME API, for what pebble itself cannot do: answer
+/// new-order requests with a rate limit (429 `rateLimited` + Retry-After), hold a request (an
+/// order in progress when the agent is killed), and serve ACME Renewal Information (RFC 9773;
+/// Debian's pebble 2.4 has none). It terminates TLS with its own test CA
+/// ([`AcmeProxy::ca_root_path`]) and forwards each request to pebble over TLS with the `Host` it
+/// received, so pebble's URLs (built from `Host`) all point back at the proxy and its JWS `url`
+/// checks hold. Every request is recorded with its time.
+pub struct AcmeProxy {
+    dir: tempfile::TempDir,
+    port: u16,
+    shared: Arc<ProxyShared>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxiedRequest {
+    pub method: String,
+    pub path: String,
+    pub at: std::time::SystemTime,
+    pub status: u16,
+    /// The decoded JWS payload of a POST (`None` for POST-as-GET and GETs).
+    pub payload: Option<serde_json::Value>,
+}
+
+impl ProxiedRequest {
+    /// The first DNS identifier of a new-order payload.
+    pub fn order_domain(&self) -> Option<String> {
+        self.payload.as_ref()?["identifiers"][0]["value"].as_str().map(String::from)
+    }
+}
+
+/// A renewal window relative to the moment it is asked for, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct FakeWindow {
+    pub start: i64,
+    pub end: i64,
+    pub retry_after: u64,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    requests: Vec<ProxiedRequest>,
+    /// New-order requests still to answer with 429, and the Retry-After to send.
+    rate_limit: (usize, u64),
+    /// Requests whose path contains this are held until released.
+    hold: Option<String>,
+    held: usize,
+    /// `Some(forward)` once released.
+    released: Option<bool>,
+    ari: Option<FakeWindow>,
+}
+
+struct ProxyShared {
+    upstream_port: u16,
+    upstream_tls: Arc<rustls::ClientConfig>,
+    new_order_path: String,
+    state: Mutex<ProxyState>,
+}
+
+impl AcmeProxy {
+    pub fn start(pebble: &Pebble) -> AcmeProxy {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, cert_pem, key_pem) = tls_certificates();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(pebble.ca_root_pem.as_bytes()).unwrap()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (_, directory) = pebble.https_get(pebble.acme_port, "/dir").expect("pebble's directory");
+        let directory: serde_json::Value = serde_json::from_slice(&directory).unwrap();
+        let new_order = directory["newOrder"].as_str().expect("newOrder");
+        let new_order_path = new_order.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(ProxyShared {
+            upstream_port: pebble.acme_port,
+            upstream_tls: Arc::new(client),
+            new_order_path,
+            state: Mutex::new(ProxyState::default()),
+        });
+        let server = Arc::new(server);
+        let weak = Arc::downgrade(&shared);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Some(shared) = weak.upgrade() else { break };
+                let Ok(stream) = stream else { continue };
+                let server = server.clone();
+                std::thread::spawn(move || serve_connection(stream, server, shared));
+            }
+        });
+        AcmeProxy { dir, port, shared }
+    }
+
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// The CA of the proxy's TLS certificate (the ACME client's `ACME_CA_ROOT`).
+    pub fn ca_root_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Answers the next `count` new-order requests with 429 `rateLimited` and `Retry-After:
+    /// retry_after` seconds, without forwarding them.
+    pub fn rate_limit_new_orders(&self, count: usize, retry_after: u64) {
+        self.shared.state.lock().unwrap().rate_limit = (count, retry_after);
+    }
+
+    /// Holds every request whose path contains `pattern` (e.g. `finalize`) until [`release`].
+    pub fn hold(&self, pattern: &str) {
+        let mut state = self.shared.state.lock().unwrap();
+        state.hold = Some(pattern.to_string());
+        state.released = None;
+    }
+
+    /// How many requests are being held (or were, before a release).
+    pub fn held(&self) -> usize {
+        self.shared.state.lock().unwrap().held
+    }
+
+    /// Ends the hold: held requests are forwarded (`forward`) or their connections dropped
+    /// unanswered; later requests pass.
+    pub fn release(&self, forward: bool) {
+        let mut state = self.shared.state.lock().unwrap();
+        state.hold = None;
+        state.released = Some(forward);
+    }
+
+    /// Adds `renewalInfo` to the directory and answers it with `window`.
+    pub fn serve_renewal_info(&self, window: FakeWindow) {
+        self.shared.state.lock().unwrap().ari = Some(window);
+    }
+
+    pub fn requests(&self) -> Vec<ProxiedRequest> {
+        self.shared.state.lock().unwrap().requests.clone()
+    }
+
+    /// The new-order requests so far (answered or not).
+    pub fn new_orders(&self) -> Vec<ProxiedRequest> {
+        let path = &self.shared.new_order_path;
+        self.requests().into_iter().filter(|r| r.method == "POST" && &r.path == path).collect()
+    }
+}
+
+struct HttpRequest {
+    method: String,
+    path: String,
+    host: String,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+fn read_request(reader: &mut impl std::io::BufRead) -> Option<HttpRequest> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let mut lines = head.lines();
+    let mut first = lines.next()?.split_whitespace();
+    let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
+    let (mut host, mut content_type, mut length) = (String::new(), None, 0usize);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim().to_string();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "host" => host = value,
+            "content-type" => content_type = Some(value),
+            "content-length" => length = value.parse().ok()?,
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(HttpRequest { method, path, host, content_type, body })
+}
+
+fn jws_payload(body: &[u8]) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let jws: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jws["payload"].as_str()?).ok()?;
+    serde_json::from_slice(&payload).ok()
+}
+
+struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn serve_connection(stream: TcpStream, server: Arc<rustls::ServerConfig>, shared: Arc<ProxyShared>) {
+    let Ok(connection) = rustls::ServerConnection::new(server) else { return };
+    let tls = rustls::StreamOwned::new(connection, stream);
+    let mut reader = std::io::BufReader::new(tls);
+    while let Some(request) = read_request(&mut reader) {
+        let Some(response) = handle(&shared, &request) else { return };
+        let mut out = format!("HTTP/1.1 {} X\r\n", response.status);
+        for (name, value) in &response.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str(&format!("Content-Length: {}\r\n\r\n", response.body.len()));
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&response.body);
+        let tls = reader.get_mut();
+        if tls.write_all(&bytes).and_then(|_| tls.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The proxy's answer to one request; `None` drops the connection unanswered.
+fn handle(shared: &ProxyShared, request: &HttpRequest) -> Option<HttpResponse> {
+    let payload = if request.method == "POST" { jws_payload(&request.body) } else { None };
+    let record = |status: u16| {
+        shared.state.lock().unwrap().requests.push(ProxiedRequest {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            at: std::time::SystemTime::now(),
+            status,
+            payload: payload.clone(),
+        });
+    };
+    let json = |status: u16, headers: Vec<(String, String)>, body: serde_json::Value| HttpResponse {
+        status,
+        headers,
+        body: body.to_string().into_bytes(),
+    };
+
+    // Renewal information.
+    let ari = shared.state.lock().unwrap().ari;
+    if let (Some(window), Some(_id)) = (ari, request.path.strip_prefix("/renewal-info/")) {
+        let now = time::OffsetDateTime::now_utc();
+        let at = |offset: i64| {
+            (now + time::Duration::seconds(offset)).format(&time::format_description::well_known::Rfc3339).unwrap()
+        };
+        record(200);
+        let body = serde_json::json!({ "suggestedWindow": { "start": at(window.start), "end": at(window.end) } });
+        let headers = vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Retry-After".into(), window.retry_after.to_string()),
+        ];
+        return Some(json(200, headers, body));
+    }
+
+    // Rate limit on new orders.
+    if request.method == "POST" && request.path == shared.new_order_path {
+        let mut state = shared.state.lock().unwrap();
+        if state.rate_limit.0 > 0 {
+            state.rate_limit.0 -= 1;
+            let retry_after = state.rate_limit.1;
+            drop(state);
+            record(429);
+            let body = serde_json::json!({
+                "type": "urn:ietf:params:acme:error:rateLimited",
+                "detail": "too many new orders recently (test proxy)",
+                "status": 429,
+            });
+            let headers = vec![
+                ("Content-Type".into(), "application/problem+json".into()),
+                ("Retry-After".into(), retry_after.to_string()),
+            ];
+            return Some(json(429, headers, body));
+        }
+    }
+
+    // Held requests.
+    let pattern = shared.state.lock().unwrap().hold.clone();
+    if pattern.is_some_and(|p| request.path.contains(&p)) {
+        shared.state.lock().unwrap().held += 1;
+        let forward = loop {
+            if let Some(forward) = shared.state.lock().unwrap().released {
+                break forward;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !forward {
+            record(0);
+            return None;
+        }
+    }
+
+    let mut response = forward(shared, request)?;
+    if request.path == "/dir" && ari.is_some() {
+        let mut directory: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
+        directory["renewalInfo"] = format!("https://{}/renewal-info", request.host).into();
+        response.body = directory.to_string().into_bytes();
+    }
+    // ARI: a new order that names the certificate it replaces has it reflected (RFC 9773
+    // section 5); pebble 2.4 does not know the field.
+    if let Some(replaces) = payload.as_ref().and_then(|p| p.get("replaces")).filter(|_| response.status == 201) {
+        if let Ok(mut order) = serde_json::from_slice::<serde_json::Value>(&response.body) {
+            order["replaces"] = replaces.clone();
+            response.body = order.to_string().into_bytes();
+        }
+    }
+    record(response.status);
+    Some(response)
+}
+
+/// Sends `request` to pebble over TLS (HTTP/1.0: the response ends with the connection).
+fn forward(shared: &ProxyShared, request: &HttpRequest) -> Option<HttpResponse> {
+    use rustls::pki_types::ServerName;
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(shared.upstream_tls.clone(), name).ok()?;
+    let tcp = TcpStream::connect(("127.0.0.1", shared.upstream_port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let mut head = format!("{} {} HTTP/1.0\r\nHost: {}\r\n", request.method, request.path, request.host);
+    if let Some(content_type) = &request.content_type {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", request.body.len()));
+    tls.write_all(head.as_bytes()).ok()?;
+    tls.write_all(&request.body).ok()?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(_) => return None,
+    }
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .filter(|(n, _)| {
+            !matches!(n.to_ascii_lowercase().as_str(), "connection" | "content-length" | "transfer-encoding")
+        })
+        .collect();
+    Some(HttpResponse { status, headers, body: raw[end..].to_vec() })
 }
