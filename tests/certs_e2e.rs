@@ -10,18 +10,17 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smart_proxy::certs::store::{parse_info, CertInfo};
 use time::OffsetDateTime;
 
-use crate::support::agent::{http_get, strip_ansi};
+use crate::support::agent::{http_get, Agent};
 use crate::support::cloudflare_fake::{Failure, FakeCloudflare};
-use crate::support::pebble::{free_port, parse_cert, pem_ders, Pebble};
+use crate::support::pebble::{free_port, parse_cert, pem_ders, AcmeProxy, FakeWindow, Pebble};
 
-const EMAIL: &str = "test@example.com";
 const CF_TOKEN: &str = "cf-e2e-TOKEN-7f3a9c1d";
 const CF_ZONE_ID: &str = "3f1a9e0c2b7d4e5f8a6b1c2d3e4f5a6b";
 
@@ -56,91 +55,9 @@ fn answer(mut stream: TcpStream, body: &str) {
     );
 }
 
-// --- The agent in production mode
+// --- The agent in production mode (support::agent::Agent), certificate helpers
 
-/// The agent binary as a host process in production mode, nginx its child, in a scratch prefix.
-/// Unlike `support::agent::Agent` (LOCAL mode on a port it picks), `HTTP_PORT` is given: pebble
-/// validates HTTP-01 on its own fixed port, so nginx must listen there.
-struct ProdAgent {
-    dir: tempfile::TempDir,
-    http_port: u16,
-    https_port: u16,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
-}
-
-impl ProdAgent {
-    /// Prepares the prefix and the environment; `start` runs the agent. `env` overrides defaults.
-    fn new(http_port: u16, env: &[(&str, &str)]) -> ProdAgent {
-        let dir = tempfile::tempdir().unwrap();
-        for sub in ["conf.d", "logs", "certs", "webroot"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        }
-        // As root, nginx's workers run as `nobody`: they must reach the webroot (HTTP-01 tokens)
-        // and write the per-site access logs. tempfile creates 0700 directories.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(dir.path().join("logs"), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let p = |s: &str| dir.path().join(s);
-        std::fs::write(
-            p("nginx.conf"),
-            format!(
-                "pid {pid};\nerror_log {err} info;\nevents {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    include {confd}/*.conf;\n}}\n",
-                pid = p("nginx.pid").display(),
-                err = p("logs/nginx-error.log").display(),
-                confd = p("conf.d").display()
-            ),
-        )
-        .unwrap();
-        let https_port = free_port();
-        let s = |p: PathBuf| p.display().to_string();
-        let mut vars: Vec<(String, String)> = vec![
-            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
-            ("LOCAL".into(), "false".into()),
-            ("NO_DOCKER".into(), "true".into()),
-            ("HTTP_PORT".into(), http_port.to_string()),
-            ("HTTPS_PORT".into(), https_port.to_string()),
-            ("NGINX_BIN".into(), s(crate::support::nginx_bin())),
-            ("NGINX_MAIN_CONF".into(), s(p("nginx.conf"))),
-            ("NGINX_CONF".into(), s(p("conf.d/default.conf"))),
-            ("LOG_DIR".into(), s(p("logs"))),
-            ("CERTS_DIR".into(), s(p("certs"))),
-            ("ACME_WEBROOT".into(), s(p("webroot"))),
-            ("RESOLVER".into(), "127.0.0.11".into()),
-            ("LOG_LEVEL".into(), "info".into()),
-            ("ACME".into(), "on".into()),
-            ("ACME_EMAIL".into(), EMAIL.into()),
-            ("DNS_CHECK".into(), "off".into()),
-        ];
-        for (k, v) in env {
-            vars.retain(|(key, _)| key != k);
-            vars.push((k.to_string(), v.to_string()));
-        }
-        ProdAgent { dir, http_port, https_port, env: vars, child: None }
-    }
-
-    /// Starts the agent and waits until nginx answers on `HTTP_PORT`.
-    fn start(&mut self) {
-        let log = std::fs::File::create(self.path("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))
-            .arg("run")
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the agent");
-        self.child = Some(child);
-        let port = self.http_port;
-        self.wait_for("nginx to answer on HTTP_PORT", Duration::from_secs(20), || {
-            http_get(port, "unknown.invalid", "/").0 != 0
-        });
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
+impl Agent {
     fn certs(&self) -> PathBuf {
         self.path("certs")
     }
@@ -155,25 +72,6 @@ impl ProdAgent {
 
     fn fullchain(&self, domain: &str) -> String {
         std::fs::read_to_string(self.live(domain).join("fullchain.pem")).unwrap()
-    }
-
-    /// The agent's log so far (ANSI colours removed).
-    fn log(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(self.path("agent.log")).unwrap_or_default())
-    }
-
-    /// Polls `check` every 50 ms; panics with the agent's log after `timeout`.
-    fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-        let started = Instant::now();
-        loop {
-            if check() {
-                return started.elapsed();
-            }
-            if started.elapsed() > timeout {
-                panic!("timed out after {timeout:?} waiting for {what}\n--- agent log ---\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Waits until nginx serves, for `sni`, the leaf of the certificate on disk for `domain`, on
@@ -213,17 +111,6 @@ impl ProdAgent {
         }
     }
 
-    /// Runs the CLI with the agent's environment (same CERTS_DIR, DOMAINS...).
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))
-            .args(args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the CLI")
-    }
-
     /// `certs list --format json`.
     fn certs_list(&self) -> Vec<serde_json::Value> {
         let out = self.cli(&["certs", "list", "--format", "json"]);
@@ -248,39 +135,6 @@ impl ProdAgent {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.log()));
         serde_json::from_slice(&bytes).unwrap()
     }
-
-    fn nginx_pid(&self) -> u32 {
-        std::fs::read_to_string(self.path("nginx.pid")).unwrap().trim().parse().unwrap()
-    }
-}
-
-impl Drop for ProdAgent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        // nginx may outlive a killed agent: stop it through its pid file.
-        if let Ok(pid) = std::fs::read_to_string(self.path("nginx.pid")) {
-            if let Ok(pid) = pid.trim().parse::<u32>() {
-                signal(pid, "QUIT");
-            }
-        }
-    }
-}
-
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).stderr(Stdio::null()).status();
 }
 
 /// The agent settings that point it at `pebble`.
@@ -453,8 +307,8 @@ fn http01_issues_several_domains_through_the_real_nginx_and_serves_them() {
     let services = format!("app:127.0.0.1:{port}");
     let mut env = pebble_env(&pebble);
     env.extend([("DOMAINS".into(), domains_var), ("SERVICES".into(), services)]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
-    agent.start();
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
     let nginx_pid = agent.nginx_pid();
 
     agent.wait_for("real certificates for every domain", Duration::from_secs(25), || {
@@ -536,8 +390,8 @@ fn dns01_issues_a_wildcard_through_cloudflare_and_cleans_up_the_txt_record() {
         ("CLOUDFLARE_API_BASE".into(), fake.base_url()),
         ("DNS_PROPAGATION_TIMEOUT".into(), "20s".into()),
     ]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
-    agent.start();
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
 
     agent.wait_for("the wildcard certificate", Duration::from_secs(25), || {
         agent.cert_info("*.wild.test").is_some_and(|i| !i.placeholder)
@@ -584,13 +438,13 @@ fn an_expiring_certificate_is_renewed_and_a_fresh_one_left_alone() {
     let services = format!("app:127.0.0.1:{port}");
     let mut env = pebble_env(&pebble);
     env.extend([("DOMAINS".into(), "expiring.test:app,fresh.test:app".into()), ("SERVICES".into(), services)]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     precreate(&agent.certs(), "expiring.test", 10);
     precreate(&agent.certs(), "fresh.test", 80);
     let old_issuer = agent.cert_info("expiring.test").unwrap().issuer;
     let fresh_chain = std::fs::read(agent.live("fresh.test").join("fullchain.pem")).unwrap();
     let fresh_key = std::fs::read(agent.live("fresh.test").join("privkey.pem")).unwrap();
-    agent.start();
+    agent.launch();
 
     agent.wait_for("the expiring certificate to be renewed", Duration::from_secs(25), || {
         agent.cert_info("expiring.test").is_some_and(|i| i.issuer != old_issuer && !i.placeholder)
@@ -651,10 +505,10 @@ fn an_unreachable_ca_keeps_the_current_certificates_backs_off_and_shows_failing(
         ("ACME_DIRECTORY", directory.as_str()),
         ("ACME_CA_ROOT", ca_root.as_str()),
     ];
-    let mut agent = ProdAgent::new(free_port(), &env);
+    let mut agent = Agent::production(free_port(), &env);
     precreate(&agent.certs(), "kept.test", 10);
     let kept_chain = std::fs::read_to_string(agent.live("kept.test").join("fullchain.pem")).unwrap();
-    agent.start();
+    agent.launch();
 
     agent.wait_for("both orders to fail", Duration::from_secs(15), || {
         let log = agent.log();
@@ -676,7 +530,7 @@ fn an_unreachable_ca_keeps_the_current_certificates_backs_off_and_shows_failing(
     assert_eq!(agent.fullchain("kept.test"), kept_chain);
     for d in ["new.test", "kept.test"] {
         assert_eq!(served_leaf(agent.https_port, d), Some(first_der(&agent.fullchain(d))), "{d}");
-        let (status, _) = http_get(agent.http_port, d, "/health");
+        let (status, _) = http_get(agent.port, d, "/health");
         assert_eq!(status, 200, "{d}: nginx still answers");
     }
 
@@ -715,7 +569,7 @@ fn an_unreachable_ca_keeps_the_current_certificates_backs_off_and_shows_failing(
 
 /// An agent ordering `www.cf.test` through DNS-01 with `token`, against a fake that accepts only
 /// `CF_TOKEN` and answers as `prepare` sets it up.
-fn cloudflare_failure(token: &str, prepare: impl FnOnce(&FakeCloudflare)) -> (ProdAgent, Pebble, String) {
+fn cloudflare_failure(token: &str, prepare: impl FnOnce(&FakeCloudflare)) -> (Agent, Pebble, String) {
     let pebble = Pebble::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let fake = runtime.block_on(FakeCloudflare::builder().token(CF_TOKEN).zone(CF_ZONE_ID, "cf.test").start());
@@ -730,8 +584,8 @@ fn cloudflare_failure(token: &str, prepare: impl FnOnce(&FakeCloudflare)) -> (Pr
         ("CLOUDFLARE_API_BASE".into(), fake.base_url()),
         ("DNS_PROPAGATION_TIMEOUT".into(), "10s".into()),
     ]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
-    agent.start();
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
     agent.wait_for("the order to fail", Duration::from_secs(20), || {
         !lines_for(&agent.log(), "certificate order failed", "www.cf.test").is_empty()
     });
@@ -744,7 +598,7 @@ fn cloudflare_failure(token: &str, prepare: impl FnOnce(&FakeCloudflare)) -> (Pr
 
 /// The order failed, `certs list` says `failing` with `expected` in the error, and `secret` shows
 /// nowhere: not in the log, the CLI's output or the state file.
-fn assert_failing_without_secret(agent: &ProdAgent, expected: &[&str], secret: &str) {
+fn assert_failing_without_secret(agent: &Agent, expected: &[&str], secret: &str) {
     let row = agent.wait_status("www.cf.test", "failing");
     assert_eq!(agent.certs_list().len(), 1);
     let error = row["last_error"].as_str().unwrap();
@@ -824,7 +678,7 @@ fn dry_run_says_what_would_be_ordered_with_which_challenge_and_writes_nothing() 
         ("SERVICES", "app:127.0.0.1:9"),
         ("ACME_DIRECTORY", directory.as_str()),
     ];
-    let agent = ProdAgent::new(free_port(), &env);
+    let agent = Agent::production(free_port(), &env);
     precreate(&agent.certs(), "expiring.test", 10);
     precreate(&agent.certs(), "fresh.test", 80);
     let before = tree(agent.dir.path());
@@ -875,8 +729,8 @@ fn certs_renew_force_orders_a_new_certificate_for_a_fresh_one_and_nginx_serves_i
     let services = format!("app:127.0.0.1:{port}");
     let mut env = pebble_env(&pebble);
     env.extend([("DOMAINS".into(), "renew.test:app".into()), ("SERVICES".into(), services)]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
-    agent.start();
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
     agent.wait_for("the first certificate", Duration::from_secs(25), || {
         agent.cert_info("renew.test").is_some_and(|i| !i.placeholder)
     });
@@ -925,8 +779,8 @@ fn dns_check_strict_orders_what_points_here_and_reports_what_does_not() {
         ("DNS_CHECK".into(), "strict".into()),
         ("PUBLIC_IP".into(), "127.0.0.1".into()),
     ]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
-    agent.start();
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
     agent.wait_for("here.test's certificate", Duration::from_secs(25), || {
         agent.cert_info("here.test").is_some_and(|i| !i.placeholder)
     });
@@ -959,7 +813,7 @@ fn a_domain_is_retried_when_its_backoff_ends_whatever_other_domains_states_say()
     let services = format!("app:127.0.0.1:{port}");
     let mut env = pebble_env(&pebble);
     env.extend([("DOMAINS".into(), "waiting.test:app,stale.test:app".into()), ("SERVICES".into(), services)]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     let now = OffsetDateTime::now_utc().unix_timestamp();
     // waiting.test failed a moment ago and may be tried again in 3 s.
     // stale.test failed long ago (its certificate was fixed since): its next try is in the past.
@@ -972,7 +826,7 @@ fn a_domain_is_retried_when_its_backoff_ends_whatever_other_domains_states_say()
     };
     std::fs::write(state_dir.join("waiting.test.json"), state(1, now + 3)).unwrap();
     std::fs::write(state_dir.join("stale.test.json"), state(2, now - 3600)).unwrap();
-    agent.start();
+    agent.launch();
 
     agent.wait_for("waiting.test to be ordered after its backoff", Duration::from_secs(20), || {
         agent.cert_info("waiting.test").is_some_and(|i| !i.placeholder)
@@ -1000,9 +854,9 @@ fn certificates_are_checked_again_every_renewal_interval() {
         ("SERVICES".into(), services),
         ("RENEWAL_INTERVAL".into(), "3s".into()),
     ]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     precreate(&agent.certs(), "interval.test", 80);
-    agent.start();
+    agent.launch();
     std::thread::sleep(Duration::from_secs(1));
     assert!(agent.log().lines().all(|l| !l.contains("ordering a certificate")), "fresh: nothing to order");
 
@@ -1064,8 +918,8 @@ fn testssl_finds_nothing_high_or_critical_on_an_issued_certificate() {
     let services = format!("app:127.0.0.1:{port}");
     let mut env = pebble_env(&pebble);
     env.extend([("DOMAINS".into(), "tls.test:app".into()), ("SERVICES".into(), services)]);
-    let mut agent = ProdAgent::new(pebble.http_port(), &env_refs(&env));
-    agent.start();
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
     agent.wait_for("the certificate", Duration::from_secs(25), || {
         agent.cert_info("tls.test").is_some_and(|i| !i.placeholder)
     });
@@ -1145,8 +999,8 @@ fn sites_are_served_over_tls_1_3_and_1_2() {
     let port = backend("protocols backend\n");
     let services = format!("app:127.0.0.1:{port}");
     let mut agent =
-        ProdAgent::new(free_port(), &[("DOMAINS", "proto.test:app"), ("SERVICES", &services), ("ACME", "off")]);
-    agent.start();
+        Agent::production(free_port(), &[("DOMAINS", "proto.test:app"), ("SERVICES", &services), ("ACME", "off")]);
+    agent.launch();
     agent.wait_served("proto.test", "proto.test");
     assert_eq!(
         negotiated(agent.https_port, "proto.test", &rustls::version::TLS12),
@@ -1173,7 +1027,7 @@ fn a_ca_that_cannot_be_reached_or_trusted_is_named_with_the_cause() {
         (&*pebble.directory_url(), wrong_root, "certificate"),
     ];
     for (directory, root, cause) in cases {
-        let agent = ProdAgent::new(
+        let agent = Agent::production(
             free_port(),
             &[("DOMAINS", "cause.test"), ("ACME_DIRECTORY", directory), ("ACME_CA_ROOT", root.as_str())],
         );
@@ -1186,4 +1040,215 @@ fn a_ca_that_cannot_be_reached_or_trusted_is_named_with_the_cause() {
         assert!(failed.contains(directory), "{failed}");
         assert!(failed.to_lowercase().contains(cause), "{cause:?} not named: {failed}");
     }
+}
+
+// --- Through a proxy in front of pebble: rate limits, an agent killed mid-order, ARI
+
+/// The agent settings that point it at pebble through `proxy`.
+fn proxy_env(pebble: &Pebble, proxy: &AcmeProxy) -> Vec<(String, String)> {
+    vec![
+        ("ACME_DIRECTORY".into(), proxy.directory_url()),
+        ("ACME_CA_ROOT".into(), proxy.ca_root_path().display().to_string()),
+        ("DNS_RESOLVERS".into(), pebble.dns_addr().to_string()),
+    ]
+}
+
+fn unix(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn a_rate_limited_order_waits_for_retry_after_also_across_a_restart_then_issues() {
+    let started = Instant::now();
+    const RETRY_AFTER: u64 = 3;
+    let pebble = Pebble::start();
+    pebble.add_a("limited.test", Ipv4Addr::LOCALHOST);
+    let proxy = AcmeProxy::start(&pebble);
+    proxy.rate_limit_new_orders(2, RETRY_AFTER);
+    let port = backend("rate limit backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = proxy_env(&pebble, &proxy);
+    env.extend([("DOMAINS".into(), "limited.test:app".into()), ("SERVICES".into(), services)]);
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
+
+    // The first new order is refused: the wait is the CA's Retry-After, persisted.
+    agent.wait_for("the first refusal to be recorded", Duration::from_secs(20), || {
+        proxy.new_orders().len() == 1 && agent.certs_list().first().is_some_and(|r| r["status"] == "failing")
+    });
+    let first = proxy.new_orders()[0].clone();
+    assert_eq!(first.status, 429);
+    let state = agent.state("limited.test");
+    let next_try = state["next_try"].as_i64().unwrap();
+    assert!(next_try as f64 >= unix(first.at) + RETRY_AFTER as f64, "next try {next_try} before Retry-After: {state}");
+    assert!(next_try as f64 <= unix(first.at) + RETRY_AFTER as f64 + 2.0, "waits the CA's Retry-After: {state}");
+    let error = state["last_error"].as_str().unwrap();
+    assert!(error.contains("urn:ietf:params:acme:error:rateLimited") && error.contains("retry after"), "{error}");
+    assert!(agent.log().contains("rate limited by the CA"), "{}", agent.log());
+
+    // Killed and restarted: the wait survives in the store's state.
+    agent.kill();
+    agent.stop_nginx();
+    agent.launch();
+    agent.wait_for("the certificate after the rate limits", Duration::from_secs(40), || {
+        agent.cert_info("limited.test").is_some_and(|i| !i.placeholder)
+    });
+    pebble.verify_chain(&agent.fullchain("limited.test"), "limited.test");
+    verify_key(&agent.live("limited.test"));
+
+    // Never hammered: three new orders in all (two refused), each at least Retry-After after the last.
+    let orders = proxy.new_orders();
+    let statuses: Vec<u16> = orders.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 429, 201], "{orders:#?}");
+    assert!(orders.iter().all(|r| r.order_domain().as_deref() == Some("limited.test")));
+    for pair in orders.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at).unwrap();
+        assert!(
+            gap >= Duration::from_secs(RETRY_AFTER),
+            "a new order {gap:?} after a 429 with Retry-After {RETRY_AFTER}"
+        );
+    }
+    agent.wait_for("the failures to be reset", Duration::from_secs(5), || agent.state("limited.test")["failures"] == 0);
+    report_time("rate limit", started);
+}
+
+#[test]
+fn an_agent_killed_mid_order_resumes_it_with_the_same_account_and_key_and_a_second_process_waits() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    pebble.add_a("resume.test", Ipv4Addr::LOCALHOST);
+    let proxy = AcmeProxy::start(&pebble);
+    // The order is validated, then its finalization never gets through: the agent dies there.
+    proxy.hold("finalize");
+    let port = backend("resume backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = proxy_env(&pebble, &proxy);
+    env.extend([("DOMAINS".into(), "resume.test:app".into()), ("SERVICES".into(), services)]);
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    precreate(&agent.certs(), "resume.test", 10);
+    let old_chain = agent.fullchain("resume.test");
+    let old_key = std::fs::read(agent.live("resume.test").join("privkey.pem")).unwrap();
+    agent.launch();
+    agent.wait_for("the finalization to be held", Duration::from_secs(25), || proxy.held() == 1);
+
+    // The key is journaled (0600) before the CA is asked to sign for it.
+    let journal = agent.certs().join("smart-proxy/pending/resume.test.json");
+    assert_eq!(std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777, 0o600);
+    let journaled: serde_json::Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    assert!(journaled["order"].is_string() && journaled["key_pem"].is_string(), "{}", journaled["order"]);
+    assert!(!agent.log().contains("PRIVATE KEY"));
+
+    // A second process on the same store (`certs renew --force`) does not order meanwhile: the
+    // domain's lock is held, and it says so.
+    assert_eq!(agent.certs_list()[0]["status"], "renewing");
+    let out = agent.cli(&["certs", "renew", "--force", "resume.test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("resume.test: another order for this domain is running (lock held)"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(proxy.new_orders().len(), 1, "one order at a time");
+
+    let accounts = agent.certs().join("smart-proxy/accounts");
+    let account_files: Vec<PathBuf> = std::fs::read_dir(&accounts).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(account_files.len(), 1);
+    let account = std::fs::read(&account_files[0]).unwrap();
+
+    agent.kill();
+    // Nothing was lost meanwhile: the old certificate is on disk and still served.
+    assert_eq!(agent.fullchain("resume.test"), old_chain);
+    assert_eq!(std::fs::read(agent.live("resume.test").join("privkey.pem")).unwrap(), old_key);
+    assert_eq!(served_leaf(agent.https_port, "resume.test"), Some(first_der(&old_chain)));
+    // The lock went with the process (its file stays): not "renewing" any more.
+    assert!(agent.certs().join("smart-proxy/locks/resume.test.lock").exists());
+    assert_ne!(agent.certs_list()[0]["status"], "renewing");
+    // The held finalization is dropped: pebble never saw it, the order is still ready.
+    proxy.release(false);
+
+    agent.stop_nginx();
+    agent.launch();
+    agent.wait_for("the resumed order's certificate", Duration::from_secs(25), || {
+        agent.cert_info("resume.test").is_some_and(|i| !i.placeholder && agent.fullchain("resume.test") != old_chain)
+    });
+    pebble.verify_chain(&agent.fullchain("resume.test"), "resume.test");
+    verify_key(&agent.live("resume.test"));
+    let key = std::fs::read_to_string(agent.live("resume.test").join("privkey.pem")).unwrap();
+    assert_eq!(Some(key.as_str()), journaled["key_pem"].as_str(), "the journaled key, not a new one");
+    agent.wait_served("resume.test", "resume.test");
+
+    let log = agent.log();
+    assert!(lines_for(&log, "resuming the ACME order", "resume.test").len() == 1, "{log}");
+    assert_eq!(proxy.new_orders().len(), 1, "resumed, no second order:\n{log}");
+    assert_eq!(std::fs::read_dir(&accounts).unwrap().count(), 1, "the account was not re-created");
+    assert_eq!(std::fs::read(&account_files[0]).unwrap(), account);
+    assert!(!log.contains("registered a new ACME account"), "{log}");
+    agent.wait_for("the journal to be removed", Duration::from_secs(5), || !journal.exists());
+    report_time("killed mid-order", started);
+}
+
+#[test]
+fn the_cas_renewal_window_is_cached_until_retry_after_and_renews_with_replaces() {
+    use smart_proxy::certs::store::ari_id;
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    pebble.add_a("ari.test", Ipv4Addr::LOCALHOST);
+    let proxy = AcmeProxy::start(&pebble);
+    let day = 86400;
+    proxy.serve_renewal_info(FakeWindow { start: 30 * day, end: 31 * day, retry_after: 3600 });
+    let port = backend("ari backend\n");
+    let services = format!("app:127.0.0.1:{port}");
+    let mut env = proxy_env(&pebble, &proxy);
+    env.extend([("DOMAINS".into(), "ari.test:app".into()), ("SERVICES".into(), services)]);
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
+    agent.wait_for("the first certificate", Duration::from_secs(25), || {
+        agent.cert_info("ari.test").is_some_and(|i| !i.placeholder)
+    });
+    let first_chain = agent.fullchain("ari.test");
+    let first_id = ari_id(&parse_cert(&first_der(&first_chain))).expect("pebble's leaf has an AKI");
+    let ari_gets = || proxy.requests().iter().filter(|r| r.path.starts_with("/renewal-info/")).count();
+    let renew = |agent: &Agent| {
+        let out = agent.cli(&["certs", "renew", "ari.test"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        (stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    // A window a month ahead: fetched, a point chosen in it, nothing ordered.
+    let (stdout, _) = renew(&agent);
+    assert!(stdout.contains("nothing to order"), "{stdout}");
+    assert_eq!(ari_gets(), 1);
+    let path = agent.certs().join("smart-proxy/ari/ari.test.json");
+    let cached: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(cached["cert_id"], first_id.as_str());
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let renew_at = cached["window"]["renew_at"].as_i64().unwrap();
+    assert!(renew_at >= now + 30 * day - 60 && renew_at <= now + 31 * day, "{cached}");
+    assert!((now + 3500..=now + 3600).contains(&cached["next_fetch"].as_i64().unwrap()), "Retry-After: {cached}");
+
+    // The CA moves the window into the past; until Retry-After, the cached window stands.
+    proxy.serve_renewal_info(FakeWindow { start: -3600, end: -60, retry_after: 3600 });
+    let (stdout, _) = renew(&agent);
+    assert!(stdout.contains("nothing to order"), "{stdout}");
+    assert_eq!(ari_gets(), 1, "cached until Retry-After");
+    assert_eq!(proxy.new_orders().len(), 1);
+
+    // Retry-After has passed (simulated): fetched again, and renewed now, naming what it replaces.
+    let mut stale = cached.clone();
+    stale["next_fetch"] = (now - 1).into();
+    std::fs::write(&path, stale.to_string()).unwrap();
+    let (stdout, stderr) = renew(&agent);
+    assert!(stdout.lines().any(|l| l == "issued: ari.test"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("the CA's renewal window (ARI) says to renew"), "{stderr}");
+    assert_eq!(ari_gets(), 2);
+    let orders = proxy.new_orders();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders[1].payload.as_ref().unwrap()["replaces"], first_id.as_str(), "{:?}", orders[1].payload);
+    assert!(orders[0].payload.as_ref().unwrap().get("replaces").is_none(), "a first order replaces nothing");
+    assert_ne!(agent.fullchain("ari.test"), first_chain);
+    pebble.verify_chain(&agent.fullchain("ari.test"), "ari.test");
+    verify_key(&agent.live("ari.test"));
+    agent.wait_served("ari.test", "ari.test");
+    report_time("ARI", started);
 }

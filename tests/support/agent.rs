@@ -12,22 +12,62 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One running agent; killed (with its nginx) when dropped.
+/// The agent binary as a host process with nginx as its child, in a scratch prefix; stopped
+/// (with its nginx) when dropped. [`Agent::start`] runs it in LOCAL mode on a port it picks;
+/// [`Agent::production`] prepares production mode (`ACME=on`, no Docker) on a given HTTP port
+/// (pebble validates HTTP-01 on its own fixed port, so nginx must listen there) and a free HTTPS
+/// port, to [`Agent::launch`] (and launch again after [`Agent::kill`] or [`Agent::stop`]).
 pub struct Agent {
     pub dir: tempfile::TempDir,
+    /// `HTTP_PORT`.
     pub port: u16,
+    /// `HTTPS_PORT` (production mode).
+    pub https_port: u16,
+    /// The whole environment of the agent (and of [`Agent::cli`]).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
+
+/// The email the production agent registers its ACME account with.
+pub const ACME_EMAIL: &str = "test@example.com";
 
 impl Agent {
     /// Starts the agent in LOCAL mode with its own nginx on a free port; `env` adds settings
     /// (e.g. `LABEL_PREFIX`). Waits until nginx answers.
     pub fn start(env: &[(&str, &str)]) -> Agent {
+        let mut agent = Agent::prepare(free_port(), &[("LOCAL", "true")], env);
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            agent.env.push(("DOCKER_HOST".into(), host));
+        }
+        agent.launch();
+        agent
+    }
+
+    /// Prepares the agent in production mode (`LOCAL=false`, `NO_DOCKER`, `ACME=on` with an
+    /// email, `DNS_CHECK=off`) on `http_port`; `env` overrides these. [`Agent::launch`] runs it.
+    pub fn production(http_port: u16, env: &[(&str, &str)]) -> Agent {
+        let https_port = free_port().to_string();
+        let defaults = [
+            ("LOCAL", "false"),
+            ("NO_DOCKER", "true"),
+            ("HTTPS_PORT", https_port.as_str()),
+            ("ACME", "on"),
+            ("ACME_EMAIL", ACME_EMAIL),
+            ("DNS_CHECK", "off"),
+        ];
+        Agent::prepare(http_port, &defaults, env)
+    }
+
+    fn prepare(port: u16, defaults: &[(&str, &str)], env: &[(&str, &str)]) -> Agent {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         for sub in ["conf.d", "logs", "certs", "webroot"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        let port = free_port();
+        // As root, nginx's workers run as `nobody`: they must reach the webroot (HTTP-01 tokens)
+        // and write the per-site access logs. tempfile creates 0700 directories.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path().join("logs"), std::fs::Permissions::from_mode(0o777)).unwrap();
         let p = |s: &str| dir.path().join(s);
         std::fs::write(
             p("nginx.conf"),
@@ -39,34 +79,90 @@ impl Agent {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(p("agent.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"));
-        cmd.arg("run")
+        let s = |p: PathBuf| p.display().to_string();
+        let mut vars: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HTTP_PORT".into(), port.to_string()),
+            ("NGINX_BIN".into(), s(super::nginx_bin())),
+            ("NGINX_MAIN_CONF".into(), s(p("nginx.conf"))),
+            ("NGINX_CONF".into(), s(p("conf.d/default.conf"))),
+            ("LOG_DIR".into(), s(p("logs"))),
+            ("CERTS_DIR".into(), s(p("certs"))),
+            ("ACME_WEBROOT".into(), s(p("webroot"))),
+            ("RESOLVER".into(), "127.0.0.11".into()),
+            ("LOG_LEVEL".into(), "info".into()),
+            // Agents run in parallel: each its own status endpoint, never the shared default.
+            ("STATUS_ADDR".into(), format!("127.0.0.1:{}", free_port())),
+        ];
+        for (k, v) in defaults.iter().chain(env) {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let https_port = vars.iter().find(|(k, _)| k == "HTTPS_PORT").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        Agent { dir, port, https_port, env: vars, child: None }
+    }
+
+    /// Runs the agent (again) and waits until nginx answers on `HTTP_PORT`. The log starts
+    /// afresh; the previous run's is kept as `agent.log.<n>`.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log_path = self.path("agent.log");
+        if log_path.exists() {
+            let n = (1..).find(|n| !self.path(&format!("agent.log.{n}")).exists()).unwrap();
+            std::fs::rename(&log_path, self.path(&format!("agent.log.{n}"))).unwrap();
+        }
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))
+            .arg("run")
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LOCAL", "true")
-            .env("HTTP_PORT", port.to_string())
-            .env("NGINX_BIN", super::nginx_bin())
-            .env("NGINX_MAIN_CONF", p("nginx.conf"))
-            .env("NGINX_CONF", p("conf.d/default.conf"))
-            .env("LOG_DIR", p("logs"))
-            .env("CERTS_DIR", p("certs"))
-            .env("ACME_WEBROOT", p("webroot"))
-            .env("RESOLVER", "127.0.0.11")
-            .env("LOG_LEVEL", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if let Ok(host) = std::env::var("DOCKER_HOST") {
-            cmd.env("DOCKER_HOST", host);
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        self.child = Some(child);
+        let port = self.port;
+        self.wait_for("nginx to answer", Duration::from_secs(20), || http_get(port, "unknown.invalid", "/").0 != 0);
+    }
+
+    /// The pid of the agent process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the agent dies mid-whatever; its nginx (a child) may live on. Waits for the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe_kill(child.id(), "KILL");
+            let _ = child.wait();
         }
-        for (k, v) in env {
-            cmd.env(k, v);
+    }
+
+    /// Stops the nginx a killed agent left behind (QUIT through its pid file) and waits until its
+    /// port is free.
+    pub fn stop_nginx(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.path("nginx.pid")) {
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                unsafe_kill(pid, "QUIT");
+            }
         }
-        let child = cmd.spawn().expect("start the agent");
-        let agent = Agent { dir, port, child: Some(child) };
-        agent.wait_for("nginx to answer", Duration::from_secs(20), || agent.get("unknown.invalid", "/").0 != 0);
-        agent
+        let port = self.port;
+        self.wait_for("the old nginx to exit", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
+    }
+
+    /// Runs the CLI with the agent's environment (same CERTS_DIR, DOMAINS...).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_command(args).output().expect("run the CLI")
+    }
+
+    /// The CLI with the agent's environment, to spawn.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"));
+        cmd.args(args).env_clear().envs(self.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
+        cmd
     }
 
     pub fn path(&self, sub: &str) -> PathBuf {
@@ -83,6 +179,17 @@ impl Agent {
     /// does not answer.
     pub fn get(&self, host: &str, path: &str) -> (u16, String) {
         http_get(self.port, host, path)
+    }
+
+    /// The status endpoint's port on 127.0.0.1 (`STATUS_ADDR`; 0 when it is off).
+    pub fn status_port(&self) -> u16 {
+        let addr = self.env.iter().rev().find(|(k, _)| k == "STATUS_ADDR").map(|(_, v)| v.as_str());
+        addr.and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or(0)
+    }
+
+    /// GET http://127.0.0.1:<status port><path> (the status endpoint): (status, body).
+    pub fn status_get(&self, path: &str) -> (u16, String) {
+        http_get(self.status_port(), "127.0.0.1", path)
     }
 
     /// Polls `check` every 20 ms until it holds; panics with the agent's log after `timeout`.
