@@ -80,7 +80,7 @@ impl Drop for Volume {
         ]);
         let users: Vec<String> = String::from_utf8_lossy(&users.stdout).split_whitespace().map(String::from).collect();
         if !users.is_empty() {
-            let mut args = vec!["rm", "--force"];
+            let mut args = vec!["rm", "--force", "--volumes"];
             args.extend(users.iter().map(String::as_str));
             let _ = docker_output(&args);
         }

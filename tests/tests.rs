@@ -8,6 +8,7 @@ mod certs_e2e;
 mod cli;
 mod cloudflare;
 mod companion;
+mod compose;
 mod docker_labels;
 mod golden;
 mod injection;

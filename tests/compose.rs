@@ -1,0 +1,272 @@
+//! The compose files in `compose/` run for real: docker-compose (v1) on the images
+//! `scripts/local-images` builds from local files (the same the demo uses), passed in through the
+//! files' image variables. Each test has its own project name (`-p`), label prefix
+//! (`LABEL_PREFIX`), network name and loopback-only published ports, and tears its project down
+//! (`down -v`) when it ends, also on failure. Requests go to 127.0.0.1 only; the production setup
+//! is tested with every external endpoint (ACME directory, Cloudflare API) pointed at the agent
+//! container's own loopback, and without DNS checks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::agent::{http_get, strip_ansi};
+use crate::support::docker::{docker_output, require_docker, TestDocker, TEST_LABEL};
+use crate::support::images::local_images;
+
+/// One `docker-compose -p <name> -f compose/<setup>/docker-compose.yml` project.
+struct Project<'d> {
+    docker: &'d TestDocker,
+    name: String,
+    file: PathBuf,
+    env: Vec<(String, String)>,
+    /// An empty `--env-file`: no `.env` next to the compose file is read.
+    env_file: tempfile::NamedTempFile,
+}
+
+impl<'d> Project<'d> {
+    /// `up -d --no-build` of `compose/<setup>` with the local images, loopback-only ports, the
+    /// test's label prefix and network name, and `env` (the agent settings the file passes
+    /// through).
+    fn up(docker: &'d TestDocker, setup: &str, env: &[(&str, &str)]) -> Project<'d> {
+        let images = local_images(Some(Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))));
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("compose").join(setup).join("docker-compose.yml");
+        assert!(file.is_file(), "{} is missing", file.display());
+        let mut vars: Vec<(String, String)> =
+            images.compose_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        vars.extend([
+            // `127.0.0.1::80`: a free port on loopback.
+            ("HTTP_PUBLISH".to_string(), "127.0.0.1:".to_string()),
+            ("HTTPS_PUBLISH".to_string(), "127.0.0.1:".to_string()),
+            ("LABEL_PREFIX".to_string(), docker.prefix()),
+            ("PROXY_NETWORK".to_string(), docker.name("proxy")),
+        ]);
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let env_file = tempfile::NamedTempFile::new().expect("empty env file");
+        let project = Project { docker, name: format!("sptest{}{setup}", docker.run_id()), file, env: vars, env_file };
+        let out = project.compose(&["up", "--detach", "--no-build"]);
+        if !out.status.success() {
+            panic!("docker-compose up failed ({}):\n{}\n{}", out.status, text(&out), project.logs());
+        }
+        project
+    }
+
+    /// Runs `docker-compose -p <name> -f <file> --env-file <empty> <args>` with only this
+    /// project's variables (nothing from the developer's environment or a `.env` file).
+    fn compose(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("docker-compose");
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            cmd.env("DOCKER_HOST", host);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(["--ansi", "never", "-p", &self.name, "-f"])
+            .arg(&self.file)
+            .arg("--env-file")
+            .arg(self.env_file.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run docker-compose (install Debian's docker-compose; .ci/run does): {e}")
+            })
+    }
+
+    /// The loopback port `service`'s `port` is published on.
+    fn port(&self, service: &str, port: u16) -> u16 {
+        let out = self.compose(&["port", service, &port.to_string()]);
+        let shown = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(shown.starts_with("127.0.0.1:"), "{service}:{port} is not published on loopback: {shown:?}");
+        shown.rsplit(':').next().unwrap().parse().unwrap_or_else(|_| panic!("a port number in {shown:?}"))
+    }
+
+    /// The logs of every service (colours removed).
+    fn logs(&self) -> String {
+        strip_ansi(&text(&self.compose(&["logs", "--no-color", "--timestamps"])))
+    }
+
+    /// The full name of one service's container.
+    fn container(&self, service: &str) -> String {
+        format!("{}_{service}_1", self.name)
+    }
+
+    /// Polls `check` every 100 ms; panics with the project's logs after `timeout`.
+    fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !check() {
+            if started.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what}\n--- logs ---\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `host` answers `status` on `port` (and, when given, the body `<body>\n`).
+    fn wait_for_status(&self, port: u16, host: &str, status: u16, body: Option<&str>) {
+        self.wait_for(&format!("{host} to answer {status} {body:?}"), Duration::from_secs(30), || {
+            let (s, b) = http_get(port, host, "/");
+            s == status && body.is_none_or(|want| b == format!("{want}\n"))
+        });
+    }
+
+    fn assert_answers(&self, port: u16, host: &str, status: u16, body: Option<&str>) {
+        let (s, b) = http_get(port, host, "/");
+        if s != status || body.is_some_and(|want| b != format!("{want}\n")) {
+            panic!("{host}: expected {status} {body:?}, got {s} {b:?}\n--- logs ---\n{}", self.logs());
+        }
+    }
+}
+
+impl Drop for Project<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("SPTEST_KEEP").is_some() {
+            eprintln!("SPTEST_KEEP is set: leaving compose project {} in place", self.name);
+            return;
+        }
+        // Never panic here (a panic while unwinding aborts the test process). The test's own
+        // containers go first: the project's network cannot be removed while they use it.
+        let filter = format!("label={TEST_LABEL}={}", self.docker.run_id());
+        let ours = docker_output(&["ps", "--all", "--quiet", "--filter", &filter]);
+        let ids: Vec<String> = String::from_utf8_lossy(&ours.stdout).split_whitespace().map(String::from).collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "--force", "--volumes"];
+            args.extend(ids.iter().map(String::as_str));
+            let _ = docker_output(&args);
+        }
+        let out = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
+        if !out.status.success() {
+            eprintln!("warning: docker-compose down of {} failed: {}", self.name, text(&out));
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `curl -sk` of `https://<host>:<port>/` resolved to 127.0.0.1: (status, body); status 0 when
+/// the handshake or the connection fails.
+fn https_get(port: u16, host: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "5", "--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-w", "\n%{http_code}", &format!("https://{host}:{port}/")])
+        .output()
+        .expect("run curl (Debian's curl; .ci/run installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn demo_serves_three_apps_and_a_stopped_one_fails_alone() {
+    if !require_docker() {
+        return;
+    }
+    let docker = TestDocker::new();
+    let project = Project::up(&docker, "demo", &[]);
+    let port = project.port("nginx", 80);
+    for app in ["app1", "app2", "api"] {
+        project.wait_for_status(port, &format!("{app}.localhost"), 200, Some(app));
+    }
+    project.wait_for_status(port, "nobody.localhost", 503, None);
+
+    let out = project.compose(&["stop", "--timeout", "5", "app2"]);
+    assert!(out.status.success(), "docker-compose stop app2: {}", text(&out));
+    project.wait_for_status(port, "app2.localhost", 502, None);
+    project.assert_answers(port, "app1.localhost", 200, Some("app1"));
+    project.assert_answers(port, "api.localhost", 200, Some("api"));
+
+    let out = project.compose(&["start", "app2"]);
+    assert!(out.status.success(), "docker-compose start app2: {}", text(&out));
+    project.wait_for_status(port, "app2.localhost", 200, Some("app2"));
+}
+
+#[test]
+fn single_container_serves_a_labelled_app() {
+    if !require_docker() {
+        return;
+    }
+    let docker = TestDocker::new();
+    let project = Project::up(&docker, "single", &[("LOCAL", "true")]);
+    let port = project.port("proxy", 80);
+    docker.start(vec![docker.app("web").label("domains", "web.test").network(&docker.name("proxy"))]);
+    project.wait_for_status(port, "web.test", 200, Some("web"));
+    project.assert_answers(port, "nobody.test", 503, None);
+    let log = project.logs();
+    assert!(log.contains("local nginx"), "the agent runs nginx itself:\n{log}");
+
+    // The image's HEALTHCHECK command answers from inside the container.
+    let out = project.compose(&["exec", "-T", "proxy", "nginx-smart-proxy", "health"]);
+    assert!(out.status.success(), "`nginx-smart-proxy health` in the container failed: {}", text(&out));
+
+    // `docker stop` (SIGTERM, the image's STOPSIGNAL) stops nginx gracefully and the agent
+    // exits 0.
+    let container = project.container("proxy");
+    let out = docker_output(&["stop", "--time", "10", &container]);
+    assert!(out.status.success(), "docker stop {container}: {}", text(&out));
+    let exit = docker_output(&["inspect", "--format", "{{.State.ExitCode}}", &container]);
+    assert_eq!(String::from_utf8_lossy(&exit.stdout).trim(), "0", "exit code after docker stop\n{}", project.logs());
+    assert!(project.logs().contains("shutting down"), "{}", project.logs());
+}
+
+#[test]
+fn companion_production_setup_serves_https_and_keeps_the_token_secret() {
+    if !require_docker() {
+        return;
+    }
+    let docker = TestDocker::new();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let token = format!("sptestTOKEN{}x{}", docker.run_id(), std::process::id());
+    let token_file = secret_dir.path().join("cloudflare_api_token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_file = token_file.display().to_string();
+    // Production mode with certificates on, and nowhere to get them from: the ACME directory and
+    // the Cloudflare API are the agent container's own loopback (nothing listens there), and no
+    // DNS check runs. The token is read and used to configure DNS-01, and must appear in no log.
+    let project = Project::up(
+        &docker,
+        "companion",
+        &[
+            ("ACME", "on"),
+            ("ACME_EMAIL", "ops@example.com"),
+            ("ACME_DIRECTORY", "https://127.0.0.1:9/directory"),
+            ("CLOUDFLARE_API_BASE", "http://127.0.0.1:9/client/v4"),
+            ("DNS_CHECK", "off"),
+            ("CLOUDFLARE_TOKEN_SECRET", &token_file),
+            // Everything the agent logs, its Docker client's requests and answers included.
+            ("LOG_LEVEL", "debug"),
+        ],
+    );
+    let http = project.port("nginx", 80);
+    let https = project.port("nginx", 443);
+    docker.start(vec![docker.app("shop").label("domains", "shop.example.test").network(&docker.name("proxy"))]);
+
+    // HTTP redirects to HTTPS; HTTPS serves the app with the placeholder certificate.
+    project.wait_for_status(http, "shop.example.test", 301, None);
+    project.wait_for("shop.example.test over HTTPS", Duration::from_secs(30), || {
+        https_get(https, "shop.example.test") == (200, "shop\n".to_string())
+    });
+    let log = project.logs();
+    assert!(log.contains(&format!("nginx container {}", project.container("nginx"))), "companion mode:\n{log}");
+    assert!(log.contains("challenge=DNS-01"), "DNS-01 through the token:\n{log}");
+
+    // The order fails (nothing answers), is logged and backs off; the certificate stays.
+    project.wait_for("the failed certificate order to be logged", Duration::from_secs(60), || {
+        project.logs().contains("certificate order failed")
+    });
+    project.assert_answers(http, "shop.example.test", 301, None);
+    assert!(
+        !project.logs().contains("trusted root certificates"),
+        "the image has the system's CA roots:\n{}",
+        project.logs()
+    );
+
+    let log = project.logs();
+    assert!(!log.contains(&token), "the Cloudflare token appears in the logs:\n{log}");
+    let inspect = docker_output(&["inspect", &project.container("agent")]);
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains(&token), "the token is in the container's config");
+    let secret = docker_output(&["exec", &project.container("agent"), "cat", "/run/secrets/cloudflare_api_token"]);
+    assert_eq!(String::from_utf8_lossy(&secret.stdout).trim(), token, "the secret is mounted in the agent");
+}
