@@ -74,6 +74,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let nginx = choose_nginx(&settings, docker.as_ref()).await?;
     info!(nginx = %nginx.describe(), conf = %settings.nginx_conf.display(), "starting");
     let applier = Applier::new(nginx, settings.nginx_conf.clone(), settings.certs_dir.clone());
+    let status = std::sync::Arc::new(crate::status::State::default());
+    crate::status::start(&settings, status.clone(), &applier.nginx, docker.as_ref()).await;
 
     let certs = crate::certs::manager::CertManager::from_settings(&settings)?;
     let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
@@ -119,6 +121,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         tls_domains,
         tls_pending: None,
         retry: None,
+        status,
     };
     if !docker_wanted {
         // Env/file routes only: the first pass needs no Docker list.
@@ -221,6 +224,8 @@ struct Controller {
     /// After an apply failed for a reason that may pass (nginx unreachable, a write error): the
     /// last error and the delay before the next try (1 s doubling to 30 s).
     retry: Option<(String, Duration)>,
+    /// What the status endpoint shows (`/healthz`, `/routes`).
+    status: std::sync::Arc<crate::status::State>,
 }
 
 impl Controller {
@@ -359,7 +364,9 @@ impl Controller {
         self.report_diagnostics(&table);
 
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().collect();
-        match self.applier.apply(&self.renderer, &self.render_settings, &table).await {
+        let result = self.applier.apply(&self.renderer, &self.render_settings, &table).await;
+        self.status.applied(&table, &result);
+        match result {
             Ok(applied) if !applied.changed => {}
             Ok(applied) => {
                 let served: BTreeSet<String> = table
@@ -454,6 +461,7 @@ impl Controller {
         if let Nginx::Local(local) = &mut self.applier.nginx {
             if local.child.is_none() && (self.listed || !self.docker_wanted || self.settings.nginx_conf.exists()) {
                 local.start()?;
+                self.status.nginx_started(local.child.as_ref().and_then(tokio::process::Child::id));
                 info!("nginx started");
             }
         }
@@ -546,6 +554,7 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: S
         match client.ping().await {
             Ok(()) => {
                 if let Some(since) = down_since.take() {
+                    crate::metrics::global().docker_reconnected();
                     info!(down_for_s = since.elapsed().as_secs(), "Docker is reachable again: resyncing");
                 }
                 backoff = Duration::from_millis(250);
@@ -558,6 +567,7 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: S
                 let reason = loop {
                     match events.next().await {
                         Some(Ok(event)) => {
+                            crate::metrics::global().docker_event();
                             if event.container.is_empty() {
                                 continue;
                             }

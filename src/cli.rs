@@ -44,6 +44,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Ask the running agent's status endpoint (GET /healthz on STATUS_ADDR): exit 0 when healthy,
+    /// 1 with the reason otherwise. For Docker's HEALTHCHECK.
+    Health,
     /// Certificates of the routed TLS domains.
     Certs {
         #[command(subcommand)]
@@ -118,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Certs { command: CertsCommand::Renew { force, domains } }) => {
             certs_renew(&cli.settings, force, &domains).await
         }
+        Some(Command::Health) => Ok(health(cli.settings.status_addr).await),
         Some(Command::Run) | None => {
             crate::agent::run(cli.settings, shutdown_signal()).await?;
             Ok(EXIT_OK)
@@ -196,6 +200,20 @@ async fn check(settings: &Settings, format: Format) -> anyhow::Result<u8> {
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(exit_code(table))
+}
+
+/// `health`: the agent's `/healthz`, with a quick timeout (Docker runs it every interval).
+async fn health(addr: crate::status::StatusAddr) -> u8 {
+    match crate::status::check_health(addr, std::time::Duration::from_secs(2)).await {
+        Ok(body) => {
+            println!("{body}");
+            EXIT_OK
+        }
+        Err(reason) => {
+            println!("unhealthy: {reason}");
+            EXIT_INVALID
+        }
+    }
 }
 
 /// SIGTERM (docker stop) or SIGINT (Ctrl-C).

@@ -9,6 +9,7 @@ use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
 use crate::secret::Secret;
 use crate::sources::StaticConfig;
+use crate::status::StatusAddr;
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -190,6 +191,11 @@ pub struct Settings {
     /// How long to wait for a DNS-01 TXT record to reach the zone's authoritative servers.
     #[arg(long, env = "DNS_PROPAGATION_TIMEOUT", global = true, default_value = "120s")]
     pub dns_propagation_timeout: humantime::Duration,
+
+    /// The status endpoint (/healthz, /metrics, /routes) as ip:port, or `off`. The `health`
+    /// command asks it (on loopback when the address is a wildcard).
+    #[arg(long, env = "STATUS_ADDR", global = true, default_value = "127.0.0.1:9180")]
+    pub status_addr: StatusAddr,
 
     /// Log format on stderr.
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value = "text")]

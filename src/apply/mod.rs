@@ -145,7 +145,9 @@ impl Applier {
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
         let started = Instant::now();
-        let reloaded = self.nginx.reload().await?;
+        let reloaded = self.nginx.reload().await;
+        crate::metrics::global().reloaded(&reloaded, started.elapsed());
+        let reloaded = reloaded?;
         timings.reload = started.elapsed();
         self.live = Some(config);
         Ok(Applied { changed: true, reloaded, dropped, placeholders, timings })
@@ -163,6 +165,7 @@ impl Applier {
         let started = Instant::now();
         let result = self.nginx.test(&self.target, &candidate).await;
         timings.test += started.elapsed();
+        crate::metrics::global().config_tested(started.elapsed(), matches!(result, Err(NginxError::TestFailed { .. })));
         timings.tests_run += 1;
         match result {
             Ok(()) => Ok(None),

@@ -252,6 +252,7 @@ impl CertManager {
             .await;
         let mut report = BatchReport { plan, ..Default::default() };
         for (domain, result) in results {
+            crate::metrics::global().acme_order(result.is_ok());
             match result {
                 Ok(()) => report.issued.push(domain),
                 Err(e) => report.failed.push((domain, e)),

@@ -1,0 +1,524 @@
+//! The status endpoint on `STATUS_ADDR`: `/healthz`, `/metrics`, `/routes` (GET and HEAD only).
+//!
+//! A small hyper 1 server on the agent's runtime. The controller publishes what it did into
+//! [`State`] (a short lock per pass, never held across an await); everything else is read when a
+//! request comes, in the server's own tasks, so a slow or stuck client never delays a pass.
+//!
+//! `/healthz` asks, in this order: Docker answers a ping (when Docker is used); nginx is reachable
+//! (the local child's process exists, or the companion container is running, by a Docker inspect);
+//! the last apply succeeded. Each check has a short timeout, and the first that fails is the
+//! answer: 503 with one line a person can act on.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+use tracing::{error, info};
+
+use crate::apply::{Applied, ApplyError, Dropped, Nginx};
+use crate::routes::{Diagnostic, DomainName, RouteTable};
+use crate::sources::docker::DockerClient;
+
+/// `STATUS_ADDR`: where the status endpoint listens, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusAddr {
+    Off,
+    At(SocketAddr),
+}
+
+impl FromStr for StatusAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(StatusAddr::Off);
+        }
+        s.parse().map(StatusAddr::At).map_err(|_| {
+            format!(
+                "STATUS_ADDR must be ip:port (127.0.0.1:9180, 0.0.0.0:9180, [::]:9180) or off; {:?} is neither",
+                crate::routes::grammar::show(s)
+            )
+        })
+    }
+}
+
+impl fmt::Display for StatusAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusAddr::Off => f.write_str("off"),
+            StatusAddr::At(addr) => addr.fmt(f),
+        }
+    }
+}
+
+impl StatusAddr {
+    /// The address a client on this host connects to: loopback for a wildcard bind.
+    pub fn connect_addr(&self) -> Option<SocketAddr> {
+        match *self {
+            StatusAddr::Off => None,
+            StatusAddr::At(addr) => Some(match addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+                IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+                _ => addr,
+            }),
+        }
+    }
+}
+
+/// What the controller publishes for the status endpoint.
+#[derive(Default)]
+pub struct State {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default, Clone)]
+struct Inner {
+    /// `None` until the first apply; then the last one's outcome (`Err`: its reason, one line).
+    apply: Option<Result<(), String>>,
+    /// The routes of the last successful apply.
+    live: Option<Arc<Live>>,
+    /// The local nginx child's pid, once started.
+    nginx_pid: Option<u32>,
+}
+
+/// The live route table and the routes left out of it.
+struct Live {
+    table: RouteTable,
+    left_out: Vec<Dropped>,
+}
+
+impl State {
+    /// Records an apply's outcome (and, on success, the table it made live).
+    pub fn applied(&self, table: &RouteTable, result: &Result<Applied, ApplyError>) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err(ApplyError::NotRouteRelated { .. }) => Err(
+                "nginx -t rejects even a config without routes (the template or nginx's own config; see the agent's log)"
+                    .to_string(),
+            ),
+            Err(e) => Err(one_line(&e.to_string())),
+        };
+        let live = match result {
+            Ok(applied) => {
+                let left_out = if applied.changed { Some(applied.dropped.clone()) } else { None };
+                Some((table.clone(), left_out))
+            }
+            Err(_) => None,
+        };
+        let mut inner = self.inner.lock().expect("status lock");
+        inner.apply = Some(outcome);
+        if let Some((table, left_out)) = live {
+            let left_out =
+                left_out.unwrap_or_else(|| inner.live.as_ref().map(|l| l.left_out.clone()).unwrap_or_default());
+            let domains: Vec<DomainName> = left_out.iter().map(|d| d.domain.clone()).collect();
+            crate::metrics::global().routes_applied(&table, &domains);
+            inner.live = Some(Arc::new(Live { table, left_out }));
+        }
+    }
+
+    /// The local nginx child started.
+    pub fn nginx_started(&self, pid: Option<u32>) {
+        self.inner.lock().expect("status lock").nginx_pid = pid;
+    }
+
+    /// A copy of what was published (the route table is shared, not copied).
+    fn snapshot(&self) -> Inner {
+        self.inner.lock().expect("status lock").clone()
+    }
+}
+
+/// How `/healthz` reaches Docker and nginx.
+struct Probe {
+    /// Docker is used (not NO_DOCKER).
+    docker_wanted: bool,
+    /// The agent's client; `None` when Docker was down at start (a client is made per request).
+    docker: Option<bollard::Docker>,
+    nginx: NginxProbe,
+}
+
+enum NginxProbe {
+    Local,
+    Companion { docker: bollard::Docker, container: String },
+}
+
+/// Everything the server's handlers read.
+struct Server {
+    state: Arc<State>,
+    probe: Probe,
+    certs_dir: PathBuf,
+    local: bool,
+    /// One `/metrics` at a time (it refreshes the certificate gauges before encoding).
+    scrape: tokio::sync::Mutex<()>,
+}
+
+/// How long each `/healthz` check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// At most this many connections at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 32;
+
+/// Listens on `settings.status_addr` and serves until the process ends. A failed bind is logged
+/// and the agent goes on without the endpoint: the status endpoint never takes routing down.
+pub async fn start(
+    settings: &crate::settings::Settings,
+    state: Arc<State>,
+    nginx: &Nginx,
+    docker: Option<&DockerClient>,
+) {
+    let StatusAddr::At(addr) = settings.status_addr else { return };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("cannot listen on STATUS_ADDR {addr}: {e}; /healthz, /metrics and /routes are unavailable (set STATUS_ADDR to a free ip:port, or off)");
+            return;
+        }
+    };
+    let docker = docker.map(|c| c.raw().clone());
+    let nginx = match nginx {
+        Nginx::Local(_) => NginxProbe::Local,
+        Nginx::Companion(c) => NginxProbe::Companion { docker: c.docker.clone(), container: c.container.clone() },
+    };
+    let server = Arc::new(Server {
+        state,
+        probe: Probe { docker_wanted: !settings.no_docker, docker, nginx },
+        certs_dir: settings.certs_dir.clone(),
+        local: settings.local,
+        scrape: tokio::sync::Mutex::new(()),
+    });
+    info!("status endpoint on http://{addr} (/healthz, /metrics, /routes)");
+    tokio::spawn(serve(listener, server));
+}
+
+async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(_) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(io, service);
+            // A client that stalls mid-request is dropped after the header timeout; one that
+            // stalls reading the response after this.
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+            drop(slot);
+        });
+    }
+}
+
+impl Server {
+    async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+            response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        match req.uri().path() {
+            "/healthz" => match self.health().await {
+                Ok(()) => text(StatusCode::OK, "ok\n".into()),
+                Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+            },
+            "/metrics" => {
+                let body = self.metrics().await;
+                respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
+            }
+            "/routes" => match self.routes() {
+                Some(json) => respond(StatusCode::OK, "application/json", json),
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "no config applied yet\n".into()),
+            },
+            _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /metrics or /routes\n".into()),
+        }
+    }
+
+    /// `Ok` when Docker (if used) and nginx are reachable and the last apply succeeded; else why not.
+    async fn health(&self) -> Result<(), String> {
+        if self.probe.docker_wanted {
+            let host = crate::sources::docker::docker_host();
+            let docker = match &self.probe.docker {
+                Some(docker) => docker.clone(),
+                None => bollard::Docker::connect_with_defaults()
+                    .map_err(|e| one_line(&format!("Docker unreachable at {host}: {e}")))?,
+            };
+            match tokio::time::timeout(CHECK_TIMEOUT, docker.ping()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(one_line(&format!("Docker unreachable at {host}: {e}"))),
+                Err(_) => {
+                    return Err(format!("Docker unreachable at {host}: no answer to a ping within {CHECK_TIMEOUT:?}"))
+                }
+            }
+        }
+        let Inner { apply, nginx_pid: pid, .. } = self.state.snapshot();
+        match &self.probe.nginx {
+            NginxProbe::Local => local_nginx(pid)?,
+            NginxProbe::Companion { docker, container } => companion_nginx(docker, container).await?,
+        }
+        match apply {
+            None => Err("no config applied yet (waiting for the first pass)".to_string()),
+            Some(Err(reason)) => Err(format!("last apply failed: {reason}")),
+            Some(Ok(())) => Ok(()),
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        let _one = self.scrape.lock().await;
+        let domains: Vec<DomainName> = match (self.local, self.state.snapshot().live) {
+            (false, Some(live)) => {
+                live.table.tls_domains().into_iter().filter(|d| !live.left_out.iter().any(|x| x.domain == *d)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let store = crate::certs::store::CertStore::new(&self.certs_dir);
+        // Reading certificates is file IO: off the runtime's worker threads.
+        tokio::task::spawn_blocking(move || {
+            let certs: Vec<_> = domains.into_iter().filter_map(|d| store.info(&d).map(|i| (d, i))).collect();
+            let metrics = crate::metrics::global();
+            metrics.certificates(&certs);
+            metrics.encode()
+        })
+        .await
+        .unwrap_or_else(|e| format!("# cannot encode the metrics: {e}\n"))
+    }
+
+    fn routes(&self) -> Option<String> {
+        let live = self.state.snapshot().live?;
+        Some(routes_json(&live.table, &live.left_out, self.local))
+    }
+}
+
+/// The `/routes` document: the live routes (as `check --format json` shows them), the routes left
+/// out with nginx's reason, and the diagnostics. Holds no setting, so no secret.
+fn routes_json(table: &RouteTable, left_out: &[Dropped], local: bool) -> String {
+    #[derive(Serialize)]
+    struct LeftOut<'a> {
+        domain: &'a DomainName,
+        reason: &'a str,
+    }
+    #[derive(Serialize)]
+    struct View<'a> {
+        routes: Vec<crate::report::RouteRow>,
+        left_out: Vec<LeftOut<'a>>,
+        errors: Vec<&'a Diagnostic>,
+        warnings: Vec<&'a Diagnostic>,
+    }
+    let report = crate::report::Report::new(table, local, &[]);
+    let view = View {
+        routes: report.routes.into_iter().filter(|r| !left_out.iter().any(|d| d.domain.as_str() == r.domain)).collect(),
+        left_out: left_out.iter().map(|d| LeftOut { domain: &d.domain, reason: &d.reason }).collect(),
+        errors: report.errors,
+        warnings: report.warnings,
+    };
+    serde_json::to_string_pretty(&view).expect("the route view serializes") + "\n"
+}
+
+fn local_nginx(pid: Option<u32>) -> Result<(), String> {
+    let Some(pid) = pid else {
+        return Err("nginx not started yet (it starts after the first complete list of containers)".into());
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!("nginx unreachable: its process {pid} is gone ({e})")),
+    }
+}
+
+async fn companion_nginx(docker: &bollard::Docker, container: &str) -> Result<(), String> {
+    let inspect = match tokio::time::timeout(CHECK_TIMEOUT, docker.inspect_container(container, None)).await {
+        Err(_) => {
+            return Err(format!(
+                "nginx unreachable: Docker did not answer an inspect of container {container} within {CHECK_TIMEOUT:?}"
+            ))
+        }
+        Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
+            return Err(format!(
+                "nginx unreachable: container {container} does not exist (start it, or set NGINX_CONTAINER)"
+            ))
+        }
+        Ok(Err(e)) => return Err(one_line(&format!("nginx unreachable: cannot inspect container {container}: {e}"))),
+        Ok(Ok(inspect)) => inspect,
+    };
+    let state = inspect.state.unwrap_or_default();
+    if state.running == Some(true) && state.paused != Some(true) && state.restarting != Some(true) {
+        return Ok(());
+    }
+    let status = state.status.map(|s| s.to_string()).unwrap_or_else(|| "not running".into());
+    let exit = state.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
+    Err(format!("nginx unreachable: container {container} is {status}{exit}; start it (docker start {container})"))
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+/// The first line of a message, bounded: `/healthz` answers one line.
+fn one_line(message: &str) -> String {
+    let line = message.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    if line.chars().count() > 300 {
+        line.chars().take(300).collect::<String>() + "…"
+    } else {
+        line.to_string()
+    }
+}
+
+/// `nginx-smart-proxy health`: GET /healthz on `STATUS_ADDR` (loopback for a wildcard address)
+/// within `timeout`. `Ok(body)` on 200, else `Err(why)`, one line each.
+pub async fn check_health(addr: StatusAddr, timeout: Duration) -> Result<String, String> {
+    use http_body_util::BodyExt as _;
+    let Some(target) = addr.connect_addr() else {
+        return Err("the status endpoint is off (STATUS_ADDR=off); set STATUS_ADDR to ask it".into());
+    };
+    let url = format!("http://{target}/healthz");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let request = async {
+        let response = client.get(url.parse().map_err(|e| format!("{e}"))?).await.map_err(|e| {
+            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            format!("{e}{cause}")
+        })?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok::<_, String>((status, String::from_utf8_lossy(&body).trim().to_string()))
+    };
+    match tokio::time::timeout(timeout, request).await {
+        Err(_) => Err(format!("no answer from {url} within {timeout:?}")),
+        Ok(Err(e)) => {
+            Err(one_line(&format!("cannot reach {url}: {e} (is the agent running with STATUS_ADDR={addr}?)")))
+        }
+        Ok(Ok((StatusCode::OK, body))) => Ok(one_line(&body)),
+        Ok(Ok((status, body))) => Err(one_line(&format!("{status}: {body}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_addr_parses_and_connects_on_loopback() {
+        assert_eq!("off".parse::<StatusAddr>(), Ok(StatusAddr::Off));
+        assert_eq!(" OFF ".parse::<StatusAddr>(), Ok(StatusAddr::Off));
+        let at = |s: &str| s.parse::<StatusAddr>().unwrap().connect_addr().unwrap().to_string();
+        assert_eq!(at("127.0.0.1:9180"), "127.0.0.1:9180");
+        assert_eq!(at("0.0.0.0:9180"), "127.0.0.1:9180");
+        assert_eq!(at("[::]:9180"), "[::1]:9180");
+        assert_eq!(at("10.1.2.3:80"), "10.1.2.3:80");
+        for bad in ["", "9180", "localhost:9180", "127.0.0.1", "127.0.0.1:99999", "on"] {
+            let e = bad.parse::<StatusAddr>().unwrap_err();
+            assert!(e.starts_with("STATUS_ADDR must be ip:port"), "{bad}: {e}");
+        }
+    }
+
+    fn server(docker: Option<bollard::Docker>, nginx: NginxProbe) -> Server {
+        Server {
+            state: Arc::default(),
+            probe: Probe { docker_wanted: docker.is_some(), docker, nginx },
+            certs_dir: PathBuf::from("/nonexistent"),
+            local: true,
+            scrape: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_names_what_is_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        // A socket file nobody listens on: connections are refused.
+        let socket = dir.path().join("no-docker.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let docker =
+            bollard::Docker::connect_with_unix(&socket.display().to_string(), 2, bollard::API_DEFAULT_VERSION).unwrap();
+        let s = server(Some(docker.clone()), NginxProbe::Local);
+        let reason = s.health().await.unwrap_err();
+        assert!(reason.starts_with("Docker unreachable at "), "{reason}");
+        assert!(!reason.contains('\n'), "{reason}");
+
+        let s = server(None, NginxProbe::Companion { docker, container: "web-nginx".into() });
+        let reason = s.health().await.unwrap_err();
+        assert!(reason.starts_with("nginx unreachable: cannot inspect container web-nginx: "), "{reason}");
+
+        let s = server(None, NginxProbe::Local);
+        assert!(s.health().await.unwrap_err().starts_with("nginx not started yet"));
+        s.state.nginx_started(Some(std::process::id()));
+        assert_eq!(s.health().await.unwrap_err(), "no config applied yet (waiting for the first pass)");
+        let table = RouteTable::default();
+        s.state.applied(&table, &Ok(Applied::default()));
+        assert_eq!(s.health().await, Ok(()));
+
+        let get = |path: &str, method: Method| Request::builder().method(method).uri(path).body(()).unwrap();
+        assert_eq!(s.handle(get("/healthz", Method::GET)).await.status(), StatusCode::OK);
+        assert_eq!(s.handle(get("/routes", Method::HEAD)).await.status(), StatusCode::OK);
+        assert_eq!(s.handle(get("/nope", Method::GET)).await.status(), StatusCode::NOT_FOUND);
+        let post = s.handle(get("/healthz", Method::POST)).await;
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+    }
+
+    #[test]
+    fn one_line_keeps_the_first_line() {
+        assert_eq!(one_line("\n first \nsecond"), "first");
+        assert_eq!(one_line(&"x".repeat(400)).chars().count(), 301);
+    }
+
+    #[test]
+    fn health_reports_the_apply_and_routes_hide_left_out_ones() {
+        let state = State::default();
+        let table = RouteTable::build(vec![crate::sources::env::parse(Some("a.com,b.com"), None)]);
+        let b = DomainName::parse("b.com").unwrap();
+        let applied = Applied {
+            changed: true,
+            dropped: vec![Dropped { domain: b.clone(), reason: "nginx: [emerg] no".into() }],
+            ..Default::default()
+        };
+        state.applied(&table, &Ok(applied));
+        let Inner { apply, live, .. } = state.snapshot();
+        assert_eq!(apply, Some(Ok(())));
+        let live = live.unwrap();
+        let json: serde_json::Value = serde_json::from_str(&routes_json(&live.table, &live.left_out, true)).unwrap();
+        assert_eq!(json["routes"].as_array().unwrap().len(), 1, "{json}");
+        assert_eq!(json["routes"][0]["domain"], "a.com");
+        assert_eq!(json["left_out"][0]["domain"], "b.com");
+
+        // Unchanged bytes: the routes left out before stay left out.
+        state.applied(&table, &Ok(Applied::default()));
+        assert_eq!(state.snapshot().live.unwrap().left_out.len(), 1);
+
+        let error = ApplyError::Write { path: "/x".into(), source: std::io::Error::other("disk full\nmore") };
+        state.applied(&table, &Err(error));
+        let Inner { apply, live, .. } = state.snapshot();
+        assert_eq!(apply, Some(Err("cannot write /x: disk full".to_string())));
+        assert!(live.is_some(), "the last good routes stay");
+        assert_eq!(
+            local_nginx(None).unwrap_err(),
+            "nginx not started yet (it starts after the first complete list of containers)"
+        );
+        assert!(local_nginx(Some(std::process::id())).is_ok());
+    }
+}
