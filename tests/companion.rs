@@ -14,7 +14,7 @@ use crate::support::images::{agent_image, nginx_image};
 
 /// Where the agent container finds a custom template (copied in with `docker cp`).
 const TEMPLATE_IN_AGENT: &str = "/root/custom.conf.j2";
-const NGINX_STARTED_AGAIN: &str = "the nginx container started again";
+pub(crate) const NGINX_STARTED_AGAIN: &str = "the nginx container started again";
 const APPLIED: &str = "config applied";
 
 /// A named volume owned by one test. Dropping it removes the test's containers that still use it
@@ -92,7 +92,7 @@ impl Drop for Volume {
 }
 
 #[derive(Default)]
-struct Options {
+pub(crate) struct Options {
     /// Find nginx by the label `<prefix>.nginx=true` instead of `NGINX_CONTAINER`.
     by_label: bool,
     /// A custom template (its text), copied into the agent container as `NGINX_TEMPLATE`.
@@ -100,12 +100,12 @@ struct Options {
 }
 
 /// One companion setup: a test network, the shared volume, the nginx and agent containers.
-struct Companion<'d> {
+pub(crate) struct Companion<'d> {
     docker: &'d TestDocker,
     net: String,
     volume: Volume,
-    nginx: String,
-    agent: String,
+    pub(crate) nginx: String,
+    pub(crate) agent: String,
     by_label: bool,
     /// nginx's published port on 127.0.0.1 (changes when the container restarts).
     port: Cell<u16>,
@@ -113,7 +113,7 @@ struct Companion<'d> {
 
 impl<'d> Companion<'d> {
     /// Starts nginx, waits until it answers, then starts the agent.
-    fn start(docker: &'d TestDocker, options: Options) -> Companion<'d> {
+    pub(crate) fn start(docker: &'d TestDocker, options: Options) -> Companion<'d> {
         let net = docker.network("net");
         let volume = Volume::create(docker, "confd");
         let c = Companion {
@@ -187,7 +187,7 @@ impl<'d> Companion<'d> {
     }
 
     /// Reads nginx's published port again (`docker port`).
-    fn refresh_port(&self) {
+    pub(crate) fn refresh_port(&self) {
         let out = cli(&["port", &self.nginx, "80/tcp"]);
         let line = out
             .lines()
@@ -229,7 +229,7 @@ impl<'d> Companion<'d> {
     }
 
     /// Polls `check` every 50 ms until it holds; panics with both containers' logs after `timeout`.
-    fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    pub(crate) fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
         let started = Instant::now();
         for round in 0u32.. {
             if check() {
@@ -248,7 +248,7 @@ impl<'d> Companion<'d> {
     }
 
     /// Waits until `host` answers `status` (and, when given, a body equal to `<body>\n`).
-    fn wait_for_status(&self, host: &str, status: u16, body: Option<&str>) {
+    pub(crate) fn wait_for_status(&self, host: &str, status: u16, body: Option<&str>) {
         self.wait_for(&format!("{host} to answer {status} {body:?}"), Duration::from_secs(20), || {
             let (s, b) = self.get(host);
             s == status && body.is_none_or(|want| b == format!("{want}\n"))
@@ -269,14 +269,14 @@ impl<'d> Companion<'d> {
     }
 
     /// Occurrences of `needle` in the agent's log.
-    fn count(&self, needle: &str) -> usize {
+    pub(crate) fn count(&self, needle: &str) -> usize {
         self.agent_log().matches(needle).count()
     }
 
     /// Waits for the `n`-th "nginx container started again" line and an applied config after it.
     /// (The agent may also log one for nginx's first start: its event stream starts a second
     /// before it subscribes; count the lines before restarting nginx.)
-    fn wait_for_reapply(&self, n: usize) {
+    pub(crate) fn wait_for_reapply(&self, n: usize) {
         self.wait_for(
             &format!("the agent to notice nginx starting again (#{n}) and to apply the config to it"),
             Duration::from_secs(20),
@@ -288,7 +288,7 @@ impl<'d> Companion<'d> {
     }
 }
 
-fn started_app(docker: &TestDocker, c: &Companion, short: &str) {
+pub(crate) fn started_app(docker: &TestDocker, c: &Companion, short: &str) {
     docker.start(vec![docker.app(short).label("domains", &format!("{short}.test")).network(&c.net)]);
 }
 

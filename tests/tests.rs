@@ -13,3 +13,4 @@ mod docker_labels;
 mod golden;
 mod injection;
 mod load;
+mod status;
