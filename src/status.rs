@@ -114,15 +114,18 @@ impl State {
             }
             Err(_) => None,
         };
+        let Some((table, left_out)) = live else {
+            self.inner.lock().expect("status lock").apply = Some(outcome);
+            return;
+        };
+        // Unchanged bytes: the routes left out before still are (only this controller writes).
+        let left_out = left_out.unwrap_or_else(|| self.snapshot().live.map(|l| l.left_out.clone()).unwrap_or_default());
+        let domains: Vec<DomainName> = left_out.iter().map(|d| d.domain.clone()).collect();
+        crate::metrics::global().routes_applied(&table, &domains);
+        let live = Arc::new(Live { table, left_out });
         let mut inner = self.inner.lock().expect("status lock");
         inner.apply = Some(outcome);
-        if let Some((table, left_out)) = live {
-            let left_out =
-                left_out.unwrap_or_else(|| inner.live.as_ref().map(|l| l.left_out.clone()).unwrap_or_default());
-            let domains: Vec<DomainName> = left_out.iter().map(|d| d.domain.clone()).collect();
-            crate::metrics::global().routes_applied(&table, &domains);
-            inner.live = Some(Arc::new(Live { table, left_out }));
-        }
+        inner.live = Some(live);
     }
 
     /// The local nginx child started.
