@@ -131,24 +131,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let debounce = Duration::from(controller.settings.debounce);
     let base_max_wait = Duration::from(controller.settings.debounce_max);
-    // Storm mode: when a burst begins within DEBOUNCE of the end of the previous pass (events
-    // queued up during the pass), events are still streaming in: a slow daemon starting hundreds
-    // of containers after a reboot or a `docker-compose up`. Each such burst raises the level:
-    // the trailing wait becomes DEBOUNCE_MAX and the maximum wait grows fourfold (4, 16, 64 x
-    // DEBOUNCE_MAX), capped at STORM_MAX_WAIT, so a 40 s storm costs four reloads instead of one per
-    // second, and the last containers are served one DEBOUNCE_MAX after the storm ends. A burst
-    // after a quiet gap is back to level 0.
-    let mut storm: u32 = 0;
+    let mut storm = Storm::new(debounce, base_max_wait);
     let mut last_pass_end: Option<Instant> = None;
     let mut pending: Option<(Instant, Instant)> = None; // (first, last) trigger of this burst
     let mut retry_at: Option<Instant> = None; // after an apply failed for a passing reason
     tokio::pin!(shutdown);
     loop {
-        let (trailing, max_wait) = if storm == 0 {
-            (debounce, base_max_wait)
-        } else {
-            (base_max_wait.max(debounce), (base_max_wait * 4u32.pow(storm)).min(STORM_MAX_WAIT.max(base_max_wait)))
-        };
+        let (trailing, max_wait) = storm.waits();
         let deadline = pending.map(|(first, last)| (last + trailing).min(first + max_wait));
         tokio::select! {
             _ = &mut shutdown => {
@@ -163,8 +152,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 if controller.note(trigger) {
                     let now = Instant::now();
                     if pending.is_none() {
-                        let streaming = last_pass_end.is_some_and(|end| now < end + debounce);
-                        storm = if streaming { (storm + 1).min(3) } else { 0 };
+                        storm.burst_begins(now, last_pass_end);
                     }
                     pending = Some(match pending { Some((first, _)) => (first, now), None => (now, now) });
                 }
@@ -185,8 +173,52 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
 }
 
-/// The longest a storm of events can hold back a pass (see storm mode in [`run`]).
+/// How long a burst of triggers waits before a pass: a trailing quiet period and a maximum from
+/// the burst's first trigger.
+///
+/// Normally DEBOUNCE of quiet, at most DEBOUNCE_MAX. Storm mode is for events that keep streaming
+/// in (a slow daemon starting hundreds of containers after a reboot or a `docker-compose up`): a
+/// burst that begins while the previous pass was still running (within DEBOUNCE of its end), or
+/// within DEBOUNCE_MAX of it once in a storm, raises the level. In a storm the trailing quiet is
+/// 2 x DEBOUNCE_MAX (the gaps of a slow stream do not each cost a reload) and the maximum wait
+/// grows fourfold per level (4, 16, 64 x DEBOUNCE_MAX, never more than [`STORM_MAX_WAIT`]), so a
+/// storm of a minute costs about five reloads instead of sixty and the last containers are served
+/// about 2 x DEBOUNCE_MAX after it ends. The level holds across gaps shorter than
+/// 5 x DEBOUNCE_MAX and drops to normal after a longer one.
+#[derive(Debug)]
+struct Storm {
+    debounce: Duration,
+    max_wait: Duration,
+    level: u32,
+}
+
+/// The longest a storm of events can hold back a pass.
 const STORM_MAX_WAIT: Duration = Duration::from_secs(30);
+
+impl Storm {
+    fn new(debounce: Duration, max_wait: Duration) -> Storm {
+        Storm { debounce, max_wait: max_wait.max(debounce), level: 0 }
+    }
+
+    /// The first trigger of a burst arrived at `now`; the last pass ended at `last_pass_end`.
+    fn burst_begins(&mut self, now: Instant, last_pass_end: Option<Instant>) {
+        let gap = last_pass_end.map(|end| now.saturating_duration_since(end));
+        let escalate_within = if self.level == 0 { self.debounce } else { self.max_wait };
+        self.level = match gap {
+            Some(gap) if gap < escalate_within => (self.level + 1).min(3),
+            Some(gap) if self.level > 0 && gap < self.max_wait * 5 => self.level,
+            _ => 0,
+        };
+    }
+
+    /// (trailing quiet, maximum wait from the burst's first trigger).
+    fn waits(&self) -> (Duration, Duration) {
+        match self.level {
+            0 => (self.debounce, self.max_wait),
+            level => (self.max_wait * 2, (self.max_wait * 4u32.pow(level)).min(STORM_MAX_WAIT.max(self.max_wait))),
+        }
+    }
+}
 
 fn load_renderer(settings: &Settings) -> anyhow::Result<Renderer> {
     Ok(match &settings.nginx_template {
@@ -678,4 +710,46 @@ fn watch_files(settings: &Settings, tx: mpsc::Sender<Trigger>) -> Option<notify:
         }
     }
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn storm_levels_rise_while_events_stream_and_fall_after_a_quiet_gap() {
+        let t0 = Instant::now();
+        let mut storm = Storm::new(100 * MS, 1000 * MS);
+        storm.burst_begins(t0, None);
+        assert_eq!(storm.waits(), (100 * MS, 1000 * MS), "a first burst is normal");
+        // A burst after a pass that ended long ago: normal.
+        storm.burst_begins(t0 + 10_000 * MS, Some(t0));
+        assert_eq!(storm.level, 0);
+        // Events queued during the pass (within DEBOUNCE of its end): storm level 1.
+        storm.burst_begins(t0 + 10_050 * MS, Some(t0 + 10_000 * MS));
+        assert_eq!(storm.waits(), (2000 * MS, 4000 * MS));
+        // Once in a storm, a burst within DEBOUNCE_MAX of the pass raises the level further.
+        storm.burst_begins(t0 + 20_500 * MS, Some(t0 + 20_000 * MS));
+        assert_eq!(storm.waits(), (2000 * MS, 16_000 * MS));
+        storm.burst_begins(t0 + 40_500 * MS, Some(t0 + 40_000 * MS));
+        assert_eq!(storm.waits(), (2000 * MS, STORM_MAX_WAIT), "capped");
+        storm.burst_begins(t0 + 80_500 * MS, Some(t0 + 80_000 * MS));
+        assert_eq!(storm.level, 3);
+        // A gap of a few seconds holds the level; a longer one ends the storm.
+        storm.burst_begins(t0 + 123_000 * MS, Some(t0 + 120_000 * MS));
+        assert_eq!(storm.level, 3);
+        storm.burst_begins(t0 + 136_000 * MS, Some(t0 + 130_000 * MS));
+        assert_eq!(storm.waits(), (100 * MS, 1000 * MS));
+    }
+
+    #[test]
+    fn a_slow_burst_after_a_normal_pass_stays_normal() {
+        let t0 = Instant::now();
+        let mut storm = Storm::new(100 * MS, 1000 * MS);
+        // `docker start a`, then `docker start b` 300 ms after the pass for a ended.
+        storm.burst_begins(t0 + 300 * MS, Some(t0));
+        assert_eq!(storm.level, 0);
+    }
 }
