@@ -607,8 +607,8 @@ pub struct IssueOptions {
     /// ACME Renewal Information: the identifier of the certificate this order replaces
     /// (`replaces`, RFC 9773 section 5). Sent only when the CA offers ARI.
     pub replaces: Option<String>,
-    /// A directory journaling the order in progress (`<stem>.json`, 0600: the order URL, then
-    /// the key of its CSR before finalization). An order found there from an earlier process
+    /// A directory journaling the order in progress (`<stem>.json`, 0600: the order URL and
+    /// the key of its CSR, written before finalization). An order found there from an earlier process
     /// that died is resumed when it got past validation, so no second order is placed and
     /// no key is lost. The caller removes the journal ([`clear_journal`]) once the
     /// certificate is written.
@@ -627,7 +627,7 @@ fn journal_path(dir: &Path, domain: &DomainName) -> PathBuf {
     dir.join(format!("{}.json", domain.file_stem()))
 }
 
-fn write_journal(dir: &Path, domain: &DomainName, order: &str, key_pem: Option<&Secret>) -> Result<(), AcmeError> {
+fn write_journal(dir: &Path, domain: &DomainName, order: &str, key_pem: &Secret) -> Result<(), AcmeError> {
     let path = journal_path(dir, domain);
     let err = |action, source| AcmeError::Journal { domain: domain.clone(), action, path: path.clone(), source };
     std::fs::DirBuilder::new()
@@ -635,7 +635,7 @@ fn write_journal(dir: &Path, domain: &DomainName, order: &str, key_pem: Option<&
         .mode(0o700)
         .create(dir)
         .map_err(|e| err("create the directory of", e))?;
-    let journal = Journal { order: order.to_string(), key_pem: key_pem.map(|k| k.expose().to_string()) };
+    let journal = Journal { order: order.to_string(), key_pem: Some(key_pem.expose().to_string()) };
     let json = serde_json::to_vec(&journal).expect("the journal serializes");
     write_atomic(&path, &json, 0o600).map_err(|e| err("write", e))
 }
@@ -678,10 +678,9 @@ pub async fn issue_with(
                     None => account.inner.new_order(&NewOrder::new(&identifiers)).await,
                 }
                 .map_err(|e| ca_error(format!("create an order for {domain}"), e))?;
+                // Journaled only once validated (below, with its key): a pending order is never
+                // resumed, and each durable write costs an fsync.
                 debug!(%domain, order = order.url(), "created an ACME order");
-                if let Some(dir) = journal_dir {
-                    write_journal(dir, domain, order.url(), None)?;
-                }
                 (order, None)
             }
         };
@@ -712,7 +711,7 @@ pub async fn issue_with(
             // The key is on disk (0600) before the CA can sign for it: a process killed from
             // here on loses nothing.
             if let Some(dir) = journal_dir {
-                write_journal(dir, domain, order.url(), Some(&key))?;
+                write_journal(dir, domain, order.url(), &key)?;
             }
             let csr = csr_der(domain, &key)?;
             order.finalize_csr(&csr).await.map_err(|e| ca_error(format!("finalize the order for {domain}"), e))?;
