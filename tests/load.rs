@@ -164,7 +164,8 @@ fn no_request_fails_while_nginx_reloads_50_times() {
             while !done.load(Ordering::Relaxed) {
                 let name = names[changes % CHURNERS].as_str();
                 // Its name after rename `n` of a round: the last one restores the real name.
-                let alias = |n: usize| if n.is_multiple_of(RENAMES) { name.to_string() } else { format!("{name}-r{n}") };
+                let alias =
+                    |n: usize| if n.is_multiple_of(RENAMES) { name.to_string() } else { format!("{name}-r{n}") };
                 let step = (changes / CHURNERS) % (2 + RENAMES);
                 let (from, to) = (alias(step.saturating_sub(2)), alias(step.saturating_sub(1)));
                 let args = match step {
