@@ -149,8 +149,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 anyhow::bail!("nginx exited unexpectedly ({status}); stopping so that the container restarts");
             }
             Some(trigger) = rx.recv() => {
+                let container = match &trigger {
+                    Trigger::Container { id, .. } => Some(id.clone()),
+                    _ => None,
+                };
                 if controller.note(trigger) {
                     let now = Instant::now();
+                    if let Some(id) = container {
+                        storm.saw_container(now, id);
+                    }
                     if pending.is_none() {
                         storm.burst_begins(now, last_pass_end);
                     }
@@ -176,37 +183,65 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 /// How long a burst of triggers waits before a pass: a trailing quiet period and a maximum from
 /// the burst's first trigger.
 ///
-/// Normally DEBOUNCE of quiet, at most DEBOUNCE_MAX. Storm mode is for events that keep streaming
-/// in (a slow daemon starting hundreds of containers after a reboot or a `docker-compose up`): a
-/// burst that begins while the previous pass was still running (within DEBOUNCE of its end), or
-/// within DEBOUNCE_MAX of it once in a storm, raises the level. In a storm the trailing quiet is
-/// 2 x DEBOUNCE_MAX (the gaps of a slow stream do not each cost a reload) and the maximum wait
-/// grows fourfold per level (4, 16, 64 x DEBOUNCE_MAX, never more than [`STORM_MAX_WAIT`]), so a
-/// storm of a minute costs about five reloads instead of sixty and the last containers are served
-/// about 2 x DEBOUNCE_MAX after it ends. The level holds across gaps shorter than
-/// 5 x DEBOUNCE_MAX and drops to normal after a longer one.
+/// Normally DEBOUNCE of quiet, at most DEBOUNCE_MAX. Storm mode is for many containers changing
+/// at once (a slow daemon starting hundreds of them after a reboot or a `docker-compose up`):
+/// while events about at least [`STORM_CONTAINERS`] different containers arrived within the last
+/// 5 x DEBOUNCE_MAX, a burst that begins while the previous pass was still running (within
+/// DEBOUNCE of its end), or within DEBOUNCE_MAX of it once in a storm, raises the level. In a
+/// storm the trailing quiet is 2 x DEBOUNCE_MAX (the gaps of a slow stream do not each cost a
+/// reload) and the maximum wait grows fourfold per level (4, 16, 64 x DEBOUNCE_MAX, never more
+/// than [`STORM_MAX_WAIT`]), so a storm of a minute costs about five reloads instead of sixty and
+/// the last containers are served about 2 x DEBOUNCE_MAX after it ends. A burst after a longer gap
+/// lowers the level by one. One container restarting, or a few edits and starts, never makes a
+/// storm: they are applied within DEBOUNCE however slow the previous pass was.
 #[derive(Debug)]
 struct Storm {
     debounce: Duration,
     max_wait: Duration,
     level: u32,
+    /// Container events of the last 5 x DEBOUNCE_MAX: (when, container id), oldest first.
+    recent: std::collections::VecDeque<(Instant, String)>,
 }
 
 /// The longest a storm of events can hold back a pass.
 const STORM_MAX_WAIT: Duration = Duration::from_secs(30);
+/// How many different containers must have changed within 5 x DEBOUNCE_MAX for a storm.
+const STORM_CONTAINERS: usize = 5;
 
 impl Storm {
     fn new(debounce: Duration, max_wait: Duration) -> Storm {
-        Storm { debounce, max_wait: max_wait.max(debounce), level: 0 }
+        Storm { debounce, max_wait: max_wait.max(debounce), level: 0, recent: Default::default() }
+    }
+
+    fn window(&self) -> Duration {
+        self.max_wait * 5
+    }
+
+    /// An event about container `id` arrived at `now`.
+    fn saw_container(&mut self, now: Instant, id: String) {
+        self.forget_before(now);
+        if self.recent.len() < 4096 {
+            self.recent.push_back((now, id));
+        }
+    }
+
+    fn forget_before(&mut self, now: Instant) {
+        let window = self.window();
+        while self.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > window) {
+            self.recent.pop_front();
+        }
     }
 
     /// The first trigger of a burst arrived at `now`; the last pass ended at `last_pass_end`.
     fn burst_begins(&mut self, now: Instant, last_pass_end: Option<Instant>) {
+        self.forget_before(now);
+        let busy = self.recent.iter().map(|(_, id)| id.as_str()).collect::<HashSet<_>>().len() >= STORM_CONTAINERS;
         let gap = last_pass_end.map(|end| now.saturating_duration_since(end));
         let escalate_within = if self.level == 0 { self.debounce } else { self.max_wait };
         self.level = match gap {
+            _ if !busy => 0,
             Some(gap) if gap < escalate_within => (self.level + 1).min(3),
-            Some(gap) if self.level > 0 && gap < self.max_wait * 5 => self.level,
+            Some(gap) if gap < self.window() => self.level.saturating_sub(1),
             _ => 0,
         };
     }
@@ -718,38 +753,58 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A storm-sized stream: events about ten containers in the last second.
+    fn busy(storm: &mut Storm, now: Instant) {
+        for i in 0..10 {
+            storm.saw_container(now - 100 * MS * i, format!("c{i}"));
+        }
+    }
+
     #[test]
-    fn storm_levels_rise_while_events_stream_and_fall_after_a_quiet_gap() {
+    fn storm_levels_rise_while_many_containers_change_and_fall_after_a_quiet_gap() {
         let t0 = Instant::now();
         let mut storm = Storm::new(100 * MS, 1000 * MS);
         storm.burst_begins(t0, None);
         assert_eq!(storm.waits(), (100 * MS, 1000 * MS), "a first burst is normal");
-        // A burst after a pass that ended long ago: normal.
-        storm.burst_begins(t0 + 10_000 * MS, Some(t0));
-        assert_eq!(storm.level, 0);
-        // Events queued during the pass (within DEBOUNCE of its end): storm level 1.
-        storm.burst_begins(t0 + 10_050 * MS, Some(t0 + 10_000 * MS));
+        // Events queued during the pass (within DEBOUNCE of its end), ten containers: level 1.
+        let t = t0 + 10_050 * MS;
+        busy(&mut storm, t);
+        storm.burst_begins(t, Some(t0 + 10_000 * MS));
         assert_eq!(storm.waits(), (2000 * MS, 4000 * MS));
         // Once in a storm, a burst within DEBOUNCE_MAX of the pass raises the level further.
-        storm.burst_begins(t0 + 20_500 * MS, Some(t0 + 20_000 * MS));
-        assert_eq!(storm.waits(), (2000 * MS, 16_000 * MS));
-        storm.burst_begins(t0 + 40_500 * MS, Some(t0 + 40_000 * MS));
-        assert_eq!(storm.waits(), (2000 * MS, STORM_MAX_WAIT), "capped");
-        storm.burst_begins(t0 + 80_500 * MS, Some(t0 + 80_000 * MS));
+        for (pass_end, level_waits) in [(20_000, 16_000 * MS), (40_000, STORM_MAX_WAIT), (60_000, STORM_MAX_WAIT)] {
+            let t = t0 + (pass_end + 500) * MS;
+            busy(&mut storm, t);
+            storm.burst_begins(t, Some(t0 + pass_end * MS));
+            assert_eq!(storm.waits(), (2000 * MS, level_waits));
+        }
         assert_eq!(storm.level, 3);
-        // A gap of a few seconds holds the level; a longer one ends the storm.
-        storm.burst_begins(t0 + 123_000 * MS, Some(t0 + 120_000 * MS));
-        assert_eq!(storm.level, 3);
-        storm.burst_begins(t0 + 136_000 * MS, Some(t0 + 130_000 * MS));
+        // A gap of a few seconds lowers the level by one; a longer one ends the storm.
+        let t = t0 + 63_000 * MS;
+        busy(&mut storm, t);
+        storm.burst_begins(t, Some(t0 + 60_000 * MS));
+        assert_eq!(storm.level, 2);
+        storm.burst_begins(t0 + 100_000 * MS, Some(t0 + 63_000 * MS));
         assert_eq!(storm.waits(), (100 * MS, 1000 * MS));
     }
 
     #[test]
-    fn a_slow_burst_after_a_normal_pass_stays_normal() {
+    fn one_container_or_a_few_never_make_a_storm() {
         let t0 = Instant::now();
         let mut storm = Storm::new(100 * MS, 1000 * MS);
-        // `docker start a`, then `docker start b` 300 ms after the pass for a ended.
-        storm.burst_begins(t0 + 300 * MS, Some(t0));
+        // One container's die, stop and start, each burst right after a slow pass ended.
+        for i in 0..20u32 {
+            let t = t0 + 700 * MS * i;
+            storm.saw_container(t, "app".into());
+            storm.burst_begins(t, Some(t - 10 * MS));
+            assert_eq!(storm.waits(), (100 * MS, 1000 * MS));
+        }
+        // Four containers of a compose project starting together: still normal.
+        let t = t0 + 60_000 * MS;
+        for name in ["a", "b", "c", "d"] {
+            storm.saw_container(t, name.into());
+        }
+        storm.burst_begins(t, Some(t - 10 * MS));
         assert_eq!(storm.level, 0);
     }
 }
