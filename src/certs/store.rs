@@ -282,15 +282,19 @@ mod tests {
 
     #[test]
     fn a_lock_left_by_a_killed_process_does_not_block() {
+        use std::os::unix::process::CommandExt as _;
         // Another process (util-linux's flock(1)) takes the domain's lock and is killed with
         // SIGKILL: its lock file stays behind, the lock itself goes with the process.
         let dir = tempfile::tempdir().unwrap();
         let store = CertStore::new(dir.path());
         let domain = DomainName::parse("stale.example.com").unwrap();
         drop(store.try_lock(&domain).unwrap());
+        // In a process group of its own, so that SIGKILL reaches flock(1) and the `sleep` that
+        // inherited the locked descriptor, like a killed agent and everything it started.
         let mut holder = std::process::Command::new("flock")
             .arg(store.lock_path(&domain))
             .args(["sleep", "60"])
+            .process_group(0)
             .spawn()
             .expect("run flock(1) from util-linux");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -299,8 +303,14 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(store.try_lock(&domain).unwrap().is_none(), "held by the other process");
-        holder.kill().unwrap();
+        let group = nix::unistd::Pid::from_raw(holder.id() as i32);
+        nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
         holder.wait().unwrap();
+        // The group's last member (the sleep) may outlive flock(1) by a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.is_locked(&domain) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(store.lock_path(&domain).exists(), "the lock file is left behind");
         assert!(!store.is_locked(&domain));
         assert!(store.try_lock(&domain).unwrap().is_some(), "a stale lock file does not block");
