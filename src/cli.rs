@@ -265,6 +265,11 @@ async fn certs_renew(settings: &Settings, force: bool, names: &[String]) -> anyh
     for (domain, error) in &report.failed {
         println!("failed: {domain}: {error}");
     }
+    // Not a failure: the certificate asked for is being ordered right now by whoever holds the
+    // lock (the agent, or another `certs renew`), which also reloads nginx when it is issued.
+    for domain in &report.busy {
+        println!("busy: {domain}: another order for this domain is running; it will finish there");
+    }
     for (domain, skip) in &report.plan.skipped {
         println!("skipped: {domain}: {skip}");
     }

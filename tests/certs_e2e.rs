@@ -1139,15 +1139,18 @@ fn an_agent_killed_mid_order_resumes_it_with_the_same_account_and_key_and_a_seco
     assert!(!agent.log().contains("PRIVATE KEY"));
 
     // A second process on the same store (`certs renew --force`) does not order meanwhile: the
-    // domain's lock is held, and it says so.
+    // domain's lock is held, and it says the domain is busy, not failed (exit 0: the order in
+    // flight finishes in the agent).
     assert_eq!(agent.certs_list()[0]["status"], "renewing");
     let out = agent.cli(&["certs", "renew", "--force", "resume.test"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stdout.contains("resume.test: another order for this domain is running (lock held)"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        stdout.contains("busy: resume.test: another order for this domain is running; it will finish there"),
+        "{stdout}{stderr}"
     );
+    assert!(!stdout.contains("failed:"), "{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert_eq!(proxy.new_orders().len(), 1, "one order at a time");
 
     let accounts = agent.certs().join("smart-proxy/accounts");

@@ -32,7 +32,7 @@ pub use instant_acme::Problem;
 pub use crate::secret::Secret;
 
 use crate::certs::placeholder::cert_dir;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_atomic_many};
 use crate::routes::DomainName;
 
 /// Let's Encrypt's production directory (the name `letsencrypt` in [`AcmeSettings::directory`]).
@@ -711,7 +711,8 @@ pub async fn issue_with(
             // The key is on disk (0600) before the CA can sign for it: a process killed from
             // here on loses nothing.
             if let Some(dir) = journal_dir {
-                write_journal(dir, domain, order.url(), &key)?;
+                let (dir, domain, url, key) = (dir.to_path_buf(), domain.clone(), order.url().to_string(), key.clone());
+                blocking(move || write_journal(&dir, &domain, &url, &key)).await?;
             }
             let csr = csr_der(domain, &key)?;
             order.finalize_csr(&csr).await.map_err(|e| ca_error(format!("finalize the order for {domain}"), e))?;
@@ -949,15 +950,33 @@ fn check_chain(domain: &DomainName, fullchain_pem: &str) -> Result<time::OffsetD
     Ok(leaf.validity().not_after.to_datetime())
 }
 
-/// Writes `issued` in certbot's layout: `<certs_dir>/live/<cert name>/privkey.pem` (0600, first)
-/// and `fullchain.pem` (0644), each atomically. Returns the directory.
+/// Writes `issued` in certbot's layout: `<certs_dir>/live/<cert name>/privkey.pem` (0600) and
+/// `fullchain.pem` (0644), each atomically and both durable when this returns. Both files are
+/// written and fsynced before either is renamed into place, the renames follow each other, and
+/// the directory is fsynced once: nginx can only read a new key with the old chain during the
+/// microseconds between the two renames. (After a crash between them, the order's journal,
+/// removed only after this returns, makes the next run download the chain again and rewrite
+/// both.) Blocking: call it from a blocking thread. Returns the directory.
 pub fn write_certificate(certs_dir: &Path, domain: &DomainName, issued: &Issued) -> Result<PathBuf, AcmeError> {
+    use std::ffi::OsStr;
     let dir = cert_dir(certs_dir, domain);
     let io = |source| AcmeError::Write { domain: domain.clone(), dir: dir.clone(), source };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    write_atomic(&dir.join("privkey.pem"), issued.key_pem.expose().as_bytes(), 0o600).map_err(io)?;
-    write_atomic(&dir.join("fullchain.pem"), issued.fullchain_pem.as_bytes(), 0o644).map_err(io)?;
+    let files: [(&OsStr, &[u8], u32); 2] = [
+        (OsStr::new("privkey.pem"), issued.key_pem.expose().as_bytes(), 0o600),
+        (OsStr::new("fullchain.pem"), issued.fullchain_pem.as_bytes(), 0o644),
+    ];
+    write_atomic_many(&dir, &files).map_err(io)?;
     Ok(dir)
+}
+
+/// Runs blocking file work (fsyncs) on tokio's blocking pool, so that it never stalls the
+/// runtime's few worker threads and with them every other order's HTTP exchanges.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 #[cfg(test)]

@@ -54,11 +54,22 @@ fn retry_plan(failures: u32, error: &acme::AcmeError) -> (Duration, i64) {
     (wait, secs)
 }
 
+/// How one planned order ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ordered {
+    Issued,
+    /// Another order for the domain holds its lock; it finishes there.
+    Busy,
+}
+
 /// What one batch did.
 #[derive(Debug, Default)]
 pub struct BatchReport {
     pub issued: Vec<DomainName>,
     pub failed: Vec<(DomainName, String)>,
+    /// Not ordered here: another order for the domain holds its lock (another task or process
+    /// sharing the store), and that order finishes there.
+    pub busy: Vec<DomainName>,
     pub plan: Plan,
 }
 
@@ -241,7 +252,7 @@ impl CertManager {
                 warn!(%domain, "a wildcard certificate needs DNS-01: set CLOUDFLARE_API_TOKEN");
             }
         }
-        let results: Vec<(DomainName, Result<(), String>)> = futures::stream::iter(plan.orders.clone())
+        let results: Vec<(DomainName, Result<Ordered, String>)> = futures::stream::iter(plan.orders.clone())
             .map(|order| async move {
                 info!(domain = %order.domain, reason = %order.reason, challenge = %order.challenge, "ordering a certificate");
                 let result = self.order(&order.domain, &order.reason).await;
@@ -252,10 +263,17 @@ impl CertManager {
             .await;
         let mut report = BatchReport { plan, ..Default::default() };
         for (domain, result) in results {
-            crate::metrics::global().acme_order(result.is_ok());
             match result {
-                Ok(()) => report.issued.push(domain),
-                Err(e) => report.failed.push((domain, e)),
+                Ok(Ordered::Issued) => {
+                    crate::metrics::global().acme_order(true);
+                    report.issued.push(domain);
+                }
+                // Not an order of ours: nothing to count.
+                Ok(Ordered::Busy) => report.busy.push(domain),
+                Err(e) => {
+                    crate::metrics::global().acme_order(false);
+                    report.failed.push((domain, e));
+                }
             }
         }
         report
@@ -267,13 +285,17 @@ impl CertManager {
     }
 
     /// One domain: lock, DNS check, order, write, record the outcome.
-    async fn order(&self, domain: &DomainName, reason: &Reason) -> Result<(), String> {
+    async fn order(&self, domain: &DomainName, reason: &Reason) -> Result<Ordered, String> {
         let lock = match self.store.try_lock(domain) {
             Ok(Some(lock)) => lock,
-            Ok(None) => return Err("another order for this domain is running (lock held)".into()),
+            Ok(None) => {
+                info!(%domain, "another order for this domain is running (lock held); it will finish there");
+                return Ok(Ordered::Busy);
+            }
             Err(e) => return Err(e.to_string()),
         };
         let mut state = self.store.state(domain);
+        let had_failures = state != DomainState { last_attempt: state.last_attempt, ..Default::default() };
         state.last_attempt = Some(OffsetDateTime::now_utc().unix_timestamp());
         if let Err(reason) = self.check_dns(domain).await {
             // Like a failed order: logged, shown by `certs list`, and tried again after the
@@ -283,7 +305,8 @@ impl CertManager {
             state.next_try = Some(OffsetDateTime::now_utc().unix_timestamp() + wait.as_secs() as i64);
             state.last_error = Some(reason.clone());
             warn!(%domain, failures = state.failures, retry_in = %humantime::format_duration(wait), "certificate not ordered: {reason}");
-            if let Err(e) = self.store.save_state(domain, &state) {
+            let (store, domain_owned, saved) = (self.store.clone(), domain.clone(), state.clone());
+            if let Err(e) = acme::blocking(move || store.save_state(&domain_owned, &saved)).await {
                 warn!("{e}");
             }
             return Err(reason);
@@ -301,16 +324,21 @@ impl CertManager {
                 AnySolver::Dns(s) => acme::issue_with(account, domain, s.as_ref(), &options).await?,
                 AnySolver::Http(s) => acme::issue_with(account, domain, s, &options).await?,
             };
-            acme::write_certificate(&self.store.dir, domain, &issued)?;
-            acme::clear_journal(&journal, domain);
-            Ok::<_, acme::AcmeError>(issued)
+            // Durable before it is reported; the journal goes only once it is.
+            let (dir, domain_owned, journal) = (self.store.dir.clone(), domain.clone(), journal.clone());
+            acme::blocking(move || {
+                acme::write_certificate(&dir, &domain_owned, &issued)?;
+                acme::clear_journal(&journal, &domain_owned);
+                Ok::<_, acme::AcmeError>(issued)
+            })
+            .await
         }
         .await;
         let outcome = match result {
             Ok(issued) => {
                 info!(%domain, not_after = %issued.not_after, "certificate issued");
                 state = DomainState { last_attempt: state.last_attempt, ..Default::default() };
-                Ok(())
+                Ok(Ordered::Issued)
             }
             Err(e) => {
                 state.failures += 1;
@@ -322,7 +350,19 @@ impl CertManager {
                 Err(e.to_string())
             }
         };
-        if let Err(e) = self.store.save_state(domain, &state) {
+        // A failure (its backoff) and the reset of earlier failures are durable; a success after
+        // successes only moves `last_attempt`, not worth an fsync.
+        let durable = outcome.is_err() || had_failures;
+        let (store, domain_owned) = (self.store.clone(), domain.clone());
+        let saved = acme::blocking(move || {
+            if durable {
+                store.save_state(&domain_owned, &state)
+            } else {
+                store.save_state_unsynced(&domain_owned, &state)
+            }
+        })
+        .await;
+        if let Err(e) = saved {
             warn!("{e}");
         }
         drop(lock);

@@ -12,7 +12,7 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use super::placeholder::PLACEHOLDER_ORG;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_atomic_unsynced};
 use crate::routes::DomainName;
 
 #[derive(Debug, Error)]
@@ -182,12 +182,24 @@ impl CertStore {
         std::fs::read(self.state_path(domain)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
+    /// Saves the domain's renewal state, durably (a backoff must survive a crash).
     pub fn save_state(&self, domain: &DomainName, state: &DomainState) -> Result<(), StoreError> {
+        self.write_state(domain, state, true)
+    }
+
+    /// Saves a state whose loss in a crash is harmless (no failure recorded, none cleared: only
+    /// `last_attempt` would be lost): atomically, without an fsync.
+    pub fn save_state_unsynced(&self, domain: &DomainName, state: &DomainState) -> Result<(), StoreError> {
+        self.write_state(domain, state, false)
+    }
+
+    fn write_state(&self, domain: &DomainName, state: &DomainState, durable: bool) -> Result<(), StoreError> {
         let path = self.state_path(domain);
         let io = |action, source| StoreError::Io { action, path: path.clone(), source };
         std::fs::create_dir_all(path.parent().expect("state path has a parent")).map_err(|e| io("create", e))?;
         let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
-        write_atomic(&path, &bytes, 0o600).map_err(|e| io("write", e))
+        let write = if durable { write_atomic } else { write_atomic_unsynced };
+        write(&path, &bytes, 0o600).map_err(|e| io("write", e))
     }
 
     /// Takes the domain's lock without waiting; `None` when another order for it is running.
@@ -270,6 +282,9 @@ mod tests {
             DomainState { failures: 2, last_error: Some("boom".into()), next_try: Some(1), last_attempt: Some(0) };
         store.save_state(&domain, &state).unwrap();
         assert_eq!(store.state(&domain), state);
+        let clean = DomainState { last_attempt: Some(5), ..Default::default() };
+        store.save_state_unsynced(&domain, &clean).unwrap();
+        assert_eq!(store.state(&domain), clean);
 
         assert!(!store.is_locked(&domain));
         let held = store.try_lock(&domain).unwrap().expect("free");
