@@ -1660,7 +1660,11 @@ fn routes_attempt(
             emerg = emerg_lines(&error_log).into_iter().nth(emerg_before);
             emerg.is_some()
         });
-        agent.tail.applied_count();
+        // The agent logs the pass once nginx confirmed the reload (new workers), which with 10,000
+        // sites may be a while after the first 200 from a new worker.
+        if emerg.is_none() {
+            poll_until(Duration::from_secs(60), Duration::from_millis(20), || agent.tail.applied_count() > before);
+        }
         let line = agent.tail.nth_applied(before);
         if let Some(e) = emerg {
             failure = Some((e, line));

@@ -186,14 +186,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 /// Normally DEBOUNCE of quiet, at most DEBOUNCE_MAX. Storm mode is for many containers changing
 /// at once (a slow daemon starting hundreds of them after a reboot or a `docker-compose up`):
 /// while events about at least [`STORM_CONTAINERS`] different containers arrived within the last
-/// 5 x DEBOUNCE_MAX, a burst that begins while the previous pass was still running (within
-/// DEBOUNCE of its end), or within DEBOUNCE_MAX of it once in a storm, raises the level. In a
-/// storm the trailing quiet is 2 x DEBOUNCE_MAX (the gaps of a slow stream do not each cost a
-/// reload) and the maximum wait grows fourfold per level (4, 16, 64 x DEBOUNCE_MAX, never more
-/// than [`STORM_MAX_WAIT`]), so a storm of a minute costs about five reloads instead of sixty and
-/// the last containers are served about 2 x DEBOUNCE_MAX after it ends. A burst after a longer gap
-/// lowers the level by one. One container restarting, or a few edits and starts, never makes a
-/// storm: they are applied within DEBOUNCE however slow the previous pass was.
+/// 5 x DEBOUNCE_MAX, a burst that begins within DEBOUNCE_MAX of the end of the previous pass
+/// raises the level. In a storm the trailing quiet is 2 x DEBOUNCE_MAX (the gaps of a slow stream
+/// do not each cost a reload) and the maximum wait grows fourfold per level (4, 16, 64 x
+/// DEBOUNCE_MAX, never more than [`STORM_MAX_WAIT`]), so a storm of a minute and a half costs
+/// about five reloads instead of ninety and the last containers are served about
+/// 2 x DEBOUNCE_MAX after it ends. A burst after a longer gap lowers the level by one. One
+/// container restarting, or a few edits and starts, never makes a storm: they are applied within
+/// DEBOUNCE however slow the previous pass was.
 #[derive(Debug)]
 struct Storm {
     debounce: Duration,
@@ -204,7 +204,7 @@ struct Storm {
 }
 
 /// The longest a storm of events can hold back a pass.
-const STORM_MAX_WAIT: Duration = Duration::from_secs(30);
+const STORM_MAX_WAIT: Duration = Duration::from_secs(60);
 /// How many different containers must have changed within 5 x DEBOUNCE_MAX for a storm.
 const STORM_CONTAINERS: usize = 5;
 
@@ -237,10 +237,9 @@ impl Storm {
         self.forget_before(now);
         let busy = self.recent.iter().map(|(_, id)| id.as_str()).collect::<HashSet<_>>().len() >= STORM_CONTAINERS;
         let gap = last_pass_end.map(|end| now.saturating_duration_since(end));
-        let escalate_within = if self.level == 0 { self.debounce } else { self.max_wait };
         self.level = match gap {
             _ if !busy => 0,
-            Some(gap) if gap < escalate_within => (self.level + 1).min(3),
+            Some(gap) if gap < self.max_wait => (self.level + 1).min(3),
             Some(gap) if gap < self.window() => self.level.saturating_sub(1),
             _ => 0,
         };
@@ -766,8 +765,8 @@ mod tests {
         let mut storm = Storm::new(100 * MS, 1000 * MS);
         storm.burst_begins(t0, None);
         assert_eq!(storm.waits(), (100 * MS, 1000 * MS), "a first burst is normal");
-        // Events queued during the pass (within DEBOUNCE of its end), ten containers: level 1.
-        let t = t0 + 10_050 * MS;
+        // A burst within DEBOUNCE_MAX of the pass's end, ten containers changing: level 1.
+        let t = t0 + 10_500 * MS;
         busy(&mut storm, t);
         storm.burst_begins(t, Some(t0 + 10_000 * MS));
         assert_eq!(storm.waits(), (2000 * MS, 4000 * MS));
