@@ -146,6 +146,19 @@ fn pebble_env(pebble: &Pebble) -> Vec<(String, String)> {
     ]
 }
 
+/// The agent's environment for `domains` routed to one backend answering `body`, each domain
+/// resolving to 127.0.0.1 in pebble's DNS: the ACME settings plus `DOMAINS` and `SERVICES`.
+fn app_env(pebble: &Pebble, domains: &[&str], body: &'static str) -> Vec<(String, String)> {
+    for domain in domains {
+        pebble.add_a(domain, Ipv4Addr::LOCALHOST);
+    }
+    let port = backend(body);
+    let mut env = pebble_env(pebble);
+    let routes: Vec<String> = domains.iter().map(|d| format!("{d}:app")).collect();
+    env.extend([("DOMAINS".into(), routes.join(",")), ("SERVICES".into(), format!("app:127.0.0.1:{port}"))]);
+    env
+}
+
 fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
@@ -299,14 +312,7 @@ fn http01_issues_several_domains_through_the_real_nginx_and_serves_them() {
     let started = Instant::now();
     let pebble = Pebble::start();
     let domains = ["alpha.test", "beta.test", "gamma.test"];
-    for d in domains {
-        pebble.add_a(d, Ipv4Addr::LOCALHOST);
-    }
-    let port = backend("hello from the backend\n");
-    let domains_var = domains.map(|d| format!("{d}:app")).join(",");
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([("DOMAINS".into(), domains_var), ("SERVICES".into(), services)]);
+    let env = app_env(&pebble, &domains, "hello from the backend\n");
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
     let nginx_pid = agent.nginx_pid();
@@ -431,13 +437,7 @@ fn dns01_issues_a_wildcard_through_cloudflare_and_cleans_up_the_txt_record() {
 fn an_expiring_certificate_is_renewed_and_a_fresh_one_left_alone() {
     let started = Instant::now();
     let pebble = Pebble::start();
-    for d in ["expiring.test", "fresh.test"] {
-        pebble.add_a(d, Ipv4Addr::LOCALHOST);
-    }
-    let port = backend("renewal backend\n");
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([("DOMAINS".into(), "expiring.test:app,fresh.test:app".into()), ("SERVICES".into(), services)]);
+    let env = app_env(&pebble, &["expiring.test", "fresh.test"], "renewal backend\n");
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     precreate(&agent.certs(), "expiring.test", 10);
     precreate(&agent.certs(), "fresh.test", 80);
@@ -724,11 +724,7 @@ fn dry_run_says_what_would_be_ordered_with_which_challenge_and_writes_nothing() 
 fn certs_renew_force_orders_a_new_certificate_for_a_fresh_one_and_nginx_serves_it() {
     let started = Instant::now();
     let pebble = Pebble::start();
-    pebble.add_a("renew.test", Ipv4Addr::LOCALHOST);
-    let port = backend("renew backend\n");
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([("DOMAINS".into(), "renew.test:app".into()), ("SERVICES".into(), services)]);
+    let env = app_env(&pebble, &["renew.test"], "renew backend\n");
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
     agent.wait_for("the first certificate", Duration::from_secs(25), || {
@@ -806,13 +802,7 @@ fn dns_check_strict_orders_what_points_here_and_reports_what_does_not() {
 fn a_domain_is_retried_when_its_backoff_ends_whatever_other_domains_states_say() {
     let started = Instant::now();
     let pebble = Pebble::start();
-    for d in ["waiting.test", "stale.test"] {
-        pebble.add_a(d, Ipv4Addr::LOCALHOST);
-    }
-    let port = backend("backoff backend\n");
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([("DOMAINS".into(), "waiting.test:app,stale.test:app".into()), ("SERVICES".into(), services)]);
+    let env = app_env(&pebble, &["waiting.test", "stale.test"], "backoff backend\n");
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     let now = OffsetDateTime::now_utc().unix_timestamp();
     // waiting.test failed a moment ago and may be tried again in 3 s.
@@ -845,15 +835,8 @@ fn a_domain_is_retried_when_its_backoff_ends_whatever_other_domains_states_say()
 fn certificates_are_checked_again_every_renewal_interval() {
     let started = Instant::now();
     let pebble = Pebble::start();
-    pebble.add_a("interval.test", Ipv4Addr::LOCALHOST);
-    let port = backend("interval backend\n");
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([
-        ("DOMAINS".into(), "interval.test:app".into()),
-        ("SERVICES".into(), services),
-        ("RENEWAL_INTERVAL".into(), "3s".into()),
-    ]);
+    let mut env = app_env(&pebble, &["interval.test"], "interval backend\n");
+    env.push(("RENEWAL_INTERVAL".into(), "3s".into()));
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     precreate(&agent.certs(), "interval.test", 80);
     agent.launch();
@@ -913,11 +896,7 @@ fn testssl_finds_nothing_high_or_critical_on_an_issued_certificate() {
     let Some(testssl) = testssl_bin() else { return };
     let started = Instant::now();
     let pebble = Pebble::start();
-    pebble.add_a("tls.test", Ipv4Addr::LOCALHOST);
-    let port = backend("tls backend\n");
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([("DOMAINS".into(), "tls.test:app".into()), ("SERVICES".into(), services)]);
+    let env = app_env(&pebble, &["tls.test"], "tls backend\n");
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
     agent.wait_for("the certificate", Duration::from_secs(25), || {
