@@ -25,6 +25,18 @@ use crate::sources::docker::DockerClient;
 use crate::sources::labels::{self, Container, LabelSettings};
 use crate::sources::StaticState;
 
+/// One cause of a pass, for its log line.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cause {
+    /// A container event: its name when the event carried one (network events do not).
+    Container {
+        id: String,
+        name: Option<String>,
+        action: String,
+    },
+    Other(String),
+}
+
 /// Why a pass may be needed. The controller never applies these as deltas.
 #[derive(Debug)]
 enum Trigger {
@@ -63,7 +75,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                             let _ = tx.send(Trigger::Connected(client)).await;
                             return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        backoff = (backoff * 2).min(DOCKER_RECONNECT_MAX);
                     }
                 });
                 None
@@ -117,6 +129,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         last_diagnostics: Vec::new(),
         nginx_networks: None,
         causes: BTreeSet::new(),
+        failing: BTreeMap::new(),
+        list_failed: None,
+        docker_trouble: None,
+        config_error: None,
+        template_error: None,
         served: BTreeSet::new(),
         tls_domains,
         tls_pending: None,
@@ -169,11 +186,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 controller.pass().await;
                 controller.start_nginx_if_local().await?;
                 last_pass_end = Some(Instant::now());
-                retry_at = controller.retry.as_ref().map(|(_, delay)| Instant::now() + *delay);
+                retry_at = controller.next_retry().map(|delay| Instant::now() + delay);
             }
             _ = async { sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
                 retry_at = None;
-                controller.note(Trigger::Resync);
+                controller.retry_due();
                 pending = Some((Instant::now(), Instant::now()));
             }
         }
@@ -202,6 +219,13 @@ struct Storm {
     /// Container events of the last 5 x DEBOUNCE_MAX: (when, container id), oldest first.
     recent: std::collections::VecDeque<(Instant, String)>,
 }
+
+/// The first retry of a failed Docker call, and the longest wait between retries.
+const DOCKER_RETRY_FIRST: Duration = Duration::from_millis(250);
+const DOCKER_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The longest wait between two attempts to reach Docker while it is down: a ping is cheap, a
+/// stale route is not, so the routes are current within about a second of Docker answering.
+const DOCKER_RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// The longest a storm of events can hold back a pass.
 const STORM_MAX_WAIT: Duration = Duration::from_secs(60);
@@ -280,7 +304,18 @@ struct Controller {
     last_diagnostics: Vec<Diagnostic>,
     nginx_networks: Option<BTreeSet<String>>,
     /// What triggered the coming pass, for the log.
-    causes: BTreeSet<String>,
+    causes: BTreeSet<Cause>,
+    /// Containers whose last inspect failed (not "gone"): id → the error. Retried with backoff.
+    failing: BTreeMap<String, String>,
+    /// The error of the last list of containers, while it fails.
+    list_failed: Option<String>,
+    /// Docker calls failing, as told to the log and the status endpoint, and the retry delay.
+    docker_trouble: Option<(String, Duration)>,
+    /// A lasting error of the config itself (a template that does not load or render, nginx -t
+    /// failing without routes): logged when it begins and when it ends, not on every pass.
+    config_error: Option<String>,
+    /// The template file's load error, while it lasts.
+    template_error: Option<String>,
     /// The domains served after the last apply, to log what changed.
     served: BTreeSet<String>,
     /// The TLS domains served, for the certificate task (new routes are ordered right away).
@@ -305,18 +340,16 @@ impl Controller {
         }
         let cause = match &trigger {
             Trigger::Container { id, name, action, .. } => {
-                let who = name.clone().unwrap_or_else(|| id.chars().take(12).collect());
-                format!("{who}: {action}")
+                let name = name.clone().or_else(|| self.containers.get(id).map(|c| c.name.clone()));
+                Cause::Container { id: id.clone(), name, action: action.clone() }
             }
-            Trigger::Resync => "resync".to_string(),
-            Trigger::Files => "config file or template changed".to_string(),
-            Trigger::Connected(_) => "connected to Docker".to_string(),
-            Trigger::CertsIssued(domains) => {
-                format!(
-                    "certificates issued for {}",
-                    domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-                )
-            }
+            Trigger::Resync => Cause::Other("resync".to_string()),
+            Trigger::Files => Cause::Other("config file or template changed".to_string()),
+            Trigger::Connected(_) => Cause::Other("connected to Docker".to_string()),
+            Trigger::CertsIssued(domains) => Cause::Other(format!(
+                "certificates issued for {}",
+                domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            )),
         };
         if self.causes.len() < 20 {
             self.causes.insert(cause);
@@ -324,13 +357,20 @@ impl Controller {
         match trigger {
             Trigger::Container { id, name, action, .. } => {
                 if (action == "start" || action == "unpause") && self.is_nginx_container(&id, name.as_deref()) {
-                    info!("the nginx container started again: applying the current config");
+                    // On the agent's first start this is the event of nginx starting beside it.
+                    if self.applier.live().is_some() {
+                        info!("the nginx container started again: applying the current config");
+                    }
                     self.applier.invalidate();
                     self.resync = true;
                 }
                 self.dirty.insert(id);
             }
-            Trigger::Resync => self.resync = true,
+            Trigger::Resync => {
+                self.resync = true;
+                // Something outside the candidate (nginx's own config) may have been fixed.
+                self.applier.retest();
+            }
             Trigger::CertsIssued(_) => self.applier.invalidate(),
             Trigger::Connected(client) => {
                 info!("connected to Docker");
@@ -340,10 +380,14 @@ impl Controller {
             }
             Trigger::Files => {
                 if let Some(path) = &self.settings.nginx_template {
-                    match Renderer::from_file(path) {
-                        Ok(r) => self.renderer = r,
-                        Err(e) => error!("{e}; keeping the last good template"),
+                    let (renderer, error) = match Renderer::from_file(path) {
+                        Ok(r) => (Some(r), None),
+                        Err(e) => (None, Some(format!("{e}; keeping the last good template"))),
+                    };
+                    if let Some(renderer) = renderer {
+                        self.renderer = renderer;
                     }
+                    lasting(&mut self.template_error, error, "the template loads again");
                 }
             }
         }
@@ -362,51 +406,19 @@ impl Controller {
     async fn pass(&mut self) {
         if let Some(client) = self.docker.clone() {
             if self.resync || !self.listed {
-                match client.labelled_containers(&self.settings.label_prefix).await {
-                    Ok(list) => {
-                        let before = self.containers.len();
-                        self.containers = list.into_iter().map(|c| (c.id.clone(), c)).collect();
-                        if !self.listed {
-                            info!(containers = self.containers.len(), "listed labelled containers");
-                        } else if before != self.containers.len() {
-                            info!(before, after = self.containers.len(), "resync changed the container set");
-                        }
-                        self.listed = true;
-                        self.resync = false;
-                        self.dirty.clear();
-                        self.nginx_networks = self.nginx_networks(&client).await;
-                    }
-                    Err(e) => {
-                        if self.listed {
-                            warn!("resync failed: {e}; keeping the last known containers");
-                        }
-                    }
-                }
+                self.relist(&client).await;
             }
             if !self.dirty.is_empty() {
                 let ids: Vec<String> = self.dirty.drain().collect();
-                let inspected = futures::future::join_all(ids.iter().map(|id| client.inspect(id))).await;
-                for (id, result) in ids.into_iter().zip(inspected) {
+                let results = client.inspect_all(&ids).await;
+                for (id, result) in ids.into_iter().zip(results) {
                     match result {
-                        Ok(c) if c.has_prefix_labels(&self.settings.label_prefix) => {
-                            if c.is_nginx(&self.settings.label_prefix) {
-                                self.resync = true;
-                            }
-                            self.containers.insert(id, c);
-                        }
-                        Ok(_) => {
-                            self.containers.remove(&id);
-                        }
-                        Err(e) if e.is_not_found() => {
-                            self.containers.remove(&id);
-                        }
-                        Err(e) => {
-                            warn!("{e}; will resync");
-                            self.resync = true;
-                        }
+                        Ok(c) => self.inspected(id, c),
+                        Err(e) => self.inspect_failed(id, e),
                     }
                 }
             }
+            self.publish_docker_trouble();
             if !self.listed {
                 // Never render Docker routes from a partial picture.
                 return;
@@ -415,7 +427,6 @@ impl Controller {
             // Docker has not answered yet: keep the config on disk until it does.
             return;
         }
-
         let mut sources = Vec::new();
         if self.docker_wanted {
             let containers: Vec<Container> = self.containers.values().cloned().collect();
@@ -429,7 +440,7 @@ impl Controller {
         let table = RouteTable::build(sources);
         self.report_diagnostics(&table);
 
-        let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().collect();
+        let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().map(|c| self.describe(c)).collect();
         let result = self.applier.apply(&self.renderer, &self.render_settings, &table).await;
         self.status.applied(&table, &result);
         match result {
@@ -444,7 +455,7 @@ impl Controller {
                 let added: Vec<&String> = served.difference(&self.served).collect();
                 let removed: Vec<&String> = self.served.difference(&served).collect();
                 for d in &applied.dropped {
-                    error!(domain = %d.domain, "route left out: nginx -t fails with it: {}", d.reason);
+                    error!(domain = %d.domain, source = %d.sources.join(", "), "route left out: nginx -t fails with it: {}", d.reason);
                 }
                 if !applied.placeholders.is_empty() {
                     let list: Vec<String> = applied.placeholders.iter().map(ToString::to_string).collect();
@@ -477,7 +488,15 @@ impl Controller {
                 self.tls_pending = Some(tls);
             }
             Err(ApplyError::NotRouteRelated { output }) => {
-                error!("nginx -t fails even without routes; the last good config stays live:\n{output}");
+                self.config_error(Some(format!(
+                    "nginx -t fails even without routes; the last good config stays live:\n{output}"
+                )));
+                return;
+            }
+            Err(ApplyError::Render(e)) => {
+                // The same template renders the same way: retried when a file or a route changes.
+                self.config_error(Some(format!("{e}; the last good config stays live")));
+                return;
             }
             Err(e) => {
                 let message = e.to_string();
@@ -494,6 +513,144 @@ impl Controller {
         }
         if self.retry.take().is_some() {
             info!("apply succeeded again");
+        }
+        self.config_error(None);
+    }
+
+    fn config_error(&mut self, error: Option<String>) {
+        lasting(&mut self.config_error, error, "nginx accepts the config again");
+    }
+
+    /// A cause as the log shows it: containers by name (known from the cache when the event had
+    /// none), an unknown container by its short id.
+    fn describe(&self, cause: Cause) -> String {
+        match cause {
+            Cause::Container { id, name, action } => {
+                let name = name.or_else(|| self.containers.get(&id).map(|c| c.name.clone()));
+                format!("{}: {action}", name.unwrap_or_else(|| id.chars().take(12).collect()))
+            }
+            Cause::Other(text) => text,
+        }
+    }
+
+    /// Lists the labelled containers and inspects them all. A container whose inspect fails
+    /// keeps its last known state and is inspected again with backoff; the first picture must be
+    /// complete before any Docker route is rendered.
+    async fn relist(&mut self, client: &DockerClient) {
+        let ids = match client.labelled_ids(&self.settings.label_prefix).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.list_failed = Some(e.to_string());
+                return;
+            }
+        };
+        self.list_failed = None;
+        let results = client.inspect_all(&ids).await;
+        let mut fresh = BTreeMap::new();
+        let mut failed = Vec::new();
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(c) => {
+                    self.failing.remove(&id);
+                    fresh.insert(id, c);
+                }
+                Err(e) if e.is_not_found() => {
+                    self.failing.remove(&id);
+                }
+                Err(e) => {
+                    if let Some(known) = self.containers.get(&id) {
+                        fresh.insert(id.clone(), known.clone());
+                    }
+                    failed.push((id, e));
+                }
+            }
+        }
+        let complete = failed.is_empty();
+        for (id, e) in failed {
+            self.inspect_failed(id, e);
+        }
+        if !self.listed && !complete {
+            return;
+        }
+        let before = self.containers.len();
+        self.containers = fresh;
+        if !self.listed {
+            info!(containers = self.containers.len(), "listed labelled containers");
+        } else if before != self.containers.len() {
+            info!(before, after = self.containers.len(), "resync changed the container set");
+        }
+        self.listed = true;
+        self.resync = false;
+        self.dirty.retain(|id| self.failing.contains_key(id));
+        self.nginx_networks = self.nginx_networks(client).await;
+    }
+
+    fn inspected(&mut self, id: String, c: Container) {
+        self.failing.remove(&id);
+        if !c.has_prefix_labels(&self.settings.label_prefix) {
+            self.containers.remove(&id);
+            return;
+        }
+        if c.is_nginx(&self.settings.label_prefix) {
+            self.resync = true;
+        }
+        self.containers.insert(id, c);
+    }
+
+    /// An inspect failed: a container that is gone leaves the cache, any other failure (an error
+    /// answer, garbage, a timeout) keeps what is known and retries with backoff.
+    fn inspect_failed(&mut self, id: String, e: crate::sources::docker::DockerError) {
+        if e.is_not_found() {
+            self.failing.remove(&id);
+            self.containers.remove(&id);
+        } else {
+            self.failing.insert(id, e.to_string());
+        }
+    }
+
+    /// Logs a change of Docker's state (failing calls begin or end) once, tells the status
+    /// endpoint, and sets the backoff of the next retry.
+    fn publish_docker_trouble(&mut self) {
+        let trouble = match (&self.list_failed, self.failing.len()) {
+            (Some(e), _) => Some(format!("listing containers fails: {e}")),
+            (None, 0) => None,
+            (None, 1) => self.failing.values().next().map(|e| format!("1 container cannot be inspected: {e}")),
+            (None, n) => {
+                self.failing.values().next().map(|e| format!("{n} containers cannot be inspected (first: {e})"))
+            }
+        };
+        match (&trouble, &self.docker_trouble) {
+            (Some(now), before) if before.as_ref().map(|(t, _)| t) != Some(now) => {
+                warn!("Docker is degraded: {now}; applying what is known and retrying with backoff")
+            }
+            (None, Some(_)) => info!("Docker calls succeed again"),
+            _ => {}
+        }
+        self.docker_trouble = trouble.map(|t| {
+            let delay = match &self.docker_trouble {
+                Some((_, d)) => (*d * 2).min(DOCKER_RETRY_MAX),
+                None => DOCKER_RETRY_FIRST,
+            };
+            (t, delay)
+        });
+        self.status.docker_degraded(self.docker_trouble.as_ref().map(|(t, _)| t.clone()));
+    }
+
+    /// The delay before the next retry: of a failed apply, or of failed Docker calls.
+    fn next_retry(&self) -> Option<Duration> {
+        let apply = self.retry.as_ref().map(|(_, d)| *d);
+        let docker = self.docker_trouble.as_ref().map(|(_, d)| *d);
+        apply.into_iter().chain(docker).min()
+    }
+
+    /// A retry is due: list again after a failed apply or list, inspect again what failed.
+    fn retry_due(&mut self) {
+        if self.retry.is_some() || self.list_failed.is_some() || !self.listed {
+            self.resync = true;
+        }
+        self.dirty.extend(self.failing.keys().cloned());
+        if self.causes.len() < 20 {
+            self.causes.insert(Cause::Other("retry".into()));
         }
     }
 
@@ -611,7 +768,7 @@ pub async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) ->
     })
 }
 
-/// Follows the Docker event stream; reconnects with exponential backoff, without limit, and asks
+/// Follows the Docker event stream; reconnects with backoff (250 ms doubling to 1 s), without limit, and asks
 /// for a resync after every (re)connect. Logs each state change once, not each retry.
 async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: String) {
     let mut backoff = Duration::from_millis(250);
@@ -662,7 +819,7 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: S
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(DOCKER_RECONNECT_MAX);
     }
 }
 
@@ -696,6 +853,16 @@ async fn certs_task(
     }
 }
 
+/// Logs a lasting error when it begins or changes, and its end once (`ended`), never per pass.
+fn lasting(slot: &mut Option<String>, now: Option<String>, ended: &str) {
+    match (&now, &*slot) {
+        (Some(now), before) if before.as_ref() != Some(now) => error!("{now}"),
+        (None, Some(_)) => info!("{ended}"),
+        _ => {}
+    }
+    *slot = now;
+}
+
 /// A short list for log lines: at most 10 names, then a count.
 fn list(names: &[&String]) -> String {
     match names.len() {
@@ -723,7 +890,9 @@ fn watch_files(settings: &Settings, tx: mpsc::Sender<Trigger>) -> Option<notify:
         files.iter().filter_map(|f| f.file_name().map(ToOwned::to_owned)).collect();
     let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if event.paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n))) {
+            if changes_content(&event.kind)
+                && event.paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n)))
+            {
                 let _ = tx.blocking_send(Trigger::Files);
             }
         }
@@ -744,6 +913,22 @@ fn watch_files(settings: &Settings, tx: mpsc::Sender<Trigger>) -> Option<notify:
         }
     }
     Some(watcher)
+}
+
+/// Whether a file event can change what a file holds. Opening, reading and closing a file we only
+/// read (the agent's own reads of the files it watches) or a change of its times or mode cannot:
+/// turning those into passes made the agent re-read its files in a loop.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        // Unknown kinds and a lost-events notice (the queue overflowed): read again to be safe.
+        EventKind::Any | EventKind::Other => true,
+    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,7 @@ pub struct Metrics {
     test_failures: Counter,
     docker_events: Counter,
     docker_reconnects: Counter,
+    docker_degraded: Gauge,
     cert_expiry: Family<CertLabels, Gauge<i64, AtomicI64>>,
     acme_orders: Family<ResultLabels, Counter>,
 }
@@ -117,6 +118,7 @@ impl Metrics {
             test_failures: Counter::default(),
             docker_events: Counter::default(),
             docker_reconnects: Counter::default(),
+            docker_degraded: Gauge::default(),
             cert_expiry: Family::default(),
             acme_orders: Family::default(),
         };
@@ -151,12 +153,21 @@ impl Metrics {
             m.docker_reconnects.clone(),
         );
         r.register(
+            "docker_degraded",
+            "1 while Docker calls (list, inspect) fail or time out and are being retried, else 0",
+            m.docker_degraded.clone(),
+        );
+        r.register(
             "certificate_expiry_timestamp_seconds",
             "Expiry (not after) of each TLS domain's certificate on disk, in unix seconds",
             m.cert_expiry.clone(),
         );
         r.register("acme_orders", "ACME certificate orders, by result", m.acme_orders.clone());
         m
+    }
+
+    pub fn docker_degraded(&self, degraded: bool) {
+        self.docker_degraded.set(i64::from(degraded));
     }
 
     /// The routes of the live config (`left_out`: domains nginx -t failed with).
@@ -247,6 +258,7 @@ mod tests {
             "smart_proxy_config_test_failures_total",
             "smart_proxy_docker_events_total",
             "smart_proxy_docker_reconnects_total",
+            "smart_proxy_docker_degraded",
             "smart_proxy_acme_orders_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");

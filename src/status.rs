@@ -88,6 +88,8 @@ struct Inner {
     live: Option<Arc<Live>>,
     /// The local nginx child's pid, once started.
     nginx_pid: Option<u32>,
+    /// Docker calls failing (inspects or lists), while they do.
+    docker_degraded: Option<String>,
 }
 
 /// The live route table and the routes left out of it.
@@ -126,6 +128,12 @@ impl State {
         let mut inner = self.inner.lock().expect("status lock");
         inner.apply = Some(outcome);
         inner.live = Some(live);
+    }
+
+    /// Docker calls fail (`Some`: what fails) or succeed again (`None`).
+    pub fn docker_degraded(&self, trouble: Option<String>) {
+        crate::metrics::global().docker_degraded(trouble.is_some());
+        self.inner.lock().expect("status lock").docker_degraded = trouble;
     }
 
     /// The local nginx child started.
@@ -272,7 +280,10 @@ impl Server {
                 }
             }
         }
-        let Inner { apply, nginx_pid: pid, .. } = self.state.snapshot();
+        let Inner { apply, nginx_pid: pid, docker_degraded, .. } = self.state.snapshot();
+        if let Some(trouble) = docker_degraded.filter(|_| self.probe.docker_wanted) {
+            return Err(one_line(&format!("Docker degraded: {trouble}")));
+        }
         match &self.probe.nginx {
             NginxProbe::Local => local_nginx(pid)?,
             NginxProbe::Companion { docker, container } => companion_nginx(docker, container).await?,
@@ -316,6 +327,7 @@ fn routes_json(table: &RouteTable, left_out: &[Dropped], local: bool) -> String 
     #[derive(Serialize)]
     struct LeftOut<'a> {
         domain: &'a DomainName,
+        sources: &'a [String],
         reason: &'a str,
     }
     #[derive(Serialize)]
@@ -328,7 +340,10 @@ fn routes_json(table: &RouteTable, left_out: &[Dropped], local: bool) -> String 
     let report = crate::report::Report::new(table, local, &[]);
     let view = View {
         routes: report.routes.into_iter().filter(|r| !left_out.iter().any(|d| d.domain.as_str() == r.domain)).collect(),
-        left_out: left_out.iter().map(|d| LeftOut { domain: &d.domain, reason: &d.reason }).collect(),
+        left_out: left_out
+            .iter()
+            .map(|d| LeftOut { domain: &d.domain, sources: &d.sources, reason: &d.reason })
+            .collect(),
         errors: report.errors,
         warnings: report.warnings,
     };
@@ -497,7 +512,11 @@ mod tests {
         let b = DomainName::parse("b.com").unwrap();
         let applied = Applied {
             changed: true,
-            dropped: vec![Dropped { domain: b.clone(), reason: "nginx: [emerg] no".into() }],
+            dropped: vec![Dropped {
+                domain: b.clone(),
+                sources: vec!["DOMAINS entry 2".into()],
+                reason: "nginx: [emerg] no".into(),
+            }],
             ..Default::default()
         };
         state.applied(&table, &Ok(applied));
@@ -508,6 +527,7 @@ mod tests {
         assert_eq!(json["routes"].as_array().unwrap().len(), 1, "{json}");
         assert_eq!(json["routes"][0]["domain"], "a.com");
         assert_eq!(json["left_out"][0]["domain"], "b.com");
+        assert_eq!(json["left_out"][0]["sources"][0], "DOMAINS entry 2");
 
         // Unchanged bytes: the routes left out before stay left out.
         state.applied(&table, &Ok(Applied::default()));

@@ -130,6 +130,7 @@ fn healthz_metrics_and_routes_of_a_production_agent() {
         "smart_proxy_config_test_failures_total",
         "smart_proxy_docker_events_total",
         "smart_proxy_docker_reconnects_total",
+        "smart_proxy_docker_degraded",
         "smart_proxy_certificate_expiry_timestamp_seconds",
         "smart_proxy_acme_orders_total",
     ] {

@@ -42,6 +42,9 @@ pub enum ApplyError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dropped {
     pub domain: DomainName,
+    /// Where the route came from: `container app1`, `DOMAINS entry 2`, `routes.json domains[0]`.
+    pub sources: Vec<String>,
+    /// nginx's first error line for this route's own servers.
     pub reason: String,
 }
 
@@ -71,11 +74,21 @@ pub struct Applier {
     pub certs_dir: PathBuf,
     /// The bytes of the config nginx runs (after a successful apply).
     live: Option<String>,
+    /// The last candidate rendered from a whole table that nginx rejected, and what came of it.
+    /// The same candidate again is neither re-tested nor reloaded: while a route is left out,
+    /// every pass would otherwise bisect and reload anew.
+    rejected: Option<Rejected>,
+}
+
+struct Rejected {
+    config: String,
+    /// The routes left out, or nginx's output when it rejected even a config without routes.
+    outcome: Result<Vec<Dropped>, String>,
 }
 
 impl Applier {
     pub fn new(nginx: Nginx, target: PathBuf, certs_dir: PathBuf) -> Self {
-        Applier { nginx, target, certs_dir, live: None }
+        Applier { nginx, target, certs_dir, live: None, rejected: None }
     }
 
     /// The config currently live, if the agent applied one.
@@ -86,6 +99,13 @@ impl Applier {
     /// Forgets what is live, so the next apply reloads even for identical bytes (nginx restarted).
     pub fn invalidate(&mut self) {
         self.live = None;
+        self.rejected = None;
+    }
+
+    /// Forgets which candidate nginx rejected, so that the next apply tests it again (something
+    /// outside the candidate, such as nginx's own config or a certificate file, may have changed).
+    pub fn retest(&mut self) {
+        self.rejected = None;
     }
 
     fn candidate_path(&self) -> PathBuf {
@@ -107,6 +127,13 @@ impl Applier {
         if self.live.as_deref() == Some(config.as_str()) {
             return Ok(Applied { timings, ..Default::default() });
         }
+        if let Some(rejected) = self.rejected.as_ref().filter(|r| r.config == config) {
+            return match &rejected.outcome {
+                Ok(dropped) => Ok(Applied { dropped: dropped.clone(), timings, ..Default::default() }),
+                Err(output) => Err(ApplyError::NotRouteRelated { output: output.clone() }),
+            };
+        }
+        let full = config.clone();
 
         let mut placeholders = Vec::new();
         if !settings.local {
@@ -127,11 +154,24 @@ impl Applier {
             };
             let culprits = match culprit(&output, &config, &current, self.target_name()) {
                 Some(domain) => vec![(domain, output.clone())],
-                None => self.bisect(renderer, settings, &current, &output, &mut timings).await?,
+                None => match self.bisect(renderer, settings, &current, &output, &mut timings).await {
+                    Err(ApplyError::NotRouteRelated { output }) => {
+                        self.rejected = Some(Rejected { config: full, outcome: Err(output.clone()) });
+                        return Err(ApplyError::NotRouteRelated { output });
+                    }
+                    other => other?,
+                },
             };
             for (domain, reason) in culprits {
+                let mut sources: Vec<String> = current
+                    .sites
+                    .iter()
+                    .filter(|s| s.domain == domain)
+                    .flat_map(|s| s.locations.iter().map(|l| l.origin.source()))
+                    .collect();
+                sources.dedup();
                 current = current.without_site(&domain);
-                dropped.push(Dropped { domain, reason: first_error_line(&reason) });
+                dropped.push(Dropped { domain, sources, reason: first_error_line(&reason) });
             }
             let started = Instant::now();
             config = renderer.render(&current, settings)?;
@@ -149,6 +189,7 @@ impl Applier {
         crate::metrics::global().reloaded(&reloaded, started.elapsed());
         let reloaded = reloaded?;
         timings.reload = started.elapsed();
+        self.rejected = (!dropped.is_empty()).then(|| Rejected { config: full, outcome: Ok(dropped.clone()) });
         self.live = Some(config);
         Ok(Applied { changed: true, reloaded, dropped, placeholders, timings })
     }
@@ -191,18 +232,28 @@ impl Applier {
         // added to `kept` (which passes).
         let mut suspects: Vec<DomainName> = table.sites.iter().map(|s| s.domain.clone()).collect();
         let mut kept: Vec<DomainName> = Vec::new();
+        // nginx's output for `kept` + `suspects`, once that exact set was tested: the culprit's
+        // own message, not the first error of the whole config (which may be another route's).
+        let mut message: Option<String> = None;
         while suspects.len() > 1 {
             let half: Vec<DomainName> = suspects[..suspects.len() / 2].to_vec();
             let trial: Vec<DomainName> = kept.iter().chain(&half).cloned().collect();
             let fails = self.test(&renderer.render(&table.only_sites(&trial), settings)?, timings).await?;
             if fails.is_some() {
                 suspects = half;
+                message = fails;
             } else {
                 kept = trial;
                 suspects.drain(..suspects.len() / 2);
+                message = None;
             }
         }
-        Ok(suspects.into_iter().map(|d| (d, output.to_string())).collect())
+        if message.is_none() && !kept.is_empty() {
+            let trial: Vec<DomainName> = kept.iter().chain(&suspects).cloned().collect();
+            message = self.test(&renderer.render(&table.only_sites(&trial), settings)?, timings).await?;
+        }
+        let message = message.unwrap_or_else(|| output.to_string());
+        Ok(suspects.into_iter().map(|d| (d, message.clone())).collect())
     }
 }
 

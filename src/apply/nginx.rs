@@ -36,7 +36,10 @@ trap 'rm -rf "$tmp"' EXIT
 cp -rL "$dir/." "$tmp/"
 grep -rlF "$dir/" "$tmp" | while IFS= read -r f; do sed -i "s#$dir/#$tmp/#g" "$f"; done
 cp "$candidate" "$tmp/${target#"$dir"/}"
-nginx -t -q -c "$tmp/${conf#"$dir"/}" 2>&1
+if out=$(nginx -t -q -c "$tmp/${conf#"$dir"/}" 2>&1); then rc=0; else rc=$?; fi
+# The copy's paths are the real ones to the reader (and the same on every test).
+printf '%s\n' "$out" | sed "s#$tmp/#$dir/#g"
+exit "$rc"
 "#;
 
 /// How the agent reaches nginx.
@@ -86,7 +89,7 @@ impl Nginx {
         if code == 0 {
             Ok(())
         } else {
-            Err(NginxError::TestFailed { output: output.trim().to_string() })
+            Err(NginxError::TestFailed { output: tidy(&output) })
         }
     }
 
@@ -243,4 +246,44 @@ fn worker_pids(master: u32) -> Option<Vec<u32>> {
 
 fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// nginx's output without what differs from one run to the next (the time and the process id of
+/// `2026/12/04 13:09:42 [emerg] 16319#16319: `), so the same error reads the same each time.
+fn tidy(output: &str) -> String {
+    let line = |l: &str| -> String {
+        let b = l.as_bytes();
+        let stamped = b.len() > 20
+            && b[..19].iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b'/',
+                10 => *c == b' ',
+                13 | 16 => *c == b':',
+                _ => c.is_ascii_digit(),
+            })
+            && b[19] == b' ';
+        let rest = if stamped { &l[20..] } else { l };
+        // `[emerg] 16319#16319: message` → `[emerg] message`
+        if let Some((level, after)) = rest.split_once("] ") {
+            if let Some((pid, message)) = after.split_once(": ") {
+                if level.starts_with('[') && !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit() || c == '#') {
+                    return format!("nginx: {level}] {message}");
+                }
+            }
+        }
+        rest.to_string()
+    };
+    output.trim().lines().map(line).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tidy_tests {
+    #[test]
+    fn the_time_and_pid_are_removed() {
+        let out = "2026/12/04 13:09:42 [emerg] 16319#16319: unknown directive \"x\" in /etc/nginx/conf.d/default.conf:4\nnginx: configuration file /etc/nginx/nginx.conf test failed\n";
+        assert_eq!(
+            super::tidy(out),
+            "nginx: [emerg] unknown directive \"x\" in /etc/nginx/conf.d/default.conf:4\nnginx: configuration file /etc/nginx/nginx.conf test failed"
+        );
+        assert_eq!(super::tidy("nginx: [emerg] open() \"/x\" failed"), "nginx: [emerg] open() \"/x\" failed");
+    }
 }

@@ -1,6 +1,7 @@
 //! The narrow slice of the Docker API the agent uses, turning daemon objects into [`Container`]s.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use bollard::models::{ContainerInspectResponse, HealthStatusEnum};
 use bollard::query_parameters::ListContainersOptions;
@@ -23,12 +24,33 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("Docker API call {call} got no answer within {} s", CALL_TIMEOUT.as_secs())]
+    Timeout { call: String },
     #[error("nginx container {name:?} not found: {source}; set NGINX_CONTAINER to the name or id of the running nginx container")]
     NginxNotFound {
         name: String,
         #[source]
         source: bollard::errors::Error,
     },
+}
+
+/// The longest any one Docker call (ping, list, inspect) may take. The exec of `nginx -t` and the
+/// reload and the event stream have their own bounds. A daemon that does not answer in this time
+/// is treated like one that failed: what is known is applied and the call is retried.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many inspects run at once (a resync of 1,000 containers does not fire 1,000 requests).
+pub const INSPECT_CONCURRENCY: usize = 16;
+
+/// Runs one Docker call with [`CALL_TIMEOUT`].
+async fn bounded<T>(
+    call: impl FnOnce() -> String,
+    future: impl std::future::Future<Output = Result<T, DockerError>>,
+) -> Result<T, DockerError> {
+    match tokio::time::timeout(CALL_TIMEOUT, future).await {
+        Ok(result) => result,
+        Err(_) => Err(DockerError::Timeout { call: call() }),
+    }
 }
 
 /// One event that may change routes: which container, and what happened.
@@ -68,7 +90,8 @@ impl DockerClient {
     pub async fn connect() -> Result<Self, DockerError> {
         let unreachable = |source| DockerError::Unreachable { host: docker_host(), source };
         let docker = Docker::connect_with_defaults().map_err(unreachable)?;
-        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        let docker =
+            bounded(|| "version".into(), async { docker.negotiate_version().await.map_err(unreachable) }).await?;
         Ok(DockerClient { docker })
     }
 
@@ -78,7 +101,14 @@ impl DockerClient {
     }
 
     pub async fn ping(&self) -> Result<(), DockerError> {
-        self.docker.ping().await.map(|_| ()).map_err(|source| DockerError::Unreachable { host: docker_host(), source })
+        let ping = async {
+            self.docker
+                .ping()
+                .await
+                .map(|_| ())
+                .map_err(|source| DockerError::Unreachable { host: docker_host(), source })
+        };
+        bounded(|| "ping".into(), ping).await
     }
 
     /// The events that can change routes, from `since` (unix seconds) on: container start, die,
@@ -123,22 +153,34 @@ impl DockerClient {
         })
     }
 
-    /// Every container (running or stopped) that carries a label with `prefix.`, inspected.
-    pub async fn labelled_containers(&self, prefix: &str) -> Result<Vec<Container>, DockerError> {
-        let summaries = self
-            .docker
-            .list_containers(Some(ListContainersOptions { all: true, ..Default::default() }))
-            .await
-            .map_err(|source| DockerError::Api { call: "list containers".into(), source })?;
+    /// The ids of every container (running or stopped) that carries a label with `prefix.`.
+    pub async fn labelled_ids(&self, prefix: &str) -> Result<Vec<String>, DockerError> {
+        let list = async {
+            self.docker
+                .list_containers(Some(ListContainersOptions { all: true, ..Default::default() }))
+                .await
+                .map_err(|source| DockerError::Api { call: "list containers".into(), source })
+        };
+        let summaries = bounded(|| "list containers".into(), list).await?;
         let dotted = format!("{prefix}.");
-        let ids: Vec<String> = summaries
+        Ok(summaries
             .into_iter()
             .filter(|s| s.labels.as_ref().is_some_and(|l| l.keys().any(|k| k.starts_with(&dotted))))
             .filter_map(|s| s.id)
-            .collect();
-        let inspections = futures::future::join_all(ids.iter().map(|id| self.inspect(id))).await;
+            .collect())
+    }
+
+    /// Inspects `ids`, at most [`INSPECT_CONCURRENCY`] at once; the results in the order of `ids`.
+    pub async fn inspect_all(&self, ids: &[String]) -> Vec<Result<Container, DockerError>> {
+        use futures::StreamExt;
+        futures::stream::iter(ids).map(|id| self.inspect(id)).buffered(INSPECT_CONCURRENCY).collect().await
+    }
+
+    /// Every container (running or stopped) that carries a label with `prefix.`, inspected.
+    pub async fn labelled_containers(&self, prefix: &str) -> Result<Vec<Container>, DockerError> {
+        let ids = self.labelled_ids(prefix).await?;
         let mut containers = Vec::new();
-        for result in inspections {
+        for result in self.inspect_all(&ids).await {
             match result {
                 Ok(c) => containers.push(c),
                 // A container removed between list and inspect is simply gone.
@@ -151,21 +193,24 @@ impl DockerClient {
 
     /// Inspects one container.
     pub async fn inspect(&self, id: &str) -> Result<Container, DockerError> {
-        let response = self
-            .docker
-            .inspect_container(id, None)
-            .await
-            .map_err(|source| DockerError::Api { call: format!("inspect container {id}"), source })?;
-        Ok(container_from(response))
+        let inspect = async {
+            self.docker
+                .inspect_container(id, None)
+                .await
+                .map_err(|source| DockerError::Api { call: format!("inspect container {id}"), source })
+        };
+        Ok(container_from(bounded(|| format!("inspect container {id}"), inspect).await?))
     }
 
     /// The networks the named nginx container is on.
     pub async fn networks_of(&self, name: &str) -> Result<BTreeSet<String>, DockerError> {
-        let response = self
-            .docker
-            .inspect_container(name, None)
-            .await
-            .map_err(|source| DockerError::NginxNotFound { name: name.into(), source })?;
+        let inspect = async {
+            self.docker
+                .inspect_container(name, None)
+                .await
+                .map_err(|source| DockerError::NginxNotFound { name: name.into(), source })
+        };
+        let response = bounded(|| format!("inspect container {name}"), inspect).await?;
         Ok(response.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default())
     }
 

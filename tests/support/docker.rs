@@ -331,6 +331,13 @@ impl TestDocker {
     /// create (on the first network) → connect (the others) → start: the container comes up on
     /// all of its networks at once.
     fn start_one(&self, app: &App) -> String {
+        let name = self.create(app);
+        docker(&["start", &name]);
+        name
+    }
+
+    /// Creates the container of `app` on its networks without starting it; returns its full name.
+    pub fn create(&self, app: &App) -> String {
         let name = self.name(&app.short);
         let owner = self.owner_label();
         let app_name = format!("APP_NAME={}", app.short);
@@ -350,8 +357,12 @@ impl TestDocker {
         for network in app.networks.iter().skip(1) {
             docker(&["network", "connect", network, &name]);
         }
-        docker(&["start", &name]);
         name
+    }
+
+    /// The full id of a container.
+    pub fn id(&self, name: &str) -> String {
+        docker(&["inspect", "--format", "{{.Id}}", name]).trim().to_string()
     }
 
     /// Stops a container (it stays, exited, until the guard is dropped).

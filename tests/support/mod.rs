@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cloudflare_fake;
 pub mod docker;
+pub mod docker_faults;
 pub mod images;
 pub mod pebble;
 
