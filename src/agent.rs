@@ -53,6 +53,15 @@ enum Trigger {
     CertsIssued(Vec<crate::routes::DomainName>),
 }
 
+impl Trigger {
+    /// Whether the trigger alone can change routes, so a pass may run at once. A network
+    /// connect comes just before a container's start, whose own event follows within
+    /// milliseconds: it waits for DEBOUNCE like every event in a burst.
+    fn is_decisive(&self) -> bool {
+        !matches!(self, Trigger::Container { action, .. } if action == "connect" || action == "disconnect")
+    }
+}
+
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let render_settings = settings.render_settings()?;
@@ -152,10 +161,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let mut last_pass_end: Option<Instant> = None;
     let mut pending: Option<(Instant, Instant)> = None; // (first, last) trigger of this burst
     let mut retry_at: Option<Instant> = None; // after an apply failed for a passing reason
+                                              // Leading edge: the first decisive event after a quiet period runs a pass at once; what
+                                              // follows within DEBOUNCE of that pass is coalesced as usual.
+    let mut at_once = false;
     tokio::pin!(shutdown);
     loop {
         let (trailing, max_wait) = storm.waits();
-        let deadline = pending.map(|(first, last)| (last + trailing).min(first + max_wait));
+        let deadline =
+            pending.map(|(first, last)| if at_once { last } else { (last + trailing).min(first + max_wait) });
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down");
@@ -170,6 +183,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                     Trigger::Container { id, .. } => Some(id.clone()),
                     _ => None,
                 };
+                let decisive = trigger.is_decisive();
                 if controller.note(trigger) {
                     let now = Instant::now();
                     if let Some(id) = container {
@@ -178,14 +192,19 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                     if pending.is_none() {
                         storm.burst_begins(now, last_pass_end);
                     }
+                    let quiet = last_pass_end.is_none_or(|end| now.saturating_duration_since(end) >= debounce);
+                    at_once |= decisive && quiet && storm.level == 0;
                     pending = Some(match pending { Some((first, _)) => (first, now), None => (now, now) });
                 }
             }
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                 pending = None;
+                at_once = false;
+                let started = Instant::now();
                 controller.pass().await;
                 controller.start_nginx_if_local().await?;
                 last_pass_end = Some(Instant::now());
+                storm.pass_ran(started, Instant::now());
                 retry_at = controller.next_retry().map(|delay| Instant::now() + delay);
             }
             _ = async { sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
@@ -200,11 +219,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 /// How long a burst of triggers waits before a pass: a trailing quiet period and a maximum from
 /// the burst's first trigger.
 ///
-/// Normally DEBOUNCE of quiet, at most DEBOUNCE_MAX. Storm mode is for many containers changing
-/// at once (a slow daemon starting hundreds of them after a reboot or a `docker-compose up`):
-/// while events about at least [`STORM_CONTAINERS`] different containers arrived within the last
-/// 5 x DEBOUNCE_MAX, a burst that begins within DEBOUNCE_MAX of the end of the previous pass
-/// raises the level. In a storm the trailing quiet is 2 x DEBOUNCE_MAX (the gaps of a slow stream
+/// Normally DEBOUNCE of quiet, at most DEBOUNCE_MAX (and the first decisive event after a quiet
+/// DEBOUNCE runs a pass at once). Storm mode is for many containers changing at once (a slow
+/// daemon starting hundreds of them after a reboot), judged by rate and cost rather than by a
+/// count: while events about at least [`STORM_MANY_CONTAINERS`] different containers arrived
+/// within the last 5 x DEBOUNCE_MAX, or at least [`STORM_CONTAINERS`] while passes took at least
+/// [`STORM_PASS_SHARE`] of that time, a burst that begins within DEBOUNCE_MAX of the end of the
+/// previous pass raises the level. A compose stack starting one service a second, each pass a
+/// fraction of that second, never makes a storm. In a storm the trailing quiet is 2 x DEBOUNCE_MAX (the gaps of a slow stream
 /// do not each cost a reload) and the maximum wait grows fourfold per level (4, 16, 64 x
 /// DEBOUNCE_MAX, never more than [`STORM_MAX_WAIT`]), so a storm of a minute and a half costs
 /// about five reloads instead of ninety and the last containers are served about
@@ -218,7 +240,13 @@ struct Storm {
     level: u32,
     /// Container events of the last 5 x DEBOUNCE_MAX: (when, container id), oldest first.
     recent: std::collections::VecDeque<(Instant, String)>,
+    /// Passes that ended within the last 5 x DEBOUNCE_MAX: (start, end), oldest first.
+    passes: std::collections::VecDeque<(Instant, Instant)>,
 }
+
+/// The share of the recent time spent in passes above which many changing containers make a
+/// storm: passes can no longer keep up one by one.
+const STORM_PASS_SHARE: f64 = 0.4;
 
 /// The first retry of a failed Docker call, and the longest wait between retries.
 const DOCKER_RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -229,12 +257,23 @@ const DOCKER_RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// The longest a storm of events can hold back a pass.
 const STORM_MAX_WAIT: Duration = Duration::from_secs(60);
-/// How many different containers must have changed within 5 x DEBOUNCE_MAX for a storm.
+/// How many different containers changing within 5 x DEBOUNCE_MAX make a storm whatever the
+/// passes cost (two a second at the default DEBOUNCE_MAX: more than a compose stack started one
+/// service a second).
+const STORM_MANY_CONTAINERS: usize = 10;
+/// How many different containers must have changed within 5 x DEBOUNCE_MAX for a storm when
+/// passes take at least [`STORM_PASS_SHARE`] of the time.
 const STORM_CONTAINERS: usize = 5;
 
 impl Storm {
     fn new(debounce: Duration, max_wait: Duration) -> Storm {
-        Storm { debounce, max_wait: max_wait.max(debounce), level: 0, recent: Default::default() }
+        Storm {
+            debounce,
+            max_wait: max_wait.max(debounce),
+            level: 0,
+            recent: Default::default(),
+            passes: Default::default(),
+        }
     }
 
     fn window(&self) -> Duration {
@@ -254,12 +293,34 @@ impl Storm {
         while self.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > window) {
             self.recent.pop_front();
         }
+        while self.passes.front().is_some_and(|(_, end)| now.saturating_duration_since(*end) > window) {
+            self.passes.pop_front();
+        }
+    }
+
+    /// A pass ran from `start` to `end`.
+    fn pass_ran(&mut self, start: Instant, end: Instant) {
+        self.forget_before(end);
+        if self.passes.len() < 4096 {
+            self.passes.push_back((start, end));
+        }
+    }
+
+    /// The share of the last 5 x DEBOUNCE_MAX before `now` spent in passes.
+    fn pass_share(&self, now: Instant) -> f64 {
+        let window = self.window();
+        let from = now.checked_sub(window).unwrap_or(now);
+        let busy: Duration =
+            self.passes.iter().map(|(start, end)| end.saturating_duration_since((*start).max(from))).sum();
+        busy.as_secs_f64() / window.as_secs_f64()
     }
 
     /// The first trigger of a burst arrived at `now`; the last pass ended at `last_pass_end`.
     fn burst_begins(&mut self, now: Instant, last_pass_end: Option<Instant>) {
         self.forget_before(now);
-        let busy = self.recent.iter().map(|(_, id)| id.as_str()).collect::<HashSet<_>>().len() >= STORM_CONTAINERS;
+        let changing = self.recent.iter().map(|(_, id)| id.as_str()).collect::<HashSet<_>>().len();
+        let busy = changing >= STORM_MANY_CONTAINERS
+            || (changing >= STORM_CONTAINERS && self.pass_share(now) >= STORM_PASS_SHARE);
         let gap = last_pass_end.map(|end| now.saturating_duration_since(end));
         self.level = match gap {
             _ if !busy => 0,
@@ -937,11 +998,13 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// A storm-sized stream: events about ten containers in the last second.
+    /// A storm-sized stream: events about ten containers in the last second, and passes that
+    /// took most of the last five seconds.
     fn busy(storm: &mut Storm, now: Instant) {
         for i in 0..10 {
             storm.saw_container(now - 100 * MS * i, format!("c{i}"));
         }
+        storm.pass_ran(now - 4600 * MS, now - 500 * MS);
     }
 
     #[test]
@@ -990,5 +1053,29 @@ mod tests {
         }
         storm.burst_begins(t, Some(t - 10 * MS));
         assert_eq!(storm.level, 0);
+    }
+
+    #[test]
+    fn one_start_a_second_with_short_passes_never_makes_a_storm() {
+        let t0 = Instant::now();
+        let mut storm = Storm::new(100 * MS, 1000 * MS);
+        // A compose stack: one new service a second for a minute, each pass 300 ms (a slow
+        // companion exec), the next start 700 ms after a pass ends.
+        for i in 0..60u32 {
+            let t = t0 + 1000 * MS * i;
+            storm.saw_container(t, format!("service{i}"));
+            storm.burst_begins(t, (i > 0).then(|| t - 700 * MS));
+            assert_eq!(storm.waits(), (100 * MS, 1000 * MS), "start {i}");
+            storm.pass_ran(t, t + 300 * MS);
+        }
+        // The same starts while passes take 900 ms of every second: a storm.
+        let t1 = t0 + 100_000 * MS;
+        for i in 0..10u32 {
+            let t = t1 + 1000 * MS * i;
+            storm.saw_container(t, format!("late{i}"));
+            storm.burst_begins(t, Some(t - 100 * MS));
+            storm.pass_ran(t, t + 900 * MS);
+        }
+        assert!(storm.level > 0);
     }
 }

@@ -96,7 +96,8 @@ pub struct Settings {
     pub debounce: humantime::Duration,
 
     /// The longest a pass waits while events keep coming. A long value hides updates longer.
-    /// In a storm (events still streaming when a pass ends) it doubles with each pass, up to 8 x.
+    /// In a storm (many containers changing while passes take much of the time) it grows
+    /// fourfold with each pass, up to 60 s.
     #[arg(long, env = "DEBOUNCE_MAX", global = true, default_value = "1s")]
     pub debounce_max: humantime::Duration,
 
