@@ -10,7 +10,8 @@
 //! 1. reaction: `docker start` of a labelled, stopped container → first 200 with its body through
 //!    nginx (from invoking `docker start` and from its return), beside a floor measured in the same
 //!    run (a hand-written server block + `nginx -s reload` on a separate nginx → first 200);
-//! 2. idle: the agent's CPU time and RSS over a quiet window;
+//! 2. idle: the agent's CPU time and RSS over a quiet window; then three agents without Docker
+//!    watching a JSON CONFIG_FILE, a custom NGINX_TEMPLATE, and both, over one window;
 //! 3. event storm: N labelled containers started at once from several threads → all answer 200,
 //!    and how many reloads the agent did;
 //! 4. scale: the agent's start-up resync over many labelled containers, and its RSS;
@@ -19,12 +20,16 @@
 //!    when nginx's reload fails there (it did here: one `error_log` file per site exhausts
 //!    RLIMIT_NOFILE during a reload), again with the built-in template minus that line.
 //!
+//! 6. companion: the agent and nginx in containers (exec through the Docker API), isolated
+//!    starts and one start a second, beside a floor of the same image in the same run
+//!    (`benches/agent_phases/companion.rs`).
+//!
 //! Percentiles are nearest-rank (with 30 samples p99 is the maximum). Reaction is reported from
 //! invoking `docker start`, from its return, and from the daemon's own `start` event.
 //!
 //! Settings (environment):
 //! - `BENCH_QUICK=1`: small N and short windows, for a smoke run (about a minute);
-//! - `BENCH_ONLY=reaction,floor,idle,storm,scale,routes`: run only these phases;
+//! - `BENCH_ONLY=reaction,floor,idle,storm,scale,routes,companion`: run only these phases;
 //! - `BENCH_REACTION_N` (30), `BENCH_FLOOR_N` (40), `BENCH_IDLE_SECS` (60),
 //!   `BENCH_STORM_N` (200), `BENCH_STORM_THREADS` (8), `BENCH_SCALE_N` (1000),
 //!   `BENCH_SCALE_START=1` (start the scale containers instead of only creating them),
@@ -72,6 +77,7 @@ struct Cfg {
     reaction_n: usize,
     floor_n: usize,
     idle_secs: u64,
+    paced_n: usize,
     storm_n: usize,
     storm_threads: usize,
     scale_n: usize,
@@ -105,6 +111,7 @@ impl Cfg {
             reaction_n: env_num("BENCH_REACTION_N", q(30, 5)),
             floor_n: env_num("BENCH_FLOOR_N", q(40, 5)),
             idle_secs: env_num("BENCH_IDLE_SECS", if quick { 5 } else { 60 }),
+            paced_n: env_num("BENCH_PACED_N", q(20, 5)),
             storm_n: env_num("BENCH_STORM_N", q(200, 20)),
             storm_threads: env_num("BENCH_STORM_THREADS", 8),
             scale_n: env_num("BENCH_SCALE_N", q(1000, 40)),
@@ -1328,6 +1335,64 @@ fn phase_idle(cfg: &Cfg, setup: &mut ReactionSetup, res: &mut Results) {
     res.target("idle: RSS ≤ 20 MB", rss1 <= 20 * 1024, format!("{:.1} MB", rss1 as f64 / 1024.0));
 }
 
+/// The seed's configuration mode, idle: three agents without Docker, watching a JSON
+/// `CONFIG_FILE`, a custom `NGINX_TEMPLATE` (with `DOMAINS`), and both, over one window.
+fn phase_idle_files(cfg: &Cfg, res: &mut Results) {
+    let dir = tempfile::Builder::new().prefix("spbench-files-").tempdir().unwrap();
+    let json = dir.path().join("routes.json");
+    std::fs::write(
+        &json,
+        r#"{"domains":[{"name":"a.test","service":"web"},{"name":"b.test","service":"web"}],"services":[{"name":"web","host":"127.0.0.1","port":9}]}"#,
+    )
+    .unwrap();
+    let template = dir.path().join("custom.conf.j2");
+    std::fs::write(&template, smart_proxy::render::BUILTIN_TEMPLATE).unwrap();
+    let (json, template) = (json.display().to_string(), template.display().to_string());
+    let setups: [(&str, Vec<(&str, String)>); 3] = [
+        ("JSON config", vec![("CONFIG_FILE", json.clone())]),
+        ("template", vec![("NGINX_TEMPLATE", template.clone()), ("DOMAINS", "a.test,b.test".into())]),
+        ("both", vec![("CONFIG_FILE", json), ("NGINX_TEMPLATE", template)]),
+    ];
+    let mut agents: Vec<(&str, Agent)> = setups
+        .iter()
+        .map(|(what, env)| {
+            let mut env = env.clone();
+            env.push(("NO_DOCKER", "true".into()));
+            let mut agent = Agent::spawn(cfg, &env);
+            agent.wait_ready(Duration::from_secs(30));
+            (*what, agent)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    progress(format!("idle with watched files: {} s, three agents at once (load {})", cfg.idle_secs, loadavg()));
+    let before: Vec<(u64, usize)> = agents
+        .iter_mut()
+        .map(|(_, a)| {
+            a.tail.refresh();
+            (cpu_ticks(a.pid).0, a.tail.lines.len())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(cfg.idle_secs));
+    res.say(format!("\n== 4b. Idle with watched files (no Docker): {} s (load {})", cfg.idle_secs, loadavg()));
+    let tck = clock_ticks_per_sec();
+    for ((what, agent), (cpu0, lines0)) in agents.iter_mut().zip(before) {
+        agent.tail.refresh();
+        let ticks = cpu_ticks(agent.pid).0 - cpu0;
+        let lines = agent.tail.lines.len() - lines0;
+        let rss = rss_kb(agent.pid).0;
+        res.say(format!(
+            "   {what:<12} agent CPU {ticks} ticks = {:.0} ms, {lines} log lines, RSS {:.1} MB",
+            ticks as f64 * 1000.0 / tck as f64,
+            rss as f64 / 1024.0
+        ));
+        res.target(
+            format!("idle with watched files ({what}): no measurable CPU, nothing logged"),
+            ticks == 0 && lines == 0,
+            format!("{ticks} ticks, {lines} log lines over {} s", cfg.idle_secs),
+        );
+    }
+}
+
 // =============================================================================================
 // Event storm
 
@@ -1811,6 +1876,7 @@ fn run(cfg: &Cfg) -> Results {
         }
         if cfg.runs("idle") {
             phase_idle(cfg, &mut setup, &mut res);
+            phase_idle_files(cfg, &mut res);
         }
     } else if cfg.runs("floor") {
         phase_floor(cfg, &d, &net, &mut res);
@@ -1824,6 +1890,9 @@ fn run(cfg: &Cfg) -> Results {
     }
     if cfg.runs("routes") {
         phase_routes(cfg, &d, &net, &mut res);
+    }
+    if cfg.runs("companion") {
+        phase_companion(cfg, &d, &net, &mut res);
     }
     progress("removing the containers");
     let t = Instant::now();
@@ -1874,3 +1943,7 @@ fn print_report(cfg: &Cfg, res: &Results) {
         println!("   [{}] {what}: {detail}", if *met { " met " } else { "MISS " });
     }
 }
+
+#[path = "agent_phases/companion.rs"]
+mod companion;
+use companion::phase_companion;
