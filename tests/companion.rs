@@ -326,6 +326,26 @@ fn three_apps_stop_and_start() {
     // The candidate never stays behind in nginx's config directory.
     let listing = cli(&["exec", &c.nginx, "ls", "-a", "/etc/nginx/conf.d"]);
     assert!(!listing.contains(".smart-proxy-candidate"), "candidate left in conf.d: {listing}");
+
+    // The log: nginx did not "start again" on the agent's first start, and every cause of a pass
+    // names its container (network events carry no name: it comes from the cache).
+    let log = c.agent_log();
+    assert!(!log.contains(NGINX_STARTED_AGAIN), "{}", c.diagnostics());
+    let causes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("config applied"))
+        .filter_map(|l| l.split_once("cause=")?.1.split(" added=").next())
+        .flat_map(|c| c.split("; "))
+        .collect();
+    assert!(causes.iter().any(|c| c.contains(&docker.name("app1"))), "{causes:?}");
+    for cause in causes {
+        let who = cause.split(": ").next().unwrap_or("");
+        assert!(
+            !(who.len() == 12 && who.chars().all(|c| c.is_ascii_hexdigit())),
+            "a cause names a container id instead of its name: {cause}\n{}",
+            c.diagnostics()
+        );
+    }
 }
 
 #[test]
