@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
 
+use crate::certs::public_ip::PublicIpDetect;
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
 use crate::secret::Secret;
 use crate::sources::StaticConfig;
@@ -181,9 +182,18 @@ pub struct Settings {
     #[arg(long, env = "DNS_CHECK", global = true, value_enum, default_value = "warn")]
     pub dns_check: DnsCheck,
 
-    /// This server's public addresses, comma-separated (v4 and v6); default: detected.
+    /// This server's public addresses, comma-separated (v4 and v6); default: detected
+    /// (PUBLIC_IP_DETECT).
     #[arg(long, env = "PUBLIC_IP", global = true, value_delimiter = ',')]
     pub public_ip: Vec<IpAddr>,
+
+    /// How to detect this server's public addresses when PUBLIC_IP is not set: `off`, or a
+    /// comma-separated list of `interfaces` (global interface addresses), `dns` (OpenDNS:
+    /// myip.opendns.com at 208.67.222.222 and 2620:119:35::35), `dns:NAME@SERVER` (SERVER `ip` or
+    /// `ip:port`) and `http(s)://URL` (an echo answering with the address). All are asked and their
+    /// answers joined; cached for an hour.
+    #[arg(long, env = "PUBLIC_IP_DETECT", global = true, default_value = crate::certs::public_ip::DETECT_DEFAULT)]
+    pub public_ip_detect: PublicIpDetect,
 
     /// Name servers for DNS checks, `ip` or `ip:port`, comma-separated; default: the system's.
     #[arg(long, env = "DNS_RESOLVERS", global = true, value_delimiter = ',')]

@@ -1,5 +1,6 @@
-//! DNS lookups for certificates (hickory-resolver): does a domain point at this server, and has a
-//! DNS-01 TXT record reached every authoritative name server of its zone.
+//! DNS lookups for certificates (hickory-resolver): does a domain point at this server, what
+//! address a "what is my address" server sees us at, and has a DNS-01 TXT record reached every
+//! authoritative name server of its zone.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +59,45 @@ pub struct Dns {
     /// The configured servers (empty: the system's), also used when a zone's own name servers
     /// cannot be found.
     servers: Vec<SocketAddr>,
+}
+
+/// Asks `server` for the A and AAAA records of `name`, which a "what is my address" server
+/// (OpenDNS's `myip.opendns.com`) answers with the address the query came from. Empty: the name
+/// has no such records; an error: the server did not answer (timed out, refused, unreachable).
+pub async fn whoami(name: &str, server: SocketAddr) -> Result<Vec<IpAddr>, String> {
+    let mut config = ResolverConfig::default();
+    let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+    for connection in &mut ns.connections {
+        connection.port = server.port();
+    }
+    config.name_servers.push(ns);
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.cache_size = 0;
+    opts.timeout = Duration::from_secs(2);
+    opts.attempts = 1;
+    let resolver = builder.build().map_err(|e| e.to_string())?;
+    let name = format!("{}.", name.trim_end_matches('.'));
+    let (v4, v6) =
+        futures::join!(resolver.lookup(name.as_str(), RecordType::A), resolver.lookup(name.as_str(), RecordType::AAAA));
+    let mut found = BTreeSet::new();
+    let mut errors = Vec::new();
+    for answer in [v4, v6] {
+        match answer {
+            Ok(lookup) => found.extend(lookup.answers().iter().filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    match errors.first() {
+        // Both queries failed: the server is not answering.
+        Some(e) if errors.len() == 2 => Err(e.clone()),
+        _ => Ok(found.into_iter().collect()),
+    }
 }
 
 fn resolver_for(servers: &[SocketAddr]) -> Result<TokioResolver, DnsError> {

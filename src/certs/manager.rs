@@ -16,6 +16,7 @@ use super::acme::{self, AcmeSettings, ChallengeKind, ChallengeResponse, Solver, 
 use super::cloudflare::{Cloudflare, Credentials, RecordId, Zone};
 use super::dns::{self, Dns, Verdict};
 use super::plan::{plan, Challenge, Plan, PlanSettings, Reason};
+use super::public_ip::PublicIps;
 use super::store::{backoff, AriState, CertStore, DomainState, RenewalWindow};
 use crate::routes::DomainName;
 use crate::settings::{DnsCheck, Settings};
@@ -80,7 +81,7 @@ pub struct CertManager {
     dns: Dns,
     cloudflare: Option<Cloudflare>,
     dns_check: DnsCheck,
-    public_ips: Vec<IpAddr>,
+    public_ips: PublicIps,
     renew_days: i64,
     concurrency: usize,
     account: OnceCell<acme::Account>,
@@ -130,7 +131,7 @@ impl CertManager {
             dns,
             cloudflare,
             dns_check: settings.dns_check,
-            public_ips: settings.public_ip.clone(),
+            public_ips: PublicIps::new(settings.public_ip.clone(), settings.public_ip_detect.clone()),
             renew_days: settings.cert_renewal_threshold,
             concurrency: usize::from(settings.acme_concurrency),
             account: OnceCell::new(),
@@ -375,10 +376,15 @@ impl CertManager {
         if self.dns_check == DnsCheck::Off || domain.is_wildcard() {
             return Ok(());
         }
-        if self.public_ips.is_empty() {
-            warn!(%domain, "DNS check skipped: set PUBLIC_IP to this server's public addresses");
+        let Some(public) = self.public_ips.get().await else {
+            // A failed detection has said so once, with what to set.
+            if self.public_ips.detection_off() {
+                warn!(%domain, "DNS check skipped: set PUBLIC_IP to this server's public addresses");
+            } else {
+                debug!(%domain, "DNS check skipped: this server's public addresses are not known");
+            }
             return Ok(());
-        }
+        };
         let (found, via) = match &self.cloudflare {
             Some(cf) => match cf.find_zone(domain.as_str()).await {
                 Ok(zone) => {
@@ -394,12 +400,13 @@ impl CertManager {
             },
             None => (self.dns.addresses(domain.as_str()).await, "DNS"),
         };
-        let problem = match dns::verdict(&found, &self.public_ips) {
+        let here = public.describe();
+        let problem = match dns::verdict(&found, &public.addrs) {
             Verdict::PointsHere => return Ok(()),
             Verdict::NoRecords => format!("{domain} has no A/AAAA record (checked {via})"),
             Verdict::Elsewhere { found } => {
                 let list: Vec<String> = found.iter().map(ToString::to_string).collect();
-                format!("{domain} points at {} (checked {via}), not at PUBLIC_IP", list.join(", "))
+                format!("{domain} points at {} (checked {via}), not at {here}", list.join(", "))
             }
         };
         match self.dns_check {

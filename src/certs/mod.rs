@@ -8,4 +8,5 @@ pub mod dns;
 pub mod manager;
 pub mod placeholder;
 pub mod plan;
+pub mod public_ip;
 pub mod store;
