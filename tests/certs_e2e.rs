@@ -798,6 +798,186 @@ fn dns_check_strict_orders_what_points_here_and_reports_what_does_not() {
     report_time("dns check strict", started);
 }
 
+// --- PUBLIC_IP detected (issue 9): what the DNS check compares with when PUBLIC_IP is not set
+
+/// A UDP socket on 127.0.0.1 that takes DNS queries and never answers: a resolver out of reach
+/// (a firewall dropping the packets), and a witness of whether anything asked.
+struct SilentResolver {
+    socket: std::net::UdpSocket,
+}
+
+impl SilentResolver {
+    fn start() -> SilentResolver {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        SilentResolver { socket }
+    }
+
+    fn addr(&self) -> String {
+        self.socket.local_addr().unwrap().to_string()
+    }
+
+    /// The datagrams received since the last call.
+    fn queries(&self) -> usize {
+        let mut buf = [0u8; 1500];
+        std::iter::from_fn(|| self.socket.recv_from(&mut buf).ok()).count()
+    }
+}
+
+/// `DOMAINS`/`SERVICES` for `domains` on one backend, with pebble's settings and `extra`.
+fn routes_env(pebble: &Pebble, domains: &[&str], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let port = backend("detect backend\n");
+    let mut env = pebble_env(pebble);
+    let routes: Vec<String> = domains.iter().map(|d| format!("{d}:app")).collect();
+    env.extend([("DOMAINS".into(), routes.join(",")), ("SERVICES".into(), format!("app:127.0.0.1:{port}"))]);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+fn issued(agent: &Agent, domain: &str) {
+    agent.wait_for(&format!("{domain}'s certificate"), Duration::from_secs(25), || {
+        agent.cert_info(domain).is_some_and(|i| !i.placeholder)
+    });
+}
+
+#[test]
+fn issue_9_a_detected_public_address_decides_the_dns_check() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    // Only the "what is my address" name answers 127.0.0.1 (other names get 192.0.2.1 and no
+    // AAAA), so the check can only pass through what the query found.
+    pebble.set_default_ipv4(Ipv4Addr::new(192, 0, 2, 1));
+    pebble.clear_default_ipv6();
+    pebble.add_a("myip.opendns.com", Ipv4Addr::LOCALHOST);
+    pebble.add_a("here.test", Ipv4Addr::LOCALHOST);
+    pebble.add_a("elsewhere.test", Ipv4Addr::new(198, 51, 100, 7));
+    let detect = format!("dns:myip.opendns.com@{}", pebble.dns_addr());
+    let env = routes_env(
+        &pebble,
+        &["here.test", "elsewhere.test"],
+        &[("DNS_CHECK", "strict"), ("PUBLIC_IP_DETECT", &detect)],
+    );
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
+    issued(&agent, "here.test");
+    pebble.verify_chain(&agent.fullchain("here.test"), "here.test");
+    let row = agent.wait_status("elsewhere.test", "failing");
+    assert!(agent.cert_info("elsewhere.test").unwrap().placeholder, "not ordered: it points elsewhere");
+
+    // How it was found is said once; the skipped domain's message names the address and the way.
+    let log = agent.log();
+    let how = format!("DNS query myip.opendns.com @{}", pebble.dns_addr());
+    let found: Vec<&str> = log.lines().filter(|l| l.contains("public addresses detected")).collect();
+    assert_eq!(found.len(), 1, "{log}");
+    assert!(found[0].contains(" INFO ") && found[0].ends_with(&format!("detected via {how}: 127.0.0.1")), "{found:?}");
+    let want = format!(
+        "elsewhere.test points at 198.51.100.7 (checked DNS), not at this server's 127.0.0.1 (detected via {how}); \
+         skipped (DNS_CHECK=strict)"
+    );
+    assert!(log.lines().any(|l| l.contains(" WARN ") && l.contains(&want)), "{want}\n{log}");
+    assert!(row["last_error"].as_str().is_some_and(|e| e == want), "{row}");
+    report_time("issue 9: detected address", started);
+}
+
+#[test]
+fn issue_9_an_http_echo_detects_the_address_and_dns_check_warn_names_it() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    pebble.clear_default_ipv6();
+    pebble.add_a("here.test", Ipv4Addr::LOCALHOST);
+    // Another loopback address: nginx listens there too, so pebble still validates the order.
+    pebble.add_a("other.test", Ipv4Addr::new(127, 0, 0, 2));
+    let echo = format!("http://127.0.0.1:{}/ip", backend("127.0.0.1\n"));
+    let env = routes_env(&pebble, &["here.test", "other.test"], &[("DNS_CHECK", "warn"), ("PUBLIC_IP_DETECT", &echo)]);
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
+    issued(&agent, "here.test");
+    issued(&agent, "other.test");
+    let log = agent.log();
+    let found: Vec<&str> = log.lines().filter(|l| l.contains("public addresses detected")).collect();
+    assert_eq!(found.len(), 1, "detected once for both orders:\n{log}");
+    assert!(found[0].ends_with(&format!("detected via HTTP GET {echo}: 127.0.0.1")), "{found:?}");
+    let want = format!(
+        "other.test points at 127.0.0.2 (checked DNS), not at this server's 127.0.0.1 (detected via HTTP GET \
+         {echo}); ordering anyway (DNS_CHECK=warn)"
+    );
+    assert!(log.lines().any(|l| l.contains(" WARN ") && l.contains(&want)), "{want}\n{log}");
+    assert!(!log.contains("here.test points at"), "{log}");
+    report_time("issue 9: HTTP echo", started);
+}
+
+#[test]
+fn issue_9_a_failed_detection_is_reported_once_with_what_to_set() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    for domain in ["one.test", "two.test"] {
+        pebble.add_a(domain, Ipv4Addr::LOCALHOST);
+    }
+    let silent = SilentResolver::start();
+    let detect = format!("dns:myip.opendns.com@{}", silent.addr());
+    let env = routes_env(&pebble, &["one.test", "two.test"], &[("DNS_CHECK", "strict"), ("PUBLIC_IP_DETECT", &detect)]);
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
+    // Unknown addresses skip the check (as with no PUBLIC_IP before): both are ordered.
+    issued(&agent, "one.test");
+    issued(&agent, "two.test");
+    assert!(silent.queries() >= 1, "the resolver was asked");
+    let log = agent.log();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warned.len(), 1, "one warning, not one per domain:\n{log}");
+    let line = warned[0];
+    for part in [
+        "public address detection found nothing",
+        &format!("DNS query myip.opendns.com @{}: ", silent.addr()),
+        "DNS checks are skipped until it succeeds",
+        "set PUBLIC_IP to this server's public addresses",
+        "PUBLIC_IP_DETECT",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+    report_time("issue 9: detection failure", started);
+}
+
+#[test]
+fn issue_9_public_ip_set_is_used_without_asking_anything() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    pebble.add_a("set.test", Ipv4Addr::LOCALHOST);
+    let silent = SilentResolver::start();
+    let detect = format!("dns:myip.opendns.com@{}", silent.addr());
+    let env = routes_env(
+        &pebble,
+        &["set.test"],
+        &[("DNS_CHECK", "strict"), ("PUBLIC_IP", "127.0.0.1"), ("PUBLIC_IP_DETECT", &detect)],
+    );
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
+    issued(&agent, "set.test");
+    assert_eq!(silent.queries(), 0, "PUBLIC_IP is set: nothing is detected");
+    let log = agent.log();
+    assert!(!log.contains("public address detection") && !log.contains("public addresses detected"), "{log}");
+    assert!(!log.contains(" WARN "), "{log}");
+    report_time("issue 9: PUBLIC_IP set", started);
+}
+
+#[test]
+fn issue_9_public_ip_detect_off_skips_the_check_as_before() {
+    let started = Instant::now();
+    let pebble = Pebble::start();
+    // Another loopback address (nginx listens there too): not this server's as far as PUBLIC_IP
+    // could say, but no address is known, so nothing is compared.
+    pebble.add_a("off.test", Ipv4Addr::new(127, 0, 0, 2));
+    let env = routes_env(&pebble, &["off.test"], &[("DNS_CHECK", "strict"), ("PUBLIC_IP_DETECT", "off")]);
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
+    issued(&agent, "off.test");
+    let log = agent.log();
+    let skipped = lines_for(&log, "DNS check skipped: set PUBLIC_IP to this server's public addresses", "off.test");
+    assert_eq!(skipped.len(), 1, "{log}");
+    assert!(!log.contains("public address detection") && !log.contains("public addresses detected"), "{log}");
+    report_time("issue 9: PUBLIC_IP_DETECT=off", started);
+}
+
 #[test]
 fn a_domain_is_retried_when_its_backoff_ends_whatever_other_domains_states_say() {
     let started = Instant::now();

@@ -166,6 +166,32 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn a_bad_public_ip_detect_is_a_usage_error_naming_the_variable_and_the_allowed_forms() {
+    // (value, the entry named, why)
+    for (value, entry, why) in [
+        ("dns:myip.opendns.com", "dns:myip.opendns.com", "names no @SERVER"),
+        (
+            "dns:myip.opendns.com@resolver1.opendns.com",
+            "dns:myip.opendns.com@resolver1.opendns.com",
+            "has no ip or ip:port after @",
+        ),
+        ("interfaces,stun", "stun", "is none of these"),
+        ("interfaces,off", "off", "must stand alone"),
+    ] {
+        cmd(&[("DOMAINS", "a.com"), ("PUBLIC_IP_DETECT", value)]).arg("--dry-run").assert().code(2).stderr(contains(
+            format!(
+                "PUBLIC_IP_DETECT must be off or a comma-separated list of interfaces, dns (OpenDNS), \
+                 dns:NAME@SERVER (SERVER ip or ip:port, e.g. dns:myip.opendns.com@208.67.222.222) and http(s)://URL; \
+                 {entry:?} {why}"
+            ),
+        ));
+    }
+    for good in ["off", "interfaces", "dns", "dns:myip.opendns.com@127.0.0.1:8053,https://ip.example/"] {
+        cmd(&[("DOMAINS", "a.com"), ("PUBLIC_IP_DETECT", good)]).arg("--dry-run").assert().success();
+    }
+}
+
+#[test]
 fn template_errors_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let template = dir.path().join("custom.j2");

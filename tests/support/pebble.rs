@@ -197,6 +197,17 @@ impl Pebble {
         self.manage("/add-a", serde_json::json!({ "host": fqdn(host), "addresses": [ip.to_string()] }));
     }
 
+    /// What A queries for names without a record of their own get (challtestsrv's default:
+    /// 127.0.0.1).
+    pub fn set_default_ipv4(&self, ip: Ipv4Addr) {
+        self.manage("/set-default-ipv4", serde_json::json!({ "ip": ip.to_string() }));
+    }
+
+    /// No AAAA answer for names without a record of their own (challtestsrv's default: ::1).
+    pub fn clear_default_ipv6(&self) {
+        self.manage("/set-default-ipv6", serde_json::json!({ "ip": "" }));
+    }
+
     /// Sets the TXT record of `host` (e.g. `_acme-challenge.a.test`) to `value`.
     pub fn set_txt(&self, host: &str, value: &str) {
         self.manage("/set-txt", serde_json::json!({ "host": fqdn(host), "value": value }));
