@@ -137,6 +137,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         resync: false,
         last_diagnostics: Vec::new(),
         nginx_networks: None,
+        nginx_run: None,
+        applied_run: None,
+        nginx_start_seen: false,
         causes: BTreeSet::new(),
         failing: BTreeMap::new(),
         list_failed: None,
@@ -364,6 +367,12 @@ struct Controller {
     resync: bool,
     last_diagnostics: Vec<Diagnostic>,
     nginx_networks: Option<BTreeSet<String>>,
+    /// The companion nginx container's current run (id and start time), read on each resync.
+    nginx_run: Option<String>,
+    /// The run the last written config went to.
+    applied_run: Option<String>,
+    /// A start event of the nginx container arrived: the next pass checks whether it is a new run.
+    nginx_start_seen: bool,
     /// What triggered the coming pass, for the log.
     causes: BTreeSet<Cause>,
     /// Containers whose last inspect failed (not "gone"): id → the error. Retried with backoff.
@@ -418,11 +427,10 @@ impl Controller {
         match trigger {
             Trigger::Container { id, name, action, .. } => {
                 if (action == "start" || action == "unpause") && self.is_nginx_container(&id, name.as_deref()) {
-                    // On the agent's first start this is the event of nginx starting beside it.
-                    if self.applier.live().is_some() {
-                        info!("the nginx container started again: applying the current config");
-                    }
-                    self.applier.invalidate();
+                    // Whether this is a new run is known after the resync it asks for.
+                    // (Forgotten until then: if the resync fails, the config is applied again.)
+                    self.nginx_start_seen = true;
+                    self.nginx_run = None;
                     self.resync = true;
                 }
                 self.dirty.insert(id);
@@ -469,6 +477,9 @@ impl Controller {
             if self.resync || !self.listed {
                 self.relist(&client).await;
             }
+            if std::mem::take(&mut self.nginx_start_seen) {
+                self.nginx_started();
+            }
             if !self.dirty.is_empty() {
                 let ids: Vec<String> = self.dirty.drain().collect();
                 let results = client.inspect_all(&ids).await;
@@ -507,6 +518,7 @@ impl Controller {
         match result {
             Ok(applied) if !applied.changed => {}
             Ok(applied) => {
+                self.applied_run = self.nginx_run.clone();
                 let served: BTreeSet<String> = table
                     .sites
                     .iter()
@@ -643,7 +655,22 @@ impl Controller {
         self.listed = true;
         self.resync = false;
         self.dirty.retain(|id| self.failing.contains_key(id));
-        self.nginx_networks = self.nginx_networks(client).await;
+        let (networks, run) = self.nginx_state(client).await;
+        self.nginx_networks = networks;
+        self.nginx_run = run;
+    }
+
+    /// After a start event of the nginx container: unless its run is the one the last config
+    /// went to (nginx's own first start, replayed after the agent's first apply), the next apply
+    /// writes, tests and reloads even identical bytes.
+    fn nginx_started(&mut self) {
+        if self.nginx_run.is_some() && self.nginx_run == self.applied_run {
+            return;
+        }
+        if self.applier.live().is_some() {
+            info!("the nginx container started again: applying the current config");
+        }
+        self.applier.invalidate();
     }
 
     fn inspected(&mut self, id: String, c: Container) {
@@ -730,13 +757,17 @@ impl Controller {
     }
 
     /// The networks nginx is on: the companion container's, or this container's own (same
-    /// container setup, where the host name is the container id), or unknown.
-    async fn nginx_networks(&self, client: &DockerClient) -> Option<BTreeSet<String>> {
+    /// container setup, where the host name is the container id), or unknown; and the companion's
+    /// current run.
+    async fn nginx_state(&self, client: &DockerClient) -> (Option<BTreeSet<String>>, Option<String>) {
         match &self.applier.nginx {
-            Nginx::Companion(c) => client.networks_of(&c.container).await.ok(),
+            Nginx::Companion(c) => match client.nginx_state(&c.container).await {
+                Ok(state) => (Some(state.networks), state.run),
+                Err(_) => (None, None),
+            },
             Nginx::Local(_) => {
-                let host = std::fs::read_to_string("/etc/hostname").ok()?;
-                client.networks_of(host.trim()).await.ok()
+                let Ok(host) = std::fs::read_to_string("/etc/hostname") else { return (None, None) };
+                (client.networks_of(host.trim()).await.ok(), None)
             }
         }
     }

@@ -260,7 +260,13 @@ fn starting_and_unhealthy_replicas_are_left_out() {
         (0..10).all(|_| agent.get("hc.test", "/") == (200, "good\n".to_string()))
     });
     let answers: Vec<(u16, String)> = (0..30).map(|_| agent.get("hc.test", "/")).collect();
-    assert!(answers.iter().all(|a| *a == (200, "good\n".to_string())), "only the healthy replica serves: {answers:?}");
+    if !answers.iter().all(|a| *a == (200, "good\n".to_string())) {
+        let mut seen = std::collections::BTreeMap::new();
+        for (status, body) in &answers {
+            *seen.entry((*status, body.chars().take(60).collect::<String>())).or_insert(0) += 1;
+        }
+        panic!("only the healthy replica serves; answers (status, body start) → count: {seen:?}\n{}", agent.log());
+    }
     assert_eq!(agent.get("slow.test", "/").0, 502, "a domain whose only replica is starting answers 502");
 }
 

@@ -204,6 +204,11 @@ impl DockerClient {
 
     /// The networks the named nginx container is on.
     pub async fn networks_of(&self, name: &str) -> Result<BTreeSet<String>, DockerError> {
+        Ok(self.nginx_state(name).await?.networks)
+    }
+
+    /// The named nginx container's networks and the start of its current run.
+    pub async fn nginx_state(&self, name: &str) -> Result<NginxState, DockerError> {
         let inspect = async {
             self.docker
                 .inspect_container(name, None)
@@ -211,7 +216,14 @@ impl DockerClient {
                 .map_err(|source| DockerError::NginxNotFound { name: name.into(), source })
         };
         let response = bounded(|| format!("inspect container {name}"), inspect).await?;
-        Ok(response.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default())
+        Ok(NginxState {
+            networks: response
+                .network_settings
+                .and_then(|n| n.networks)
+                .map(|n| n.into_keys().collect())
+                .unwrap_or_default(),
+            run: response.id.zip(response.state.and_then(|s| s.started_at)).map(|(id, at)| format!("{id}@{at}")),
+        })
     }
 
     /// The networks of the running container labelled `<prefix>.nginx=true`, if exactly one is.
@@ -222,6 +234,16 @@ impl DockerClient {
             _ => None,
         }
     }
+}
+
+/// What the agent needs to know of the nginx container on each resync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxState {
+    pub networks: BTreeSet<String>,
+    /// Its id and when its current run started (`State.StartedAt`): a start event of nginx whose
+    /// run is the one the last apply went to changes nothing (the event stream replays the last
+    /// second, so nginx's own first start arrives after the agent's first apply).
+    pub run: Option<String>,
 }
 
 fn container_from(response: ContainerInspectResponse) -> Container {
