@@ -136,8 +136,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         dirty: HashSet::new(),
         resync: false,
         last_diagnostics: Vec::new(),
-        nginx_networks: None,
-        nginx_run: None,
+        nginx: None,
         applied_run: None,
         nginx_start_seen: false,
         causes: BTreeSet::new(),
@@ -366,9 +365,8 @@ struct Controller {
     dirty: HashSet<String>,
     resync: bool,
     last_diagnostics: Vec<Diagnostic>,
-    nginx_networks: Option<BTreeSet<String>>,
-    /// The companion nginx container's current run (id and start time), read on each resync.
-    nginx_run: Option<String>,
+    /// nginx's container (its networks, and the companion's current run), read on each resync.
+    nginx: Option<crate::sources::docker::NginxState>,
     /// The run the last written config went to.
     applied_run: Option<String>,
     /// A start event of the nginx container arrived: the next pass checks whether it is a new run.
@@ -430,7 +428,9 @@ impl Controller {
                     // Whether this is a new run is known after the resync it asks for.
                     // (Forgotten until then: if the resync fails, the config is applied again.)
                     self.nginx_start_seen = true;
-                    self.nginx_run = None;
+                    if let Some(nginx) = &mut self.nginx {
+                        nginx.run = None;
+                    }
                     self.resync = true;
                 }
                 self.dirty.insert(id);
@@ -504,7 +504,7 @@ impl Controller {
             let containers: Vec<Container> = self.containers.values().cloned().collect();
             let label_settings = LabelSettings {
                 prefix: self.settings.label_prefix.clone(),
-                nginx_networks: self.nginx_networks.clone(),
+                nginx_networks: self.nginx.as_ref().map(|n| n.networks.clone()),
             };
             sources.push(labels::routes(&containers, &label_settings));
         }
@@ -518,7 +518,7 @@ impl Controller {
         match result {
             Ok(applied) if !applied.changed => {}
             Ok(applied) => {
-                self.applied_run = self.nginx_run.clone();
+                self.applied_run = self.nginx_run().cloned();
                 let served: BTreeSet<String> = table
                     .sites
                     .iter()
@@ -655,16 +655,18 @@ impl Controller {
         self.listed = true;
         self.resync = false;
         self.dirty.retain(|id| self.failing.contains_key(id));
-        let (networks, run) = self.nginx_state(client).await;
-        self.nginx_networks = networks;
-        self.nginx_run = run;
+        self.nginx = self.nginx_state(client).await;
+    }
+
+    fn nginx_run(&self) -> Option<&String> {
+        self.nginx.as_ref().and_then(|n| n.run.as_ref())
     }
 
     /// After a start event of the nginx container: unless its run is the one the last config
     /// went to (nginx's own first start, replayed after the agent's first apply), the next apply
     /// writes, tests and reloads even identical bytes.
     fn nginx_started(&mut self) {
-        if self.nginx_run.is_some() && self.nginx_run == self.applied_run {
+        if self.nginx_run().is_some() && self.nginx_run() == self.applied_run.as_ref() {
             return;
         }
         if self.applier.live().is_some() {
@@ -756,20 +758,14 @@ impl Controller {
         self.last_diagnostics = table.diagnostics.clone();
     }
 
-    /// The networks nginx is on: the companion container's, or this container's own (same
-    /// container setup, where the host name is the container id), or unknown; and the companion's
-    /// current run.
-    async fn nginx_state(&self, client: &DockerClient) -> (Option<BTreeSet<String>>, Option<String>) {
-        match &self.applier.nginx {
-            Nginx::Companion(c) => match client.nginx_state(&c.container).await {
-                Ok(state) => (Some(state.networks), state.run),
-                Err(_) => (None, None),
-            },
-            Nginx::Local(_) => {
-                let Ok(host) = std::fs::read_to_string("/etc/hostname") else { return (None, None) };
-                (client.networks_of(host.trim()).await.ok(), None)
-            }
-        }
+    /// nginx's container (networks, run): the companion container's, or this container's own (same
+    /// container setup, where the host name is the container id), or unknown.
+    async fn nginx_state(&self, client: &DockerClient) -> Option<crate::sources::docker::NginxState> {
+        let container = match &self.applier.nginx {
+            Nginx::Companion(c) => c.container.clone(),
+            Nginx::Local(_) => std::fs::read_to_string("/etc/hostname").ok()?.trim().to_string(),
+        };
+        client.nginx_state(&container).await.ok()
     }
 
     async fn start_nginx_if_local(&mut self) -> anyhow::Result<()> {
