@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
+use clap::{ArgAction, Args, ValueEnum};
 
 use crate::certs::public_ip::PublicIpDetect;
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
@@ -15,7 +15,7 @@ use crate::status::StatusAddr;
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Do not read container labels; use env and file routes only.
-    #[arg(long, env = "NO_DOCKER", global = true, value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long, env = "NO_DOCKER", global = true, value_parser = boolish("NO_DOCKER", "--no-docker"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub no_docker: bool,
 
     /// Label prefix: labels are `<prefix>.domains`, `<prefix>.port`, ...
@@ -68,7 +68,7 @@ pub struct Settings {
     pub error_logs_max: usize,
 
     /// Local mode: HTTP only, no certificates, no redirects.
-    #[arg(long, env = "LOCAL", global = true, value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long, env = "LOCAL", global = true, value_parser = boolish("LOCAL", "--local"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub local: bool,
 
     /// Port nginx listens on for HTTP.
@@ -280,6 +280,16 @@ impl Settings {
             resolver: if self.resolver.is_empty() { system_resolvers() } else { self.resolver.clone() },
             error_logs_max: self.error_logs_max,
         })
+    }
+}
+
+/// A yes/no setting: clap's own message names only the flag, so this one names the environment
+/// variable too and every accepted spelling (those of clap's `BoolishValueParser`).
+fn boolish(var: &'static str, flag: &'static str) -> impl Fn(&str) -> Result<bool, String> + Clone + Send + Sync {
+    move |value| match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "on" | "1" => Ok(true),
+        "false" | "f" | "no" | "n" | "off" | "0" => Ok(false),
+        _ => Err(format!("{var} (or {flag}) must be true or false (also yes/no, on/off, 1/0)")),
     }
 }
 

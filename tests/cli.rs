@@ -72,6 +72,60 @@ fn bad_ports_say_what_is_allowed() {
 }
 
 #[test]
+fn a_route_to_a_service_with_an_error_points_at_that_error() {
+    // The service's entry has the one real error; the route using it says why it is left out
+    // instead of calling the service unknown.
+    cmd(&[("DOMAINS", "app1.com:app1,ok.com"), ("SERVICES", "app1:app1:80800")])
+        .arg("--dry-run")
+        .assert()
+        .code(1)
+        .stdout(contains("server_name ok.com;").and(contains("server_name app1.com;").not()))
+        .stderr(contains(r#"SERVICES entry 1 "app1:app1:80800": port 80800 is out of range; must be 1-65535"#))
+        .stderr(contains(
+            r#"DOMAINS entry 1 "app1.com:app1": service "app1" is left out because of the error at SERVICES entry 1 "app1:app1:80800"; this route is served once that is fixed"#,
+        ))
+        .stderr(contains("unknown service").not().and(contains("No services are defined").not()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    std::fs::write(
+        &file,
+        r#"{"domains":[{"name":"a.com","service":"a"}],"services":[{"name":"a","host":"a","port":"8080"}]}"#,
+    )
+    .unwrap();
+    let shown = file.display().to_string();
+    cmd(&[])
+        .arg("--dry-run")
+        .arg("--config-file")
+        .arg(&file)
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            r#"file {shown}, domains[0]: service "a" is left out because of the error at file {shown}, services[0].port;"#
+        )))
+        .stderr(contains("unknown service").not());
+}
+
+#[test]
+fn a_missing_config_file_is_named_with_its_setting() {
+    for (var, flag) in [
+        ("CONFIG_FILE", "--config-file"),
+        ("DOMAINS_CONFIG", "--domains-config"),
+        ("SERVICES_CONFIG", "--services-config"),
+    ] {
+        cmd(&[("DOMAINS", "ok.com"), (var, "/nonexistent/routes.json")])
+            .arg("--dry-run")
+            .assert()
+            .code(1)
+            .stdout(contains("server_name ok.com;"))
+            .stderr(contains(format!(
+                "error: file /nonexistent/routes.json: cannot read it: No such file or directory (os error 2); \
+                 it is named by {var} (or {flag})"
+            )))
+            .stderr(contains("(file)").not());
+    }
+}
+
+#[test]
 fn duplicate_empty_and_bad_domains() {
     cmd(&[("DOMAINS", "a.com:app1,a.com:app2,:app1,bad_name.com:app1, ,ok.com"), ("SERVICES", SERVICES)])
         .arg("--dry-run")
@@ -162,7 +216,14 @@ fn check_json_is_machine_readable() {
 fn usage_errors_exit_2() {
     cmd(&[]).arg("--no-such-flag").assert().code(2);
     cmd(&[("HTTP_PORT", "0")]).arg("--dry-run").assert().code(2);
-    cmd(&[("LOCAL", "maybe")]).arg("--dry-run").assert().code(2);
+    for (var, flag) in [("LOCAL", "--local"), ("NO_DOCKER", "--no-docker")] {
+        cmd(&[(var, "maybe")]).arg("--dry-run").assert().code(2).stderr(contains(format!(
+            "invalid value 'maybe' for '{flag} [<{var}>]': {var} (or {flag}) must be true or false (also yes/no, on/off, 1/0)"
+        )));
+    }
+    for value in ["true", "YES", "on", "1", "false", "no", "Off", "0"] {
+        cmd(&[("DOMAINS", "ok.com"), ("LOCAL", value)]).arg("--dry-run").assert().success();
+    }
 }
 
 #[test]
@@ -273,4 +334,65 @@ fn certs_list_shows_each_tls_domain() {
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(rows[0]["status"], "placeholder");
     assert!(!certs.path().join("smart-proxy/locks").exists(), "certs list writes nothing");
+}
+
+#[test]
+fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
+    // Docker cannot be reached, so the dry run logs a warning.
+    let env = [("DOMAINS", "ok.com"), ("NO_DOCKER", "false"), ("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
+    let piped = cmd(&env).arg("--dry-run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(stderr.contains("WARN") && stderr.contains("container labels were not read"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes in a piped log: {stderr:?}");
+    // script(1) runs the command on a pseudo-terminal, as a person at a shell would.
+    let binary = assert_cmd::cargo::cargo_bin("nginx-smart-proxy");
+    for (no_color, coloured) in [(None, true), (Some(""), true), (Some("1"), false)] {
+        let mut script = std::process::Command::new("script");
+        script.env_clear().env("NGINX_VERSION", "1.22.1").env("RESOLVER", "127.0.0.11").env("CERTS_DIR", "/none");
+        script.envs(env).args(["-qec"]).arg(format!("{} --dry-run", binary.display())).arg("/dev/null");
+        if let Some(value) = no_color {
+            script.env("NO_COLOR", value);
+        }
+        let out = script.output().expect("script(1) from bsdutils");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("container labels were not read"), "NO_COLOR={no_color:?}: {text}");
+        assert_eq!(text.contains("\x1b["), coloured, "NO_COLOR={no_color:?}: {text:?}");
+    }
+}
+
+/// The `cargo run --release -- ...` commands a user copies from the README's "Without Docker"
+/// block and from `examples/seed.env`, run as written from the repository's root, with the binary
+/// this test run built in place of `cargo run --release --` (a second cargo inside `cargo test`
+/// would wait on the build lock).
+#[test]
+fn readme_and_example_commands_work_from_a_clone() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let block = readme.split("Without Docker, render the config").nth(1).expect("README's no-Docker block");
+    let block = block.split("```sh\n").nth(1).and_then(|b| b.split("```").next()).expect("a ```sh block");
+    let seed = std::fs::read_to_string(format!("{root}/examples/seed.env")).unwrap();
+    let try_line = seed
+        .lines()
+        .skip_while(|l| !l.contains("Try it from a clone"))
+        .nth(1)
+        .expect("seed.env says how to try it")
+        .trim_start_matches('#')
+        .trim();
+    let commands: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).chain([try_line]).collect();
+    assert_eq!(commands.len(), 3, "{commands:#?}");
+    let binary = env!("CARGO_BIN_EXE_nginx-smart-proxy");
+    for command in commands {
+        assert!(command.contains("cargo run --release -- "), "{command}");
+        let command = command.replace("cargo run --release --", binary);
+        let out = std::process::Command::new("bash")
+            .args(["-c", &command])
+            .current_dir(root)
+            .env("NGINX_VERSION", "1.22.1")
+            .env("CERTS_DIR", "/nonexistent-certs")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command}: {}\n{stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("app1"), "{command} printed no route of app1:\n{stdout}");
+    }
 }

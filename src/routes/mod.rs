@@ -51,6 +51,10 @@ fn name(text: &str) -> String {
     }
 }
 
+/// The field of an [`Origin::File`] whose error costs the whole file (unreadable, not JSON, not an
+/// object): shown as the file alone.
+pub const WHOLE_FILE: &str = "(file)";
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -59,6 +63,7 @@ impl fmt::Display for Origin {
             }
             Origin::Container { name: c, label: None } => write!(f, "container {}", name(c)),
             Origin::Env { var, entry, text } => write!(f, "{var} entry {entry} {:?}", grammar::show(text)),
+            Origin::File { path, field } if field == WHOLE_FILE => write!(f, "file {}", path.display()),
             Origin::File { path, field } => write!(f, "file {}, {}", path.display(), name(field)),
         }
     }
@@ -180,6 +185,9 @@ pub struct SourceOutput {
     pub routes: Vec<RouteDef>,
     pub services: Vec<ServiceDef>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Services whose definition has an error (reported in `diagnostics` at this origin): a
+    /// route naming one is left out with a pointer to that error, not "unknown service".
+    pub rejected_services: Vec<(ServiceKey, Origin)>,
 }
 
 impl SourceOutput {
@@ -187,6 +195,7 @@ impl SourceOutput {
         self.routes.extend(other.routes);
         self.services.extend(other.services);
         self.diagnostics.extend(other.diagnostics);
+        self.rejected_services.extend(other.rejected_services);
     }
 }
 

@@ -54,10 +54,14 @@ impl RouteTable {
         let mut diagnostics = Vec::new();
         let mut routes = Vec::new();
         let mut defs = Vec::new();
+        let mut rejected: BTreeMap<ServiceKey, Origin> = BTreeMap::new();
         for source in sources {
             diagnostics.extend(source.diagnostics);
             routes.extend(source.routes);
             defs.extend(source.services);
+            for (key, origin) in source.rejected_services {
+                rejected.entry(key).or_insert(origin);
+            }
         }
 
         let services = merge_services(defs, &mut diagnostics);
@@ -69,7 +73,12 @@ impl RouteTable {
         for route in routes {
             if let Some(key) = &route.service {
                 if !services.contains_key(key) {
-                    let message = if available.is_empty() {
+                    let message = if let Some(at) = rejected.get(key) {
+                        format!(
+                            "service {:?} is left out because of the error at {at}; this route is served once that is fixed",
+                            key.name.as_str()
+                        )
+                    } else if available.is_empty() {
                         format!(
                             "unknown service {:?}. No services are defined (set SERVICES or a services file)",
                             key.name.as_str()
@@ -302,7 +311,7 @@ mod tests {
                 service(web.clone(), "10.0.0.2", container("web-1")),
                 service(web, "10.0.0.3", container("web-2")),
             ],
-            diagnostics: vec![],
+            ..Default::default()
         };
         let env_origin = Origin::Env { var: "DOMAINS", entry: 1, text: "a.com".into() };
         let env = SourceOutput { routes: vec![route("a.com", None, env_origin)], ..Default::default() };
@@ -323,7 +332,7 @@ mod tests {
         let out = SourceOutput {
             routes: vec![route("a.com", Some(d.clone()), container("c")), route("b.com", Some(s.clone()), env(1))],
             services: vec![service(d, "10.0.0.2", container("c")), service(s, "10.0.0.3", env(1))],
-            diagnostics: vec![],
+            ..Default::default()
         };
         let table = RouteTable::build(vec![out]);
         let ids: Vec<_> = table.upstreams.iter().map(|u| u.id.as_str()).collect();

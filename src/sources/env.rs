@@ -18,7 +18,15 @@ pub fn parse(domains: Option<&str>, services: Option<&str>) -> SourceOutput {
                 backends: vec![Backend { host, port, state: BackendState::Up, network: None, origin: origin.clone() }],
                 origin,
             }),
-            Err(message) => out.diagnostics.push(Diagnostic::error(origin, message)),
+            Err(message) => {
+                // The name may be fine where the host or port is not: routes naming it then
+                // point at this error instead of calling the service unknown.
+                let name = text.split_once(':').map_or(text, |(name, _)| name).trim();
+                if let Ok(name) = ServiceName::parse(name) {
+                    out.rejected_services.push((ServiceKey { namespace: Namespace::Static, name }, origin.clone()));
+                }
+                out.diagnostics.push(Diagnostic::error(origin, message))
+            }
         }
     }
     for (entry, text) in entries(domains.unwrap_or("")) {
@@ -116,6 +124,21 @@ mod tests {
         assert!(messages[3].contains("DOMAINS entry 2") && messages[3].contains("empty domain name"));
         assert!(messages[4].contains("DOMAINS entry 3") && messages[4].contains("'_'"));
         assert!(messages[5].contains("DOMAINS entry 4") && messages[5].contains("empty service name"));
+    }
+
+    #[test]
+    fn a_route_to_a_rejected_service_points_at_its_error() {
+        let table = RouteTable::build(vec![parse(Some("app1.com:app1"), Some("app1:app1:80800"))]);
+        let messages: Vec<String> = table.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                "error: SERVICES entry 1 \"app1:app1:80800\": port 80800 is out of range; must be 1-65535",
+                "error: DOMAINS entry 1 \"app1.com:app1\": service \"app1\" is left out because of the error at \
+                 SERVICES entry 1 \"app1:app1:80800\"; this route is served once that is fixed",
+            ]
+        );
+        assert!(table.sites.is_empty());
     }
 
     #[test]

@@ -26,6 +26,15 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// The setting that names a file of this kind.
+    fn setting(self) -> &'static str {
+        match self {
+            FileKind::Combined => "CONFIG_FILE (or --config-file)",
+            FileKind::Domains => "DOMAINS_CONFIG (or --domains-config)",
+            FileKind::Services => "SERVICES_CONFIG (or --services-config)",
+        }
+    }
+
     fn keys(self) -> &'static [&'static str] {
         match self {
             FileKind::Combined => &["domains", "services"],
@@ -35,8 +44,7 @@ impl FileKind {
     }
 }
 
-/// The field name of errors that cost the whole file (unreadable, not JSON, not an object).
-pub const WHOLE_FILE: &str = "(file)";
+pub use crate::routes::WHOLE_FILE;
 
 /// True when `diagnostic` says the whole file was lost (so a watcher keeps its last good version).
 pub fn is_whole_file_error(diagnostic: &Diagnostic) -> bool {
@@ -50,7 +58,10 @@ pub fn load(path: &Path, kind: FileKind) -> SourceOutput {
         Err(e) => {
             let origin = Origin::File { path: path.to_path_buf(), field: WHOLE_FILE.into() };
             SourceOutput {
-                diagnostics: vec![Diagnostic::error(origin, format!("cannot read the file: {e}"))],
+                diagnostics: vec![Diagnostic::error(
+                    origin,
+                    format!("cannot read it: {e}; it is named by {}", kind.setting()),
+                )],
                 ..Default::default()
             }
         }
@@ -159,9 +170,42 @@ impl FileReader {
     }
 
     fn service(&self, entry: &Map<String, Value>, field: &str, out: &mut SourceOutput) -> Result<(), Diagnostic> {
-        self.check_keys(entry, field, &["name", "host", "port"])?;
+        let keys = self.check_keys(entry, field, &["name", "host", "port"]);
+        let name = self.required(entry, field, "name").and_then(|name| {
+            ServiceName::parse(name).map_err(|e| Diagnostic::error(self.origin(format!("{field}.name")), e))
+        });
+        let name = match (keys.clone(), name) {
+            (_, Ok(name)) => name,
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(e),
+        };
+        let key = ServiceKey { namespace: Namespace::Static, name };
+        match keys.and_then(|()| self.service_backend(entry, field)) {
+            Ok((host, port)) => {
+                let origin = self.origin(field);
+                out.services.push(ServiceDef {
+                    key,
+                    backends: vec![Backend {
+                        host,
+                        port,
+                        state: BackendState::Up,
+                        network: None,
+                        origin: origin.clone(),
+                    }],
+                    origin,
+                });
+                Ok(())
+            }
+            Err(diagnostic) => {
+                // Routes naming this service point at this error instead of calling it unknown.
+                out.rejected_services.push((key, diagnostic.origin.clone()));
+                Err(diagnostic)
+            }
+        }
+    }
+
+    /// The `host` and `port` of a service entry.
+    fn service_backend(&self, entry: &Map<String, Value>, field: &str) -> Result<(Host, Port), Diagnostic> {
         let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
-        let name = ServiceName::parse(self.required(entry, field, "name")?).map_err(|e| fail("name", &e))?;
         let host = Host::parse(self.required(entry, field, "host")?).map_err(|e| fail("host", &e))?;
         let port = match entry.get("port") {
             Some(Value::Number(n)) => Port::parse(&n.to_string()).map_err(|e| fail("port", &e))?,
@@ -176,13 +220,7 @@ impl FileReader {
                 return Err(fail("port", &format!("must be a number from 1 to 65535, found {}", kind_of(other))))
             }
         };
-        let origin = self.origin(field);
-        out.services.push(ServiceDef {
-            key: ServiceKey { namespace: Namespace::Static, name },
-            backends: vec![Backend { host, port, state: BackendState::Up, network: None, origin: origin.clone() }],
-            origin,
-        });
-        Ok(())
+        Ok((host, port))
     }
 
     fn domain(&self, entry: &Map<String, Value>, field: &str, out: &mut SourceOutput) -> Result<(), Diagnostic> {
