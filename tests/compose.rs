@@ -29,8 +29,14 @@ impl<'d> Project<'d> {
     /// test's label prefix and network name, and `env` (the agent settings the file passes
     /// through).
     fn up(docker: &'d TestDocker, setup: &str, env: &[(&str, &str)]) -> Project<'d> {
-        let images = local_images(Some(Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))));
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("compose").join(setup).join("docker-compose.yml");
+        Project::up_file(docker, setup, file, env)
+    }
+
+    /// `up -d --no-build` of the compose file `file` as project `sptest<run><name>`, with the
+    /// variables [`Project::up`] sets.
+    fn up_file(docker: &'d TestDocker, name: &str, file: PathBuf, env: &[(&str, &str)]) -> Project<'d> {
+        let images = local_images(Some(Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))));
         assert!(file.is_file(), "{} is missing", file.display());
         let mut vars: Vec<(String, String)> =
             images.compose_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
@@ -43,7 +49,7 @@ impl<'d> Project<'d> {
         ]);
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let env_file = tempfile::NamedTempFile::new().expect("empty env file");
-        let project = Project { docker, name: format!("sptest{}{setup}", docker.run_id()), file, env: vars, env_file };
+        let project = Project { docker, name: format!("sptest{}{name}", docker.run_id()), file, env: vars, env_file };
         let out = project.compose(&["up", "--detach", "--no-build"]);
         if !out.status.success() {
             panic!("docker-compose up failed ({}):\n{}\n{}", out.status, text(&out), project.logs());
@@ -54,6 +60,11 @@ impl<'d> Project<'d> {
     /// Runs `docker-compose -p <name> -f <file> --env-file <empty> <args>` with only this
     /// project's variables (nothing from the developer's environment or a `.env` file).
     fn compose(&self, args: &[&str]) -> Output {
+        self.compose_with(&[], args)
+    }
+
+    /// [`Project::compose`] with some of the project's variables changed (`None`: unset).
+    fn compose_with(&self, changes: &[(&str, Option<&str>)], args: &[&str]) -> Output {
         let mut cmd = Command::new("docker-compose");
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -61,7 +72,8 @@ impl<'d> Project<'d> {
         if let Ok(host) = std::env::var("DOCKER_HOST") {
             cmd.env("DOCKER_HOST", host);
         }
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+        cmd.envs(self.env.iter().filter(|(k, _)| !changes.iter().any(|(c, _)| c == k)).map(|(k, v)| (k, v)))
+            .envs(changes.iter().filter_map(|(k, v)| Some((k, (*v)?))))
             .args(["--ansi", "never", "-p", &self.name, "-f"])
             .arg(&self.file)
             .arg("--env-file")
@@ -181,6 +193,44 @@ fn demo_serves_three_apps_and_a_stopped_one_fails_alone() {
     let out = project.compose(&["start", "app2"]);
     assert!(out.status.success(), "docker-compose start app2: {}", text(&out));
     project.wait_for_status(port, "app2.localhost", 200, Some("app2"));
+
+    // README, "Your apps join the proxy network": the snippet as its own compose project beside
+    // the demo. The test runs the demo on its own network name and label prefix, so the snippet's
+    // `smart-proxy` is swapped for them; that the demo's network is `smart-proxy` by default is
+    // checked on the file itself.
+    let snippet = readme_block("Your apps join the proxy network", "```yaml");
+    assert!(snippet.contains("networks: [smart-proxy]") && snippet.contains("external: true"), "{snippet}");
+    let config = project.compose_with(&[("PROXY_NETWORK", None)], &["config"]);
+    assert!(
+        text(&config).contains("networks:\n  web:\n    name: smart-proxy\n"),
+        "the demo's network is not named smart-proxy by default:\n{}",
+        text(&config)
+    );
+    let images = local_images(Some(Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))));
+    let snippet = snippet
+        .replace("image: my/shop", &format!("image: {}", images.app))
+        .replace("smart-proxy.", &format!("{}.", docker.prefix()))
+        .replace("smart-proxy", &docker.name("proxy"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docker-compose.yml");
+    std::fs::write(&file, format!("version: \"3.8\"\n{snippet}")).unwrap();
+    let shop = Project::up_file(&docker, "shop", file, &[]);
+    for host in ["shop.example.com", "www.shop.example.com"] {
+        shop.wait_for_status(port, host, 200, Some("app"));
+    }
+    project.assert_answers(port, "app1.localhost", 200, Some("app1"));
+    drop(shop);
+    project.wait_for_status(port, "shop.example.com", 503, None);
+}
+
+/// The first fenced block of kind `fence` (e.g. "```yaml") after the line containing `after`.
+fn readme_block(after: &str, fence: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find(after).unwrap_or_else(|| panic!("README has no {after:?}"));
+    let rest = &readme[start..];
+    let open = rest.find(fence).unwrap_or_else(|| panic!("no {fence} block after {after:?}")) + fence.len();
+    let body = &rest[open..];
+    body[..body.find("\n```").expect("the block ends")].trim_start_matches('\n').to_string() + "\n"
 }
 
 #[test]
