@@ -208,9 +208,9 @@ fn demo_serves_three_apps_and_a_stopped_one_fails_alone() {
     );
     let images = local_images(Some(Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))));
     let snippet = snippet
-        .replace("image: my/shop", &format!("image: {}", images.app))
         .replace("smart-proxy.", &format!("{}.", docker.prefix()))
-        .replace("smart-proxy", &docker.name("proxy"));
+        .replace("smart-proxy", &docker.name("proxy"))
+        .replace("image: my/shop", &format!("image: {}", images.app));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("docker-compose.yml");
     std::fs::write(&file, format!("version: \"3.8\"\n{snippet}")).unwrap();

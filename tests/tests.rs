@@ -14,5 +14,6 @@ mod docker_labels;
 mod golden;
 mod injection;
 mod load;
+mod scripts;
 mod status;
 mod watch;

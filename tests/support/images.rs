@@ -6,9 +6,11 @@
 //! content hashes, so an unchanged image is not imported again. See the script's header for the
 //! layout and the few differences from the Dockerfile's image.
 //!
-//! Images built here are named `smart-proxy-test-*` (`IMAGE_PREFIX`); old tags are never removed
-//! automatically (another checkout may still use them): `docker images 'smart-proxy-test-*'`
-//! lists them.
+//! Images built here are named `smart-proxy-test-*` (`IMAGE_PREFIX`). The script keeps one image
+//! per repository: importing a new tag removes the older ones no container uses (those imported
+//! in the last 15 minutes stay, for a concurrent run), so a test run leaves one nginx, one app and
+//! one agent image behind, reused by the next run when their content is unchanged:
+//! `docker images 'smart-proxy-test-*'` lists them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
