@@ -15,6 +15,7 @@ use crate::support::images::{agent_image, nginx_image};
 /// Where the agent container finds a custom template (copied in with `docker cp`).
 const TEMPLATE_IN_AGENT: &str = "/root/custom.conf.j2";
 pub(crate) const NGINX_STARTED_AGAIN: &str = "the nginx container started again";
+const APPLIED_AND_RELOADED: &str = "config applied and nginx reloaded";
 const APPLIED: &str = "config applied";
 
 /// A named volume owned by one test. Dropping it removes the test's containers that still use it
@@ -380,6 +381,54 @@ fn nginx_restarted_or_recreated_gets_the_config_again() {
     c.wait_for_status("third.test", 200, Some("third"));
     let log = c.agent_log();
     assert!(!log.contains("apply failed"), "no failed apply expected:\n{}", c.diagnostics());
+}
+
+/// A change costs one Docker exec in the nginx container: `nginx -t` on a copy, the rename over
+/// the live file and `nginx -s reload` run in one script (two execs, six API calls, before).
+#[test]
+fn each_change_is_one_exec_that_tests_swaps_and_reloads() {
+    if !require_docker() {
+        return;
+    }
+    let docker = TestDocker::new();
+    let c = Companion::start(&docker, Options::default());
+    started_app(&docker, &c, "first");
+    c.wait_for_status("first.test", 200, Some("first"));
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    // Whatever the first apply left in flight has landed before the window opens.
+    std::thread::sleep(Duration::from_secs(1));
+    let reloads_before = c.count(APPLIED_AND_RELOADED);
+    let since = format!("{:.3}", now());
+    for app in ["second", "third"] {
+        started_app(&docker, &c, app);
+        c.wait_for_status(&format!("{app}.test"), 200, Some(app));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let until = format!("{:.3}", now());
+    let reloads = c.count(APPLIED_AND_RELOADED) - reloads_before;
+    let events = cli(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={}", c.nginx),
+        "--filter",
+        "event=exec_start",
+        "--format",
+        "{{.Action}}",
+    ]);
+    // An exec's action carries its command, the script's lines included.
+    let execs: Vec<&str> = events.lines().filter(|l| l.starts_with("exec_start: ")).collect();
+    assert!(reloads >= 2, "two new apps, {reloads} reloads\n{}", c.diagnostics());
+    assert_eq!(execs.len(), reloads, "execs in nginx for {reloads} reloads: {execs:#?}\n{}", c.diagnostics());
+    assert!(execs.iter().all(|e| e.starts_with("exec_start: sh -c set -eu")), "{execs:#?}");
+    // The candidate was renamed away, and the live file has all three.
+    let listing = cli(&["exec", &c.nginx, "ls", "-a", "/etc/nginx/conf.d"]);
+    assert!(!listing.contains(".smart-proxy-candidate"), "candidate left in conf.d: {listing}");
+    let live = cli(&["exec", &c.nginx, "cat", "/etc/nginx/conf.d/default.conf"]);
+    assert!(["first.test", "second.test", "third.test"].iter().all(|d| live.contains(d)), "{live}");
 }
 
 #[test]

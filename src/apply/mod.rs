@@ -1,4 +1,5 @@
-//! Apply: render → unchanged? → placeholders → `nginx -t` on a candidate → atomic swap → reload.
+//! Apply: render → unchanged? → placeholders → `nginx -t` on a candidate → atomic swap → reload
+//! (in the companion setup the three in one Docker exec; isolation only when nginx rejects it).
 //!
 //! Architecture invariant: the file at `NGINX_CONF` is only ever replaced (by rename) with a
 //! config that `nginx -t` accepted, so a crash at any point leaves the last good config. When the
@@ -16,7 +17,7 @@ use crate::certs::placeholder;
 use crate::fsutil::write_atomic;
 use crate::render::{RenderError, RenderSettings, Renderer};
 use crate::routes::{DomainName, RouteTable};
-pub use nginx::{Nginx, NginxError};
+pub use nginx::{Nginx, NginxError, Swap};
 
 /// Marker the built-in template writes before each domain's servers; error lines map back to a
 /// domain through it. Custom templates that keep it get precise isolation, others bisection.
@@ -145,13 +146,25 @@ impl Applier {
             }
         }
 
+        // The companion's fast path: the first candidate tested, swapped in and reloaded by one
+        // exec; only a rejected one goes on to isolation below.
+        let mut first = match self.test_swap_reload(&config, &mut timings).await? {
+            Some(Swap::Reloaded { .. }) => {
+                self.rejected = None;
+                self.live = Some(config);
+                return Ok(Applied { changed: true, reloaded: true, dropped: Vec::new(), placeholders, timings });
+            }
+            Some(Swap::Rejected(output)) => Some(output),
+            None => None,
+        };
         let mut current = table.clone();
         let mut dropped = Vec::new();
         loop {
-            let output = match self.test(&config, &mut timings).await? {
-                None => break,
-                Some(output) => output,
+            let tested = match first.take() {
+                Some(output) => Some(output),
+                None => self.test(&config, &mut timings).await?,
             };
+            let Some(output) = tested else { break };
             let culprits = match culprit(&output, &config, &current, self.target_name()) {
                 Some(domain) => vec![(domain, output.clone())],
                 None => match self.bisect(renderer, settings, &current, &output, &mut timings).await {
@@ -196,6 +209,47 @@ impl Applier {
 
     fn target_name(&self) -> &str {
         self.target.file_name().and_then(|n| n.to_str()).unwrap_or("")
+    }
+
+    /// Writes the candidate, then tests, swaps and reloads it in one step where nginx offers that
+    /// ([`Nginx::test_swap_reload`]); `None` where it does not (nothing written then).
+    async fn test_swap_reload(&self, config: &str, timings: &mut Timings) -> Result<Option<Swap>, ApplyError> {
+        if !self.nginx.swaps_in_one_exec() {
+            return Ok(None);
+        }
+        let candidate = self.candidate_path();
+        write_atomic(&candidate, config.as_bytes(), 0o644)
+            .map_err(|source| ApplyError::Write { path: candidate.clone(), source })?;
+        let started = Instant::now();
+        let result = self.nginx.test_swap_reload(&self.target, &candidate).await;
+        let total = started.elapsed();
+        let metrics = crate::metrics::global();
+        let tested = match &result {
+            Ok(Swap::Rejected(_)) => {
+                metrics.config_tested(total, true);
+                total
+            }
+            Ok(Swap::Reloaded { tested }) => {
+                metrics.config_tested(*tested, false);
+                metrics.reloaded(&Ok::<bool, ()>(true), total - *tested);
+                timings.reload = total - *tested;
+                if let Some(dir) = self.target.parent() {
+                    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                }
+                *tested
+            }
+            Err(e) => {
+                if matches!(e, NginxError::ReloadFailed { .. }) {
+                    // Swapped (the test passed), then the reload failed.
+                    metrics.config_tested(total, false);
+                    metrics.reloaded(&Err::<bool, ()>(()), total);
+                }
+                total
+            }
+        };
+        timings.test += tested;
+        timings.tests_run += 1;
+        Ok(Some(result?))
     }
 
     /// Writes the candidate and tests it: `None` when nginx accepts it, else nginx's output.
