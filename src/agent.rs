@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::apply::nginx::{CompanionNginx, LocalNginx};
 use crate::apply::{Applier, ApplyError, Nginx};
+use crate::backoff::Backoff;
 use crate::render::{RenderSettings, Renderer};
 use crate::routes::{Diagnostic, RouteTable};
 use crate::settings::Settings;
@@ -77,14 +78,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 warn!("{e}; retrying with backoff, serving the config on disk meanwhile");
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let mut backoff = Duration::from_millis(250);
+                    let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
                     loop {
-                        tokio::time::sleep(backoff).await;
+                        tokio::time::sleep(backoff.next_delay()).await;
                         if let Ok(client) = DockerClient::connect().await {
                             let _ = tx.send(Trigger::Connected(client)).await;
                             return;
                         }
-                        backoff = (backoff * 2).min(DOCKER_RECONNECT_MAX);
                     }
                 });
                 None
@@ -253,9 +253,14 @@ const STORM_PASS_SHARE: f64 = 0.4;
 /// The first retry of a failed Docker call, and the longest wait between retries.
 const DOCKER_RETRY_FIRST: Duration = Duration::from_millis(250);
 const DOCKER_RETRY_MAX: Duration = Duration::from_secs(5);
-/// The longest wait between two attempts to reach Docker while it is down: a ping is cheap, a
-/// stale route is not, so the routes are current within about a second of Docker answering.
+/// The first and the longest wait between two attempts to reach Docker while it is down: a ping
+/// is cheap, a stale route is not, so the routes are current within about a second of Docker
+/// answering.
+const DOCKER_RECONNECT_FIRST: Duration = Duration::from_millis(250);
 const DOCKER_RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// The first retry of a failed apply (nginx unreachable, a write failing), and the longest wait.
+const APPLY_RETRY_FIRST: Duration = Duration::from_secs(1);
+const APPLY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The longest a storm of events can hold back a pass.
 const STORM_MAX_WAIT: Duration = Duration::from_secs(60);
@@ -378,7 +383,7 @@ struct Controller {
     /// The error of the last list of containers, while it fails.
     list_failed: Option<String>,
     /// Docker calls failing, as told to the log and the status endpoint, and the retry delay.
-    docker_trouble: Option<(String, Duration)>,
+    docker_trouble: Option<(String, Backoff)>,
     /// A lasting error of the config itself (a template that does not load or render, nginx -t
     /// failing without routes): logged when it begins and when it ends, not on every pass.
     config_error: Option<String>,
@@ -392,7 +397,7 @@ struct Controller {
     tls_pending: Option<Vec<crate::routes::DomainName>>,
     /// After an apply failed for a reason that may pass (nginx unreachable, a write error): the
     /// last error and the delay before the next try (1 s doubling to 30 s).
-    retry: Option<(String, Duration)>,
+    retry: Option<(String, Backoff)>,
     /// What the status endpoint shows (`/healthz`, `/routes`).
     status: std::sync::Arc<crate::status::State>,
 }
@@ -573,14 +578,20 @@ impl Controller {
             }
             Err(e) => {
                 let message = e.to_string();
-                let delay = match &self.retry {
-                    Some((_, d)) => (*d * 2).min(Duration::from_secs(30)),
-                    None => Duration::from_secs(1),
+                let backoff = match self.retry.take() {
+                    Some((last, mut backoff)) => {
+                        if last != message {
+                            error!("apply failed; the last good config stays live, retrying with backoff: {message}");
+                        }
+                        backoff.advance();
+                        backoff
+                    }
+                    None => {
+                        error!("apply failed; the last good config stays live, retrying with backoff: {message}");
+                        Backoff::new(APPLY_RETRY_FIRST, APPLY_RETRY_MAX)
+                    }
                 };
-                if self.retry.as_ref().is_none_or(|(last, _)| *last != message) {
-                    error!("apply failed; the last good config stays live, retrying with backoff: {message}");
-                }
-                self.retry = Some((message, delay));
+                self.retry = Some((message, backoff));
                 return;
             }
         }
@@ -717,19 +728,22 @@ impl Controller {
             _ => {}
         }
         self.docker_trouble = trouble.map(|t| {
-            let delay = match &self.docker_trouble {
-                Some((_, d)) => (*d * 2).min(DOCKER_RETRY_MAX),
-                None => DOCKER_RETRY_FIRST,
+            let backoff = match self.docker_trouble.take() {
+                Some((_, mut backoff)) => {
+                    backoff.advance();
+                    backoff
+                }
+                None => Backoff::new(DOCKER_RETRY_FIRST, DOCKER_RETRY_MAX),
             };
-            (t, delay)
+            (t, backoff)
         });
         self.status.docker_degraded(self.docker_trouble.as_ref().map(|(t, _)| t.clone()));
     }
 
     /// The delay before the next retry: of a failed apply, or of failed Docker calls.
     fn next_retry(&self) -> Option<Duration> {
-        let apply = self.retry.as_ref().map(|(_, d)| *d);
-        let docker = self.docker_trouble.as_ref().map(|(_, d)| *d);
+        let apply = self.retry.as_ref().map(|(_, b)| b.current());
+        let docker = self.docker_trouble.as_ref().map(|(_, b)| b.current());
         apply.into_iter().chain(docker).min()
     }
 
@@ -859,7 +873,7 @@ pub async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) ->
 /// Follows the Docker event stream; reconnects with backoff (250 ms doubling to 1 s), without limit, and asks
 /// for a resync after every (re)connect. Logs each state change once, not each retry.
 async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: String) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
     let mut down_since: Option<std::time::Instant> = None;
     loop {
         match client.ping().await {
@@ -868,7 +882,7 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: S
                     crate::metrics::global().docker_reconnected();
                     info!(down_for_s = since.elapsed().as_secs(), "Docker is reachable again: resyncing");
                 }
-                backoff = Duration::from_millis(250);
+                backoff.reset();
                 // Events from just before the resync on are replayed, so none falls in between.
                 let since = unix_now() - 1;
                 let mut events = Box::pin(client.events(since, &prefix));
@@ -906,8 +920,7 @@ async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: S
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(DOCKER_RECONNECT_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

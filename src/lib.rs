@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod backoff;
 pub mod certs;
 pub mod cli;
 pub mod fsutil;

@@ -12,6 +12,8 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use thiserror::Error;
 
+use crate::backoff::Backoff;
+
 #[derive(Debug, Error)]
 pub enum DnsError {
     #[error("DNS resolver setup failed: {0}")]
@@ -206,7 +208,7 @@ impl Dns {
         } else {
             servers.iter().map(|s| Ok((s.to_string(), resolver_for(&[*s])?))).collect::<Result<_, DnsError>>()?
         };
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
             let mut pending = Vec::new();
             for (label, resolver) in &resolvers {
@@ -217,6 +219,7 @@ impl Dns {
             if pending.is_empty() {
                 return Ok(());
             }
+            let delay = backoff.next_delay();
             if started.elapsed() + delay > timeout {
                 return Err(DnsError::NotPropagated {
                     name: name.to_string(),
@@ -225,7 +228,6 @@ impl Dns {
                 });
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

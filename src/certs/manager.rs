@@ -29,13 +29,14 @@ pub const WARN_DAYS: i64 = 14;
 const ARI_MIN_REFETCH: Duration = Duration::from_secs(60);
 const ARI_MAX_REFETCH: Duration = Duration::from_secs(24 * 3600);
 
-/// A random `u64` (std's randomly keyed hasher), for the point chosen in a renewal window.
+/// A random `u64` from the operating system, for the point chosen in a renewal window (RFC 9773
+/// asks for a uniformly random point, so that many clients do not renew at once).
 fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher
-        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    hasher.finish()
+    let mut bytes = [0u8; 8];
+    // The kernel's generator does not fail once the system has booted; the window's start is
+    // still a valid point if it ever did.
+    let _ = getrandom::getrandom(&mut bytes);
+    u64::from_le_bytes(bytes)
 }
 
 /// When to try again after `error`, the `failures`-th in a row: (the wait, unix seconds). A CA's
