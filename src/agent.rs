@@ -19,11 +19,12 @@ use tracing::{error, info, warn};
 use crate::apply::nginx::{CompanionNginx, LocalNginx};
 use crate::apply::{Applier, ApplyError, Nginx};
 use crate::backoff::Backoff;
+use crate::pipeline;
 use crate::render::{RenderSettings, Renderer};
 use crate::routes::{Diagnostic, RouteTable};
 use crate::settings::Settings;
 use crate::sources::docker::DockerClient;
-use crate::sources::labels::{self, Container, LabelSettings};
+use crate::sources::labels::Container;
 use crate::sources::StaticState;
 
 /// One cause of a pass, for its log line.
@@ -139,6 +140,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         nginx: None,
         applied_run: None,
         nginx_start_seen: false,
+        nginx_changed: false,
         causes: BTreeSet::new(),
         failing: BTreeMap::new(),
         list_failed: None,
@@ -376,6 +378,8 @@ struct Controller {
     applied_run: Option<String>,
     /// A start event of the nginx container arrived: the next pass checks whether it is a new run.
     nginx_start_seen: bool,
+    /// An event about the nginx container arrived: the next pass reads its networks again.
+    nginx_changed: bool,
     /// What triggered the coming pass, for the log.
     causes: BTreeSet<Cause>,
     /// Containers whose last inspect failed (not "gone"): id → the error. Retried with backoff.
@@ -407,7 +411,7 @@ impl Controller {
     /// container that has no labels with the prefix and is neither cached nor nginx).
     fn note(&mut self, trigger: Trigger) -> bool {
         if let Trigger::Container { id, name, labelled: false, .. } = &trigger {
-            if !self.containers.contains_key(id) && !self.is_nginx_container(id, name.as_deref()) {
+            if !self.containers.contains_key(id) && !self.is_about_nginx(id, name.as_deref()) {
                 return false;
             }
         }
@@ -429,6 +433,10 @@ impl Controller {
         }
         match trigger {
             Trigger::Container { id, name, action, .. } => {
+                if self.is_about_nginx(&id, name.as_deref()) {
+                    // Its networks may have changed (connect, disconnect): read again next pass.
+                    self.nginx_changed = true;
+                }
                 if (action == "start" || action == "unpause") && self.is_nginx_container(&id, name.as_deref()) {
                     // Whether this is a new run is known after the resync it asks for.
                     // (Forgotten until then: if the resync fails, the config is applied again.)
@@ -468,6 +476,12 @@ impl Controller {
         true
     }
 
+    /// Whether an event is about the container nginx runs in (the companion's, or in the single
+    /// container setup the agent's own): network events name no container, only its id.
+    fn is_about_nginx(&self, id: &str, name: Option<&str>) -> bool {
+        self.nginx.as_ref().is_some_and(|n| n.id == id) || self.is_nginx_container(id, name)
+    }
+
     fn is_nginx_container(&self, id: &str, name: Option<&str>) -> bool {
         match (&self.applier.nginx, &self.settings.nginx_container) {
             (Nginx::Companion(_), Some(wanted)) => name == Some(wanted.as_str()) || id.starts_with(wanted.as_str()),
@@ -481,6 +495,8 @@ impl Controller {
         if let Some(client) = self.docker.clone() {
             if self.resync || !self.listed {
                 self.relist(&client).await;
+            } else if std::mem::take(&mut self.nginx_changed) {
+                self.nginx = self.nginx_state(&client).await;
             }
             if std::mem::take(&mut self.nginx_start_seen) {
                 self.nginx_started();
@@ -504,17 +520,13 @@ impl Controller {
             // Docker has not answered yet: keep the config on disk until it does.
             return;
         }
-        let mut sources = Vec::new();
-        if self.docker_wanted {
-            let containers: Vec<Container> = self.containers.values().cloned().collect();
-            let label_settings = LabelSettings {
-                prefix: self.settings.label_prefix.clone(),
-                nginx_networks: self.nginx.as_ref().map(|n| n.networks.clone()),
-            };
-            sources.push(labels::routes(&containers, &label_settings));
-        }
-        sources.push(self.statics.load(&self.settings.static_config()));
-        let table = RouteTable::build(sources);
+        let containers: Vec<Container> = self.containers.values().cloned().collect();
+        let table = pipeline::build(
+            self.docker_wanted.then_some(&containers[..]),
+            self.nginx.as_ref().map(|n| n.networks.clone()),
+            self.statics.load(&self.settings.static_config()),
+            &self.settings.label_prefix,
+        );
         self.report_diagnostics(&table);
 
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().map(|c| self.describe(c)).collect();
@@ -605,12 +617,14 @@ impl Controller {
         lasting(&mut self.config_error, error, "nginx accepts the config again");
     }
 
-    /// A cause as the log shows it: containers by name (known from the cache when the event had
-    /// none), an unknown container by its short id.
+    /// A cause as the log shows it: containers by name (known from the cache or, for nginx's,
+    /// from its state when the event had none), an unknown container by its short id.
     fn describe(&self, cause: Cause) -> String {
         match cause {
             Cause::Container { id, name, action } => {
-                let name = name.or_else(|| self.containers.get(&id).map(|c| c.name.clone()));
+                let name = name
+                    .or_else(|| self.containers.get(&id).map(|c| c.name.clone()))
+                    .or_else(|| self.nginx.as_ref().filter(|n| n.id == id).map(|n| n.name.clone()));
                 format!("{}: {action}", name.unwrap_or_else(|| id.chars().take(12).collect()))
             }
             Cause::Other(text) => text,
@@ -667,6 +681,7 @@ impl Controller {
         self.resync = false;
         self.dirty.retain(|id| self.failing.contains_key(id));
         self.nginx = self.nginx_state(client).await;
+        self.nginx_changed = false;
     }
 
     fn nginx_run(&self) -> Option<&String> {
@@ -777,7 +792,7 @@ impl Controller {
     async fn nginx_state(&self, client: &DockerClient) -> Option<crate::sources::docker::NginxState> {
         let container = match &self.applier.nginx {
             Nginx::Companion(c) => c.container.clone(),
-            Nginx::Local(_) => std::fs::read_to_string("/etc/hostname").ok()?.trim().to_string(),
+            Nginx::Local(_) => pipeline::own_container()?,
         };
         client.nginx_state(&container).await.ok()
     }
@@ -839,17 +854,8 @@ pub async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) ->
     if container.is_none() {
         if let Some(client) = docker {
             if let Ok(list) = client.labelled_containers(&settings.label_prefix).await {
-                let nginx: Vec<&Container> =
-                    list.iter().filter(|c| c.running && c.is_nginx(&settings.label_prefix)).collect();
-                match nginx[..] {
-                    [] => {}
-                    [one] => container = Some(one.name.clone()),
-                    _ => anyhow::bail!(
-                        "several running containers are labelled {}.nginx=true ({}); set NGINX_CONTAINER to the one to use",
-                        settings.label_prefix,
-                        nginx.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                }
+                container =
+                    pipeline::nginx_container(None, &settings.label_prefix, &list).map_err(anyhow::Error::msg)?;
             }
         }
     }

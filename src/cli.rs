@@ -137,6 +137,9 @@ async fn gather_and_warn(settings: &Settings) -> pipeline::Gathered {
     if let Some(e) = &gathered.docker_unavailable {
         tracing::warn!("{e}; container labels were not read, showing env/file routes only");
     }
+    if let Some(e) = &gathered.nginx_unknown {
+        tracing::warn!("{e}; nginx's networks are unknown, so container addresses are chosen without them");
+    }
     gathered
 }
 

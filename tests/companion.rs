@@ -431,6 +431,81 @@ fn each_change_is_one_exec_that_tests_swaps_and_reloads() {
     assert!(["first.test", "second.test", "third.test"].iter().all(|d| live.contains(d)), "{live}");
 }
 
+/// `check` on the host and the running agent's `/routes` show the same table, network choices and
+/// reasons included, with nginx on one network and then (joined while the agent runs) on two.
+#[test]
+fn check_and_the_running_agent_agree_on_routes_and_networks() {
+    if !require_docker() {
+        return;
+    }
+    let docker = TestDocker::new();
+    let c = Companion::start(&docker, Options::default());
+    let second = docker.network("second");
+    let elsewhere = docker.network("elsewhere");
+    docker.start(vec![
+        docker.app("first").label("domains", "first.test").network(&c.net),
+        docker.app("second").label("domains", "second.test").network(&second),
+        docker.app("both").label("domains", "both.test").network(&second).network(&c.net),
+        docker.app("pinned").label("domains", "pinned.test").label("network", &second).network(&c.net).network(&second),
+        docker.app("apart").label("domains", "apart.test").network(&elsewhere),
+    ]);
+    c.wait_for_status("first.test", 200, Some("first"));
+    let agent_routes = || {
+        let out = docker_output(&["exec", &c.agent, "wget", "-qO-", "http://127.0.0.1:9180/routes"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let check = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"));
+        cmd.env_clear().args(["check", "--format", "json"]);
+        cmd.envs([("LABEL_PREFIX", docker.prefix()), ("NGINX_CONTAINER", c.nginx.clone())]);
+        cmd.envs([("LOCAL", "true"), ("NGINX_VERSION", "1.22.1"), ("CERTS_DIR", "/nonexistent")]);
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            cmd.env("DOCKER_HOST", host);
+        }
+        let out = cmd.output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("check --format json: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let reason = |routes: &serde_json::Value, domain: &str| {
+        routes["routes"].as_array().and_then(|r| r.iter().find(|r| r["domain"] == domain)).map(|r| {
+            let server = &r["servers"][0];
+            (
+                server["network"].as_str().unwrap_or("").to_string(),
+                server["network_reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+    };
+    let agree = |phase: &str| {
+        let (live, shown) = (agent_routes(), check());
+        for key in ["routes", "errors", "warnings"] {
+            assert_eq!(live[key], shown[key], "{phase}: /routes and check differ in {key:?}\n{}", c.diagnostics());
+        }
+        shown
+    };
+
+    let routed = |n: usize| move || agent_routes()["routes"].as_array().is_some_and(|r| r.len() == n);
+    let errors_naming = |shown: &serde_json::Value, app: &str| {
+        shown["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|d| d["origin"].as_str().is_some_and(|o| o.contains(&docker.name(app)))))
+    };
+    c.wait_for("three routes in /routes", Duration::from_secs(20), routed(3));
+    let shown = agree("nginx on one network");
+    assert_eq!(reason(&shown, "first.test").unwrap(), (c.net.clone(), "the network shared with nginx".into()));
+    assert_eq!(reason(&shown, "both.test").unwrap(), (c.net.clone(), "the network shared with nginx".into()));
+    assert_eq!(reason(&shown, "pinned.test").unwrap(), (second.clone(), format!("set by {}", docker.label("network"))));
+    assert!(reason(&shown, "second.test").is_none() && errors_naming(&shown, "second"), "{shown:#}");
+    assert!(reason(&shown, "apart.test").is_none() && errors_naming(&shown, "apart"), "{shown:#}");
+
+    // nginx joins the second network while the agent runs: the agent reads its networks again.
+    cli(&["network", "connect", &second, &c.nginx]);
+    c.wait_for("the agent to see nginx on the second network", Duration::from_secs(10), routed(4));
+    let shown = agree("nginx on two networks");
+    assert_eq!(reason(&shown, "second.test").unwrap(), (second.clone(), "the network shared with nginx".into()));
+    assert!(reason(&shown, "apart.test").is_none() && errors_naming(&shown, "apart"), "{shown:#}");
+    c.wait_for_status("second.test", 200, Some("second"));
+}
+
 #[test]
 fn a_route_that_fails_nginx_t_in_the_nginx_container_is_left_out() {
     if !require_docker() {

@@ -274,8 +274,8 @@ async fn network_choice_on_two_networks() {
     // nginx's networks known (the container labelled nginx=true, or NGINX_CONTAINER): the shared one.
     let client = DockerClient::connect().await.unwrap();
     let nginx_networks: BTreeSet<String> = [b.clone()].into();
-    assert_eq!(client.labelled_nginx_networks(&containers, &p).await, Some(nginx_networks.clone()));
-    assert_eq!(client.networks_of(nginx).await.unwrap(), nginx_networks);
+    assert_eq!(smart_proxy::pipeline::nginx_container(None, &p, &containers), Ok(Some(nginx.to_string())));
+    assert_eq!(client.nginx_state(nginx).await.unwrap().networks, nginx_networks);
     let table = self::table(&d, &containers, Some(nginx_networks));
     assert_eq!(
         chosen(&table, multi),
@@ -460,7 +460,9 @@ async fn a_stopped_nginx_container_is_not_the_nginx_container() {
     d.stop(&names[0]);
     let containers = containers(&d).await;
     let client = DockerClient::connect().await.unwrap();
-    let nginx_networks = client.labelled_nginx_networks(&containers, &d.prefix()).await;
+    let nginx = smart_proxy::pipeline::nginx_container(None, &d.prefix(), &containers);
+    assert_eq!(nginx, Ok(Some(names[1].clone())), "the running nginx container, not the stopped one");
+    let nginx_networks = Some(client.nginx_state(&names[1]).await.unwrap().networks);
     assert_eq!(nginx_networks, Some([b.clone()].into()), "the running nginx container's networks");
     let table = table(&d, &containers, nginx_networks);
     let network = upstream(&table, &names[2]).backends[0].network.clone().unwrap();

@@ -202,11 +202,6 @@ impl DockerClient {
         Ok(container_from(bounded(|| format!("inspect container {id}"), inspect).await?))
     }
 
-    /// The networks the named nginx container is on.
-    pub async fn networks_of(&self, name: &str) -> Result<BTreeSet<String>, DockerError> {
-        Ok(self.nginx_state(name).await?.networks)
-    }
-
     /// The named nginx container's networks and the start of its current run.
     pub async fn nginx_state(&self, name: &str) -> Result<NginxState, DockerError> {
         let inspect = async {
@@ -217,6 +212,8 @@ impl DockerClient {
         };
         let response = bounded(|| format!("inspect container {name}"), inspect).await?;
         Ok(NginxState {
+            id: response.id.clone().unwrap_or_default(),
+            name: response.name.as_deref().unwrap_or_default().trim_start_matches('/').to_string(),
             networks: response
                 .network_settings
                 .and_then(|n| n.networks)
@@ -225,20 +222,14 @@ impl DockerClient {
             run: response.id.zip(response.state.and_then(|s| s.started_at)).map(|(id, at)| format!("{id}@{at}")),
         })
     }
-
-    /// The networks of the running container labelled `<prefix>.nginx=true`, if exactly one is.
-    pub async fn labelled_nginx_networks(&self, containers: &[Container], prefix: &str) -> Option<BTreeSet<String>> {
-        let nginx: Vec<&Container> = containers.iter().filter(|c| c.running && c.is_nginx(prefix)).collect();
-        match nginx[..] {
-            [one] => Some(one.networks.keys().cloned().collect()),
-            _ => None,
-        }
-    }
 }
 
 /// What the agent needs to know of the nginx container on each resync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NginxState {
+    /// The container's full id, and its name.
+    pub id: String,
+    pub name: String,
     pub networks: BTreeSet<String>,
     /// Its id and when its current run started (`State.StartedAt`): a start event of nginx whose
     /// run is the one the last apply went to changes nothing (the event stream replays the last
