@@ -4,7 +4,9 @@
 #   - companion: the same `run` with NGINX_CONTAINER set (or a running container labelled
 #     smart-proxy.nginx=true) drives nginx in that container through the Docker socket.
 # The test image (scripts/local-images) has the same paths, entrypoint, command, volumes and
-# health check, built from local files because the tests cannot pull.
+# health check, built from local files because the tests cannot pull. This file itself is built
+# and run by tests/dockerfile.rs, on stand-ins for the two base images where no registry answers
+# (scripts/stand-in-base-images).
 
 FROM rust:1-bookworm AS build
 WORKDIR /src

@@ -6,157 +6,13 @@
 //! is tested with every external endpoint (ACME directory, Cloudflare API) pointed at the agent
 //! container's own loopback, and without DNS checks.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use crate::support::agent::{http_get, strip_ansi};
-use crate::support::docker::{docker_output, require_docker, TestDocker, TEST_LABEL};
+use crate::support::compose::{text, Project};
+use crate::support::docker::{docker_output, require_docker, TestDocker};
 use crate::support::images::local_images;
-
-/// One `docker-compose -p <name> -f compose/<setup>/docker-compose.yml` project.
-struct Project<'d> {
-    docker: &'d TestDocker,
-    name: String,
-    file: PathBuf,
-    env: Vec<(String, String)>,
-    /// An empty `--env-file`: no `.env` next to the compose file is read.
-    env_file: tempfile::NamedTempFile,
-}
-
-impl<'d> Project<'d> {
-    /// `up -d --no-build` of `compose/<setup>` with the local images, loopback-only ports, the
-    /// test's label prefix and network name, and `env` (the agent settings the file passes
-    /// through).
-    fn up(docker: &'d TestDocker, setup: &str, env: &[(&str, &str)]) -> Project<'d> {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("compose").join(setup).join("docker-compose.yml");
-        Project::up_file(docker, setup, file, env)
-    }
-
-    /// `up -d --no-build` of the compose file `file` as project `sptest<run><name>`, with the
-    /// variables [`Project::up`] sets.
-    fn up_file(docker: &'d TestDocker, name: &str, file: PathBuf, env: &[(&str, &str)]) -> Project<'d> {
-        let images = local_images(Some(Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))));
-        assert!(file.is_file(), "{} is missing", file.display());
-        let mut vars: Vec<(String, String)> =
-            images.compose_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        vars.extend([
-            // `127.0.0.1::80`: a free port on loopback.
-            ("HTTP_PUBLISH".to_string(), "127.0.0.1:".to_string()),
-            ("HTTPS_PUBLISH".to_string(), "127.0.0.1:".to_string()),
-            ("LABEL_PREFIX".to_string(), docker.prefix()),
-            ("PROXY_NETWORK".to_string(), docker.name("proxy")),
-        ]);
-        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let env_file = tempfile::NamedTempFile::new().expect("empty env file");
-        let project = Project { docker, name: format!("sptest{}{name}", docker.run_id()), file, env: vars, env_file };
-        let out = project.compose(&["up", "--detach", "--no-build"]);
-        if !out.status.success() {
-            panic!("docker-compose up failed ({}):\n{}\n{}", out.status, text(&out), project.logs());
-        }
-        project
-    }
-
-    /// Runs `docker-compose -p <name> -f <file> --env-file <empty> <args>` with only this
-    /// project's variables (nothing from the developer's environment or a `.env` file).
-    fn compose(&self, args: &[&str]) -> Output {
-        self.compose_with(&[], args)
-    }
-
-    /// [`Project::compose`] with some of the project's variables changed (`None`: unset).
-    fn compose_with(&self, changes: &[(&str, Option<&str>)], args: &[&str]) -> Output {
-        let mut cmd = Command::new("docker-compose");
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
-        if let Ok(host) = std::env::var("DOCKER_HOST") {
-            cmd.env("DOCKER_HOST", host);
-        }
-        cmd.envs(self.env.iter().filter(|(k, _)| !changes.iter().any(|(c, _)| c == k)).map(|(k, v)| (k, v)))
-            .envs(changes.iter().filter_map(|(k, v)| Some((k, (*v)?))))
-            .args(["--ansi", "never", "-p", &self.name, "-f"])
-            .arg(&self.file)
-            .arg("--env-file")
-            .arg(self.env_file.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run docker-compose (install Debian's docker-compose; .ci/run does): {e}")
-            })
-    }
-
-    /// The loopback port `service`'s `port` is published on.
-    fn port(&self, service: &str, port: u16) -> u16 {
-        let out = self.compose(&["port", service, &port.to_string()]);
-        let shown = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(shown.starts_with("127.0.0.1:"), "{service}:{port} is not published on loopback: {shown:?}");
-        shown.rsplit(':').next().unwrap().parse().unwrap_or_else(|_| panic!("a port number in {shown:?}"))
-    }
-
-    /// The logs of every service (colours removed).
-    fn logs(&self) -> String {
-        strip_ansi(&text(&self.compose(&["logs", "--no-color", "--timestamps"])))
-    }
-
-    /// The full name of one service's container.
-    fn container(&self, service: &str) -> String {
-        format!("{}_{service}_1", self.name)
-    }
-
-    /// Polls `check` every 100 ms; panics with the project's logs after `timeout`.
-    fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-        let started = Instant::now();
-        while !check() {
-            if started.elapsed() > timeout {
-                panic!("timed out after {timeout:?} waiting for {what}\n--- logs ---\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until `host` answers `status` on `port` (and, when given, the body `<body>\n`).
-    fn wait_for_status(&self, port: u16, host: &str, status: u16, body: Option<&str>) {
-        self.wait_for(&format!("{host} to answer {status} {body:?}"), Duration::from_secs(30), || {
-            let (s, b) = http_get(port, host, "/");
-            s == status && body.is_none_or(|want| b == format!("{want}\n"))
-        });
-    }
-
-    fn assert_answers(&self, port: u16, host: &str, status: u16, body: Option<&str>) {
-        let (s, b) = http_get(port, host, "/");
-        if s != status || body.is_some_and(|want| b != format!("{want}\n")) {
-            panic!("{host}: expected {status} {body:?}, got {s} {b:?}\n--- logs ---\n{}", self.logs());
-        }
-    }
-}
-
-impl Drop for Project<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() && std::env::var_os("SPTEST_KEEP").is_some() {
-            eprintln!("SPTEST_KEEP is set: leaving compose project {} in place", self.name);
-            return;
-        }
-        // Never panic here (a panic while unwinding aborts the test process). The test's own
-        // containers go first: the project's network cannot be removed while they use it.
-        let filter = format!("label={TEST_LABEL}={}", self.docker.run_id());
-        let ours = docker_output(&["ps", "--all", "--quiet", "--filter", &filter]);
-        let ids: Vec<String> = String::from_utf8_lossy(&ours.stdout).split_whitespace().map(String::from).collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "--force", "--volumes"];
-            args.extend(ids.iter().map(String::as_str));
-            let _ = docker_output(&args);
-        }
-        let out = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
-        if !out.status.success() {
-            eprintln!("warning: docker-compose down of {} failed: {}", self.name, text(&out));
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
 
 /// `curl -sk` of `https://<host>:<port>/` resolved to 127.0.0.1: (status, body); status 0 when
 /// the handshake or the connection fails.
@@ -214,7 +70,7 @@ fn demo_serves_three_apps_and_a_stopped_one_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("docker-compose.yml");
     std::fs::write(&file, format!("version: \"3.8\"\n{snippet}")).unwrap();
-    let shop = Project::up_file(&docker, "shop", file, &[]);
+    let shop = Project::up_file(&docker, "shop", file, &images.compose_env(), &[]);
     for host in ["shop.example.com", "www.shop.example.com"] {
         shop.wait_for_status(port, host, 200, Some("app"));
     }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cloudflare_fake;
+pub mod compose;
 pub mod docker;
 pub mod docker_faults;
 pub mod images;
