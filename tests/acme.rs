@@ -187,7 +187,8 @@ fn verify_issued(pebble: &Pebble, issued: &Issued, domain: &str) {
 async fn dns01_issues_and_writes_certbots_layout() {
     let pebble = Pebble::start();
     let store = tempfile::tempdir().unwrap();
-    let account = acme::account(store.path(), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
+    let account =
+        acme::account(&store.path().join("accounts"), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
     let domain = DomainName::parse("dns.test").unwrap();
     let solver = DnsSolver::new(&pebble, Dns::Correct);
 
@@ -215,7 +216,7 @@ async fn dns01_issues_and_writes_certbots_layout() {
 async fn dns01_issues_a_wildcard() {
     let pebble = Pebble::start();
     let store = tempfile::tempdir().unwrap();
-    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let account = acme::account(&store.path().join("accounts"), &settings(&pebble, None)).await.unwrap();
     let domain = DomainName::parse("*.wild.test").unwrap();
     let solver = DnsSolver::new(&pebble, Dns::Correct);
 
@@ -240,7 +241,7 @@ async fn http01_issues_through_the_served_token() {
     let pebble = Pebble::start();
     pebble.add_a("web.test", Ipv4Addr::LOCALHOST);
     let store = tempfile::tempdir().unwrap();
-    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let account = acme::account(&store.path().join("accounts"), &settings(&pebble, None)).await.unwrap();
     let domain = DomainName::parse("web.test").unwrap();
     let solver = HttpSolver::serve(pebble.http_port());
 
@@ -265,7 +266,7 @@ async fn a_valid_authorization_is_reused_without_a_challenge() {
     // Let's Encrypt reuses valid authorizations (renewals); pebble does when told to.
     let pebble = Pebble::start_with(&[("PEBBLE_AUTHZREUSE", "100")]);
     let store = tempfile::tempdir().unwrap();
-    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let account = acme::account(&store.path().join("accounts"), &settings(&pebble, None)).await.unwrap();
     let domain = DomainName::parse("reuse.test").unwrap();
     let first = DnsSolver::new(&pebble, Dns::Correct);
     acme::issue(&account, &domain, &first).await.unwrap();
@@ -282,7 +283,7 @@ async fn a_valid_authorization_is_reused_without_a_challenge() {
 async fn http01_refuses_a_wildcard_before_any_order() {
     let pebble = Pebble::start();
     let store = tempfile::tempdir().unwrap();
-    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let account = acme::account(&store.path().join("accounts"), &settings(&pebble, None)).await.unwrap();
     // With the CA gone, any attempt to place an order would fail with a connection error.
     drop(pebble);
     let solver = HttpSolver::serve(crate::support::pebble::free_port());
@@ -302,13 +303,15 @@ async fn http01_refuses_a_wildcard_before_any_order() {
 async fn account_is_registered_once_and_reused() {
     let pebble = Pebble::start();
     let store = tempfile::tempdir().unwrap();
-    let first = acme::account(store.path(), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
+    let first =
+        acme::account(&store.path().join("accounts"), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
     assert!(first.created());
     let path = first.credentials_path().to_path_buf();
     assert!(path.starts_with(store.path().join("accounts")), "{}", path.display());
     assert_eq!(mode(&path), 0o600);
 
-    let second = acme::account(store.path(), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
+    let second =
+        acme::account(&store.path().join("accounts"), &settings(&pebble, Some("ops@example.com"))).await.unwrap();
     assert!(!second.created(), "restored, not registered again");
     assert_eq!(second.id(), first.id());
     assert_eq!(second.credentials_path(), path);
@@ -319,7 +322,8 @@ async fn account_is_registered_once_and_reused() {
     acme::issue(&second, &domain, &DnsSolver::new(&pebble, Dns::Correct)).await.unwrap();
 
     // Another email is another account.
-    let other = acme::account(store.path(), &settings(&pebble, Some("dev@example.com"))).await.unwrap();
+    let other =
+        acme::account(&store.path().join("accounts"), &settings(&pebble, Some("dev@example.com"))).await.unwrap();
     assert!(other.created());
     assert_ne!(other.id(), first.id());
     assert_eq!(std::fs::read_dir(store.path().join("accounts")).unwrap().count(), 2);
@@ -335,7 +339,7 @@ async fn account_is_registered_once_and_reused() {
 async fn failed_validation_keeps_the_ca_detail_and_cleans_up() {
     let pebble = Pebble::start();
     let store = tempfile::tempdir().unwrap();
-    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let account = acme::account(&store.path().join("accounts"), &settings(&pebble, None)).await.unwrap();
     let domain = DomainName::parse("wrong.test").unwrap();
     let solver = DnsSolver::new(&pebble, Dns::WrongValue);
 
@@ -358,7 +362,7 @@ async fn failed_validation_keeps_the_ca_detail_and_cleans_up() {
 async fn failed_present_still_cleans_up() {
     let pebble = Pebble::start();
     let store = tempfile::tempdir().unwrap();
-    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let account = acme::account(&store.path().join("accounts"), &settings(&pebble, None)).await.unwrap();
     let domain = DomainName::parse("refused.test").unwrap();
     let solver = DnsSolver::new(&pebble, Dns::FailPresent);
 
@@ -380,7 +384,7 @@ async fn renewal_information_where_the_ca_offers_it_and_replaces_on_the_next_ord
     let domain = DomainName::parse("ari.test").unwrap();
 
     // Debian's pebble 2.4 offers no ARI: no window, no request, not an error.
-    let account = acme::account(store.path(), &settings(&pebble, None)).await.unwrap();
+    let account = acme::account(&store.path().join("accounts"), &settings(&pebble, None)).await.unwrap();
     let issued = acme::issue(&account, &domain, &DnsSolver::new(&pebble, Dns::Correct)).await.unwrap();
     let leaf = pem_ders(&issued.fullchain_pem).remove(0);
     let id = smart_proxy::certs::store::ari_id(&parse_cert(&leaf)).expect("an AKI");
@@ -395,7 +399,7 @@ async fn renewal_information_where_the_ca_offers_it_and_replaces_on_the_next_ord
         ..settings(&pebble, None)
     };
     let store = tempfile::tempdir().unwrap();
-    let account = acme::account(store.path(), &through).await.unwrap();
+    let account = acme::account(&store.path().join("accounts"), &through).await.unwrap();
     let (window, retry_after) = acme::renewal_info(&account, &id).await.unwrap().expect("a window");
     let now = time::OffsetDateTime::now_utc();
     assert!(window.start < now && window.end > now + time::Duration::minutes(59), "{window:?}");

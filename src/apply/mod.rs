@@ -323,8 +323,7 @@ fn culprit(output: &str, config: &str, table: &RouteTable, target_name: &str) ->
             return Some(domain.domain.clone());
         }
     }
-    for (i, _) in output.match_indices("/live/") {
-        let name: String = output[i + 6..].chars().take_while(|c| *c != '/' && *c != '"').collect();
+    for name in crate::certs::layout::name_in_live_path(output) {
         if let Some(site) = table.sites.iter().find(|s| s.domain.cert_name() == name) {
             return Some(site.domain.clone());
         }

@@ -282,7 +282,7 @@ impl CertManager {
     }
 
     async fn account(&self) -> Result<&acme::Account, acme::AcmeError> {
-        let dir = self.store.dir.join("smart-proxy");
+        let dir = self.store.layout().accounts_dir();
         self.account.get_or_try_init(|| async move { acme::account(&dir, &self.acme).await }).await
     }
 

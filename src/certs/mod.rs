@@ -5,6 +5,7 @@
 pub mod acme;
 pub mod cloudflare;
 pub mod dns;
+pub mod layout;
 pub mod manager;
 pub mod placeholder;
 pub mod plan;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::certs::layout::Layout;
 use crate::fsutil::write_atomic;
 use crate::routes::{DomainName, RouteTable, TlsMode};
 
@@ -28,11 +29,6 @@ pub enum PlaceholderError {
     Generate { domain: DomainName, message: String },
 }
 
-/// The directory holding one domain's `fullchain.pem` and `privkey.pem`.
-pub fn cert_dir(certs_dir: &Path, domain: &DomainName) -> PathBuf {
-    certs_dir.join("live").join(domain.cert_name())
-}
-
 /// TLS domains of the table that have no certificate yet.
 pub fn missing(certs_dir: &Path, table: &RouteTable) -> Vec<DomainName> {
     table
@@ -40,8 +36,8 @@ pub fn missing(certs_dir: &Path, table: &RouteTable) -> Vec<DomainName> {
         .iter()
         .filter(|site| site.tls == TlsMode::Auto)
         .filter(|site| {
-            let dir = cert_dir(certs_dir, &site.domain);
-            !(dir.join("fullchain.pem").is_file() && dir.join("privkey.pem").is_file())
+            let layout = Layout::new(certs_dir);
+            !(layout.fullchain(&site.domain).is_file() && layout.privkey(&site.domain).is_file())
         })
         .map(|site| site.domain.clone())
         .collect()
@@ -49,7 +45,8 @@ pub fn missing(certs_dir: &Path, table: &RouteTable) -> Vec<DomainName> {
 
 /// Writes a placeholder for `domain` (key 0600, written before the certificate).
 pub fn write(certs_dir: &Path, domain: &DomainName) -> Result<(), PlaceholderError> {
-    let dir = cert_dir(certs_dir, domain);
+    let layout = Layout::new(certs_dir);
+    let dir = layout.live_dir(domain);
     let io = |source| PlaceholderError::Io { domain: domain.clone(), dir: dir.clone(), source };
     let generate = |e: rcgen::Error| PlaceholderError::Generate { domain: domain.clone(), message: e.to_string() };
     let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(generate)?;
@@ -61,8 +58,8 @@ pub fn write(certs_dir: &Path, domain: &DomainName) -> Result<(), PlaceholderErr
     let key = rcgen::KeyPair::generate().map_err(generate)?;
     let cert = params.self_signed(&key).map_err(generate)?;
     std::fs::create_dir_all(&dir).map_err(io)?;
-    write_atomic(&dir.join("privkey.pem"), key.serialize_pem().as_bytes(), 0o600).map_err(io)?;
-    write_atomic(&dir.join("fullchain.pem"), cert.pem().as_bytes(), 0o644).map_err(io)?;
+    write_atomic(&layout.privkey(domain), key.serialize_pem().as_bytes(), 0o600).map_err(io)?;
+    write_atomic(&layout.fullchain(domain), cert.pem().as_bytes(), 0o644).map_err(io)?;
     Ok(())
 }
 

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
 
+use crate::certs::layout::Layout;
+
 use super::placeholder::PLACEHOLDER_ORG;
 use crate::fsutil::{write_atomic, write_atomic_unsynced};
 use crate::routes::DomainName;
@@ -121,22 +123,27 @@ impl CertStore {
         CertStore { dir: dir.into() }
     }
 
+    /// The store's paths.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.dir)
+    }
+
     pub fn live_dir(&self, domain: &DomainName) -> PathBuf {
-        self.dir.join("live").join(domain.cert_name())
+        self.layout().live_dir(domain)
     }
 
     fn state_path(&self, domain: &DomainName) -> PathBuf {
-        self.dir.join("smart-proxy/state").join(format!("{}.json", domain.file_stem()))
+        self.layout().state_file(domain)
     }
 
     fn ari_path(&self, domain: &DomainName) -> PathBuf {
-        self.dir.join("smart-proxy/ari").join(format!("{}.json", domain.file_stem()))
+        self.layout().ari_file(domain)
     }
 
     /// Where an order in progress is journaled (its URL, then the key of its CSR), so that a
-    /// restarted agent resumes it instead of placing another: `smart-proxy/pending/`.
+    /// restarted agent resumes it instead of placing another.
     pub fn pending_dir(&self) -> PathBuf {
-        self.dir.join("smart-proxy/pending")
+        self.layout().pending_dir()
     }
 
     /// The cached renewal information of the domain's certificate, if any (for whichever
@@ -154,7 +161,7 @@ impl CertStore {
     /// The RFC 9773 identifier of the domain's certificate on disk (`None` for a placeholder, or
     /// a certificate without an authority key identifier).
     pub fn ari_id(&self, domain: &DomainName) -> Option<String> {
-        let pem = std::fs::read(self.live_dir(domain).join("fullchain.pem")).ok()?;
+        let pem = std::fs::read(self.layout().fullchain(domain)).ok()?;
         let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
         let cert = pem.parse_x509().ok()?;
         let placeholder = cert.subject().iter_organization().any(|o| o.as_str().ok() == Some(PLACEHOLDER_ORG));
@@ -174,7 +181,7 @@ impl CertStore {
 
     /// Reads the certificate at the domain's certbot path, if any.
     pub fn info(&self, domain: &DomainName) -> Option<CertInfo> {
-        let pem = std::fs::read(self.live_dir(domain).join("fullchain.pem")).ok()?;
+        let pem = std::fs::read(self.layout().fullchain(domain)).ok()?;
         parse_info(&pem)
     }
 
@@ -225,7 +232,7 @@ impl CertStore {
     }
 
     fn lock_path(&self, domain: &DomainName) -> PathBuf {
-        self.dir.join("smart-proxy/locks").join(format!("{}.lock", domain.file_stem()))
+        self.layout().lock_file(domain)
     }
 
     pub fn path(&self) -> &Path {
@@ -352,6 +359,46 @@ mod tests {
         store.save_ari(&domain, &ari).unwrap();
         assert_eq!(store.ari(&domain), Some(ari));
     }
+
+    #[test]
+    fn status_reads_the_same_in_json_and_text() {
+        use Status::*;
+        for status in [Valid, RenewDue, Placeholder, Missing, Renewing, Failing] {
+            assert_eq!(serde_json::to_value(status).unwrap(), serde_json::Value::String(status.to_string()));
+        }
+        assert_eq!(RenewDue.to_string(), "renew-due");
+    }
+}
+
+/// Where a domain's certificate stands, as `certs list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// A certificate from the CA with more than `CERT_RENEWAL_THRESHOLD` days left.
+    Valid,
+    /// A certificate from the CA that is due for renewal.
+    RenewDue,
+    /// The agent's self-signed placeholder: no certificate from the CA yet.
+    Placeholder,
+    /// No certificate at all (nginx has not been given the domain yet).
+    Missing,
+    /// An order for the domain is running (its lock is held).
+    Renewing,
+    /// The last order failed; the next try is scheduled (backoff).
+    Failing,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Valid => "valid",
+            Status::RenewDue => "renew-due",
+            Status::Placeholder => "placeholder",
+            Status::Missing => "missing",
+            Status::Renewing => "renewing",
+            Status::Failing => "failing",
+        })
+    }
 }
 
 /// One line of `certs list`.
@@ -362,8 +409,7 @@ pub struct CertStatus {
     #[serde(with = "time::serde::rfc3339::option")]
     pub not_after: Option<OffsetDateTime>,
     pub days_left: Option<i64>,
-    /// `valid`, `renew-due`, `placeholder`, `missing`, `renewing` or `failing`.
-    pub status: &'static str,
+    pub status: Status,
     pub last_error: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub next_try: Option<OffsetDateTime>,
@@ -380,12 +426,12 @@ impl CertStore {
                 let renewing = self.is_locked(domain);
                 let days_left = info.as_ref().map(|i| i.days_left(now));
                 let status = match (&info, renewing, state.failures) {
-                    (_, true, _) => "renewing",
-                    (_, false, f) if f > 0 => "failing",
-                    (None, ..) => "missing",
-                    (Some(i), ..) if i.placeholder => "placeholder",
-                    (Some(_), ..) if days_left.unwrap_or(0) <= renew_days => "renew-due",
-                    _ => "valid",
+                    (_, true, _) => Status::Renewing,
+                    (_, false, f) if f > 0 => Status::Failing,
+                    (None, ..) => Status::Missing,
+                    (Some(i), ..) if i.placeholder => Status::Placeholder,
+                    (Some(_), ..) if days_left.unwrap_or(0) <= renew_days => Status::RenewDue,
+                    _ => Status::Valid,
                 };
                 CertStatus {
                     domain: domain.to_string(),

@@ -249,7 +249,7 @@ impl<'a> Context<'a> {
             .map(|site| SiteCtx {
                 domain: site.domain.to_string(),
                 tls: site.tls == crate::routes::TlsMode::Auto,
-                cert_dir: format!("{}/live/{}", settings.certs_dir.0, site.domain.cert_name()),
+                cert_dir: crate::certs::layout::live_dir_text(&settings.certs_dir.0, &site.domain),
                 log_name: site.domain.file_stem(),
                 has_root: site.locations.iter().any(|l| l.path.as_str() == "/"),
                 locations: site
