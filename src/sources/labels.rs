@@ -1,14 +1,15 @@
 //! Container labels → routes. Pure: the Docker client turns daemon objects into [`Container`]s
 //! (see `docker.rs`) and this module never talks to the daemon.
 //!
-//! Labels (prefix `smart-proxy.` by default):
-//! - `domains` (required), `port`, `path`, `service`, `network`, `allow`, `tls`, `enable`;
-//! - named routes `<route>.domains`, `<route>.port`, ... (`<route>` is `[a-z0-9-]+`); the
-//!   container-wide `port`, `path`, `network`, `allow` and `tls` are their defaults;
-//! - `nginx=true` marks the nginx container itself.
+//! The keys (prefix `smart-proxy.` by default) are declared in `label_schema.rs`: per route
+//! (`domains`, `port`, ...; named routes `<route>.<key>`, `<route>` is `[a-z0-9-]+`, take the
+//! container-wide values as defaults) and per container (`enable`, and `nginx=true`, which marks
+//! the nginx container itself).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::label_schema::{self, Scope};
 
 use crate::routes::{
     grammar::{parse_bool, show},
@@ -53,9 +54,6 @@ pub struct LabelSettings {
     /// The networks the nginx container is on, when known.
     pub nginx_networks: Option<BTreeSet<String>>,
 }
-
-const ROUTE_KEYS: &[&str] = &["domains", "port", "path", "service", "network", "allow", "tls"];
-const CONTAINER_KEYS: &[&str] = &["enable", "nginx"];
 
 impl Container {
     /// True when the container carries any label with the prefix (so it is meant to be routed).
@@ -106,13 +104,12 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
             Some((route, key)) => (Some(route), key),
             None => (None, rest),
         };
-        let known = ROUTE_KEYS.iter().chain(CONTAINER_KEYS).find(|k| **k == key);
-        match (route, known) {
+        match (route, label_schema::get(key)) {
             (None, Some(k)) => {
-                wide.insert(k, (value.as_str(), label.clone()));
+                wide.insert(k.key, (value.as_str(), label.clone()));
             }
-            (Some(route), Some(k)) if ROUTE_KEYS.contains(k) && is_route_name(route) => {
-                named.entry(route).or_default().insert(k, (value.as_str(), label.clone()));
+            (Some(route), Some(k)) if k.scope == Scope::Route && is_route_name(route) => {
+                named.entry(route).or_default().insert(k.key, (value.as_str(), label.clone()));
             }
             (Some(route), Some(_)) if !is_route_name(route) => errors.push(Diagnostic::error(
                 at(label),
@@ -121,10 +118,9 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
             _ => errors.push(Diagnostic::error(
                 at(label),
                 format!(
-                    "unknown label; known labels: {p}.{{{}}}, {p}.<route>.{{{}}} and {p}.{{{}}}",
-                    ROUTE_KEYS.join(","),
-                    ROUTE_KEYS.join(","),
-                    CONTAINER_KEYS.join(","),
+                    "unknown label; known labels: {p}.{{{r}}}, {p}.<route>.{{{r}}} and {p}.{{{}}}",
+                    label_schema::container_keys().collect::<Vec<_>>().join(","),
+                    r = label_schema::route_keys().collect::<Vec<_>>().join(","),
                     p = settings.prefix
                 ),
             )),
@@ -149,7 +145,7 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
         return Err(errors);
     }
     if !wide.contains_key("domains") && named.is_empty() {
-        if wide.keys().any(|k| ROUTE_KEYS.contains(k)) {
+        if wide.keys().any(|k| label_schema::get(k).is_some_and(|k| k.scope == Scope::Route)) {
             return Err(vec![Diagnostic::error(
                 Origin::Container { name: c.name.clone(), label: None },
                 format!(
@@ -167,8 +163,11 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
         routes.push((None, RouteLabels { values: wide.clone() }));
     }
     for (name, own) in named {
-        let mut values: BTreeMap<&'static str, (&str, String)> =
-            wide.iter().filter(|(k, _)| !matches!(**k, "domains" | "service")).map(|(k, v)| (*k, v.clone())).collect();
+        let mut values: BTreeMap<&'static str, (&str, String)> = wide
+            .iter()
+            .filter(|(k, _)| label_schema::get(k).is_some_and(|k| k.inherited))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         values.extend(own);
         routes.push((Some(name), RouteLabels { values }));
     }

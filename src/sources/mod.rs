@@ -4,6 +4,7 @@
 pub mod docker;
 pub mod env;
 pub mod file;
+pub mod label_schema;
 pub mod labels;
 
 use std::collections::HashMap;
