@@ -1,7 +1,7 @@
 //! Every setting, as a flag and an environment variable (clap `env`). The README's settings
 //! reference is checked against this list by a test.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, ValueEnum};
@@ -10,7 +10,6 @@ use crate::certs::public_ip::PublicIpDetect;
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
 use crate::secret::Secret;
 use crate::sources::StaticConfig;
-use crate::status::StatusAddr;
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -97,8 +96,9 @@ pub struct Settings {
     pub debounce: humantime::Duration,
 
     /// The longest a pass waits while events keep coming. A long value hides updates longer.
-    /// In a storm (many containers changing while passes take much of the time) it grows
-    /// fourfold with each pass, up to 60 s.
+    /// In a storm (10 containers changing within 5 x DEBOUNCE_MAX, or 5 while passes take 40% of
+    /// that time) a pass waits for 2 x DEBOUNCE_MAX of quiet, and this maximum grows fourfold with
+    /// each burst that begins within DEBOUNCE_MAX of the last pass (4x, 16x, 64x), up to 60 s.
     #[arg(long, env = "DEBOUNCE_MAX", global = true, default_value = "1s")]
     pub debounce_max: humantime::Duration,
 
@@ -280,6 +280,53 @@ impl Settings {
             resolver: if self.resolver.is_empty() { system_resolvers() } else { self.resolver.clone() },
             error_logs_max: self.error_logs_max,
         })
+    }
+}
+
+/// `STATUS_ADDR`: where the status endpoint listens, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusAddr {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for StatusAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(StatusAddr::Off);
+        }
+        s.parse().map(StatusAddr::At).map_err(|_| {
+            format!(
+                "STATUS_ADDR must be ip:port (127.0.0.1:9180, 0.0.0.0:9180, [::]:9180) or off; {:?} is neither",
+                crate::routes::grammar::show(s)
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for StatusAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusAddr::Off => f.write_str("off"),
+            StatusAddr::At(addr) => addr.fmt(f),
+        }
+    }
+}
+
+impl StatusAddr {
+    /// The address a client on this host connects to: loopback for a wildcard bind.
+    pub fn connect_addr(&self) -> Option<SocketAddr> {
+        match *self {
+            StatusAddr::Off => None,
+            StatusAddr::At(addr) => Some(match addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+                IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+                _ => addr,
+            }),
+        }
     }
 }
 

@@ -10,10 +10,7 @@
 //! answer: 503 with one line a person can act on.
 
 use std::convert::Infallible;
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,54 +22,8 @@ use tracing::{error, info};
 
 use crate::apply::{Applied, ApplyError, Dropped, Nginx};
 use crate::routes::{Diagnostic, DomainName, RouteTable};
+pub use crate::settings::StatusAddr;
 use crate::sources::docker::DockerClient;
-
-/// `STATUS_ADDR`: where the status endpoint listens, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusAddr {
-    Off,
-    At(SocketAddr),
-}
-
-impl FromStr for StatusAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("off") {
-            return Ok(StatusAddr::Off);
-        }
-        s.parse().map(StatusAddr::At).map_err(|_| {
-            format!(
-                "STATUS_ADDR must be ip:port (127.0.0.1:9180, 0.0.0.0:9180, [::]:9180) or off; {:?} is neither",
-                crate::routes::grammar::show(s)
-            )
-        })
-    }
-}
-
-impl fmt::Display for StatusAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StatusAddr::Off => f.write_str("off"),
-            StatusAddr::At(addr) => addr.fmt(f),
-        }
-    }
-}
-
-impl StatusAddr {
-    /// The address a client on this host connects to: loopback for a wildcard bind.
-    pub fn connect_addr(&self) -> Option<SocketAddr> {
-        match *self {
-            StatusAddr::Off => None,
-            StatusAddr::At(addr) => Some(match addr.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-                IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
-                _ => addr,
-            }),
-        }
-    }
-}
 
 /// What the controller publishes for the status endpoint.
 #[derive(Default)]
