@@ -27,6 +27,10 @@ use crate::sources::docker::DockerClient;
 use crate::sources::labels::Container;
 use crate::sources::StaticState;
 
+mod schedule;
+
+use schedule::Scheduler;
+
 /// One cause of a pass, for its log line.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Cause {
@@ -159,20 +163,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
     controller.start_nginx_if_local().await?;
 
-    let debounce = Duration::from(controller.settings.debounce);
-    let base_max_wait = Duration::from(controller.settings.debounce_max);
-    let mut storm = Storm::new(debounce, base_max_wait);
-    let mut last_pass_end: Option<Instant> = None;
-    let mut pending: Option<(Instant, Instant)> = None; // (first, last) trigger of this burst
-    let mut retry_at: Option<Instant> = None; // after an apply failed for a passing reason
-                                              // Leading edge: the first decisive event after a quiet period runs a pass at once; what
-                                              // follows within DEBOUNCE of that pass is coalesced as usual.
-    let mut at_once = false;
+    let mut schedule =
+        Scheduler::new(Duration::from(controller.settings.debounce), Duration::from(controller.settings.debounce_max));
     tokio::pin!(shutdown);
     loop {
-        let (trailing, max_wait) = storm.waits();
-        let deadline =
-            pending.map(|(first, last)| if at_once { last } else { (last + trailing).min(first + max_wait) });
+        let (pass_due, retry_due) = schedule.next();
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down");
@@ -189,68 +184,22 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 };
                 let decisive = trigger.is_decisive();
                 if controller.note(trigger) {
-                    let now = Instant::now();
-                    if let Some(id) = container {
-                        storm.saw_container(now, id);
-                    }
-                    if pending.is_none() {
-                        storm.burst_begins(now, last_pass_end);
-                    }
-                    let quiet = last_pass_end.is_none_or(|end| now.saturating_duration_since(end) >= debounce);
-                    at_once |= decisive && quiet && storm.level == 0;
-                    pending = Some(match pending { Some((first, _)) => (first, now), None => (now, now) });
+                    schedule.triggered(Instant::now(), container, decisive);
                 }
             }
-            _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                pending = None;
-                at_once = false;
+            _ = async { sleep_until(pass_due.expect("guarded")).await }, if pass_due.is_some() => {
                 let started = Instant::now();
                 controller.pass().await;
                 controller.start_nginx_if_local().await?;
-                last_pass_end = Some(Instant::now());
-                storm.pass_ran(started, Instant::now());
-                retry_at = controller.next_retry().map(|delay| Instant::now() + delay);
+                schedule.pass_ran(started, Instant::now(), controller.next_retry());
             }
-            _ = async { sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
-                retry_at = None;
+            _ = async { sleep_until(retry_due.expect("guarded")).await }, if retry_due.is_some() => {
                 controller.retry_due();
-                pending = Some((Instant::now(), Instant::now()));
+                schedule.retry_fired(Instant::now());
             }
         }
     }
 }
-
-/// How long a burst of triggers waits before a pass: a trailing quiet period and a maximum from
-/// the burst's first trigger.
-///
-/// Normally DEBOUNCE of quiet, at most DEBOUNCE_MAX (and the first decisive event after a quiet
-/// DEBOUNCE runs a pass at once). Storm mode is for many containers changing at once (a slow
-/// daemon starting hundreds of them after a reboot), judged by rate and cost rather than by a
-/// count: while events about at least [`STORM_MANY_CONTAINERS`] different containers arrived
-/// within the last 5 x DEBOUNCE_MAX, or at least [`STORM_CONTAINERS`] while passes took at least
-/// [`STORM_PASS_SHARE`] of that time, a burst that begins within DEBOUNCE_MAX of the end of the
-/// previous pass raises the level. A compose stack starting one service a second, each pass a
-/// fraction of that second, never makes a storm. In a storm the trailing quiet is 2 x DEBOUNCE_MAX (the gaps of a slow stream
-/// do not each cost a reload) and the maximum wait grows fourfold per level (4, 16, 64 x
-/// DEBOUNCE_MAX, never more than [`STORM_MAX_WAIT`]), so a storm of a minute and a half costs
-/// about five reloads instead of ninety and the last containers are served about
-/// 2 x DEBOUNCE_MAX after it ends. A burst after a longer gap lowers the level by one. One
-/// container restarting, or a few edits and starts, never makes a storm: they are applied within
-/// DEBOUNCE however slow the previous pass was.
-#[derive(Debug)]
-struct Storm {
-    debounce: Duration,
-    max_wait: Duration,
-    level: u32,
-    /// Container events of the last 5 x DEBOUNCE_MAX: (when, container id), oldest first.
-    recent: std::collections::VecDeque<(Instant, String)>,
-    /// Passes that ended within the last 5 x DEBOUNCE_MAX: (start, end), oldest first.
-    passes: std::collections::VecDeque<(Instant, Instant)>,
-}
-
-/// The share of the recent time spent in passes above which many changing containers make a
-/// storm: passes can no longer keep up one by one.
-const STORM_PASS_SHARE: f64 = 0.4;
 
 /// The first retry of a failed Docker call, and the longest wait between retries.
 const DOCKER_RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -263,90 +212,6 @@ const DOCKER_RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// The first retry of a failed apply (nginx unreachable, a write failing), and the longest wait.
 const APPLY_RETRY_FIRST: Duration = Duration::from_secs(1);
 const APPLY_RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// The longest a storm of events can hold back a pass.
-const STORM_MAX_WAIT: Duration = Duration::from_secs(60);
-/// How many different containers changing within 5 x DEBOUNCE_MAX make a storm whatever the
-/// passes cost (two a second at the default DEBOUNCE_MAX: more than a compose stack started one
-/// service a second).
-const STORM_MANY_CONTAINERS: usize = 10;
-/// How many different containers must have changed within 5 x DEBOUNCE_MAX for a storm when
-/// passes take at least [`STORM_PASS_SHARE`] of the time.
-const STORM_CONTAINERS: usize = 5;
-
-impl Storm {
-    fn new(debounce: Duration, max_wait: Duration) -> Storm {
-        Storm {
-            debounce,
-            max_wait: max_wait.max(debounce),
-            level: 0,
-            recent: Default::default(),
-            passes: Default::default(),
-        }
-    }
-
-    fn window(&self) -> Duration {
-        self.max_wait * 5
-    }
-
-    /// An event about container `id` arrived at `now`.
-    fn saw_container(&mut self, now: Instant, id: String) {
-        self.forget_before(now);
-        if self.recent.len() < 4096 {
-            self.recent.push_back((now, id));
-        }
-    }
-
-    fn forget_before(&mut self, now: Instant) {
-        let window = self.window();
-        while self.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > window) {
-            self.recent.pop_front();
-        }
-        while self.passes.front().is_some_and(|(_, end)| now.saturating_duration_since(*end) > window) {
-            self.passes.pop_front();
-        }
-    }
-
-    /// A pass ran from `start` to `end`.
-    fn pass_ran(&mut self, start: Instant, end: Instant) {
-        self.forget_before(end);
-        if self.passes.len() < 4096 {
-            self.passes.push_back((start, end));
-        }
-    }
-
-    /// The share of the last 5 x DEBOUNCE_MAX before `now` spent in passes.
-    fn pass_share(&self, now: Instant) -> f64 {
-        let window = self.window();
-        let from = now.checked_sub(window).unwrap_or(now);
-        let busy: Duration =
-            self.passes.iter().map(|(start, end)| end.saturating_duration_since((*start).max(from))).sum();
-        busy.as_secs_f64() / window.as_secs_f64()
-    }
-
-    /// The first trigger of a burst arrived at `now`; the last pass ended at `last_pass_end`.
-    fn burst_begins(&mut self, now: Instant, last_pass_end: Option<Instant>) {
-        self.forget_before(now);
-        let changing = self.recent.iter().map(|(_, id)| id.as_str()).collect::<HashSet<_>>().len();
-        let busy = changing >= STORM_MANY_CONTAINERS
-            || (changing >= STORM_CONTAINERS && self.pass_share(now) >= STORM_PASS_SHARE);
-        let gap = last_pass_end.map(|end| now.saturating_duration_since(end));
-        self.level = match gap {
-            _ if !busy => 0,
-            Some(gap) if gap < self.max_wait => (self.level + 1).min(3),
-            Some(gap) if gap < self.window() => self.level.saturating_sub(1),
-            _ => 0,
-        };
-    }
-
-    /// (trailing quiet, maximum wait from the burst's first trigger).
-    fn waits(&self) -> (Duration, Duration) {
-        match self.level {
-            0 => (self.debounce, self.max_wait),
-            level => (self.max_wait * 2, (self.max_wait * 4u32.pow(level)).min(STORM_MAX_WAIT.max(self.max_wait))),
-        }
-    }
-}
 
 fn load_renderer(settings: &Settings) -> anyhow::Result<Renderer> {
     Ok(match &settings.nginx_template {
@@ -1035,93 +900,5 @@ fn changes_content(kind: &notify::EventKind) -> bool {
         EventKind::Access(_) => false,
         // Unknown kinds and a lost-events notice (the queue overflowed): read again to be safe.
         EventKind::Any | EventKind::Other => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    /// A storm-sized stream: events about ten containers in the last second, and passes that
-    /// took most of the last five seconds.
-    fn busy(storm: &mut Storm, now: Instant) {
-        for i in 0..10 {
-            storm.saw_container(now - 100 * MS * i, format!("c{i}"));
-        }
-        storm.pass_ran(now - 4600 * MS, now - 500 * MS);
-    }
-
-    #[test]
-    fn storm_levels_rise_while_many_containers_change_and_fall_after_a_quiet_gap() {
-        let t0 = Instant::now();
-        let mut storm = Storm::new(100 * MS, 1000 * MS);
-        storm.burst_begins(t0, None);
-        assert_eq!(storm.waits(), (100 * MS, 1000 * MS), "a first burst is normal");
-        // A burst within DEBOUNCE_MAX of the pass's end, ten containers changing: level 1.
-        let t = t0 + 10_500 * MS;
-        busy(&mut storm, t);
-        storm.burst_begins(t, Some(t0 + 10_000 * MS));
-        assert_eq!(storm.waits(), (2000 * MS, 4000 * MS));
-        // Once in a storm, a burst within DEBOUNCE_MAX of the pass raises the level further.
-        for (pass_end, level_waits) in [(20_000, 16_000 * MS), (40_000, STORM_MAX_WAIT), (60_000, STORM_MAX_WAIT)] {
-            let t = t0 + (pass_end + 500) * MS;
-            busy(&mut storm, t);
-            storm.burst_begins(t, Some(t0 + pass_end * MS));
-            assert_eq!(storm.waits(), (2000 * MS, level_waits));
-        }
-        assert_eq!(storm.level, 3);
-        // A gap of a few seconds lowers the level by one; a longer one ends the storm.
-        let t = t0 + 63_000 * MS;
-        busy(&mut storm, t);
-        storm.burst_begins(t, Some(t0 + 60_000 * MS));
-        assert_eq!(storm.level, 2);
-        storm.burst_begins(t0 + 100_000 * MS, Some(t0 + 63_000 * MS));
-        assert_eq!(storm.waits(), (100 * MS, 1000 * MS));
-    }
-
-    #[test]
-    fn one_container_or_a_few_never_make_a_storm() {
-        let t0 = Instant::now();
-        let mut storm = Storm::new(100 * MS, 1000 * MS);
-        // One container's die, stop and start, each burst right after a slow pass ended.
-        for i in 0..20u32 {
-            let t = t0 + 700 * MS * i;
-            storm.saw_container(t, "app".into());
-            storm.burst_begins(t, Some(t - 10 * MS));
-            assert_eq!(storm.waits(), (100 * MS, 1000 * MS));
-        }
-        // Four containers of a compose project starting together: still normal.
-        let t = t0 + 60_000 * MS;
-        for name in ["a", "b", "c", "d"] {
-            storm.saw_container(t, name.into());
-        }
-        storm.burst_begins(t, Some(t - 10 * MS));
-        assert_eq!(storm.level, 0);
-    }
-
-    #[test]
-    fn one_start_a_second_with_short_passes_never_makes_a_storm() {
-        let t0 = Instant::now();
-        let mut storm = Storm::new(100 * MS, 1000 * MS);
-        // A compose stack: one new service a second for a minute, each pass 300 ms (a slow
-        // companion exec), the next start 700 ms after a pass ends.
-        for i in 0..60u32 {
-            let t = t0 + 1000 * MS * i;
-            storm.saw_container(t, format!("service{i}"));
-            storm.burst_begins(t, (i > 0).then(|| t - 700 * MS));
-            assert_eq!(storm.waits(), (100 * MS, 1000 * MS), "start {i}");
-            storm.pass_ran(t, t + 300 * MS);
-        }
-        // The same starts while passes take 900 ms of every second: a storm.
-        let t1 = t0 + 100_000 * MS;
-        for i in 0..10u32 {
-            let t = t1 + 1000 * MS * i;
-            storm.saw_container(t, format!("late{i}"));
-            storm.burst_begins(t, Some(t - 100 * MS));
-            storm.pass_ran(t, t + 900 * MS);
-        }
-        assert!(storm.level > 0);
     }
 }
