@@ -89,6 +89,38 @@ pub struct CertManager {
 }
 
 impl CertManager {
+    /// Orders certificates for the TLS domains `domains` holds: when they change (new routes right
+    /// away), every `interval`, and when a domain's backoff ends. Each batch of issued
+    /// certificates is sent to `issued` (wrapped by `wrap`), so that nginx reloads once per batch.
+    pub async fn serve<T: Send + 'static>(
+        self,
+        mut domains: tokio::sync::watch::Receiver<Vec<DomainName>>,
+        issued: tokio::sync::mpsc::Sender<T>,
+        wrap: fn(Vec<DomainName>) -> T,
+        interval: Duration,
+    ) {
+        if domains.changed().await.is_err() {
+            return;
+        }
+        loop {
+            let current = domains.borrow_and_update().clone();
+            let report = self.run(&current, &[]).await;
+            if !report.issued.is_empty() && issued.send(wrap(report.issued)).await.is_err() {
+                return;
+            }
+            let now = time::OffsetDateTime::now_utc();
+            let retry = self
+                .next_retry(&current)
+                .filter(|t| *t > now)
+                .map(|t| Duration::try_from(t - now).unwrap_or_default() + Duration::from_secs(1));
+            let wake = retry.map_or(interval, |r| r.min(interval));
+            tokio::select! {
+                changed = domains.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(wake) => {}
+            }
+        }
+    }
+
     /// `None` when the agent does not order certificates (LOCAL, or ACME off).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Option<Self>> {
         if !settings.acme_enabled() {
