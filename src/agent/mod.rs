@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
 use crate::apply::nginx::{CompanionNginx, LocalNginx};
-use crate::apply::{Applier, ApplyError, Nginx};
+use crate::apply::{Applied, Applier, ApplyError, Nginx};
 use crate::backoff::Backoff;
 use crate::pipeline;
 use crate::render::{RenderSettings, Renderer};
@@ -357,32 +357,7 @@ impl Controller {
 
     /// Brings the cache up to date, rebuilds the table, and applies it.
     async fn pass(&mut self) {
-        if let Some(client) = self.docker.clone() {
-            if self.resync || !self.listed {
-                self.relist(&client).await;
-            } else if std::mem::take(&mut self.nginx_changed) {
-                self.nginx = self.nginx_state(&client).await;
-            }
-            if std::mem::take(&mut self.nginx_start_seen) {
-                self.nginx_started();
-            }
-            if !self.dirty.is_empty() {
-                let ids: Vec<String> = self.dirty.drain().collect();
-                let results = client.inspect_all(&ids).await;
-                for (id, result) in ids.into_iter().zip(results) {
-                    match result {
-                        Ok(c) => self.inspected(id, c),
-                        Err(e) => self.inspect_failed(id, e),
-                    }
-                }
-            }
-            self.publish_docker_trouble();
-            if !self.listed {
-                // Never render Docker routes from a partial picture.
-                return;
-            }
-        } else if self.docker_wanted {
-            // Docker has not answered yet: keep the config on disk until it does.
+        if !self.refresh().await {
             return;
         }
         let containers: Vec<Container> = self.containers.values().cloned().collect();
@@ -399,61 +374,94 @@ impl Controller {
         self.status.applied(&table, &result);
         match result {
             Ok(applied) if !applied.changed => {}
-            Ok(applied) => {
-                self.applied_run = self.nginx_run().cloned();
-                let served: BTreeSet<String> = table
-                    .sites
-                    .iter()
-                    .map(|s| s.domain.to_string())
-                    .filter(|d| !applied.dropped.iter().any(|x| x.domain.as_str() == d))
-                    .collect();
-                let added: Vec<&String> = served.difference(&self.served).collect();
-                let removed: Vec<&String> = self.served.difference(&served).collect();
-                for d in &applied.dropped {
-                    error!(domain = %d.domain, source = %d.sources.join(", "), "route left out: nginx -t fails with it: {}", d.reason);
+            Ok(applied) => self.applied(&table, &applied, &causes),
+            Err(e) => return self.apply_failed(e),
+        }
+        if self.retry.take().is_some() {
+            info!("apply succeeded again");
+        }
+        self.config_error(None);
+    }
+
+    /// Brings the container cache and nginx's state up to date; false when no config may be
+    /// rendered yet (Docker wanted but not answering, or its first list incomplete).
+    async fn refresh(&mut self) -> bool {
+        let Some(client) = self.docker.clone() else {
+            // Docker has not answered yet: keep the config on disk until it does.
+            return !self.docker_wanted;
+        };
+        if self.resync || !self.listed {
+            self.relist(&client).await;
+        } else if std::mem::take(&mut self.nginx_changed) {
+            self.nginx = self.nginx_state(&client).await;
+        }
+        if std::mem::take(&mut self.nginx_start_seen) {
+            self.nginx_started();
+        }
+        if !self.dirty.is_empty() {
+            let ids: Vec<String> = self.dirty.drain().collect();
+            let results = client.inspect_all(&ids).await;
+            for (id, result) in ids.into_iter().zip(results) {
+                match result {
+                    Ok(c) => self.inspected(id, c),
+                    Err(e) => self.inspect_failed(id, e),
                 }
-                if !applied.placeholders.is_empty() {
-                    let list: Vec<String> = applied.placeholders.iter().map(ToString::to_string).collect();
-                    info!("placeholder certificates written for: {}", list.join(", "));
-                }
-                let t = applied.timings;
-                info!(
-                    cause = %causes.join("; "),
-                    added = %list(&added),
-                    removed = %list(&removed),
-                    sites = table.sites.len() - applied.dropped.len(),
-                    upstreams = table.upstreams.len(),
-                    render_ms = t.render.as_millis() as u64,
-                    test_ms = t.test.as_millis() as u64,
-                    tests = t.tests_run,
-                    reload_ms = t.reload.as_millis() as u64,
-                    "{}",
-                    if applied.reloaded { "config applied and nginx reloaded" } else { "config applied" }
-                );
-                self.served = served;
-                let tls: Vec<crate::routes::DomainName> = if self.settings.local {
-                    Vec::new()
-                } else {
-                    table
-                        .tls_domains()
-                        .into_iter()
-                        .filter(|d| !applied.dropped.iter().any(|x| x.domain == *d))
-                        .collect()
-                };
-                self.tls_pending = Some(tls);
             }
-            Err(ApplyError::NotRouteRelated { output }) => {
-                self.config_error(Some(format!(
-                    "nginx -t fails even without routes; the last good config stays live:\n{output}"
-                )));
-                return;
-            }
-            Err(ApplyError::Render(e)) => {
-                // The same template renders the same way: retried when a file or a route changes.
-                self.config_error(Some(format!("{e}; the last good config stays live")));
-                return;
-            }
-            Err(e) => {
+        }
+        self.publish_docker_trouble();
+        // Never render Docker routes from a partial picture.
+        self.listed
+    }
+
+    /// Logs a changed config that went live (what was added and removed, why, how long it took)
+    /// and hands its TLS domains to the certificates task.
+    fn applied(&mut self, table: &RouteTable, applied: &Applied, causes: &[String]) {
+        self.applied_run = self.nginx_run().cloned();
+        let left_out = |domain: &crate::routes::DomainName| applied.dropped.iter().any(|x| x.domain == *domain);
+        let served: BTreeSet<String> =
+            table.sites.iter().filter(|s| !left_out(&s.domain)).map(|s| s.domain.to_string()).collect();
+        let added: Vec<&String> = served.difference(&self.served).collect();
+        let removed: Vec<&String> = self.served.difference(&served).collect();
+        for d in &applied.dropped {
+            error!(domain = %d.domain, source = %d.sources.join(", "), "route left out: nginx -t fails with it: {}", d.reason);
+        }
+        if !applied.placeholders.is_empty() {
+            let list: Vec<String> = applied.placeholders.iter().map(ToString::to_string).collect();
+            info!("placeholder certificates written for: {}", list.join(", "));
+        }
+        let t = applied.timings;
+        info!(
+            cause = %causes.join("; "),
+            added = %list(&added),
+            removed = %list(&removed),
+            sites = table.sites.len() - applied.dropped.len(),
+            upstreams = table.upstreams.len(),
+            render_ms = t.render.as_millis() as u64,
+            test_ms = t.test.as_millis() as u64,
+            tests = t.tests_run,
+            reload_ms = t.reload.as_millis() as u64,
+            "{}",
+            if applied.reloaded { "config applied and nginx reloaded" } else { "config applied" }
+        );
+        self.served = served;
+        let tls = if self.settings.local {
+            Vec::new()
+        } else {
+            table.tls_domains().into_iter().filter(|d| !left_out(d)).collect()
+        };
+        self.tls_pending = Some(tls);
+    }
+
+    /// A failed apply: the last good config stays live. A config nginx or the template rejects
+    /// is a lasting error (logged when it begins and ends); anything else is retried with backoff.
+    fn apply_failed(&mut self, error: ApplyError) {
+        match error {
+            ApplyError::NotRouteRelated { output } => self.config_error(Some(format!(
+                "nginx -t fails even without routes; the last good config stays live:\n{output}"
+            ))),
+            // The same template renders the same way: retried when a file or a route changes.
+            ApplyError::Render(e) => self.config_error(Some(format!("{e}; the last good config stays live"))),
+            e => {
                 let message = e.to_string();
                 let backoff = match self.retry.take() {
                     Some((last, mut backoff)) => {
@@ -469,13 +477,8 @@ impl Controller {
                     }
                 };
                 self.retry = Some((message, backoff));
-                return;
             }
         }
-        if self.retry.take().is_some() {
-            info!("apply succeeded again");
-        }
-        self.config_error(None);
     }
 
     fn config_error(&mut self, error: Option<String>) {
