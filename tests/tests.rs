@@ -13,6 +13,7 @@ mod docker_faults;
 mod docker_labels;
 mod golden;
 mod injection;
+mod labels_data;
 mod load;
 mod scripts;
 mod status;
