@@ -115,7 +115,7 @@ pub fn reference(prefix: &str) -> String {
         KEYS.iter().filter(|k| k.scope == Scope::Route && k.inherited).map(|k| format!("`{}`", k.key)).collect();
     out.push_str(&format!(
         "| `{prefix}.<route>.<key>` | a further route on the same container (`<route>` is `[a-z0-9-]+`; keys as \
-         above); takes the container-wide {} as defaults; its service defaults to `<service>-<route>` | — |\n",
+         above); takes the container-wide {} as defaults; its service defaults to `<service>-<route>` (the container's `service` label, else its default) | — |\n",
         inherited.join(", ")
     ));
     for key in KEYS.iter().filter(|k| k.scope == Scope::Container) {

@@ -157,7 +157,12 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
         return Ok(None);
     }
 
-    let base_service = base_service_name(c);
+    // A named route's service is `<service>-<route>`: the container's service label when it is
+    // set (so replicas sharing it share their named routes' upstreams too), else the default.
+    let base_service = match wide.get("service") {
+        Some((value, _)) if ServiceName::parse(value).is_ok() => value.trim().to_string(),
+        _ => base_service_name(c),
+    };
     let mut routes: Vec<(Option<&str>, RouteLabels)> = Vec::new();
     if wide.contains_key("domains") {
         routes.push((None, RouteLabels { values: wide.clone() }));
