@@ -70,94 +70,9 @@ impl Trigger {
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let render_settings = settings.render_settings()?;
-    let renderer = load_renderer(&settings)?;
     let (tx, mut rx) = mpsc::channel::<Trigger>(1024);
-
-    let docker = if settings.no_docker {
-        None
-    } else {
-        match DockerClient::connect().await {
-            Ok(client) => Some(client),
-            Err(e) => {
-                warn!("{e}; retrying with backoff, serving the config on disk meanwhile");
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
-                    loop {
-                        tokio::time::sleep(backoff.next_delay()).await;
-                        if let Ok(client) = DockerClient::connect().await {
-                            let _ = tx.send(Trigger::Connected(client)).await;
-                            return;
-                        }
-                    }
-                });
-                None
-            }
-        }
-    };
-    let docker_wanted = !settings.no_docker;
-    let nginx = choose_nginx(&settings, docker.as_ref()).await?;
-    info!(nginx = %nginx.describe(), conf = %settings.nginx_conf.display(), "starting");
-    let applier = Applier::new(nginx, settings.nginx_conf.clone(), settings.certs_dir.clone());
-    let status = std::sync::Arc::new(crate::status::State::default());
-    crate::status::start(&settings, status.clone(), &applier.nginx, docker.as_ref()).await;
-
-    let certs = crate::certs::manager::CertManager::from_settings(&settings)?;
-    let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
-    if let Some(manager) = certs {
-        info!(challenge = %manager.challenge(), "certificates: ordering from {}", settings.acme_directory);
-        tokio::spawn(manager.serve(tls_domains_rx, tx.clone(), Trigger::CertsIssued, settings.renewal_interval.into()));
-    }
-    let _file_watcher = watch_files(&settings, tx.clone());
-    if let Some(client) = docker.clone() {
-        tokio::spawn(watch_docker(client, tx.clone(), settings.label_prefix.clone()));
-    }
-    let resync_every = Duration::from(settings.resync_interval);
-    {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(Instant::now() + resync_every, resync_every);
-            loop {
-                tick.tick().await;
-                if tx.send(Trigger::Resync).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-
-    let mut controller = Controller {
-        docker_wanted,
-        tx: tx.clone(),
-        settings,
-        render_settings,
-        renderer,
-        docker,
-        applier,
-        containers: BTreeMap::new(),
-        listed: false,
-        statics: StaticState::default(),
-        dirty: HashSet::new(),
-        resync: false,
-        last_diagnostics: Vec::new(),
-        nginx: None,
-        applied_run: None,
-        nginx_start_seen: false,
-        nginx_changed: false,
-        causes: BTreeSet::new(),
-        failing: BTreeMap::new(),
-        list_failed: None,
-        docker_trouble: None,
-        config_error: None,
-        template_error: None,
-        served: BTreeSet::new(),
-        tls_domains,
-        tls_pending: None,
-        retry: None,
-        status,
-    };
-    if !docker_wanted {
+    let mut controller = Controller::start(settings, tx).await?;
+    if !controller.docker_wanted {
         // Env/file routes only: the first pass needs no Docker list.
         controller.pass().await;
     }
@@ -201,6 +116,42 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
 }
 
+/// Docker, or `None` while it does not answer: then a task keeps trying (with backoff) and sends
+/// [`Trigger::Connected`] once it does.
+async fn connect_docker(tx: &mpsc::Sender<Trigger>) -> Option<DockerClient> {
+    match DockerClient::connect().await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            warn!("{e}; retrying with backoff, serving the config on disk meanwhile");
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
+                loop {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    if let Ok(client) = DockerClient::connect().await {
+                        let _ = tx.send(Trigger::Connected(client)).await;
+                        return;
+                    }
+                }
+            });
+            None
+        }
+    }
+}
+
+/// Sends [`Trigger::Resync`] every `every`.
+fn spawn_resync_timer(tx: mpsc::Sender<Trigger>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            if tx.send(Trigger::Resync).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// The first retry of a failed Docker call, and the longest wait between retries.
 const DOCKER_RETRY_FIRST: Duration = Duration::from_millis(250);
 const DOCKER_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -229,6 +180,8 @@ struct Controller {
     renderer: Renderer,
     docker: Option<DockerClient>,
     applier: Applier,
+    /// Kept alive: dropping it stops watching the static files and the template.
+    _file_watcher: Option<notify::RecommendedWatcher>,
     /// Labelled containers (running or stopped) by id: the cache events keep current.
     containers: BTreeMap<String, Container>,
     /// True once a complete list of containers was read.
@@ -272,6 +225,62 @@ struct Controller {
 }
 
 impl Controller {
+    /// Connects what the agent needs (Docker, nginx, the status endpoint, the certificates task,
+    /// the watchers and the resync timer, all sending to `tx`) and returns the controller.
+    async fn start(settings: Settings, tx: mpsc::Sender<Trigger>) -> anyhow::Result<Controller> {
+        let render_settings = settings.render_settings()?;
+        let renderer = load_renderer(&settings)?;
+        let docker = if settings.no_docker { None } else { connect_docker(&tx).await };
+        let nginx = choose_nginx(&settings, docker.as_ref()).await?;
+        info!(nginx = %nginx.describe(), conf = %settings.nginx_conf.display(), "starting");
+        let applier = Applier::new(nginx, settings.nginx_conf.clone(), settings.certs_dir.clone());
+        let status = std::sync::Arc::new(crate::status::State::default());
+        crate::status::start(&settings, status.clone(), &applier.nginx, docker.as_ref()).await;
+
+        let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
+        if let Some(manager) = crate::certs::manager::CertManager::from_settings(&settings)? {
+            info!(challenge = %manager.challenge(), "certificates: ordering from {}", settings.acme_directory);
+            let interval = settings.renewal_interval.into();
+            tokio::spawn(manager.serve(tls_domains_rx, tx.clone(), Trigger::CertsIssued, interval));
+        }
+        let file_watcher = watch_files(&settings, tx.clone());
+        if let Some(client) = docker.clone() {
+            tokio::spawn(watch_docker(client, tx.clone(), settings.label_prefix.clone()));
+        }
+        spawn_resync_timer(tx.clone(), settings.resync_interval.into());
+        Ok(Controller {
+            docker_wanted: !settings.no_docker,
+            tx,
+            settings,
+            render_settings,
+            renderer,
+            docker,
+            applier,
+            _file_watcher: file_watcher,
+            containers: BTreeMap::new(),
+            listed: false,
+            statics: StaticState::default(),
+            dirty: HashSet::new(),
+            resync: false,
+            last_diagnostics: Vec::new(),
+            nginx: None,
+            applied_run: None,
+            nginx_start_seen: false,
+            nginx_changed: false,
+            causes: BTreeSet::new(),
+            failing: BTreeMap::new(),
+            list_failed: None,
+            docker_trouble: None,
+            config_error: None,
+            template_error: None,
+            served: BTreeSet::new(),
+            tls_domains,
+            tls_pending: None,
+            retry: None,
+            status,
+        })
+    }
+
     /// Takes a trigger into account; false when it cannot change anything (an event about a
     /// container that has no labels with the prefix and is neither cached nor nginx).
     fn note(&mut self, trigger: Trigger) -> bool {
@@ -280,19 +289,7 @@ impl Controller {
                 return false;
             }
         }
-        let cause = match &trigger {
-            Trigger::Container { id, name, action, .. } => {
-                let name = name.clone().or_else(|| self.containers.get(id).map(|c| c.name.clone()));
-                Cause::Container { id: id.clone(), name, action: action.clone() }
-            }
-            Trigger::Resync => Cause::Other("resync".to_string()),
-            Trigger::Files => Cause::Other("config file or template changed".to_string()),
-            Trigger::Connected(_) => Cause::Other("connected to Docker".to_string()),
-            Trigger::CertsIssued(domains) => Cause::Other(format!(
-                "certificates issued for {}",
-                domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-            )),
-        };
+        let cause = self.cause_of(&trigger);
         if self.causes.len() < 20 {
             self.causes.insert(cause);
         }
@@ -339,6 +336,23 @@ impl Controller {
             }
         }
         true
+    }
+
+    /// What the log will say caused the pass `trigger` asks for.
+    fn cause_of(&self, trigger: &Trigger) -> Cause {
+        match trigger {
+            Trigger::Container { id, name, action, .. } => {
+                let name = name.clone().or_else(|| self.containers.get(id).map(|c| c.name.clone()));
+                Cause::Container { id: id.clone(), name, action: action.clone() }
+            }
+            Trigger::Resync => Cause::Other("resync".to_string()),
+            Trigger::Files => Cause::Other("config file or template changed".to_string()),
+            Trigger::Connected(_) => Cause::Other("connected to Docker".to_string()),
+            Trigger::CertsIssued(domains) => Cause::Other(format!(
+                "certificates issued for {}",
+                domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            )),
+        }
     }
 
     /// Whether an event is about the container nginx runs in (the companion's, or in the single
