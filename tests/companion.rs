@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::agent::{http_get, strip_ansi};
 use crate::support::docker::{docker as cli, docker_output, require_docker, TestDocker, TEST_LABEL};
@@ -230,22 +230,10 @@ impl<'d> Companion<'d> {
     }
 
     /// Polls `check` every 50 ms until it holds; panics with both containers' logs after `timeout`.
-    pub(crate) fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-        let started = Instant::now();
-        for round in 0u32.. {
-            if check() {
-                return started.elapsed();
-            }
-            if started.elapsed() > timeout {
-                panic!("timed out after {timeout:?} waiting for {what}\n{}", self.diagnostics());
-            }
-            // The agent never exits on its own: fail at once rather than at the timeout.
-            if round % 20 == 19 && self.agent_exited() {
-                panic!("the agent container exited while waiting for {what}\n{}", self.diagnostics());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        unreachable!()
+    pub(crate) fn wait_for(&self, what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+        // The agent never exits on its own: fail at once rather than at the timeout.
+        let exited = || self.agent_exited().then(|| "the agent container exited".to_string());
+        crate::support::poll(what, timeout, Duration::from_millis(50), check, exited, || self.diagnostics())
     }
 
     /// Waits until `host` answers `status` (and, when given, a body equal to `<body>\n`).
@@ -475,12 +463,30 @@ fn check_and_the_running_agent_agree_on_routes_and_networks() {
             )
         })
     };
+    // The agent's /routes is its last pass; a pass for an event just handled may still be coming,
+    // so the two are compared until they agree (or for 10 s, then the difference is shown).
     let agree = |phase: &str| {
-        let (live, shown) = (agent_routes(), check());
-        for key in ["routes", "errors", "warnings"] {
-            assert_eq!(live[key], shown[key], "{phase}: /routes and check differ in {key:?}\n{}", c.diagnostics());
+        let same = |live: &serde_json::Value, shown: &serde_json::Value| {
+            ["routes", "errors", "warnings"].iter().all(|key| live[key] == shown[key])
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (live, shown) = (agent_routes(), check());
+            if same(&live, &shown) {
+                return shown;
+            }
+            if std::time::Instant::now() > deadline {
+                for key in ["routes", "errors", "warnings"] {
+                    assert_eq!(
+                        live[key],
+                        shown[key],
+                        "{phase}: /routes and check differ in {key:?}\n{}",
+                        c.diagnostics()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        shown
     };
 
     let routed = |n: usize| move || agent_routes()["routes"].as_array().is_some_and(|r| r.len() == n);

@@ -2,15 +2,12 @@
 //! in a scratch prefix, listening on a free loopback port. Requests go to 127.0.0.1 only.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use super::free_port;
 
 /// The agent binary as a host process with nginx as its child, in a scratch prefix; stopped
 /// (with its nginx) when dropped. [`Agent::start`] runs it in LOCAL mode on a port it picks;
@@ -193,17 +190,9 @@ impl Agent {
     }
 
     /// Polls `check` every 20 ms until it holds; panics with the agent's log after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-        let started = Instant::now();
-        loop {
-            if check() {
-                return started.elapsed();
-            }
-            if started.elapsed() > timeout {
-                panic!("timed out after {timeout:?} waiting for {what}\n--- agent log ---\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn wait_for(&self, what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+        let log = || format!("--- agent log ---\n{}", self.log());
+        super::poll(what, timeout, Duration::from_millis(20), check, || None, log)
     }
 
     /// Waits until `host` answers `status` (and, when given, a body containing `body`).

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::agent::{http_get, strip_ansi};
 use super::docker::{docker_output, TestDocker, TEST_LABEL};
@@ -118,14 +118,9 @@ impl<'d> Project<'d> {
     }
 
     /// Polls `check` every 100 ms; panics with the project's logs after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-        let started = Instant::now();
-        while !check() {
-            if started.elapsed() > timeout {
-                panic!("timed out after {timeout:?} waiting for {what}\n--- logs ---\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn wait_for(&self, what: &str, timeout: Duration, check: impl FnMut() -> bool) {
+        let logs = || format!("--- logs ---\n{}", self.logs());
+        super::poll(what, timeout, Duration::from_millis(100), check, || None, logs);
     }
 
     /// Waits until `host` answers `status` on `port` (and, when given, the body `<body>\n`).

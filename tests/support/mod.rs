@@ -159,3 +159,34 @@ pub fn label_table(containers: &[smart_proxy::sources::labels::Container]) -> Ro
 pub fn env_table(domains: &str, services: &str) -> RouteTable {
     RouteTable::build(vec![smart_proxy::sources::env::parse(Some(domains), Some(services))])
 }
+
+pub use pebble::free_port;
+
+/// Polls `check` every `every` until it holds and returns how long that took; after `timeout`
+/// panics with "timed out after .. waiting for `what`" and what `context` says (logs). `abort`
+/// is asked every 20 polls: `Some(reason)` fails at once (a process that died will not recover).
+pub fn poll(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl FnMut() -> bool,
+    mut abort: impl FnMut() -> Option<String>,
+    context: impl Fn() -> String,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    for round in 0u32.. {
+        if check() {
+            return started.elapsed();
+        }
+        if started.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
+        }
+        if round % 20 == 19 {
+            if let Some(reason) = abort() {
+                panic!("{reason} while waiting for {what}\n{}", context());
+            }
+        }
+        std::thread::sleep(every);
+    }
+    unreachable!()
+}

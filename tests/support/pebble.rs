@@ -300,7 +300,9 @@ fn split_response(raw: &[u8]) -> (u16, Vec<u8>) {
     (status, raw[end..].to_vec())
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+/// A free TCP port on 127.0.0.1 (free when asked: bound, then released; the caller binds it soon
+/// after). The one definition for the tests (`support::free_port`) and `benches/acme.rs`, which
+/// includes this file.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
