@@ -214,8 +214,9 @@ pub(super) fn phase_companion(cfg: &Cfg, d: &BenchDocker, net: &str, res: &mut R
     let paced99 = pct(&paced_s, 99.0);
     res.target("companion, one start a second: p99 ≤ 1 s", paced99 <= 1000.0, format!("{paced99:.0} ms"));
 
+    // --volumes: the agent image's VOLUMEs it got no mount for are anonymous volumes.
     for name in [&agent, &nginx, &floor] {
-        let _ = docker_output(&["rm", "--force", name]);
+        let _ = docker_output(&["rm", "--force", "--volumes", name]);
     }
     let _ = docker_output(&["volume", "rm", &volume]);
 }
