@@ -34,11 +34,6 @@ impl Layout {
         Layout { root: root.into() }
     }
 
-    /// `CERTS_DIR` itself.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// `live/<name>`: the directory nginx reads the domain's chain and key from.
     pub fn live_dir(&self, domain: &DomainName) -> PathBuf {
         self.root.join(LIVE).join(domain.cert_name())
