@@ -28,6 +28,7 @@ use instant_acme::{
 };
 use smart_proxy::certs::manager::CertManager;
 use smart_proxy::certs::store::CertStore;
+use smart_proxy::config::Config;
 use smart_proxy::routes::DomainName;
 
 #[allow(dead_code)]
@@ -217,8 +218,8 @@ fn main() {
             format!("--acme-concurrency={concurrency}"),
             "--dns-check=off".into(),
         ];
-        let settings = Cli::try_parse_from(args).expect("settings").settings;
-        let manager = CertManager::from_settings(&settings).unwrap().expect("ACME on");
+        let config = Config::from_settings(&Cli::try_parse_from(args).expect("settings").settings).expect("config");
+        let manager = CertManager::new(config.acme.as_ref().expect("ACME on"), &config).unwrap();
         let store = CertStore::new(certs.path());
         // Warm-up (not measured): registers our account, opens connections, on both sides.
         runtime.block_on(async {

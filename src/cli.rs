@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::certs::placeholder;
+use crate::config::Config;
 use crate::pipeline;
 use crate::render::Renderer;
 use crate::report::Report;
@@ -115,25 +116,30 @@ fn init_tracing(format: LogFormat) {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let (Some(Command::Health), false) = (&cli.command, cli.dry_run) {
+        // Docker runs it every interval: it needs the status address and nothing else.
+        return Ok(health(cli.settings.status_addr).await);
+    }
+    let config = Config::from_settings(&cli.settings)?;
     if cli.dry_run {
-        return dry_run(&cli.settings, cli.output.as_deref()).await;
+        return dry_run(&config, cli.output.as_deref()).await;
     }
     match cli.command {
-        Some(Command::Check { format }) => check(&cli.settings, format).await,
-        Some(Command::Certs { command: CertsCommand::List { format } }) => certs_list(&cli.settings, format).await,
+        Some(Command::Check { format }) => check(&config, format).await,
+        Some(Command::Certs { command: CertsCommand::List { format } }) => certs_list(&config, format).await,
         Some(Command::Certs { command: CertsCommand::Renew { force, domains } }) => {
-            certs_renew(&cli.settings, force, &domains).await
+            certs_renew(&config, force, &domains).await
         }
-        Some(Command::Health) => Ok(health(cli.settings.status_addr).await),
+        Some(Command::Health) => unreachable!("answered above"),
         Some(Command::Run) | None => {
-            crate::agent::run(cli.settings, shutdown_signal()).await?;
+            crate::agent::run(config, shutdown_signal()).await?;
             Ok(EXIT_OK)
         }
     }
 }
 
-async fn gather_and_warn(settings: &Settings) -> pipeline::Gathered {
-    let gathered = pipeline::gather(settings).await;
+async fn gather_and_warn(config: &Config) -> pipeline::Gathered {
+    let gathered = pipeline::gather(config).await;
     if let Some(e) = &gathered.docker_unavailable {
         tracing::warn!("{e}; container labels were not read, showing env/file routes only");
     }
@@ -143,39 +149,38 @@ async fn gather_and_warn(settings: &Settings) -> pipeline::Gathered {
     gathered
 }
 
-async fn dry_run(settings: &Settings, output: Option<&std::path::Path>) -> anyhow::Result<u8> {
-    let renderer = match &settings.nginx_template {
+async fn dry_run(config: &Config, output: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let renderer = match &config.template {
         Some(path) => Renderer::from_file(path)?,
         None => Renderer::builtin(),
     };
-    let render_settings = settings.render_settings()?;
-    let gathered = gather_and_warn(settings).await;
+    let gathered = gather_and_warn(config).await;
     let table = &gathered.table;
-    let config = renderer.render(table, &render_settings)?;
+    let rendered = renderer.render(table, &config.render)?;
     match output {
-        Some(path) => std::fs::write(path, &config).with_context(|| format!("cannot write {}", path.display()))?,
-        None => std::io::stdout().write_all(config.as_bytes())?,
+        Some(path) => std::fs::write(path, &rendered).with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::stdout().write_all(rendered.as_bytes())?,
     }
     let mut stderr = std::io::stderr().lock();
     for d in &table.diagnostics {
         writeln!(stderr, "{d}")?;
     }
-    if !settings.local {
-        let missing = placeholder::missing(&settings.certs_dir, table);
+    if config.serves_tls() {
+        let missing = placeholder::missing(&config.certs_dir, table);
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
             writeln!(
                 stderr,
                 "note: no certificate yet for {}: a self-signed placeholder would be written under {}/live/ (dry run: nothing written)",
                 list.join(", "),
-                settings.certs_dir.display()
+                config.certs_dir.display()
             )?;
         }
     }
-    if settings.acme_enabled() {
+    if let Some(acme) = &config.acme {
         let domains = table.tls_domains();
-        match crate::certs::manager::CertManager::from_settings(settings) {
-            Ok(Some(manager)) => {
+        match crate::certs::manager::CertManager::new(acme, config) {
+            Ok(manager) => {
                 let plan = manager.plan(&domains, &[]);
                 for order in &plan.orders {
                     writeln!(
@@ -188,18 +193,17 @@ async fn dry_run(settings: &Settings, output: Option<&std::path::Path>) -> anyho
                     writeln!(stderr, "note: no order for {domain}: {skip}")?;
                 }
             }
-            Ok(None) => {}
             Err(e) => writeln!(stderr, "error: certificates: {e:#}")?,
         }
     }
     Ok(exit_code(table))
 }
 
-async fn check(settings: &Settings, format: Format) -> anyhow::Result<u8> {
-    let gathered = gather_and_warn(settings).await;
+async fn check(config: &Config, format: Format) -> anyhow::Result<u8> {
+    let gathered = gather_and_warn(config).await;
     let table = &gathered.table;
-    let missing = if settings.local { Vec::new() } else { placeholder::missing(&settings.certs_dir, table) };
-    let report = Report::new(table, settings.local, &missing);
+    let missing = if config.serves_tls() { placeholder::missing(&config.certs_dir, table) } else { Vec::new() };
+    let report = Report::new(table, config.mode.is_local(), &missing);
     let text = match format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",
@@ -233,15 +237,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn certs_list(settings: &Settings, format: Format) -> anyhow::Result<u8> {
+async fn certs_list(config: &Config, format: Format) -> anyhow::Result<u8> {
     use crate::certs::store::{status_table, CertStore};
-    let gathered = gather_and_warn(settings).await;
-    let domains = if settings.local { Vec::new() } else { gathered.table.tls_domains() };
-    let rows = CertStore::new(&settings.certs_dir).status(
-        &domains,
-        settings.cert_renewal_threshold,
-        time::OffsetDateTime::now_utc(),
-    );
+    let gathered = gather_and_warn(config).await;
+    let domains = if config.serves_tls() { gathered.table.tls_domains() } else { Vec::new() };
+    let rows = CertStore::new(&config.certs_dir).status(&domains, config.renew_days, time::OffsetDateTime::now_utc());
     let text = match format {
         Format::Text => status_table(&rows),
         Format::Json => serde_json::to_string_pretty(&rows)? + "\n",
@@ -250,13 +250,14 @@ async fn certs_list(settings: &Settings, format: Format) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-async fn certs_renew(settings: &Settings, force: bool, names: &[String]) -> anyhow::Result<u8> {
+async fn certs_renew(config: &Config, force: bool, names: &[String]) -> anyhow::Result<u8> {
     use crate::certs::manager::CertManager;
-    let Some(manager) = CertManager::from_settings(settings)? else {
+    let Some(acme) = &config.acme else {
         anyhow::bail!("certificates are off: set ACME_EMAIL (or ACME=on), and do not set LOCAL");
     };
+    let manager = CertManager::new(acme, config)?;
     let domains: Vec<crate::routes::DomainName> = if names.is_empty() {
-        gather_and_warn(settings).await.table.tls_domains()
+        gather_and_warn(config).await.table.tls_domains()
     } else {
         names
             .iter()
@@ -283,9 +284,9 @@ async fn certs_renew(settings: &Settings, force: bool, names: &[String]) -> anyh
         println!("nothing to order (use --force to renew fresh certificates)");
     }
     if !report.issued.is_empty() {
-        let docker = if settings.no_docker { None } else { crate::sources::docker::DockerClient::connect().await.ok() };
-        let nginx = crate::agent::choose_nginx(settings, docker.as_ref()).await?;
-        match nginx.test(&settings.nginx_conf, &settings.nginx_conf).await.and(Ok(())) {
+        let docker = if config.docker { crate::sources::docker::DockerClient::connect().await.ok() } else { None };
+        let nginx = crate::agent::choose_nginx(config, docker.as_ref()).await?;
+        match nginx.test(&config.nginx.conf, &config.nginx.conf).await.and(Ok(())) {
             Ok(()) => match nginx.reload_running().await {
                 Ok(()) => println!("nginx reloaded"),
                 Err(e) => println!("nginx not reloaded ({e}); it serves the new certificates after its next reload"),

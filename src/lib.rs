@@ -8,6 +8,7 @@ pub mod apply;
 pub mod backoff;
 pub mod certs;
 pub mod cli;
+pub mod config;
 pub mod fsutil;
 pub mod metrics;
 pub mod pipeline;

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::config::Config;
 use crate::routes::{RouteTable, SourceOutput};
-use crate::settings::Settings;
 use crate::sources::docker::{DockerClient, DockerError};
 use crate::sources::labels::{self, Container, LabelSettings};
 
@@ -66,13 +66,13 @@ pub struct Gathered {
 }
 
 /// Reads every source once and builds the table, as the agent's first pass would.
-pub async fn gather(settings: &Settings) -> Gathered {
-    let statics = settings.static_config().load();
-    let prefix = &settings.label_prefix;
-    if settings.no_docker {
+pub async fn gather(config: &Config) -> Gathered {
+    let statics = config.statics.load();
+    let prefix = &config.label_prefix;
+    if !config.docker {
         return Gathered { table: build(None, None, statics, prefix), docker_unavailable: None, nginx_unknown: None };
     }
-    let containers = match read_containers(settings).await {
+    let containers = match read_containers(prefix).await {
         Ok(containers) => containers,
         Err(e) => {
             return Gathered {
@@ -83,18 +83,18 @@ pub async fn gather(settings: &Settings) -> Gathered {
         }
     };
     let (client, containers) = containers;
-    let (nginx_networks, nginx_unknown) =
-        match nginx_container(settings.nginx_container.as_deref(), prefix, &containers) {
-            Err(e) => (None, Some(e)),
-            Ok(Some(name)) => match client.nginx_state(&name).await {
-                Ok(state) => (Some(state.networks), None),
-                Err(e) => (None, Some(e.to_string())),
-            },
-            Ok(None) => match own_container() {
-                Some(own) => (client.nginx_state(&own).await.ok().map(|s| s.networks), None),
-                None => (None, None),
-            },
-        };
+    let (nginx_networks, nginx_unknown) = match nginx_container(config.nginx.container.as_deref(), prefix, &containers)
+    {
+        Err(e) => (None, Some(e)),
+        Ok(Some(name)) => match client.nginx_state(&name).await {
+            Ok(state) => (Some(state.networks), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        Ok(None) => match own_container() {
+            Some(own) => (client.nginx_state(&own).await.ok().map(|s| s.networks), None),
+            None => (None, None),
+        },
+    };
     Gathered {
         table: build(Some(&containers), nginx_networks, statics, prefix),
         docker_unavailable: None,
@@ -102,8 +102,8 @@ pub async fn gather(settings: &Settings) -> Gathered {
     }
 }
 
-async fn read_containers(settings: &Settings) -> Result<(DockerClient, Vec<Container>), DockerError> {
+async fn read_containers(prefix: &str) -> Result<(DockerClient, Vec<Container>), DockerError> {
     let client = DockerClient::connect().await?;
-    let containers = client.labelled_containers(&settings.label_prefix).await?;
+    let containers = client.labelled_containers(prefix).await?;
     Ok((client, containers))
 }

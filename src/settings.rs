@@ -1,5 +1,6 @@
-//! Every setting, as a flag and an environment variable (clap `env`). The README's settings
-//! reference is checked against this list by a test.
+//! Every setting, as a flag and an environment variable (clap `env`), raw: `config.rs` validates
+//! them into a `Config` once. The README's settings reference is checked against this list by a
+//! test.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -7,9 +8,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::certs::public_ip::PublicIpDetect;
-use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
+use crate::render::NginxVersion;
 use crate::secret::Secret;
-use crate::sources::StaticConfig;
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -233,56 +233,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl Settings {
-    pub fn static_config(&self) -> StaticConfig {
-        StaticConfig {
-            domains: self.domains.clone(),
-            services: self.services.clone(),
-            config_file: self.config_file.clone(),
-            domains_config: self.domains_config.clone(),
-            services_config: self.services_config.clone(),
-        }
-    }
-
-    /// The ACME account email: ACME_EMAIL, else the seed's CERTBOT_EMAIL.
-    pub fn email(&self) -> Option<String> {
-        self.acme_email.clone().or_else(|| std::env::var("CERTBOT_EMAIL").ok()).filter(|e| !e.trim().is_empty())
-    }
-
-    /// Whether the agent orders certificates (never in LOCAL mode).
-    pub fn acme_enabled(&self) -> bool {
-        !self.local
-            && match self.acme {
-                AcmeMode::On => true,
-                AcmeMode::Off => false,
-                AcmeMode::Auto => self.email().is_some(),
-            }
-    }
-
-    /// True when DNS provider credentials are configured (DNS-01 for every domain).
-    pub fn dns01_configured(&self) -> bool {
-        self.cloudflare_api_token.is_some()
-            || self.cloudflare_api_token_file.is_some()
-            || self.cloudflare_api_key.is_some()
-            || self.cloudflare_api_key_file.is_some()
-    }
-
-    /// The render settings, asking nginx for its version when none is set.
-    pub fn render_settings(&self) -> Result<RenderSettings, RenderError> {
-        Ok(RenderSettings {
-            local: self.local,
-            http_port: self.http_port,
-            https_port: self.https_port,
-            certs_dir: ConfigPath::parse("CERTS_DIR", &self.certs_dir)?,
-            acme_webroot: ConfigPath::parse("ACME_WEBROOT", &self.acme_webroot)?,
-            log_dir: ConfigPath::parse("LOG_DIR", &self.log_dir)?,
-            nginx_version: self.nginx_version.unwrap_or_else(|| detect_nginx_version(&self.nginx_bin)),
-            resolver: if self.resolver.is_empty() { system_resolvers() } else { self.resolver.clone() },
-            error_logs_max: self.error_logs_max,
-        })
-    }
-}
-
 /// `STATUS_ADDR`: where the status endpoint listens, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusAddr {
@@ -337,30 +287,5 @@ fn boolish(var: &'static str, flag: &'static str) -> impl Fn(&str) -> Result<boo
         "true" | "t" | "yes" | "y" | "on" | "1" => Ok(true),
         "false" | "f" | "no" | "n" | "off" | "0" => Ok(false),
         _ => Err(format!("{var} (or {flag}) must be true or false (also yes/no, on/off, 1/0)")),
-    }
-}
-
-/// `nginx -v`, or the assumed version when nginx is not installed here (companion setup, dry runs).
-pub fn detect_nginx_version(nginx_bin: &std::path::Path) -> NginxVersion {
-    std::process::Command::new(nginx_bin)
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|o| NginxVersion::parse(&String::from_utf8_lossy(&o.stderr)))
-        .unwrap_or(NginxVersion::ASSUMED)
-}
-
-/// The `nameserver` lines of /etc/resolv.conf (Docker's embedded DNS inside a container).
-fn system_resolvers() -> Vec<IpAddr> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let found: Vec<IpAddr> = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().parse().ok())
-        .collect();
-    if found.is_empty() {
-        vec![IpAddr::from([127, 0, 0, 11])]
-    } else {
-        found
     }
 }

@@ -127,15 +127,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 /// At most this many connections at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 32;
 
-/// Listens on `settings.status_addr` and serves until the process ends. A failed bind is logged
+/// Listens on `config.status_addr` and serves until the process ends. A failed bind is logged
 /// and the agent goes on without the endpoint: the status endpoint never takes routing down.
-pub async fn start(
-    settings: &crate::settings::Settings,
-    state: Arc<State>,
-    nginx: &Nginx,
-    docker: Option<&DockerClient>,
-) {
-    let StatusAddr::At(addr) = settings.status_addr else { return };
+pub async fn start(config: &crate::config::Config, state: Arc<State>, nginx: &Nginx, docker: Option<&DockerClient>) {
+    let StatusAddr::At(addr) = config.status_addr else { return };
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -150,9 +145,9 @@ pub async fn start(
     };
     let server = Arc::new(Server {
         state,
-        probe: Probe { docker_wanted: !settings.no_docker, docker, nginx },
-        certs_dir: settings.certs_dir.clone(),
-        local: settings.local,
+        probe: Probe { docker_wanted: config.docker, docker, nginx },
+        certs_dir: config.certs_dir.clone(),
+        local: config.mode.is_local(),
         scrape: tokio::sync::Mutex::new(()),
     });
     info!("status endpoint on http://{addr} (/healthz, /metrics, /routes)");

@@ -275,6 +275,32 @@ fn unsafe_settings_are_refused() {
         .stderr(contains(r#"CERTS_DIR "/etc/le;ssl" is not allowed"#));
 }
 
+/// Settings are checked once, before anything runs: a certificate setting that cannot work stops
+/// the dry run, `check` and the agent alike (the agent refuses to start with it), and the
+/// message names the settings. `health` needs only STATUS_ADDR and is not held up by them.
+#[test]
+fn certificate_settings_are_checked_before_anything_runs() {
+    let half_eab = [("DOMAINS", "a.com"), ("ACME", "on"), ("ACME_EAB_KID", "kid")];
+    for args in [&["--dry-run"][..], &["check"]] {
+        cmd(&half_eab)
+            .args(args)
+            .assert()
+            .code(1)
+            .stdout("")
+            .stderr(contains("set both ACME_EAB_KID and ACME_EAB_HMAC_KEY"));
+    }
+    cmd(&[("DOMAINS", "a.com"), ("ACME", "on"), ("CLOUDFLARE_API_TOKEN_FILE", "/nonexistent/token")])
+        .arg("check")
+        .assert()
+        .code(1)
+        .stderr(contains("CLOUDFLARE_API_TOKEN_FILE"));
+    cmd(&[("ACME", "on"), ("ACME_EAB_KID", "kid"), ("STATUS_ADDR", "off")])
+        .arg("health")
+        .assert()
+        .code(1)
+        .stdout(contains("unhealthy"));
+}
+
 #[test]
 fn every_setting_is_documented_in_the_readme() {
     use clap::CommandFactory;

@@ -15,10 +15,10 @@ use tracing::{error, info, warn};
 
 use crate::apply::{Applied, Applier, ApplyError};
 use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::pipeline;
-use crate::render::{RenderSettings, Renderer};
+use crate::render::Renderer;
 use crate::routes::{Diagnostic, RouteTable};
-use crate::settings::Settings;
 use crate::sources::docker::DockerClient;
 use crate::sources::labels::Container;
 use crate::sources::StaticState;
@@ -69,17 +69,16 @@ impl Trigger {
 }
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Trigger>(1024);
-    let mut controller = Controller::start(settings, tx).await?;
-    if !controller.docker_wanted {
+    let mut controller = Controller::start(config, tx).await?;
+    if !controller.config.docker {
         // Env/file routes only: the first pass needs no Docker list.
         controller.pass().await;
     }
     controller.start_nginx_if_local().await?;
 
-    let mut schedule =
-        Scheduler::new(Duration::from(controller.settings.debounce), Duration::from(controller.settings.debounce_max));
+    let mut schedule = Scheduler::new(controller.config.timing.debounce, controller.config.timing.debounce_max);
     tokio::pin!(shutdown);
     loop {
         let (pass_due, retry_due) = schedule.next();
@@ -164,19 +163,16 @@ const DOCKER_RECONNECT_MAX: Duration = Duration::from_secs(1);
 const APPLY_RETRY_FIRST: Duration = Duration::from_secs(1);
 const APPLY_RETRY_MAX: Duration = Duration::from_secs(30);
 
-fn load_renderer(settings: &Settings) -> anyhow::Result<Renderer> {
-    Ok(match &settings.nginx_template {
+fn load_renderer(config: &Config) -> anyhow::Result<Renderer> {
+    Ok(match &config.template {
         Some(path) => Renderer::from_file(path)?,
         None => Renderer::builtin(),
     })
 }
 
 struct Controller {
-    /// False with NO_DOCKER: env/file routes only.
-    docker_wanted: bool,
     tx: mpsc::Sender<Trigger>,
-    settings: Settings,
-    render_settings: RenderSettings,
+    config: Config,
     renderer: Renderer,
     docker: Option<DockerClient>,
     applier: Applier,
@@ -227,32 +223,30 @@ struct Controller {
 impl Controller {
     /// Connects what the agent needs (Docker, nginx, the status endpoint, the certificates task,
     /// the watchers and the resync timer, all sending to `tx`) and returns the controller.
-    async fn start(settings: Settings, tx: mpsc::Sender<Trigger>) -> anyhow::Result<Controller> {
-        let render_settings = settings.render_settings()?;
-        let renderer = load_renderer(&settings)?;
-        let docker = if settings.no_docker { None } else { connect_docker(&tx).await };
-        let nginx = choose_nginx(&settings, docker.as_ref()).await?;
-        info!(nginx = %nginx.describe(), conf = %settings.nginx_conf.display(), "starting");
-        let applier = Applier::new(nginx, settings.nginx_conf.clone(), settings.certs_dir.clone());
+    async fn start(config: Config, tx: mpsc::Sender<Trigger>) -> anyhow::Result<Controller> {
+        let renderer = load_renderer(&config)?;
+        let docker = if config.docker { connect_docker(&tx).await } else { None };
+        let nginx = choose_nginx(&config, docker.as_ref()).await?;
+        info!(nginx = %nginx.describe(), conf = %config.nginx.conf.display(), "starting");
+        let applier = Applier::new(nginx, config.nginx.conf.clone(), config.certs_dir.clone());
         let status = std::sync::Arc::new(crate::status::State::default());
-        crate::status::start(&settings, status.clone(), &applier.nginx, docker.as_ref()).await;
+        crate::status::start(&config, status.clone(), &applier.nginx, docker.as_ref()).await;
 
         let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
-        if let Some(manager) = crate::certs::manager::CertManager::from_settings(&settings)? {
-            info!(challenge = %manager.challenge(), "certificates: ordering from {}", settings.acme_directory);
-            let interval = settings.renewal_interval.into();
+        if let Some(acme) = &config.acme {
+            let manager = crate::certs::manager::CertManager::new(acme, &config)?;
+            info!(challenge = %manager.challenge(), "certificates: ordering from {}", acme.account.directory);
+            let interval = acme.renewal_interval;
             tokio::spawn(manager.serve(tls_domains_rx, tx.clone(), Trigger::CertsIssued, interval));
         }
-        let file_watcher = watch_files(&settings, tx.clone());
+        let file_watcher = watch_files(&config, tx.clone());
         if let Some(client) = docker.clone() {
-            tokio::spawn(watch_docker(client, tx.clone(), settings.label_prefix.clone()));
+            tokio::spawn(watch_docker(client, tx.clone(), config.label_prefix.clone()));
         }
-        spawn_resync_timer(tx.clone(), settings.resync_interval.into());
+        spawn_resync_timer(tx.clone(), config.timing.resync);
         Ok(Controller {
-            docker_wanted: !settings.no_docker,
             tx,
-            settings,
-            render_settings,
+            config,
             renderer,
             docker,
             applier,
@@ -318,12 +312,12 @@ impl Controller {
             Trigger::CertsIssued(_) => self.applier.invalidate(),
             Trigger::Connected(client) => {
                 info!("connected to Docker");
-                tokio::spawn(watch_docker(client.clone(), self.tx.clone(), self.settings.label_prefix.clone()));
+                tokio::spawn(watch_docker(client.clone(), self.tx.clone(), self.config.label_prefix.clone()));
                 self.docker = Some(client);
                 self.resync = true;
             }
             Trigger::Files => {
-                if let Some(path) = &self.settings.nginx_template {
+                if let Some(path) = &self.config.template {
                     let (renderer, error) = match Renderer::from_file(path) {
                         Ok(r) => (Some(r), None),
                         Err(e) => (None, Some(format!("{e}; keeping the last good template"))),
@@ -362,15 +356,15 @@ impl Controller {
         }
         let containers: Vec<Container> = self.containers.values().cloned().collect();
         let table = pipeline::build(
-            self.docker_wanted.then_some(&containers[..]),
+            self.config.docker.then_some(&containers[..]),
             self.nginx.as_ref().map(|n| n.networks.clone()),
-            self.statics.load(&self.settings.static_config()),
-            &self.settings.label_prefix,
+            self.statics.load(&self.config.statics),
+            &self.config.label_prefix,
         );
         self.report_diagnostics(&table);
 
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().map(|c| self.describe(c)).collect();
-        let result = self.applier.apply(&self.renderer, &self.render_settings, &table).await;
+        let result = self.applier.apply(&self.renderer, &self.config.render, &table).await;
         self.status.applied(&table, &result);
         match result {
             Ok(applied) if !applied.changed => {}
@@ -388,7 +382,7 @@ impl Controller {
     async fn refresh(&mut self) -> bool {
         let Some(client) = self.docker.clone() else {
             // Docker has not answered yet: keep the config on disk until it does.
-            return !self.docker_wanted;
+            return !self.config.docker;
         };
         if self.resync || !self.listed {
             self.relist(&client).await;
@@ -444,10 +438,10 @@ impl Controller {
             if applied.reloaded { "config applied and nginx reloaded" } else { "config applied" }
         );
         self.served = served;
-        let tls = if self.settings.local {
-            Vec::new()
-        } else {
+        let tls = if self.config.serves_tls() {
             table.tls_domains().into_iter().filter(|d| !left_out(d)).collect()
+        } else {
+            Vec::new()
         };
         self.tls_pending = Some(tls);
     }
@@ -503,7 +497,7 @@ impl Controller {
     /// keeps its last known state and is inspected again with backoff; the first picture must be
     /// complete before any Docker route is rendered.
     async fn relist(&mut self, client: &DockerClient) {
-        let ids = match client.labelled_ids(&self.settings.label_prefix).await {
+        let ids = match client.labelled_ids(&self.config.label_prefix).await {
             Ok(ids) => ids,
             Err(e) => {
                 self.list_failed = Some(e.to_string());
@@ -554,11 +548,11 @@ impl Controller {
 
     fn inspected(&mut self, id: String, c: Container) {
         self.failing.remove(&id);
-        if !c.has_prefix_labels(&self.settings.label_prefix) {
+        if !c.has_prefix_labels(&self.config.label_prefix) {
             self.containers.remove(&id);
             return;
         }
-        if c.is_nginx(&self.settings.label_prefix) {
+        if c.is_nginx(&self.config.label_prefix) {
             self.resync = true;
         }
         self.containers.insert(id, c);

@@ -9,8 +9,8 @@ use tracing::info;
 use super::Controller;
 use crate::apply::nginx::{CompanionNginx, LocalNginx};
 use crate::apply::Nginx;
+use crate::config::Config;
 use crate::pipeline;
-use crate::settings::Settings;
 use crate::sources::docker::DockerClient;
 
 impl Controller {
@@ -21,7 +21,7 @@ impl Controller {
     }
 
     pub(super) fn is_nginx_container(&self, id: &str, name: Option<&str>) -> bool {
-        match (&self.applier.nginx, &self.settings.nginx_container) {
+        match (&self.applier.nginx, &self.config.nginx.container) {
             (Nginx::Companion(_), Some(wanted)) => name == Some(wanted.as_str()) || id.starts_with(wanted.as_str()),
             (Nginx::Companion(c), None) => id.starts_with(&c.container) || name == Some(c.container.as_str()),
             _ => false,
@@ -57,7 +57,7 @@ impl Controller {
 
     pub(super) async fn start_nginx_if_local(&mut self) -> anyhow::Result<()> {
         if let Nginx::Local(local) = &mut self.applier.nginx {
-            if local.child.is_none() && (self.listed || !self.docker_wanted || self.settings.nginx_conf.exists()) {
+            if local.child.is_none() && (self.listed || !self.config.docker || self.config.nginx.conf.exists()) {
                 local.start()?;
                 self.status.nginx_started(local.child.as_ref().and_then(tokio::process::Child::id));
                 info!("nginx started");
@@ -107,13 +107,12 @@ impl Controller {
 
 /// Companion when `NGINX_CONTAINER` is set or a running container is labelled `<prefix>.nginx=true`;
 /// else nginx is our child.
-pub async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) -> anyhow::Result<Nginx> {
-    let mut container = settings.nginx_container.clone();
+pub async fn choose_nginx(config: &Config, docker: Option<&DockerClient>) -> anyhow::Result<Nginx> {
+    let mut container = config.nginx.container.clone();
     if container.is_none() {
         if let Some(client) = docker {
-            if let Ok(list) = client.labelled_containers(&settings.label_prefix).await {
-                container =
-                    pipeline::nginx_container(None, &settings.label_prefix, &list).map_err(anyhow::Error::msg)?;
+            if let Ok(list) = client.labelled_containers(&config.label_prefix).await {
+                container = pipeline::nginx_container(None, &config.label_prefix, &list).map_err(anyhow::Error::msg)?;
             }
         }
     }
@@ -123,12 +122,12 @@ pub async fn choose_nginx(settings: &Settings, docker: Option<&DockerClient>) ->
             Nginx::Companion(CompanionNginx {
                 docker: client.raw().clone(),
                 container: name,
-                main_conf: settings.nginx_main_conf.clone(),
+                main_conf: config.nginx.main_conf.clone(),
             })
         }
         None => Nginx::Local(LocalNginx {
-            bin: settings.nginx_bin.clone(),
-            main_conf: settings.nginx_main_conf.clone(),
+            bin: config.nginx.bin.clone(),
+            main_conf: config.nginx.main_conf.clone(),
             child: None,
         }),
     })

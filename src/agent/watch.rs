@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{Trigger, DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX};
 use crate::backoff::Backoff;
-use crate::settings::Settings;
+use crate::config::Config;
 use crate::sources::docker::DockerClient;
 
 /// Follows the Docker event stream; reconnects with backoff (250 ms doubling to 1 s), without limit, and asks
@@ -73,11 +73,10 @@ fn unix_now() -> i64 {
 
 /// Watches the directories of the static files and the template (editors and ConfigMaps replace
 /// files by rename, so the file itself cannot be watched).
-pub(super) fn watch_files(settings: &Settings, tx: mpsc::Sender<Trigger>) -> Option<notify::RecommendedWatcher> {
+pub(super) fn watch_files(config: &Config, tx: mpsc::Sender<Trigger>) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let statics = settings.static_config();
-    let mut files: Vec<PathBuf> = statics.files().into_iter().map(Path::to_path_buf).collect();
-    files.extend(settings.nginx_template.clone());
+    let mut files: Vec<PathBuf> = config.statics.files().into_iter().map(Path::to_path_buf).collect();
+    files.extend(config.template.clone());
     if files.is_empty() {
         return None;
     }

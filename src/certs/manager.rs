@@ -13,13 +13,14 @@ use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
 use super::acme::{self, AcmeSettings, ChallengeKind, ChallengeResponse, Solver, SolverError};
-use super::cloudflare::{Cloudflare, Credentials, RecordId, Zone};
+use super::cloudflare::{Cloudflare, RecordId, Zone};
 use super::dns::{self, Dns, Verdict};
 use super::plan::{plan, Challenge, Plan, PlanSettings, Reason};
 use super::public_ip::PublicIps;
 use super::store::{backoff, AriState, CertStore, DomainState, RenewalWindow};
+use crate::config::{AcmeConfig, Config};
 use crate::routes::DomainName;
-use crate::settings::{DnsCheck, Settings};
+use crate::settings::DnsCheck;
 
 /// Expiry warnings start this many days before a certificate expires.
 pub const WARN_DAYS: i64 = 14;
@@ -121,54 +122,35 @@ impl CertManager {
         }
     }
 
-    /// `None` when the agent does not order certificates (LOCAL, or ACME off).
-    pub fn from_settings(settings: &Settings) -> anyhow::Result<Option<Self>> {
-        if !settings.acme_enabled() {
-            return Ok(None);
-        }
-        let servers = settings.dns_resolvers.iter().map(|s| dns::parse_server(s)).collect::<Result<Vec<_>, _>>()?;
-        let dns = Dns::new(servers)?;
-        let credentials = Credentials::from_values(
-            settings.cloudflare_api_token.as_ref().map(|s| s.expose()),
-            settings.cloudflare_api_token_file.as_deref(),
-            settings.cloudflare_email.as_deref(),
-            settings.cloudflare_api_key.as_ref().map(|s| s.expose()),
-            settings.cloudflare_api_key_file.as_deref(),
-        )?;
-        let cloudflare = credentials.map(|c| Cloudflare::new(&settings.cloudflare_api_base, c)).transpose()?;
-        let solver = match &cloudflare {
-            Some(cf) => AnySolver::Dns(Box::new(CloudflareSolver {
-                cloudflare: cf.clone(),
-                dns: dns.clone(),
-                timeout: settings.dns_propagation_timeout.into(),
-                created: Mutex::new(HashMap::new()),
-            })),
-            None => AnySolver::Http(WebrootSolver { webroot: settings.acme_webroot.clone() }),
+    /// The manager for `acme` (the certificate settings of `config`, already checked): builds the
+    /// DNS resolver and, for DNS-01, the Cloudflare client.
+    pub fn new(acme: &AcmeConfig, config: &Config) -> anyhow::Result<Self> {
+        let dns = Dns::new(acme.dns_servers.clone())?;
+        let (cloudflare, solver) = match &acme.dns01 {
+            Some(dns01) => {
+                let cloudflare = Cloudflare::new(&dns01.api_base, dns01.credentials.clone())?;
+                let solver = AnySolver::Dns(Box::new(CloudflareSolver {
+                    cloudflare: cloudflare.clone(),
+                    dns: dns.clone(),
+                    timeout: dns01.propagation_timeout,
+                    created: Mutex::new(HashMap::new()),
+                }));
+                (Some(cloudflare), solver)
+            }
+            None => (None, AnySolver::Http(WebrootSolver { webroot: acme.webroot.clone() })),
         };
-        let eab = match (&settings.acme_eab_kid, &settings.acme_eab_hmac_key) {
-            (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
-            (None, None) => None,
-            _ => anyhow::bail!("set both ACME_EAB_KID and ACME_EAB_HMAC_KEY for external account binding, or neither"),
-        };
-        let acme = AcmeSettings {
-            directory: settings.acme_directory.clone(),
-            email: settings.email(),
-            eab,
-            ca_root: settings.acme_ca_root.clone(),
-        };
-        acme.directory_url()?;
-        Ok(Some(CertManager {
-            store: CertStore::new(&settings.certs_dir),
-            acme,
+        Ok(CertManager {
+            store: CertStore::new(&config.certs_dir),
+            acme: acme.account.clone(),
             solver,
             dns,
             cloudflare,
-            dns_check: settings.dns_check,
-            public_ips: PublicIps::new(settings.public_ip.clone(), settings.public_ip_detect.clone()),
-            renew_days: settings.cert_renewal_threshold,
-            concurrency: usize::from(settings.acme_concurrency),
+            dns_check: acme.dns_check,
+            public_ips: PublicIps::new(acme.public_ip.clone(), acme.public_ip_detect.clone()),
+            renew_days: config.renew_days,
+            concurrency: acme.concurrency,
             account: OnceCell::new(),
-        }))
+        })
     }
 
     pub fn challenge(&self) -> Challenge {

@@ -34,7 +34,7 @@ pub fn nginx_bin() -> PathBuf {
 
 /// The version of the nginx the tests run.
 pub fn nginx_version() -> NginxVersion {
-    smart_proxy::settings::detect_nginx_version(&nginx_bin())
+    smart_proxy::config::detect_nginx_version(&nginx_bin())
 }
 
 /// A scratch nginx prefix: certs, webroot and log directories, and a main `nginx.conf` that

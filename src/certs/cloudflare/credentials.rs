@@ -135,10 +135,10 @@ pub(super) fn given(value: Option<&str>) -> Option<&str> {
 }
 
 pub(super) fn read_secret_file(variable: &'static str, path: &Path) -> Result<String, CloudflareError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CloudflareError::ReadSecretFile {
+    let text = std::fs::read_to_string(path).map_err(|reason| CloudflareError::ReadSecretFile {
         variable,
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     let value = text.trim();
     if value.is_empty() {

@@ -17,8 +17,9 @@ pub enum CloudflareError {
          (or CLOUDFLARE_API_KEY_FILE), or use a scoped CLOUDFLARE_API_TOKEN instead"
     )]
     MissingPair { set: &'static str, missing: &'static str },
-    #[error("cannot read the file named by {variable} ({path}): {source}")]
-    ReadSecretFile { variable: &'static str, path: PathBuf, source: io::Error },
+    /// (`reason` is in the message, so it is not also a `source`: a chain would say it twice.)
+    #[error("cannot read the file named by {variable} ({path}): {reason}")]
+    ReadSecretFile { variable: &'static str, path: PathBuf, reason: io::Error },
     #[error("the file named by {variable} ({path}) is empty; it must hold the credential")]
     EmptySecretFile { variable: &'static str, path: PathBuf },
     #[error("{variable} is not usable: {reason}")]

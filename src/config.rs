@@ -1,0 +1,319 @@
+//! The validated configuration, built once from the raw [`Settings`] (flags and environment) by
+//! [`Config::from_settings`]: paths checked, the mode decided, nginx's version and name servers
+//! asked, secret files read, the certificate settings checked together. Everything after the
+//! command line takes a `Config`; only `health` (which needs nothing but `STATUS_ADDR`) and the
+//! log setup read `Settings`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::certs::acme::{AcmeError, AcmeSettings};
+use crate::certs::cloudflare::{CloudflareError, Credentials};
+use crate::certs::dns::{self, DnsError};
+use crate::certs::public_ip::PublicIpDetect;
+use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
+use crate::settings::{AcmeMode, DnsCheck, Settings, StatusAddr};
+use crate::sources::StaticConfig;
+
+/// Production serves every route over HTTPS (unless it says `tls=off`) and orders certificates;
+/// local (`LOCAL=true`) serves HTTP only, with no certificates and no redirects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Local,
+    Production,
+}
+
+impl Mode {
+    pub fn is_local(self) -> bool {
+        self == Mode::Local
+    }
+}
+
+/// Everything the agent and the commands need, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    /// False with NO_DOCKER: env and file routes only.
+    pub docker: bool,
+    pub label_prefix: String,
+    pub statics: StaticConfig,
+    /// `NGINX_TEMPLATE`, when the built-in template is not used.
+    pub template: Option<PathBuf>,
+    pub nginx: NginxSetup,
+    /// What shapes the rendered config besides the routes (nginx's version and name servers
+    /// resolved).
+    pub render: RenderSettings,
+    pub certs_dir: PathBuf,
+    /// Renew a certificate when this many days or fewer are left.
+    pub renew_days: i64,
+    /// `None`: the agent orders no certificates (local mode, `ACME=off`, or no email with `auto`).
+    pub acme: Option<AcmeConfig>,
+    pub timing: Timing,
+    pub status_addr: StatusAddr,
+}
+
+/// Which nginx, and the file the agent writes.
+#[derive(Debug, Clone)]
+pub struct NginxSetup {
+    /// `NGINX_CONF`: the config file the agent writes.
+    pub conf: PathBuf,
+    pub bin: PathBuf,
+    pub main_conf: PathBuf,
+    /// `NGINX_CONTAINER`: the companion container, when set.
+    pub container: Option<String>,
+}
+
+/// When passes run.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub debounce: Duration,
+    pub debounce_max: Duration,
+    pub resync: Duration,
+}
+
+/// The certificate settings, checked together.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// The CA (its directory URL checked), the account's email, EAB and a private root.
+    pub account: AcmeSettings,
+    pub concurrency: usize,
+    pub renewal_interval: Duration,
+    /// DNS-01 through Cloudflare, when credentials are set (their files read); HTTP-01 otherwise.
+    pub dns01: Option<Dns01>,
+    /// Name servers for the DNS checks; empty: the system's.
+    pub dns_servers: Vec<SocketAddr>,
+    pub dns_check: DnsCheck,
+    pub public_ip: Vec<IpAddr>,
+    pub public_ip_detect: PublicIpDetect,
+    /// Where HTTP-01 answers are written.
+    pub webroot: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dns01 {
+    pub api_base: String,
+    pub credentials: Credentials,
+    pub propagation_timeout: Duration,
+}
+
+/// A setting that cannot be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Path(#[from] RenderError),
+    #[error("DNS_RESOLVERS: {0}")]
+    DnsServer(DnsError),
+    #[error(transparent)]
+    Cloudflare(#[from] CloudflareError),
+    #[error(transparent)]
+    Acme(Box<AcmeError>),
+    #[error("set both ACME_EAB_KID and ACME_EAB_HMAC_KEY for external account binding, or neither")]
+    EabHalf,
+}
+
+impl Config {
+    /// Validates `settings` and resolves what they leave to the host: `nginx -v` when
+    /// NGINX_VERSION is unset, /etc/resolv.conf when RESOLVER is unset, secret files.
+    pub fn from_settings(settings: &Settings) -> Result<Config, ConfigError> {
+        let mode = if settings.local { Mode::Local } else { Mode::Production };
+        let render = RenderSettings {
+            local: mode.is_local(),
+            http_port: settings.http_port,
+            https_port: settings.https_port,
+            certs_dir: ConfigPath::parse("CERTS_DIR", &settings.certs_dir)?,
+            acme_webroot: ConfigPath::parse("ACME_WEBROOT", &settings.acme_webroot)?,
+            log_dir: ConfigPath::parse("LOG_DIR", &settings.log_dir)?,
+            nginx_version: settings.nginx_version.unwrap_or_else(|| detect_nginx_version(&settings.nginx_bin)),
+            resolver: if settings.resolver.is_empty() { system_resolvers() } else { settings.resolver.clone() },
+            error_logs_max: settings.error_logs_max,
+        };
+        Ok(Config {
+            mode,
+            docker: !settings.no_docker,
+            label_prefix: settings.label_prefix.clone(),
+            statics: StaticConfig {
+                domains: settings.domains.clone(),
+                services: settings.services.clone(),
+                config_file: settings.config_file.clone(),
+                domains_config: settings.domains_config.clone(),
+                services_config: settings.services_config.clone(),
+            },
+            template: settings.nginx_template.clone(),
+            nginx: NginxSetup {
+                conf: settings.nginx_conf.clone(),
+                bin: settings.nginx_bin.clone(),
+                main_conf: settings.nginx_main_conf.clone(),
+                container: settings.nginx_container.clone(),
+            },
+            render,
+            certs_dir: settings.certs_dir.clone(),
+            renew_days: settings.cert_renewal_threshold,
+            acme: AcmeConfig::from_settings(settings, mode)?,
+            timing: Timing {
+                debounce: settings.debounce.into(),
+                debounce_max: settings.debounce_max.into(),
+                resync: settings.resync_interval.into(),
+            },
+            status_addr: settings.status_addr,
+        })
+    }
+
+    /// Whether routes are served over HTTPS and need certificates.
+    pub fn serves_tls(&self) -> bool {
+        !self.mode.is_local()
+    }
+}
+
+impl AcmeConfig {
+    /// `None` when no certificates are ordered: never in local mode; with `ACME=auto` only when
+    /// an email is set (ACME_EMAIL, or the seed's CERTBOT_EMAIL).
+    fn from_settings(settings: &Settings, mode: Mode) -> Result<Option<AcmeConfig>, ConfigError> {
+        let email = settings
+            .acme_email
+            .clone()
+            .or_else(|| std::env::var("CERTBOT_EMAIL").ok())
+            .filter(|e| !e.trim().is_empty());
+        let enabled = match settings.acme {
+            AcmeMode::On => true,
+            AcmeMode::Off => false,
+            AcmeMode::Auto => email.is_some(),
+        };
+        if mode.is_local() || !enabled {
+            return Ok(None);
+        }
+        let eab = match (&settings.acme_eab_kid, &settings.acme_eab_hmac_key) {
+            (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err(ConfigError::EabHalf),
+        };
+        let account = AcmeSettings {
+            directory: settings.acme_directory.clone(),
+            email,
+            eab,
+            ca_root: settings.acme_ca_root.clone(),
+        };
+        account.directory_url().map_err(|e| ConfigError::Acme(Box::new(e)))?;
+        let credentials = Credentials::from_values(
+            settings.cloudflare_api_token.as_ref().map(|s| s.expose()),
+            settings.cloudflare_api_token_file.as_deref(),
+            settings.cloudflare_email.as_deref(),
+            settings.cloudflare_api_key.as_ref().map(|s| s.expose()),
+            settings.cloudflare_api_key_file.as_deref(),
+        )?;
+        Ok(Some(AcmeConfig {
+            account,
+            concurrency: usize::from(settings.acme_concurrency),
+            renewal_interval: settings.renewal_interval.into(),
+            dns01: credentials.map(|credentials| Dns01 {
+                api_base: settings.cloudflare_api_base.clone(),
+                credentials,
+                propagation_timeout: settings.dns_propagation_timeout.into(),
+            }),
+            dns_servers: settings
+                .dns_resolvers
+                .iter()
+                .map(|s| dns::parse_server(s))
+                .collect::<Result<_, _>>()
+                .map_err(ConfigError::DnsServer)?,
+            dns_check: settings.dns_check,
+            public_ip: settings.public_ip.clone(),
+            public_ip_detect: settings.public_ip_detect.clone(),
+            webroot: settings.acme_webroot.clone(),
+        }))
+    }
+}
+
+/// `nginx -v`, or the assumed version when nginx is not installed here (companion setup, dry runs).
+pub fn detect_nginx_version(nginx_bin: &Path) -> NginxVersion {
+    std::process::Command::new(nginx_bin)
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| NginxVersion::parse(&String::from_utf8_lossy(&o.stderr)))
+        .unwrap_or(NginxVersion::ASSUMED)
+}
+
+/// The `nameserver` lines of /etc/resolv.conf (Docker's embedded DNS inside a container).
+fn system_resolvers() -> Vec<IpAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let found: Vec<IpAddr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse().ok())
+        .collect();
+    if found.is_empty() {
+        vec![IpAddr::from([127, 0, 0, 11])]
+    } else {
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["test", "--nginx-version", "1.27.0", "--resolver", "127.0.0.11"];
+        all.extend_from_slice(args);
+        Config::from_settings(&Args::try_parse_from(all).expect("valid flags").settings)
+    }
+
+    #[test]
+    fn the_mode_decides_tls_and_certificates() {
+        let local = config(&["--local", "--acme", "on"]).unwrap();
+        assert_eq!(local.mode, Mode::Local);
+        assert!(local.render.local && !local.serves_tls());
+        assert!(local.acme.is_none(), "no certificates in local mode, even with ACME=on");
+
+        let production = config(&["--acme", "on", "--acme-email", "ops@example.com"]).unwrap();
+        assert_eq!(production.mode, Mode::Production);
+        assert!(!production.render.local && production.serves_tls());
+        let acme = production.acme.expect("ACME on");
+        assert_eq!(acme.account.email.as_deref(), Some("ops@example.com"));
+        assert!(acme.dns01.is_none(), "no DNS provider credentials: HTTP-01");
+
+        assert!(config(&["--acme", "off", "--acme-email", "ops@example.com"]).unwrap().acme.is_none());
+    }
+
+    #[test]
+    fn nginx_and_name_servers_are_resolved_once() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.render.nginx_version, NginxVersion::parse("nginx version: nginx/1.27.0").unwrap());
+        assert_eq!(c.render.resolver, vec![IpAddr::from([127, 0, 0, 11])]);
+    }
+
+    #[test]
+    fn certificate_settings_are_checked_together() {
+        let half = config(&["--acme", "on", "--acme-eab-kid", "kid"]).unwrap_err();
+        assert!(half.to_string().contains("ACME_EAB_KID and ACME_EAB_HMAC_KEY"), "{half}");
+
+        let directory = config(&["--acme", "on", "--acme-directory", "http://ca.test/dir"]).unwrap_err();
+        assert!(matches!(directory, ConfigError::Acme(_)), "{directory}");
+
+        let resolver = config(&["--acme", "on", "--dns-resolvers", "not-an-address"]).unwrap_err();
+        assert!(resolver.to_string().starts_with("DNS_RESOLVERS: "), "{resolver}");
+    }
+
+    #[test]
+    fn secret_files_are_read_here_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret-token-value\n").unwrap();
+        let c = config(&["--acme", "on", "--cloudflare-api-token-file", file.to_str().unwrap()]).unwrap();
+        let dns01 = c.acme.unwrap().dns01.expect("DNS-01 with a token");
+        assert!(matches!(&dns01.credentials, Credentials::Token(t) if t.expose() == "s3cret-token-value"));
+        assert!(!format!("{dns01:?}").contains("s3cret"), "Debug shows no secret");
+
+        let missing = dir.path().join("absent");
+        let e = config(&["--acme", "on", "--cloudflare-api-token-file", missing.to_str().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("CLOUDFLARE_API_TOKEN_FILE"), "{e}");
+    }
+}
