@@ -219,7 +219,7 @@ fn main() {
             "--dns-check=off".into(),
         ];
         let config = Config::from_settings(&Cli::try_parse_from(args).expect("settings").settings).expect("config");
-        let manager = CertManager::new(config.acme.as_ref().expect("ACME on"), &config).unwrap();
+        let manager = config.cert_manager().unwrap().expect("ACME on");
         let store = CertStore::new(certs.path());
         // Warm-up (not measured): registers our account, opens connections, on both sides.
         runtime.block_on(async {

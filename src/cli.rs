@@ -177,24 +177,22 @@ async fn dry_run(config: &Config, output: Option<&std::path::Path>) -> anyhow::R
             )?;
         }
     }
-    if let Some(acme) = &config.acme {
-        let domains = table.tls_domains();
-        match crate::certs::manager::CertManager::new(acme, config) {
-            Ok(manager) => {
-                let plan = manager.plan(&domains, &[]);
-                for order in &plan.orders {
-                    writeln!(
-                        stderr,
-                        "note: would order a certificate for {} ({}) with {}",
-                        order.domain, order.reason, order.challenge
-                    )?;
-                }
-                for (domain, skip) in &plan.skipped {
-                    writeln!(stderr, "note: no order for {domain}: {skip}")?;
-                }
+    match config.cert_manager() {
+        Ok(None) => {}
+        Ok(Some(manager)) => {
+            let plan = manager.plan(&table.tls_domains(), &[]);
+            for order in &plan.orders {
+                writeln!(
+                    stderr,
+                    "note: would order a certificate for {} ({}) with {}",
+                    order.domain, order.reason, order.challenge
+                )?;
             }
-            Err(e) => writeln!(stderr, "error: certificates: {e:#}")?,
+            for (domain, skip) in &plan.skipped {
+                writeln!(stderr, "note: no order for {domain}: {skip}")?;
+            }
         }
+        Err(e) => writeln!(stderr, "error: certificates: {e:#}")?,
     }
     Ok(exit_code(table))
 }
@@ -251,11 +249,9 @@ async fn certs_list(config: &Config, format: Format) -> anyhow::Result<u8> {
 }
 
 async fn certs_renew(config: &Config, force: bool, names: &[String]) -> anyhow::Result<u8> {
-    use crate::certs::manager::CertManager;
-    let Some(acme) = &config.acme else {
+    let Some(manager) = config.cert_manager()? else {
         anyhow::bail!("certificates are off: set ACME_EMAIL (or ACME=on), and do not set LOCAL");
     };
-    let manager = CertManager::new(acme, config)?;
     let domains: Vec<crate::routes::DomainName> = if names.is_empty() {
         gather_and_warn(config).await.table.tls_domains()
     } else {

@@ -4,16 +4,17 @@
 //! command line takes a `Config`; only `health` (which needs nothing but `STATUS_ADDR`) and the
 //! log setup read `Settings`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::certs::acme::{AcmeError, AcmeSettings};
 use crate::certs::cloudflare::{CloudflareError, Credentials};
 use crate::certs::dns::{self, DnsError};
-use crate::certs::public_ip::PublicIpDetect;
+use crate::certs::manager::CertManager;
+pub use crate::certs::manager::{AcmeConfig, Dns01};
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
-use crate::settings::{AcmeMode, DnsCheck, Settings, StatusAddr};
+use crate::settings::{AcmeMode, Settings, StatusAddr};
 use crate::sources::StaticConfig;
 
 /// Production serves every route over HTTPS (unless it says `tls=off`) and orders certificates;
@@ -72,31 +73,6 @@ pub struct Timing {
     pub resync: Duration,
 }
 
-/// The certificate settings, checked together.
-#[derive(Debug, Clone)]
-pub struct AcmeConfig {
-    /// The CA (its directory URL checked), the account's email, EAB and a private root.
-    pub account: AcmeSettings,
-    pub concurrency: usize,
-    pub renewal_interval: Duration,
-    /// DNS-01 through Cloudflare, when credentials are set (their files read); HTTP-01 otherwise.
-    pub dns01: Option<Dns01>,
-    /// Name servers for the DNS checks; empty: the system's.
-    pub dns_servers: Vec<SocketAddr>,
-    pub dns_check: DnsCheck,
-    pub public_ip: Vec<IpAddr>,
-    pub public_ip_detect: PublicIpDetect,
-    /// Where HTTP-01 answers are written.
-    pub webroot: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct Dns01 {
-    pub api_base: String,
-    pub credentials: Credentials,
-    pub propagation_timeout: Duration,
-}
-
 /// A setting that cannot be used; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -149,7 +125,7 @@ impl Config {
             render,
             certs_dir: settings.certs_dir.clone(),
             renew_days: settings.cert_renewal_threshold,
-            acme: AcmeConfig::from_settings(settings, mode)?,
+            acme: acme_config(settings, mode)?,
             timing: Timing {
                 debounce: settings.debounce.into(),
                 debounce_max: settings.debounce_max.into(),
@@ -159,69 +135,65 @@ impl Config {
         })
     }
 
+    /// The certificate manager, when certificates are ordered.
+    pub fn cert_manager(&self) -> anyhow::Result<Option<CertManager>> {
+        self.acme.as_ref().map(|acme| CertManager::new(acme, &self.certs_dir, self.renew_days)).transpose()
+    }
+
     /// Whether routes are served over HTTPS and need certificates.
     pub fn serves_tls(&self) -> bool {
         !self.mode.is_local()
     }
 }
 
-impl AcmeConfig {
-    /// `None` when no certificates are ordered: never in local mode; with `ACME=auto` only when
-    /// an email is set (ACME_EMAIL, or the seed's CERTBOT_EMAIL).
-    fn from_settings(settings: &Settings, mode: Mode) -> Result<Option<AcmeConfig>, ConfigError> {
-        let email = settings
-            .acme_email
-            .clone()
-            .or_else(|| std::env::var("CERTBOT_EMAIL").ok())
-            .filter(|e| !e.trim().is_empty());
-        let enabled = match settings.acme {
-            AcmeMode::On => true,
-            AcmeMode::Off => false,
-            AcmeMode::Auto => email.is_some(),
-        };
-        if mode.is_local() || !enabled {
-            return Ok(None);
-        }
-        let eab = match (&settings.acme_eab_kid, &settings.acme_eab_hmac_key) {
-            (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
-            (None, None) => None,
-            _ => return Err(ConfigError::EabHalf),
-        };
-        let account = AcmeSettings {
-            directory: settings.acme_directory.clone(),
-            email,
-            eab,
-            ca_root: settings.acme_ca_root.clone(),
-        };
-        account.directory_url().map_err(|e| ConfigError::Acme(Box::new(e)))?;
-        let credentials = Credentials::from_values(
-            settings.cloudflare_api_token.as_ref().map(|s| s.expose()),
-            settings.cloudflare_api_token_file.as_deref(),
-            settings.cloudflare_email.as_deref(),
-            settings.cloudflare_api_key.as_ref().map(|s| s.expose()),
-            settings.cloudflare_api_key_file.as_deref(),
-        )?;
-        Ok(Some(AcmeConfig {
-            account,
-            concurrency: usize::from(settings.acme_concurrency),
-            renewal_interval: settings.renewal_interval.into(),
-            dns01: credentials.map(|credentials| Dns01 {
-                api_base: settings.cloudflare_api_base.clone(),
-                credentials,
-                propagation_timeout: settings.dns_propagation_timeout.into(),
-            }),
-            dns_servers: settings
-                .dns_resolvers
-                .iter()
-                .map(|s| dns::parse_server(s))
-                .collect::<Result<_, _>>()
-                .map_err(ConfigError::DnsServer)?,
-            dns_check: settings.dns_check,
-            public_ip: settings.public_ip.clone(),
-            public_ip_detect: settings.public_ip_detect.clone(),
-            webroot: settings.acme_webroot.clone(),
-        }))
+/// The certificate settings; `None` when no certificates are ordered: never in local mode; with
+/// `ACME=auto` only when an email is set (ACME_EMAIL, or the seed's CERTBOT_EMAIL).
+fn acme_config(settings: &Settings, mode: Mode) -> Result<Option<AcmeConfig>, ConfigError> {
+    let email =
+        settings.acme_email.clone().or_else(|| std::env::var("CERTBOT_EMAIL").ok()).filter(|e| !e.trim().is_empty());
+    let enabled = match settings.acme {
+        AcmeMode::On => true,
+        AcmeMode::Off => false,
+        AcmeMode::Auto => email.is_some(),
+    };
+    if mode.is_local() || !enabled {
+        return Ok(None);
     }
+    let eab = match (&settings.acme_eab_kid, &settings.acme_eab_hmac_key) {
+        (Some(kid), Some(key)) => Some((kid.clone(), key.clone())),
+        (None, None) => None,
+        _ => return Err(ConfigError::EabHalf),
+    };
+    let account =
+        AcmeSettings { directory: settings.acme_directory.clone(), email, eab, ca_root: settings.acme_ca_root.clone() };
+    account.directory_url().map_err(|e| ConfigError::Acme(Box::new(e)))?;
+    let credentials = Credentials::from_values(
+        settings.cloudflare_api_token.as_ref().map(|s| s.expose()),
+        settings.cloudflare_api_token_file.as_deref(),
+        settings.cloudflare_email.as_deref(),
+        settings.cloudflare_api_key.as_ref().map(|s| s.expose()),
+        settings.cloudflare_api_key_file.as_deref(),
+    )?;
+    Ok(Some(AcmeConfig {
+        account,
+        concurrency: usize::from(settings.acme_concurrency),
+        renewal_interval: settings.renewal_interval.into(),
+        dns01: credentials.map(|credentials| Dns01 {
+            api_base: settings.cloudflare_api_base.clone(),
+            credentials,
+            propagation_timeout: settings.dns_propagation_timeout.into(),
+        }),
+        dns_servers: settings
+            .dns_resolvers
+            .iter()
+            .map(|s| dns::parse_server(s))
+            .collect::<Result<_, _>>()
+            .map_err(ConfigError::DnsServer)?,
+        dns_check: settings.dns_check,
+        public_ip: settings.public_ip.clone(),
+        public_ip_detect: settings.public_ip_detect.clone(),
+        webroot: settings.acme_webroot.clone(),
+    }))
 }
 
 /// `nginx -v`, or the assumed version when nginx is not installed here (companion setup, dry runs).

@@ -16,7 +16,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::certs::store::CertInfo;
 use crate::routes::{DomainName, Origin, RouteTable};
 
 /// The `Content-Type` of [`Metrics::encode`]'s output (Prometheus text format 0.0.4).
@@ -75,6 +74,14 @@ struct CertLabels {
     domain: String,
     /// "true" for the agent's self-signed placeholder (no real certificate yet).
     placeholder: String,
+}
+
+/// One certificate's expiry, for the gauge (read from the store by the status endpoint).
+pub struct CertExpiry {
+    pub domain: DomainName,
+    pub not_after: time::OffsetDateTime,
+    /// A self-signed placeholder written by the agent, not a real certificate.
+    pub placeholder: bool,
 }
 
 pub struct Metrics {
@@ -220,11 +227,11 @@ impl Metrics {
     }
 
     /// Replaces the certificate expiry gauges with these (domains without a certificate have none).
-    pub fn certificates(&self, certs: &[(DomainName, CertInfo)]) {
+    pub fn certificates(&self, certs: &[CertExpiry]) {
         self.cert_expiry.clear();
-        for (domain, info) in certs {
-            let labels = CertLabels { domain: domain.to_string(), placeholder: info.placeholder.to_string() };
-            self.cert_expiry.get_or_create(&labels).set(info.not_after.unix_timestamp());
+        for cert in certs {
+            let labels = CertLabels { domain: cert.domain.to_string(), placeholder: cert.placeholder.to_string() };
+            self.cert_expiry.get_or_create(&labels).set(cert.not_after.unix_timestamp());
         }
     }
 
@@ -281,9 +288,9 @@ mod tests {
         m.config_tested(Duration::from_millis(10), false);
         m.acme_order(true);
         let not_after = time::OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap();
-        let info = CertInfo { issuer: "x".into(), not_after, placeholder: false };
-        m.certificates(&[(DomainName::parse("*.a.com").unwrap(), info.clone())]);
-        m.certificates(&[(DomainName::parse("a.com").unwrap(), info)]);
+        let cert = |name| CertExpiry { domain: DomainName::parse(name).unwrap(), not_after, placeholder: false };
+        m.certificates(&[cert("*.a.com")]);
+        m.certificates(&[cert("a.com")]);
         let text = m.encode();
         assert_eq!(value(&text, "smart_proxy_routes{source=\"env\"}"), Some(2.0), "{text}");
         assert_eq!(value(&text, "smart_proxy_routes_left_out"), Some(1.0), "{text}");

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, ValueEnum};
 
+pub use crate::certs::dns::DnsCheck;
 use crate::certs::public_ip::PublicIpDetect;
 use crate::render::NginxVersion;
 use crate::secret::Secret;
@@ -217,13 +218,6 @@ pub struct Settings {
 pub enum AcmeMode {
     Auto,
     On,
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DnsCheck {
-    Strict,
-    Warn,
     Off,
 }
 

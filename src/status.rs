@@ -252,7 +252,17 @@ impl Server {
         let store = crate::certs::store::CertStore::new(&self.certs_dir);
         // Reading certificates is file IO: off the runtime's worker threads.
         tokio::task::spawn_blocking(move || {
-            let certs: Vec<_> = domains.into_iter().filter_map(|d| store.info(&d).map(|i| (d, i))).collect();
+            let certs: Vec<_> = domains
+                .into_iter()
+                .filter_map(|domain| {
+                    let info = store.info(&domain)?;
+                    Some(crate::metrics::CertExpiry {
+                        domain,
+                        not_after: info.not_after,
+                        placeholder: info.placeholder,
+                    })
+                })
+                .collect();
             let metrics = crate::metrics::global();
             metrics.certificates(&certs);
             metrics.encode()

@@ -233,8 +233,7 @@ impl Controller {
         crate::status::start(&config, status.clone(), &applier.nginx, docker.as_ref()).await;
 
         let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
-        if let Some(acme) = &config.acme {
-            let manager = crate::certs::manager::CertManager::new(acme, &config)?;
+        if let (Some(manager), Some(acme)) = (config.cert_manager()?, &config.acme) {
             info!(challenge = %manager.challenge(), "certificates: ordering from {}", acme.account.directory);
             let interval = acme.renewal_interval;
             tokio::spawn(manager.serve(tls_domains_rx, tx.clone(), Trigger::CertsIssued, interval));

@@ -46,6 +46,15 @@ pub fn verdict(found: &[IpAddr], public: &[IpAddr]) -> Verdict {
     }
 }
 
+/// `DNS_CHECK`: before ordering, whether a domain's A/AAAA records must point at this server:
+/// `strict` (skip the domain), `warn` (say so, go on) or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsCheck {
+    Strict,
+    Warn,
+    Off,
+}
+
 /// Parses `ip` or `ip:port` (`[v6]:port`), port 53 by default.
 pub fn parse_server(value: &str) -> Result<SocketAddr, DnsError> {
     let value = value.trim();

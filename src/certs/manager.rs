@@ -2,8 +2,8 @@
 //! bounded concurrency. The caller reloads nginx once after a batch that issued anything.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,14 +13,12 @@ use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
 use super::acme::{self, AcmeSettings, ChallengeKind, ChallengeResponse, Solver, SolverError};
-use super::cloudflare::{Cloudflare, RecordId, Zone};
-use super::dns::{self, Dns, Verdict};
+use super::cloudflare::{Cloudflare, Credentials, RecordId, Zone};
+use super::dns::{self, Dns, DnsCheck, Verdict};
 use super::plan::{plan, Challenge, Plan, PlanSettings, Reason};
-use super::public_ip::PublicIps;
+use super::public_ip::{PublicIpDetect, PublicIps};
 use super::store::{backoff, AriState, CertStore, DomainState, RenewalWindow};
-use crate::config::{AcmeConfig, Config};
 use crate::routes::DomainName;
-use crate::settings::DnsCheck;
 
 /// Expiry warnings start this many days before a certificate expires.
 pub const WARN_DAYS: i64 = 14;
@@ -76,6 +74,31 @@ pub struct BatchReport {
     pub plan: Plan,
 }
 
+/// The certificate settings, checked together.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// The CA (its directory URL checked), the account's email, EAB and a private root.
+    pub account: AcmeSettings,
+    pub concurrency: usize,
+    pub renewal_interval: Duration,
+    /// DNS-01 through Cloudflare, when credentials are set (their files read); HTTP-01 otherwise.
+    pub dns01: Option<Dns01>,
+    /// Name servers for the DNS checks; empty: the system's.
+    pub dns_servers: Vec<SocketAddr>,
+    pub dns_check: DnsCheck,
+    pub public_ip: Vec<IpAddr>,
+    pub public_ip_detect: PublicIpDetect,
+    /// Where HTTP-01 answers are written.
+    pub webroot: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dns01 {
+    pub api_base: String,
+    pub credentials: Credentials,
+    pub propagation_timeout: Duration,
+}
+
 pub struct CertManager {
     store: CertStore,
     acme: AcmeSettings,
@@ -122,9 +145,9 @@ impl CertManager {
         }
     }
 
-    /// The manager for `acme` (the certificate settings of `config`, already checked): builds the
+    /// The manager for `acme` (the certificate settings, already checked): builds the
     /// DNS resolver and, for DNS-01, the Cloudflare client.
-    pub fn new(acme: &AcmeConfig, config: &Config) -> anyhow::Result<Self> {
+    pub fn new(acme: &AcmeConfig, certs_dir: &Path, renew_days: i64) -> anyhow::Result<Self> {
         let dns = Dns::new(acme.dns_servers.clone())?;
         let (cloudflare, solver) = match &acme.dns01 {
             Some(dns01) => {
@@ -140,14 +163,14 @@ impl CertManager {
             None => (None, AnySolver::Http(WebrootSolver { webroot: acme.webroot.clone() })),
         };
         Ok(CertManager {
-            store: CertStore::new(&config.certs_dir),
+            store: CertStore::new(certs_dir),
             acme: acme.account.clone(),
             solver,
             dns,
             cloudflare,
             dns_check: acme.dns_check,
             public_ips: PublicIps::new(acme.public_ip.clone(), acme.public_ip_detect.clone()),
-            renew_days: config.renew_days,
+            renew_days,
             concurrency: acme.concurrency,
             account: OnceCell::new(),
         })
