@@ -12,30 +12,42 @@ use ipnet::IpNet;
 use serde::Serialize;
 use thiserror::Error;
 
+/// What each value type allows, in words: the one text that error messages, the label schema
+/// (`sources/label_schema.rs`: `check`'s explanations) and the JSON Schema of the config file use.
+pub mod allowed {
+    pub const DOMAIN: &str = "letters, digits and '-' in dot-separated labels of 1-63 characters (253 in all), an optional leading '*.' wildcard, or an international name";
+    pub const PORT: &str = "a whole number from 1 to 65535";
+    pub const PATH: &str = "starts with '/' and uses only letters, digits and / . _ ~ -";
+    pub const CIDR: &str = "an IP address or CIDR range (like 10.0.0.0/8 or 2001:db8::/32)";
+    pub const SERVICE: &str =
+        "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 128 characters";
+    pub const TLS: &str = "'auto' or 'off'";
+    pub const BOOL: &str = "true or false";
+    pub const HOST: &str = "a host name or an IP address (an IPv6 address may be in brackets)";
+}
+
 /// What was wrong with one value, and what is allowed instead.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ValueError {
     #[error("empty domain name")]
     EmptyDomain,
-    #[error("domain {value:?} is not a valid host name: {reason}; allowed: letters, digits and '-' in dot-separated labels of 1-63 characters (253 in all), an optional leading '*.' wildcard, or an international name")]
+    #[error("domain {value:?} is not a valid host name: {reason}; allowed: {}", allowed::DOMAIN)]
     BadDomain { value: String, reason: String },
     #[error("host {value:?} is not a valid host name or IP address: {reason}")]
     BadHost { value: String, reason: String },
-    #[error("port {value:?} is not a number; must be a whole number from 1 to 65535")]
+    #[error("port {value:?} is not a number; must be {}", allowed::PORT)]
     PortNotNumber { value: String },
     #[error("port {value} is out of range; must be 1-65535")]
     PortOutOfRange { value: String },
-    #[error(
-        "path {value:?} is not allowed: {reason}; a path starts with '/' and uses only letters, digits and / . _ ~ -"
-    )]
+    #[error("path {value:?} is not allowed: {reason}; a path {}", allowed::PATH)]
     BadPath { value: String, reason: String },
-    #[error("{value:?} is not an IP address or CIDR range (like 10.0.0.0/8 or 2001:db8::/32)")]
+    #[error("{value:?} is not {}", allowed::CIDR)]
     BadCidr { value: String },
-    #[error("service name {value:?} is not allowed: {reason}; use letters, digits, '_', '.' and '-', starting with a letter or digit, at most 128 characters")]
+    #[error("service name {value:?} is not allowed: {reason}; use {}", allowed::SERVICE)]
     BadServiceName { value: String, reason: String },
-    #[error("tls {value:?} is not allowed; must be 'auto' or 'off'")]
+    #[error("tls {value:?} is not allowed; must be {}", allowed::TLS)]
     BadTls { value: String },
-    #[error("{value:?} is not a boolean; must be true or false")]
+    #[error("{value:?} is not a boolean; must be {}", allowed::BOOL)]
     BadBool { value: String },
 }
 

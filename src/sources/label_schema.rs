@@ -1,9 +1,17 @@
-//! Every label key, declared once: its name, where it applies, what it means and its default.
-//! The label parser (`labels.rs`) knows the keys from here, `docs/labels.md` is this table
-//! rendered ([`reference`], checked by a test), and a key's example is tested to parse.
+//! Every label key, declared once: its name, where it applies, its value type (parser and what it
+//! allows), what it means and its default. The label parser (`labels.rs`) finds keys here
+//! ([`lookup`]) and parses their values with [`ValueKind::parse`]; `docs/labels.md` is this table
+//! rendered ([`reference`], checked by a test); `check` explains the keys its errors name
+//! ([`explain`]); and a key's example is tested to parse.
 //!
-//! Adding a key: one entry here, its parsing in `labels::route` (or `container_routes` for a
-//! container key), its render; the docs test then says what to paste into `docs/labels.md`.
+//! Adding a key: one entry in [`KEYS`] (with an existing [`ValueKind`], or a new one with its
+//! parser and allowed text), its use in `labels::route` (the typed value, with its default), its
+//! render; the docs test then says what to paste into `docs/labels.md`. A dotted key
+//! (`auth.user`) is matched whole before `<route>.<key>`, and its first segment can no longer be a
+//! route name ([`is_route_name`]).
+
+use crate::routes::grammar::{allowed, parse_bool};
+use crate::routes::{Cidr, DomainName, PathPrefix, Port, ServiceName, TlsMode, ValueError};
 
 /// Where a key applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,13 +23,96 @@ pub enum Scope {
     Route,
 }
 
+/// A key's value type: which parser reads it and what it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// A comma list of host names ([`DomainName`]), at least one.
+    DomainList,
+    Port,
+    PathPrefix,
+    ServiceName,
+    /// A Docker network's name; whether the container is on it is checked when the network is
+    /// chosen (`labels::choose_network`), not here.
+    Network,
+    /// A comma list of IPs and CIDR ranges, possibly empty.
+    CidrList,
+    TlsMode,
+    Bool,
+}
+
+/// A parsed label value, one variant per [`ValueKind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Domains(Vec<DomainName>),
+    Port(Port),
+    Path(PathPrefix),
+    Service(ServiceName),
+    Network(String),
+    Cidrs(Vec<Cidr>),
+    Tls(TlsMode),
+    Bool(bool),
+}
+
+impl ValueKind {
+    /// Parses a label's value; an error is one message per problem (a domain list reports every
+    /// bad name), each saying what is allowed.
+    pub fn parse(self, raw: &str) -> Result<Value, Vec<String>> {
+        let one = |e: ValueError| vec![e.to_string()];
+        match self {
+            ValueKind::DomainList => {
+                let (mut domains, mut errors) = (Vec::new(), Vec::new());
+                for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    match DomainName::parse(part) {
+                        Ok(d) => domains.push(d),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                if domains.is_empty() && errors.is_empty() {
+                    errors.push("empty; list one or more host names, comma-separated".to_string());
+                }
+                if !errors.is_empty() {
+                    return Err(errors);
+                }
+                domains.sort();
+                domains.dedup();
+                Ok(Value::Domains(domains))
+            }
+            ValueKind::Port => Port::parse(raw).map(Value::Port).map_err(one),
+            ValueKind::PathPrefix => PathPrefix::parse(raw).map(Value::Path).map_err(one),
+            ValueKind::ServiceName => ServiceName::parse(raw).map(Value::Service).map_err(one),
+            ValueKind::Network => Ok(Value::Network(raw.trim().to_string())),
+            ValueKind::CidrList => Cidr::parse_list(raw).map(Value::Cidrs).map_err(one),
+            ValueKind::TlsMode => TlsMode::parse(raw).map(Value::Tls).map_err(one),
+            ValueKind::Bool => parse_bool(raw).map(Value::Bool).map_err(one),
+        }
+    }
+
+    /// What a value of this kind may be, in words (the texts of `grammar::allowed`, which the
+    /// parsers' error messages use too).
+    pub fn allowed(self) -> String {
+        match self {
+            ValueKind::DomainList => format!("a comma list of host names, each: {}", allowed::DOMAIN),
+            ValueKind::Port => allowed::PORT.to_string(),
+            ValueKind::PathPrefix => format!("a path that {}", allowed::PATH),
+            ValueKind::ServiceName => allowed::SERVICE.to_string(),
+            ValueKind::Network => "the name of a Docker network the container has an address on".to_string(),
+            ValueKind::CidrList => format!("a comma list, each {}", allowed::CIDR),
+            ValueKind::TlsMode => allowed::TLS.to_string(),
+            ValueKind::Bool => allowed::BOOL.to_string(),
+        }
+    }
+}
+
 /// One label key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LabelKey {
+    /// The key after the prefix (and after the route name, for a named route's key).
     pub key: &'static str,
     pub scope: Scope,
     /// Whether a named route takes the container-wide value as its default.
     pub inherited: bool,
+    /// Its value type: the parser [`labels`](super::labels) applies, and what it allows.
+    pub kind: ValueKind,
     /// What it does and which values it takes (Markdown, one line).
     pub meaning: &'static str,
     /// What holds when it is not set (Markdown).
@@ -30,8 +121,14 @@ pub struct LabelKey {
     pub example: &'static str,
 }
 
-const fn route(key: &'static str, meaning: &'static str, default: &'static str, example: &'static str) -> LabelKey {
-    LabelKey { key, scope: Scope::Route, inherited: true, meaning, default, example }
+const fn route(
+    key: &'static str,
+    kind: ValueKind,
+    meaning: &'static str,
+    default: &'static str,
+    example: &'static str,
+) -> LabelKey {
+    LabelKey { key, scope: Scope::Route, inherited: true, kind, meaning, default, example }
 }
 
 /// The keys, in the order the reference lists them.
@@ -40,17 +137,19 @@ pub const KEYS: &[LabelKey] = &[
         inherited: false,
         ..route(
             "domains",
+            ValueKind::DomainList,
             "comma list of host names; required. Wildcards only leftmost (`*.example.com`); international names become punycode",
             "—",
             "example.com,www.example.com",
         )
     },
-    route("port", "backend port, 1–65535", "the container's only exposed TCP port, else 80", "8080"),
-    route("path", "location prefix (`/`, `/api/`); the full URI is passed on unchanged", "`/`", "/api/"),
+    route("port", ValueKind::Port, "backend port, 1–65535", "the container's only exposed TCP port, else 80", "8080"),
+    route("path", ValueKind::PathPrefix, "location prefix (`/`, `/api/`); the full URI is passed on unchanged", "`/`", "/api/"),
     LabelKey {
         inherited: false,
         ..route(
             "service",
+            ValueKind::ServiceName,
             "upstream name; containers with the same service are load-balanced (one server per replica)",
             "compose `project-service`, else the container name",
             "shop",
@@ -58,21 +157,24 @@ pub const KEYS: &[LabelKey] = &[
     },
     route(
         "network",
+        ValueKind::Network,
         "the Docker network nginx reaches the container on",
         "the network shared with nginx, else the only one (see below)",
         "proxy",
     ),
     route(
         "allow",
+        ValueKind::CidrList,
         "comma list of IPs/CIDRs (v4, v6); only they may reach these domains (`allow …; deny all;`)",
         "anyone",
         "10.8.0.0/24,fd00:8::/64",
     ),
-    route("tls", "`auto` (HTTPS in production) or `off` (plain HTTP for this route)", "`auto`", "off"),
+    route("tls", ValueKind::TlsMode, "`auto` (HTTPS in production) or `off` (plain HTTP for this route)", "`auto`", "off"),
     LabelKey {
         key: "enable",
         scope: Scope::Container,
         inherited: false,
+        kind: ValueKind::Bool,
         meaning: "`false` ignores the container",
         default: "`true`",
         example: "true",
@@ -81,6 +183,7 @@ pub const KEYS: &[LabelKey] = &[
         key: "nginx",
         scope: Scope::Container,
         inherited: false,
+        kind: ValueKind::Bool,
         meaning: "`true` marks the nginx container (its networks decide which addresses are used)",
         default: "—",
         example: "true",
@@ -90,6 +193,72 @@ pub const KEYS: &[LabelKey] = &[
 /// The key named `key`, if there is one.
 pub fn get(key: &str) -> Option<&'static LabelKey> {
     KEYS.iter().find(|k| k.key == key)
+}
+
+/// What a label name (after `<prefix>.`) refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// `<key>`: a container key, or a route key of the container's own route.
+    Key(&'static LabelKey),
+    /// `<route>.<key>`: a route key of a named route.
+    Named {
+        route: &'a str,
+        key: &'static LabelKey,
+    },
+    /// `<route>.<key>` with a known key but a route name that is not allowed.
+    BadRoute(&'a str),
+    Unknown,
+}
+
+/// Finds the key a label names, `rest` being the label's name after `<prefix>.`. A whole match
+/// comes first (so a dotted key is never read as `<route>.<key>`), then `<route>.<key>`.
+pub fn lookup(rest: &str) -> Lookup<'_> {
+    lookup_in(KEYS, rest)
+}
+
+fn lookup_in<'a>(keys: &'static [LabelKey], rest: &'a str) -> Lookup<'a> {
+    let get = |key: &str| keys.iter().find(|k| k.key == key);
+    if let Some(key) = get(rest) {
+        return Lookup::Key(key);
+    }
+    let Some((route, key)) = rest.split_once('.') else { return Lookup::Unknown };
+    match get(key) {
+        Some(key) if key.scope == Scope::Route && is_route_name_in(keys, route) => Lookup::Named { route, key },
+        Some(_) if !is_route_name_in(keys, route) => Lookup::BadRoute(route),
+        _ => Lookup::Unknown,
+    }
+}
+
+/// A route name: `[a-z0-9-]+`, at most 63 characters, and not the first segment of a dotted key.
+pub fn is_route_name(name: &str) -> bool {
+    is_route_name_in(KEYS, name)
+}
+
+fn is_route_name_in(keys: &[LabelKey], name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !keys.iter().any(|k| k.key.split_once('.').is_some_and(|(first, _)| first == name))
+}
+
+/// The key `label` (a whole label name, with `prefix`) refers to, if it is one of ours.
+pub fn key_of_label(prefix: &str, label: &str) -> Option<&'static LabelKey> {
+    let rest = label.strip_prefix(prefix)?.strip_prefix('.')?;
+    match lookup(rest) {
+        Lookup::Key(key) | Lookup::Named { key, .. } => Some(key),
+        Lookup::BadRoute(_) | Lookup::Unknown => None,
+    }
+}
+
+/// One line explaining a key for people at a terminal (`check`): what it means, what it allows
+/// and its default, from the same texts as `docs/labels.md` (without the Markdown quotes).
+pub fn explain(prefix: &str, key: &LabelKey) -> String {
+    let plain = |text: &str| text.replace('`', "");
+    let name = match key.scope {
+        Scope::Container => format!("{prefix}.{}", key.key),
+        Scope::Route => format!("{prefix}.{k} (and {prefix}.<route>.{k})", k = key.key),
+    };
+    format!("{name}: {}; allowed: {}; default: {}", plain(key.meaning), key.kind.allowed(), plain(key.default))
 }
 
 /// The per-route keys, in reference order.
@@ -167,6 +336,79 @@ mod tests {
             assert!(out.diagnostics.is_empty(), "{}={}: {:?}", key.key, key.example, out.diagnostics);
             assert!(!out.routes.is_empty(), "{}={} gave no route", key.key, key.example);
         }
+    }
+
+    #[test]
+    fn examples_parse_by_their_kind_and_bad_values_say_what_is_allowed() {
+        for key in KEYS {
+            assert!(key.kind.parse(key.example).is_ok(), "{}={}", key.key, key.example);
+        }
+        // A bad value's message carries its kind's allowed text (one text, from grammar::allowed).
+        for (kind, bad, allowed) in [
+            (ValueKind::DomainList, "a_b.com", allowed::DOMAIN),
+            (ValueKind::Port, "http", allowed::PORT),
+            (ValueKind::PathPrefix, "api", allowed::PATH),
+            (ValueKind::ServiceName, "-x", allowed::SERVICE),
+            (ValueKind::CidrList, "10.0.0.0/8,all", allowed::CIDR),
+            (ValueKind::TlsMode, "on", allowed::TLS),
+            (ValueKind::Bool, "ture", allowed::BOOL),
+        ] {
+            let messages = kind.parse(bad).unwrap_err();
+            assert_eq!(messages.len(), 1, "{messages:?}");
+            assert!(messages[0].contains(allowed), "{kind:?}: {messages:?}");
+            assert!(kind.allowed().contains(allowed), "{kind:?}");
+        }
+        assert_eq!(
+            ValueKind::DomainList.parse(" , ").unwrap_err(),
+            ["empty; list one or more host names, comma-separated"]
+        );
+        assert_eq!(ValueKind::DomainList.parse("a_b.com,x.com,c d.com").unwrap_err().len(), 2);
+        assert_eq!(ValueKind::Network.parse(" proxy "), Ok(Value::Network("proxy".into())));
+    }
+
+    #[test]
+    fn lookup_reads_keys_named_routes_and_typos() {
+        assert_eq!(lookup("port"), Lookup::Key(get("port").unwrap()));
+        assert_eq!(lookup("enable"), Lookup::Key(get("enable").unwrap()));
+        assert_eq!(lookup("admin.port"), Lookup::Named { route: "admin", key: get("port").unwrap() });
+        assert_eq!(lookup("Admin.port"), Lookup::BadRoute("Admin"));
+        assert_eq!(lookup("admin.enable"), Lookup::Unknown, "a container key has no named-route form");
+        assert_eq!(lookup("domian"), Lookup::Unknown);
+        assert_eq!(lookup("admin.domian"), Lookup::Unknown);
+        assert_eq!(lookup("Admin.domian"), Lookup::Unknown);
+        assert_eq!(key_of_label("smart-proxy", "smart-proxy.admin.tls").map(|k| k.key), Some("tls"));
+        assert_eq!(key_of_label("a.b", "a.b.port").map(|k| k.key), Some("port"));
+        assert_eq!(key_of_label("smart-proxy", "smart-proxyport"), None);
+        assert_eq!(key_of_label("smart-proxy", "other.port"), None);
+    }
+
+    /// Dotted keys (the next keys: `auth.user`, ...) are matched whole, also after a route name,
+    /// and their first segment is reserved: it cannot name a route.
+    #[test]
+    fn dotted_keys_are_matched_whole_and_reserve_their_first_segment() {
+        const DOTTED: &[LabelKey] = &[
+            route("port", ValueKind::Port, "", "", "80"),
+            route("auth.user", ValueKind::ServiceName, "", "", "admin"),
+        ];
+        let auth = &DOTTED[1];
+        assert_eq!(lookup_in(DOTTED, "auth.user"), Lookup::Key(auth));
+        assert_eq!(lookup_in(DOTTED, "admin.auth.user"), Lookup::Named { route: "admin", key: auth });
+        assert_eq!(lookup_in(DOTTED, "auth.port"), Lookup::BadRoute("auth"));
+        assert_eq!(lookup_in(DOTTED, "auth.other"), Lookup::Unknown);
+        assert!(!is_route_name_in(DOTTED, "auth") && is_route_name_in(DOTTED, "authx"));
+    }
+
+    #[test]
+    fn explain_says_meaning_allowed_and_default_without_markdown() {
+        assert_eq!(
+            explain("smart-proxy", get("tls").unwrap()),
+            "smart-proxy.tls (and smart-proxy.<route>.tls): auto (HTTPS in production) or off (plain HTTP for this \
+             route); allowed: 'auto' or 'off'; default: auto"
+        );
+        assert_eq!(
+            explain("sp", get("enable").unwrap()),
+            "sp.enable: false ignores the container; allowed: true or false; default: true"
+        );
     }
 
     #[test]

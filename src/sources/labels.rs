@@ -9,12 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::label_schema::{self, Scope};
+use super::label_schema::{self, LabelKey, Lookup, Scope, Value};
 
 use crate::routes::{
     grammar::{parse_bool, show},
-    Backend, BackendState, Cidr, Diagnostic, DomainName, Host, Namespace, NetworkChoice, Origin, PathPrefix, Port,
-    RouteDef, ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
+    Backend, BackendState, Diagnostic, Host, Namespace, NetworkChoice, Origin, PathPrefix, Port, RouteDef, ServiceDef,
+    ServiceKey, ServiceName, SourceOutput,
 };
 
 /// What the label builder needs to know about one container.
@@ -100,22 +100,18 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
     let mut named: BTreeMap<&str, BTreeMap<&'static str, (&str, String)>> = BTreeMap::new();
     for (label, value) in &c.labels {
         let Some(rest) = label.strip_prefix(&dotted) else { continue };
-        let (route, key) = match rest.split_once('.') {
-            Some((route, key)) => (Some(route), key),
-            None => (None, rest),
-        };
-        match (route, label_schema::get(key)) {
-            (None, Some(k)) => {
+        match label_schema::lookup(rest) {
+            Lookup::Key(k) => {
                 wide.insert(k.key, (value.as_str(), label.clone()));
             }
-            (Some(route), Some(k)) if k.scope == Scope::Route && is_route_name(route) => {
-                named.entry(route).or_default().insert(k.key, (value.as_str(), label.clone()));
+            Lookup::Named { route, key } => {
+                named.entry(route).or_default().insert(key.key, (value.as_str(), label.clone()));
             }
-            (Some(route), Some(_)) if !is_route_name(route) => errors.push(Diagnostic::error(
+            Lookup::BadRoute(route) => errors.push(Diagnostic::error(
                 at(label),
                 format!("route name {:?} is not allowed; route names use only a-z, 0-9 and '-'", show(route)),
             )),
-            _ => errors.push(Diagnostic::error(
+            Lookup::Unknown => errors.push(Diagnostic::error(
                 at(label),
                 format!(
                     "unknown label; known labels: {p}.{{{r}}}, {p}.<route>.{{{r}}} and {p}.{{{}}}",
@@ -126,16 +122,14 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
             )),
         }
     }
-    if let Some((value, label)) = wide.get("enable") {
-        match parse_bool(value) {
-            Ok(false) => return Ok(None),
-            Ok(true) => {}
-            Err(e) => errors.push(Diagnostic::error(at(label), e)),
-        }
-    }
-    if let Some((value, label)) = wide.get("nginx") {
-        if let Err(e) = parse_bool(value) {
-            errors.push(Diagnostic::error(at(label), e));
+    // The container keys, parsed by their schema kinds: `enable=false` ends here, and a bad value
+    // is reported even on the nginx container.
+    for key in label_schema::KEYS.iter().filter(|k| k.scope == Scope::Container) {
+        let Some((value, label)) = wide.get(key.key) else { continue };
+        match key.kind.parse(value) {
+            Ok(Value::Bool(false)) if key.key == "enable" => return Ok(None),
+            Ok(_) => {}
+            Err(messages) => errors.extend(messages.into_iter().map(|m| Diagnostic::error(at(label), m))),
         }
     }
     if c.is_nginx(&settings.prefix) {
@@ -199,67 +193,56 @@ fn route(
     base_service: &str,
 ) -> Result<SourceOutput, Vec<Diagnostic>> {
     let at = |label: &str| Origin::Container { name: c.name.clone(), label: Some(label.to_string()) };
-    let get = |key: &str| labels.values.get(key).map(|(v, l)| (*v, l.as_str()));
     let mut errors = Vec::new();
-    // Parses label `key` when it is set (else takes `default`), recording a failure against it.
-    fn parsed<T, E: std::fmt::Display>(
-        errors: &mut Vec<Diagnostic>,
-        at: &dyn Fn(&str) -> Origin,
-        label: Option<(&str, &str)>,
-        parse: impl FnOnce(&str) -> Result<T, E>,
-        default: impl FnOnce() -> T,
-    ) -> Option<T> {
-        match label {
-            None => Some(default()),
-            Some((value, name)) => parse(value).map_err(|e| errors.push(Diagnostic::error(at(name), e))).ok(),
+
+    // Every route key that is set, parsed by its schema kind (in schema order); a failure is
+    // recorded against its label.
+    let mut values = Values::default();
+    for key in label_schema::KEYS.iter().filter(|k| k.scope == Scope::Route) {
+        match labels.values.get(key.key) {
+            Some((value, label)) => match key.kind.parse(value) {
+                Ok(value) => values.set.push((key, value, label.as_str())),
+                Err(messages) => errors.extend(messages.into_iter().map(|m| Diagnostic::error(at(label), m))),
+            },
+            None if key.key == "domains" => {
+                let p = &settings.prefix;
+                let route = name.unwrap_or_default();
+                errors.push(Diagnostic::error(
+                    Origin::Container { name: c.name.clone(), label: None },
+                    format!("route {route:?} has no domains; add {p}.{route}.domains"),
+                ));
+            }
+            None => {}
         }
     }
 
-    let mut domains = Vec::new();
-    match get("domains") {
-        Some((value, label)) => {
-            for part in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                match DomainName::parse(part) {
-                    Ok(d) => domains.push(d),
-                    Err(e) => errors.push(Diagnostic::error(at(label), e)),
-                }
-            }
-            if value.split(',').all(|s| s.trim().is_empty()) {
-                errors.push(Diagnostic::error(at(label), "empty; list one or more host names, comma-separated"));
-            }
-        }
+    // The typed values, with their defaults.
+    let domains = values.take("domains", |v| if let Value::Domains(d) = v { Some(d) } else { None });
+    let port = values.take("port", |v| if let Value::Port(p) = v { Some(p) } else { None });
+    let port = port.unwrap_or_else(|| default_port(c));
+    let path = values.take("path", |v| if let Value::Path(p) = v { Some(p) } else { None });
+    let path = path.unwrap_or_else(PathPrefix::root);
+    let allow = values.take("allow", |v| if let Value::Cidrs(a) = v { Some(a) } else { None }).unwrap_or_default();
+    let tls = values.take("tls", |v| if let Value::Tls(t) = v { Some(t) } else { None }).unwrap_or_default();
+    let service = match values.take("service", |v| if let Value::Service(s) = v { Some(s) } else { None }) {
+        Some(service) => Some(service),
+        None if labels.values.contains_key("service") => None,
         None => {
-            let p = &settings.prefix;
-            let route = name.unwrap_or_default();
-            errors.push(Diagnostic::error(
-                Origin::Container { name: c.name.clone(), label: None },
-                format!("route {route:?} has no domains; add {p}.{route}.domains"),
-            ));
+            let generated = match name {
+                None => base_service.to_string(),
+                Some(route) => format!("{base_service}-{route}"),
+            };
+            parse_generated_service(&generated, c, &mut errors)
         }
-    }
-    domains.sort();
-    domains.dedup();
-
-    let port = parsed(&mut errors, &at, get("port"), Port::parse, || default_port(c));
-    let path = parsed(&mut errors, &at, get("path"), PathPrefix::parse, PathPrefix::root);
-    let allow = parsed(&mut errors, &at, get("allow"), Cidr::parse_list, Vec::new);
-    let tls = parsed(&mut errors, &at, get("tls"), TlsMode::parse, TlsMode::default);
-    let generated = match name {
-        None => base_service.to_string(),
-        Some(route) => format!("{base_service}-{route}"),
     };
-    let service = match get("service") {
-        Some(label) => parsed(&mut errors, &at, Some(label), ServiceName::parse, || unreachable!()),
-        None => parse_generated_service(&generated, c, &mut errors),
-    };
+    let network = values.take_label("network", |v| if let Value::Network(n) = v { Some(n) } else { None });
     let network = if c.running {
-        choose_network(c, settings, get("network")).map_err(|e| errors.push(e)).ok().map(Some)
+        let wanted = network.as_ref().map(|(n, label)| (n.as_str(), *label));
+        choose_network(c, settings, wanted).map_err(|e| errors.push(e)).ok().map(Some)
     } else {
         Some(None)
     };
-    let (Some(port), Some(path), Some(allow), Some(tls), Some(service), Some(network), true) =
-        (port, path, allow, tls, service, network, errors.is_empty())
-    else {
+    let (Some(domains), Some(service), Some(network), true) = (domains, service, network, errors.is_empty()) else {
         return Err(errors);
     };
     let origin = Origin::Container { name: c.name.clone(), label: None };
@@ -290,10 +273,24 @@ fn route(
     Ok(out)
 }
 
-fn is_route_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+/// The parsed values of one route's keys.
+#[derive(Default)]
+struct Values<'a> {
+    set: Vec<(&'static LabelKey, Value, &'a str)>, // key, value, full label name
+}
+
+impl<'a> Values<'a> {
+    /// The value of `key` as the type its kind parses to (`get`), with its label's name.
+    fn take_label<T>(&mut self, key: &str, get: impl FnOnce(Value) -> Option<T>) -> Option<(T, &'a str)> {
+        let i = self.set.iter().position(|(k, ..)| k.key == key)?;
+        let (k, value, label) = self.set.remove(i);
+        let typed = get(value).unwrap_or_else(|| panic!("label key {:?} ({:?}) parsed to another type", k.key, k.kind));
+        Some((typed, label))
+    }
+
+    fn take<T>(&mut self, key: &str, get: impl FnOnce(Value) -> Option<T>) -> Option<T> {
+        self.take_label(key, get).map(|(value, _)| value)
+    }
 }
 
 /// The compose service with its project (`project-service`), else the container name.
