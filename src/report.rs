@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::routes::{BackendState, Diagnostic, DomainName, RouteTable, Severity};
+use crate::routes::{BackendState, Diagnostic, DomainName, Origin, RouteTable, Severity};
+use crate::sources::label_schema;
 
 #[derive(Serialize)]
 pub struct Report<'a> {
@@ -13,6 +14,10 @@ pub struct Report<'a> {
     pub warnings: Vec<&'a Diagnostic>,
     /// TLS domains without a certificate: a self-signed placeholder is (or would be) written.
     pub placeholders: Vec<String>,
+    /// The label prefix, when the text explains the label keys its diagnostics name
+    /// ([`Report::explaining_labels`]).
+    #[serde(skip)]
+    pub label_prefix: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -72,7 +77,34 @@ impl<'a> Report<'a> {
             errors: table.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect(),
             warnings: table.diagnostics.iter().filter(|d| d.severity == Severity::Warning).collect(),
             placeholders: placeholders.iter().map(ToString::to_string).collect(),
+            label_prefix: None,
         }
+    }
+
+    /// After the diagnostics, the text explains each label key they name (labels with `prefix`):
+    /// its meaning, what it allows and its default, from the label schema.
+    pub fn explaining_labels(mut self, prefix: &str) -> Self {
+        self.label_prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// The label keys the diagnostics name, in schema order, each explained on one line.
+    fn label_explanations(&self) -> Vec<String> {
+        let Some(prefix) = &self.label_prefix else { return Vec::new() };
+        let named: Vec<&label_schema::LabelKey> = self
+            .errors
+            .iter()
+            .chain(&self.warnings)
+            .filter_map(|d| match &d.origin {
+                Origin::Container { label: Some(label), .. } => label_schema::key_of_label(prefix, label),
+                _ => None,
+            })
+            .collect();
+        label_schema::KEYS
+            .iter()
+            .filter(|k| named.iter().any(|n| n.key == k.key))
+            .map(|k| label_schema::explain(prefix, k))
+            .collect()
     }
 
     pub fn to_json(&self) -> String {
@@ -164,6 +196,65 @@ impl<'a> Report<'a> {
                 }
             }
         }
+        let explanations = self.label_explanations();
+        if !explanations.is_empty() {
+            let _ =
+                writeln!(out, "\nLabels named above (every label: docs/labels.md):\n  {}", explanations.join("\n  "));
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::labels::{routes, Container, LabelSettings, NetworkAddress};
+
+    fn table(labels: &[(&str, &str)]) -> RouteTable {
+        let container = |name: &str| Container {
+            id: name.into(),
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            networks: [("proxy".to_string(), NetworkAddress { ipv4: Some([172, 18, 0, 2].into()), ipv6: None })].into(),
+            running: true,
+            ..Container::default()
+        };
+        let settings = LabelSettings { prefix: "sp".into(), nginx_networks: None };
+        RouteTable::build(vec![routes(&[container("a"), container("b")], &settings)])
+    }
+
+    #[test]
+    fn check_explains_the_label_keys_its_errors_name_once_each() {
+        let table = table(&[
+            ("sp.domains", "a.com"),
+            ("sp.tls", "on"),
+            ("sp.admin.tls", "x"),
+            ("sp.admin.domains", "b.com"),
+            ("sp.port", "http"),
+        ]);
+        let text = Report::new(&table, false, &[]).explaining_labels("sp").to_text();
+        let explained = text.split_once("Labels named above (every label: docs/labels.md):\n").expect(&text).1;
+        assert_eq!(
+            explained,
+            format!(
+                "  {}\n  {}\n",
+                label_schema::explain("sp", label_schema::get("port").unwrap()),
+                label_schema::explain("sp", label_schema::get("tls").unwrap())
+            ),
+            "{text}"
+        );
+        assert!(explained.contains("sp.port (and sp.<route>.port): backend port, 1–65535; allowed: a whole number"));
+    }
+
+    #[test]
+    fn no_explanations_without_label_errors_or_unless_asked() {
+        let bad = table(&[("sp.domains", "a.com"), ("sp.port", "http")]);
+        assert!(!Report::new(&bad, false, &[]).to_text().contains("Labels named above"));
+        let unknown = table(&[("sp.domains", "a.com"), ("sp.prot", "80")]);
+        assert!(!Report::new(&unknown, false, &[]).explaining_labels("sp").to_text().contains("Labels named above"));
+        let good = table(&[("sp.domains", "a.com")]);
+        let report = Report::new(&good, false, &[]).explaining_labels("sp");
+        assert!(!report.to_text().contains("Labels named above"));
+        assert!(!report.to_json().contains("label_prefix"));
     }
 }

@@ -419,6 +419,9 @@ fn cli_check_and_dry_run_read_labels_unless_no_docker() {
     let text = stdout(&output);
     assert!(text.lines().any(|l| l.starts_with("web.test") && l.contains(&web_address)), "{text}");
     assert!(text.contains(&format!("container {broken}, label {p}.port: port \"invalid\"")), "{text}");
+    // ... and explains the key from the label schema.
+    let explained = format!("\n  {p}.port (and {p}.<route>.port): backend port, 1–65535; allowed: a whole number");
+    assert!(text.contains(&explained), "{text}");
 
     // --dry-run renders the label routes next to the env ones; --no-docker leaves labels out.
     let output = cli(&d, certs.path()).arg("--dry-run").env("DOMAINS", "static.test").output().unwrap();
