@@ -3,7 +3,10 @@
 //!   "services":[{"name":"app1","host":"app1","port":8080}]}`.
 //!
 //! Read field by field rather than through derived structs, so one bad entry is reported with its
-//! field path and skipped while the rest of the file still counts.
+//! field path and skipped while the rest of the file still counts. The sections and fields are
+//! declared once ([`SECTIONS`]): the parser checks names against them, and `config_schema.rs`
+//! makes the JSON Schema (`docs/config.schema.json`) and the field table of
+//! `docs/config-file.md` from them.
 
 use std::path::{Path, PathBuf};
 
@@ -35,13 +38,106 @@ impl FileKind {
         }
     }
 
-    fn keys(self) -> &'static [&'static str] {
+    /// The top-level keys a file of this kind may hold.
+    fn keys(self) -> Vec<&'static str> {
+        SECTIONS.iter().filter(|s| self.holds(s.key)).map(|s| s.key).collect()
+    }
+
+    fn holds(self, key: &str) -> bool {
         match self {
-            FileKind::Combined => &["domains", "services"],
-            FileKind::Domains => &["domains"],
-            FileKind::Services => &["services"],
+            FileKind::Combined => SECTIONS.iter().any(|s| s.key == key),
+            FileKind::Domains => key == "domains",
+            FileKind::Services => key == "services",
         }
     }
+}
+
+/// A top-level key: an array of entries with these fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Section {
+    pub key: &'static str,
+    /// The name of one entry (the JSON Schema's definition).
+    pub entry: &'static str,
+    pub fields: &'static [Field],
+    /// What it holds (one line).
+    pub doc: &'static str,
+}
+
+/// One field of an entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub kind: FieldKind,
+    /// Missing or `null` is an error; an optional field may be `null` (as if absent).
+    pub required: bool,
+    /// What it means (one line); what it allows comes from its kind.
+    pub doc: &'static str,
+}
+
+/// A field's JSON type and value grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// A string: a [`DomainName`].
+    Domain,
+    /// A string: a [`ServiceName`].
+    Service,
+    /// A string: a [`Host`].
+    Host,
+    /// A JSON number: a [`Port`].
+    Port,
+    /// A string: a [`TlsMode`].
+    Tls,
+    /// An array of strings, each a [`Cidr`], or one string with a comma list.
+    Allow,
+}
+
+/// The sections, in the order the reference lists them.
+pub const SECTIONS: &[Section] = &[
+    Section {
+        key: "domains",
+        entry: "domain",
+        fields: DOMAIN_FIELDS,
+        doc: "the routes: each a host name served on path `/`, proxied to a service",
+    },
+    Section {
+        key: "services",
+        entry: "service",
+        fields: SERVICE_FIELDS,
+        doc: "the backends: each a name, a host and a port (one server of the service's upstream)",
+    },
+];
+
+const SERVICE_FIELDS: &[Field] = &[
+    Field { name: "name", kind: FieldKind::Service, required: true, doc: "the name domains refer to it by" },
+    Field { name: "host", kind: FieldKind::Host, required: true, doc: "the backend's host" },
+    Field { name: "port", kind: FieldKind::Port, required: true, doc: "the backend's port" },
+];
+
+const DOMAIN_FIELDS: &[Field] = &[
+    Field { name: "name", kind: FieldKind::Domain, required: true, doc: "the host name served" },
+    Field {
+        name: "service",
+        kind: FieldKind::Service,
+        required: false,
+        doc: "the service it is proxied to; without one the domain answers 503",
+    },
+    Field {
+        name: "allow",
+        kind: FieldKind::Allow,
+        required: false,
+        doc: "only these addresses may reach the domain (`allow …; deny all;`); anyone when absent",
+    },
+    Field {
+        name: "tls",
+        kind: FieldKind::Tls,
+        required: false,
+        doc: "`auto` (HTTPS in production; the default) or `off` (plain HTTP for this domain)",
+    },
+];
+
+/// The fields of `section`'s entries.
+fn fields(section: &str) -> &'static [Field] {
+    SECTIONS.iter().find(|s| s.key == section).map_or(&[], |s| s.fields)
 }
 
 pub use crate::routes::WHOLE_FILE;
@@ -76,7 +172,7 @@ pub fn parse(path: &Path, text: &str, kind: FileKind) -> SourceOutput {
         Ok(_) => {
             out.diagnostics.push(Diagnostic::error(
                 at("(top level)".into()),
-                format!("must be a JSON object with {}", keys_list(kind.keys())),
+                format!("must be a JSON object with {}", keys_list(&kind.keys())),
             ));
             return out;
         }
@@ -85,18 +181,20 @@ pub fn parse(path: &Path, text: &str, kind: FileKind) -> SourceOutput {
             return out;
         }
     };
-    for key in root.keys().filter(|k| !kind.keys().contains(&k.as_str())) {
+    for key in root.keys().filter(|k| !kind.holds(k)) {
         out.diagnostics.push(Diagnostic::error(
             at(key.clone()),
-            format!("unknown key; this file may hold {}", keys_list(kind.keys())),
+            format!("unknown key; this file may hold {}", keys_list(&kind.keys())),
         ));
     }
     let file = FileReader { path: path.to_path_buf() };
-    if let Some(services) = root.get("services").filter(|_| kind != FileKind::Domains) {
-        file.each(services, "services", &mut out, |entry, field, out| file.service(entry, field, out));
-    }
-    if let Some(domains) = root.get("domains").filter(|_| kind != FileKind::Services) {
-        file.each(domains, "domains", &mut out, |entry, field, out| file.domain(entry, field, out));
+    // Services first: their errors are listed before the domains' that may refer to them.
+    for key in ["services", "domains"].into_iter().filter(|k| kind.holds(k)) {
+        let Some(value) = root.get(key) else { continue };
+        file.each(value, key, &mut out, |entry, field, out| match key {
+            "services" => file.service(entry, field, out),
+            _ => file.domain(entry, field, out),
+        });
     }
     out
 }
@@ -138,11 +236,14 @@ impl FileReader {
         }
     }
 
-    fn check_keys(&self, entry: &Map<String, Value>, field: &str, allowed: &[&str]) -> Result<(), Diagnostic> {
-        match entry.keys().find(|k| !allowed.contains(&k.as_str())) {
+    fn check_keys(&self, entry: &Map<String, Value>, field: &str, allowed: &[Field]) -> Result<(), Diagnostic> {
+        match entry.keys().find(|k| !allowed.iter().any(|f| f.name == k.as_str())) {
             Some(k) => Err(Diagnostic::error(
                 self.origin(format!("{field}.{k}")),
-                format!("unknown field; allowed fields: {}", allowed.join(", ")),
+                format!(
+                    "unknown field; allowed fields: {}",
+                    allowed.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+                ),
             )),
             None => Ok(()),
         }
@@ -170,7 +271,7 @@ impl FileReader {
     }
 
     fn service(&self, entry: &Map<String, Value>, field: &str, out: &mut SourceOutput) -> Result<(), Diagnostic> {
-        let keys = self.check_keys(entry, field, &["name", "host", "port"]);
+        let keys = self.check_keys(entry, field, fields("services"));
         let name = self.required(entry, field, "name").and_then(|name| {
             ServiceName::parse(name).map_err(|e| Diagnostic::error(self.origin(format!("{field}.name")), e))
         });
@@ -224,7 +325,7 @@ impl FileReader {
     }
 
     fn domain(&self, entry: &Map<String, Value>, field: &str, out: &mut SourceOutput) -> Result<(), Diagnostic> {
-        self.check_keys(entry, field, &["name", "service", "allow", "tls"])?;
+        self.check_keys(entry, field, fields("domains"))?;
         let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
         let domain = DomainName::parse(self.required(entry, field, "name")?).map_err(|e| fail("name", &e))?;
         let service = match self.string(entry, field, "service")? {

@@ -1,6 +1,7 @@
 //! The three sources of routes: container labels, the `DOMAINS`/`SERVICES` env vars and JSON files.
 //! Each yields a [`SourceOutput`]; `routes::RouteTable::build` merges them in precedence order.
 
+pub mod config_schema;
 pub mod docker;
 pub mod env;
 pub mod file;
