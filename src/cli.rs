@@ -48,6 +48,8 @@ pub enum Command {
     /// Ask the running agent's status endpoint (GET /healthz on STATUS_ADDR): exit 0 when healthy,
     /// 1 with the reason otherwise. For Docker's HEALTHCHECK.
     Health,
+    /// Print the JSON Schema of the JSON config file (CONFIG_FILE, DOMAINS_CONFIG, SERVICES_CONFIG).
+    ConfigSchema,
     /// Certificates of the routed TLS domains.
     Certs {
         #[command(subcommand)]
@@ -120,6 +122,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         // Docker runs it every interval: it needs the status address and nothing else.
         return Ok(health(cli.settings.status_addr).await);
     }
+    if let (Some(Command::ConfigSchema), false) = (&cli.command, cli.dry_run) {
+        // A constant: it needs no setting.
+        std::io::stdout().write_all(crate::sources::config_schema::json_schema_text().as_bytes())?;
+        return Ok(EXIT_OK);
+    }
     let config = Config::from_settings(&cli.settings)?;
     if cli.dry_run {
         return dry_run(&config, cli.output.as_deref()).await;
@@ -130,7 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Certs { command: CertsCommand::Renew { force, domains } }) => {
             certs_renew(&config, force, &domains).await
         }
-        Some(Command::Health) => unreachable!("answered above"),
+        Some(Command::Health | Command::ConfigSchema) => unreachable!("answered above"),
         Some(Command::Run) | None => {
             crate::agent::run(config, shutdown_signal()).await?;
             Ok(EXIT_OK)

@@ -198,6 +198,15 @@ fn check_prints_the_route_table() {
         .stdout(contains("Errors (1):"));
 }
 
+/// `config-schema` prints the JSON Schema that `docs/config.schema.json` holds.
+#[test]
+fn config_schema_prints_the_documented_schema() {
+    let output = cmd(&[]).arg("config-schema").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let documented = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.schema.json")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&documented));
+}
+
 #[test]
 fn check_json_is_machine_readable() {
     let output = cmd(&[("DOMAINS", "app1.com:app1"), ("SERVICES", SERVICES)])
