@@ -5,8 +5,9 @@
 //! the static sources) and hands it to the `Applier`. Nothing is rendered from Docker before the
 //! first complete list of containers.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,16 +20,18 @@ use crate::config::Config;
 use crate::pipeline;
 use crate::render::Renderer;
 use crate::routes::{Diagnostic, RouteTable};
-use crate::sources::docker::DockerClient;
+use crate::sources::docker::{DockerApi, DockerClient};
 use crate::sources::labels::Container;
 use crate::sources::StaticState;
 
 mod nginx;
 mod schedule;
+mod store;
 mod watch;
 
 pub use nginx::choose_nginx;
 use schedule::Scheduler;
+use store::Store;
 use watch::{watch_docker, watch_files};
 
 /// One cause of a pass, for its log line.
@@ -54,7 +57,7 @@ enum Trigger {
     /// A static config file or the template changed.
     Files,
     /// Docker answered for the first time (it was down when the agent started).
-    Connected(DockerClient),
+    Connected(Arc<dyn DockerApi>),
     /// Certificates were issued: nginx must reload (once per batch) to serve them.
     CertsIssued(Vec<crate::routes::DomainName>),
 }
@@ -70,25 +73,74 @@ impl Trigger {
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<Trigger>(1024);
+    let (tx, rx) = mpsc::channel::<Trigger>(1024);
     let mut controller = Controller::start(config, tx).await?;
     if !controller.config.docker {
         // Env/file routes only: the first pass needs no Docker list.
         controller.pass().await;
     }
     controller.start_nginx_if_local().await?;
+    let schedule = Scheduler::new(controller.config.timing.debounce, controller.config.timing.debounce_max);
+    run_loop(&mut controller, rx, schedule, shutdown).await
+}
 
-    let mut schedule = Scheduler::new(controller.config.timing.debounce, controller.config.timing.debounce_max);
+/// What the run loop drives: the [`Controller`] (or, in the tests of the loop's timing, a
+/// stand-in that records when passes ran).
+trait Agent {
+    /// Takes a trigger into account; false when it cannot change anything.
+    fn note(&mut self, trigger: Trigger) -> bool;
+    /// Runs a pass (and starts the local nginx once it may); the delay before a retry of what
+    /// failed, if anything did.
+    async fn run_pass(&mut self) -> anyhow::Result<Option<Duration>>;
+    /// A retry is due: the next pass tries again what failed.
+    fn retry_due(&mut self);
+    /// Resolves when the local nginx exits.
+    async fn nginx_exited(&mut self) -> String;
+    async fn stop(&mut self);
+}
+
+impl Agent for Controller {
+    fn note(&mut self, trigger: Trigger) -> bool {
+        Controller::note(self, trigger)
+    }
+
+    async fn run_pass(&mut self) -> anyhow::Result<Option<Duration>> {
+        self.pass().await;
+        self.start_nginx_if_local().await?;
+        Ok(self.next_retry())
+    }
+
+    fn retry_due(&mut self) {
+        Controller::retry_due(self)
+    }
+
+    async fn nginx_exited(&mut self) -> String {
+        Controller::nginx_exited(self).await
+    }
+
+    async fn stop(&mut self) {
+        self.stop_nginx().await
+    }
+}
+
+/// Receives triggers and runs passes when `schedule` says, until `shutdown` resolves or nginx
+/// exits.
+async fn run_loop(
+    agent: &mut impl Agent,
+    mut rx: mpsc::Receiver<Trigger>,
+    mut schedule: Scheduler,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     loop {
         let (pass_due, retry_due) = schedule.next();
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down");
-                controller.stop_nginx().await;
+                agent.stop().await;
                 return Ok(());
             }
-            status = controller.nginx_exited() => {
+            status = agent.nginx_exited() => {
                 anyhow::bail!("nginx exited unexpectedly ({status}); stopping so that the container restarts");
             }
             Some(trigger) = rx.recv() => {
@@ -97,18 +149,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     _ => None,
                 };
                 let decisive = trigger.is_decisive();
-                if controller.note(trigger) {
+                if agent.note(trigger) {
                     schedule.triggered(Instant::now(), container, decisive);
                 }
             }
             _ = async { sleep_until(pass_due.expect("guarded")).await }, if pass_due.is_some() => {
                 let started = Instant::now();
-                controller.pass().await;
-                controller.start_nginx_if_local().await?;
-                schedule.pass_ran(started, Instant::now(), controller.next_retry());
+                let retry = agent.run_pass().await?;
+                schedule.pass_ran(started, Instant::now(), retry);
             }
             _ = async { sleep_until(retry_due.expect("guarded")).await }, if retry_due.is_some() => {
-                controller.retry_due();
+                agent.retry_due();
                 schedule.retry_fired(Instant::now());
             }
         }
@@ -128,7 +179,7 @@ async fn connect_docker(tx: &mpsc::Sender<Trigger>) -> Option<DockerClient> {
                 loop {
                     tokio::time::sleep(backoff.next_delay()).await;
                     if let Ok(client) = DockerClient::connect().await {
-                        let _ = tx.send(Trigger::Connected(client)).await;
+                        let _ = tx.send(Trigger::Connected(Arc::new(client))).await;
                         return;
                     }
                 }
@@ -174,17 +225,13 @@ struct Controller {
     tx: mpsc::Sender<Trigger>,
     config: Config,
     renderer: Renderer,
-    docker: Option<DockerClient>,
+    docker: Option<Arc<dyn DockerApi>>,
     applier: Applier,
     /// Kept alive: dropping it stops watching the static files and the template.
     _file_watcher: Option<notify::RecommendedWatcher>,
-    /// Labelled containers (running or stopped) by id: the cache events keep current.
-    containers: BTreeMap<String, Container>,
-    /// True once a complete list of containers was read.
-    listed: bool,
+    /// The labelled containers, what to inspect, what fails.
+    store: Store,
     statics: StaticState,
-    dirty: HashSet<String>,
-    resync: bool,
     last_diagnostics: Vec<Diagnostic>,
     /// nginx's container (its networks, and the companion's current run), read on each resync.
     nginx: Option<crate::sources::docker::NginxState>,
@@ -196,10 +243,6 @@ struct Controller {
     nginx_changed: bool,
     /// What triggered the coming pass, for the log.
     causes: BTreeSet<Cause>,
-    /// Containers whose last inspect failed (not "gone"): id → the error. Retried with backoff.
-    failing: BTreeMap<String, String>,
-    /// The error of the last list of containers, while it fails.
-    list_failed: Option<String>,
     /// Docker calls failing, as told to the log and the status endpoint, and the retry delay.
     docker_trouble: Option<(String, Backoff)>,
     /// A lasting error of the config itself (a template that does not load or render, nginx -t
@@ -229,7 +272,7 @@ impl Controller {
         let nginx = choose_nginx(&config, docker.as_ref()).await?;
         info!(nginx = %nginx.describe(), conf = %config.nginx.conf.display(), "starting");
         let applier = Applier::new(nginx, config.nginx.conf.clone(), config.certs_dir.clone());
-        let status = std::sync::Arc::new(crate::status::State::default());
+        let status = Arc::new(crate::status::State::default());
         crate::status::start(&config, status.clone(), &applier.nginx, docker.as_ref()).await;
 
         let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
@@ -239,46 +282,54 @@ impl Controller {
             tokio::spawn(manager.serve(tls_domains_rx, tx.clone(), Trigger::CertsIssued, interval));
         }
         let file_watcher = watch_files(&config, tx.clone());
+        let docker = docker.map(|client| Arc::new(client) as Arc<dyn DockerApi>);
         if let Some(client) = docker.clone() {
             tokio::spawn(watch_docker(client, tx.clone(), config.label_prefix.clone()));
         }
         spawn_resync_timer(tx.clone(), config.timing.resync);
         Ok(Controller {
+            docker,
+            status,
+            tls_domains,
+            _file_watcher: file_watcher,
+            ..Controller::new(config, tx, applier, renderer)
+        })
+    }
+
+    /// A controller that has not connected anything yet: no Docker, no file watcher, a status
+    /// and a channel of TLS domains nobody reads.
+    fn new(config: Config, tx: mpsc::Sender<Trigger>, applier: Applier, renderer: Renderer) -> Controller {
+        Controller {
             tx,
+            store: Store::new(&config.label_prefix),
             config,
             renderer,
-            docker,
+            docker: None,
             applier,
-            _file_watcher: file_watcher,
-            containers: BTreeMap::new(),
-            listed: false,
+            _file_watcher: None,
             statics: StaticState::default(),
-            dirty: HashSet::new(),
-            resync: false,
             last_diagnostics: Vec::new(),
             nginx: None,
             applied_run: None,
             nginx_start_seen: false,
             nginx_changed: false,
             causes: BTreeSet::new(),
-            failing: BTreeMap::new(),
-            list_failed: None,
             docker_trouble: None,
             config_error: None,
             template_error: None,
             served: BTreeSet::new(),
-            tls_domains,
+            tls_domains: tokio::sync::watch::channel(Vec::new()).0,
             tls_pending: None,
             retry: None,
-            status,
-        })
+            status: Arc::default(),
+        }
     }
 
     /// Takes a trigger into account; false when it cannot change anything (an event about a
     /// container that has no labels with the prefix and is neither cached nor nginx).
     fn note(&mut self, trigger: Trigger) -> bool {
         if let Trigger::Container { id, name, labelled: false, .. } = &trigger {
-            if !self.containers.contains_key(id) && !self.is_about_nginx(id, name.as_deref()) {
+            if self.store.get(id).is_none() && !self.is_about_nginx(id, name.as_deref()) {
                 return false;
             }
         }
@@ -299,12 +350,12 @@ impl Controller {
                     if let Some(nginx) = &mut self.nginx {
                         nginx.run = None;
                     }
-                    self.resync = true;
+                    self.store.resync();
                 }
-                self.dirty.insert(id);
+                self.store.changed(id);
             }
             Trigger::Resync => {
-                self.resync = true;
+                self.store.resync();
                 // Something outside the candidate (nginx's own config) may have been fixed.
                 self.applier.retest();
             }
@@ -313,7 +364,7 @@ impl Controller {
                 info!("connected to Docker");
                 tokio::spawn(watch_docker(client.clone(), self.tx.clone(), self.config.label_prefix.clone()));
                 self.docker = Some(client);
-                self.resync = true;
+                self.store.resync();
             }
             Trigger::Files => {
                 if let Some(path) = &self.config.template {
@@ -335,7 +386,7 @@ impl Controller {
     fn cause_of(&self, trigger: &Trigger) -> Cause {
         match trigger {
             Trigger::Container { id, name, action, .. } => {
-                let name = name.clone().or_else(|| self.containers.get(id).map(|c| c.name.clone()));
+                let name = name.clone().or_else(|| self.store.get(id).map(|c| c.name.clone()));
                 Cause::Container { id: id.clone(), name, action: action.clone() }
             }
             Trigger::Resync => Cause::Other("resync".to_string()),
@@ -353,13 +404,7 @@ impl Controller {
         if !self.refresh().await {
             return;
         }
-        let containers: Vec<Container> = self.containers.values().cloned().collect();
-        let table = pipeline::build(
-            self.config.docker.then_some(&containers[..]),
-            self.nginx.as_ref().map(|n| n.networks.clone()),
-            self.statics.load(&self.config.statics),
-            &self.config.label_prefix,
-        );
+        let table = self.table();
         self.report_diagnostics(&table);
 
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().map(|c| self.describe(c)).collect();
@@ -376,6 +421,17 @@ impl Controller {
         self.config_error(None);
     }
 
+    /// The whole table from the cache and the static sources.
+    fn table(&mut self) -> RouteTable {
+        let containers: Vec<Container> = self.store.containers().cloned().collect();
+        pipeline::build(
+            self.config.docker.then_some(&containers[..]),
+            self.nginx.as_ref().map(|n| n.networks.clone()),
+            self.statics.load(&self.config.statics),
+            &self.config.label_prefix,
+        )
+    }
+
     /// Brings the container cache and nginx's state up to date; false when no config may be
     /// rendered yet (Docker wanted but not answering, or its first list incomplete).
     async fn refresh(&mut self) -> bool {
@@ -383,27 +439,36 @@ impl Controller {
             // Docker has not answered yet: keep the config on disk until it does.
             return !self.config.docker;
         };
-        if self.resync || !self.listed {
-            self.relist(&client).await;
+        if self.store.wants_list() {
+            self.relist(&*client).await;
         } else if std::mem::take(&mut self.nginx_changed) {
-            self.nginx = self.nginx_state(&client).await;
+            self.nginx = self.nginx_state(&*client).await;
         }
         if std::mem::take(&mut self.nginx_start_seen) {
             self.nginx_started();
         }
-        if !self.dirty.is_empty() {
-            let ids: Vec<String> = self.dirty.drain().collect();
+        let ids = self.store.take_dirty();
+        if !ids.is_empty() {
             let results = client.inspect_all(&ids).await;
-            for (id, result) in ids.into_iter().zip(results) {
-                match result {
-                    Ok(c) => self.inspected(id, c),
-                    Err(e) => self.inspect_failed(id, e),
-                }
-            }
+            self.store.inspected_all(ids, results);
         }
         self.publish_docker_trouble();
         // Never render Docker routes from a partial picture.
-        self.listed
+        self.store.listed()
+    }
+
+    /// Lists the labelled containers and inspects them all (see [`Store::listed_all`]); reads
+    /// nginx's state again once the list is taken.
+    async fn relist(&mut self, client: &dyn DockerApi) {
+        let ids = match client.labelled_ids(&self.config.label_prefix).await {
+            Ok(ids) => ids,
+            Err(e) => return self.store.list_failed(&e),
+        };
+        let results = client.inspect_all(&ids).await;
+        if self.store.listed_all(ids, results) {
+            self.nginx = self.nginx_state(client).await;
+            self.nginx_changed = false;
+        }
     }
 
     /// Logs a changed config that went live (what was added and removed, why, how long it took)
@@ -484,7 +549,7 @@ impl Controller {
         match cause {
             Cause::Container { id, name, action } => {
                 let name = name
-                    .or_else(|| self.containers.get(&id).map(|c| c.name.clone()))
+                    .or_else(|| self.store.get(&id).map(|c| c.name.clone()))
                     .or_else(|| self.nginx.as_ref().filter(|n| n.id == id).map(|n| n.name.clone()));
                 format!("{}: {action}", name.unwrap_or_else(|| id.chars().take(12).collect()))
             }
@@ -492,93 +557,10 @@ impl Controller {
         }
     }
 
-    /// Lists the labelled containers and inspects them all. A container whose inspect fails
-    /// keeps its last known state and is inspected again with backoff; the first picture must be
-    /// complete before any Docker route is rendered.
-    async fn relist(&mut self, client: &DockerClient) {
-        let ids = match client.labelled_ids(&self.config.label_prefix).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                self.list_failed = Some(e.to_string());
-                return;
-            }
-        };
-        self.list_failed = None;
-        let results = client.inspect_all(&ids).await;
-        let mut fresh = BTreeMap::new();
-        let mut failed = Vec::new();
-        for (id, result) in ids.into_iter().zip(results) {
-            match result {
-                Ok(c) => {
-                    self.failing.remove(&id);
-                    fresh.insert(id, c);
-                }
-                Err(e) if e.is_not_found() => {
-                    self.failing.remove(&id);
-                }
-                Err(e) => {
-                    if let Some(known) = self.containers.get(&id) {
-                        fresh.insert(id.clone(), known.clone());
-                    }
-                    failed.push((id, e));
-                }
-            }
-        }
-        let complete = failed.is_empty();
-        for (id, e) in failed {
-            self.inspect_failed(id, e);
-        }
-        if !self.listed && !complete {
-            return;
-        }
-        let before = self.containers.len();
-        self.containers = fresh;
-        if !self.listed {
-            info!(containers = self.containers.len(), "listed labelled containers");
-        } else if before != self.containers.len() {
-            info!(before, after = self.containers.len(), "resync changed the container set");
-        }
-        self.listed = true;
-        self.resync = false;
-        self.dirty.retain(|id| self.failing.contains_key(id));
-        self.nginx = self.nginx_state(client).await;
-        self.nginx_changed = false;
-    }
-
-    fn inspected(&mut self, id: String, c: Container) {
-        self.failing.remove(&id);
-        if !c.has_prefix_labels(&self.config.label_prefix) {
-            self.containers.remove(&id);
-            return;
-        }
-        if c.is_nginx(&self.config.label_prefix) {
-            self.resync = true;
-        }
-        self.containers.insert(id, c);
-    }
-
-    /// An inspect failed: a container that is gone leaves the cache, any other failure (an error
-    /// answer, garbage, a timeout) keeps what is known and retries with backoff.
-    fn inspect_failed(&mut self, id: String, e: crate::sources::docker::DockerError) {
-        if e.is_not_found() {
-            self.failing.remove(&id);
-            self.containers.remove(&id);
-        } else {
-            self.failing.insert(id, e.to_string());
-        }
-    }
-
     /// Logs a change of Docker's state (failing calls begin or end) once, tells the status
     /// endpoint, and sets the backoff of the next retry.
     fn publish_docker_trouble(&mut self) {
-        let trouble = match (&self.list_failed, self.failing.len()) {
-            (Some(e), _) => Some(format!("listing containers fails: {e}")),
-            (None, 0) => None,
-            (None, 1) => self.failing.values().next().map(|e| format!("1 container cannot be inspected: {e}")),
-            (None, n) => {
-                self.failing.values().next().map(|e| format!("{n} containers cannot be inspected (first: {e})"))
-            }
-        };
+        let trouble = self.store.trouble();
         match (&trouble, &self.docker_trouble) {
             (Some(now), before) if before.as_ref().map(|(t, _)| t) != Some(now) => {
                 warn!("Docker is degraded: {now}; applying what is known and retrying with backoff")
@@ -608,10 +590,7 @@ impl Controller {
 
     /// A retry is due: list again after a failed apply or list, inspect again what failed.
     fn retry_due(&mut self) {
-        if self.retry.is_some() || self.list_failed.is_some() || !self.listed {
-            self.resync = true;
-        }
-        self.dirty.extend(self.failing.keys().cloned());
+        self.store.retry_due(self.retry.is_some());
         if self.causes.len() < 20 {
             self.causes.insert(Cause::Other("retry".into()));
         }

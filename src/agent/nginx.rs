@@ -11,7 +11,7 @@ use crate::apply::nginx::{CompanionNginx, LocalNginx};
 use crate::apply::Nginx;
 use crate::config::Config;
 use crate::pipeline;
-use crate::sources::docker::DockerClient;
+use crate::sources::docker::{DockerApi, DockerClient};
 
 impl Controller {
     /// Whether an event is about the container nginx runs in (the companion's, or in the single
@@ -47,7 +47,7 @@ impl Controller {
 
     /// nginx's container (networks, run): the companion container's, or this container's own (same
     /// container setup, where the host name is the container id), or unknown.
-    pub(super) async fn nginx_state(&self, client: &DockerClient) -> Option<crate::sources::docker::NginxState> {
+    pub(super) async fn nginx_state(&self, client: &dyn DockerApi) -> Option<crate::sources::docker::NginxState> {
         let container = match &self.applier.nginx {
             Nginx::Companion(c) => c.container.clone(),
             Nginx::Local(_) => pipeline::own_container()?,
@@ -57,7 +57,8 @@ impl Controller {
 
     pub(super) async fn start_nginx_if_local(&mut self) -> anyhow::Result<()> {
         if let Nginx::Local(local) = &mut self.applier.nginx {
-            if local.child.is_none() && (self.listed || !self.config.docker || self.config.nginx.conf.exists()) {
+            if local.child.is_none() && (self.store.listed() || !self.config.docker || self.config.nginx.conf.exists())
+            {
                 local.start()?;
                 self.status.nginx_started(local.child.as_ref().and_then(tokio::process::Child::id));
                 info!("nginx started");

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -11,11 +12,11 @@ use tracing::{info, warn};
 use super::{Trigger, DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::sources::docker::DockerClient;
+use crate::sources::docker::DockerApi;
 
 /// Follows the Docker event stream; reconnects with backoff (250 ms doubling to 1 s), without limit, and asks
 /// for a resync after every (re)connect. Logs each state change once, not each retry.
-pub(super) async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>, prefix: String) {
+pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>, prefix: String) {
     let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
     let mut down_since: Option<std::time::Instant> = None;
     loop {
@@ -28,7 +29,7 @@ pub(super) async fn watch_docker(client: DockerClient, tx: mpsc::Sender<Trigger>
                 backoff.reset();
                 // Events from just before the resync on are replayed, so none falls in between.
                 let since = unix_now() - 1;
-                let mut events = Box::pin(client.events(since, &prefix));
+                let mut events = client.events(since, &prefix);
                 if tx.send(Trigger::Resync).await.is_err() {
                     return;
                 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use bollard::models::{ContainerInspectResponse, HealthStatusEnum};
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use thiserror::Error;
 
 use super::labels::{Container, Health, NetworkAddress};
@@ -72,6 +74,43 @@ impl DockerError {
             self,
             DockerError::Api { source: bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }, .. }
         )
+    }
+}
+
+/// What the agent's controller and its watchers ask of Docker: implemented by [`DockerClient`]
+/// (bollard) and, in the agent's tests, by an in-memory fake. The exec calls of the companion
+/// nginx are not part of it (they go through [`DockerClient::raw`]).
+pub trait DockerApi: Send + Sync + std::fmt::Debug {
+    /// The ids of every container (running or stopped) that carries a label with `prefix.`.
+    fn labelled_ids<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, DockerError>>;
+    /// Inspects `ids`; the results in the order of `ids`.
+    fn inspect_all<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Vec<Result<Container, DockerError>>>;
+    /// The named nginx container's networks and the start of its current run.
+    fn nginx_state<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<NginxState, DockerError>>;
+    fn ping(&self) -> BoxFuture<'_, Result<(), DockerError>>;
+    /// The events that can change routes, from `since` (unix seconds) on.
+    fn events(&self, since: i64, prefix: &str) -> BoxStream<'static, Result<ContainerEvent, DockerError>>;
+}
+
+impl DockerApi for DockerClient {
+    fn labelled_ids<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, DockerError>> {
+        Box::pin(DockerClient::labelled_ids(self, prefix))
+    }
+
+    fn inspect_all<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Vec<Result<Container, DockerError>>> {
+        Box::pin(DockerClient::inspect_all(self, ids))
+    }
+
+    fn nginx_state<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<NginxState, DockerError>> {
+        Box::pin(DockerClient::nginx_state(self, name))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), DockerError>> {
+        Box::pin(DockerClient::ping(self))
+    }
+
+    fn events(&self, since: i64, prefix: &str) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
+        Box::pin(DockerClient::events(self, since, prefix))
     }
 }
 
@@ -173,7 +212,9 @@ impl DockerClient {
     /// Inspects `ids`, at most [`INSPECT_CONCURRENCY`] at once; the results in the order of `ids`.
     pub async fn inspect_all(&self, ids: &[String]) -> Vec<Result<Container, DockerError>> {
         use futures::StreamExt;
-        futures::stream::iter(ids).map(|id| self.inspect(id)).buffered(INSPECT_CONCURRENCY).collect().await
+        // Owned ids: a closure over borrowed ones makes the future not `Send` for every lifetime.
+        let inspects = ids.iter().cloned().map(|id| async move { self.inspect(&id).await });
+        futures::stream::iter(inspects).buffered(INSPECT_CONCURRENCY).collect().await
     }
 
     /// Every container (running or stopped) that carries a label with `prefix.`, inspected.
