@@ -24,9 +24,13 @@ use crate::sources::docker::{DockerApi, DockerClient};
 use crate::sources::labels::Container;
 use crate::sources::StaticState;
 
+#[cfg(test)]
+mod fake;
 mod nginx;
 mod schedule;
 mod store;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 pub use nginx::choose_nginx;

@@ -1,0 +1,343 @@
+//! The controller without a daemon: what passes do for a sequence of Docker events (with
+//! [`FakeDocker`] behind the real event watcher), and the run loop's timing on tokio's paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::fake::FakeDocker;
+use super::schedule::Scheduler;
+use super::store::tests::app;
+use super::watch::watch_docker;
+use super::{run_loop, Agent, Controller, Trigger};
+use crate::apply::nginx::CompanionNginx;
+use crate::apply::{Applier, Nginx};
+use crate::config::Config;
+use crate::render::Renderer;
+use crate::routes::RouteTable;
+use crate::settings::Settings;
+use crate::sources::docker::NginxState;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// The defaults (no environment is read that a test could have set: none of these are set here),
+/// with nginx's version given rather than asked.
+fn config() -> Config {
+    let args = Args::try_parse_from(["test", "--nginx-version", "1.27.0"]).expect("defaults parse");
+    Config::from_settings(&args.settings).expect("the defaults are valid")
+}
+
+/// A controller driving a companion nginx container named `nginx` (on network `net`), reading
+/// `docker`, with the real Docker watcher sending it triggers.
+struct Harness {
+    docker: Arc<FakeDocker>,
+    controller: Controller,
+    rx: mpsc::Receiver<Trigger>,
+}
+
+impl Harness {
+    async fn new(docker: FakeDocker) -> Harness {
+        let docker = Arc::new(docker);
+        docker.set_nginx(NginxState {
+            id: "id-nginx".into(),
+            name: "nginx".into(),
+            networks: ["net".to_string()].into(),
+            run: Some("id-nginx@1".into()),
+        });
+        let config = config();
+        // Never used: the tests stop before apply (bollard connects lazily).
+        let client = bollard::Docker::connect_with_defaults().expect("a client");
+        let nginx =
+            CompanionNginx { docker: client, container: "nginx".into(), main_conf: config.nginx.main_conf.clone() };
+        let applier = Applier::new(Nginx::Companion(nginx), config.nginx.conf.clone(), config.certs_dir.clone());
+        let (tx, rx) = mpsc::channel(1024);
+        let mut controller = Controller::new(config, tx.clone(), applier, Renderer::builtin());
+        controller.docker = Some(docker.clone());
+        tokio::spawn(watch_docker(docker.clone(), tx, "smart-proxy".into()));
+        let mut harness = Harness { docker, controller, rx };
+        // The watcher asks for a resync once its event stream is open.
+        assert!(matches!(harness.recv().await, Trigger::Resync));
+        assert_eq!(harness.docker.streams(), 1);
+        harness
+    }
+
+    async fn recv(&mut self) -> Trigger {
+        let trigger = tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await;
+        trigger.expect("a trigger within 5 s").expect("the channel is open")
+    }
+
+    /// Notes the next `n` triggers; whether each asked for a pass.
+    async fn note(&mut self, n: usize) -> Vec<bool> {
+        let mut asked = Vec::new();
+        for _ in 0..n {
+            let trigger = self.recv().await;
+            asked.push(self.controller.note(trigger));
+        }
+        asked
+    }
+
+    /// A pass up to the table (apply is the `Applier`'s, tested on its own): `None` when no config
+    /// may be rendered yet.
+    async fn pass(&mut self) -> Option<RouteTable> {
+        if !self.controller.refresh().await {
+            return None;
+        }
+        Some(self.controller.table())
+    }
+
+    /// The first pass: lists, and the table.
+    async fn first_pass(&mut self) -> RouteTable {
+        self.controller.note(Trigger::Resync);
+        let table = self.pass().await.expect("the first list is complete");
+        self.docker.calls();
+        self.controller.causes.clear();
+        table
+    }
+
+    fn degraded(&self) -> Option<&str> {
+        self.controller.docker_trouble.as_ref().map(|(t, _)| t.as_str())
+    }
+}
+
+/// The routes of a table: each site's domain and how many servers its upstreams have.
+fn routes(table: &RouteTable) -> Vec<String> {
+    table
+        .sites
+        .iter()
+        .map(|site| {
+            let servers: usize = site
+                .locations
+                .iter()
+                .filter_map(|l| l.upstream.as_ref())
+                .filter_map(|id| table.upstreams.iter().find(|u| u.id == *id))
+                .map(|u| u.backends.len())
+                .sum();
+            format!("{} ({servers} servers)", site.domain)
+        })
+        .collect()
+}
+
+fn running(docker: &FakeDocker, name: &str, domain: &str) {
+    docker.run(app(name, domain));
+}
+
+#[tokio::test]
+async fn no_docker_route_is_rendered_before_the_first_complete_list() {
+    let docker = FakeDocker::default();
+    running(&docker, "a", "a.com");
+    running(&docker, "b", "b.com");
+    docker.fail_inspect("id-b", true);
+    let mut h = Harness::new(docker).await;
+
+    assert!(h.pass().await.is_none(), "b's inspect failed: the picture is partial");
+    assert_eq!(h.docker.calls(), ["list", "inspect id-a", "inspect id-b"]);
+    assert!(h.degraded().unwrap().starts_with("1 container cannot be inspected"));
+    assert_eq!(h.controller.next_retry(), Some(Duration::from_millis(250)));
+
+    h.controller.retry_due();
+    assert!(h.pass().await.is_none());
+    assert_eq!(h.docker.calls(), ["list", "inspect id-a", "inspect id-b", "inspect id-b"]);
+    assert_eq!(h.controller.next_retry(), Some(Duration::from_millis(500)), "backoff doubles");
+
+    h.docker.fail_inspect("id-b", false);
+    h.controller.retry_due();
+    let table = h.pass().await.expect("complete now");
+    assert_eq!(routes(&table), ["a.com (1 servers)", "b.com (1 servers)"]);
+    assert_eq!(h.docker.calls(), ["list", "inspect id-a", "inspect id-b", "nginx_state nginx"]);
+    assert_eq!(h.degraded(), None);
+    assert_eq!(h.controller.next_retry(), None);
+}
+
+#[tokio::test]
+async fn a_started_container_is_inspected_and_routed_and_a_removed_one_leaves() {
+    let mut h = Harness::new(FakeDocker::default()).await;
+    assert_eq!(routes(&h.first_pass().await), Vec::<String>::new());
+
+    running(&h.docker, "a", "a.com");
+    assert_eq!(h.note(1).await, [true]);
+    assert_eq!(routes(&h.pass().await.unwrap()), ["a.com (1 servers)"]);
+    assert_eq!(h.docker.calls(), ["inspect id-a"], "only what the event named");
+
+    h.docker.remove("id-a");
+    assert_eq!(h.note(1).await, [true]);
+    assert_eq!(routes(&h.pass().await.unwrap()), Vec::<String>::new());
+    assert_eq!(h.docker.calls(), ["inspect id-a"]);
+}
+
+#[tokio::test]
+async fn a_failing_inspect_keeps_the_last_known_state_and_is_retried_until_it_answers() {
+    let docker = FakeDocker::default();
+    running(&docker, "a", "a.com");
+    let mut h = Harness::new(docker).await;
+    assert_eq!(routes(&h.first_pass().await), ["a.com (1 servers)"]);
+
+    // a stops while Docker does not answer its inspect: its last known state (running) stays.
+    h.docker.fail_inspect("id-a", true);
+    h.docker.stop("id-a");
+    assert_eq!(h.note(2).await, [true, true], "die, stop");
+    assert_eq!(routes(&h.pass().await.unwrap()), ["a.com (1 servers)"]);
+    assert_eq!(h.docker.calls(), ["inspect id-a"], "two events, one inspect");
+    assert!(h.degraded().unwrap().contains("inspect container id-a got no answer"));
+    assert_eq!(h.controller.next_retry(), Some(Duration::from_millis(250)));
+
+    h.controller.retry_due();
+    assert_eq!(routes(&h.pass().await.unwrap()), ["a.com (1 servers)"]);
+    assert_eq!(h.docker.calls(), ["inspect id-a"], "retried, without a list");
+    assert_eq!(h.controller.next_retry(), Some(Duration::from_millis(500)));
+
+    h.docker.fail_inspect("id-a", false);
+    h.controller.retry_due();
+    assert_eq!(routes(&h.pass().await.unwrap()), ["a.com (0 servers)"], "stopped: no live server");
+    assert_eq!(h.docker.calls(), ["inspect id-a"]);
+    assert_eq!(h.degraded(), None, "recovered");
+    assert_eq!(h.controller.next_retry(), None);
+}
+
+#[tokio::test]
+async fn an_event_about_an_unlabelled_unknown_container_asks_for_no_pass() {
+    let mut h = Harness::new(FakeDocker::default()).await;
+    h.first_pass().await;
+    let mut plain = app("plain", "x.com");
+    plain.labels.clear();
+    h.docker.run(plain);
+    assert_eq!(h.note(1).await, [false]);
+    assert!(h.controller.causes.is_empty());
+    assert!(h.controller.store.take_dirty().is_empty(), "nothing to inspect");
+}
+
+#[tokio::test]
+async fn a_network_change_of_the_nginx_container_reads_its_networks_again() {
+    let docker = FakeDocker::default();
+    let mut a = app("a", "a.com");
+    // On two networks: the one nginx shares is chosen.
+    a.networks.insert(
+        "other".into(),
+        crate::sources::labels::NetworkAddress { ipv4: Some([10, 0, 0, 9].into()), ipv6: None },
+    );
+    docker.run(a);
+    let mut h = Harness::new(docker).await;
+    let table = h.first_pass().await;
+    let server = |t: &RouteTable| t.upstreams[0].backends[0].host.to_string();
+    assert_eq!(server(&table), "172.18.0.5", "nginx is on net");
+
+    // nginx leaves net for other (network events name no container, only its id).
+    h.docker.connect_nginx("other");
+    assert_eq!(h.note(1).await, [true]);
+    assert!(h.controller.nginx_changed);
+    let table = h.pass().await.unwrap();
+    // Read again without a list (and nginx's container inspected like any container an event names).
+    assert_eq!(h.docker.calls(), ["nginx_state nginx", "inspect id-nginx"]);
+    let networks = &h.controller.nginx.as_ref().unwrap().networks;
+    assert_eq!(networks.iter().map(String::as_str).collect::<Vec<_>>(), ["net", "other"]);
+    assert_eq!(server(&table), "172.18.0.5", "net is still shared and first by name");
+}
+
+/// A stand-in for the controller in the run loop: it records when passes ran and fails the
+/// passes it is told to (the delay before their retry).
+#[derive(Default)]
+struct Recorder {
+    start: Option<Instant>,
+    /// When each pass started, in ms after `start`.
+    passes: Vec<u64>,
+    retries: Vec<u64>,
+    /// How long a pass takes.
+    pass_takes: Duration,
+    /// The retry delays of the next passes (a failed apply); then they succeed.
+    failures: Vec<Duration>,
+}
+
+impl Recorder {
+    fn ms(&self) -> u64 {
+        Instant::now().duration_since(self.start.expect("started")).as_millis() as u64
+    }
+}
+
+impl Agent for Recorder {
+    fn note(&mut self, _trigger: Trigger) -> bool {
+        true
+    }
+
+    async fn run_pass(&mut self) -> anyhow::Result<Option<Duration>> {
+        self.passes.push(self.ms());
+        tokio::time::sleep(self.pass_takes).await;
+        Ok((!self.failures.is_empty()).then(|| self.failures.remove(0)))
+    }
+
+    fn retry_due(&mut self) {
+        self.retries.push(self.ms());
+    }
+
+    async fn nginx_exited(&mut self) -> String {
+        std::future::pending().await
+    }
+
+    async fn stop(&mut self) {}
+}
+
+/// An event about container `id`: `start`, or with `action` a network `connect` (not decisive).
+fn event(id: &str, action: &str) -> Trigger {
+    Trigger::Container { id: id.into(), name: None, action: action.into(), labelled: true }
+}
+
+/// Runs the loop with DEBOUNCE 100 ms and DEBOUNCE_MAX 1 s over `recorder`, sending `events`
+/// (ms after the start, container id, action) and stopping at `end` ms. (No event falls on the
+/// instant a pass is due: which of the two the loop takes first would be chance.)
+async fn drive(recorder: &mut Recorder, events: Vec<(u64, String, &'static str)>, end: u64) {
+    let (tx, rx) = mpsc::channel(4096);
+    let start = Instant::now();
+    recorder.start = Some(start);
+    let script = async move {
+        for (at, id, action) in events {
+            tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+            tx.send(event(&id, action)).await.expect("the loop runs");
+        }
+        tokio::time::sleep_until(start + Duration::from_millis(end)).await;
+    };
+    let schedule = Scheduler::new(Duration::from_millis(100), Duration::from_secs(1));
+    run_loop(recorder, rx, schedule, script).await.expect("stopped by the script");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_runs_the_first_event_at_once_then_debounces_with_a_maximum_wait() {
+    let mut r = Recorder::default();
+    // A start, then network events about it every 70 ms for 3 s (one container: no storm).
+    let mut events = vec![(0, "app".to_string(), "start")];
+    events.extend((1..=43).map(|i| (i * 70, "app".to_string(), "connect")));
+    drive(&mut r, events, 5000).await;
+    // At once; then DEBOUNCE_MAX from each burst's first event (the stream never falls quiet for
+    // DEBOUNCE); then DEBOUNCE after the last event at 3010.
+    assert_eq!(r.passes, [0, 1070, 2120, 3110]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_retries_a_failed_apply_after_the_controllers_delay() {
+    let mut r = Recorder { failures: vec![Duration::from_secs(1), Duration::from_secs(2)], ..Default::default() };
+    drive(&mut r, vec![(0, "app".into(), "start")], 10_000).await;
+    // Failed at 0: retry at 1000, its pass a DEBOUNCE later; failed again: retry 2 s after.
+    assert_eq!(r.retries, [1000, 3100]);
+    assert_eq!(r.passes, [0, 1100, 3200]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_enters_a_storm_under_many_containers_and_leaves_it_after_quiet() {
+    let mut r = Recorder { pass_takes: Duration::from_millis(500), ..Default::default() };
+    // 213 containers starting one every 47 ms for 10 s (passes of 500 ms cannot keep up),
+    // then after 20 s of quiet one more container.
+    let mut events: Vec<_> = (0..213).map(|i| (i * 47, format!("c{i}"), "start")).collect();
+    events.push((30_000, "late".into(), "start"));
+    drive(&mut r, events, 40_000).await;
+    // 0: at once. 611: the first burst after it began with two containers seen (no storm yet)
+    // and came a DEBOUNCE after that pass: at once again. 1111: that pass ends with ~20
+    // containers changing, the burst right after it raises the storm level: the next pass waits
+    // for 4 x DEBOUNCE_MAX (5111); the burst after that (level 2, up to 16 s) ends with 2 x
+    // DEBOUNCE_MAX of quiet after the last event (9964 + 2000). After 20 s of quiet: at once.
+    assert_eq!(r.passes, [0, 611, 5111, 11964, 30000]);
+    // Without a storm a pass would start about every 1.5 s (1 s of waiting plus 500 ms of pass).
+}
