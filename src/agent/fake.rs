@@ -103,6 +103,11 @@ impl FakeDocker {
         })
     }
 
+    /// Ends every open event stream (as a daemon restart does).
+    pub(super) fn end_streams(&self) {
+        self.with(|d| d.streams.clear());
+    }
+
     /// The calls made since the last time this was asked.
     pub(super) fn calls(&self) -> Vec<String> {
         self.with(|d| std::mem::take(&mut d.calls))

@@ -239,6 +239,24 @@ async fn a_network_change_of_the_nginx_container_reads_its_networks_again() {
     assert_eq!(server(&table), "172.18.0.5", "net is still shared and first by name");
 }
 
+#[tokio::test]
+async fn a_lost_event_stream_is_reopened_and_its_resync_repairs_a_missed_removal() {
+    let docker = FakeDocker::default();
+    running(&docker, "a", "a.com");
+    running(&docker, "b", "b.com");
+    let mut h = Harness::new(docker).await;
+    assert_eq!(routes(&h.first_pass().await), ["a.com (1 servers)", "b.com (1 servers)"]);
+
+    h.docker.end_streams();
+    // Removed while no stream is open: its destroy event is lost.
+    h.docker.remove("id-b");
+    assert!(matches!(h.recv().await, Trigger::Resync), "the watcher reconnects and asks for a resync");
+    assert_eq!(h.docker.streams(), 1);
+    assert!(h.controller.note(Trigger::Resync));
+    assert_eq!(routes(&h.pass().await.unwrap()), ["a.com (1 servers)"]);
+    assert_eq!(h.docker.calls(), ["list", "inspect id-a", "nginx_state nginx"]);
+}
+
 /// A stand-in for the controller in the run loop: it records when passes ran and fails the
 /// passes it is told to (the delay before their retry).
 #[derive(Default)]
