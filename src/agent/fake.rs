@@ -103,6 +103,16 @@ impl FakeDocker {
         })
     }
 
+    /// The nginx container starts again (a new run): a container event with its name.
+    pub(super) fn restart_nginx(&self) {
+        self.with(|d| {
+            let nginx = d.nginx.as_mut().expect("nginx set");
+            nginx.run = Some(format!("{}@2", nginx.id));
+            let (id, name) = (nginx.id.clone(), nginx.name.clone());
+            d.emit(&id, Some(name), "start", false);
+        })
+    }
+
     /// Ends every open event stream (as a daemon restart does).
     pub(super) fn end_streams(&self) {
         self.with(|d| d.streams.clear());

@@ -162,8 +162,11 @@ async fn a_started_container_is_inspected_and_routed_and_a_removed_one_leaves() 
 
     running(&h.docker, "a", "a.com");
     assert_eq!(h.note(1).await, [true]);
-    assert_eq!(routes(&h.pass().await.unwrap()), ["a.com (1 servers)"]);
+    let table = h.pass().await.unwrap();
+    assert_eq!(routes(&table), ["a.com (1 servers)"]);
     assert_eq!(h.docker.calls(), ["inspect id-a"], "only what the event named");
+    let config = h.controller.renderer.render(&table, &h.controller.config.render).expect("renders");
+    assert!(config.contains("server_name a.com;") && config.contains("server 172.18.0.5:8080"), "{config}");
 
     h.docker.remove("id-a");
     assert_eq!(h.note(1).await, [true]);
@@ -237,6 +240,21 @@ async fn a_network_change_of_the_nginx_container_reads_its_networks_again() {
     let networks = &h.controller.nginx.as_ref().unwrap().networks;
     assert_eq!(networks.iter().map(String::as_str).collect::<Vec<_>>(), ["net", "other"]);
     assert_eq!(server(&table), "172.18.0.5", "net is still shared and first by name");
+}
+
+#[tokio::test]
+async fn a_start_of_the_nginx_container_lists_again_and_reads_its_new_run() {
+    let docker = FakeDocker::default();
+    running(&docker, "a", "a.com");
+    let mut h = Harness::new(docker).await;
+    h.first_pass().await;
+    assert_eq!(h.controller.nginx_run().map(String::as_str), Some("id-nginx@1"));
+
+    h.docker.restart_nginx();
+    assert_eq!(h.note(1).await, [true], "unlabelled, but nginx's");
+    assert_eq!(routes(&h.pass().await.unwrap()), ["a.com (1 servers)"]);
+    assert_eq!(h.docker.calls(), ["list", "inspect id-a", "nginx_state nginx"], "a resync");
+    assert_eq!(h.controller.nginx_run().map(String::as_str), Some("id-nginx@2"));
 }
 
 #[tokio::test]
