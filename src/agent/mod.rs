@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::apply::{Applied, Applier, ApplyError};
@@ -27,6 +27,7 @@ use crate::sources::StaticState;
 #[cfg(test)]
 mod fake;
 mod nginx;
+mod run;
 mod schedule;
 mod store;
 #[cfg(test)]
@@ -34,6 +35,7 @@ mod tests;
 mod watch;
 
 pub use nginx::choose_nginx;
+use run::run_loop;
 use schedule::Scheduler;
 use store::Store;
 use watch::{watch_docker, watch_files};
@@ -86,88 +88,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     controller.start_nginx_if_local().await?;
     let schedule = Scheduler::new(controller.config.timing.debounce, controller.config.timing.debounce_max);
     run_loop(&mut controller, rx, schedule, shutdown).await
-}
-
-/// What the run loop drives: the [`Controller`] (or, in the tests of the loop's timing, a
-/// stand-in that records when passes ran).
-trait Agent {
-    /// Takes a trigger into account; false when it cannot change anything.
-    fn note(&mut self, trigger: Trigger) -> bool;
-    /// Runs a pass (and starts the local nginx once it may); the delay before a retry of what
-    /// failed, if anything did.
-    async fn run_pass(&mut self) -> anyhow::Result<Option<Duration>>;
-    /// A retry is due: the next pass tries again what failed.
-    fn retry_due(&mut self);
-    /// Resolves when the local nginx exits.
-    async fn nginx_exited(&mut self) -> String;
-    async fn stop(&mut self);
-}
-
-impl Agent for Controller {
-    fn note(&mut self, trigger: Trigger) -> bool {
-        Controller::note(self, trigger)
-    }
-
-    async fn run_pass(&mut self) -> anyhow::Result<Option<Duration>> {
-        self.pass().await;
-        self.start_nginx_if_local().await?;
-        Ok(self.next_retry())
-    }
-
-    fn retry_due(&mut self) {
-        Controller::retry_due(self)
-    }
-
-    async fn nginx_exited(&mut self) -> String {
-        Controller::nginx_exited(self).await
-    }
-
-    async fn stop(&mut self) {
-        self.stop_nginx().await
-    }
-}
-
-/// Receives triggers and runs passes when `schedule` says, until `shutdown` resolves or nginx
-/// exits.
-async fn run_loop(
-    agent: &mut impl Agent,
-    mut rx: mpsc::Receiver<Trigger>,
-    mut schedule: Scheduler,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let (pass_due, retry_due) = schedule.next();
-        tokio::select! {
-            _ = &mut shutdown => {
-                info!("shutting down");
-                agent.stop().await;
-                return Ok(());
-            }
-            status = agent.nginx_exited() => {
-                anyhow::bail!("nginx exited unexpectedly ({status}); stopping so that the container restarts");
-            }
-            Some(trigger) = rx.recv() => {
-                let container = match &trigger {
-                    Trigger::Container { id, .. } => Some(id.clone()),
-                    _ => None,
-                };
-                let decisive = trigger.is_decisive();
-                if agent.note(trigger) {
-                    schedule.triggered(Instant::now(), container, decisive);
-                }
-            }
-            _ = async { sleep_until(pass_due.expect("guarded")).await }, if pass_due.is_some() => {
-                let started = Instant::now();
-                let retry = agent.run_pass().await?;
-                schedule.pass_ran(started, Instant::now(), retry);
-            }
-            _ = async { sleep_until(retry_due.expect("guarded")).await }, if retry_due.is_some() => {
-                agent.retry_due();
-                schedule.retry_fired(Instant::now());
-            }
-        }
-    }
 }
 
 /// Docker, or `None` while it does not answer: then a task keeps trying (with backoff) and sends
