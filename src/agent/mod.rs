@@ -24,14 +24,10 @@ use crate::sources::docker::{DockerApi, DockerClient};
 use crate::sources::labels::Container;
 use crate::sources::StaticState;
 
-#[cfg(test)]
-mod fake;
 mod nginx;
 mod run;
 mod schedule;
 mod store;
-#[cfg(test)]
-mod tests;
 mod watch;
 
 pub use nginx::choose_nginx;
@@ -553,3 +549,8 @@ fn list(names: &[&String]) -> String {
         n => format!("{} and {} more", names[..10].iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","), n - 10),
     }
 }
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
