@@ -212,7 +212,8 @@ impl DockerClient {
     /// Inspects `ids`, at most [`INSPECT_CONCURRENCY`] at once; the results in the order of `ids`.
     pub async fn inspect_all(&self, ids: &[String]) -> Vec<Result<Container, DockerError>> {
         use futures::StreamExt;
-        // Owned ids: a closure over borrowed ones makes the future not `Send` for every lifetime.
+        // Owned ids: boxed as `DockerApi`'s `Send` future, a closure taking `&String` fails the
+        // compiler's higher-ranked lifetime check ("FnOnce is not general enough").
         let inspects = ids.iter().cloned().map(|id| async move { self.inspect(&id).await });
         futures::stream::iter(inspects).buffered(INSPECT_CONCURRENCY).collect().await
     }
