@@ -30,6 +30,12 @@ pub struct RouteRow {
     pub source: String,
     pub tls: String,
     pub allow: Vec<String>,
+    /// The location's policy (`max-body`, `timeout`, `buffering`); left out when all are default.
+    #[serde(skip_serializing_if = "crate::routes::Policy::is_default")]
+    pub policy: crate::routes::Policy,
+    /// The domain's health path (`off` when turned off); left out when it is the default `/health`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -69,6 +75,8 @@ impl<'a> Report<'a> {
                     source: loc.origin.source(),
                     tls: if local { "off (LOCAL)".into() } else { site.tls.to_string() },
                     allow: loc.allow.iter().map(ToString::to_string).collect(),
+                    policy: loc.policy,
+                    health: (site.health != crate::routes::Health::default()).then(|| site.health.to_string()),
                 });
             }
         }
@@ -180,6 +188,24 @@ impl<'a> Report<'a> {
         networks.dedup();
         if !networks.is_empty() {
             let _ = writeln!(out, "\nNetworks:\n{}", networks.join("\n"));
+        }
+        // Policies that differ from the defaults; the health path (one per domain) on its first row.
+        let mut policies: Vec<String> = Vec::new();
+        let mut health_told = std::collections::BTreeSet::new();
+        for r in &self.routes {
+            let mut parts = Vec::new();
+            if !r.policy.is_default() {
+                parts.push(r.policy.describe());
+            }
+            if let Some(health) = r.health.as_ref().filter(|_| health_told.insert(&r.domain)) {
+                parts.push(format!("health={health}"));
+            }
+            if !parts.is_empty() {
+                policies.push(format!("  {}{}: {}", r.domain, r.path, parts.join(", ")));
+            }
+        }
+        if !policies.is_empty() {
+            let _ = writeln!(out, "\nPolicies (the rest use the defaults):\n{}", policies.join("\n"));
         }
         if !self.placeholders.is_empty() {
             let _ = writeln!(

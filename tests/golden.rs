@@ -144,3 +144,31 @@ fn http2_directive_follows_the_nginx_version() {
     let new = render(NginxVersion(1, 27, 3));
     assert!(new.contains("listen 443 ssl;\n    http2 on;") && !new.contains("ssl http2"));
 }
+
+#[test]
+fn policies() {
+    let files = container(
+        "files",
+        [172, 20, 0, 7],
+        &[
+            ("smart-proxy.domains", "files.example.com"),
+            ("smart-proxy.max-body", "10g"),
+            ("smart-proxy.timeout", "1h"),
+            ("smart-proxy.buffering", "off"),
+            ("smart-proxy.health", "/healthz"),
+            ("smart-proxy.api.domains", "files.example.com"),
+            ("smart-proxy.api.path", "/api/"),
+            ("smart-proxy.api.max-body", "0"),
+        ],
+    );
+    let app =
+        container("app", [172, 20, 0, 8], &[("smart-proxy.domains", "app.example.com"), ("smart-proxy.health", "off")]);
+    let table = label_table(&[files, app]);
+    golden("policies", &table, false);
+    let config = NginxSandbox::new().render_and_test(&table, true);
+    assert!(config.contains("location = /healthz {") && !config.contains("location = /health {"), "{config}");
+    assert_eq!(config.matches("client_max_body_size 10g;").count(), 1, "{config}");
+    assert_eq!(config.matches("client_max_body_size 0;").count(), 1, "{config}");
+    assert_eq!(config.matches("proxy_read_timeout 3600s;").count(), 2, "both routes of files: {config}");
+    assert_eq!(config.matches("proxy_request_buffering off;").count(), 2, "{config}");
+}

@@ -152,7 +152,11 @@ fn render(table: &RouteTable) -> String {
     let none = |list_empty: bool| if list_empty { " none" } else { "" };
     let _ = writeln!(out, "sites:{}", none(table.sites.is_empty()));
     for site in &table.sites {
-        let _ = writeln!(out, "  {} (tls {})", site.domain, site.tls);
+        // Health is shown only when it is not the default `/health`, a policy only when set, so
+        // cases without them read as before.
+        let health =
+            if site.health == Default::default() { String::new() } else { format!(", health {}", site.health) };
+        let _ = writeln!(out, "  {} (tls {}{health})", site.domain, site.tls);
         for l in &site.locations {
             let target = match &l.upstream {
                 Some(id) => format!("upstream {id}"),
@@ -162,7 +166,8 @@ fn render(table: &RouteTable) -> String {
                 [] => "any".to_string(),
                 list => list.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
             };
-            let _ = writeln!(out, "    {}: {target}, allow {allow}, from {}", l.path, l.origin.source());
+            let policy = if l.policy.is_default() { String::new() } else { format!(", {}", l.policy.describe()) };
+            let _ = writeln!(out, "    {}: {target}, allow {allow}{policy}, from {}", l.path, l.origin.source());
         }
     }
     let _ = writeln!(out, "upstreams:{}", none(table.upstreams.is_empty()));

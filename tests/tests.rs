@@ -15,6 +15,7 @@ mod golden;
 mod injection;
 mod labels_data;
 mod load;
+mod policies;
 mod scripts;
 mod status;
 mod watch;

@@ -215,6 +215,8 @@ struct SiteCtx {
     cert_dir: String,
     log_name: String,
     has_root: bool,
+    /// The exact path of the proxy's own `200 healthy` answer; none when `health=off`.
+    health: Option<String>,
     locations: Vec<LocationCtx>,
 }
 
@@ -225,6 +227,12 @@ struct LocationCtx {
     /// `host:port` for a dynamic upstream.
     backend: Option<String>,
     allow: Vec<String>,
+    /// `client_max_body_size` when set (nginx's 1m otherwise).
+    max_body: Option<String>,
+    /// The proxy read and send timeout (`60s` by default).
+    timeout: String,
+    /// False: `proxy_buffering off` and `proxy_request_buffering off`.
+    buffering: bool,
 }
 
 impl<'a> Context<'a> {
@@ -252,6 +260,7 @@ impl<'a> Context<'a> {
                 cert_dir: crate::certs::layout::live_dir_text(&settings.certs_dir.0, &site.domain),
                 log_name: site.domain.file_stem(),
                 has_root: site.locations.iter().any(|l| l.path.as_str() == "/"),
+                health: site.health.path().map(str::to_string),
                 locations: site
                     .locations
                     .iter()
@@ -265,6 +274,9 @@ impl<'a> Context<'a> {
                             upstream: if backend.is_some() { None } else { l.upstream.clone() },
                             backend,
                             allow: l.allow.iter().map(ToString::to_string).collect(),
+                            max_body: l.policy.max_body.map(|s| s.to_string()),
+                            timeout: l.policy.timeout.map_or_else(|| "60s".to_string(), |t| t.to_string()),
+                            buffering: l.policy.buffering.unwrap_or(true),
                         }
                     })
                     .collect(),

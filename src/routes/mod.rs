@@ -4,6 +4,7 @@
 //! becomes a [`Diagnostic`] that names its origin and drops only the entry it came from.
 
 pub mod grammar;
+pub mod policy;
 mod table;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use grammar::{Cidr, DomainName, Host, PathPrefix, Port, ServiceName, TlsMode, ValueError};
+pub use policy::{Health, Policy};
 pub use table::{Location, RouteTable, Site, Upstream};
 
 /// Where a value came from, precise enough for a person to find and fix it.
@@ -176,6 +178,10 @@ pub struct RouteDef {
     pub service: Option<ServiceKey>,
     pub allow: Vec<Cidr>,
     pub tls: TlsMode,
+    /// The domain's health answer when the source sets one (one per domain: the first set wins;
+    /// `/health` when none does).
+    pub health: Option<Health>,
+    pub policy: Policy,
     pub origin: Origin,
 }
 

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 
 use super::{
-    Backend, Cidr, Diagnostic, DomainName, Namespace, Origin, PathPrefix, RouteDef, ServiceDef, ServiceKey,
-    ServiceName, SourceOutput, TlsMode,
+    Backend, Cidr, Diagnostic, DomainName, Health, Namespace, Origin, PathPrefix, Policy, RouteDef, ServiceDef,
+    ServiceKey, ServiceName, SourceOutput, TlsMode,
 };
 
 /// The validated, merged routes: what gets rendered.
@@ -36,6 +36,7 @@ pub struct Upstream {
 pub struct Site {
     pub domain: DomainName,
     pub tls: TlsMode,
+    pub health: Health,
     pub locations: Vec<Location>,
 }
 
@@ -45,6 +46,8 @@ pub struct Location {
     /// The [`Upstream::id`], or `None` for a domain without a service (503).
     pub upstream: Option<String>,
     pub allow: Vec<Cidr>,
+    #[serde(skip_serializing_if = "Policy::is_default")]
+    pub policy: Policy,
     pub origin: Origin,
 }
 
@@ -70,6 +73,7 @@ impl RouteTable {
 
         let mut claimed: BTreeMap<(DomainName, PathPrefix), RouteDef> = BTreeMap::new();
         let mut site_tls: BTreeMap<DomainName, (TlsMode, Origin)> = BTreeMap::new();
+        let mut site_health: BTreeMap<DomainName, (Health, Origin)> = BTreeMap::new();
         for route in routes {
             if let Some(key) = &route.service {
                 if !services.contains_key(key) {
@@ -110,6 +114,19 @@ impl RouteTable {
                     site_tls.insert(route.domain.clone(), (route.tls, route.origin.clone()));
                 }
             }
+            match (site_health.get(&route.domain), &route.health) {
+                (Some((health, by)), Some(wanted)) if health != wanted => diagnostics.push(Diagnostic::warning(
+                    route.origin.clone(),
+                    format!(
+                        "health {wanted} conflicts with health {health} set for {} by {by}; a domain has one health answer, keeping {health}",
+                        route.domain
+                    ),
+                )),
+                (None, Some(wanted)) => {
+                    site_health.insert(route.domain.clone(), (wanted.clone(), route.origin.clone()));
+                }
+                _ => {}
+            }
             claimed.insert(slot, route);
         }
 
@@ -140,13 +157,15 @@ impl RouteTable {
                 path,
                 upstream: route.service.as_ref().map(|k| ids[k].clone()),
                 allow: route.allow,
+                policy: route.policy,
                 origin: route.origin,
             };
             match sites.last_mut() {
                 Some(site) if site.domain == domain => site.locations.push(location),
                 _ => {
                     let tls = site_tls.get(&domain).map(|(t, _)| *t).unwrap_or_default();
-                    sites.push(Site { domain, tls, locations: vec![location] });
+                    let health = site_health.get(&domain).map(|(h, _)| h.clone()).unwrap_or_default();
+                    sites.push(Site { domain, tls, health, locations: vec![location] });
                 }
             }
         }
@@ -216,6 +235,15 @@ fn merge_services(defs: Vec<ServiceDef>, diagnostics: &mut Vec<Diagnostic>) -> B
         .collect()
 }
 
+/// A policy in messages: its settings, or "the defaults".
+fn describe(policy: &Policy) -> String {
+    if policy.is_default() {
+        "the defaults".to_string()
+    } else {
+        policy.describe()
+    }
+}
+
 /// What to say when `route` claims a (domain, path) that `first` already holds.
 fn conflict(first: &mut RouteDef, route: &RouteDef) -> Option<Diagnostic> {
     let same_target = first.service == route.service && first.tls == route.tls;
@@ -228,15 +256,24 @@ fn conflict(first: &mut RouteDef, route: &RouteDef) -> Option<Diagnostic> {
     match (first.origin.is_static(), route.origin.is_static()) {
         // Replicas of one service declare the same domains: that is load balancing, not a conflict.
         (false, false) if same_target => {
+            let mut notes = Vec::new();
+            if first.policy != route.policy {
+                notes.push(format!(
+                    "policy for {domain}{path} ({}) differs from {} set by {}; replicas share one policy, keeping the first",
+                    describe(&route.policy),
+                    describe(&first.policy),
+                    first.origin
+                ));
+            }
             if first.allow != route.allow {
                 let union: BTreeSet<Cidr> = first.allow.iter().chain(&route.allow).copied().collect();
                 first.allow = union.into_iter().collect();
-                return Some(Diagnostic::warning(
-                    route.origin.clone(),
-                    format!("allow list for {domain}{path} differs from {}; using both lists together", first.origin),
+                notes.push(format!(
+                    "allow list for {domain}{path} differs from {}; using both lists together",
+                    first.origin
                 ));
             }
-            None
+            (!notes.is_empty()).then(|| Diagnostic::warning(route.origin.clone(), notes.join("; ")))
         }
         (false, false) => Some(Diagnostic::warning(
             route.origin.clone(),
@@ -281,6 +318,8 @@ mod tests {
             service,
             allow: vec![],
             tls: TlsMode::Auto,
+            health: None,
+            policy: Policy::default(),
             origin,
         }
     }

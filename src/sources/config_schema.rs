@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::file::{Field, FieldKind, SECTIONS};
 use crate::routes::grammar::allowed;
+use crate::routes::policy::allowed as policy_allowed;
 
 /// The JSON type and the grammar of one kind of field, in words.
 fn kind(kind: FieldKind) -> (&'static str, String) {
@@ -25,6 +26,10 @@ fn kind(kind: FieldKind) -> (&'static str, String) {
             "array of strings, or string",
             format!("a list, each {}; or one string with a comma list of them", allowed::CIDR),
         ),
+        FieldKind::Size => ("string, or integer", policy_allowed::SIZE.to_string()),
+        FieldKind::Timeout => ("string", policy_allowed::TIMEOUT.to_string()),
+        FieldKind::OnOff => ("boolean, or string", policy_allowed::ON_OFF.to_string()),
+        FieldKind::Health => ("string", policy_allowed::HEALTH.to_string()),
     }
 }
 
@@ -35,6 +40,9 @@ fn field_schema(field: &Field) -> Value {
         FieldKind::Port => json!({ "type": "integer", "minimum": 1, "maximum": 65535 }),
         FieldKind::Tls => json!({ "enum": ["auto", "off"] }),
         FieldKind::Allow => json!({ "type": ["array", "string"], "items": { "type": "string" } }),
+        FieldKind::Size => json!({ "type": ["string", "integer"], "minimum": 0 }),
+        FieldKind::Timeout | FieldKind::Health => json!({ "type": "string" }),
+        FieldKind::OnOff => json!({ "type": ["boolean", "string"] }),
     };
     if !field.required {
         // An optional field may be null: the reader takes it as absent.
@@ -329,6 +337,10 @@ mod tests {
                         FieldKind::Port => json!(80),
                         FieldKind::Tls => json!("off"),
                         FieldKind::Allow => json!(["10.0.0.0/8"]),
+                        FieldKind::Size => json!("10g"),
+                        FieldKind::Timeout => json!("5m"),
+                        FieldKind::OnOff => json!(false),
+                        FieldKind::Health => json!("/healthz"),
                     };
                     (f.name.to_string(), value)
                 })

@@ -38,6 +38,8 @@ pub fn parse(domains: Option<&str>, services: Option<&str>) -> SourceOutput {
                 service: service.map(|name| ServiceKey { namespace: Namespace::Static, name }),
                 allow: Vec::new(),
                 tls: TlsMode::Auto,
+                health: None,
+                policy: Default::default(),
                 origin,
             }),
             Err(message) => out.diagnostics.push(Diagnostic::error(origin, message)),

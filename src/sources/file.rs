@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::routes::policy::{parse_on_off, Size, Timeout};
 use crate::routes::{
-    Backend, BackendState, Cidr, Diagnostic, DomainName, Host, Namespace, Origin, PathPrefix, Port, RouteDef,
-    ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
+    Backend, BackendState, Cidr, Diagnostic, DomainName, Health, Host, Namespace, Origin, PathPrefix, Policy, Port,
+    RouteDef, ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
 };
 
 /// Which top-level keys a file may hold.
@@ -89,6 +90,14 @@ pub enum FieldKind {
     Tls,
     /// An array of strings, each a [`Cidr`], or one string with a comma list.
     Allow,
+    /// A string (or a whole number of bytes): a [`Size`].
+    Size,
+    /// A string: a [`Timeout`].
+    Timeout,
+    /// A boolean, or a string `on`/`off`.
+    OnOff,
+    /// A string: a [`Health`] path or `off`.
+    Health,
 }
 
 /// The sections, in the order the reference lists them.
@@ -132,6 +141,30 @@ const DOMAIN_FIELDS: &[Field] = &[
         kind: FieldKind::Tls,
         required: false,
         doc: "`auto` (HTTPS in production; the default) or `off` (plain HTTP for this domain)",
+    },
+    Field {
+        name: "max-body",
+        kind: FieldKind::Size,
+        required: false,
+        doc: "the largest request body (`client_max_body_size`); 1m when absent",
+    },
+    Field {
+        name: "timeout",
+        kind: FieldKind::Timeout,
+        required: false,
+        doc: "how long the app may take to send or read (proxy read/send timeouts); 60s when absent",
+    },
+    Field {
+        name: "buffering",
+        kind: FieldKind::OnOff,
+        required: false,
+        doc: "`off` streams requests and responses (SSE, large uploads); on when absent",
+    },
+    Field {
+        name: "health",
+        kind: FieldKind::Health,
+        required: false,
+        doc: "the path of the proxy's own `200 healthy` answer on this domain, or `off`; `/health` when absent",
     },
 ];
 
@@ -355,15 +388,43 @@ impl FileReader {
                 return Err(fail("allow", &format!("must be a list of IPs or CIDR ranges, found {}", kind_of(other))))
             }
         };
+        let (health, policy) = self.policy(entry, field)?;
         out.routes.push(RouteDef {
             domain,
             path: PathPrefix::root(),
             service: service.map(|name| ServiceKey { namespace: Namespace::Static, name }),
             allow,
             tls,
+            health,
+            policy,
             origin: self.origin(field),
         });
         Ok(())
+    }
+
+    /// The policy fields of a domain entry (`max-body`, `timeout`, `buffering`, `health`).
+    fn policy(&self, entry: &Map<String, Value>, field: &str) -> Result<(Option<Health>, Policy), Diagnostic> {
+        let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
+        let max_body = match entry.get("max-body") {
+            Some(Value::Number(n)) => Some(Size::parse(&n.to_string()).map_err(|e| fail("max-body", &e))?),
+            _ => {
+                self.string(entry, field, "max-body")?.map(Size::parse).transpose().map_err(|e| fail("max-body", &e))?
+            }
+        };
+        let timeout = self.string(entry, field, "timeout")?.map(Timeout::parse).transpose();
+        let buffering = match entry.get("buffering") {
+            Some(Value::Bool(on)) => Some(*on),
+            _ => self
+                .string(entry, field, "buffering")?
+                .map(parse_on_off)
+                .transpose()
+                .map_err(|e| fail("buffering", &e))?,
+        };
+        let health = self.string(entry, field, "health")?.map(Health::parse).transpose();
+        Ok((
+            health.map_err(|e| fail("health", &e))?,
+            Policy { max_body, timeout: timeout.map_err(|e| fail("timeout", &e))?, buffering },
+        ))
     }
 }
 

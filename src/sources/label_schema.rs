@@ -11,6 +11,8 @@
 //! route name ([`is_route_name`]).
 
 use crate::routes::grammar::{allowed, parse_bool};
+use crate::routes::policy::{self, parse_on_off, Size, Timeout};
+use crate::routes::Health;
 use crate::routes::{Cidr, DomainName, PathPrefix, Port, ServiceName, TlsMode, ValueError};
 
 /// Where a key applies.
@@ -38,6 +40,14 @@ pub enum ValueKind {
     CidrList,
     TlsMode,
     Bool,
+    /// A body size ([`Size`]).
+    Size,
+    /// A proxy timeout ([`Timeout`]).
+    Timeout,
+    /// `on`/`off`.
+    OnOff,
+    /// A health path or `off` ([`Health`]).
+    Health,
 }
 
 /// A parsed label value, one variant per [`ValueKind`].
@@ -51,6 +61,10 @@ pub enum Value {
     Cidrs(Vec<Cidr>),
     Tls(TlsMode),
     Bool(bool),
+    Size(Size),
+    Timeout(Timeout),
+    OnOff(bool),
+    Health(Health),
 }
 
 impl ValueKind {
@@ -84,6 +98,10 @@ impl ValueKind {
             ValueKind::CidrList => Cidr::parse_list(raw).map(Value::Cidrs).map_err(one),
             ValueKind::TlsMode => TlsMode::parse(raw).map(Value::Tls).map_err(one),
             ValueKind::Bool => parse_bool(raw).map(Value::Bool).map_err(one),
+            ValueKind::Size => Size::parse(raw).map(Value::Size).map_err(|e| vec![e.to_string()]),
+            ValueKind::Timeout => Timeout::parse(raw).map(Value::Timeout).map_err(|e| vec![e.to_string()]),
+            ValueKind::OnOff => parse_on_off(raw).map(Value::OnOff).map_err(|e| vec![e.to_string()]),
+            ValueKind::Health => Health::parse(raw).map(Value::Health).map_err(|e| vec![e.to_string()]),
         }
     }
 
@@ -99,6 +117,10 @@ impl ValueKind {
             ValueKind::CidrList => format!("a comma list, each {}", allowed::CIDR),
             ValueKind::TlsMode => allowed::TLS.to_string(),
             ValueKind::Bool => allowed::BOOL.to_string(),
+            ValueKind::Size => policy::allowed::SIZE.to_string(),
+            ValueKind::Timeout => policy::allowed::TIMEOUT.to_string(),
+            ValueKind::OnOff => policy::allowed::ON_OFF.to_string(),
+            ValueKind::Health => policy::allowed::HEALTH.to_string(),
         }
     }
 }
@@ -170,6 +192,34 @@ pub const KEYS: &[LabelKey] = &[
         "10.8.0.0/24,fd00:8::/64",
     ),
     route("tls", ValueKind::TlsMode, "`auto` (HTTPS in production) or `off` (plain HTTP for this route)", "`auto`", "off"),
+    route(
+        "max-body",
+        ValueKind::Size,
+        "largest request body (`client_max_body_size`): `50m`, `10g`, `0` = unlimited; 413 above it",
+        "`1m`",
+        "10g",
+    ),
+    route(
+        "timeout",
+        ValueKind::Timeout,
+        "how long the app may take to answer or read the request (proxy read/send timeouts; connecting stays 60 s): `300s`, `5m`, `1h`; 504 past it",
+        "`60s`",
+        "300s",
+    ),
+    route(
+        "buffering",
+        ValueKind::OnOff,
+        "`off` streams responses and request bodies as they come (SSE, long polling, large uploads)",
+        "`on`",
+        "off",
+    ),
+    route(
+        "health",
+        ValueKind::Health,
+        "the path where the proxy itself answers `200 healthy` on this domain (every mode, HTTP and HTTPS), or `off` to pass it to the app; one per domain",
+        "`/health`",
+        "/healthz",
+    ),
     LabelKey {
         key: "enable",
         scope: Scope::Container,

@@ -13,8 +13,8 @@ use super::label_schema::{self, LabelKey, Lookup, Scope, Value};
 
 use crate::routes::{
     grammar::{parse_bool, show},
-    Backend, BackendState, Diagnostic, Host, Namespace, NetworkChoice, Origin, PathPrefix, Port, RouteDef, ServiceDef,
-    ServiceKey, ServiceName, SourceOutput,
+    Backend, BackendState, Diagnostic, Host, Namespace, NetworkChoice, Origin, PathPrefix, Policy, Port, RouteDef,
+    ServiceDef, ServiceKey, ServiceName, SourceOutput,
 };
 
 /// What the label builder needs to know about one container.
@@ -224,6 +224,12 @@ fn route(
     let path = path.unwrap_or_else(PathPrefix::root);
     let allow = values.take("allow", |v| if let Value::Cidrs(a) = v { Some(a) } else { None }).unwrap_or_default();
     let tls = values.take("tls", |v| if let Value::Tls(t) = v { Some(t) } else { None }).unwrap_or_default();
+    let health = values.take("health", |v| if let Value::Health(h) = v { Some(h) } else { None });
+    let policy = Policy {
+        max_body: values.take("max-body", |v| if let Value::Size(s) = v { Some(s) } else { None }),
+        timeout: values.take("timeout", |v| if let Value::Timeout(t) = v { Some(t) } else { None }),
+        buffering: values.take("buffering", |v| if let Value::OnOff(on) = v { Some(on) } else { None }),
+    };
     let service = match values.take("service", |v| if let Value::Service(s) = v { Some(s) } else { None }) {
         Some(service) => Some(service),
         None if labels.values.contains_key("service") => None,
@@ -267,6 +273,8 @@ fn route(
             service: Some(key.clone()),
             allow: allow.clone(),
             tls,
+            health: health.clone(),
+            policy,
             origin: origin.clone(),
         });
     }

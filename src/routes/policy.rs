@@ -1,0 +1,268 @@
+//! Per-route policies (`max-body`, `timeout`, `buffering`, `health`): their validated value types
+//! and the [`Policy`] a location carries. Like `grammar.rs`, each value can only be built by its
+//! parser and renders as one nginx token.
+
+use std::fmt;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use super::grammar::{parse_bool, show, PathPrefix, ValueError};
+
+/// What each policy value allows, in words (error messages, the label schema, the JSON Schema).
+pub mod allowed {
+    pub const SIZE: &str =
+        "a size in bytes with an optional unit k, m or g (50m, 10g), at most 1024g; 0 means unlimited";
+    pub const TIMEOUT: &str = "a duration of 1s to 24h with a unit s, m or h (300s, 5m, 1h)";
+    pub const HEALTH: &str = "a path like /health (letters, digits and / . _ ~ -), or off";
+    pub const ON_OFF: &str = "on or off (also true/false)";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PolicyError {
+    #[error("size {value:?} is not allowed; must be {}", allowed::SIZE)]
+    Size { value: String },
+    #[error("timeout {value:?} is not allowed; must be {}", allowed::TIMEOUT)]
+    Timeout { value: String },
+    #[error("health {value:?} is not allowed: {reason}; must be {}", allowed::HEALTH)]
+    Health { value: String, reason: String },
+    #[error("{value:?} is not allowed; must be {}", allowed::ON_OFF)]
+    OnOff { value: String },
+}
+
+/// A body size for `client_max_body_size`: a number with an optional unit, kept as nginx reads it
+/// (`0`: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Size {
+    number: u64,
+    unit: Option<char>,
+}
+
+impl Size {
+    pub fn parse(input: &str) -> Result<Size, PolicyError> {
+        let text = input.trim().to_ascii_lowercase();
+        let bad = || PolicyError::Size { value: show(input.trim()) };
+        let (digits, unit) = match text.char_indices().last() {
+            Some((i, c @ ('k' | 'm' | 'g'))) => (&text[..i], Some(c)),
+            _ => (text.as_str(), None),
+        };
+        if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let number: u64 = digits.parse().map_err(|_| bad())?;
+        let size = Size { number, unit };
+        if size.bytes() > 1024 << 30 {
+            return Err(bad());
+        }
+        Ok(size)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        let shift = match self.unit {
+            Some('k') => 10,
+            Some('m') => 20,
+            Some('g') => 30,
+            _ => 0,
+        };
+        self.number.saturating_mul(1 << shift)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.number)?;
+        match self.unit {
+            Some(unit) => write!(f, "{unit}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A proxy read/send timeout, 1 s to 24 h, rendered in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timeout {
+    seconds: u32,
+}
+
+impl Timeout {
+    pub fn parse(input: &str) -> Result<Timeout, PolicyError> {
+        let text = input.trim().to_ascii_lowercase();
+        let bad = || PolicyError::Timeout { value: show(input.trim()) };
+        let (digits, scale) = match text.char_indices().last() {
+            Some((i, 's')) => (&text[..i], 1),
+            Some((i, 'm')) => (&text[..i], 60),
+            Some((i, 'h')) => (&text[..i], 3600),
+            _ => return Err(bad()),
+        };
+        if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let seconds = digits.parse::<u32>().map_err(|_| bad())? * scale;
+        if !(1..=24 * 3600).contains(&seconds) {
+            return Err(bad());
+        }
+        Ok(Timeout { seconds })
+    }
+
+    pub fn seconds(&self) -> u32 {
+        self.seconds
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.seconds)
+    }
+}
+
+/// The proxy's own health answer on a domain: `200 healthy` at this exact path, or none.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Health {
+    At(PathPrefix),
+    Off,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::At(PathPrefix::parse("/health").expect("a valid path"))
+    }
+}
+
+impl Health {
+    pub fn parse(input: &str) -> Result<Health, PolicyError> {
+        let text = input.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Health::Off);
+        }
+        let bad = |reason: String| PolicyError::Health { value: show(text), reason };
+        if text == "/" {
+            return Err(bad("'/' would hide the whole site".into()));
+        }
+        match PathPrefix::parse(text) {
+            Ok(path) => Ok(Health::At(path)),
+            Err(ValueError::BadPath { reason, .. }) => Err(bad(reason)),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+
+    /// The path, or `None` when off.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Health::At(path) => Some(path.as_str()),
+            Health::Off => None,
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.path().unwrap_or("off"))
+    }
+}
+
+/// `buffering`: `on`/`off` (the yes/no spellings too).
+pub fn parse_on_off(input: &str) -> Result<bool, PolicyError> {
+    parse_bool(input).map_err(|_| PolicyError::OnOff { value: show(input.trim()) })
+}
+
+/// What a location does beyond routing; `None` fields keep nginx's defaults as the template
+/// writes them (1m bodies, 60 s timeouts, buffering on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Policy {
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_opt")]
+    pub max_body: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_opt")]
+    pub timeout: Option<Timeout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffering: Option<bool>,
+}
+
+impl Policy {
+    pub fn is_default(&self) -> bool {
+        *self == Policy::default()
+    }
+
+    /// `max-body=50m, timeout=300s`, for the route table and messages; empty when default.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(size) = self.max_body {
+            parts.push(format!("max-body={size}"));
+        }
+        if let Some(timeout) = self.timeout {
+            parts.push(format!("timeout={timeout}"));
+        }
+        if let Some(on) = self.buffering {
+            parts.push(format!("buffering={}", if on { "on" } else { "off" }));
+        }
+        parts.join(", ")
+    }
+}
+
+fn display_opt<T: fmt::Display, S: serde::Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+impl Serialize for Health {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (text, shown, bytes) in [
+            ("0", "0", 0),
+            ("512", "512", 512),
+            ("50m", "50m", 50 << 20),
+            (" 10G ", "10g", 10 << 30),
+            ("1k", "1k", 1024),
+        ] {
+            let size = Size::parse(text).unwrap();
+            assert_eq!((size.to_string().as_str(), size.bytes()), (shown, bytes), "{text}");
+        }
+        assert_eq!(Size::parse("1024g").unwrap().bytes(), 1024 << 30);
+        for bad in ["", "m", "-1", "1.5m", "10t", "1025g", "1m;", "1 m", "99999999999999999", "10mb", "$x"] {
+            let e = Size::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("0 means unlimited"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn timeouts() {
+        for (text, shown) in [("300s", "300s"), ("5m", "300s"), ("1h", "3600s"), ("24h", "86400s"), (" 1S ", "1s")] {
+            assert_eq!(Timeout::parse(text).unwrap().to_string(), shown, "{text}");
+        }
+        for bad in ["", "0s", "25h", "300", "1.5s", "10ms", "1d", "s", "5m;", "999999999h"] {
+            let e = Timeout::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("1s to 24h"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn health() {
+        assert_eq!(Health::default().to_string(), "/health");
+        assert_eq!(Health::parse("/healthz").unwrap().path(), Some("/healthz"));
+        assert_eq!(Health::parse("OFF").unwrap(), Health::Off);
+        for bad in ["/", "health", "/a b", "/x;", "/.well-known/acme-challenge/x", "/a/../b"] {
+            let e = Health::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("or off"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn on_off_and_description() {
+        assert_eq!(parse_on_off("off"), Ok(false));
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert!(parse_on_off("maybe").unwrap_err().to_string().contains("on or off"));
+        let policy = Policy { max_body: Size::parse("10g").ok(), timeout: None, buffering: Some(false) };
+        assert_eq!(policy.describe(), "max-body=10g, buffering=off");
+        assert!(Policy::default().is_default() && Policy::default().describe().is_empty());
+    }
+}
