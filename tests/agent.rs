@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::agent::{write_file, Agent};
-use crate::support::docker::{require_docker, TestDocker};
+use crate::support::docker::TestDocker;
 
 fn agent_for(docker: &TestDocker, extra: &[(&str, &str)]) -> Agent {
     let prefix = docker.prefix();
@@ -15,9 +15,7 @@ fn agent_for(docker: &TestDocker, extra: &[(&str, &str)]) -> Agent {
 
 #[test]
 fn three_apps_stop_and_start() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let net = docker.network("net");
     let apps = ["app1", "app2", "api"].map(|a| docker.app(a).label("domains", &format!("{a}.test")).network(&net));
@@ -39,9 +37,7 @@ fn three_apps_stop_and_start() {
 
 #[test]
 fn containers_added_scaled_and_stopped_while_running() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let net = docker.network("net");
     docker.start(vec![docker.app("base").label("domains", "base.test").network(&net)]);
@@ -81,9 +77,7 @@ fn containers_added_scaled_and_stopped_while_running() {
 
 #[test]
 fn an_invalid_label_skips_only_its_container() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let net = docker.network("net");
     docker.start(vec![docker.app("good").label("domains", "good.test").network(&net)]);
@@ -104,9 +98,7 @@ fn an_invalid_label_skips_only_its_container() {
 
 #[test]
 fn a_template_that_fails_nginx_t_keeps_the_last_good_config() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let net = docker.network("net");
     docker.start(vec![
@@ -155,9 +147,7 @@ fn a_template_that_fails_nginx_t_keeps_the_last_good_config() {
 
 #[test]
 fn static_file_edits_apply_and_broken_edits_keep_the_last_good_routes() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let net = docker.network("net");
     docker.start(vec![docker.app("backend").network(&net)]);
@@ -186,9 +176,7 @@ fn static_file_edits_apply_and_broken_edits_keep_the_last_good_routes() {
 
 #[test]
 fn sigterm_stops_nginx_gracefully_and_a_dead_nginx_stops_the_agent() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let mut agent = agent_for(&docker, &[]);
     let status = agent.stop();
@@ -231,9 +219,7 @@ fn start_with_health(docker: &TestDocker, short: &str, network: &str, labels: &[
 
 #[test]
 fn starting_and_unhealthy_replicas_are_left_out() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let net = docker.network("net");
     let route = [("domains", "hc.test"), ("service", "hc")];
@@ -272,9 +258,7 @@ fn starting_and_unhealthy_replicas_are_left_out() {
 
 #[test]
 fn production_mode_serves_https_with_a_placeholder_and_redirects_http() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let net = docker.network("net");
     docker.start(vec![docker.app("secure").label("domains", "secure.test").network(&net)]);

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::agent::{http_get, strip_ansi};
-use crate::support::docker::{docker as cli, docker_output, require_docker, TestDocker, TEST_LABEL};
+use crate::support::docker::{docker as cli, docker_output, TestDocker, TEST_LABEL};
 use crate::support::images::{agent_image, nginx_image};
 
 /// Where the agent container finds a custom template (copied in with `docker cp`).
@@ -283,9 +283,7 @@ pub(crate) fn started_app(docker: &TestDocker, c: &Companion, short: &str) {
 
 #[test]
 fn three_apps_stop_and_start() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::default());
     let apps = ["app1", "app2", "api"].map(|a| docker.app(a).label("domains", &format!("{a}.test")).network(&c.net));
@@ -339,9 +337,7 @@ fn three_apps_stop_and_start() {
 
 #[test]
 fn nginx_restarted_or_recreated_gets_the_config_again() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::default());
     started_app(&docker, &c, "first");
@@ -375,9 +371,7 @@ fn nginx_restarted_or_recreated_gets_the_config_again() {
 /// the live file and `nginx -s reload` run in one script (two execs, six API calls, before).
 #[test]
 fn each_change_is_one_exec_that_tests_swaps_and_reloads() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::default());
     started_app(&docker, &c, "first");
@@ -423,9 +417,7 @@ fn each_change_is_one_exec_that_tests_swaps_and_reloads() {
 /// reasons included, with nginx on one network and then (joined while the agent runs) on two.
 #[test]
 fn check_and_the_running_agent_agree_on_routes_and_networks() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::default());
     let second = docker.network("second");
@@ -514,9 +506,7 @@ fn check_and_the_running_agent_agree_on_routes_and_networks() {
 
 #[test]
 fn a_route_that_fails_nginx_t_in_the_nginx_container_is_left_out() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     // A directive nginx does not know, only in bad.test's server.
     let template = smart_proxy::render::BUILTIN_TEMPLATE.replacen(
@@ -557,9 +547,7 @@ fn a_route_that_fails_nginx_t_in_the_nginx_container_is_left_out() {
 
 #[test]
 fn the_nginx_container_is_found_by_its_label() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options { by_label: true, ..Default::default() });
     started_app(&docker, &c, "web");
@@ -581,9 +569,7 @@ fn the_nginx_container_is_found_by_its_label() {
 
 #[test]
 fn a_stopped_container_labelled_nginx_is_not_chosen() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     // An old nginx container that is not running (exited) still carries the label.
     let old = docker.start(vec![docker.app("old-nginx").label("nginx", "true")]).remove(0);
@@ -598,9 +584,7 @@ fn a_stopped_container_labelled_nginx_is_not_chosen() {
 
 #[test]
 fn an_apply_that_fails_while_nginx_is_unreachable_is_retried() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::default());
     started_app(&docker, &c, "first");

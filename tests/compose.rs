@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::compose::{text, Project};
-use crate::support::docker::{docker_output, require_docker, TestDocker};
+use crate::support::docker::{docker_output, TestDocker};
 use crate::support::images::local_images;
 
 /// `curl -sk` of `https://<host>:<port>/` resolved to 127.0.0.1: (status, body); status 0 when
@@ -29,9 +29,7 @@ fn https_get(port: u16, host: &str) -> (u16, String) {
 
 #[test]
 fn demo_serves_three_apps_and_a_stopped_one_fails_alone() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let project = Project::up(&docker, "demo", &[]);
     let port = project.port("nginx", 80);
@@ -91,9 +89,7 @@ fn readme_block(after: &str, fence: &str) -> String {
 
 #[test]
 fn single_container_serves_a_labelled_app() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let project = Project::up(&docker, "single", &[("LOCAL", "true")]);
     let port = project.port("proxy", 80);
@@ -119,9 +115,7 @@ fn single_container_serves_a_labelled_app() {
 
 #[test]
 fn companion_production_setup_serves_https_and_keeps_the_token_secret() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let secret_dir = tempfile::tempdir().unwrap();
     let token = format!("sptestTOKEN{}x{}", docker.run_id(), std::process::id());

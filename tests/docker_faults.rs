@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::agent::Agent;
-use crate::support::docker::{require_docker, TestDocker};
+use crate::support::docker::TestDocker;
 use crate::support::docker_faults::{DockerFaults, Fault};
 
 fn agent_through(faults: &DockerFaults, docker: &TestDocker) -> Agent {
@@ -23,9 +23,7 @@ fn metric(agent: &Agent, name: &str) -> Option<f64> {
 /// meanwhile `/healthz` and `/metrics` say Docker is degraded, and other routes keep changing.
 #[test]
 fn a_failed_inspect_is_retried_until_it_succeeds() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let faults = DockerFaults::start();
     let docker = TestDocker::new();
     let net = docker.network("net");
@@ -67,9 +65,7 @@ fn a_failed_inspect_is_retried_until_it_succeeds() {
 /// retried, and a container started meanwhile is routed.
 #[test]
 fn a_hung_inspect_does_not_freeze_other_route_changes() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let faults = DockerFaults::start();
     let docker = TestDocker::new();
     let net = docker.network("net");
@@ -97,9 +93,7 @@ fn a_hung_inspect_does_not_freeze_other_route_changes() {
 /// container started during the outage is routed.
 #[test]
 fn after_an_outage_docker_is_retried_every_second_and_routes_catch_up() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let faults = DockerFaults::start();
     let docker = TestDocker::new();
     let net = docker.network("net");

@@ -12,7 +12,7 @@ use smart_proxy::routes::{BackendState, RouteTable, Site, Upstream};
 use smart_proxy::sources::docker::DockerClient;
 use smart_proxy::sources::labels::{self, Container, LabelSettings};
 
-use crate::support::docker::{http_get, require_docker, TestDocker, APP_PORT};
+use crate::support::docker::{http_get, TestDocker, APP_PORT};
 use crate::support::NginxSandbox;
 
 /// Lists this test's running containers through the library and builds the route table, as the
@@ -77,9 +77,7 @@ fn address(ip: Ipv4Addr) -> String {
 
 #[tokio::test]
 async fn labels_become_routes_to_the_container_addresses() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let d = TestDocker::new();
     let net = d.network("net");
     let names = d.start(vec![
@@ -144,9 +142,7 @@ async fn labels_become_routes_to_the_container_addresses() {
 
 #[tokio::test]
 async fn replicas_share_one_upstream() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let d = TestDocker::new();
     let net = d.network("net");
     let project = d.prefix();
@@ -185,9 +181,7 @@ async fn replicas_share_one_upstream() {
 
 #[tokio::test]
 async fn bad_labels_are_reported_and_skip_only_their_container() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let d = TestDocker::new();
     let net = d.network("net");
     let names = d.start(vec![
@@ -231,9 +225,7 @@ async fn bad_labels_are_reported_and_skip_only_their_container() {
 
 #[tokio::test]
 async fn network_choice_on_two_networks() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let d = TestDocker::new();
     let (a, b) = (d.network("a"), d.network("b"));
     let p = d.prefix();
@@ -294,9 +286,7 @@ async fn network_choice_on_two_networks() {
 
 #[tokio::test]
 async fn a_stopped_container_keeps_its_routes_without_servers_until_removed() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let d = TestDocker::new();
     let net = d.network("net");
     let replica = |short: &str| d.app(short).network(&net).label("domains", "web.test").label("service", "web");
@@ -366,9 +356,7 @@ fn stderr(output: &std::process::Output) -> String {
 
 #[test]
 fn cli_check_and_dry_run_read_labels_unless_no_docker() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let d = TestDocker::new();
     let net = d.network("net");
     let names = d.start(vec![
@@ -450,9 +438,7 @@ fn cli_check_and_dry_run_read_labels_unless_no_docker() {
 /// labelled `nginx=true` must not count as (another) nginx container.
 #[tokio::test]
 async fn a_stopped_nginx_container_is_not_the_nginx_container() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let d = TestDocker::new();
     let (a, b) = (d.network("a"), d.network("b"));
     let names = d.start(vec![

@@ -22,6 +22,7 @@
 //! Without a Docker daemon, or without debootstrap when a stand-in must be made, the tests fail
 //! under CI (`CI=true`) and are skipped with a loud message otherwise.
 
+#[macro_use]
 mod support;
 
 use std::io::Write as _;
@@ -31,7 +32,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use support::compose::{text, Project};
-use support::docker::{docker, docker_output, require_docker, TestDocker};
+use support::docker::{docker, docker_output, TestDocker};
 
 /// The repository the built image is tagged in: `:latest` and `:build` (its build stage).
 const TAG: &str = "smart-proxy-test-dockerfile";
@@ -65,9 +66,7 @@ fn image_label(image: &str, label: &str) -> Option<String> {
 /// Call first: the Docker daemon, and debootstrap unless both base images are real ones. Panics
 /// under CI when something is missing; otherwise prints a loud SKIPPED line and returns false.
 fn require_tools() -> bool {
-    if !require_docker() {
-        return false;
-    }
+    require_docker!(false);
     let real = |tag: &str| image_label(tag, STAND_IN_LABEL).is_some_and(|v| v.is_empty());
     if real(RUST_BASE) && real(NGINX_BASE) {
         return true;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::agent::Agent;
-use crate::support::docker::{docker as cli, require_docker, TestDocker};
+use crate::support::docker::{docker as cli, TestDocker};
 
 const RELOADED: &str = "config applied and nginx reloaded";
 /// Reloads to reach during the load (the test asks for 50+): the churn stops there.
@@ -110,7 +110,8 @@ fn parse(report: &str) -> Report {
 
 #[test]
 fn no_request_fails_while_nginx_reloads_50_times() {
-    if !require_docker() || !have_wrk() {
+    require_docker!();
+    if !have_wrk() {
         return;
     }
     let started = Instant::now();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{docker_output, require_docker};
+use crate::support::docker::docker_output;
 use crate::support::in_ci;
 
 fn script(name: &str) -> String {
@@ -75,9 +75,7 @@ fn setup_host_waits_while_another_apt_run_holds_the_lock() {
 /// nginx and app images, unchanged, are reused (the same tag both times).
 #[test]
 fn local_images_keep_one_image_per_repository() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let prefix = format!("smart-proxy-test-gc{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     let run = |binary: &str| {

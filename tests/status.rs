@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::companion::{started_app, Companion, Options, NGINX_STARTED_AGAIN};
 use crate::support::agent::{free_port, write_file, Agent};
-use crate::support::docker::{docker as cli, docker_output, require_docker, TestDocker};
+use crate::support::docker::{docker as cli, docker_output, TestDocker};
 use crate::support::images::AGENT_BIN;
 
 /// A fake Cloudflare token: it must never show in an endpoint (or the log).
@@ -297,9 +297,7 @@ fn a_bad_status_addr_is_a_usage_error_naming_the_setting() {
 
 #[test]
 fn healthz_follows_the_companion_nginx_container() {
-    if !require_docker() {
-        return;
-    }
+    require_docker!();
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::default());
     started_app(&docker, &c, "app1");

@@ -1,5 +1,6 @@
 //! One integration-test binary; each module is one area. Shared builders live in `support`.
 
+#[macro_use]
 mod support;
 
 mod acme;

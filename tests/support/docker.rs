@@ -89,7 +89,8 @@ pub fn docker_available() -> bool {
     daemon().is_ok()
 }
 
-/// Call first in every real-daemon test: `if !require_docker() { return; }`.
+/// Whether the daemon answers; the [`require_docker!`] macro, first in every real-daemon test,
+/// returns from the test when it does not.
 ///
 /// Without a daemon this panics under CI (the tests must run there) and otherwise prints a loud
 /// SKIPPED line and returns false.
@@ -247,7 +248,7 @@ impl TestDocker {
     /// A new guard with a unique run id. Builds the backend image if needed.
     pub fn new() -> Self {
         if let Err(reason) = daemon() {
-            panic!("TestDocker needs a Docker daemon ({reason}); call `require_docker()` first");
+            panic!("TestDocker needs a Docker daemon ({reason}); call `require_docker!()` first");
         }
         sweep_stale();
         app_image();

@@ -1,6 +1,24 @@
 //! Test support: a real nginx to `nginx -t` rendered configs, and builders for route inputs.
 #![allow(dead_code)]
 
+/// The guard of every real-daemon test, first in its body: `require_docker!();` (or
+/// `require_docker!(value)` in a function that returns one). Without a Docker daemon it fails
+/// under CI (`CI=true`: the tests must run there) and otherwise prints a loud SKIPPED line and
+/// returns from the function. See [`docker::require_docker`].
+#[allow(unused_macros)]
+macro_rules! require_docker {
+    () => {
+        if !$crate::support::docker::require_docker() {
+            return;
+        }
+    };
+    ($skipped:expr) => {
+        if !$crate::support::docker::require_docker() {
+            return $skipped;
+        }
+    };
+}
+
 pub mod agent;
 pub mod cloudflare_fake;
 pub mod compose;
