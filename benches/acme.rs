@@ -1,5 +1,5 @@
 //! 50 domains issued against Debian's pebble with challenge delays off (`PEBBLE_VA_NOSLEEP=1`),
-//! HTTP-01 answered from the webroot by a small server on pebble's validation port.
+//! HTTP-01 answered from the webroot by the tests' stub HTTP server on pebble's validation port.
 //!
 //! Two clients in the same run, alternating, on the same pebble:
 //! - **ours**: `CertManager::run` (the agent's code: plan, per-domain lock and state, webroot
@@ -14,9 +14,7 @@
 //! every 10 ms; baseline: counted). Run with `cargo bench --bench acme` (needs Debian's pebble).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,9 +29,11 @@ use smart_proxy::certs::store::CertStore;
 use smart_proxy::config::Config;
 use smart_proxy::routes::DomainName;
 
-#[allow(dead_code)]
-#[path = "../tests/support/pebble.rs"]
-mod pebble;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::pebble;
+use support::stub_http::StubHttp;
 
 const DOMAINS: usize = 50;
 const ROUNDS: usize = 3;
@@ -51,45 +51,17 @@ struct Cli {
     settings: smart_proxy::settings::Settings,
 }
 
-/// Serves HTTP-01 tokens on `port`: from `tokens` (baseline), else from `webroot` (ours).
-fn serve_tokens(port: u16, webroot: PathBuf, tokens: Arc<Mutex<HashMap<String, String>>>) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind pebble's HTTP-01 port");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (webroot, tokens) = (webroot.clone(), tokens.clone());
-            std::thread::spawn(move || answer(stream, &webroot, &tokens));
-        }
-    });
-}
-
-fn answer(mut stream: TcpStream, webroot: &Path, tokens: &Mutex<HashMap<String, String>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&request);
-    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-    let body = path.strip_prefix("/.well-known/acme-challenge/").and_then(|token| {
+/// Serves HTTP-01 tokens on `port` with the stub HTTP server: from `tokens` (baseline), else
+/// from `webroot` (ours).
+fn serve_tokens(port: u16, webroot: PathBuf, tokens: Arc<Mutex<HashMap<String, String>>>) -> StubHttp {
+    StubHttp::start(port, move |request| {
+        let token = request.path.strip_prefix("/.well-known/acme-challenge/")?;
         if token.contains('/') || token.contains("..") {
             return None;
         }
-        tokens
-            .lock()
-            .unwrap()
-            .get(token)
-            .cloned()
-            .or_else(|| std::fs::read_to_string(webroot.join(".well-known/acme-challenge").join(token)).ok())
-    });
-    let response = match body {
-        Some(body) => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
-        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
-    };
-    let _ = stream.write_all(response.as_bytes());
+        let from_memory = tokens.lock().unwrap().get(token).cloned();
+        from_memory.or_else(|| std::fs::read_to_string(webroot.join(".well-known/acme-challenge").join(token)).ok())
+    })
 }
 
 fn names(prefix: &str) -> Vec<DomainName> {
@@ -190,7 +162,7 @@ fn main() {
     let pebble = pebble::Pebble::start();
     let webroot = tempfile::tempdir().unwrap();
     let tokens: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    serve_tokens(pebble.http_port(), webroot.path().to_path_buf(), tokens.clone());
+    let _tokens_server = serve_tokens(pebble.http_port(), webroot.path().to_path_buf(), tokens.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
     let account = runtime.block_on(async {

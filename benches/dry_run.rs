@@ -14,30 +14,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-const BIN: &str = env!("CARGO_BIN_EXE_nginx-smart-proxy");
+mod common;
+use common::env_vars;
 
-/// `DOMAINS` and `SERVICES` for `n` domains over `n / 10` services (IP, host name and IPv6
-/// backends, one domain in ten without a service), like `benches/render.rs`.
-fn env_vars(n: usize) -> (String, String) {
-    let services = (n / 10).max(3);
-    let services_var: Vec<String> = (0..services)
-        .map(|i| match i % 3 {
-            0 => format!("svc{i}:10.0.{}.{}:8080", i / 256 % 256, i % 256),
-            1 => format!("svc{i}:svc{i}.internal:80"),
-            _ => format!("svc{i}:[fd00::{i:x}]:9000"),
-        })
-        .collect();
-    let domains_var: Vec<String> = (0..n)
-        .map(|i| {
-            if i % 10 == 9 {
-                format!("site{i}.example.com")
-            } else {
-                format!("site{i}.example.com:svc{}", i % services)
-            }
-        })
-        .collect();
-    (domains_var.join(","), services_var.join(","))
-}
+const BIN: &str = env!("CARGO_BIN_EXE_nginx-smart-proxy");
 
 fn dry_run(domains: &str, services: &str) -> Command {
     dry_run_to(domains, services, "/dev/null")

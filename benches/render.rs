@@ -17,6 +17,9 @@ use smart_proxy::render::{ConfigPath, NginxVersion, RenderSettings, Renderer};
 use smart_proxy::routes::RouteTable;
 use smart_proxy::sources::env;
 
+mod common;
+use common::env_vars;
+
 /// Production settings (HTTPS, redirects, certificates), as the agent builds them.
 fn settings(local: bool) -> RenderSettings {
     RenderSettings {
@@ -30,28 +33,6 @@ fn settings(local: bool) -> RenderSettings {
         resolver: vec!["127.0.0.11".parse().unwrap()],
         error_logs_max: 1000,
     }
-}
-
-/// `DOMAINS` and `SERVICES` values for `n` domains over `n / 10` services (at least 3).
-fn env_vars(n: usize) -> (String, String) {
-    let services = (n / 10).clamp(3, 1000);
-    let services_var: Vec<String> = (0..services)
-        .map(|i| match i % 3 {
-            0 => format!("svc{i}:10.{}.{}.{}:8080", i / 65536 % 256, i / 256 % 256, i % 256),
-            1 => format!("svc{i}:svc{i}.internal:80"),
-            _ => format!("svc{i}:[fd00::{i:x}]:9000"),
-        })
-        .collect();
-    let domains_var: Vec<String> = (0..n)
-        .map(|i| {
-            if i % 10 == 9 {
-                format!("site{i}.example.com")
-            } else {
-                format!("site{i}.example.com:svc{}", i % services)
-            }
-        })
-        .collect();
-    (domains_var.join(","), services_var.join(","))
 }
 
 fn table(n: usize) -> RouteTable {

@@ -3,11 +3,10 @@
 //! pebble validates on; issued chains are verified against pebble's issuing root.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use smart_proxy::certs::acme::{
 use smart_proxy::routes::DomainName;
 
 use crate::support::pebble::{parse_cert, pem_ders, Pebble};
+use crate::support::stub_http::StubHttp;
 
 fn settings(pebble: &Pebble, email: Option<&str>) -> AcmeSettings {
     AcmeSettings {
@@ -84,66 +84,26 @@ impl Solver for DnsSolver<'_> {
     }
 }
 
-/// HTTP-01 through a tiny HTTP server on 127.0.0.1:<pebble's httpPort>.
+/// HTTP-01 through the stub HTTP server on 127.0.0.1:<pebble's httpPort>.
 struct HttpSolver {
-    port: u16,
+    _server: StubHttp,
     tokens: Arc<Mutex<HashMap<String, String>>>,
     served: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
     calls: Mutex<Calls>,
 }
 
 impl HttpSolver {
     fn serve(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind pebble's HTTP-01 port");
         let tokens: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let served = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (t, s, st) = (tokens.clone(), served.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(stream) = stream {
-                    answer(stream, &t, &s);
-                }
-            }
+        let (t, s) = (tokens.clone(), served.clone());
+        let server = StubHttp::start(port, move |request| {
+            let token = request.path.strip_prefix("/.well-known/acme-challenge/")?;
+            let body = t.lock().unwrap().get(token).cloned()?;
+            s.fetch_add(1, Ordering::SeqCst);
+            Some(body)
         });
-        HttpSolver { port, tokens, served, stop, calls: Mutex::default() }
-    }
-}
-
-fn answer(mut stream: TcpStream, tokens: &Mutex<HashMap<String, String>>, served: &AtomicUsize) {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&request);
-    let path = head.split_whitespace().nth(1).unwrap_or("");
-    let body = path.strip_prefix("/.well-known/acme-challenge/").and_then(|t| tokens.lock().unwrap().get(t).cloned());
-    let response = match body {
-        Some(body) => {
-            served.fetch_add(1, Ordering::SeqCst);
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-        }
-        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
-    };
-    let _ = stream.write_all(response.as_bytes());
-}
-
-impl Drop for HttpSolver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        HttpSolver { _server: server, tokens, served, calls: Mutex::default() }
     }
 }
 
@@ -286,7 +246,7 @@ async fn http01_refuses_a_wildcard_before_any_order() {
     let account = acme::account(&store.path().join("accounts"), &settings(&pebble, None)).await.unwrap();
     // With the CA gone, any attempt to place an order would fail with a connection error.
     drop(pebble);
-    let solver = HttpSolver::serve(crate::support::pebble::free_port());
+    let solver = HttpSolver::serve(crate::support::free_port());
     let domain = DomainName::parse("*.wild.test").unwrap();
 
     let err = acme::issue(&account, &domain, &solver).await.unwrap_err();

@@ -2,12 +2,11 @@
 //! Debian's nginx as its child, ordering from a real ACME CA (Debian's pebble, resolving names
 //! through pebble-challtestsrv). HTTP-01 is validated by pebble fetching the token from the real
 //! nginx on pebble's HTTP-01 port (the agent's `HTTP_PORT`); DNS-01 goes through the Cloudflare
-//! fake, whose TXT changes are mirrored into challtestsrv. Backends are tiny HTTP servers on
-//! 127.0.0.1; test names resolve to 127.0.0.1 (but one, for the DNS check). Nothing leaves the
+//! fake, whose TXT changes are mirrored into challtestsrv. Backends are stub HTTP servers
+//! (`support::stub_http`) on 127.0.0.1; test names resolve to 127.0.0.1 (but one, for the DNS check). Nothing leaves the
 //! machine.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,41 +18,12 @@ use time::OffsetDateTime;
 
 use crate::support::agent::{http_get, Agent};
 use crate::support::cloudflare_fake::{Failure, FakeCloudflare};
-use crate::support::pebble::{free_port, parse_cert, pem_ders, AcmeProxy, FakeWindow, Pebble};
+use crate::support::free_port;
+use crate::support::pebble::{parse_cert, pem_ders, AcmeProxy, FakeWindow, Pebble};
+use crate::support::stub_http::StubHttp;
 
 const CF_TOKEN: &str = "cf-e2e-TOKEN-7f3a9c1d";
 const CF_ZONE_ID: &str = "3f1a9e0c2b7d4e5f8a6b1c2d3e4f5a6b";
-
-// --- A backend on 127.0.0.1
-
-/// Serves `HTTP 200 <body>` to every request on a free port, in a thread, for the test's life.
-fn backend(body: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || answer(stream, body));
-        }
-    });
-    port
-}
-
-fn answer(mut stream: TcpStream, body: &str) {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
-    }
-    let _ = write!(
-        stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
 
 // --- The agent in production mode (support::agent::Agent), certificate helpers
 
@@ -152,7 +122,7 @@ fn app_env(pebble: &Pebble, domains: &[&str], body: &'static str) -> Vec<(String
     for domain in domains {
         pebble.add_a(domain, Ipv4Addr::LOCALHOST);
     }
-    let port = backend(body);
+    let port = StubHttp::body(body).detach();
     let mut env = pebble_env(pebble);
     let routes: Vec<String> = domains.iter().map(|d| format!("{d}:app")).collect();
     env.extend([("DOMAINS".into(), routes.join(",")), ("SERVICES".into(), format!("app:127.0.0.1:{port}"))]);
@@ -386,7 +356,7 @@ fn dns01_issues_a_wildcard_through_cloudflare_and_cleans_up_the_txt_record() {
             })
             .start(),
     );
-    let port = backend("wildcard backend\n");
+    let port = StubHttp::body("wildcard backend\n").detach();
     let services = format!("app:127.0.0.1:{port}");
     let mut env = pebble_env(&pebble);
     env.extend([
@@ -494,7 +464,7 @@ fn throwaway_ca(dir: &Path) -> PathBuf {
 fn an_unreachable_ca_keeps_the_current_certificates_backs_off_and_shows_failing() {
     let started = Instant::now();
     let closed = free_port();
-    let port = backend("still serving\n");
+    let port = StubHttp::body("still serving\n").detach();
     let ca_dir = tempfile::tempdir().unwrap();
     let ca_root = throwaway_ca(ca_dir.path()).display().to_string();
     let directory = format!("https://127.0.0.1:{closed}/dir");
@@ -574,7 +544,7 @@ fn cloudflare_failure(token: &str, prepare: impl FnOnce(&FakeCloudflare)) -> (Ag
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let fake = runtime.block_on(FakeCloudflare::builder().token(CF_TOKEN).zone(CF_ZONE_ID, "cf.test").start());
     prepare(&fake);
-    let port = backend("cf backend\n");
+    let port = StubHttp::body("cf backend\n").detach();
     let services = format!("app:127.0.0.1:{port}");
     let mut env = pebble_env(&pebble);
     env.extend([
@@ -766,7 +736,7 @@ fn dns_check_strict_orders_what_points_here_and_reports_what_does_not() {
     let pebble = Pebble::start();
     pebble.add_a("here.test", Ipv4Addr::LOCALHOST);
     pebble.add_a("elsewhere.test", Ipv4Addr::new(198, 51, 100, 7));
-    let port = backend("dns check backend\n");
+    let port = StubHttp::body("dns check backend\n").detach();
     let services = format!("app:127.0.0.1:{port}");
     let mut env = pebble_env(&pebble);
     env.extend([
@@ -826,7 +796,7 @@ impl SilentResolver {
 
 /// `DOMAINS`/`SERVICES` for `domains` on one backend, with pebble's settings and `extra`.
 fn routes_env(pebble: &Pebble, domains: &[&str], extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let port = backend("detect backend\n");
+    let port = StubHttp::body("detect backend\n").detach();
     let mut env = pebble_env(pebble);
     let routes: Vec<String> = domains.iter().map(|d| format!("{d}:app")).collect();
     env.extend([("DOMAINS".into(), routes.join(",")), ("SERVICES".into(), format!("app:127.0.0.1:{port}"))]);
@@ -887,7 +857,7 @@ fn issue_9_an_http_echo_detects_the_address_and_dns_check_warn_names_it() {
     pebble.add_a("here.test", Ipv4Addr::LOCALHOST);
     // Another loopback address: nginx listens there too, so pebble still validates the order.
     pebble.add_a("other.test", Ipv4Addr::new(127, 0, 0, 2));
-    let echo = format!("http://127.0.0.1:{}/ip", backend("127.0.0.1\n"));
+    let echo = format!("http://127.0.0.1:{}/ip", StubHttp::body("127.0.0.1\n").detach());
     let env = routes_env(&pebble, &["here.test", "other.test"], &[("DNS_CHECK", "warn"), ("PUBLIC_IP_DETECT", &echo)]);
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
@@ -1155,7 +1125,7 @@ fn negotiated(
 fn sites_are_served_over_tls_1_3_and_1_2() {
     // The rendered sites say `ssl_protocols TLSv1.2 TLSv1.3`; nginx must honour it whatever its
     // version (before 1.23.4 the default server's protocols decide, and its default lacks 1.3).
-    let port = backend("protocols backend\n");
+    let port = StubHttp::body("protocols backend\n").detach();
     let services = format!("app:127.0.0.1:{port}");
     let mut agent =
         Agent::production(free_port(), &[("DOMAINS", "proto.test:app"), ("SERVICES", &services), ("ACME", "off")]);
@@ -1224,7 +1194,7 @@ fn a_rate_limited_order_waits_for_retry_after_also_across_a_restart_then_issues(
     pebble.add_a("limited.test", Ipv4Addr::LOCALHOST);
     let proxy = AcmeProxy::start(&pebble);
     proxy.rate_limit_new_orders(2, RETRY_AFTER);
-    let port = backend("rate limit backend\n");
+    let port = StubHttp::body("rate limit backend\n").detach();
     let services = format!("app:127.0.0.1:{port}");
     let mut env = proxy_env(&pebble, &proxy);
     env.extend([("DOMAINS".into(), "limited.test:app".into()), ("SERVICES".into(), services)]);
@@ -1279,7 +1249,7 @@ fn an_agent_killed_mid_order_resumes_it_with_the_same_account_and_key_and_a_seco
     let proxy = AcmeProxy::start(&pebble);
     // The order is validated, then its finalization never gets through: the agent dies there.
     proxy.hold("finalize");
-    let port = backend("resume backend\n");
+    let port = StubHttp::body("resume backend\n").detach();
     let services = format!("app:127.0.0.1:{port}");
     let mut env = proxy_env(&pebble, &proxy);
     env.extend([("DOMAINS".into(), "resume.test:app".into()), ("SERVICES".into(), services)]);
@@ -1358,7 +1328,7 @@ fn the_cas_renewal_window_is_cached_until_retry_after_and_renews_with_replaces()
     let proxy = AcmeProxy::start(&pebble);
     let day = 86400;
     proxy.serve_renewal_info(FakeWindow { start: 30 * day, end: 31 * day, retry_after: 3600 });
-    let port = backend("ari backend\n");
+    let port = StubHttp::body("ari backend\n").detach();
     let services = format!("app:127.0.0.1:{port}");
     let mut env = proxy_env(&pebble, &proxy);
     env.extend([("DOMAINS".into(), "ari.test:app".into()), ("SERVICES".into(), services)]);

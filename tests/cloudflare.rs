@@ -378,10 +378,8 @@ async fn timeouts_and_refused_connections_are_retryable() {
     assert!(err.retryable());
     assert!(err.to_string().contains("timed out"), "{err}");
 
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // A port nothing listens on.
+    let port = crate::support::free_port();
     let base = format!("http://127.0.0.1:{port}/client/v4");
     let client = Cloudflare::new(&base, Credentials::Token(Secret::new(TOKEN))).unwrap();
     let err = client.find_zone("example.com").await.unwrap_err();

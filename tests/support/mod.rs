@@ -26,6 +26,7 @@ pub mod docker;
 pub mod docker_faults;
 pub mod images;
 pub mod pebble;
+pub mod stub_http;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -178,7 +179,11 @@ pub fn env_table(domains: &str, services: &str) -> RouteTable {
     RouteTable::build(vec![smart_proxy::sources::env::parse(Some(domains), Some(services))])
 }
 
-pub use pebble::free_port;
+/// A free TCP port on 127.0.0.1 (free when asked: bound, then released; the caller binds it soon
+/// after). The one definition for the tests and the benches (which include this module).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 /// Polls `check` every `every` until it holds and returns how long that took; after `timeout`
 /// panics with "timed out after .. waiting for `what`" and what `context` says (logs). `abort`

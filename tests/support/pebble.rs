@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 /// Paths of Debian's `pebble` package (installed by `.ci/run`).
 pub fn pebble_bin() -> PathBuf {
     bin("TEST_PEBBLE_BIN", "/usr/bin/pebble")
@@ -298,13 +300,6 @@ fn split_response(raw: &[u8]) -> (u16, Vec<u8>) {
     let head = String::from_utf8_lossy(&raw[..end]);
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, raw[end..].to_vec())
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked: bound, then released; the caller binds it soon
-/// after). The one definition for the tests (`support::free_port`) and `benches/acme.rs`, which
-/// includes this file.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A port free for both UDP and TCP (DNS listens on both).
