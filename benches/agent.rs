@@ -3,8 +3,10 @@
 //! `cargo bench --bench agent` (a plain `fn main`, harness = false). The agent binary is the one
 //! Cargo builds for benches (`CARGO_BIN_EXE_nginx-smart-proxy`, the release build under the bench
 //! profile); it runs as a host process with nginx as its child in LOCAL mode on a free loopback
-//! port, like `tests/support/agent.rs` does. Requests go to 127.0.0.1 and to containers this
-//! program creates, nothing else.
+//! port, launched by the tests' `support::agent::Agent` (in a prefix laid out like a host,
+//! `Prefix::HOST`). The backend image is the tests' one (`support::docker::app_image`), the
+//! companion phase's images come from `scripts/local-images` (`support::images`). Requests go to
+//! 127.0.0.1 and to containers this program creates, nothing else.
 //!
 //! Figures, in one run:
 //! 1. reaction: `docker start` of a labelled, stopped container → first 200 with its body through
@@ -44,26 +46,28 @@
 //! swept at the next start. By hand: `docker rm -f $(docker ps -aq --filter label=spbench.run)`.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::agent::{http_get, http_get_within, write_file, Prefix};
+use support::docker::{app_image, docker, docker_output, APP_PORT};
+use support::free_port;
+
 const AGENT_BIN: &str = env!("CARGO_BIN_EXE_nginx-smart-proxy");
-const APP_IMAGE: &str = "spbench-app:latest";
-const APP_PORT: u16 = 8080;
-const IMAGE_LABEL: &str = "spbench.image";
 const RUN_LABEL: &str = "spbench.run";
 const PID_LABEL: &str = "spbench.pid";
-const BUSYBOX: &str = "/bin/busybox";
-/// The backend (the same as the tests' one): writes `$APP_NAME` into its page, serves it on 8080;
-/// `timeout` ends a container leaked by a killed run after `$APP_LIFETIME` seconds.
-const APP_CMD: &str = r#"["/bin/busybox","sh","-c","echo \"${APP_NAME:-app}\" > /www/index.html; trap 'exit 0' TERM INT; /bin/busybox timeout ${APP_LIFETIME:-1200} /bin/busybox httpd -f -p 8080 -h /www & wait"]"#;
+/// How long a backend container lives at most (`APP_LIFETIME` of the tests' backend image): a
+/// container leaked by a killed run ends after it.
+const APP_LIFETIME_SECS: u32 = 1200;
 const APPLIED_RELOADED: &str = "config applied and nginx reloaded";
 /// The agent's defaults, which this benchmark does not override.
 const DEBOUNCE_MS: f64 = 100.0;
@@ -298,18 +302,6 @@ fn sweep_leftovers() {
     }
 }
 
-/// Child processes inherit the signal mask: give them an empty one (the agent must see SIGTERM).
-fn unblocked(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: only pthread_sigmask (async-signal-safe) runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
-            Ok(())
-        })
-    }
-}
-
 /// SIGINT/SIGTERM/SIGHUP: clean up, then exit. Must run before any other thread is spawned, so
 /// every thread inherits the blocked mask (child processes get a clean mask from std).
 fn install_signal_cleanup() {
@@ -433,42 +425,9 @@ fn poll_until(timeout: Duration, every: Duration, mut check: impl FnMut() -> boo
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A minimal HTTP/1.1 GET on 127.0.0.1:port with `Host: host`: (status, body); status 0 when
-/// nothing answers.
-fn http_get(port: u16, host: &str) -> (u16, String) {
-    http_get_within(port, host, Duration::from_secs(10))
-}
-
-/// [`http_get`] with a read timeout (status 0 when it expires).
-fn http_get_within(port: u16, host: &str, timeout: Duration) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
 fn ok_with(port: u16, host: &str, body: &str) -> bool {
-    let (s, b) = http_get(port, host);
+    let (s, b) = http_get(port, host, "/");
     s == 200 && b.trim_end() == body
-}
-
-fn write_by_rename(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// (VmRSS, VmHWM) in kB.
@@ -529,72 +488,6 @@ fn parse_ts(s: &str) -> Option<f64> {
 // =============================================================================================
 // Docker (the CLI; objects owned by this run)
 
-fn docker_output(args: &[&str]) -> Output {
-    unblocked(&mut Command::new("docker"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `docker {}`: {e}", args.join(" ")))
-}
-
-fn docker(args: &[&str]) -> String {
-    let output = docker_output(args);
-    if !output.status.success() {
-        panic!(
-            "`docker {}` failed ({}):\n{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// Builds the backend image from the host's static busybox with `docker import` (no registry).
-fn build_app_image() {
-    use std::hash::{Hash, Hasher};
-    let busybox = std::fs::read(BUSYBOX)
-        .unwrap_or_else(|e| panic!("{BUSYBOX} cannot be read ({e}); install Debian's busybox-static"));
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (busybox.as_slice(), APP_CMD, APP_PORT).hash(&mut hasher);
-    let content = format!("{:016x}", hasher.finish());
-    let existing = docker_output(&[
-        "image",
-        "inspect",
-        "--format",
-        &format!("{{{{index .Config.Labels \"{IMAGE_LABEL}\"}}}}"),
-        APP_IMAGE,
-    ]);
-    if existing.status.success() && String::from_utf8_lossy(&existing.stdout).trim() == content {
-        return;
-    }
-    let root = tempfile::Builder::new().prefix("spbench-image-").tempdir().expect("tempdir");
-    let at = |p: &str| root.path().join(p);
-    for dir in ["bin", "www", "tmp"] {
-        std::fs::create_dir_all(at(dir)).unwrap();
-    }
-    std::fs::write(at("bin/busybox"), &busybox).unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(at("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::os::unix::fs::symlink("busybox", at("bin/sh")).unwrap();
-    std::fs::write(at("www/index.html"), "app\n").unwrap();
-    let mut tar = Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-        .arg(root.path())
-        .args(["-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run tar");
-    let import = unblocked(&mut Command::new("docker"))
-        .args(["import", "-c", &format!("CMD {APP_CMD}"), "-c", &format!("EXPOSE {APP_PORT}")])
-        .args(["-c", &format!("LABEL {IMAGE_LABEL}={content}"), "-", APP_IMAGE])
-        .stdin(tar.stdout.take().expect("tar stdout"))
-        .output()
-        .expect("run docker import");
-    assert!(tar.wait().expect("wait for tar").success(), "tar failed");
-    assert!(import.status.success(), "docker import failed: {}", String::from_utf8_lossy(&import.stderr).trim());
-}
-
 /// This run's Docker objects; removed when dropped (also on panic).
 struct BenchDocker {
     run_id: String,
@@ -644,7 +537,8 @@ impl BenchDocker {
             args.extend(["--label".into(), format!("{prefix}.domains={domain}")]);
         }
         args.extend(["--env".into(), format!("APP_NAME={short}"), "--network".into(), network.into()]);
-        args.extend(["--stop-timeout".into(), "1".into(), APP_IMAGE.into()]);
+        args.extend(["--env".into(), format!("APP_LIFETIME={APP_LIFETIME_SECS}")]);
+        args.extend(["--stop-timeout".into(), "1".into(), app_image()]);
         docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
         name
     }
@@ -794,14 +688,13 @@ impl LogTail {
 }
 
 // =============================================================================================
-// The agent as a process (nginx its child), in a scratch prefix laid out like a real host:
-// `etc/` is nginx's config directory (which the agent's `nginx -t` copies), logs and certs live
-// outside it.
+// The agent as a process (nginx its child): the tests' launcher in a prefix laid out like a host
+// (`etc/` is nginx's config directory, which the agent's `nginx -t` copies; logs and certs live
+// outside it), JSON logs tailed, registered for the signal cleanup.
 
 struct Agent {
-    dir: tempfile::TempDir,
+    agent: support::agent::Agent,
     port: u16,
-    child: Option<Child>,
     pid: u32,
     spawned: Instant,
     tail: LogTail,
@@ -809,65 +702,27 @@ struct Agent {
 
 impl Agent {
     fn spawn(cfg: &Cfg, env: &[(&str, String)]) -> Agent {
-        let dir = tempfile::Builder::new().prefix("spbench-agent-").tempdir().unwrap();
-        register_dir(dir.path());
-        for sub in ["etc/conf.d", "logs", "certs", "webroot", "run"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        }
-        let port = free_port();
-        let p = |s: &str| dir.path().join(s);
-        std::fs::write(
-            p("etc/nginx.conf"),
-            format!(
-                "pid {pid};\nerror_log {err} notice;\nworker_processes 1;\nevents {{ worker_connections 4096; }}\nhttp {{\n    access_log off;\n    include {confd}/*.conf;\n}}\n",
-                pid = p("run/nginx.pid").display(),
-                err = p("logs/nginx-error.log").display(),
-                confd = p("etc/conf.d").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(p("agent.log")).unwrap();
-        let mut cmd = Command::new(AGENT_BIN);
-        unblocked(&mut cmd);
-        cmd.arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LOCAL", "true")
-            .env("HTTP_PORT", port.to_string())
-            .env("NGINX_BIN", &cfg.nginx_bin)
-            .env("NGINX_MAIN_CONF", p("etc/nginx.conf"))
-            .env("NGINX_CONF", p("etc/conf.d/default.conf"))
-            .env("LOG_DIR", p("logs"))
-            .env("CERTS_DIR", p("certs"))
-            .env("ACME_WEBROOT", p("webroot"))
-            .env("RESOLVER", "127.0.0.11")
-            .env("LOG_LEVEL", "info")
-            .env("LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if let Ok(host) = std::env::var("DOCKER_HOST") {
-            cmd.env("DOCKER_HOST", host);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        let nginx_bin = cfg.nginx_bin.display().to_string();
+        let mut vars: Vec<(&str, &str)> = vec![("NGINX_BIN", &nginx_bin), ("LOG_FORMAT", "json")];
+        vars.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut agent = support::agent::Agent::local(Prefix::HOST, &vars);
+        register_dir(agent.dir.path());
         let spawned = Instant::now();
-        let child = cmd.spawn().expect("start the agent");
-        let pid = child.id();
-        register_proc(pid, Some(p("run/nginx.pid")));
-        let tail = LogTail::new(p("agent.log"));
-        Agent { dir, port, child: Some(child), pid, spawned, tail }
+        agent.spawn();
+        let pid = agent.pid().expect("running");
+        register_proc(pid, Some(agent.nginx_pid_file()));
+        let tail = LogTail::new(agent.path("agent.log"));
+        Agent { port: agent.port, agent, pid, spawned, tail }
     }
 
     fn get(&self, host: &str) -> (u16, String) {
-        http_get(self.port, host)
+        http_get(self.port, host, "/")
     }
 
     /// Waits until nginx answers at all.
     fn wait_ready(&mut self, timeout: Duration) {
         let port = self.port;
-        if poll_until(timeout, Duration::from_millis(10), || http_get(port, "unknown.invalid").0 != 0).is_none() {
+        if poll_until(timeout, Duration::from_millis(10), || http_get(port, "unknown.invalid", "/").0 != 0).is_none() {
             self.fail("nginx to answer");
         }
     }
@@ -875,7 +730,7 @@ impl Agent {
     fn wait_status(&mut self, host: &str, status: u16, body: Option<&str>, timeout: Duration) -> Instant {
         let port = self.port;
         match poll_until(timeout, Duration::from_millis(10), || {
-            let (s, b) = http_get(port, host);
+            let (s, b) = http_get(port, host, "/");
             s == status && body.is_none_or(|want| b.trim_end() == want)
         }) {
             Some(at) => at,
@@ -891,7 +746,7 @@ impl Agent {
     }
 
     fn nginx_pid(&self) -> Option<u32> {
-        nginx_pid_from(&self.dir.path().join("run/nginx.pid"))
+        self.agent.nginx_pid_now()
     }
 }
 
@@ -899,25 +754,9 @@ impl Drop for Agent {
     fn drop(&mut self) {
         // The agent stops nginx gracefully (SIGQUIT), which waits for open connections; a request
         // left hanging on a vanished backend would hold it: give it 3 s, then stop nginx fast.
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(pid) = self.nginx_pid() {
-            if alive(pid) {
-                signal(pid, nix::sys::signal::Signal::SIGTERM);
-            }
-        }
+        self.agent.shutdown(Duration::from_secs(3), "TERM");
         unregister_proc(self.pid);
-        unregister_dir(self.dir.path());
+        unregister_dir(self.agent.dir.path());
     }
 }
 
@@ -953,7 +792,7 @@ impl FloorNginx {
             ),
         )
         .unwrap();
-        let child = unblocked(&mut Command::new(&cfg.nginx_bin))
+        let child = Command::new(&cfg.nginx_bin)
             .arg("-c")
             .arg(p("nginx.conf"))
             .args(["-g", "daemon off;"])
@@ -963,7 +802,7 @@ impl FloorNginx {
         let pid = child.id();
         register_proc(pid, None);
         let floor = FloorNginx { dir, port, child: Some(child), pid, bin: cfg.nginx_bin.clone() };
-        if poll_until(Duration::from_secs(10), Duration::from_millis(10), || http_get(port, "x.invalid").0 != 0)
+        if poll_until(Duration::from_secs(10), Duration::from_millis(10), || http_get(port, "x.invalid", "/").0 != 0)
             .is_none()
         {
             panic!("the floor nginx does not answer");
@@ -972,7 +811,7 @@ impl FloorNginx {
     }
 
     fn nginx(&self, args: &[&str]) {
-        let out = unblocked(&mut Command::new(&self.bin))
+        let out = Command::new(&self.bin)
             .arg("-c")
             .arg(self.dir.path().join("nginx.conf"))
             .args(args)
@@ -1108,7 +947,7 @@ fn phase_reaction(cfg: &Cfg, d: &BenchDocker, net: &str, res: &mut Results) -> R
         }
         let wait_applied = t_stop.elapsed().as_secs_f64() - stop_cli;
         if poll_until(Duration::from_secs(30), Duration::from_millis(10), || {
-            http_get_within(port, "react.test", Duration::from_millis(500)).0 == 502
+            http_get_within(port, "react.test", "/", Duration::from_millis(500)).0 == 502
         })
         .is_none()
         {
@@ -1237,7 +1076,7 @@ fn phase_floor(cfg: &Cfg, d: &BenchDocker, net: &str, res: &mut Results) {
         )
     };
     // Warm up (the backend is up, nginx has opened its files).
-    write_by_rename(&site, &block("warm.test"));
+    write_file(&site, &block("warm.test"));
     floor.nginx(&["-s", "reload"]);
     poll_until(Duration::from_secs(10), cfg.poll, || ok_with(port, "warm.test", "floorapp")).expect("floor warm-up");
 
@@ -1253,7 +1092,7 @@ fn phase_floor(cfg: &Cfg, d: &BenchDocker, net: &str, res: &mut Results) {
         let host = format!("floor{i}.test");
         let text = block(&host);
         let t0 = Instant::now();
-        write_by_rename(&site, &text);
+        write_file(&site, &text);
         if tested {
             floor.nginx(&["-t", "-q"]);
         }
@@ -1408,7 +1247,7 @@ fn phase_storm(cfg: &Cfg, d: &BenchDocker, net: &str, res: &mut Results) -> Vec<
     agent.wait_ready(Duration::from_secs(60));
     let port = agent.port;
     let all_502 = poll_until(Duration::from_secs(120), Duration::from_millis(50), || {
-        shorts.iter().all(|s| http_get(port, &format!("{s}.test")).0 == 502)
+        shorts.iter().all(|s| http_get(port, &format!("{s}.test"), "/").0 == 502)
     });
     if all_502.is_none() {
         agent.fail("every storm domain to answer 502 before the storm");
@@ -1537,7 +1376,7 @@ fn phase_scale(cfg: &Cfg, d: &BenchDocker, net: &str, existing: usize, res: &mut
     let port = agent.port;
     let mut first_answer = None;
     let applied = poll_until(Duration::from_secs(300), Duration::from_millis(2), || {
-        if first_answer.is_none() && http_get(port, "unknown.invalid").0 != 0 {
+        if first_answer.is_none() && http_get(port, "unknown.invalid", "/").0 != 0 {
             first_answer = Some(Instant::now());
         }
         agent.tail.applied_count() > 0
@@ -1669,7 +1508,7 @@ fn routes_attempt(
     let files = tempfile::Builder::new().prefix("spbench-routes-").tempdir().unwrap();
     register_dir(files.path());
     let file = files.path().join("routes.json");
-    write_by_rename(&file, &routes_json(n, &[], ip));
+    write_file(&file, &routes_json(n, &[], ip));
     let which =
         if template.is_some() { "built-in template without the per-site error_log" } else { "built-in template" };
     progress(format!("routes: agent with {n} routes from CONFIG_FILE ({which})"));
@@ -1679,7 +1518,7 @@ fn routes_attempt(
     env.push(("CONFIG_FILE", file.display().to_string()));
     if let Some(t) = &template {
         let path = files.path().join("custom.conf.j2");
-        write_by_rename(&path, t);
+        write_file(&path, t);
         env.push(("NGINX_TEMPLATE", path.display().to_string()));
     }
     let mut agent = Agent::spawn(cfg, &env);
@@ -1701,7 +1540,7 @@ fn routes_attempt(
     let fds = nginx_pid.and_then(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok()).map(|d| d.count()).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(2));
 
-    let error_log = agent.dir.path().join("logs/nginx-error.log");
+    let error_log = agent.agent.path("logs/nginx-error.log");
     let load_before = loadavg();
     progress(format!("routes: {changes} edits adding one domain each (load {load_before})"));
     let mut added: Vec<String> = Vec::new();
@@ -1716,7 +1555,7 @@ fn routes_attempt(
         added.push(domain.clone());
         let text = routes_json(n, &added, ip);
         let t0 = Instant::now();
-        write_by_rename(&file, &text);
+        write_file(&file, &text);
         let mut emerg = None;
         let t200 = poll_until(Duration::from_secs(180), cfg.poll.max(Duration::from_millis(20)), || {
             if ok_with(port, &domain, "floorapp") {
@@ -1865,7 +1704,7 @@ fn run(cfg: &Cfg) -> Results {
         res.say("WARNING: the agent binary is not a release build; run `cargo bench --bench agent`");
     }
     progress("building the backend image (if needed)");
-    build_app_image();
+    app_image();
     let d = BenchDocker::new();
     let net = d.network("net");
 

@@ -15,25 +15,12 @@
 
 use super::*;
 
-/// (NGINX_IMAGE, AGENT_IMAGE) from `scripts/local-images --agent <this bench's binary>`. The
-/// images are tagged by a hash of their content and kept, so the next run reuses them.
+/// (NGINX_IMAGE, AGENT_IMAGE): `scripts/local-images --agent <this bench's binary>` through the
+/// tests' `support::images`. The images are tagged by a hash of their content and kept, so the
+/// next run reuses them.
 fn companion_images() -> (String, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-images");
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(["--agent", AGENT_BIN])
-        .env("IMAGE_PREFIX", "spbench")
-        .output()
-        .expect("run scripts/local-images");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "scripts/local-images failed:\n{}{stdout}", String::from_utf8_lossy(&out.stderr));
-    let get = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(String::from))
-            .unwrap_or_else(|| panic!("no {key} from scripts/local-images:\n{stdout}"))
-    };
-    (get("NGINX_IMAGE"), get("AGENT_IMAGE"))
+    let images = support::images::local_images(Some(Path::new(AGENT_BIN)));
+    (images.nginx, images.agent.expect("built with --agent"))
 }
 
 /// `docker exec <container> nginx -s reload` through the Docker API, as the agent does it.
@@ -121,7 +108,7 @@ pub(super) fn phase_companion(cfg: &Cfg, d: &BenchDocker, net: &str, res: &mut R
     for i in 0..=cfg.floor_n {
         let host = format!("cfloor{i}.test");
         let t0 = Instant::now();
-        write_by_rename(&site, &block(&host));
+        write_file(&site, &block(&host));
         api_reload(&rt, &floor);
         let t200 = poll_until(Duration::from_secs(10), cfg.poll, || ok_with(floor_port, &host, "cwarm"))
             .unwrap_or_else(|| panic!("the floor nginx never answered {host}"));

@@ -28,15 +28,42 @@ pub struct Agent {
 /// The email the production agent registers its ACME account with.
 pub const ACME_EMAIL: &str = "test@example.com";
 
+/// How the agent's scratch prefix is laid out and its nginx tuned.
+#[derive(Debug, Clone, Copy)]
+pub struct Prefix {
+    /// The directory of `nginx.conf` and `conf.d/` under the prefix (`""`: the prefix itself): the
+    /// directory the agent's `nginx -t` copies with the candidate.
+    pub config_dir: &'static str,
+    /// The level of nginx's own error log, `logs/nginx-error.log`.
+    pub error_log_level: &'static str,
+    pub worker_connections: u32,
+}
+
+impl Prefix {
+    /// The tests': everything at the top of the prefix, nginx's error log at `info`.
+    pub const TEST: Prefix = Prefix { config_dir: "", error_log_level: "info", worker_connections: 1024 };
+    /// Laid out like a host (the benches): `etc/` holds only nginx's config, so the agent's
+    /// `nginx -t` copies no logs; 4096 connections (thousands of sites and probes), error log at
+    /// `notice`.
+    pub const HOST: Prefix = Prefix { config_dir: "etc", error_log_level: "notice", worker_connections: 4096 };
+}
+
 impl Agent {
     /// Starts the agent in LOCAL mode with its own nginx on a free port; `env` adds settings
     /// (e.g. `LABEL_PREFIX`). Waits until nginx answers.
     pub fn start(env: &[(&str, &str)]) -> Agent {
-        let mut agent = Agent::prepare(free_port(), &[("LOCAL", "true")], env);
+        let mut agent = Agent::local(Prefix::TEST, env);
+        agent.launch();
+        agent
+    }
+
+    /// Prepares the agent in LOCAL mode on a free port in a `prefix` laid out as it says (with
+    /// this process's `DOCKER_HOST`, if set); [`Agent::launch`] or [`Agent::spawn`] runs it.
+    pub fn local(prefix: Prefix, env: &[(&str, &str)]) -> Agent {
+        let mut agent = Agent::prepare(prefix, free_port(), &[("LOCAL", "true")], env);
         if let Ok(host) = std::env::var("DOCKER_HOST") {
             agent.env.push(("DOCKER_HOST".into(), host));
         }
-        agent.launch();
         agent
     }
 
@@ -52,14 +79,17 @@ impl Agent {
             ("ACME_EMAIL", ACME_EMAIL),
             ("DNS_CHECK", "off"),
         ];
-        Agent::prepare(http_port, &defaults, env)
+        Agent::prepare(Prefix::TEST, http_port, &defaults, env)
     }
 
-    fn prepare(port: u16, defaults: &[(&str, &str)], env: &[(&str, &str)]) -> Agent {
+    fn prepare(prefix: Prefix, port: u16, defaults: &[(&str, &str)], env: &[(&str, &str)]) -> Agent {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["conf.d", "logs", "certs", "webroot"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        let conf_dir = dir.path().join(prefix.config_dir);
+        for sub in
+            [conf_dir.join("conf.d"), dir.path().join("logs"), dir.path().join("certs"), dir.path().join("webroot")]
+        {
+            std::fs::create_dir_all(sub).unwrap();
         }
         // As root, nginx's workers run as `nobody`: they must reach the webroot (HTTP-01 tokens)
         // and write the per-site access logs. tempfile creates 0700 directories.
@@ -67,12 +97,14 @@ impl Agent {
         std::fs::set_permissions(dir.path().join("logs"), std::fs::Permissions::from_mode(0o777)).unwrap();
         let p = |s: &str| dir.path().join(s);
         std::fs::write(
-            p("nginx.conf"),
+            conf_dir.join("nginx.conf"),
             format!(
-                "pid {pid};\nerror_log {err} info;\nevents {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    include {confd}/*.conf;\n}}\n",
+                "pid {pid};\nerror_log {err} {level};\nworker_processes 1;\nevents {{ worker_connections {connections}; }}\nhttp {{\n    access_log off;\n    include {confd}/*.conf;\n}}\n",
                 pid = p("nginx.pid").display(),
                 err = p("logs/nginx-error.log").display(),
-                confd = p("conf.d").display()
+                level = prefix.error_log_level,
+                connections = prefix.worker_connections,
+                confd = conf_dir.join("conf.d").display()
             ),
         )
         .unwrap();
@@ -81,8 +113,8 @@ impl Agent {
             ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
             ("HTTP_PORT".into(), port.to_string()),
             ("NGINX_BIN".into(), s(super::nginx_bin())),
-            ("NGINX_MAIN_CONF".into(), s(p("nginx.conf"))),
-            ("NGINX_CONF".into(), s(p("conf.d/default.conf"))),
+            ("NGINX_MAIN_CONF".into(), s(conf_dir.join("nginx.conf"))),
+            ("NGINX_CONF".into(), s(conf_dir.join("conf.d/default.conf"))),
             ("LOG_DIR".into(), s(p("logs"))),
             ("CERTS_DIR".into(), s(p("certs"))),
             ("ACME_WEBROOT".into(), s(p("webroot"))),
@@ -102,6 +134,13 @@ impl Agent {
     /// Runs the agent (again) and waits until nginx answers on `HTTP_PORT`. The log starts
     /// afresh; the previous run's is kept as `agent.log.<n>`.
     pub fn launch(&mut self) {
+        self.spawn();
+        let port = self.port;
+        self.wait_for("nginx to answer", Duration::from_secs(20), || http_get(port, "unknown.invalid", "/").0 != 0);
+    }
+
+    /// Runs the agent (again) without waiting for anything (as [`Agent::launch`]).
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log_path = self.path("agent.log");
         if log_path.exists() {
@@ -119,8 +158,6 @@ impl Agent {
             .spawn()
             .expect("start the agent");
         self.child = Some(child);
-        let port = self.port;
-        self.wait_for("nginx to answer", Duration::from_secs(20), || http_get(port, "unknown.invalid", "/").0 != 0);
     }
 
     /// The pid of the agent process.
@@ -139,11 +176,7 @@ impl Agent {
     /// Stops the nginx a killed agent left behind (QUIT through its pid file) and waits until its
     /// port is free.
     pub fn stop_nginx(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.path("nginx.pid")) {
-            if let Ok(pid) = pid.trim().parse::<u32>() {
-                unsafe_kill(pid, "QUIT");
-            }
-        }
+        self.signal_nginx("QUIT");
         let port = self.port;
         self.wait_for("the old nginx to exit", Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", port)).is_err()
@@ -217,30 +250,46 @@ impl Agent {
 
     /// The pid of the agent's nginx master.
     pub fn nginx_pid(&self) -> u32 {
-        std::fs::read_to_string(self.path("nginx.pid")).unwrap().trim().parse().unwrap()
+        self.nginx_pid_now().expect("nginx's pid file")
     }
-}
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+    /// The pid in nginx's pid file, if there is one.
+    pub fn nginx_pid_now(&self) -> Option<u32> {
+        std::fs::read_to_string(self.nginx_pid_file()).ok()?.trim().parse().ok()
+    }
+
+    /// nginx's pid file.
+    pub fn nginx_pid_file(&self) -> PathBuf {
+        self.path("nginx.pid")
+    }
+
+    fn signal_nginx(&self, signal: &str) {
+        if let Some(pid) = self.nginx_pid_now() {
+            unsafe_kill(pid, signal);
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; then `nginx_signal` to an nginx a killed agent
+    /// left behind (QUIT: graceful, TERM: at once). What dropping the agent does, with 5 s and QUIT.
+    pub fn shutdown(&mut self, grace: Duration, nginx_signal: &str) {
         if let Some(mut child) = self.child.take() {
             unsafe_kill(child.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
             let _ = child.wait();
         }
-        // nginx may outlive a killed agent: stop it through its pid file.
-        if let Ok(pid) = std::fs::read_to_string(self.path("nginx.pid")) {
-            if let Ok(pid) = pid.trim().parse::<u32>() {
-                unsafe_kill(pid, "QUIT");
-            }
-        }
+        // nginx may outlive a killed agent (or still be finishing a graceful stop): stop it
+        // through its pid file, which nginx removes when it exits.
+        self.signal_nginx(nginx_signal);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(5), "QUIT");
     }
 }
 
@@ -250,10 +299,15 @@ fn unsafe_kill(pid: u32, signal: &str) {
 
 /// A minimal HTTP/1.1 GET on 127.0.0.1 (Connection: close).
 pub fn http_get(port: u16, host: &str, path: &str) -> (u16, String) {
+    http_get_within(port, host, path, Duration::from_secs(10))
+}
+
+/// [`http_get`] with a read timeout (status 0 when it expires).
+pub fn http_get_within(port: u16, host: &str, path: &str, timeout: Duration) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)) else {
         return (0, String::new());
     };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return (0, String::new());
