@@ -1,0 +1,156 @@
+//! JSON route files.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy)]
+enum JsonField {
+    DomainName,
+    DomainService,
+    DomainTls,
+    DomainAllowItem,
+    DomainAllowString,
+    ServiceName,
+    ServiceHost,
+    ServicePort,
+}
+
+/// A combined file with one domain and one service, the hostile string in `field`.
+fn json_case(ctx: &Ctx, field: JsonField, h: &str) -> Outcome {
+    let mut domain = json!({ "name": "svc.example.com", "service": "app", "tls": "auto", "allow": ["10.8.0.0/24"] });
+    let mut service = json!({ "name": "app", "host": "10.0.0.5", "port": 8080 });
+    match field {
+        JsonField::DomainName => domain["name"] = json!(h),
+        JsonField::DomainService => {
+            domain["service"] = json!(h);
+            service["name"] = json!(h.trim());
+        }
+        JsonField::DomainTls => domain["tls"] = json!(h),
+        JsonField::DomainAllowItem => domain["allow"] = json!(["192.168.0.0/16", h]),
+        JsonField::DomainAllowString => domain["allow"] = json!(h),
+        JsonField::ServiceName => {
+            service["name"] = json!(h);
+            domain["service"] = json!(h.trim());
+        }
+        JsonField::ServiceHost => service["host"] = json!(h),
+        JsonField::ServicePort => service["port"] = json!(h),
+    }
+    // Serialised by serde_json, so the hostile string is always a valid JSON string.
+    let text = serde_json::to_string_pretty(&json!({ "domains": [domain], "services": [service] })).unwrap();
+    let path = Path::new("/etc/smart-proxy/routes.json");
+    let table = RouteTable::build(vec![smart_proxy::sources::file::parse(path, &text, FileKind::Combined)]);
+    ctx.check(&table, &[h]);
+    let (rejected, routed) = (rejected(&table), routed(&table));
+    let d = Entry::File("domains[0]".into());
+    assert!(
+        rejected.contains(&d) != routed.contains(&d),
+        "domains[0]: rejected and routed must differ: {:#?}",
+        table.diagnostics
+    );
+    if rejected.is_empty() {
+        assert_eq!(table.sites.len(), 1);
+        assert_eq!(table.upstreams.len(), 1, "the service is used");
+        Outcome::Accepted
+    } else {
+        // The error names the field (or the route that names the rejected service).
+        let expected = match field {
+            JsonField::ServiceName | JsonField::ServiceHost | JsonField::ServicePort => "services[0].",
+            _ => "domains[0].",
+        };
+        assert!(
+            table.errors().any(|d| matches!(&d.origin, Origin::File { field, .. } if field.starts_with(expected))),
+            "no error names {expected}*: {:#?}",
+            table.diagnostics
+        );
+        Outcome::Rejected
+    }
+}
+
+#[test]
+fn json_domain_fields() {
+    let fields: &[(&str, &'static [&'static str], JsonField)] = &[
+        ("file domains[].name", DOMAIN_OK, JsonField::DomainName),
+        ("file domains[].service", SERVICE_OK, JsonField::DomainService),
+        ("file domains[].tls", TLS_OK, JsonField::DomainTls),
+        ("file domains[].allow[]", CIDR_OK, JsonField::DomainAllowItem),
+        ("file domains[].allow (string)", CIDR_OK, JsonField::DomainAllowString),
+    ];
+    for (name, valid, field) in fields {
+        let ctx = Ctx::new();
+        run(name, hostile(valid), |h| json_case(&ctx, *field, h));
+    }
+}
+
+#[test]
+fn json_service_fields() {
+    let ctx = Ctx::new();
+    run("file services[].name", hostile(SERVICE_OK), |h| json_case(&ctx, JsonField::ServiceName, h));
+    let ctx = Ctx::new();
+    run("file services[].host", hostile(HOST_OK), |h| json_case(&ctx, JsonField::ServiceHost, h));
+}
+
+/// `port` must be a JSON number, so every string is rejected; the message must stay bounded.
+#[test]
+fn json_service_port_strings() {
+    let ctx = Ctx::new();
+    let accepted_numbers = AtomicUsize::new(0);
+    let cases = cases();
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&hostile(PORT_OK), |h| {
+            assert_eq!(
+                json_case(&ctx, JsonField::ServicePort, &h),
+                Outcome::Rejected,
+                "the string {h:?} was taken as a port"
+            );
+            Ok(())
+        })
+        .unwrap();
+    // JSON numbers: only whole numbers 1-65535 are ports.
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let numbers = prop_oneof![
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        (0i64..70_000).prop_map(|n| json!(n))
+    ];
+    runner
+        .run(&numbers, |n| {
+            let text = json!({ "domains": [{ "name": "svc.example.com", "service": "app" }], "services": [{ "name": "app", "host": "10.0.0.5", "port": n }] }).to_string();
+            let table = RouteTable::build(vec![smart_proxy::sources::file::parse(Path::new("r.json"), &text, FileKind::Combined)]);
+            ctx.check(&table, &[]);
+            let whole = n.as_u64().filter(|p| (1..=65535).contains(p));
+            match whole {
+                Some(p) => {
+                    accepted_numbers.fetch_add(1, Ordering::Relaxed);
+                    assert_eq!(table.upstreams[0].backends[0].port.get() as u64, p);
+                }
+                None => assert!(table.sites.is_empty() && table.errors().count() > 0, "port {n} accepted"),
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(accepted_numbers.into_inner() > 0);
+}
+
+/// Hostile key names: an unknown field or top-level key is refused, and the printed diagnostic
+/// that names it stays one bounded line.
+#[test]
+fn json_hostile_keys() {
+    let ctx = Ctx::new();
+    run_expecting("file unknown key", hostile(&["x", "extra", "Name"]), false, true, |h| {
+        if ["name", "service", "allow", "tls", "domains", "services"].contains(&h.trim()) {
+            return Outcome::Ignored;
+        }
+        let mut domain = serde_json::Map::new();
+        domain.insert("name".into(), json!("svc.example.com"));
+        domain.insert(h.to_string(), json!("1"));
+        let mut root = serde_json::Map::new();
+        root.insert("domains".into(), json!([domain]));
+        root.insert(h.to_string(), json!(1));
+        let text = serde_json::Value::Object(root).to_string();
+        let path = Path::new("/etc/smart-proxy/routes.json");
+        let table = RouteTable::build(vec![smart_proxy::sources::file::parse(path, &text, FileKind::Combined)]);
+        ctx.check(&table, &[h]);
+        assert!(table.sites.is_empty() && table.errors().count() >= 2, "{:#?}", table.diagnostics);
+        Outcome::Rejected
+    });
+}
