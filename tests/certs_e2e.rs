@@ -116,17 +116,32 @@ fn pebble_env(pebble: &Pebble) -> Vec<(String, String)> {
     ]
 }
 
+/// `env` (the ACME settings) plus `DOMAINS=domains` routed to the service `app`, a new backend
+/// answering `body` (`SERVICES`), then `extra`.
+fn backend_env(
+    mut env: Vec<(String, String)>,
+    domains: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let port = StubHttp::body(body).detach();
+    env.extend([("DOMAINS".into(), domains.into()), ("SERVICES".into(), format!("app:127.0.0.1:{port}"))]);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// `DOMAINS` for `domains`, each routed to the service `app`.
+fn app_routes(domains: &[&str]) -> String {
+    domains.iter().map(|d| format!("{d}:app")).collect::<Vec<_>>().join(",")
+}
+
 /// The agent's environment for `domains` routed to one backend answering `body`, each domain
 /// resolving to 127.0.0.1 in pebble's DNS: the ACME settings plus `DOMAINS` and `SERVICES`.
 fn app_env(pebble: &Pebble, domains: &[&str], body: &'static str) -> Vec<(String, String)> {
     for domain in domains {
         pebble.add_a(domain, Ipv4Addr::LOCALHOST);
     }
-    let port = StubHttp::body(body).detach();
-    let mut env = pebble_env(pebble);
-    let routes: Vec<String> = domains.iter().map(|d| format!("{d}:app")).collect();
-    env.extend([("DOMAINS".into(), routes.join(",")), ("SERVICES".into(), format!("app:127.0.0.1:{port}"))]);
-    env
+    backend_env(pebble_env(pebble), &app_routes(domains), body, &[])
 }
 
 fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
@@ -356,16 +371,12 @@ fn dns01_issues_a_wildcard_through_cloudflare_and_cleans_up_the_txt_record() {
             })
             .start(),
     );
-    let port = StubHttp::body("wildcard backend\n").detach();
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([
-        ("DOMAINS".into(), "*.wild.test:app".into()),
-        ("SERVICES".into(), services),
-        ("CLOUDFLARE_API_TOKEN".into(), CF_TOKEN.into()),
-        ("CLOUDFLARE_API_BASE".into(), fake.base_url()),
-        ("DNS_PROPAGATION_TIMEOUT".into(), "20s".into()),
-    ]);
+    let cloudflare = [
+        ("CLOUDFLARE_API_TOKEN", CF_TOKEN),
+        ("CLOUDFLARE_API_BASE", &fake.base_url()),
+        ("DNS_PROPAGATION_TIMEOUT", "20s"),
+    ];
+    let env = backend_env(pebble_env(&pebble), "*.wild.test:app", "wildcard backend\n", &cloudflare);
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
 
@@ -544,16 +555,12 @@ fn cloudflare_failure(token: &str, prepare: impl FnOnce(&FakeCloudflare)) -> (Ag
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let fake = runtime.block_on(FakeCloudflare::builder().token(CF_TOKEN).zone(CF_ZONE_ID, "cf.test").start());
     prepare(&fake);
-    let port = StubHttp::body("cf backend\n").detach();
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([
-        ("DOMAINS".into(), "www.cf.test:app".into()),
-        ("SERVICES".into(), services),
-        ("CLOUDFLARE_API_TOKEN".into(), token.into()),
-        ("CLOUDFLARE_API_BASE".into(), fake.base_url()),
-        ("DNS_PROPAGATION_TIMEOUT".into(), "10s".into()),
-    ]);
+    let cloudflare = [
+        ("CLOUDFLARE_API_TOKEN", token),
+        ("CLOUDFLARE_API_BASE", &fake.base_url()),
+        ("DNS_PROPAGATION_TIMEOUT", "10s"),
+    ];
+    let env = backend_env(pebble_env(&pebble), "www.cf.test:app", "cf backend\n", &cloudflare);
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
     agent.wait_for("the order to fail", Duration::from_secs(20), || {
@@ -736,15 +743,8 @@ fn dns_check_strict_orders_what_points_here_and_reports_what_does_not() {
     let pebble = Pebble::start();
     pebble.add_a("here.test", Ipv4Addr::LOCALHOST);
     pebble.add_a("elsewhere.test", Ipv4Addr::new(198, 51, 100, 7));
-    let port = StubHttp::body("dns check backend\n").detach();
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = pebble_env(&pebble);
-    env.extend([
-        ("DOMAINS".into(), "here.test:app,elsewhere.test:app".into()),
-        ("SERVICES".into(), services),
-        ("DNS_CHECK".into(), "strict".into()),
-        ("PUBLIC_IP".into(), "127.0.0.1".into()),
-    ]);
+    let strict = [("DNS_CHECK", "strict"), ("PUBLIC_IP", "127.0.0.1")];
+    let env = backend_env(pebble_env(&pebble), "here.test:app,elsewhere.test:app", "dns check backend\n", &strict);
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
     agent.wait_for("here.test's certificate", Duration::from_secs(25), || {
@@ -796,12 +796,7 @@ impl SilentResolver {
 
 /// `DOMAINS`/`SERVICES` for `domains` on one backend, with pebble's settings and `extra`.
 fn routes_env(pebble: &Pebble, domains: &[&str], extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let port = StubHttp::body("detect backend\n").detach();
-    let mut env = pebble_env(pebble);
-    let routes: Vec<String> = domains.iter().map(|d| format!("{d}:app")).collect();
-    env.extend([("DOMAINS".into(), routes.join(",")), ("SERVICES".into(), format!("app:127.0.0.1:{port}"))]);
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
+    backend_env(pebble_env(pebble), &app_routes(domains), "detect backend\n", extra)
 }
 
 fn issued(agent: &Agent, domain: &str) {
@@ -1194,10 +1189,7 @@ fn a_rate_limited_order_waits_for_retry_after_also_across_a_restart_then_issues(
     pebble.add_a("limited.test", Ipv4Addr::LOCALHOST);
     let proxy = AcmeProxy::start(&pebble);
     proxy.rate_limit_new_orders(2, RETRY_AFTER);
-    let port = StubHttp::body("rate limit backend\n").detach();
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = proxy_env(&pebble, &proxy);
-    env.extend([("DOMAINS".into(), "limited.test:app".into()), ("SERVICES".into(), services)]);
+    let env = backend_env(proxy_env(&pebble, &proxy), "limited.test:app", "rate limit backend\n", &[]);
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
 
@@ -1249,10 +1241,7 @@ fn an_agent_killed_mid_order_resumes_it_with_the_same_account_and_key_and_a_seco
     let proxy = AcmeProxy::start(&pebble);
     // The order is validated, then its finalization never gets through: the agent dies there.
     proxy.hold("finalize");
-    let port = StubHttp::body("resume backend\n").detach();
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = proxy_env(&pebble, &proxy);
-    env.extend([("DOMAINS".into(), "resume.test:app".into()), ("SERVICES".into(), services)]);
+    let env = backend_env(proxy_env(&pebble, &proxy), "resume.test:app", "resume backend\n", &[]);
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     precreate(&agent.certs(), "resume.test", 10);
     let old_chain = agent.fullchain("resume.test");
@@ -1328,10 +1317,7 @@ fn the_cas_renewal_window_is_cached_until_retry_after_and_renews_with_replaces()
     let proxy = AcmeProxy::start(&pebble);
     let day = 86400;
     proxy.serve_renewal_info(FakeWindow { start: 30 * day, end: 31 * day, retry_after: 3600 });
-    let port = StubHttp::body("ari backend\n").detach();
-    let services = format!("app:127.0.0.1:{port}");
-    let mut env = proxy_env(&pebble, &proxy);
-    env.extend([("DOMAINS".into(), "ari.test:app".into()), ("SERVICES".into(), services)]);
+    let env = backend_env(proxy_env(&pebble, &proxy), "ari.test:app", "ari backend\n", &[]);
     let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
     agent.launch();
     agent.wait_for("the first certificate", Duration::from_secs(25), || {

@@ -18,13 +18,16 @@ fn cmd(env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// `--dry-run` with [`cmd`]'s environment, run.
+fn dry_run(env: &[(&str, &str)]) -> assert_cmd::assert::Assert {
+    cmd(env).arg("--dry-run").assert()
+}
+
 const SERVICES: &str = "app1:app1:8080,app2:app2:8081,api:api:3000";
 
 #[test]
 fn dry_run_prints_the_config() {
-    cmd(&[("DOMAINS", "app1.com:app1,app2.com:app2,status.com"), ("SERVICES", SERVICES)])
-        .arg("--dry-run")
-        .assert()
+    dry_run(&[("DOMAINS", "app1.com:app1,app2.com:app2,status.com"), ("SERVICES", SERVICES)])
         .success()
         .stdout(contains("server_name app1.com;").and(contains("server_name status.com;")))
         .stdout(contains("Service not configured for this domain"))
@@ -48,9 +51,7 @@ fn dry_run_output_file_and_local_mode() {
 
 #[test]
 fn unknown_service_lists_the_available_ones() {
-    cmd(&[("DOMAINS", "app1.com:app1,app2.com:nope"), ("SERVICES", SERVICES)])
-        .arg("--dry-run")
-        .assert()
+    dry_run(&[("DOMAINS", "app1.com:app1,app2.com:nope"), ("SERVICES", SERVICES)])
         .code(1)
         .stdout(contains("server_name app1.com;"))
         .stderr(contains(
@@ -60,9 +61,7 @@ fn unknown_service_lists_the_available_ones() {
 
 #[test]
 fn bad_ports_say_what_is_allowed() {
-    cmd(&[("DOMAINS", "a.com:a,b.com:b,c.com:c"), ("SERVICES", "a:a:invalid,b:b:99999,c:c:80")])
-        .arg("--dry-run")
-        .assert()
+    dry_run(&[("DOMAINS", "a.com:a,b.com:b,c.com:c"), ("SERVICES", "a:a:invalid,b:b:99999,c:c:80")])
         .code(1)
         .stdout(contains("server_name c.com;"))
         .stderr(contains(
@@ -75,9 +74,7 @@ fn bad_ports_say_what_is_allowed() {
 fn a_route_to_a_service_with_an_error_points_at_that_error() {
     // The service's entry has the one real error; the route using it says why it is left out
     // instead of calling the service unknown.
-    cmd(&[("DOMAINS", "app1.com:app1,ok.com"), ("SERVICES", "app1:app1:80800")])
-        .arg("--dry-run")
-        .assert()
+    dry_run(&[("DOMAINS", "app1.com:app1,ok.com"), ("SERVICES", "app1:app1:80800")])
         .code(1)
         .stdout(contains("server_name ok.com;").and(contains("server_name app1.com;").not()))
         .stderr(contains(r#"SERVICES entry 1 "app1:app1:80800": port 80800 is out of range; must be 1-65535"#))
@@ -112,9 +109,7 @@ fn a_missing_config_file_is_named_with_its_setting() {
         ("DOMAINS_CONFIG", "--domains-config"),
         ("SERVICES_CONFIG", "--services-config"),
     ] {
-        cmd(&[("DOMAINS", "ok.com"), (var, "/nonexistent/routes.json")])
-            .arg("--dry-run")
-            .assert()
+        dry_run(&[("DOMAINS", "ok.com"), (var, "/nonexistent/routes.json")])
             .code(1)
             .stdout(contains("server_name ok.com;"))
             .stderr(contains(format!(
@@ -127,9 +122,7 @@ fn a_missing_config_file_is_named_with_its_setting() {
 
 #[test]
 fn duplicate_empty_and_bad_domains() {
-    cmd(&[("DOMAINS", "a.com:app1,a.com:app2,:app1,bad_name.com:app1, ,ok.com"), ("SERVICES", SERVICES)])
-        .arg("--dry-run")
-        .assert()
+    dry_run(&[("DOMAINS", "a.com:app1,a.com:app2,:app1,bad_name.com:app1, ,ok.com"), ("SERVICES", SERVICES)])
         .code(1)
         .stdout(contains("server_name ok.com;").and(contains("server_name a.com;")))
         .stderr(contains(r#"DOMAINS entry 2 "a.com:app2": duplicate domain a.com: already defined by DOMAINS entry 1"#))
@@ -139,9 +132,7 @@ fn duplicate_empty_and_bad_domains() {
 
 #[test]
 fn international_names_become_punycode() {
-    cmd(&[("DOMAINS", "bücher.example:app1"), ("SERVICES", SERVICES)])
-        .arg("--dry-run")
-        .assert()
+    dry_run(&[("DOMAINS", "bücher.example:app1"), ("SERVICES", SERVICES)])
         .success()
         .stdout(contains("server_name xn--bcher-kva.example;"));
 }
@@ -224,14 +215,14 @@ fn check_json_is_machine_readable() {
 #[test]
 fn usage_errors_exit_2() {
     cmd(&[]).arg("--no-such-flag").assert().code(2);
-    cmd(&[("HTTP_PORT", "0")]).arg("--dry-run").assert().code(2);
+    dry_run(&[("HTTP_PORT", "0")]).code(2);
     for (var, flag) in [("LOCAL", "--local"), ("NO_DOCKER", "--no-docker")] {
-        cmd(&[(var, "maybe")]).arg("--dry-run").assert().code(2).stderr(contains(format!(
+        dry_run(&[(var, "maybe")]).code(2).stderr(contains(format!(
             "invalid value 'maybe' for '{flag} [<{var}>]': {var} (or {flag}) must be true or false (also yes/no, on/off, 1/0)"
         )));
     }
     for value in ["true", "YES", "on", "1", "false", "no", "Off", "0"] {
-        cmd(&[("DOMAINS", "ok.com"), ("LOCAL", value)]).arg("--dry-run").assert().success();
+        dry_run(&[("DOMAINS", "ok.com"), ("LOCAL", value)]).success();
     }
 }
 
@@ -248,16 +239,14 @@ fn a_bad_public_ip_detect_is_a_usage_error_naming_the_variable_and_the_allowed_f
         ("interfaces,stun", "stun", "is none of these"),
         ("interfaces,off", "off", "must stand alone"),
     ] {
-        cmd(&[("DOMAINS", "a.com"), ("PUBLIC_IP_DETECT", value)]).arg("--dry-run").assert().code(2).stderr(contains(
-            format!(
-                "PUBLIC_IP_DETECT must be off or a comma-separated list of interfaces, dns (OpenDNS), \
+        dry_run(&[("DOMAINS", "a.com"), ("PUBLIC_IP_DETECT", value)]).code(2).stderr(contains(format!(
+            "PUBLIC_IP_DETECT must be off or a comma-separated list of interfaces, dns (OpenDNS), \
                  dns:NAME@SERVER (SERVER ip or ip:port, e.g. dns:myip.opendns.com@208.67.222.222) and http(s)://URL; \
                  {entry:?} {why}"
-            ),
-        ));
+        )));
     }
     for good in ["off", "interfaces", "dns", "dns:myip.opendns.com@127.0.0.1:8053,https://ip.example/"] {
-        cmd(&[("DOMAINS", "a.com"), ("PUBLIC_IP_DETECT", good)]).arg("--dry-run").assert().success();
+        dry_run(&[("DOMAINS", "a.com"), ("PUBLIC_IP_DETECT", good)]).success();
     }
 }
 
@@ -277,9 +266,7 @@ fn template_errors_name_file_and_line() {
 
 #[test]
 fn unsafe_settings_are_refused() {
-    cmd(&[("DOMAINS", "a.com"), ("CERTS_DIR", "/etc/le;ssl")])
-        .arg("--dry-run")
-        .assert()
+    dry_run(&[("DOMAINS", "a.com"), ("CERTS_DIR", "/etc/le;ssl")])
         .code(1)
         .stderr(contains(r#"CERTS_DIR "/etc/le;ssl" is not allowed"#));
 }

@@ -27,6 +27,17 @@ fn label_case(ctx: &Ctx, labels: &[(String, String)], extra_network: Option<&str
     (outcome, table)
 }
 
+/// The value labels (of the container, and of each named route), with valid values of each.
+const VALUE_KEYS: &[(&str, &[&str])] = &[
+    ("domains", DOMAIN_OK),
+    ("port", PORT_OK),
+    ("path", PATH_OK),
+    ("service", SERVICE_OK),
+    ("allow", CIDR_OK),
+    ("tls", TLS_OK),
+    ("network", NETWORK_OK),
+];
+
 fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
@@ -34,16 +45,7 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 /// The hostile string as the value of each container-wide label.
 #[test]
 fn label_values() {
-    let keys: &[(&str, &'static [&'static str])] = &[
-        ("domains", DOMAIN_OK),
-        ("port", PORT_OK),
-        ("path", PATH_OK),
-        ("service", SERVICE_OK),
-        ("allow", CIDR_OK),
-        ("tls", TLS_OK),
-        ("network", NETWORK_OK),
-    ];
-    for (key, valid) in keys {
+    for (key, valid) in VALUE_KEYS {
         let ctx = Ctx::new();
         run(&format!("label {P}.{key}"), hostile(valid), |h| {
             let mut ls = labels(&[("smart-proxy.domains", "app.example.com")]);
@@ -114,16 +116,7 @@ fn label_switches() {
 /// The hostile string as the value of each named-route label, and as the route name itself.
 #[test]
 fn label_named_routes() {
-    let keys: &[(&str, &'static [&'static str])] = &[
-        ("domains", DOMAIN_OK),
-        ("port", PORT_OK),
-        ("path", PATH_OK),
-        ("service", SERVICE_OK),
-        ("allow", CIDR_OK),
-        ("tls", TLS_OK),
-        ("network", NETWORK_OK),
-    ];
-    for (key, valid) in keys {
+    for (key, valid) in VALUE_KEYS {
         let ctx = Ctx::new();
         run(&format!("label {P}.api.{key}"), hostile(valid), |h| {
             let mut ls =
