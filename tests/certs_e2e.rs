@@ -116,6 +116,16 @@ fn pebble_env(pebble: &Pebble) -> Vec<(String, String)> {
     ]
 }
 
+/// The production agent on pebble's HTTP-01 port with `env`, to launch.
+fn pebble_agent(pebble: &Pebble, env: &[(String, String)]) -> Agent {
+    Agent::production(pebble.http_port(), &env_refs(env))
+}
+
+/// The production agent for `domains` on one backend answering `body` ([`app_env`]), to launch.
+fn app_agent(pebble: &Pebble, domains: &[&str], body: &'static str) -> Agent {
+    pebble_agent(pebble, &app_env(pebble, domains, body))
+}
+
 /// `env` (the ACME settings) plus `DOMAINS=domains` routed to the service `app`, a new backend
 /// answering `body` (`SERVICES`), then `extra`.
 fn backend_env(
@@ -297,8 +307,7 @@ fn http01_issues_several_domains_through_the_real_nginx_and_serves_them() {
     let started = Instant::now();
     let pebble = Pebble::start();
     let domains = ["alpha.test", "beta.test", "gamma.test"];
-    let env = app_env(&pebble, &domains, "hello from the backend\n");
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = app_agent(&pebble, &domains, "hello from the backend\n");
     agent.launch();
     let nginx_pid = agent.nginx_pid();
 
@@ -377,7 +386,7 @@ fn dns01_issues_a_wildcard_through_cloudflare_and_cleans_up_the_txt_record() {
         ("DNS_PROPAGATION_TIMEOUT", "20s"),
     ];
     let env = backend_env(pebble_env(&pebble), "*.wild.test:app", "wildcard backend\n", &cloudflare);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
 
     agent.wait_for("the wildcard certificate", Duration::from_secs(25), || {
@@ -418,8 +427,7 @@ fn dns01_issues_a_wildcard_through_cloudflare_and_cleans_up_the_txt_record() {
 fn an_expiring_certificate_is_renewed_and_a_fresh_one_left_alone() {
     let started = Instant::now();
     let pebble = Pebble::start();
-    let env = app_env(&pebble, &["expiring.test", "fresh.test"], "renewal backend\n");
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = app_agent(&pebble, &["expiring.test", "fresh.test"], "renewal backend\n");
     precreate(&agent.certs(), "expiring.test", 10);
     precreate(&agent.certs(), "fresh.test", 80);
     let old_issuer = agent.cert_info("expiring.test").unwrap().issuer;
@@ -561,7 +569,7 @@ fn cloudflare_failure(token: &str, prepare: impl FnOnce(&FakeCloudflare)) -> (Ag
         ("DNS_PROPAGATION_TIMEOUT", "10s"),
     ];
     let env = backend_env(pebble_env(&pebble), "www.cf.test:app", "cf backend\n", &cloudflare);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
     agent.wait_for("the order to fail", Duration::from_secs(20), || {
         !lines_for(&agent.log(), "certificate order failed", "www.cf.test").is_empty()
@@ -701,8 +709,7 @@ fn dry_run_says_what_would_be_ordered_with_which_challenge_and_writes_nothing() 
 fn certs_renew_force_orders_a_new_certificate_for_a_fresh_one_and_nginx_serves_it() {
     let started = Instant::now();
     let pebble = Pebble::start();
-    let env = app_env(&pebble, &["renew.test"], "renew backend\n");
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = app_agent(&pebble, &["renew.test"], "renew backend\n");
     agent.launch();
     agent.wait_for("the first certificate", Duration::from_secs(25), || {
         agent.cert_info("renew.test").is_some_and(|i| !i.placeholder)
@@ -745,7 +752,7 @@ fn dns_check_strict_orders_what_points_here_and_reports_what_does_not() {
     pebble.add_a("elsewhere.test", Ipv4Addr::new(198, 51, 100, 7));
     let strict = [("DNS_CHECK", "strict"), ("PUBLIC_IP", "127.0.0.1")];
     let env = backend_env(pebble_env(&pebble), "here.test:app,elsewhere.test:app", "dns check backend\n", &strict);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
     agent.wait_for("here.test's certificate", Duration::from_secs(25), || {
         agent.cert_info("here.test").is_some_and(|i| !i.placeholder)
@@ -822,7 +829,7 @@ fn issue_9_a_detected_public_address_decides_the_dns_check() {
         &["here.test", "elsewhere.test"],
         &[("DNS_CHECK", "strict"), ("PUBLIC_IP_DETECT", &detect)],
     );
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
     issued(&agent, "here.test");
     pebble.verify_chain(&agent.fullchain("here.test"), "here.test");
@@ -854,7 +861,7 @@ fn issue_9_an_http_echo_detects_the_address_and_dns_check_warn_names_it() {
     pebble.add_a("other.test", Ipv4Addr::new(127, 0, 0, 2));
     let echo = format!("http://127.0.0.1:{}/ip", StubHttp::body("127.0.0.1\n").detach());
     let env = routes_env(&pebble, &["here.test", "other.test"], &[("DNS_CHECK", "warn"), ("PUBLIC_IP_DETECT", &echo)]);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
     issued(&agent, "here.test");
     issued(&agent, "other.test");
@@ -881,7 +888,7 @@ fn issue_9_a_failed_detection_is_reported_once_with_what_to_set() {
     let silent = SilentResolver::start();
     let detect = format!("dns:myip.opendns.com@{}", silent.addr());
     let env = routes_env(&pebble, &["one.test", "two.test"], &[("DNS_CHECK", "strict"), ("PUBLIC_IP_DETECT", &detect)]);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
     // Unknown addresses skip the check (as with no PUBLIC_IP before): both are ordered.
     issued(&agent, "one.test");
@@ -915,7 +922,7 @@ fn issue_9_public_ip_set_is_used_without_asking_anything() {
         &["set.test"],
         &[("DNS_CHECK", "strict"), ("PUBLIC_IP", "127.0.0.1"), ("PUBLIC_IP_DETECT", &detect)],
     );
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
     issued(&agent, "set.test");
     assert_eq!(silent.queries(), 0, "PUBLIC_IP is set: nothing is detected");
@@ -933,7 +940,7 @@ fn issue_9_public_ip_detect_off_skips_the_check_as_before() {
     // could say, but no address is known, so nothing is compared.
     pebble.add_a("off.test", Ipv4Addr::new(127, 0, 0, 2));
     let env = routes_env(&pebble, &["off.test"], &[("DNS_CHECK", "strict"), ("PUBLIC_IP_DETECT", "off")]);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
     issued(&agent, "off.test");
     let log = agent.log();
@@ -947,8 +954,7 @@ fn issue_9_public_ip_detect_off_skips_the_check_as_before() {
 fn a_domain_is_retried_when_its_backoff_ends_whatever_other_domains_states_say() {
     let started = Instant::now();
     let pebble = Pebble::start();
-    let env = app_env(&pebble, &["waiting.test", "stale.test"], "backoff backend\n");
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = app_agent(&pebble, &["waiting.test", "stale.test"], "backoff backend\n");
     let now = OffsetDateTime::now_utc().unix_timestamp();
     // waiting.test failed a moment ago and may be tried again in 3 s.
     // stale.test failed long ago (its certificate was fixed since): its next try is in the past.
@@ -982,7 +988,7 @@ fn certificates_are_checked_again_every_renewal_interval() {
     let pebble = Pebble::start();
     let mut env = app_env(&pebble, &["interval.test"], "interval backend\n");
     env.push(("RENEWAL_INTERVAL".into(), "3s".into()));
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     precreate(&agent.certs(), "interval.test", 80);
     agent.launch();
     std::thread::sleep(Duration::from_secs(1));
@@ -1041,8 +1047,7 @@ fn testssl_finds_nothing_high_or_critical_on_an_issued_certificate() {
     let Some(testssl) = testssl_bin() else { return };
     let started = Instant::now();
     let pebble = Pebble::start();
-    let env = app_env(&pebble, &["tls.test"], "tls backend\n");
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = app_agent(&pebble, &["tls.test"], "tls backend\n");
     agent.launch();
     agent.wait_for("the certificate", Duration::from_secs(25), || {
         agent.cert_info("tls.test").is_some_and(|i| !i.placeholder)
@@ -1190,7 +1195,7 @@ fn a_rate_limited_order_waits_for_retry_after_also_across_a_restart_then_issues(
     let proxy = AcmeProxy::start(&pebble);
     proxy.rate_limit_new_orders(2, RETRY_AFTER);
     let env = backend_env(proxy_env(&pebble, &proxy), "limited.test:app", "rate limit backend\n", &[]);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
 
     // The first new order is refused: the wait is the CA's Retry-After, persisted.
@@ -1242,7 +1247,7 @@ fn an_agent_killed_mid_order_resumes_it_with_the_same_account_and_key_and_a_seco
     // The order is validated, then its finalization never gets through: the agent dies there.
     proxy.hold("finalize");
     let env = backend_env(proxy_env(&pebble, &proxy), "resume.test:app", "resume backend\n", &[]);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     precreate(&agent.certs(), "resume.test", 10);
     let old_chain = agent.fullchain("resume.test");
     let old_key = std::fs::read(agent.live("resume.test").join("privkey.pem")).unwrap();
@@ -1318,7 +1323,7 @@ fn the_cas_renewal_window_is_cached_until_retry_after_and_renews_with_replaces()
     let day = 86400;
     proxy.serve_renewal_info(FakeWindow { start: 30 * day, end: 31 * day, retry_after: 3600 });
     let env = backend_env(proxy_env(&pebble, &proxy), "ari.test:app", "ari backend\n", &[]);
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut agent = pebble_agent(&pebble, &env);
     agent.launch();
     agent.wait_for("the first certificate", Duration::from_secs(25), || {
         agent.cert_info("ari.test").is_some_and(|i| !i.placeholder)

@@ -23,6 +23,16 @@ fn dry_run(env: &[(&str, &str)]) -> assert_cmd::assert::Assert {
     cmd(env).arg("--dry-run").assert()
 }
 
+/// `--dry-run --config-file <file>` with a routes file holding `json`: the file's name as the
+/// messages show it, and the run.
+fn dry_run_file(json: &str) -> (String, assert_cmd::assert::Assert) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    std::fs::write(&file, json).unwrap();
+    let assert = cmd(&[]).arg("--dry-run").arg("--config-file").arg(&file).assert();
+    (file.display().to_string(), assert)
+}
+
 const SERVICES: &str = "app1:app1:8080,app2:app2:8081,api:api:3000";
 
 #[test]
@@ -82,19 +92,10 @@ fn a_route_to_a_service_with_an_error_points_at_that_error() {
             r#"DOMAINS entry 1 "app1.com:app1": service "app1" is left out because of the error at SERVICES entry 1 "app1:app1:80800"; this route is served once that is fixed"#,
         ))
         .stderr(contains("unknown service").not().and(contains("No services are defined").not()));
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.json");
-    std::fs::write(
-        &file,
+    let (shown, assert) = dry_run_file(
         r#"{"domains":[{"name":"a.com","service":"a"}],"services":[{"name":"a","host":"a","port":"8080"}]}"#,
-    )
-    .unwrap();
-    let shown = file.display().to_string();
-    cmd(&[])
-        .arg("--dry-run")
-        .arg("--config-file")
-        .arg(&file)
-        .assert()
+    );
+    assert
         .code(1)
         .stderr(contains(format!(
             r#"file {shown}, domains[0]: service "a" is left out because of the error at file {shown}, services[0].port;"#
@@ -139,20 +140,11 @@ fn international_names_become_punycode() {
 
 #[test]
 fn json_file_errors_name_file_and_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("routes.json");
-    std::fs::write(
-        &file,
+    let (shown, assert) = dry_run_file(
         r#"{"domains":[{"name":"app1.com","service":"app1"},{"name":"x.com","service":"ghost"}],
             "services":[{"name":"app1","host":"app1","port":8080},{"name":"bad","host":"h","port":0}]}"#,
-    )
-    .unwrap();
-    let shown = file.display().to_string();
-    cmd(&[])
-        .arg("--dry-run")
-        .arg("--config-file")
-        .arg(&file)
-        .assert()
+    );
+    assert
         .code(1)
         .stdout(contains("server_name app1.com;"))
         .stderr(contains(format!("file {shown}, services[1].port: port 0 is out of range; must be 1-65535")))
