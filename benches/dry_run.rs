@@ -41,14 +41,9 @@ fn version() -> Command {
     cmd
 }
 
-/// CPU time (user + system) of this process's waited-for children so far, from /proc/self/stat
-/// (Linux; clock ticks of 1/100 s). `None` elsewhere.
+/// CPU time (user + system) of this process's waited-for children so far (cutime and cstime).
 fn children_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After the command name: state is field 3, cutime 16 and cstime 17 (1-based, man proc).
-    let ticks: u64 = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    common::stat_cpu("/proc/self/stat", 13)
 }
 
 /// The CPU time one run of `cmd` costs, averaged over `n` runs: unlike wall time, it hardly

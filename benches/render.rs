@@ -43,14 +43,9 @@ fn table(n: usize) -> RouteTable {
     table
 }
 
-/// CPU time (user + system) of the calling thread so far, from /proc/thread-self/stat (Linux;
-/// clock ticks of 1/100 s). `None` elsewhere.
+/// CPU time (user + system) of the calling thread so far (utime and stime).
 fn thread_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After the command name: utime is field 14 and stime 15 (1-based, man proc).
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    common::stat_cpu("/proc/thread-self/stat", 11)
 }
 
 /// CPU time per call of `f`, averaged over calls for about `budget` of CPU time: unlike wall

@@ -246,12 +246,16 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
-/// The leaf certificate nginx on 127.0.0.1:`port` presents for `sni`; `None` when the handshake
-/// fails.
-fn served_leaf(port: u16, sni: &str) -> Option<Vec<u8>> {
+/// A TLS handshake with nginx on 127.0.0.1:`port` for `sni`, offering `versions` and accepting any
+/// certificate; `None` when it fails.
+fn handshake(
+    port: u16,
+    sni: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Option<rustls::ClientConnection> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
@@ -263,6 +267,13 @@ fn served_leaf(port: u16, sni: &str) -> Option<Vec<u8>> {
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).ok()?;
     }
+    Some(conn)
+}
+
+/// The leaf certificate nginx on 127.0.0.1:`port` presents for `sni` (the default protocol
+/// versions offered); `None` when the handshake fails.
+fn served_leaf(port: u16, sni: &str) -> Option<Vec<u8>> {
+    let conn = handshake(port, sni, rustls::DEFAULT_VERSIONS)?;
     conn.peer_certificates().and_then(|certs| certs.first()).map(|c| c.as_ref().to_vec())
 }
 
@@ -1104,21 +1115,7 @@ fn negotiated(
     sni: &str,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> Option<rustls::ProtocolVersion> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
-    let mut tcp = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).ok()?;
-    }
-    conn.protocol_version()
+    handshake(port, sni, &[version])?.protocol_version()
 }
 
 #[test]
