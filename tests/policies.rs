@@ -4,8 +4,8 @@
 //! app gets a request while its body is still on the way), and the proxy's own `/health` answer
 //! in every kind of server (LOCAL, `tls=off`, HTTPS and its redirecting HTTP server).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -13,27 +13,34 @@ use std::time::Duration;
 
 use crate::support::agent::Agent;
 use crate::support::free_port;
+use crate::support::stub_http::StubHttp;
 
-/// A stub app on 127.0.0.1: `/size` answers the body length it read, `/sleep/<ms>` answers after
-/// that long, anything else answers `app <path>`. Each request's path is told to `requests` as
-/// soon as its headers are read, before its body.
+/// A stub app on 127.0.0.1 (`support::stub_http`): `/size` answers the body length it read,
+/// `/sleep/<ms>` answers after that long, anything else answers `app <path>`. Each request's path
+/// is told to `requests` as soon as its headers are read, before its body.
 struct App {
     port: u16,
     requests: Mutex<mpsc::Receiver<String>>,
+    _server: StubHttp,
 }
 
 impl App {
     fn start() -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let (tell, requests) = mpsc::channel();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let tell = tell.clone();
-                std::thread::spawn(move || serve(stream, &tell));
-            }
+        let seen = move |path: &str| {
+            let _ = tell.send(path.to_string());
+        };
+        let server = StubHttp::start_seen(0, seen, |request| {
+            Some(if request.path == "/size" {
+                format!("got {}", request.body.len())
+            } else if let Some(ms) = request.path.strip_prefix("/sleep/") {
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+                "slept".to_string()
+            } else {
+                format!("app {}", request.path)
+            })
         });
-        App { port, requests: Mutex::new(requests) }
+        App { port: server.port(), requests: Mutex::new(requests), _server: server }
     }
 
     /// Waits for a request for `path` to reach the app (its headers; the body may still come).
@@ -48,53 +55,6 @@ impl App {
             }
         }
         false
-    }
-}
-
-fn serve(stream: TcpStream, tell: &mpsc::Sender<String>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            if header == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let _ = tell.send(path.clone());
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let reply = |out: &mut TcpStream, text: &str| {
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", text.len());
-            out.write_all(head.as_bytes()).and_then(|()| out.write_all(text.as_bytes()))
-        };
-        let written = if path == "/size" {
-            reply(&mut out, &format!("got {length}"))
-        } else if let Some(ms) = path.strip_prefix("/sleep/") {
-            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
-            reply(&mut out, "slept")
-        } else {
-            reply(&mut out, &format!("app {path}"))
-        };
-        if written.is_err() {
-            return;
-        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! One small stub HTTP/1.1 server for the tests and benches: a backend that answers every
-//! request with a fixed body, or an HTTP-01 responder that serves tokens. It reads the request
-//! head, asks `answer` for the path and replies `200 text/plain` with the body it returns, or
-//! `404` for `None`, then closes the connection. Each connection has its own thread. (The strict
+//! request with a fixed body, an HTTP-01 responder that serves tokens, an app whose answer depends
+//! on the path and the body it read. It reads the request head (telling `seen`, if given, the
+//! path at once), then the body (`Content-Length`), asks `answer` and replies `200 text/plain`
+//! with the body it returns, or `404` for `None`, then closes the connection. Each connection has
+//! its own thread. (The strict
 //! Cloudflare fake, `cloudflare_fake.rs`, and `AcmeProxy` in `pebble.rs` are servers of their own.)
 
 use std::io::{Read, Write};
@@ -10,10 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What `answer` gets: the request's method and path.
+/// What `answer` gets: the request's method, path and body.
 pub struct StubRequest<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    pub body: &'a [u8],
 }
 
 /// A running stub server on 127.0.0.1; it stops accepting when dropped (or never: [`StubHttp::detach`]).
@@ -23,15 +26,27 @@ pub struct StubHttp {
 }
 
 type Answer = dyn Fn(&StubRequest) -> Option<String> + Send + Sync;
+type Seen = dyn Fn(&str) + Send + Sync;
 
 impl StubHttp {
     /// Serves on 127.0.0.1:`port` (0: a free port) with `answer` deciding each reply.
     pub fn start(port: u16, answer: impl Fn(&StubRequest) -> Option<String> + Send + Sync + 'static) -> StubHttp {
+        StubHttp::start_seen(port, |_| {}, answer)
+    }
+
+    /// [`StubHttp::start`], telling `seen` each request's path as soon as its head is read,
+    /// before its body.
+    pub fn start_seen(
+        port: u16,
+        seen: impl Fn(&str) + Send + Sync + 'static,
+        answer: impl Fn(&StubRequest) -> Option<String> + Send + Sync + 'static,
+    ) -> StubHttp {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("the stub HTTP server cannot bind 127.0.0.1:{port}: {e}"));
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let answer: Arc<Answer> = Arc::new(answer);
+        let seen: Arc<Seen> = Arc::new(seen);
         let stopped = stop.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -39,8 +54,8 @@ impl StubHttp {
                     break;
                 }
                 if let Ok(stream) = stream {
-                    let answer = answer.clone();
-                    std::thread::spawn(move || reply(stream, &*answer));
+                    let (seen, answer) = (seen.clone(), answer.clone());
+                    std::thread::spawn(move || reply(stream, &*seen, &*answer));
                 }
             }
         });
@@ -73,23 +88,39 @@ impl Drop for StubHttp {
     }
 }
 
-fn reply(mut stream: TcpStream, answer: &Answer) {
+fn reply(mut stream: TcpStream, seen: &Seen, answer: &Answer) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
+    let head_end = loop {
+        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
         }
-    }
-    if request.is_empty() {
-        return;
-    }
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 && request.len() < 64 * 1024 => request.extend_from_slice(&buf[..n]),
+            _ if request.is_empty() => return,
+            _ => break request.len(),
+        }
+    };
+    let mut body = request.split_off(head_end);
     let head = String::from_utf8_lossy(&request);
     let mut words = head.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let response = match answer(&StubRequest { method, path }) {
+    seen(path);
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while body.len() < length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    body.truncate(length);
+    let response = match answer(&StubRequest { method, path, body: &body }) {
         Some(body) => format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
