@@ -58,15 +58,17 @@ impl App {
     }
 }
 
-/// The JSON file: one service (the stub app), and `domains` as given.
-fn config_file(dir: &std::path::Path, app: &App, domains: serde_json::Value) -> String {
-    let path = dir.join("routes.json");
+/// The stub app and the JSON routes file (in `dir`, for the test's life) for `domains`, with one
+/// service, `app`: the stub app. Returns the file's path.
+fn app_with_routes(dir: &tempfile::TempDir, domains: serde_json::Value) -> (App, String) {
+    let app = App::start();
+    let path = dir.path().join("routes.json");
     let config = serde_json::json!({
         "services": [{ "name": "app", "host": "127.0.0.1", "port": app.port }],
         "domains": domains,
     });
     std::fs::write(&path, config.to_string()).unwrap();
-    path.display().to_string()
+    (app, path.display().to_string())
 }
 
 /// `curl` to nginx on loopback with `Host: host`; extra arguments as given.
@@ -98,11 +100,9 @@ fn post(port: u16, host: &str, size: usize) -> (u16, String) {
 
 #[test]
 fn max_body_timeout_and_buffering_act_on_requests() {
-    let app = App::start();
     let dir = tempfile::tempdir().unwrap();
-    let file = config_file(
-        dir.path(),
-        &app,
+    let (app, file) = app_with_routes(
+        &dir,
         serde_json::json!([
             { "name": "small.test", "service": "app", "max-body": "1k" },
             { "name": "big.test", "service": "app", "max-body": "0" },
@@ -146,11 +146,9 @@ fn max_body_timeout_and_buffering_act_on_requests() {
 
 #[test]
 fn the_proxy_answers_health_on_every_domain_in_local_mode_unless_told_otherwise() {
-    let app = App::start();
     let dir = tempfile::tempdir().unwrap();
-    let file = config_file(
-        dir.path(),
-        &app,
+    let (_app, file) = app_with_routes(
+        &dir,
         serde_json::json!([
             { "name": "plain.test", "service": "app" },
             { "name": "moved.test", "service": "app", "health": "/healthz" },
@@ -169,11 +167,9 @@ fn the_proxy_answers_health_on_every_domain_in_local_mode_unless_told_otherwise(
 
 #[test]
 fn the_proxy_answers_health_over_https_and_on_plain_http_routes_in_production() {
-    let app = App::start();
     let dir = tempfile::tempdir().unwrap();
-    let file = config_file(
-        dir.path(),
-        &app,
+    let (_app, file) = app_with_routes(
+        &dir,
         serde_json::json!([
             { "name": "secure.test", "service": "app" },
             { "name": "plain.test", "service": "app", "tls": "off" },
