@@ -75,7 +75,7 @@ impl<'a> Report<'a> {
                     source: loc.origin.source(),
                     tls: if local { "off (LOCAL)".into() } else { site.tls.to_string() },
                     allow: loc.allow.iter().map(ToString::to_string).collect(),
-                    policy: loc.policy,
+                    policy: loc.policy.clone(),
                     health: (site.health != crate::routes::Health::default()).then(|| site.health.to_string()),
                 });
             }

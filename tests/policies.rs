@@ -11,12 +11,17 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use proptest::prelude::*;
+use smart_proxy::render::{RenderSettings, Renderer};
+use smart_proxy::routes::RouteTable;
+
 use crate::support::agent::Agent;
-use crate::support::free_port;
 use crate::support::stub_http::StubHttp;
+use crate::support::{container, free_port, label_table, nginx_bin, nginx_version, NginxSandbox};
 
 /// A stub app on 127.0.0.1 (`support::stub_http`): `/size` answers the body length it read,
-/// `/sleep/<ms>` answers after that long, anything else answers `app <path>`. Each request's path
+/// `/sleep/<ms>` answers after that long, `/echo` the `X-Echo` header it got (in brackets),
+/// anything else answers `app <path>`. Each request's path
 /// is told to `requests` as soon as its headers are read, before its body.
 struct App {
     port: u16,
@@ -31,7 +36,9 @@ impl App {
             let _ = tell.send(path.to_string());
         };
         let server = StubHttp::start_seen(0, seen, |request| {
-            Some(if request.path == "/size" {
+            Some(if request.path == "/echo" {
+                request.header("x-echo").map_or_else(|| "(no X-Echo)".to_string(), |v| format!("[{v}]"))
+            } else if request.path == "/size" {
                 format!("got {}", request.body.len())
             } else if let Some(ms) = request.path.strip_prefix("/sleep/") {
                 std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
@@ -194,4 +201,161 @@ fn the_proxy_answers_health_over_https_and_on_plain_http_routes_in_production() 
     assert_eq!(agent.get("secure.test", "/health"), (200, "healthy\n".into()), "its HTTP server, not redirected");
     assert_eq!(agent.get("secure.test", "/").0, 301);
     assert_eq!(agent.get("plain.test", "/health"), (200, "healthy\n".into()), "a tls=off server");
+}
+
+/// nginx serving `table` (LOCAL mode, the built-in template) on a free loopback port, in its own
+/// sandbox; stopped when dropped.
+struct Served {
+    sandbox: NginxSandbox,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Served {
+    fn start(table: &RouteTable) -> Served {
+        use std::os::unix::fs::PermissionsExt;
+        let sandbox = NginxSandbox::new();
+        // nginx's workers (nobody, when the tests run as root) write the access logs.
+        std::fs::set_permissions(sandbox.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(sandbox.path("logs"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = free_port();
+        let settings = RenderSettings { http_port: port, nginx_version: nginx_version(), ..sandbox.settings(true) };
+        let config = Renderer::builtin().render(table, &settings).expect("render");
+        if let Err(e) = sandbox.test(&config) {
+            panic!("nginx -t rejected the rendered config:\n{e}\n--- config ---\n{config}");
+        }
+        let child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(sandbox.dir.path())
+            .arg("-c")
+            .arg(sandbox.path("nginx.conf"))
+            .args(["-e", "stderr", "-g", "daemon off;"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let served = Served { sandbox, child, port };
+        crate::support::poll(
+            "nginx to listen",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || None,
+            String::new,
+        );
+        served
+    }
+
+    /// GET `path` with `Host: host`: the raw response (headers and body).
+    fn get(&self, host: &str, path: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        String::from_utf8(response).expect("printable ASCII in, ASCII out")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (SIGKILL would leave them running).
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        let _ = &self.sandbox;
+    }
+}
+
+/// The value of response header `name` exactly as nginx wrote it (`Name: value\r\n`).
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.split("\r\n").find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.strip_prefix(' ').unwrap_or(v))
+    })
+}
+
+/// Printable ASCII, heavy on what nginx's config reader and its variables treat specially.
+fn header_value() -> impl Strategy<Value = String> {
+    let special = prop::sample::select(vec!['"', '\'', '\\', '$', ';', '{', '}', '#', ' ', 't', 'n', 'r', '(', ')']);
+    let any = (0x20u8..=0x7e).prop_map(char::from);
+    prop::collection::vec(prop_oneof![1 => any, 1 => special], 1..120)
+        .prop_map(|chars| chars.into_iter().collect::<String>().trim_matches(' ').to_string())
+        .prop_filter("not empty once trimmed", |v| !v.is_empty())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// Any printable value in `headers.response.*` and `headers.request.*` renders to a config
+    /// `nginx -t` accepts, and through the real nginx the client gets exactly that value as the
+    /// response header and the app exactly that value as the request header: nothing in it is
+    /// read as syntax, an escape or a variable.
+    #[test]
+    fn any_printable_header_value_is_passed_on_byte_for_byte(values in prop::collection::vec(header_value(), 24)) {
+        let app = App::start();
+        let port = app.port.to_string();
+        let containers: Vec<_> = values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let domain = format!("v{i}.test");
+                container(&format!("c{i}"), [127, 0, 0, 1], &[
+                    ("smart-proxy.domains", domain.as_str()),
+                    ("smart-proxy.port", port.as_str()),
+                    ("smart-proxy.headers.response.X-Test", value.as_str()),
+                    ("smart-proxy.headers.request.X-Echo", value.as_str()),
+                ])
+            })
+            .collect();
+        let table = label_table(&containers);
+        prop_assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+        let nginx = Served::start(&table);
+        for (i, value) in values.iter().enumerate() {
+            let response = nginx.get(&format!("v{i}.test"), "/echo");
+            prop_assert_eq!(header(&response, "X-Test"), Some(value.as_str()), "response header; {}", response);
+            let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+            prop_assert_eq!(body, format!("[{value}]"), "request header as the app got it");
+        }
+    }
+}
+
+#[test]
+fn headers_are_set_removed_and_keep_hsts_on_https() {
+    let app = App::start();
+    let port = app.port.to_string();
+    let c = container(
+        "web",
+        [127, 0, 0, 1],
+        &[
+            ("smart-proxy.domains", "web.test"),
+            ("smart-proxy.port", &port),
+            ("smart-proxy.headers.response.Content-Security-Policy", "default-src 'self'; script-src 'nonce-$x'"),
+            ("smart-proxy.headers.response.X-Stub", ""),
+            ("smart-proxy.headers.request.X-Echo", ""),
+            ("smart-proxy.api.domains", "web.test"),
+            ("smart-proxy.api.path", "/echo"),
+            ("smart-proxy.api.headers.request.x-echo", "from the label"),
+        ],
+    );
+    let plain =
+        container("plain", [127, 0, 0, 1], &[("smart-proxy.domains", "plain.test"), ("smart-proxy.port", &port)]);
+    let table = label_table(&[c, plain]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let root = nginx.get("web.test", "/");
+    assert_eq!(header(&root, "Content-Security-Policy"), Some("default-src 'self'; script-src 'nonce-$x'"), "{root}");
+    assert_eq!(header(&root, "X-Stub"), None, "an empty value removes the app's header: {root}");
+    assert_eq!(header(&nginx.get("plain.test", "/"), "X-Stub"), Some("1"), "the app sends it");
+    // The named route inherits the response header and replaces the request header (names are
+    // case-insensitive).
+    let echo = nginx.get("web.test", "/echo");
+    assert!(echo.ends_with("[from the label]"), "{echo}");
+    assert!(header(&echo, "Content-Security-Policy").is_some(), "{echo}");
+
+    // In production the HTTPS server keeps its HSTS header in a location that adds headers.
+    let sandbox = NginxSandbox::new();
+    let config = sandbox.render_and_test(&table, false);
+    let web = config.split("# --- web.test").nth(1).and_then(|s| s.split("# --- ").next()).expect("web.test's servers");
+    assert_eq!(web.matches("Strict-Transport-Security").count(), 3, "the HTTPS server and both its locations: {web}");
 }

@@ -188,6 +188,8 @@ struct Context<'a> {
     /// One error log per domain (false above `ERROR_LOGS_MAX` domains).
     per_domain_error_logs: bool,
     resolver: Option<String>,
+    /// Some header value holds a `$`: the config defines `$smartproxy_dollar` as a literal `$`.
+    dollar: bool,
     hash: HashSizes,
     upstreams: Vec<UpstreamCtx>,
     sites: Vec<SiteCtx>,
@@ -233,6 +235,31 @@ struct LocationCtx {
     timeout: String,
     /// False: `proxy_buffering off` and `proxy_request_buffering off`.
     buffering: bool,
+    /// `proxy_set_header name value` (an empty value drops the client's header).
+    request_headers: Vec<HeaderCtx>,
+    /// `add_header name value always` (empty value: `proxy_hide_header name`).
+    response_headers: Vec<HeaderCtx>,
+    /// Some response header is added: nginx then drops the server's `add_header`s in this
+    /// location, so the template repeats HSTS here.
+    adds_headers: bool,
+}
+
+#[derive(Serialize)]
+struct HeaderCtx {
+    name: String,
+    /// The value as one nginx string (quoted, escaped, `$` as `${smartproxy_dollar}`), or `None`
+    /// for an empty value.
+    value: Option<String>,
+}
+
+impl HeaderCtx {
+    fn of(header: &crate::routes::policy::Header) -> Self {
+        let value = header.value.as_str();
+        HeaderCtx {
+            name: header.name.as_str().to_string(),
+            value: (!value.is_empty()).then(|| crate::routes::policy::nginx_literal(value)),
+        }
+    }
 }
 
 impl<'a> Context<'a> {
@@ -277,6 +304,9 @@ impl<'a> Context<'a> {
                             max_body: l.policy.max_body.map(|s| s.to_string()),
                             timeout: l.policy.timeout.map_or_else(|| "60s".to_string(), |t| t.to_string()),
                             buffering: l.policy.buffering.unwrap_or(true),
+                            request_headers: l.policy.request_headers.iter().map(HeaderCtx::of).collect(),
+                            response_headers: l.policy.response_headers.iter().map(HeaderCtx::of).collect(),
+                            adds_headers: l.policy.response_headers.iter().any(|h| !h.value.as_str().is_empty()),
                         }
                     })
                     .collect(),
@@ -309,6 +339,13 @@ impl<'a> Context<'a> {
             log_dir: &settings.log_dir,
             per_domain_error_logs: table.sites.len() <= settings.error_logs_max,
             resolver,
+            dollar: table.sites.iter().flat_map(|s| &s.locations).any(|l| {
+                l.policy
+                    .request_headers
+                    .iter()
+                    .chain(&l.policy.response_headers)
+                    .any(|h| h.value.as_str().contains('$'))
+            }),
             hash: hash_sizes(table),
             upstreams,
             sites,

@@ -1,6 +1,7 @@
-//! Per-route policies (`max-body`, `timeout`, `buffering`, `health`): their validated value types
-//! and the [`Policy`] a location carries. Like `grammar.rs`, each value can only be built by its
-//! parser and renders as one nginx token.
+//! Per-route policies (`max-body`, `timeout`, `buffering`, `health`, `headers.*`): their
+//! validated value types and the [`Policy`] a location carries. Like `grammar.rs`, each value can
+//! only be built by its parser and renders as one nginx token; a header value, which may hold any
+//! printable character, only through [`nginx_literal`].
 
 use std::fmt;
 
@@ -16,6 +17,9 @@ pub mod allowed {
     pub const TIMEOUT: &str = "a duration of 1s to 24h with a unit s, m or h (300s, 5m, 1h)";
     pub const HEALTH: &str = "a path like /health (letters, digits and / . _ ~ -), or off";
     pub const ON_OFF: &str = "on or off (also true/false)";
+    pub const HEADER_NAME: &str = "letters, digits and '-', starting with a letter or digit, at most 64 characters";
+    pub const HEADER_VALUE: &str =
+        "printable ASCII characters (quotes, ';', '$' and spaces included), at most 4096; empty removes the header";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -28,6 +32,10 @@ pub enum PolicyError {
     Health { value: String, reason: String },
     #[error("{value:?} is not allowed; must be {}", allowed::ON_OFF)]
     OnOff { value: String },
+    #[error("header name {value:?} is not allowed: {reason}; a header name uses {}", allowed::HEADER_NAME)]
+    HeaderName { value: String, reason: String },
+    #[error("header value {value:?} is not allowed: {reason}; a value uses {}", allowed::HEADER_VALUE)]
+    HeaderValue { value: String, reason: String },
 }
 
 /// A body size for `client_max_body_size`: a number with an optional unit, kept as nginx reads it
@@ -160,14 +168,126 @@ impl fmt::Display for Health {
     }
 }
 
+/// Which way a header goes: to the app (`headers.request.<Name>`) or to the client
+/// (`headers.response.<Name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+/// Request headers the proxy itself sets for every route (see the template): a label cannot
+/// replace them.
+const PROXY_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "https",
+    "upgrade",
+    "connection",
+];
+
+/// A header name: an HTTP token, restricted to letters, digits and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct HeaderName(String);
+
+impl HeaderName {
+    pub fn parse(input: &str, direction: Direction) -> Result<HeaderName, PolicyError> {
+        let bad = |reason: &str| PolicyError::HeaderName { value: show(input), reason: reason.to_string() };
+        if input.is_empty() || input.len() > 64 {
+            return Err(bad("it must be 1 to 64 characters long"));
+        }
+        if !input.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(bad("it must start with a letter or a digit"));
+        }
+        if let Some(c) = input.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
+            return Err(bad(&format!("it contains the character {c:?}")));
+        }
+        let lower = input.to_ascii_lowercase();
+        if direction == Direction::Request && PROXY_REQUEST_HEADERS.contains(&lower.as_str()) {
+            return Err(bad("the proxy sets it for every route"));
+        }
+        if direction == Direction::Response && lower == "strict-transport-security" {
+            return Err(bad("the proxy sets it on HTTPS"));
+        }
+        Ok(HeaderName(input.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A header value: printable ASCII, trimmed; empty removes the header.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct HeaderValue(String);
+
+impl HeaderValue {
+    pub fn parse(input: &str) -> Result<HeaderValue, PolicyError> {
+        let value = input.trim_matches(' ');
+        let bad = |reason: String| PolicyError::HeaderValue { value: show(value), reason };
+        if value.len() > 4096 {
+            return Err(bad(format!("it is {} characters long", value.len())));
+        }
+        if let Some(c) = value.chars().find(|c| !(' '..='~').contains(c)) {
+            return Err(bad(format!("it contains the character {c:?}")));
+        }
+        Ok(HeaderValue(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One header a route sets (or removes, with an empty value).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Header {
+    pub name: HeaderName,
+    pub value: HeaderValue,
+}
+
+/// The variable the rendered config defines as a literal `$` (a `geo` value is not parsed for
+/// variables), so that a value's `$` is never read as the start of an nginx variable.
+pub const DOLLAR_VARIABLE: &str = "smartproxy_dollar";
+
+/// `value` as one nginx string that nginx reads back as exactly `value`: in double quotes, with
+/// `\` and `"` escaped (nginx's config reader unescapes them, and turns `\t`, `\n`, `\r` into
+/// control characters, which escaping every backslash prevents) and each `$` written as
+/// `${smartproxy_dollar}` (nginx expands variables in these values; `$` has no escape). Only
+/// printable ASCII reaches here ([`HeaderValue`]).
+pub fn nginx_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '$' => {
+                out.push_str("${");
+                out.push_str(DOLLAR_VARIABLE);
+                out.push('}');
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// `buffering`: `on`/`off` (the yes/no spellings too).
 pub fn parse_on_off(input: &str) -> Result<bool, PolicyError> {
     parse_bool(input).map_err(|_| PolicyError::OnOff { value: show(input.trim()) })
 }
 
 /// What a location does beyond routing; `None` fields keep nginx's defaults as the template
-/// writes them (1m bodies, 60 s timeouts, buffering on).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// writes them (1m bodies, 60 s timeouts, buffering on), empty header lists add nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Policy {
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_opt")]
     pub max_body: Option<Size>,
@@ -175,6 +295,12 @@ pub struct Policy {
     pub timeout: Option<Timeout>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buffering: Option<bool>,
+    /// Sent to the app (`proxy_set_header`), by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<Header>,
+    /// Sent to the client (`add_header … always`; an empty value hides the app's), by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_headers: Vec<Header>,
 }
 
 impl Policy {
@@ -193,6 +319,11 @@ impl Policy {
         }
         if let Some(on) = self.buffering {
             parts.push(format!("buffering={}", if on { "on" } else { "off" }));
+        }
+        for (direction, headers) in [("request", &self.request_headers), ("response", &self.response_headers)] {
+            for h in headers {
+                parts.push(format!("headers.{direction}.{}={:?}", h.name.as_str(), show(h.value.as_str())));
+            }
         }
         parts.join(", ")
     }
@@ -257,11 +388,40 @@ mod tests {
     }
 
     #[test]
+    fn header_names_and_values() {
+        assert_eq!(HeaderName::parse("X-Frame-Options", Direction::Response).unwrap().as_str(), "X-Frame-Options");
+        for bad in ["", "-x", "X Y", "X:Y", "X_Y", "Ä", &"a".repeat(65)] {
+            assert!(HeaderName::parse(bad, Direction::Request).is_err(), "{bad:?}");
+        }
+        let e = HeaderName::parse("X-Forwarded-For", Direction::Request).unwrap_err();
+        assert!(e.to_string().contains("the proxy sets it"), "{e}");
+        assert!(HeaderName::parse("X-Forwarded-For", Direction::Response).is_ok());
+        assert!(HeaderName::parse("Strict-Transport-Security", Direction::Response).is_err());
+
+        let csp = r#"default-src 'self'; script-src "nonce-$abc" \x {}#"#;
+        assert_eq!(HeaderValue::parse(&format!("  {csp} ")).unwrap().as_str(), csp);
+        assert_eq!(HeaderValue::parse("").unwrap().as_str(), "");
+        for bad in ["a\nb", "tab\there", "caf\u{e9}", "\u{7f}"] {
+            let e = HeaderValue::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("printable ASCII"), "{bad:?}: {e}");
+        }
+        assert!(HeaderValue::parse(&"x".repeat(4097)).is_err());
+    }
+
+    #[test]
+    fn literals_escape_quotes_backslashes_and_dollars() {
+        assert_eq!(nginx_literal("plain; text {x}"), r#""plain; text {x}""#);
+        assert_eq!(nginx_literal(r#"a"b\c$d"#), r#""a\"b\\c${smartproxy_dollar}d""#);
+        assert_eq!(nginx_literal(r"\t$"), r#""\\t${smartproxy_dollar}""#);
+        assert_eq!(nginx_literal(""), r#""""#);
+    }
+
+    #[test]
     fn on_off_and_description() {
         assert_eq!(parse_on_off("off"), Ok(false));
         assert_eq!(parse_on_off("on"), Ok(true));
         assert!(parse_on_off("maybe").unwrap_err().to_string().contains("on or off"));
-        let policy = Policy { max_body: Size::parse("10g").ok(), timeout: None, buffering: Some(false) };
+        let policy = Policy { max_body: Size::parse("10g").ok(), buffering: Some(false), ..Policy::default() };
         assert_eq!(policy.describe(), "max-body=10g, buffering=off");
         assert!(Policy::default().is_default() && Policy::default().describe().is_empty());
     }

@@ -423,7 +423,7 @@ impl FileReader {
         let health = self.string(entry, field, "health")?.map(Health::parse).transpose();
         Ok((
             health.map_err(|e| fail("health", &e))?,
-            Policy { max_body, timeout: timeout.map_err(|e| fail("timeout", &e))?, buffering },
+            Policy { max_body, timeout: timeout.map_err(|e| fail("timeout", &e))?, buffering, ..Policy::default() },
         ))
     }
 }

@@ -11,7 +11,7 @@
 //! route name ([`is_route_name`]).
 
 use crate::routes::grammar::{allowed, parse_bool};
-use crate::routes::policy::{self, parse_on_off, Size, Timeout};
+use crate::routes::policy::{self, parse_on_off, HeaderValue, Size, Timeout};
 use crate::routes::Health;
 use crate::routes::{Cidr, DomainName, PathPrefix, Port, ServiceName, TlsMode, ValueError};
 
@@ -48,6 +48,8 @@ pub enum ValueKind {
     OnOff,
     /// A health path or `off` ([`Health`]).
     Health,
+    /// A header value ([`HeaderValue`]); the header's name is the key's last segment.
+    HeaderValue,
 }
 
 /// A parsed label value, one variant per [`ValueKind`].
@@ -65,6 +67,7 @@ pub enum Value {
     Timeout(Timeout),
     OnOff(bool),
     Health(Health),
+    HeaderValue(HeaderValue),
 }
 
 impl ValueKind {
@@ -102,6 +105,7 @@ impl ValueKind {
             ValueKind::Timeout => Timeout::parse(raw).map(Value::Timeout).map_err(|e| vec![e.to_string()]),
             ValueKind::OnOff => parse_on_off(raw).map(Value::OnOff).map_err(|e| vec![e.to_string()]),
             ValueKind::Health => Health::parse(raw).map(Value::Health).map_err(|e| vec![e.to_string()]),
+            ValueKind::HeaderValue => HeaderValue::parse(raw).map(Value::HeaderValue).map_err(|e| vec![e.to_string()]),
         }
     }
 
@@ -121,6 +125,7 @@ impl ValueKind {
             ValueKind::Timeout => policy::allowed::TIMEOUT.to_string(),
             ValueKind::OnOff => policy::allowed::ON_OFF.to_string(),
             ValueKind::Health => policy::allowed::HEALTH.to_string(),
+            ValueKind::HeaderValue => policy::allowed::HEADER_VALUE.to_string(),
         }
     }
 }
@@ -214,6 +219,20 @@ pub const KEYS: &[LabelKey] = &[
         "off",
     ),
     route(
+        "headers.request.<Name>",
+        ValueKind::HeaderValue,
+        "a header sent to the app (`proxy_set_header`); any printable value, taken literally (quotes, `;`, `$` included); empty: the client's is not passed on. Not the ones the proxy sets (`Host`, `X-Forwarded-*`, `X-Real-IP`, `Upgrade`, `Connection`, `HTTPS`)",
+        "—",
+        "on",
+    ),
+    route(
+        "headers.response.<Name>",
+        ValueKind::HeaderValue,
+        "a header sent to the client on every answer (`add_header … always`), taken literally (a Content-Security-Policy with quotes and `;`); empty: the app's is removed",
+        "—",
+        "default-src 'self'; img-src 'self' data:",
+    ),
+    route(
         "health",
         ValueKind::Health,
         "the path where the proxy itself answers `200 healthy` on this domain (every mode, HTTP and HTTPS), or `off` to pass it to the app; one per domain",
@@ -245,6 +264,22 @@ pub fn get(key: &str) -> Option<&'static LabelKey> {
     KEYS.iter().find(|k| k.key == key)
 }
 
+/// The last segment of a key whose name it is (`headers.request.<Name>`).
+const NAME_SEGMENT: &str = "<Name>";
+
+impl LabelKey {
+    /// For a key ending in `.<Name>`: the part before the name (`headers.request.`).
+    pub fn name_prefix(&self) -> Option<&'static str> {
+        self.key.strip_suffix(NAME_SEGMENT)
+    }
+}
+
+/// The key with a name segment that `rest` names (`headers.request.X-Frame-Options`), with the
+/// name (which may be empty or invalid: the caller checks it).
+fn named_key<'a>(keys: &'static [LabelKey], rest: &'a str) -> Option<(&'static LabelKey, &'a str)> {
+    keys.iter().find_map(|k| Some((k, rest.strip_prefix(k.name_prefix()?)?)))
+}
+
 /// What a label name (after `<prefix>.`) refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup<'a> {
@@ -257,6 +292,13 @@ pub enum Lookup<'a> {
     },
     /// `<route>.<key>` with a known key but a route name that is not allowed.
     BadRoute(&'a str),
+    /// A key with a name segment (`headers.request.<Name>`), for the container's route (`route`
+    /// `None`) or a named one.
+    WithName {
+        route: Option<&'a str>,
+        key: &'static LabelKey,
+        name: &'a str,
+    },
     Unknown,
 }
 
@@ -267,16 +309,36 @@ pub fn lookup(rest: &str) -> Lookup<'_> {
 }
 
 fn lookup_in<'a>(keys: &'static [LabelKey], rest: &'a str) -> Lookup<'a> {
-    let get = |key: &str| keys.iter().find(|k| k.key == key);
+    let get = |key: &str| keys.iter().find(|k| k.key == key && k.name_prefix().is_none());
     if let Some(key) = get(rest) {
         return Lookup::Key(key);
     }
+    if let Some((key, name)) = named_key(keys, rest) {
+        return Lookup::WithName { route: None, key, name };
+    }
     let Some((route, key)) = rest.split_once('.') else { return Lookup::Unknown };
-    match get(key) {
-        Some(key) if key.scope == Scope::Route && is_route_name_in(keys, route) => Lookup::Named { route, key },
-        Some(_) if !is_route_name_in(keys, route) => Lookup::BadRoute(route),
+    let named = named_key(keys, key);
+    match (get(key), named) {
+        (Some(key), _) if key.scope == Scope::Route && is_route_name_in(keys, route) => Lookup::Named { route, key },
+        (None, Some((key, name))) if is_route_name_in(keys, route) => {
+            Lookup::WithName { route: Some(route), key, name }
+        }
+        (Some(_), _) | (None, Some(_)) if !is_route_name_in(keys, route) => Lookup::BadRoute(route),
         _ => Lookup::Unknown,
     }
+}
+
+/// The first segment of a dotted key (`headers` of `headers.request.<Name>`), which no route may
+/// be named.
+pub fn reserved_word(name: &str) -> Option<&'static str> {
+    KEYS.iter().find_map(|k| k.key.split_once('.').filter(|(first, _)| *first == name).map(|(first, _)| first))
+}
+
+/// Every word a dotted key starts with (route names they cannot be), in key order.
+fn reserved_words() -> Vec<&'static str> {
+    let mut words: Vec<&'static str> = KEYS.iter().filter_map(|k| k.key.split_once('.').map(|(w, _)| w)).collect();
+    words.dedup();
+    words
 }
 
 /// A route name: `[a-z0-9-]+`, at most 63 characters, and not the first segment of a dotted key.
@@ -295,7 +357,7 @@ fn is_route_name_in(keys: &[LabelKey], name: &str) -> bool {
 pub fn key_of_label(prefix: &str, label: &str) -> Option<&'static LabelKey> {
     let rest = label.strip_prefix(prefix)?.strip_prefix('.')?;
     match lookup(rest) {
-        Lookup::Key(key) | Lookup::Named { key, .. } => Some(key),
+        Lookup::Key(key) | Lookup::Named { key, .. } | Lookup::WithName { key, .. } => Some(key),
         Lookup::BadRoute(_) | Lookup::Unknown => None,
     }
 }
@@ -333,8 +395,9 @@ pub fn reference(prefix: &str) -> String {
     let inherited: Vec<String> =
         KEYS.iter().filter(|k| k.scope == Scope::Route && k.inherited).map(|k| format!("`{}`", k.key)).collect();
     out.push_str(&format!(
-        "| `{prefix}.<route>.<key>` | a further route on the same container (`<route>` is `[a-z0-9-]+`; keys as \
+        "| `{prefix}.<route>.<key>` | a further route on the same container (`<route>` is `[a-z0-9-]+`, not {}; keys as \
          above); takes the container-wide {} as defaults; its service defaults to `<service>-<route>` (the container's `service` label, else its default) | — |\n",
+        reserved_words().iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(" or "),
         inherited.join(", ")
     ));
     for key in KEYS.iter().filter(|k| k.scope == Scope::Container) {
@@ -370,7 +433,8 @@ mod tests {
         for key in KEYS.iter().filter(|k| k.key != "nginx") {
             let mut labels = std::collections::BTreeMap::new();
             labels.insert("smart-proxy.domains".to_string(), "example.com".to_string());
-            labels.insert(format!("smart-proxy.{}", key.key), key.example.to_string());
+            labels
+                .insert(format!("smart-proxy.{}", key.key.replace(NAME_SEGMENT, "X-Example")), key.example.to_string());
             let network = if key.key == "network" { key.example } else { "proxy" };
             let c = Container {
                 id: "id".into(),

@@ -11,6 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::label_schema::{self, LabelKey, Lookup, Scope, Value};
 
+use crate::routes::policy;
+
 use crate::routes::{
     grammar::{parse_bool, show},
     Backend, BackendState, Diagnostic, Host, Namespace, NetworkChoice, Origin, PathPrefix, Policy, Port, RouteDef,
@@ -85,9 +87,12 @@ pub fn routes(containers: &[Container], settings: &LabelSettings) -> SourceOutpu
 }
 
 /// The labels of one route, container-wide defaults already applied.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct RouteLabels<'a> {
     values: BTreeMap<&'static str, (&'a str, String)>, // key → (value, full label name)
+    /// Keys with a name segment (`headers.request.<Name>`): (key, name in lowercase) → (name as
+    /// written, value, full label name). A named route's own entry replaces the container-wide one.
+    with_name: BTreeMap<(&'static str, String), (&'a str, &'a str, String)>,
 }
 
 fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<SourceOutput>, Vec<Diagnostic>> {
@@ -96,20 +101,40 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
     let mut errors = Vec::new();
 
     // Split labels into container-wide ones and named routes.
-    let mut wide: BTreeMap<&'static str, (&str, String)> = BTreeMap::new();
-    let mut named: BTreeMap<&str, BTreeMap<&'static str, (&str, String)>> = BTreeMap::new();
+    let mut wide = RouteLabels::default();
+    let mut named: BTreeMap<&str, RouteLabels> = BTreeMap::new();
     for (label, value) in &c.labels {
         let Some(rest) = label.strip_prefix(&dotted) else { continue };
         match label_schema::lookup(rest) {
             Lookup::Key(k) => {
-                wide.insert(k.key, (value.as_str(), label.clone()));
+                wide.values.insert(k.key, (value.as_str(), label.clone()));
             }
             Lookup::Named { route, key } => {
-                named.entry(route).or_default().insert(key.key, (value.as_str(), label.clone()));
+                named.entry(route).or_default().values.insert(key.key, (value.as_str(), label.clone()));
+            }
+            Lookup::WithName { route, key, name } => {
+                let labels = match route {
+                    None => &mut wide,
+                    Some(route) => named.entry(route).or_default(),
+                };
+                labels.with_name.insert((key.key, name.to_ascii_lowercase()), (name, value.as_str(), label.clone()));
             }
             Lookup::BadRoute(route) => errors.push(Diagnostic::error(
                 at(label),
-                format!("route name {:?} is not allowed; route names use only a-z, 0-9 and '-'", show(route)),
+                match label_schema::reserved_word(route) {
+                    Some(word) => format!(
+                        "route name {word:?} is reserved for the keys {}; choose another route name",
+                        label_schema::KEYS
+                            .iter()
+                            .filter(|k| k.key.starts_with(&format!("{word}.")))
+                            .map(|k| format!("{}.{}", settings.prefix, k.key))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => {
+                        format!("route name {:?} is not allowed; route names use only a-z, 0-9 and '-'", show(route))
+                    }
+                },
             )),
             Lookup::Unknown => errors.push(Diagnostic::error(
                 at(label),
@@ -125,7 +150,7 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
     // The container keys, parsed by their schema kinds: `enable=false` ends here, and a bad value
     // is reported even on the nginx container.
     for key in label_schema::KEYS.iter().filter(|k| k.scope == Scope::Container) {
-        let Some((value, label)) = wide.get(key.key) else { continue };
+        let Some((value, label)) = wide.values.get(key.key) else { continue };
         match key.kind.parse(value) {
             Ok(Value::Bool(false)) if key.key == "enable" => return Ok(None),
             Ok(_) => {}
@@ -138,8 +163,10 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
     if !errors.is_empty() {
         return Err(errors);
     }
-    if !wide.contains_key("domains") && named.is_empty() {
-        if wide.keys().any(|k| label_schema::get(k).is_some_and(|k| k.scope == Scope::Route)) {
+    if !wide.values.contains_key("domains") && named.is_empty() {
+        if !wide.with_name.is_empty()
+            || wide.values.keys().any(|k| label_schema::get(k).is_some_and(|k| k.scope == Scope::Route))
+        {
             return Err(vec![Diagnostic::error(
                 Origin::Container { name: c.name.clone(), label: None },
                 format!(
@@ -153,22 +180,26 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
 
     // A named route's service is `<service>-<route>`: the container's service label when it is
     // set (so replicas sharing it share their named routes' upstreams too), else the default.
-    let base_service = match wide.get("service") {
+    let base_service = match wide.values.get("service") {
         Some((value, _)) if ServiceName::parse(value).is_ok() => value.trim().to_string(),
         _ => base_service_name(c),
     };
     let mut routes: Vec<(Option<&str>, RouteLabels)> = Vec::new();
-    if wide.contains_key("domains") {
-        routes.push((None, RouteLabels { values: wide.clone() }));
+    if wide.values.contains_key("domains") {
+        routes.push((None, wide.clone()));
     }
     for (name, own) in named {
         let mut values: BTreeMap<&'static str, (&str, String)> = wide
+            .values
             .iter()
             .filter(|(k, _)| label_schema::get(k).is_some_and(|k| k.inherited))
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        values.extend(own);
-        routes.push((Some(name), RouteLabels { values }));
+        values.extend(own.values);
+        // Headers are inherited too (every key with a name segment is a route key).
+        let mut with_name = wide.with_name.clone();
+        with_name.extend(own.with_name);
+        routes.push((Some(name), RouteLabels { values, with_name }));
     }
 
     let mut out = SourceOutput::default();
@@ -225,10 +256,13 @@ fn route(
     let allow = values.take("allow", |v| if let Value::Cidrs(a) = v { Some(a) } else { None }).unwrap_or_default();
     let tls = values.take("tls", |v| if let Value::Tls(t) = v { Some(t) } else { None }).unwrap_or_default();
     let health = values.take("health", |v| if let Value::Health(h) = v { Some(h) } else { None });
+    let (request_headers, response_headers) = headers(labels, &at, &mut errors);
     let policy = Policy {
         max_body: values.take("max-body", |v| if let Value::Size(s) = v { Some(s) } else { None }),
         timeout: values.take("timeout", |v| if let Value::Timeout(t) = v { Some(t) } else { None }),
         buffering: values.take("buffering", |v| if let Value::OnOff(on) = v { Some(on) } else { None }),
+        request_headers,
+        response_headers,
     };
     let service = match values.take("service", |v| if let Value::Service(s) = v { Some(s) } else { None }) {
         Some(service) => Some(service),
@@ -274,11 +308,40 @@ fn route(
             allow: allow.clone(),
             tls,
             health: health.clone(),
-            policy,
+            policy: policy.clone(),
             origin: origin.clone(),
         });
     }
     Ok(out)
+}
+
+/// The route's `headers.request.<Name>` and `headers.response.<Name>` labels, parsed (errors at
+/// their labels), by name.
+fn headers(
+    labels: &RouteLabels,
+    at: &dyn Fn(&str) -> Origin,
+    errors: &mut Vec<Diagnostic>,
+) -> (Vec<policy::Header>, Vec<policy::Header>) {
+    let (mut request, mut response) = (Vec::new(), Vec::new());
+    for ((key, _), (name, value, label)) in &labels.with_name {
+        let Some(schema) = label_schema::get(key) else { continue };
+        let direction =
+            if key.starts_with("headers.request.") { policy::Direction::Request } else { policy::Direction::Response };
+        let name = policy::HeaderName::parse(name, direction).map_err(|e| errors.push(Diagnostic::error(at(label), e)));
+        let value = match schema.kind.parse(value) {
+            Ok(Value::HeaderValue(v)) => Some(v),
+            Ok(other) => unreachable!("a header key parsed to {other:?}"),
+            Err(messages) => {
+                errors.extend(messages.into_iter().map(|m| Diagnostic::error(at(label), m)));
+                None
+            }
+        };
+        if let (Ok(name), Some(value)) = (name, value) {
+            let list = if direction == policy::Direction::Request { &mut request } else { &mut response };
+            list.push(policy::Header { name, value });
+        }
+    }
+    (request, response)
 }
 
 /// The parsed values of one route's keys.

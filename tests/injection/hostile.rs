@@ -157,6 +157,9 @@ pub(super) const TLS_OK: &[&str] = &["auto", "off", "OFF", "", "Auto"];
 pub(super) const BOOL_OK: &[&str] = &["true", "false", "1", "0", "yes", "no", "on", "off", "TRUE"];
 pub(super) const ROUTE_OK: &[&str] = &["api", "admin-2", "0"];
 pub(super) const NETWORK_OK: &[&str] = &["proxy"];
+pub(super) const SIZE_OK: &[&str] = &["0", "50m", "10G", "512", "1024g"];
+pub(super) const TIMEOUT_OK: &[&str] = &["1s", "300s", "5m", "24h", "1H"];
+pub(super) const HEALTH_OK: &[&str] = &["/health", "/healthz", "off", "/a/b-c_d.e~f"];
 
 /// A generated value. Its `Debug` (used in failure reports) is escaped and shortened, so a
 /// failing 10,000-character case stays readable.

@@ -36,6 +36,12 @@ const VALUE_KEYS: &[(&str, &[&str])] = &[
     ("allow", CIDR_OK),
     ("tls", TLS_OK),
     ("network", NETWORK_OK),
+    ("max-body", SIZE_OK),
+    ("timeout", TIMEOUT_OK),
+    ("buffering", BOOL_OK),
+    ("health", HEALTH_OK),
+    ("headers.response.X-Test", &["default-src 'self'", "a;b", "x$y", ""]),
+    ("headers.request.X-Test", &["on", "\"q\" \\ {}#"]),
 ];
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

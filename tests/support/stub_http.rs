@@ -2,7 +2,7 @@
 //! request with a fixed body, an HTTP-01 responder that serves tokens, an app whose answer depends
 //! on the path and the body it read. It reads the request head (telling `seen`, if given, the
 //! path at once), then the body (`Content-Length`), asks `answer` and replies `200 text/plain`
-//! with the body it returns, or `404` for `None`, then closes the connection. Each connection has
+//! (with `X-Stub: 1`, a header of the app's own) with the body it returns, or `404` for `None`, then closes the connection. Each connection has
 //! its own thread. (The strict
 //! Cloudflare fake, `cloudflare_fake.rs`, and `AcmeProxy` in `pebble.rs` are servers of their own.)
 
@@ -12,11 +12,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What `answer` gets: the request's method, path and body.
+/// What `answer` gets: the request's method, path, head (request line and headers) and body.
 pub struct StubRequest<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    pub head: &'a str,
     pub body: &'a [u8],
+}
+
+impl StubRequest<'_> {
+    /// The value of header `name` (any case), surrounding spaces removed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim_matches([' ', '\r']))
+        })
+    }
 }
 
 /// A running stub server on 127.0.0.1; it stops accepting when dropped (or never: [`StubHttp::detach`]).
@@ -120,9 +131,9 @@ fn reply(mut stream: TcpStream, seen: &Seen, answer: &Answer) {
         }
     }
     body.truncate(length);
-    let response = match answer(&StubRequest { method, path, body: &body }) {
+    let response = match answer(&StubRequest { method, path, head: &head, body: &body }) {
         Some(body) => format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Stub: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
         None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
