@@ -84,6 +84,22 @@ pub struct CertExpiry {
     pub placeholder: bool,
 }
 
+/// Every metric the agent exports, as `/metrics` names them (the certificate expiry family
+/// appears once a certificate is read). The README's metrics table lists the same.
+pub const NAMES: &[&str] = &[
+    "smart_proxy_routes",
+    "smart_proxy_routes_left_out",
+    "smart_proxy_reloads_total",
+    "smart_proxy_reload_duration_seconds",
+    "smart_proxy_config_test_duration_seconds",
+    "smart_proxy_config_test_failures_total",
+    "smart_proxy_docker_events_total",
+    "smart_proxy_docker_reconnects_total",
+    "smart_proxy_docker_degraded",
+    "smart_proxy_certificate_expiry_timestamp_seconds",
+    "smart_proxy_acme_orders_total",
+];
+
 pub struct Metrics {
     registry: Registry,
     routes: Family<SourceLabels, Gauge>,
@@ -256,24 +272,25 @@ mod tests {
     fn every_metric_is_exposed_with_the_prefix() {
         let m = Metrics::new();
         let text = m.encode();
-        for name in [
-            "smart_proxy_routes",
-            "smart_proxy_routes_left_out",
-            "smart_proxy_reloads_total",
-            "smart_proxy_reload_duration_seconds",
-            "smart_proxy_config_test_duration_seconds",
-            "smart_proxy_config_test_failures_total",
-            "smart_proxy_docker_events_total",
-            "smart_proxy_docker_reconnects_total",
-            "smart_proxy_docker_degraded",
-            "smart_proxy_acme_orders_total",
-        ] {
+        for name in NAMES.iter().filter(|n| !n.contains("certificate_expiry")) {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
         }
         assert_eq!(value(&text, "smart_proxy_reloads_total{result=\"failure\"}"), Some(0.0), "{text}");
         assert_eq!(value(&text, "smart_proxy_routes{source=\"file\"}"), Some(0.0), "{text}");
         // No certificate, no series (the family shows once a certificate is read).
         assert!(!text.contains("certificate_expiry"), "{text}");
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let listed: Vec<&str> = readme
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("| `smart_proxy_"))
+            .map(|rest| rest.split(['`', '{']).next().unwrap_or_default())
+            .collect();
+        let named: Vec<&str> = NAMES.iter().map(|n| n.trim_start_matches("smart_proxy_")).collect();
+        assert_eq!(listed, named, "README's /metrics table and metrics::NAMES differ");
     }
 
     #[test]

@@ -121,19 +121,7 @@ fn healthz_metrics_and_routes_of_a_production_agent() {
     let (status, text) = agent.status_get("/metrics");
     assert_eq!(status, 200, "{text}");
     promtool_check(&text);
-    for name in [
-        "smart_proxy_routes",
-        "smart_proxy_routes_left_out",
-        "smart_proxy_reloads_total",
-        "smart_proxy_reload_duration_seconds",
-        "smart_proxy_config_test_duration_seconds",
-        "smart_proxy_config_test_failures_total",
-        "smart_proxy_docker_events_total",
-        "smart_proxy_docker_reconnects_total",
-        "smart_proxy_docker_degraded",
-        "smart_proxy_certificate_expiry_timestamp_seconds",
-        "smart_proxy_acme_orders_total",
-    ] {
+    for name in smart_proxy::metrics::NAMES {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from /metrics:\n{text}");
     }
     let before = samples(&text);
