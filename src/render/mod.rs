@@ -229,6 +229,13 @@ struct LocationCtx {
     /// `host:port` for a dynamic upstream.
     backend: Option<String>,
     allow: Vec<String>,
+    /// The location's policy; `None` for the defaults (most locations: one field to serialize
+    /// and one test in the template).
+    policy: Option<PolicyCtx>,
+}
+
+#[derive(Serialize)]
+struct PolicyCtx {
     /// `client_max_body_size` when set (nginx's 1m otherwise).
     max_body: Option<String>,
     /// The proxy read and send timeout (`60s` by default).
@@ -250,6 +257,19 @@ struct HeaderCtx {
     /// The value as one nginx string (quoted, escaped, `$` as `${smartproxy_dollar}`), or `None`
     /// for an empty value.
     value: Option<String>,
+}
+
+impl PolicyCtx {
+    fn of(policy: &crate::routes::Policy) -> Self {
+        PolicyCtx {
+            max_body: policy.max_body.map(|s| s.to_string()),
+            timeout: policy.timeout.map_or_else(|| "60s".to_string(), |t| t.to_string()),
+            buffering: policy.buffering.unwrap_or(true),
+            request_headers: policy.request_headers.iter().map(HeaderCtx::of).collect(),
+            response_headers: policy.response_headers.iter().map(HeaderCtx::of).collect(),
+            adds_headers: policy.response_headers.iter().any(|h| !h.value.as_str().is_empty()),
+        }
+    }
 }
 
 impl HeaderCtx {
@@ -301,12 +321,7 @@ impl<'a> Context<'a> {
                             upstream: if backend.is_some() { None } else { l.upstream.clone() },
                             backend,
                             allow: l.allow.iter().map(ToString::to_string).collect(),
-                            max_body: l.policy.max_body.map(|s| s.to_string()),
-                            timeout: l.policy.timeout.map_or_else(|| "60s".to_string(), |t| t.to_string()),
-                            buffering: l.policy.buffering.unwrap_or(true),
-                            request_headers: l.policy.request_headers.iter().map(HeaderCtx::of).collect(),
-                            response_headers: l.policy.response_headers.iter().map(HeaderCtx::of).collect(),
-                            adds_headers: l.policy.response_headers.iter().any(|h| !h.value.as_str().is_empty()),
+                            policy: (!l.policy.is_default()).then(|| PolicyCtx::of(&l.policy)),
                         }
                     })
                     .collect(),
