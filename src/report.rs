@@ -36,6 +36,9 @@ pub struct RouteRow {
     /// The domain's health path (`off` when turned off); left out when it is the default `/health`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// The domain's `hsts` (`off`, or seconds and flags); left out when it is the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -77,6 +80,7 @@ impl<'a> Report<'a> {
                     allow: loc.allow.iter().map(ToString::to_string).collect(),
                     policy: loc.policy.clone(),
                     health: (site.health != crate::routes::Health::default()).then(|| site.health.to_string()),
+                    hsts: (site.hsts != Default::default()).then(|| site.hsts.to_string()),
                 });
             }
         }
@@ -197,8 +201,9 @@ impl<'a> Report<'a> {
             if !r.policy.is_default() {
                 parts.push(r.policy.describe());
             }
-            if let Some(health) = r.health.as_ref().filter(|_| health_told.insert(&r.domain)) {
-                parts.push(format!("health={health}"));
+            if health_told.insert(&r.domain) {
+                parts.extend(r.health.as_ref().map(|health| format!("health={health}")));
+                parts.extend(r.hsts.as_ref().map(|hsts| format!("hsts={hsts}")));
             }
             if !parts.is_empty() {
                 policies.push(format!("  {}{}: {}", r.domain, r.path, parts.join(", ")));

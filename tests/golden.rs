@@ -159,10 +159,15 @@ fn policies() {
             ("smart-proxy.api.domains", "files.example.com"),
             ("smart-proxy.api.path", "/api/"),
             ("smart-proxy.api.max-body", "0"),
+            ("smart-proxy.api.strip-prefix", "true"),
+            ("smart-proxy.hsts", "31536000,includeSubDomains,preload"),
         ],
     );
-    let app =
-        container("app", [172, 20, 0, 8], &[("smart-proxy.domains", "app.example.com"), ("smart-proxy.health", "off")]);
+    let app = container(
+        "app",
+        [172, 20, 0, 8],
+        &[("smart-proxy.domains", "app.example.com"), ("smart-proxy.health", "off"), ("smart-proxy.hsts", "off")],
+    );
     let table = label_table(&[files, app]);
     golden("policies", &table, false);
     let config = NginxSandbox::new().render_and_test(&table, true);
@@ -171,4 +176,8 @@ fn policies() {
     assert_eq!(config.matches("client_max_body_size 0;").count(), 1, "{config}");
     assert_eq!(config.matches("proxy_read_timeout 3600s;").count(), 2, "both routes of files: {config}");
     assert_eq!(config.matches("proxy_request_buffering off;").count(), 2, "{config}");
+    assert_eq!(config.matches("rewrite ^/api(?:/(.*))?$ /$1 break;").count(), 1, "{config}");
+    let production = NginxSandbox::new().render_and_test(&table, false);
+    assert_eq!(production.matches("max-age=31536000; includeSubDomains; preload").count(), 1, "{production}");
+    assert_eq!(production.matches("Strict-Transport-Security").count(), 1, "files only: {production}");
 }

@@ -152,10 +152,13 @@ fn render(table: &RouteTable) -> String {
     let none = |list_empty: bool| if list_empty { " none" } else { "" };
     let _ = writeln!(out, "sites:{}", none(table.sites.is_empty()));
     for site in &table.sites {
-        // Health is shown only when it is not the default `/health`, a policy only when set, so
-        // cases without them read as before.
-        let health =
+        // Health and hsts are shown only when they are not the defaults, a policy only when set,
+        // so cases without them read as before.
+        let mut health =
             if site.health == Default::default() { String::new() } else { format!(", health {}", site.health) };
+        if site.hsts != Default::default() {
+            health.push_str(&format!(", hsts {}", site.hsts));
+        }
         let _ = writeln!(out, "  {} (tls {}{health})", site.domain, site.tls);
         for l in &site.locations {
             let target = match &l.upstream {

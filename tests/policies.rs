@@ -180,6 +180,8 @@ fn the_proxy_answers_health_over_https_and_on_plain_http_routes_in_production() 
         serde_json::json!([
             { "name": "secure.test", "service": "app" },
             { "name": "plain.test", "service": "app", "tls": "off" },
+            { "name": "preload.test", "service": "app", "hsts": "31536000,includeSubDomains,preload" },
+            { "name": "nohsts.test", "service": "app", "hsts": "off" },
         ]),
     );
     // No ACME: the placeholder certificates are enough for nginx to serve HTTPS.
@@ -201,6 +203,58 @@ fn the_proxy_answers_health_over_https_and_on_plain_http_routes_in_production() 
     assert_eq!(agent.get("secure.test", "/health"), (200, "healthy\n".into()), "its HTTP server, not redirected");
     assert_eq!(agent.get("secure.test", "/").0, 301);
     assert_eq!(agent.get("plain.test", "/health"), (200, "healthy\n".into()), "a tls=off server");
+
+    // hsts: the HTTPS answer's Strict-Transport-Security, per domain.
+    let sts = |host: &str| {
+        let resolve = format!("{host}:{}:127.0.0.1", agent.https_port);
+        let url = format!("https://{host}:{}/", agent.https_port);
+        let out = Command::new("curl")
+            .args(["-sSk", "--max-time", "10", "--resolve", &resolve, "-D", "-", "-o", "/dev/null", &url])
+            .output()
+            .expect("run curl");
+        let head = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(head.starts_with("HTTP/"), "{host}: {head} {}", String::from_utf8_lossy(&out.stderr));
+        head.lines()
+            .find_map(|l| {
+                l.strip_prefix("strict-transport-security: ").or(l.strip_prefix("Strict-Transport-Security: "))
+            })
+            .map(|v| v.trim_end().to_string())
+    };
+    assert_eq!(sts("secure.test").as_deref(), Some("max-age=63072000"), "the default");
+    assert_eq!(sts("preload.test").as_deref(), Some("max-age=31536000; includeSubDomains; preload"));
+    assert_eq!(sts("nohsts.test"), None, "hsts=off");
+}
+
+#[test]
+fn strip_prefix_removes_the_route_path_before_the_app() {
+    let app = App::start();
+    let port = app.port.to_string();
+    let c = container(
+        "api",
+        [127, 0, 0, 1],
+        &[
+            ("smart-proxy.domains", "strip.test"),
+            ("smart-proxy.port", &port),
+            ("smart-proxy.path", "/api/"),
+            ("smart-proxy.strip-prefix", "true"),
+            ("smart-proxy.v1.domains", "strip.test"),
+            ("smart-proxy.v1.path", "/v1.0"),
+            ("smart-proxy.keep.domains", "strip.test"),
+            ("smart-proxy.keep.path", "/keep/"),
+            ("smart-proxy.keep.strip-prefix", "false"),
+        ],
+    );
+    let table = label_table(&[c]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let body = |path: &str| nginx.get("strip.test", path).split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    assert_eq!(body("/api/users?page=2").as_deref(), Some("app /users?page=2"), "prefix gone, query kept");
+    assert_eq!(body("/api/").as_deref(), Some("app /"));
+    // A path with a '.': the regex escapes it (v1x0 is not v1.0), and the named route inherits.
+    assert_eq!(body("/v1.0/x").as_deref(), Some("app /x"));
+    assert_eq!(body("/v1.0").as_deref(), Some("app /"));
+    assert_eq!(body("/v1x0/x").map(|b| b.contains("app")), Some(false), "{:?}", body("/v1x0/x"));
+    assert_eq!(body("/keep/x").as_deref(), Some("app /keep/x"), "strip-prefix=false keeps it");
 }
 
 /// nginx serving `table` (LOCAL mode, the built-in template) on a free loopback port, in its own

@@ -219,6 +219,8 @@ struct SiteCtx {
     has_root: bool,
     /// The exact path of the proxy's own `200 healthy` answer; none when `health=off`.
     health: Option<String>,
+    /// The HTTPS server's `Strict-Transport-Security` value; none when `hsts=off`.
+    hsts: Option<String>,
     locations: Vec<LocationCtx>,
 }
 
@@ -236,6 +238,8 @@ struct LocationCtx {
 
 #[derive(Serialize)]
 struct PolicyCtx {
+    /// With `strip-prefix`: the regex of the `rewrite` that removes the location's path.
+    strip_regex: Option<String>,
     /// `client_max_body_size` when set (nginx's 1m otherwise).
     max_body: Option<String>,
     /// The proxy read and send timeout (`60s` by default).
@@ -260,8 +264,10 @@ struct HeaderCtx {
 }
 
 impl PolicyCtx {
-    fn of(policy: &crate::routes::Policy) -> Self {
+    fn of(policy: &crate::routes::Policy, path: &str) -> Self {
         PolicyCtx {
+            strip_regex: (policy.strip_prefix == Some(true) && path != "/")
+                .then(|| crate::routes::policy::strip_prefix_regex(path)),
             max_body: policy.max_body.map(|s| s.to_string()),
             timeout: policy.timeout.map_or_else(|| "60s".to_string(), |t| t.to_string()),
             buffering: policy.buffering.unwrap_or(true),
@@ -308,6 +314,7 @@ impl<'a> Context<'a> {
                 log_name: site.domain.file_stem(),
                 has_root: site.locations.iter().any(|l| l.path.as_str() == "/"),
                 health: site.health.path().map(str::to_string),
+                hsts: site.hsts.header_value(),
                 locations: site
                     .locations
                     .iter()
@@ -321,7 +328,7 @@ impl<'a> Context<'a> {
                             upstream: if backend.is_some() { None } else { l.upstream.clone() },
                             backend,
                             allow: l.allow.iter().map(ToString::to_string).collect(),
-                            policy: (!l.policy.is_default()).then(|| PolicyCtx::of(&l.policy)),
+                            policy: (!l.policy.is_default()).then(|| PolicyCtx::of(&l.policy, l.path.as_str())),
                         }
                     })
                     .collect(),

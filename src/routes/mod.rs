@@ -181,6 +181,8 @@ pub struct RouteDef {
     /// The domain's health answer when the source sets one (one per domain: the first set wins;
     /// `/health` when none does).
     pub health: Option<Health>,
+    /// The domain's HSTS header when the source sets one (one per domain, like `health`).
+    pub hsts: Option<policy::Hsts>,
     pub policy: Policy,
     pub origin: Origin,
 }

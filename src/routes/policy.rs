@@ -17,6 +17,8 @@ pub mod allowed {
     pub const TIMEOUT: &str = "a duration of 1s to 24h with a unit s, m or h (300s, 5m, 1h)";
     pub const HEALTH: &str = "a path like /health (letters, digits and / . _ ~ -), or off";
     pub const ON_OFF: &str = "on or off (also true/false)";
+    pub const HSTS: &str =
+        "off, or a max-age in seconds with optional flags: 63072000 or 63072000,includeSubDomains,preload";
     pub const HEADER_NAME: &str = "letters, digits and '-', starting with a letter or digit, at most 64 characters";
     pub const HEADER_VALUE: &str =
         "printable ASCII characters (quotes, ';', '$' and spaces included), at most 4096; empty removes the header";
@@ -32,6 +34,8 @@ pub enum PolicyError {
     Health { value: String, reason: String },
     #[error("{value:?} is not allowed; must be {}", allowed::ON_OFF)]
     OnOff { value: String },
+    #[error("hsts {value:?} is not allowed: {reason}; must be {}", allowed::HSTS)]
+    Hsts { value: String, reason: String },
     #[error("header name {value:?} is not allowed: {reason}; a header name uses {}", allowed::HEADER_NAME)]
     HeaderName { value: String, reason: String },
     #[error("header value {value:?} is not allowed: {reason}; a value uses {}", allowed::HEADER_VALUE)]
@@ -280,6 +284,89 @@ pub fn nginx_literal(value: &str) -> String {
     out
 }
 
+/// `hsts`: the `Strict-Transport-Security` header of a domain's HTTPS server, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hsts {
+    Off,
+    MaxAge { seconds: u32, include_subdomains: bool, preload: bool },
+}
+
+impl Default for Hsts {
+    /// Two years, the header the proxy always sent.
+    fn default() -> Self {
+        Hsts::MaxAge { seconds: 63_072_000, include_subdomains: false, preload: false }
+    }
+}
+
+impl Hsts {
+    pub fn parse(input: &str) -> Result<Hsts, PolicyError> {
+        let text = input.trim();
+        let bad = |reason: &str| PolicyError::Hsts { value: show(text), reason: reason.to_string() };
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Hsts::Off);
+        }
+        let mut parts = text.split(',').map(str::trim);
+        let seconds = parts.next().unwrap_or_default();
+        if seconds.is_empty() || seconds.len() > 10 || !seconds.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("it must start with a number of seconds"));
+        }
+        let seconds = seconds.parse::<u32>().map_err(|_| bad("the number of seconds is too large"))?;
+        let (mut include_subdomains, mut preload) = (false, false);
+        for flag in parts {
+            match flag.to_ascii_lowercase().as_str() {
+                "includesubdomains" => include_subdomains = true,
+                "preload" => preload = true,
+                _ => return Err(bad(&format!("{:?} is not a flag (includeSubDomains, preload)", show(flag)))),
+            }
+        }
+        Ok(Hsts::MaxAge { seconds, include_subdomains, preload })
+    }
+
+    /// The header's value (`max-age=63072000; includeSubDomains`), or `None` when off.
+    pub fn header_value(&self) -> Option<String> {
+        let Hsts::MaxAge { seconds, include_subdomains, preload } = *self else { return None };
+        let mut value = format!("max-age={seconds}");
+        if include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if preload {
+            value.push_str("; preload");
+        }
+        Some(value)
+    }
+}
+
+impl fmt::Display for Hsts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Hsts::Off => f.write_str("off"),
+            Hsts::MaxAge { seconds, include_subdomains, preload } => {
+                write!(f, "{seconds}")?;
+                if include_subdomains {
+                    f.write_str(",includeSubDomains")?;
+                }
+                if preload {
+                    f.write_str(",preload")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Serialize for Hsts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The regular expression of a `rewrite` that removes the location prefix `path` (`/api/` or
+/// `/api`): `/api` → `/`, `/api/x` → `/x`; `/apix` does not match and passes unchanged. A path
+/// holds only letters, digits and `/ . _ ~ -`, of which only `.` means something in a regex.
+pub fn strip_prefix_regex(path: &str) -> String {
+    format!("^{}(?:/(.*))?$", path.trim_end_matches('/').replace('.', "\\."))
+}
+
 /// `buffering`: `on`/`off` (the yes/no spellings too).
 pub fn parse_on_off(input: &str) -> Result<bool, PolicyError> {
     parse_bool(input).map_err(|_| PolicyError::OnOff { value: show(input.trim()) })
@@ -295,6 +382,9 @@ pub struct Policy {
     pub timeout: Option<Timeout>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buffering: Option<bool>,
+    /// The location prefix is removed before the request reaches the app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<bool>,
     /// Sent to the app (`proxy_set_header`), by name.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub request_headers: Vec<Header>,
@@ -319,6 +409,9 @@ impl Policy {
         }
         if let Some(on) = self.buffering {
             parts.push(format!("buffering={}", if on { "on" } else { "off" }));
+        }
+        if let Some(on) = self.strip_prefix {
+            parts.push(format!("strip-prefix={on}"));
         }
         for (direction, headers) in [("request", &self.request_headers), ("response", &self.response_headers)] {
             for h in headers {
@@ -406,6 +499,25 @@ mod tests {
             assert!(e.to_string().contains("printable ASCII"), "{bad:?}: {e}");
         }
         assert!(HeaderValue::parse(&"x".repeat(4097)).is_err());
+    }
+
+    #[test]
+    fn hsts_values() {
+        assert_eq!(Hsts::default().header_value().as_deref(), Some("max-age=63072000"));
+        let h = Hsts::parse("31536000, includeSubDomains ,PRELOAD").unwrap();
+        assert_eq!(h.header_value().as_deref(), Some("max-age=31536000; includeSubDomains; preload"));
+        assert_eq!(h.to_string(), "31536000,includeSubDomains,preload");
+        assert_eq!(Hsts::parse("Off").unwrap().header_value(), None);
+        for bad in ["", "1y", "63072000;preload", "63072000,includeSubdomains;x", "-1", "99999999999", "600,nosniff"] {
+            let e = Hsts::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("optional flags"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn strip_prefix_regexes() {
+        assert_eq!(strip_prefix_regex("/api/"), r"^/api(?:/(.*))?$");
+        assert_eq!(strip_prefix_regex("/v1.2"), r"^/v1\.2(?:/(.*))?$");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 
 use super::{
-    Backend, Cidr, Diagnostic, DomainName, Health, Namespace, Origin, PathPrefix, Policy, RouteDef, ServiceDef,
-    ServiceKey, ServiceName, SourceOutput, TlsMode,
+    policy::Hsts, Backend, Cidr, Diagnostic, DomainName, Health, Namespace, Origin, PathPrefix, Policy, RouteDef,
+    ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
 };
 
 /// The validated, merged routes: what gets rendered.
@@ -37,6 +37,8 @@ pub struct Site {
     pub domain: DomainName,
     pub tls: TlsMode,
     pub health: Health,
+    /// The HSTS header of its HTTPS server.
+    pub hsts: Hsts,
     pub locations: Vec<Location>,
 }
 
@@ -72,8 +74,9 @@ impl RouteTable {
             services.keys().filter(|k| k.namespace == Namespace::Static).map(|k| k.name.as_str()).collect();
 
         let mut claimed: BTreeMap<(DomainName, PathPrefix), RouteDef> = BTreeMap::new();
-        let mut site_tls: BTreeMap<DomainName, (TlsMode, Origin)> = BTreeMap::new();
-        let mut site_health: BTreeMap<DomainName, (Health, Origin)> = BTreeMap::new();
+        let mut site_tls = PerDomain::new("tls", "one TLS mode");
+        let mut site_health = PerDomain::new("health", "one health answer");
+        let mut site_hsts = PerDomain::new("hsts", "one HSTS header");
         for route in routes {
             if let Some(key) = &route.service {
                 if !services.contains_key(key) {
@@ -101,32 +104,9 @@ impl RouteTable {
                 }
                 continue;
             }
-            match site_tls.get(&route.domain) {
-                Some((tls, by)) if *tls != route.tls => diagnostics.push(Diagnostic::warning(
-                    route.origin.clone(),
-                    format!(
-                        "tls {} conflicts with tls {} set for {} by {by}; a domain has one TLS mode, keeping {tls}",
-                        route.tls, tls, route.domain
-                    ),
-                )),
-                Some(_) => {}
-                None => {
-                    site_tls.insert(route.domain.clone(), (route.tls, route.origin.clone()));
-                }
-            }
-            match (site_health.get(&route.domain), &route.health) {
-                (Some((health, by)), Some(wanted)) if health != wanted => diagnostics.push(Diagnostic::warning(
-                    route.origin.clone(),
-                    format!(
-                        "health {wanted} conflicts with health {health} set for {} by {by}; a domain has one health answer, keeping {health}",
-                        route.domain
-                    ),
-                )),
-                (None, Some(wanted)) => {
-                    site_health.insert(route.domain.clone(), (wanted.clone(), route.origin.clone()));
-                }
-                _ => {}
-            }
+            site_tls.note(&route, Some(&route.tls), &mut diagnostics);
+            site_health.note(&route, route.health.as_ref(), &mut diagnostics);
+            site_hsts.note(&route, route.hsts.as_ref(), &mut diagnostics);
             claimed.insert(slot, route);
         }
 
@@ -163,9 +143,10 @@ impl RouteTable {
             match sites.last_mut() {
                 Some(site) if site.domain == domain => site.locations.push(location),
                 _ => {
-                    let tls = site_tls.get(&domain).map(|(t, _)| *t).unwrap_or_default();
-                    let health = site_health.get(&domain).map(|(h, _)| h.clone()).unwrap_or_default();
-                    sites.push(Site { domain, tls, health, locations: vec![location] });
+                    let tls = site_tls.get(&domain).unwrap_or_default();
+                    let health = site_health.get(&domain).unwrap_or_default();
+                    let hsts = site_hsts.get(&domain).unwrap_or_default();
+                    sites.push(Site { domain, tls, health, hsts, locations: vec![location] });
                 }
             }
         }
@@ -233,6 +214,45 @@ fn merge_services(defs: Vec<ServiceDef>, diagnostics: &mut Vec<Diagnostic>) -> B
             (key, backends)
         })
         .collect()
+}
+
+/// A setting a domain has once (`tls`, `health`, `hsts`): the first route that sets it decides; a
+/// later route asking for another value gets a warning.
+struct PerDomain<T> {
+    values: BTreeMap<DomainName, (T, Origin)>,
+    key: &'static str,
+    /// "one TLS mode", for the warning.
+    one: &'static str,
+}
+
+impl<T: Clone + PartialEq + std::fmt::Display> PerDomain<T> {
+    fn new(key: &'static str, one: &'static str) -> Self {
+        PerDomain { values: BTreeMap::new(), key, one }
+    }
+
+    /// `route` asks for `wanted` (`None`: it sets nothing).
+    fn note(&mut self, route: &RouteDef, wanted: Option<&T>, diagnostics: &mut Vec<Diagnostic>) {
+        let Some(wanted) = wanted else { return };
+        match self.values.get(&route.domain) {
+            Some((have, by)) if have != wanted => diagnostics.push(Diagnostic::warning(
+                route.origin.clone(),
+                format!(
+                    "{key} {wanted} conflicts with {key} {have} set for {} by {by}; a domain has {}, keeping {have}",
+                    route.domain,
+                    self.one,
+                    key = self.key
+                ),
+            )),
+            Some(_) => {}
+            None => {
+                self.values.insert(route.domain.clone(), (wanted.clone(), route.origin.clone()));
+            }
+        }
+    }
+
+    fn get(&self, domain: &DomainName) -> Option<T> {
+        self.values.get(domain).map(|(value, _)| value.clone())
+    }
 }
 
 /// A policy in messages: its settings, or "the defaults".
@@ -319,6 +339,7 @@ mod tests {
             allow: vec![],
             tls: TlsMode::Auto,
             health: None,
+            hsts: None,
             policy: Policy::default(),
             origin,
         }

@@ -30,6 +30,7 @@ fn kind(kind: FieldKind) -> (&'static str, String) {
         FieldKind::Timeout => ("string", policy_allowed::TIMEOUT.to_string()),
         FieldKind::OnOff => ("boolean, or string", policy_allowed::ON_OFF.to_string()),
         FieldKind::Health => ("string", policy_allowed::HEALTH.to_string()),
+        FieldKind::Hsts => ("string", policy_allowed::HSTS.to_string()),
     }
 }
 
@@ -41,7 +42,7 @@ fn field_schema(field: &Field) -> Value {
         FieldKind::Tls => json!({ "enum": ["auto", "off"] }),
         FieldKind::Allow => json!({ "type": ["array", "string"], "items": { "type": "string" } }),
         FieldKind::Size => json!({ "type": ["string", "integer"], "minimum": 0 }),
-        FieldKind::Timeout | FieldKind::Health => json!({ "type": "string" }),
+        FieldKind::Timeout | FieldKind::Health | FieldKind::Hsts => json!({ "type": "string" }),
         FieldKind::OnOff => json!({ "type": ["boolean", "string"] }),
     };
     if !field.required {
@@ -341,6 +342,7 @@ mod tests {
                         FieldKind::Timeout => json!("5m"),
                         FieldKind::OnOff => json!(false),
                         FieldKind::Health => json!("/healthz"),
+                        FieldKind::Hsts => json!("31536000,includeSubDomains"),
                     };
                     (f.name.to_string(), value)
                 })

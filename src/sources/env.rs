@@ -39,6 +39,7 @@ pub fn parse(domains: Option<&str>, services: Option<&str>) -> SourceOutput {
                 allow: Vec::new(),
                 tls: TlsMode::Auto,
                 health: None,
+                hsts: None,
                 policy: Default::default(),
                 origin,
             }),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::routes::policy::{parse_on_off, Size, Timeout};
+use crate::routes::policy::{parse_on_off, Hsts, Size, Timeout};
 use crate::routes::{
     Backend, BackendState, Cidr, Diagnostic, DomainName, Health, Host, Namespace, Origin, PathPrefix, Policy, Port,
     RouteDef, ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
@@ -98,6 +98,8 @@ pub enum FieldKind {
     OnOff,
     /// A string: a [`Health`] path or `off`.
     Health,
+    /// A string: an [`Hsts`] value.
+    Hsts,
 }
 
 /// The sections, in the order the reference lists them.
@@ -159,6 +161,12 @@ const DOMAIN_FIELDS: &[Field] = &[
         kind: FieldKind::OnOff,
         required: false,
         doc: "`off` streams requests and responses (SSE, large uploads); on when absent",
+    },
+    Field {
+        name: "hsts",
+        kind: FieldKind::Hsts,
+        required: false,
+        doc: "the HTTPS server's `Strict-Transport-Security`: `off`, or seconds with optional flags; `63072000` when absent",
     },
     Field {
         name: "health",
@@ -389,6 +397,8 @@ impl FileReader {
             }
         };
         let (health, policy) = self.policy(entry, field)?;
+        let hsts = self.string(entry, field, "hsts")?.map(Hsts::parse).transpose();
+        let hsts = hsts.map_err(|e| Diagnostic::error(self.origin(format!("{field}.hsts")), e))?;
         out.routes.push(RouteDef {
             domain,
             path: PathPrefix::root(),
@@ -396,6 +406,7 @@ impl FileReader {
             allow,
             tls,
             health,
+            hsts,
             policy,
             origin: self.origin(field),
         });
@@ -412,14 +423,11 @@ impl FileReader {
             }
         };
         let timeout = self.string(entry, field, "timeout")?.map(Timeout::parse).transpose();
-        let buffering = match entry.get("buffering") {
-            Some(Value::Bool(on)) => Some(*on),
-            _ => self
-                .string(entry, field, "buffering")?
-                .map(parse_on_off)
-                .transpose()
-                .map_err(|e| fail("buffering", &e))?,
+        let on_off = |name: &str| match entry.get(name) {
+            Some(Value::Bool(on)) => Ok(Some(*on)),
+            _ => self.string(entry, field, name)?.map(parse_on_off).transpose().map_err(|e| fail(name, &e)),
         };
+        let buffering = on_off("buffering")?;
         let health = self.string(entry, field, "health")?.map(Health::parse).transpose();
         Ok((
             health.map_err(|e| fail("health", &e))?,

@@ -11,7 +11,7 @@
 //! route name ([`is_route_name`]).
 
 use crate::routes::grammar::{allowed, parse_bool};
-use crate::routes::policy::{self, parse_on_off, HeaderValue, Size, Timeout};
+use crate::routes::policy::{self, parse_on_off, HeaderValue, Hsts, Size, Timeout};
 use crate::routes::Health;
 use crate::routes::{Cidr, DomainName, PathPrefix, Port, ServiceName, TlsMode, ValueError};
 
@@ -50,6 +50,8 @@ pub enum ValueKind {
     Health,
     /// A header value ([`HeaderValue`]); the header's name is the key's last segment.
     HeaderValue,
+    /// `off` or a max-age with flags ([`Hsts`]).
+    Hsts,
 }
 
 /// A parsed label value, one variant per [`ValueKind`].
@@ -68,6 +70,7 @@ pub enum Value {
     OnOff(bool),
     Health(Health),
     HeaderValue(HeaderValue),
+    Hsts(Hsts),
 }
 
 impl ValueKind {
@@ -106,6 +109,7 @@ impl ValueKind {
             ValueKind::OnOff => parse_on_off(raw).map(Value::OnOff).map_err(|e| vec![e.to_string()]),
             ValueKind::Health => Health::parse(raw).map(Value::Health).map_err(|e| vec![e.to_string()]),
             ValueKind::HeaderValue => HeaderValue::parse(raw).map(Value::HeaderValue).map_err(|e| vec![e.to_string()]),
+            ValueKind::Hsts => Hsts::parse(raw).map(Value::Hsts).map_err(|e| vec![e.to_string()]),
         }
     }
 
@@ -126,6 +130,7 @@ impl ValueKind {
             ValueKind::OnOff => policy::allowed::ON_OFF.to_string(),
             ValueKind::Health => policy::allowed::HEALTH.to_string(),
             ValueKind::HeaderValue => policy::allowed::HEADER_VALUE.to_string(),
+            ValueKind::Hsts => policy::allowed::HSTS.to_string(),
         }
     }
 }
@@ -217,6 +222,20 @@ pub const KEYS: &[LabelKey] = &[
         "`off` streams responses and request bodies as they come (SSE, long polling, large uploads)",
         "`on`",
         "off",
+    ),
+    route(
+        "strip-prefix",
+        ValueKind::OnOff,
+        "`true`: the route's `path` is removed before the request reaches the app (`/api/users` arrives as `/users`; the query is kept)",
+        "`false`: the full URI is passed on",
+        "true",
+    ),
+    route(
+        "hsts",
+        ValueKind::Hsts,
+        "the HTTPS server's `Strict-Transport-Security`: `off`, or a max-age in seconds with optional flags (`63072000,includeSubDomains,preload`); one per domain",
+        "`63072000` (two years)",
+        "31536000,includeSubDomains",
     ),
     route(
         "headers.request.<Name>",

@@ -256,11 +256,13 @@ fn route(
     let allow = values.take("allow", |v| if let Value::Cidrs(a) = v { Some(a) } else { None }).unwrap_or_default();
     let tls = values.take("tls", |v| if let Value::Tls(t) = v { Some(t) } else { None }).unwrap_or_default();
     let health = values.take("health", |v| if let Value::Health(h) = v { Some(h) } else { None });
+    let hsts = values.take("hsts", |v| if let Value::Hsts(h) = v { Some(h) } else { None });
     let (request_headers, response_headers) = headers(labels, &at, &mut errors);
     let policy = Policy {
         max_body: values.take("max-body", |v| if let Value::Size(s) = v { Some(s) } else { None }),
         timeout: values.take("timeout", |v| if let Value::Timeout(t) = v { Some(t) } else { None }),
         buffering: values.take("buffering", |v| if let Value::OnOff(on) = v { Some(on) } else { None }),
+        strip_prefix: values.take("strip-prefix", |v| if let Value::OnOff(on) = v { Some(on) } else { None }),
         request_headers,
         response_headers,
     };
@@ -308,6 +310,7 @@ fn route(
             allow: allow.clone(),
             tls,
             health: health.clone(),
+            hsts,
             policy: policy.clone(),
             origin: origin.clone(),
         });

@@ -160,6 +160,7 @@ pub(super) const NETWORK_OK: &[&str] = &["proxy"];
 pub(super) const SIZE_OK: &[&str] = &["0", "50m", "10G", "512", "1024g"];
 pub(super) const TIMEOUT_OK: &[&str] = &["1s", "300s", "5m", "24h", "1H"];
 pub(super) const HEALTH_OK: &[&str] = &["/health", "/healthz", "off", "/a/b-c_d.e~f"];
+pub(super) const HSTS_OK: &[&str] = &["off", "63072000", "31536000,includeSubDomains,preload", "0"];
 
 /// A generated value. Its `Debug` (used in failure reports) is escaped and shortened, so a
 /// failing 10,000-character case stays readable.

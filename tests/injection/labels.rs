@@ -40,6 +40,8 @@ const VALUE_KEYS: &[(&str, &[&str])] = &[
     ("timeout", TIMEOUT_OK),
     ("buffering", BOOL_OK),
     ("health", HEALTH_OK),
+    ("strip-prefix", BOOL_OK),
+    ("hsts", HSTS_OK),
     ("headers.response.X-Test", &["default-src 'self'", "a;b", "x$y", ""]),
     ("headers.request.X-Test", &["on", "\"q\" \\ {}#"]),
 ];
