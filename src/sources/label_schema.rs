@@ -212,7 +212,7 @@ pub const KEYS: &[LabelKey] = &[
     route(
         "timeout",
         ValueKind::Timeout,
-        "how long the app may take to answer or read the request (proxy read/send timeouts; connecting stays 60 s): `300s`, `5m`, `1h`; 504 past it",
+        "how long the app may take to answer or read the request (proxy read/send timeouts; connecting stays 5 s, then the next replica): `300s`, `5m`, `1h`; 504 past it",
         "`60s`",
         "300s",
     ),
