@@ -39,6 +39,9 @@ pub struct RouteRow {
     /// The domain's `hsts` (`off`, or seconds and flags); left out when it is the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hsts: Option<String>,
+    /// The service's `lb`; left out when it is the default round-robin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lb: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -81,6 +84,7 @@ impl<'a> Report<'a> {
                     policy: loc.policy.clone(),
                     health: (site.health != crate::routes::Health::default()).then(|| site.health.to_string()),
                     hsts: (site.hsts != Default::default()).then(|| site.hsts.to_string()),
+                    lb: upstream.filter(|u| u.balance != Default::default()).map(|u| u.balance.to_string()),
                 });
             }
         }
@@ -201,6 +205,7 @@ impl<'a> Report<'a> {
             if !r.policy.is_default() {
                 parts.push(r.policy.describe());
             }
+            parts.extend(r.lb.as_ref().map(|lb| format!("lb={lb}")));
             if health_told.insert(&r.domain) {
                 parts.extend(r.health.as_ref().map(|health| format!("health={health}")));
                 parts.extend(r.hsts.as_ref().map(|hsts| format!("hsts={hsts}")));

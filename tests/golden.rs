@@ -161,6 +161,7 @@ fn policies() {
             ("smart-proxy.api.max-body", "0"),
             ("smart-proxy.api.strip-prefix", "true"),
             ("smart-proxy.hsts", "31536000,includeSubDomains,preload"),
+            ("smart-proxy.lb", "least-conn"),
         ],
     );
     let app = container(
@@ -177,6 +178,7 @@ fn policies() {
     assert_eq!(config.matches("proxy_read_timeout 3600s;").count(), 2, "both routes of files: {config}");
     assert_eq!(config.matches("proxy_request_buffering off;").count(), 2, "{config}");
     assert_eq!(config.matches("rewrite ^/api(?:/(.*))?$ /$1 break;").count(), 1, "{config}");
+    assert_eq!(config.matches("    least_conn;\n").count(), 2, "both upstreams of files (lb is inherited): {config}");
     let production = NginxSandbox::new().render_and_test(&table, false);
     assert_eq!(production.matches("max-age=31536000; includeSubDomains; preload").count(), 1, "{production}");
     assert_eq!(production.matches("Strict-Transport-Security").count(), 1, "files only: {production}");

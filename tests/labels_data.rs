@@ -179,7 +179,8 @@ fn render(table: &RouteTable) -> String {
             Namespace::Docker => "docker",
             Namespace::Static => "static",
         };
-        let _ = writeln!(out, "  {} ({namespace} service {})", u.id, u.service);
+        let lb = if u.balance == Default::default() { String::new() } else { format!(", lb {}", u.balance) };
+        let _ = writeln!(out, "  {} ({namespace} service {}{lb})", u.id, u.service);
         if u.backends.is_empty() {
             let _ = writeln!(out, "    no server (answers 502)");
         }

@@ -413,3 +413,32 @@ fn headers_are_set_removed_and_keep_hsts_on_https() {
     let web = config.split("# --- web.test").nth(1).and_then(|s| s.split("# --- ").next()).expect("web.test's servers");
     assert_eq!(web.matches("Strict-Transport-Security").count(), 3, "the HTTPS server and both its locations: {web}");
 }
+
+#[test]
+fn lb_chooses_how_replicas_share_requests() {
+    let (one, two) = (StubHttp::body("one"), StubHttp::body("two"));
+    let replica = |name: &str, domain: &str, service: &str, app: &StubHttp, lb: Option<&str>| {
+        let port = app.port().to_string();
+        let mut labels = vec![
+            ("smart-proxy.domains", domain.to_string()),
+            ("smart-proxy.service", service.to_string()),
+            ("smart-proxy.port", port),
+        ];
+        labels.extend(lb.map(|lb| ("smart-proxy.lb", lb.to_string())));
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        container(name, [127, 0, 0, 1], &labels)
+    };
+    let table = label_table(&[
+        replica("hash-1", "hash.test", "hash", &one, Some("ip-hash")),
+        replica("hash-2", "hash.test", "hash", &two, None),
+        replica("rr-1", "rr.test", "rr", &one, None),
+        replica("rr-2", "rr.test", "rr", &two, None),
+    ]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let seen = |host: &str| -> std::collections::BTreeSet<String> {
+        (0..20).filter_map(|_| nginx.get(host, "/").split_once("\r\n\r\n").map(|(_, b)| b.to_string())).collect()
+    };
+    assert_eq!(seen("rr.test").len(), 2, "round-robin (the default) uses both replicas");
+    assert_eq!(seen("hash.test").len(), 1, "ip-hash keeps one client on one replica (set by one replica's label)");
+}

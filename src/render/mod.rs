@@ -208,6 +208,8 @@ struct UpstreamCtx {
     servers: Vec<String>,
     /// A static service given by host name: resolved by nginx at request time, no upstream block.
     dynamic: bool,
+    /// The `lb` directive (`least_conn`, `ip_hash`, `random`); none for round-robin.
+    method: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -299,6 +301,7 @@ impl<'a> Context<'a> {
                     id: u.id.clone(),
                     servers: u.backends.iter().filter(|b| b.state == BackendState::Up).map(|b| b.address()).collect(),
                     dynamic,
+                    method: u.balance.directive(),
                 }
             })
             .collect();

@@ -166,6 +166,8 @@ pub struct NetworkChoice {
 pub struct ServiceDef {
     pub key: ServiceKey,
     pub backends: Vec<Backend>,
+    /// `lb` when the source sets it (labels); round-robin otherwise.
+    pub balance: Option<policy::Balance>,
     pub origin: Origin,
 }
 

@@ -17,6 +17,7 @@ pub mod allowed {
     pub const TIMEOUT: &str = "a duration of 1s to 24h with a unit s, m or h (300s, 5m, 1h)";
     pub const HEALTH: &str = "a path like /health (letters, digits and / . _ ~ -), or off";
     pub const ON_OFF: &str = "on or off (also true/false)";
+    pub const BALANCE: &str = "round-robin, least-conn, ip-hash or random";
     pub const HSTS: &str =
         "off, or a max-age in seconds with optional flags: 63072000 or 63072000,includeSubDomains,preload";
     pub const HEADER_NAME: &str = "letters, digits and '-', starting with a letter or digit, at most 64 characters";
@@ -34,6 +35,8 @@ pub enum PolicyError {
     Health { value: String, reason: String },
     #[error("{value:?} is not allowed; must be {}", allowed::ON_OFF)]
     OnOff { value: String },
+    #[error("lb {value:?} is not allowed; must be {}", allowed::BALANCE)]
+    Balance { value: String },
     #[error("hsts {value:?} is not allowed: {reason}; must be {}", allowed::HSTS)]
     Hsts { value: String, reason: String },
     #[error("header name {value:?} is not allowed: {reason}; a header name uses {}", allowed::HEADER_NAME)]
@@ -284,6 +287,55 @@ pub fn nginx_literal(value: &str) -> String {
     out
 }
 
+/// `lb`: how an upstream spreads requests over its servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    Random,
+}
+
+impl Balance {
+    pub fn parse(input: &str) -> Result<Balance, PolicyError> {
+        match input.trim().to_ascii_lowercase().as_str() {
+            "round-robin" => Ok(Balance::RoundRobin),
+            "least-conn" => Ok(Balance::LeastConn),
+            "ip-hash" => Ok(Balance::IpHash),
+            "random" => Ok(Balance::Random),
+            _ => Err(PolicyError::Balance { value: show(input.trim()) }),
+        }
+    }
+
+    /// The upstream block's directive; none for round-robin (nginx's default).
+    pub fn directive(self) -> Option<&'static str> {
+        match self {
+            Balance::RoundRobin => None,
+            Balance::LeastConn => Some("least_conn"),
+            Balance::IpHash => Some("ip_hash"),
+            Balance::Random => Some("random"),
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::IpHash => "ip-hash",
+            Balance::Random => "random",
+        })
+    }
+}
+
+impl Serialize for Balance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// `hsts`: the `Strict-Transport-Security` header of a domain's HTTPS server, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Hsts {
@@ -499,6 +551,15 @@ mod tests {
             assert!(e.to_string().contains("printable ASCII"), "{bad:?}: {e}");
         }
         assert!(HeaderValue::parse(&"x".repeat(4097)).is_err());
+    }
+
+    #[test]
+    fn balance_methods() {
+        assert_eq!(Balance::parse(" Least-Conn ").unwrap().directive(), Some("least_conn"));
+        assert_eq!(Balance::parse("round-robin").unwrap().directive(), None);
+        assert_eq!(Balance::parse("ip-hash").unwrap().to_string(), "ip-hash");
+        let e = Balance::parse("ip_hash").unwrap_err();
+        assert!(e.to_string().contains("least-conn, ip-hash or random"), "{e}");
     }
 
     #[test]

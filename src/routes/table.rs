@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 
 use super::{
-    policy::Hsts, Backend, Cidr, Diagnostic, DomainName, Health, Namespace, Origin, PathPrefix, Policy, RouteDef,
-    ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
+    policy::{Balance, Hsts},
+    Backend, Cidr, Diagnostic, DomainName, Health, Namespace, Origin, PathPrefix, Policy, RouteDef, ServiceDef,
+    ServiceKey, ServiceName, SourceOutput, TlsMode,
 };
 
 /// The validated, merged routes: what gets rendered.
@@ -29,6 +30,8 @@ pub struct Upstream {
     pub service: ServiceName,
     pub namespace: Namespace,
     pub backends: Vec<Backend>,
+    /// `lb`: how nginx spreads requests over the servers.
+    pub balance: Balance,
 }
 
 /// Everything served for one domain.
@@ -127,7 +130,8 @@ impl RouteTable {
                 id,
                 service: key.name.clone(),
                 namespace: key.namespace,
-                backends: services[key].clone(),
+                backends: services[key].0.clone(),
+                balance: services[key].1,
             });
         }
 
@@ -192,26 +196,55 @@ impl RouteTable {
 
 /// Merges definitions of the same service: replicas of a Docker service add servers; two static
 /// definitions of one name are an error (the first wins).
-fn merge_services(defs: Vec<ServiceDef>, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<ServiceKey, Vec<Backend>> {
-    let mut services: BTreeMap<ServiceKey, (Origin, Vec<Backend>)> = BTreeMap::new();
+/// A merged service: its servers and how they share the load (the first definition that sets `lb`
+/// decides; a replica asking for another method gets a warning).
+struct Merged {
+    origin: Origin,
+    backends: Vec<Backend>,
+    balance: Option<(Balance, Origin)>,
+}
+
+fn merge_services(
+    defs: Vec<ServiceDef>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> BTreeMap<ServiceKey, (Vec<Backend>, Balance)> {
+    let mut services: BTreeMap<ServiceKey, Merged> = BTreeMap::new();
     for def in defs {
         match services.get_mut(&def.key) {
             None => {
-                services.insert(def.key, (def.origin, def.backends));
+                let balance = def.balance.map(|b| (b, def.origin.clone()));
+                services.insert(def.key, Merged { origin: def.origin, backends: def.backends, balance });
             }
-            Some((_, backends)) if def.key.namespace == Namespace::Docker => backends.extend(def.backends),
-            Some((first, _)) => diagnostics.push(Diagnostic::error(
+            Some(merged) if def.key.namespace == Namespace::Docker => {
+                merged.backends.extend(def.backends);
+                match (&merged.balance, def.balance) {
+                    (None, Some(b)) => merged.balance = Some((b, def.origin)),
+                    (Some((have, by)), Some(wanted)) if *have != wanted => diagnostics.push(Diagnostic::warning(
+                        def.origin,
+                        format!(
+                            "lb {wanted} conflicts with lb {have} set for service {} by {by}; a service has one method, keeping {have}",
+                            def.key.name.as_str()
+                        ),
+                    )),
+                    _ => {}
+                }
+            }
+            Some(merged) => diagnostics.push(Diagnostic::error(
                 def.origin,
-                format!("duplicate service {:?}: already defined by {first}; keeping that one", def.key.name.as_str()),
+                format!(
+                    "duplicate service {:?}: already defined by {}; keeping that one",
+                    def.key.name.as_str(),
+                    merged.origin
+                ),
             )),
         }
     }
     services
         .into_iter()
-        .map(|(key, (_, mut backends))| {
-            backends.sort();
-            backends.dedup_by(|a, b| a.host == b.host && a.port == b.port);
-            (key, backends)
+        .map(|(key, mut merged)| {
+            merged.backends.sort();
+            merged.backends.dedup_by(|a, b| a.host == b.host && a.port == b.port);
+            (key, (merged.backends, merged.balance.map(|(b, _)| b).unwrap_or_default()))
         })
         .collect()
 }
@@ -355,6 +388,7 @@ mod tests {
                 network: None,
                 origin: origin.clone(),
             }],
+            balance: None,
             origin,
         }
     }

@@ -14,6 +14,7 @@ pub fn parse(domains: Option<&str>, services: Option<&str>) -> SourceOutput {
         let origin = Origin::Env { var: "SERVICES", entry, text: text.to_string() };
         match parse_service(text) {
             Ok((name, host, port)) => out.services.push(ServiceDef {
+                balance: None,
                 key: ServiceKey { namespace: Namespace::Static, name },
                 backends: vec![Backend { host, port, state: BackendState::Up, network: None, origin: origin.clone() }],
                 origin,

@@ -326,6 +326,7 @@ impl FileReader {
                 let origin = self.origin(field);
                 out.services.push(ServiceDef {
                     key,
+                    balance: None,
                     backends: vec![Backend {
                         host,
                         port,

@@ -11,7 +11,7 @@
 //! route name ([`is_route_name`]).
 
 use crate::routes::grammar::{allowed, parse_bool};
-use crate::routes::policy::{self, parse_on_off, HeaderValue, Hsts, Size, Timeout};
+use crate::routes::policy::{self, parse_on_off, Balance, HeaderValue, Hsts, Size, Timeout};
 use crate::routes::Health;
 use crate::routes::{Cidr, DomainName, PathPrefix, Port, ServiceName, TlsMode, ValueError};
 
@@ -52,6 +52,8 @@ pub enum ValueKind {
     HeaderValue,
     /// `off` or a max-age with flags ([`Hsts`]).
     Hsts,
+    /// A load-balancing method ([`Balance`]).
+    Balance,
 }
 
 /// A parsed label value, one variant per [`ValueKind`].
@@ -71,6 +73,7 @@ pub enum Value {
     Health(Health),
     HeaderValue(HeaderValue),
     Hsts(Hsts),
+    Balance(Balance),
 }
 
 impl ValueKind {
@@ -110,6 +113,7 @@ impl ValueKind {
             ValueKind::Health => Health::parse(raw).map(Value::Health).map_err(|e| vec![e.to_string()]),
             ValueKind::HeaderValue => HeaderValue::parse(raw).map(Value::HeaderValue).map_err(|e| vec![e.to_string()]),
             ValueKind::Hsts => Hsts::parse(raw).map(Value::Hsts).map_err(|e| vec![e.to_string()]),
+            ValueKind::Balance => Balance::parse(raw).map(Value::Balance).map_err(|e| vec![e.to_string()]),
         }
     }
 
@@ -131,6 +135,7 @@ impl ValueKind {
             ValueKind::Health => policy::allowed::HEALTH.to_string(),
             ValueKind::HeaderValue => policy::allowed::HEADER_VALUE.to_string(),
             ValueKind::Hsts => policy::allowed::HSTS.to_string(),
+            ValueKind::Balance => policy::allowed::BALANCE.to_string(),
         }
     }
 }
@@ -222,6 +227,13 @@ pub const KEYS: &[LabelKey] = &[
         "`off` streams responses and request bodies as they come (SSE, long polling, large uploads)",
         "`on`",
         "off",
+    ),
+    route(
+        "lb",
+        ValueKind::Balance,
+        "how the service's replicas share requests: `round-robin`, `least-conn` (the one with the fewest open requests), `ip-hash` (a client stays on one replica), `random`; one per service",
+        "`round-robin`",
+        "least-conn",
     ),
     route(
         "strip-prefix",

@@ -257,6 +257,7 @@ fn route(
     let tls = values.take("tls", |v| if let Value::Tls(t) = v { Some(t) } else { None }).unwrap_or_default();
     let health = values.take("health", |v| if let Value::Health(h) = v { Some(h) } else { None });
     let hsts = values.take("hsts", |v| if let Value::Hsts(h) = v { Some(h) } else { None });
+    let balance = values.take("lb", |v| if let Value::Balance(b) = v { Some(b) } else { None });
     let (request_headers, response_headers) = headers(labels, &at, &mut errors);
     let policy = Policy {
         max_body: values.take("max-body", |v| if let Value::Size(s) = v { Some(s) } else { None }),
@@ -301,7 +302,7 @@ fn route(
         None => Vec::new(),
     };
     let mut out = SourceOutput::default();
-    out.services.push(ServiceDef { key: key.clone(), backends, origin: origin.clone() });
+    out.services.push(ServiceDef { key: key.clone(), backends, balance, origin: origin.clone() });
     for domain in domains {
         out.routes.push(RouteDef {
             domain,

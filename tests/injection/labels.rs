@@ -42,6 +42,7 @@ const VALUE_KEYS: &[(&str, &[&str])] = &[
     ("health", HEALTH_OK),
     ("strip-prefix", BOOL_OK),
     ("hsts", HSTS_OK),
+    ("lb", &["round-robin", "least-conn", "IP-HASH", "random"]),
     ("headers.response.X-Test", &["default-src 'self'", "a;b", "x$y", ""]),
     ("headers.request.X-Test", &["on", "\"q\" \\ {}#"]),
 ];
