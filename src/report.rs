@@ -30,7 +30,8 @@ pub struct RouteRow {
     pub source: String,
     pub tls: String,
     pub allow: Vec<String>,
-    /// The location's policy (`max-body`, `timeout`, `buffering`); left out when all are default.
+    /// The location's policy (`max-body`, `timeout`, `buffering`, `strip-prefix`, headers); left
+    /// out when all are default.
     #[serde(skip_serializing_if = "crate::routes::Policy::is_default")]
     pub policy: crate::routes::Policy,
     /// The domain's health path (`off` when turned off); left out when it is the default `/health`.

@@ -258,9 +258,9 @@ fn strip_prefix_removes_the_route_path_before_the_app() {
 }
 
 /// nginx serving `table` (LOCAL mode, the built-in template) on a free loopback port, in its own
-/// sandbox; stopped when dropped.
+/// sandbox (kept until nginx has stopped); stopped when dropped.
 struct Served {
-    sandbox: NginxSandbox,
+    _sandbox: NginxSandbox,
     child: std::process::Child,
     port: u16,
 }
@@ -287,7 +287,7 @@ impl Served {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start nginx");
-        let served = Served { sandbox, child, port };
+        let served = Served { _sandbox: sandbox, child, port };
         crate::support::poll(
             "nginx to listen",
             Duration::from_secs(10),
@@ -316,7 +316,6 @@ impl Drop for Served {
         // SIGTERM: the master stops its workers (SIGKILL would leave them running).
         let _ = Command::new("kill").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
-        let _ = &self.sandbox;
     }
 }
 

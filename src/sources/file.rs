@@ -424,11 +424,14 @@ impl FileReader {
             }
         };
         let timeout = self.string(entry, field, "timeout")?.map(Timeout::parse).transpose();
-        let on_off = |name: &str| match entry.get(name) {
-            Some(Value::Bool(on)) => Ok(Some(*on)),
-            _ => self.string(entry, field, name)?.map(parse_on_off).transpose().map_err(|e| fail(name, &e)),
+        let buffering = match entry.get("buffering") {
+            Some(Value::Bool(on)) => Some(*on),
+            _ => self
+                .string(entry, field, "buffering")?
+                .map(parse_on_off)
+                .transpose()
+                .map_err(|e| fail("buffering", &e))?,
         };
-        let buffering = on_off("buffering")?;
         let health = self.string(entry, field, "health")?.map(Health::parse).transpose();
         Ok((
             health.map_err(|e| fail("health", &e))?,
