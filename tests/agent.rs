@@ -254,7 +254,11 @@ fn starting_and_unhealthy_replicas_are_left_out() {
         for (status, body) in &answers {
             *seen.entry((*status, body.chars().take(60).collect::<String>())).or_insert(0) += 1;
         }
-        panic!("only the healthy replica serves; answers (status, body start) → count: {seen:?}\n{}", agent.log());
+        let nginx_log = std::fs::read_to_string(agent.path("logs/hc.test.error.log")).unwrap_or_default();
+        panic!(
+            "only the healthy replica serves; answers (status, body start) → count: {seen:?}\n--- nginx's hc.test error log ---\n{nginx_log}\n{}",
+            agent.log()
+        );
     }
     assert_eq!(agent.get("slow.test", "/").0, 502, "a domain whose only replica is starting answers 502");
 }

@@ -151,6 +151,12 @@ impl Nginx {
             Nginx::Local(local) => {
                 // Not started yet: nginx reads the file when it starts.
                 let Some(pid) = local.child.as_ref().and_then(Child::id) else { return Ok(false) };
+                // A master that has no worker yet is still reading its config, and until then
+                // SIGHUP's default action ends it: wait for its first workers.
+                let started = tokio::time::Instant::now() + RELOAD_CONFIRM;
+                while worker_pids(pid).is_some_and(|w| w.is_empty()) && tokio::time::Instant::now() < started {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 let before = worker_pids(pid);
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
                     .map_err(|e| NginxError::Run { what: "kill -HUP nginx".into(), message: e.to_string() })?;
@@ -225,14 +231,16 @@ impl Nginx {
 }
 
 impl LocalNginx {
-    /// Starts `nginx -g 'daemon off;'` as a child.
+    /// Starts `nginx -g 'daemon off;'` as a child, in a process group of its own: its workers
+    /// outlive a master killed with SIGKILL (and keep serving the old config on its port), so a
+    /// forced stop kills the whole group ([`LocalNginx::stop`], and dropping a running one).
     pub fn start(&mut self) -> Result<(), NginxError> {
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.main_conf)
             .args(["-g", "daemon off;"])
             .stdin(Stdio::null())
-            .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .map_err(|e| NginxError::Run {
                 what: format!("{} -g 'daemon off;'", self.bin.display()),
@@ -249,9 +257,25 @@ impl LocalNginx {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGQUIT);
         }
         if tokio::time::timeout(grace, child.wait()).await.is_err() {
-            let _ = child.kill().await;
+            kill_group(child);
+            let _ = child.wait().await;
         }
         self.child = None;
+    }
+}
+
+impl Drop for LocalNginx {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            kill_group(child);
+        }
+    }
+}
+
+/// SIGKILL to a running child's process group: nginx's master and its workers.
+fn kill_group(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -282,8 +282,15 @@ impl Agent {
             let _ = child.wait();
         }
         // nginx may outlive a killed agent (or still be finishing a graceful stop): stop it
-        // through its pid file, which nginx removes when it exits.
-        self.signal_nginx(nginx_signal);
+        // through its pid file, which nginx removes when it exits; then its process group (the
+        // agent starts nginx in one of its own), so that no worker outlives the test.
+        let Some(pid) = self.nginx_pid_now() else { return };
+        unsafe_kill(pid, nginx_signal);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.nginx_pid_now() == Some(pid) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
     }
 }
 
