@@ -32,6 +32,8 @@ fn settings(local: bool) -> RenderSettings {
         nginx_version: NginxVersion(1, 27, 0),
         resolver: vec!["127.0.0.11".parse().unwrap()],
         error_logs_max: 1000,
+        ipv6: true,
+        real_ip: None,
     }
 }
 

@@ -13,6 +13,7 @@ use crate::certs::cloudflare::{CloudflareError, Credentials};
 use crate::certs::dns::{self, DnsError};
 use crate::certs::manager::CertManager;
 pub use crate::certs::manager::{AcmeConfig, Dns01};
+use crate::render::edge::RealIp;
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
 use crate::settings::{AcmeMode, Settings, StatusAddr};
 use crate::sources::StaticConfig;
@@ -103,6 +104,8 @@ impl Config {
             nginx_version: settings.nginx_version.unwrap_or_else(|| detect_nginx_version(&settings.nginx_bin)),
             resolver: if settings.resolver.is_empty() { system_resolvers() } else { settings.resolver.clone() },
             error_logs_max: settings.error_logs_max,
+            ipv6: settings.ipv6.resolve(),
+            real_ip: RealIp::from_settings(&settings.trusted_proxies, settings.real_ip_header.as_deref())?,
         };
         Ok(Config {
             mode,

@@ -9,6 +9,7 @@ use clap::{ArgAction, Args, ValueEnum};
 
 pub use crate::certs::dns::DnsCheck;
 use crate::certs::public_ip::PublicIpDetect;
+use crate::render::edge::Ipv6Mode;
 use crate::render::NginxVersion;
 use crate::secret::Secret;
 
@@ -66,6 +67,20 @@ pub struct Settings {
     /// error log is an open file in every nginx process, twice during a reload.
     #[arg(long, env = "ERROR_LOGS_MAX", global = true, default_value_t = 1000)]
     pub error_logs_max: usize,
+
+    /// Also listen on IPv6 (`[::]`): `auto` (when the kernel has IPv6), `on` or `off`.
+    #[arg(long, env = "IPV6", global = true, value_enum, default_value = "auto")]
+    pub ipv6: Ipv6Mode,
+
+    /// Peers whose client-address header nginx believes: `cloudflare` (the shipped list) and IPs
+    /// or CIDR ranges, comma-separated.
+    #[arg(long, env = "TRUSTED_PROXIES", global = true, default_value = "")]
+    pub trusted_proxies: String,
+
+    /// Where a trusted peer puts the client's address: a header (`X-Forwarded-For`,
+    /// `CF-Connecting-IP`) or `proxy_protocol`.
+    #[arg(long, env = "REAL_IP_HEADER", global = true)]
+    pub real_ip_header: Option<String>,
 
     /// Local mode: HTTP only, no certificates, no redirects.
     #[arg(long, env = "LOCAL", global = true, value_parser = boolish("LOCAL", "--local"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]

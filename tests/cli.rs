@@ -297,7 +297,7 @@ fn every_setting_is_documented_in_the_readme() {
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split_once('`').map(|(name, _)| name))
-        .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
         .collect();
     let command = smart_proxy::cli::Cli::command();
     let in_code: std::collections::BTreeSet<String> =

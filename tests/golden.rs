@@ -142,7 +142,7 @@ fn http2_directive_follows_the_nginx_version() {
     let old = render(NginxVersion(1, 22, 1));
     assert!(old.contains("listen 443 ssl http2;") && !old.contains("http2 on;"));
     let new = render(NginxVersion(1, 27, 3));
-    assert!(new.contains("listen 443 ssl;\n    http2 on;") && !new.contains("ssl http2"));
+    assert!(new.contains("listen 443 ssl;\n    listen [::]:443 ssl;\n    http2 on;") && !new.contains("ssl http2"));
 }
 
 #[test]

@@ -259,21 +259,27 @@ fn strip_prefix_removes_the_route_path_before_the_app() {
 
 /// nginx serving `table` (LOCAL mode, the built-in template) on a free loopback port, in its own
 /// sandbox (kept until nginx has stopped); stopped when dropped.
-struct Served {
+pub(crate) struct Served {
     _sandbox: NginxSandbox,
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Served {
     fn start(table: &RouteTable) -> Served {
+        Served::start_with(table, |_| {})
+    }
+
+    /// [`Served::start`] with the render settings changed by `adjust`.
+    pub(crate) fn start_with(table: &RouteTable, adjust: impl FnOnce(&mut RenderSettings)) -> Served {
         use std::os::unix::fs::PermissionsExt;
         let sandbox = NginxSandbox::new();
         // nginx's workers (nobody, when the tests run as root) write the access logs.
         std::fs::set_permissions(sandbox.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(sandbox.path("logs"), std::fs::Permissions::from_mode(0o777)).unwrap();
         let port = free_port();
-        let settings = RenderSettings { http_port: port, nginx_version: nginx_version(), ..sandbox.settings(true) };
+        let mut settings = RenderSettings { http_port: port, nginx_version: nginx_version(), ..sandbox.settings(true) };
+        adjust(&mut settings);
         let config = Renderer::builtin().render(table, &settings).expect("render");
         if let Err(e) = sandbox.test(&config) {
             panic!("nginx -t rejected the rendered config:\n{e}\n--- config ---\n{config}");
@@ -300,7 +306,7 @@ impl Served {
     }
 
     /// GET `path` with `Host: host`: the raw response (headers and body).
-    fn get(&self, host: &str, path: &str) -> String {
+    pub(crate) fn get(&self, host: &str, path: &str) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");

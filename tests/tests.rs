@@ -12,6 +12,7 @@ mod companion;
 mod compose;
 mod docker_faults;
 mod docker_labels;
+mod edge;
 mod golden;
 mod injection;
 mod labels_data;

@@ -14,6 +14,9 @@ use thiserror::Error;
 
 use crate::routes::{BackendState, Host, RouteTable};
 
+pub mod edge;
+use edge::RealIp;
+
 /// The template compiled into the binary.
 pub const BUILTIN_TEMPLATE: &str = include_str!("../../templates/nginx.conf.j2");
 const BUILTIN_NAME: &str = "nginx.conf.j2 (built in)";
@@ -129,6 +132,10 @@ pub struct RenderSettings {
     /// Per-domain error logs up to this many domains; above it, nginx's own error log only
     /// (every nginx process keeps each error log open, and a reload opens a second set).
     pub error_logs_max: usize,
+    /// Listen on `[::]` too.
+    pub ipv6: bool,
+    /// The client address behind trusted proxies.
+    pub real_ip: Option<RealIp>,
 }
 
 /// A loaded template, ready to render any number of tables.
@@ -190,9 +197,21 @@ struct Context<'a> {
     resolver: Option<String>,
     /// Some header value holds a `$`: the config defines `$smartproxy_dollar` as a literal `$`.
     dollar: bool,
+    /// The `listen` addresses of the HTTP servers (`80`, `[::]:80`; with ` proxy_protocol`).
+    listen_http: Vec<String>,
+    /// The same for HTTPS.
+    listen_https: Vec<String>,
+    /// `set_real_ip_from` ranges and the `real_ip_header`, when `TRUSTED_PROXIES` is set.
+    real_ip: Option<RealIpCtx>,
     hash: HashSizes,
     upstreams: Vec<UpstreamCtx>,
     sites: Vec<SiteCtx>,
+}
+
+#[derive(Serialize)]
+struct RealIpCtx {
+    trusted: Vec<String>,
+    header: String,
 }
 
 #[derive(Serialize)]
@@ -371,11 +390,29 @@ impl<'a> Context<'a> {
                     .chain(&l.policy.response_headers)
                     .any(|h| h.value.as_str().contains('$'))
             }),
+            listen_http: listen_addresses(settings, settings.http_port),
+            listen_https: listen_addresses(settings, settings.https_port),
+            real_ip: settings.real_ip.as_ref().map(|r| RealIpCtx {
+                trusted: r.trusted.iter().map(ToString::to_string).collect(),
+                header: r.header.to_string(),
+            }),
             hash: hash_sizes(table),
             upstreams,
             sites,
         }
     }
+}
+
+/// A server's `listen` addresses for `port`: IPv4 (nginx's `80` is `0.0.0.0:80`) and, with IPv6,
+/// `[::]:80` (IPv6 only: nginx sets `ipv6only`); each expecting the PROXY protocol header when
+/// that is where client addresses come from.
+fn listen_addresses(settings: &RenderSettings, port: u16) -> Vec<String> {
+    let suffix = if settings.real_ip.as_ref().is_some_and(RealIp::proxy_protocol) { " proxy_protocol" } else { "" };
+    let mut out = vec![format!("{port}{suffix}")];
+    if settings.ipv6 {
+        out.push(format!("[::]:{port}{suffix}"));
+    }
+    out
 }
 
 /// `server_names_hash_*` large enough for every name: a bucket must hold the longest name (plus
@@ -426,6 +463,8 @@ mod tests {
                     error_logs_max: 1000,
                     nginx_version: NginxVersion::ASSUMED,
                     resolver: vec![],
+                    ipv6: true,
+                    real_ip: None,
                 },
             )
             .unwrap_err();

@@ -88,6 +88,8 @@ impl NginxSandbox {
             nginx_version: NginxVersion(1, 22, 1),
             resolver: vec!["127.0.0.11".parse().unwrap()],
             error_logs_max: 1000,
+            ipv6: true,
+            real_ip: None,
         }
     }
 

@@ -1,0 +1,180 @@
+//! How nginx meets clients, agent-wide: IPv6 listening (`IPV6`) and the real client address
+//! behind trusted proxies (`TRUSTED_PROXIES`, `REAL_IP_HEADER`).
+
+use std::fmt;
+use std::path::Path;
+
+use crate::routes::policy::{Direction, HeaderName};
+use crate::routes::Cidr;
+
+use super::RenderError;
+
+/// Cloudflare's published edge ranges (https://www.cloudflare.com/ips/, as of [`CLOUDFLARE_IPS_DATE`]),
+/// what `TRUSTED_PROXIES=cloudflare` means.
+pub const CLOUDFLARE_IPS: &[&str] = &[
+    "173.245.48.0/20",
+    "103.21.244.0/22",
+    "103.22.200.0/22",
+    "103.31.4.0/22",
+    "141.101.64.0/18",
+    "108.162.192.0/18",
+    "190.93.240.0/20",
+    "188.114.96.0/20",
+    "197.234.240.0/22",
+    "198.41.128.0/17",
+    "162.158.0.0/15",
+    "104.16.0.0/13",
+    "104.24.0.0/14",
+    "172.64.0.0/13",
+    "131.0.72.0/22",
+    "2400:cb00::/32",
+    "2606:4700::/32",
+    "2803:f800::/32",
+    "2405:b500::/32",
+    "2405:8100::/32",
+    "2a06:98c0::/29",
+    "2c0f:f248::/32",
+];
+
+/// When [`CLOUDFLARE_IPS`] was taken from Cloudflare's list.
+pub const CLOUDFLARE_IPS_DATE: &str = "2024-09";
+
+/// `IPV6`: whether nginx also listens on `[::]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ipv6Mode {
+    /// On when the kernel has IPv6 (`/proc/net/if_inet6` exists); nginx fails to start on a
+    /// `[::]` listener of a kernel booted without it.
+    Auto,
+    On,
+    Off,
+}
+
+impl Ipv6Mode {
+    /// Whether to listen on `[::]`. The kernel is the host's, shared by the agent's container and
+    /// a companion nginx container, so asking here answers for both.
+    pub fn resolve(self) -> bool {
+        match self {
+            Ipv6Mode::On => true,
+            Ipv6Mode::Off => false,
+            Ipv6Mode::Auto => kernel_has_ipv6(Path::new("/proc/net/if_inet6")),
+        }
+    }
+}
+
+/// The IPv6 stack's interface list exists (even when every interface has IPv6 disabled by
+/// sysctl, as in Docker containers, where listening on `[::]` still works).
+fn kernel_has_ipv6(if_inet6: &Path) -> bool {
+    if_inet6.exists()
+}
+
+/// Where the client's address comes from when the peer is a trusted proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RealIpHeader {
+    Header(HeaderName),
+    /// The PROXY protocol header: every listener expects it.
+    ProxyProtocol,
+}
+
+impl RealIpHeader {
+    pub fn parse(input: &str) -> Result<RealIpHeader, RenderError> {
+        let text = input.trim();
+        if text.eq_ignore_ascii_case("proxy_protocol") {
+            return Ok(RealIpHeader::ProxyProtocol);
+        }
+        HeaderName::parse(text, Direction::Response).map(RealIpHeader::Header).map_err(|e| RenderError::Setting {
+            setting: "REAL_IP_HEADER",
+            value: text.to_string(),
+            reason: format!("{e}; or proxy_protocol"),
+        })
+    }
+}
+
+impl fmt::Display for RealIpHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RealIpHeader::Header(name) => f.write_str(name.as_str()),
+            RealIpHeader::ProxyProtocol => f.write_str("proxy_protocol"),
+        }
+    }
+}
+
+/// nginx's realip setup: the client address of a request from one of `trusted` is read from
+/// `header` (the right-most address not itself trusted), so `allow`, rate limits, logs and the
+/// app's `X-Real-IP` see the client; from any other peer, the header is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealIp {
+    pub trusted: Vec<Cidr>,
+    pub header: RealIpHeader,
+}
+
+impl RealIp {
+    /// `TRUSTED_PROXIES` (comma list of `cloudflare`, IPs and CIDR ranges; empty: none) with
+    /// `REAL_IP_HEADER` (default `X-Forwarded-For`; `CF-Connecting-IP` when the list is only
+    /// `cloudflare`).
+    pub fn from_settings(trusted: &str, header: Option<&str>) -> Result<Option<RealIp>, RenderError> {
+        let mut cidrs = Vec::new();
+        let mut cloudflare_only = true;
+        for entry in trusted.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if entry.eq_ignore_ascii_case("cloudflare") {
+                cidrs.extend(CLOUDFLARE_IPS.iter().map(|c| Cidr::parse(c).expect("a valid shipped range")));
+                continue;
+            }
+            cloudflare_only = false;
+            cidrs.push(Cidr::parse(entry).map_err(|_| RenderError::Setting {
+                setting: "TRUSTED_PROXIES",
+                value: trusted.to_string(),
+                reason: format!("{entry:?} is neither an IP, a CIDR range nor cloudflare"),
+            })?);
+        }
+        let header = header.map(str::trim).filter(|h| !h.is_empty());
+        if cidrs.is_empty() {
+            return match header {
+                Some(h) => Err(RenderError::Setting {
+                    setting: "REAL_IP_HEADER",
+                    value: h.to_string(),
+                    reason: "it needs TRUSTED_PROXIES: the header is believed only from those peers".into(),
+                }),
+                None => Ok(None),
+            };
+        }
+        cidrs.sort();
+        cidrs.dedup();
+        let default = if cloudflare_only { "CF-Connecting-IP" } else { "X-Forwarded-For" };
+        Ok(Some(RealIp { trusted: cidrs, header: RealIpHeader::parse(header.unwrap_or(default))? }))
+    }
+
+    pub fn proxy_protocol(&self) -> bool {
+        self.header == RealIpHeader::ProxyProtocol
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_and_their_header() {
+        assert_eq!(RealIp::from_settings("", None).unwrap(), None);
+        let cf = RealIp::from_settings("cloudflare", None).unwrap().unwrap();
+        assert_eq!(cf.trusted.len(), CLOUDFLARE_IPS.len());
+        assert_eq!(cf.header.to_string(), "CF-Connecting-IP");
+        let mixed = RealIp::from_settings(" 10.0.0.0/8, cloudflare,192.168.1.7 ", None).unwrap().unwrap();
+        assert_eq!(mixed.trusted.len(), CLOUDFLARE_IPS.len() + 2);
+        assert_eq!(mixed.header.to_string(), "X-Forwarded-For");
+        let pp = RealIp::from_settings("10.0.0.1", Some("PROXY_PROTOCOL")).unwrap().unwrap();
+        assert!(pp.proxy_protocol());
+
+        let e = RealIp::from_settings("10.0.0.0/8,cludflare", None).unwrap_err().to_string();
+        assert!(e.contains("TRUSTED_PROXIES") && e.contains("\"cludflare\" is neither"), "{e}");
+        let e = RealIp::from_settings("", Some("X-Forwarded-For")).unwrap_err().to_string();
+        assert!(e.contains("needs TRUSTED_PROXIES"), "{e}");
+        let e = RealIp::from_settings("10.0.0.1", Some("X-Real-IP; deny all")).unwrap_err().to_string();
+        assert!(e.contains("REAL_IP_HEADER") && e.contains("proxy_protocol"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_follows_the_kernel() {
+        assert!(!kernel_has_ipv6(Path::new("/nonexistent/if_inet6")));
+        assert!(Ipv6Mode::On.resolve() && !Ipv6Mode::Off.resolve());
+    }
+}

@@ -1,0 +1,127 @@
+//! How nginx meets clients, through the real nginx: the client address behind trusted proxies
+//! (`TRUSTED_PROXIES`, `REAL_IP_HEADER`, the PROXY protocol) and IPv6 listening (`IPV6`).
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use smart_proxy::render::edge::RealIp;
+use smart_proxy::routes::RouteTable;
+
+use crate::policies::Served;
+use crate::support::container;
+use crate::support::label_table;
+use crate::support::stub_http::StubHttp;
+
+/// An app on loopback answering with the client address nginx gave it (`X-Real-IP`) and the
+/// `X-Forwarded-For` it got.
+fn app() -> StubHttp {
+    StubHttp::start(0, |request| {
+        Some(format!(
+            "real={} xff={}",
+            request.header("x-real-ip").unwrap_or("-"),
+            request.header("x-forwarded-for").unwrap_or("-")
+        ))
+    })
+}
+
+/// Routes `ip.test` to the app, and `vpn.test` to it only for 203.0.113.0/24.
+fn table(app: &StubHttp) -> RouteTable {
+    let port = app.port().to_string();
+    let c = container(
+        "app",
+        [127, 0, 0, 1],
+        &[
+            ("smart-proxy.domains", "ip.test"),
+            ("smart-proxy.port", &port),
+            ("smart-proxy.vpn.domains", "vpn.test"),
+            ("smart-proxy.vpn.allow", "203.0.113.0/24"),
+        ],
+    );
+    let table = label_table(&[c]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    table
+}
+
+/// Sends `prefix` (a PROXY protocol line, or nothing) and a GET with `headers` to 127.0.0.1:port;
+/// returns the status and the body.
+fn request(port: u16, prefix: &str, host: &str, headers: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let text = format!("{prefix}GET / HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+fn served(app: &StubHttp, trusted: &str, header: Option<&str>) -> Served {
+    let real_ip = RealIp::from_settings(trusted, header).unwrap();
+    Served::start_with(&table(app), |s| s.real_ip = real_ip)
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let app = app();
+    let spoof = "X-Forwarded-For: 198.51.100.1, 203.0.113.9\r\n";
+
+    // Nobody trusted (the default): the header is the client's word, the address is the peer's.
+    let nginx = served(&app, "", None);
+    assert_eq!(request(nginx.port, "", "ip.test", spoof).1, "real=127.0.0.1 xff=198.51.100.1, 203.0.113.9, 127.0.0.1");
+    assert_eq!(request(nginx.port, "", "vpn.test", spoof).0, 403, "allow sees the peer, not the header");
+    drop(nginx);
+
+    // Another network trusted: loopback is not, so its header is ignored.
+    let nginx = served(&app, "10.0.0.0/8,cloudflare", None);
+    assert_eq!(request(nginx.port, "", "ip.test", spoof).1.split(' ').next(), Some("real=127.0.0.1"));
+    assert_eq!(request(nginx.port, "", "vpn.test", spoof).0, 403);
+    drop(nginx);
+
+    // Loopback trusted: the right-most untrusted address is the client, for the app and `allow`.
+    let nginx = served(&app, "127.0.0.1", None);
+    assert_eq!(request(nginx.port, "", "ip.test", spoof).1.split(' ').next(), Some("real=203.0.113.9"));
+    assert_eq!(request(nginx.port, "", "vpn.test", spoof).0, 200, "allow sees the client");
+    assert_eq!(request(nginx.port, "", "vpn.test", "").0, 403, "no header: the peer's own address");
+}
+
+#[test]
+fn another_header_or_the_proxy_protocol_carries_the_client() {
+    let app = app();
+    let nginx = served(&app, "127.0.0.0/8", Some("CF-Connecting-IP"));
+    let (_, body) =
+        request(nginx.port, "", "ip.test", "CF-Connecting-IP: 203.0.113.7\r\nX-Forwarded-For: 10.1.1.1\r\n");
+    assert!(body.starts_with("real=203.0.113.7 "), "{body}");
+    drop(nginx);
+
+    let nginx = served(&app, "127.0.0.1", Some("proxy_protocol"));
+    let proxy_line = "PROXY TCP4 203.0.113.8 127.0.0.1 51000 80\r\n";
+    let (status, body) = request(nginx.port, proxy_line, "vpn.test", "X-Forwarded-For: 10.9.9.9\r\n");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("real=203.0.113.8 "), "the PROXY header's source, not X-Forwarded-For: {body}");
+    assert_eq!(request(nginx.port, "", "ip.test", "").0, 0, "a listener expecting the PROXY protocol drops plain HTTP");
+}
+
+#[test]
+fn nginx_listens_on_ipv6_unless_turned_off() {
+    if !std::path::Path::new("/proc/net/if_inet6").exists() {
+        panic!("this host's kernel has no IPv6: the test needs ::1");
+    }
+    let app = app();
+    let v6 = |port: u16| {
+        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map(|mut s| {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: ip.test\r\nConnection: close\r\n\r\n").unwrap();
+            let mut response = String::new();
+            let _ = s.read_to_string(&mut response);
+            response
+        })
+    };
+    let nginx = Served::start_with(&table(&app), |s| s.ipv6 = true);
+    let response = v6(nginx.port).expect("nginx answers on [::1]");
+    assert!(response.starts_with("HTTP/1.1 200") && response.contains("real=::1"), "{response}");
+    drop(nginx);
+
+    let nginx = Served::start_with(&table(&app), |s| s.ipv6 = false);
+    assert!(v6(nginx.port).is_err(), "IPV6=off: nothing listens on [::1]");
+}
