@@ -34,6 +34,7 @@ fn settings(local: bool) -> RenderSettings {
         error_logs_max: 1000,
         ipv6: true,
         real_ip: None,
+        error_pages: Default::default(),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::certs::cloudflare::{CloudflareError, Credentials};
 use crate::certs::dns::{self, DnsError};
 use crate::certs::manager::CertManager;
 pub use crate::certs::manager::{AcmeConfig, Dns01};
-use crate::render::edge::RealIp;
+use crate::render::edge::{ErrorPages, RealIp};
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
 use crate::settings::{AcmeMode, Settings, StatusAddr};
 use crate::sources::StaticConfig;
@@ -106,6 +106,7 @@ impl Config {
             error_logs_max: settings.error_logs_max,
             ipv6: settings.ipv6.resolve(),
             real_ip: RealIp::from_settings(&settings.trusted_proxies, settings.real_ip_header.as_deref())?,
+            error_pages: ErrorPages::from_dir(settings.error_pages_dir.as_deref())?,
         };
         Ok(Config {
             mode,

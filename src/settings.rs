@@ -68,6 +68,10 @@ pub struct Settings {
     #[arg(long, env = "ERROR_LOGS_MAX", global = true, default_value_t = 1000)]
     pub error_logs_max: usize,
 
+    /// Branded error pages: `404.html`, `429.html`, `502.html`, `503.html`, `504.html`.
+    #[arg(long, env = "ERROR_PAGES_DIR", global = true)]
+    pub error_pages_dir: Option<PathBuf>,
+
     /// Also listen on IPv6 (`[::]`): `auto` (when the kernel has IPv6), `on` or `off`.
     #[arg(long, env = "IPV6", global = true, value_enum, default_value = "auto")]
     pub ipv6: Ipv6Mode,

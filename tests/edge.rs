@@ -125,3 +125,58 @@ fn nginx_listens_on_ipv6_unless_turned_off() {
     let nginx = Served::start_with(&table(&app), |s| s.ipv6 = false);
     assert!(v6(nginx.port).is_err(), "IPV6=off: nothing listens on [::1]");
 }
+
+#[test]
+fn nginx_errors_get_the_proxy_pages_unless_a_route_turns_them_off() {
+    let dead = crate::support::free_port().to_string();
+    let c = container(
+        "down",
+        [127, 0, 0, 1],
+        &[
+            ("smart-proxy.domains", "down.test"),
+            ("smart-proxy.port", &dead),
+            ("smart-proxy.path", "/app/"),
+            ("smart-proxy.own.domains", "own.test"),
+            ("smart-proxy.own.path", "/"),
+            ("smart-proxy.own.error-pages", "off"),
+        ],
+    );
+    let table = label_table(&[c]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let get = |port: u16, host: &str, path: &str| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let text = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(text.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    };
+
+    // Built in: plain text naming the domain, with nginx's status.
+    let nginx = Served::start_with(&table, |_| {});
+    assert_eq!(request(nginx.port, "", "down.test", ""), (404, "down.test has no page at this address\n".into()));
+    let down = get(nginx.port, "down.test", "/app/x");
+    assert!(down.starts_with("HTTP/1.1 502") && down.ends_with("\r\n\r\ndown.test is starting or down\n"), "{down}");
+    let own = get(nginx.port, "own.test", "/");
+    assert!(own.starts_with("HTTP/1.1 502") && own.contains("<h1>502 Bad Gateway</h1>"), "error-pages=off: {own}");
+    drop(nginx);
+
+    // Branded pages from ERROR_PAGES_DIR (read by nginx's workers); a code without a file keeps
+    // the built-in text.
+    use std::os::unix::fs::PermissionsExt;
+    let pages = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(pages.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(pages.path().join("502.html"), "<h1>We'll be right back</h1>\n").unwrap();
+    let error_pages = smart_proxy::render::edge::ErrorPages::from_dir(Some(pages.path())).unwrap();
+    let nginx = Served::start_with(&table, |s| s.error_pages = error_pages);
+    let branded = get(nginx.port, "down.test", "/app/x");
+    assert!(branded.starts_with("HTTP/1.1 502") && branded.contains("Content-Type: text/html"), "{branded}");
+    assert!(branded.ends_with("\r\n\r\n<h1>We'll be right back</h1>\n"), "{branded}");
+    assert_eq!(request(nginx.port, "", "down.test", ""), (404, "down.test has no page at this address\n".into()));
+    assert!(get(nginx.port, "own.test", "/").contains("<h1>502 Bad Gateway</h1>"));
+    assert_eq!(
+        get(nginx.port, "down.test", "/.smartproxy-error/502.html").split(' ').nth(1),
+        Some("404"),
+        "internal only"
+    );
+}

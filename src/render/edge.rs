@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::routes::policy::{Direction, HeaderName};
 use crate::routes::Cidr;
 
-use super::RenderError;
+use super::{ConfigPath, RenderError};
 
 /// Cloudflare's published edge ranges (https://www.cloudflare.com/ips/, as of [`CLOUDFLARE_IPS_DATE`]),
 /// what `TRUSTED_PROXIES=cloudflare` means.
@@ -148,6 +148,52 @@ impl RealIp {
     }
 }
 
+/// The status codes the proxy has its own page for: the errors nginx answers itself (no app:
+/// 502/504, no service: 503, a rate limit: 429, no route for the path: 404).
+pub const ERROR_CODES: [u16; 5] = [404, 429, 502, 503, 504];
+
+/// `ERROR_PAGES_DIR`: branded pages `<code>.html` for [`ERROR_CODES`]; a code without a file gets
+/// the built-in plain text naming the domain. nginx reads the files itself (in the companion
+/// setup the directory is mounted in both containers at the same path).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorPages {
+    pub dir: Option<ConfigPath>,
+    /// The codes with a file in `dir`.
+    pub files: Vec<u16>,
+}
+
+impl ErrorPages {
+    /// Reads which pages `dir` holds; a missing or unreadable directory, or a page that cannot be
+    /// read, is an error naming it.
+    pub fn from_dir(dir: Option<&Path>) -> Result<ErrorPages, RenderError> {
+        let Some(dir) = dir else { return Ok(ErrorPages::default()) };
+        let path = ConfigPath::parse("ERROR_PAGES_DIR", dir)?;
+        let bad = |reason: String| RenderError::Setting {
+            setting: "ERROR_PAGES_DIR",
+            value: dir.display().to_string(),
+            reason,
+        };
+        if !dir.is_dir() {
+            return Err(bad(
+                "it is not a directory (in the companion setup, mount it in both containers at this path)".into(),
+            ));
+        }
+        let mut files = Vec::new();
+        for code in ERROR_CODES {
+            let file = dir.join(format!("{code}.html"));
+            match std::fs::File::open(&file) {
+                Ok(_) => files.push(code),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(bad(format!("cannot read {}: {e}", file.display()))),
+            }
+        }
+        if files.is_empty() {
+            return Err(bad(format!("it holds none of {}", ERROR_CODES.map(|c| format!("{c}.html")).join(", "))));
+        }
+        Ok(ErrorPages { dir: Some(path), files })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +216,21 @@ mod tests {
         assert!(e.contains("needs TRUSTED_PROXIES"), "{e}");
         let e = RealIp::from_settings("10.0.0.1", Some("X-Real-IP; deny all")).unwrap_err().to_string();
         assert!(e.contains("REAL_IP_HEADER") && e.contains("proxy_protocol"), "{e}");
+    }
+
+    #[test]
+    fn error_pages_come_from_files_named_by_code() {
+        assert_eq!(ErrorPages::from_dir(None).unwrap(), ErrorPages::default());
+        let dir = tempfile::tempdir().unwrap();
+        let e = ErrorPages::from_dir(Some(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("ERROR_PAGES_DIR") && e.contains("none of 404.html, 429.html"), "{e}");
+        for name in ["502.html", "504.html", "500.html", "index.html"] {
+            std::fs::write(dir.path().join(name), "<h1>down</h1>").unwrap();
+        }
+        let pages = ErrorPages::from_dir(Some(dir.path())).unwrap();
+        assert_eq!(pages.files, vec![502, 504]);
+        let e = ErrorPages::from_dir(Some(&dir.path().join("missing"))).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
     }
 
     #[test]

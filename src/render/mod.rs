@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::routes::{BackendState, Host, RouteTable};
 
 pub mod edge;
-use edge::RealIp;
+use edge::{ErrorPages, RealIp, ERROR_CODES};
 
 /// The template compiled into the binary.
 pub const BUILTIN_TEMPLATE: &str = include_str!("../../templates/nginx.conf.j2");
@@ -136,6 +136,8 @@ pub struct RenderSettings {
     pub ipv6: bool,
     /// The client address behind trusted proxies.
     pub real_ip: Option<RealIp>,
+    /// The proxy's pages for the errors nginx answers itself.
+    pub error_pages: ErrorPages,
 }
 
 /// A loaded template, ready to render any number of tables.
@@ -203,9 +205,19 @@ struct Context<'a> {
     listen_https: Vec<String>,
     /// `set_real_ip_from` ranges and the `real_ip_header`, when `TRUSTED_PROXIES` is set.
     real_ip: Option<RealIpCtx>,
+    error_pages: ErrorPagesCtx,
     hash: HashSizes,
     upstreams: Vec<UpstreamCtx>,
     sites: Vec<SiteCtx>,
+}
+
+#[derive(Serialize)]
+struct ErrorPagesCtx {
+    /// `ERROR_PAGES_DIR`, when set.
+    dir: Option<String>,
+    /// The codes served from `dir` (`502 504`), and those answered by the built-in text.
+    files: String,
+    builtin: String,
 }
 
 #[derive(Serialize)]
@@ -274,6 +286,8 @@ struct PolicyCtx {
     /// Some response header is added: nginx then drops the server's `add_header`s in this
     /// location, so the template repeats HSTS here.
     adds_headers: bool,
+    /// False with `error-pages=off`: nginx's own pages.
+    error_pages: bool,
 }
 
 #[derive(Serialize)]
@@ -295,6 +309,7 @@ impl PolicyCtx {
             request_headers: policy.request_headers.iter().map(HeaderCtx::of).collect(),
             response_headers: policy.response_headers.iter().map(HeaderCtx::of).collect(),
             adds_headers: policy.response_headers.iter().any(|h| !h.value.as_str().is_empty()),
+            error_pages: policy.error_pages.unwrap_or(true),
         }
     }
 }
@@ -396,6 +411,18 @@ impl<'a> Context<'a> {
                 trusted: r.trusted.iter().map(ToString::to_string).collect(),
                 header: r.header.to_string(),
             }),
+            error_pages: {
+                let pages = &settings.error_pages;
+                let codes = |file: bool| {
+                    let codes = ERROR_CODES.iter().filter(|c| pages.files.contains(c) == file);
+                    codes.map(ToString::to_string).collect::<Vec<_>>().join(" ")
+                };
+                ErrorPagesCtx {
+                    dir: pages.dir.as_ref().map(|d| d.0.clone()),
+                    files: codes(true),
+                    builtin: codes(false),
+                }
+            },
             hash: hash_sizes(table),
             upstreams,
             sites,
@@ -465,6 +492,7 @@ mod tests {
                     resolver: vec![],
                     ipv6: true,
                     real_ip: None,
+                    error_pages: ErrorPages::default(),
                 },
             )
             .unwrap_err();

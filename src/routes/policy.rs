@@ -443,6 +443,9 @@ pub struct Policy {
     /// Sent to the client (`add_header … always`; an empty value hides the app's), by name.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub response_headers: Vec<Header>,
+    /// `error-pages`: false leaves nginx's own pages for the errors nginx itself answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_pages: Option<bool>,
 }
 
 impl Policy {
@@ -464,6 +467,9 @@ impl Policy {
         }
         if let Some(on) = self.strip_prefix {
             parts.push(format!("strip-prefix={on}"));
+        }
+        if let Some(on) = self.error_pages {
+            parts.push(format!("error-pages={}", if on { "on" } else { "off" }));
         }
         for (direction, headers) in [("request", &self.request_headers), ("response", &self.response_headers)] {
             for h in headers {

@@ -163,6 +163,12 @@ const DOMAIN_FIELDS: &[Field] = &[
         doc: "`off` streams requests and responses (SSE, large uploads); on when absent",
     },
     Field {
+        name: "error-pages",
+        kind: FieldKind::OnOff,
+        required: false,
+        doc: "`off` leaves nginx's own pages for the errors the proxy answers itself (502, 503, 504, 429, 404); on when absent",
+    },
+    Field {
         name: "hsts",
         kind: FieldKind::Hsts,
         required: false,
@@ -414,7 +420,8 @@ impl FileReader {
         Ok(())
     }
 
-    /// The policy fields of a domain entry (`max-body`, `timeout`, `buffering`, `health`).
+    /// The policy fields of a domain entry (`max-body`, `timeout`, `buffering`, `error-pages`,
+    /// `health`).
     fn policy(&self, entry: &Map<String, Value>, field: &str) -> Result<(Option<Health>, Policy), Diagnostic> {
         let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
         let max_body = match entry.get("max-body") {
@@ -424,18 +431,22 @@ impl FileReader {
             }
         };
         let timeout = self.string(entry, field, "timeout")?.map(Timeout::parse).transpose();
-        let buffering = match entry.get("buffering") {
-            Some(Value::Bool(on)) => Some(*on),
-            _ => self
-                .string(entry, field, "buffering")?
-                .map(parse_on_off)
-                .transpose()
-                .map_err(|e| fail("buffering", &e))?,
+        let on_off = |name: &str| match entry.get(name) {
+            Some(Value::Bool(on)) => Ok(Some(*on)),
+            _ => self.string(entry, field, name)?.map(parse_on_off).transpose().map_err(|e| fail(name, &e)),
         };
+        let buffering = on_off("buffering")?;
+        let error_pages = on_off("error-pages")?;
         let health = self.string(entry, field, "health")?.map(Health::parse).transpose();
         Ok((
             health.map_err(|e| fail("health", &e))?,
-            Policy { max_body, timeout: timeout.map_err(|e| fail("timeout", &e))?, buffering, ..Policy::default() },
+            Policy {
+                max_body,
+                timeout: timeout.map_err(|e| fail("timeout", &e))?,
+                buffering,
+                error_pages,
+                ..Policy::default()
+            },
         ))
     }
 }

@@ -229,6 +229,13 @@ pub const KEYS: &[LabelKey] = &[
         "off",
     ),
     route(
+        "error-pages",
+        ValueKind::OnOff,
+        "`off` leaves nginx's own pages for the errors the proxy answers itself (502, 503, 504, 429, 404) instead of the proxy's pages (`ERROR_PAGES_DIR`, or a plain text naming the domain)",
+        "`on`",
+        "off",
+    ),
+    route(
         "lb",
         ValueKind::Balance,
         "how the service's replicas share requests: `round-robin`, `least-conn` (the one with the fewest open requests), `ip-hash` (a client stays on one replica), `random`; one per service",

@@ -264,6 +264,7 @@ fn route(
         timeout: values.take("timeout", |v| if let Value::Timeout(t) = v { Some(t) } else { None }),
         buffering: values.take("buffering", |v| if let Value::OnOff(on) = v { Some(on) } else { None }),
         strip_prefix: values.take("strip-prefix", |v| if let Value::OnOff(on) = v { Some(on) } else { None }),
+        error_pages: values.take("error-pages", |v| if let Value::OnOff(on) = v { Some(on) } else { None }),
         request_headers,
         response_headers,
     };

@@ -90,6 +90,7 @@ impl NginxSandbox {
             error_logs_max: 1000,
             ipv6: true,
             real_ip: None,
+            error_pages: Default::default(),
         }
     }
 
