@@ -145,23 +145,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-async fn gather_and_warn(config: &Config) -> pipeline::Gathered {
-    let gathered = pipeline::gather(config).await;
+/// The table as the agent builds it (without what the template cannot render).
+async fn gather_and_warn(config: &Config) -> anyhow::Result<pipeline::Gathered> {
+    let renderer = Renderer::for_template(config.template.as_deref())?;
+    let mut gathered = pipeline::gather(config).await;
+    gathered.table = renderer.fit(gathered.table);
     if let Some(e) = &gathered.docker_unavailable {
         tracing::warn!("{e}; container labels were not read, showing env/file routes only");
     }
     if let Some(e) = &gathered.nginx_unknown {
         tracing::warn!("{e}; nginx's networks are unknown, so container addresses are chosen without them");
     }
-    gathered
+    Ok(gathered)
 }
 
 async fn dry_run(config: &Config, output: Option<&std::path::Path>) -> anyhow::Result<u8> {
-    let renderer = match &config.template {
-        Some(path) => Renderer::from_file(path)?,
-        None => Renderer::builtin(),
-    };
-    let gathered = gather_and_warn(config).await;
+    let renderer = Renderer::for_template(config.template.as_deref())?;
+    let gathered = gather_and_warn(config).await?;
     let table = &gathered.table;
     let rendered = renderer.render(table, &config.render)?;
     match output {
@@ -205,7 +205,7 @@ async fn dry_run(config: &Config, output: Option<&std::path::Path>) -> anyhow::R
 }
 
 async fn check(config: &Config, format: Format) -> anyhow::Result<u8> {
-    let gathered = gather_and_warn(config).await;
+    let gathered = gather_and_warn(config).await?;
     let table = &gathered.table;
     let missing = if config.serves_tls() { placeholder::missing(&config.certs_dir, table) } else { Vec::new() };
     let report = Report::new(table, config.mode.is_local(), &missing).explaining_labels(&config.label_prefix);
@@ -244,7 +244,7 @@ async fn shutdown_signal() {
 
 async fn certs_list(config: &Config, format: Format) -> anyhow::Result<u8> {
     use crate::certs::store::{status_table, CertStore};
-    let gathered = gather_and_warn(config).await;
+    let gathered = gather_and_warn(config).await?;
     let domains = if config.serves_tls() { gathered.table.tls_domains() } else { Vec::new() };
     let rows = CertStore::new(&config.certs_dir).status(&domains, config.renew_days, time::OffsetDateTime::now_utc());
     let text = match format {
@@ -260,7 +260,7 @@ async fn certs_renew(config: &Config, force: bool, names: &[String]) -> anyhow::
         anyhow::bail!("certificates are off: set ACME_EMAIL (or ACME=on), and do not set LOCAL");
     };
     let domains: Vec<crate::routes::DomainName> = if names.is_empty() {
-        gather_and_warn(config).await.table.tls_domains()
+        gather_and_warn(config).await?.table.tls_domains()
     } else {
         names
             .iter()

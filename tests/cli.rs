@@ -257,6 +257,46 @@ fn template_errors_name_file_and_line() {
 }
 
 #[test]
+fn a_setting_an_older_template_cannot_render_leaves_out_its_domain_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // The built-in template as it was before `max-body`: it never reads `max_body`.
+    let block = "{% if p.max_body %}\n        client_max_body_size {{ p.max_body }};\n{% endif %}\n";
+    assert!(smart_proxy::render::BUILTIN_TEMPLATE.contains(block));
+    let old = smart_proxy::render::BUILTIN_TEMPLATE.replace(block, "");
+    let template = dir.path().join("old.j2");
+    std::fs::write(&template, &old).unwrap();
+    let file = dir.path().join("routes.json");
+    let json = r#"{"domains":[{"name":"big.com","service":"app","max-body":"10g"},{"name":"small.com","service":"app"}],
+        "services":[{"name":"app","host":"10.0.0.5","port":80}]}"#;
+    std::fs::write(&file, json).unwrap();
+    let out = cmd(&[("LOCAL", "true")])
+        .arg("--dry-run")
+        .arg("--config-file")
+        .arg(&file)
+        .env("NGINX_TEMPLATE", &template)
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            "error: file {}, domains[0]: max-body is set, but the template {} never uses `max_body` to render it, so big.com is left out",
+            file.display(),
+            template.display()
+        )))
+        .get_output()
+        .stdout
+        .clone();
+    let config = String::from_utf8(out).unwrap();
+    assert!(config.contains("server_name small.com;") && !config.contains("big.com"), "{config}");
+    // The built-in template renders it.
+    cmd(&[("LOCAL", "true")])
+        .arg("--dry-run")
+        .arg("--config-file")
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(contains("client_max_body_size 10g;"));
+}
+
+#[test]
 fn unsafe_settings_are_refused() {
     dry_run(&[("DOMAINS", "a.com"), ("CERTS_DIR", "/etc/le;ssl")])
         .code(1)

@@ -135,10 +135,7 @@ const APPLY_RETRY_FIRST: Duration = Duration::from_secs(1);
 const APPLY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 fn load_renderer(config: &Config) -> anyhow::Result<Renderer> {
-    Ok(match &config.template {
-        Some(path) => Renderer::from_file(path)?,
-        None => Renderer::builtin(),
-    })
+    Ok(Renderer::for_template(config.template.as_deref())?)
 }
 
 struct Controller {
@@ -344,12 +341,12 @@ impl Controller {
     /// The whole table from the cache and the static sources.
     fn table(&mut self) -> RouteTable {
         let containers: Vec<Container> = self.store.containers().cloned().collect();
-        pipeline::build(
+        self.renderer.fit(pipeline::build(
             self.config.docker.then_some(&containers[..]),
             self.nginx.as_ref().map(|n| n.networks.clone()),
             self.statics.load(&self.config.statics),
             &self.config.label_prefix,
-        )
+        ))
     }
 
     /// Brings the container cache and nginx's state up to date; false when no config may be

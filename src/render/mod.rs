@@ -144,6 +144,52 @@ pub struct RenderSettings {
 pub struct Renderer {
     env: Environment<'static>,
     name: String,
+    /// A custom template's source, to tell which context fields it uses ([`Renderer::fit`]).
+    custom: Option<String>,
+}
+
+/// What each route setting needs from a template: the label or JSON key, and the context field
+/// (as the built-in template spells its use) a template must mention to render it.
+const FIELDS: &[(&str, &str)] = &[
+    ("max-body", ".max_body"),
+    ("timeout", ".timeout"),
+    ("buffering", ".buffering"),
+    ("strip-prefix", ".strip_regex"),
+    ("headers.request.<Name>", ".request_headers"),
+    ("headers.response.<Name>", ".response_headers"),
+    ("health", ".health"),
+    ("hsts", ".hsts"),
+    ("lb", ".method"),
+];
+
+/// The keys a location's or a site's settings use that render through a template field (default
+/// values need none: a template written before the field renders them as before).
+fn keys_used(site: &crate::routes::Site, table: &RouteTable) -> Vec<(&'static str, crate::routes::Origin)> {
+    let mut used = Vec::new();
+    let first = site.locations.first().map(|l| l.origin.clone());
+    if site.health != crate::routes::Health::default() {
+        used.extend(first.clone().map(|o| ("health", o)));
+    }
+    if site.hsts != crate::routes::policy::Hsts::default() {
+        used.extend(first.map(|o| ("hsts", o)));
+    }
+    for l in &site.locations {
+        let p = &l.policy;
+        let mut add = |on: bool, key: &'static str| {
+            if on {
+                used.push((key, l.origin.clone()));
+            }
+        };
+        add(p.max_body.is_some(), "max-body");
+        add(p.timeout.is_some(), "timeout");
+        add(p.buffering == Some(false), "buffering");
+        add(p.strip_prefix == Some(true), "strip-prefix");
+        add(!p.request_headers.is_empty(), "headers.request.<Name>");
+        add(!p.response_headers.is_empty(), "headers.response.<Name>");
+        let upstream = l.upstream.as_deref().and_then(|id| table.upstreams.iter().find(|u| u.id == id));
+        add(upstream.is_some_and(|u| u.balance.directive().is_some()), "lb");
+    }
+    used
 }
 
 impl Renderer {
@@ -164,8 +210,46 @@ impl Renderer {
         env.set_syntax(
             SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(RenderError::template)?,
         );
+        let custom = (source != BUILTIN_TEMPLATE).then(|| source.clone());
         env.add_template_owned(name.clone(), source).map_err(RenderError::template)?;
-        Ok(Renderer { env, name })
+        Ok(Renderer { env, name, custom })
+    }
+
+    /// `NGINX_TEMPLATE`'s renderer, else the built-in one.
+    pub fn for_template(path: Option<&Path>) -> Result<Self, RenderError> {
+        match path {
+            Some(path) => Self::from_file(path),
+            None => Ok(Self::builtin()),
+        }
+    }
+
+    /// `table` without the domains whose settings this template cannot render (a custom template
+    /// written before a setting's field existed would silently drop it), each with an error naming
+    /// the key, its origin and the field; other domains are untouched.
+    pub fn fit(&self, mut table: RouteTable) -> RouteTable {
+        let Some(source) = &self.custom else { return table };
+        let mut drop = Vec::new();
+        for site in &table.sites {
+            for (key, origin) in keys_used(site, &table) {
+                let field = FIELDS.iter().find(|(k, _)| *k == key).map_or("", |(_, f)| *f);
+                if !source.contains(field) {
+                    let message = format!(
+                        "{key} is set, but the template {} never uses `{}` to render it, so {} is left out; render it as the built-in template does (README, \"Custom templates\")",
+                        self.name,
+                        field.trim_start_matches('.'),
+                        site.domain
+                    );
+                    drop.push((site.domain.clone(), crate::routes::Diagnostic::error(origin, message)));
+                }
+            }
+        }
+        for (domain, diagnostic) in drop {
+            table = table.without_site(&domain);
+            if !table.diagnostics.contains(&diagnostic) {
+                table.diagnostics.push(diagnostic);
+            }
+        }
+        table
     }
 
     pub fn render(&self, table: &RouteTable, settings: &RenderSettings) -> Result<String, RenderError> {
