@@ -46,6 +46,42 @@ fn table(n: usize) -> RouteTable {
     table
 }
 
+/// [`table`] with a policy on three routes in four, as labels would set them: body size and
+/// timeout; streaming with two response headers (a CSP holding quotes and a `$`) and a request
+/// header; HSTS with flags and a health path.
+fn policy_table(n: usize) -> RouteTable {
+    use smart_proxy::routes::policy::{Direction, Header, HeaderName, HeaderValue, Hsts, Size, Timeout};
+    use smart_proxy::routes::Health;
+    let header = |name: &str, value: &str, direction| Header {
+        name: HeaderName::parse(name, direction).unwrap(),
+        value: HeaderValue::parse(value).unwrap(),
+    };
+    let mut table = table(n);
+    for (i, site) in table.sites.iter_mut().enumerate() {
+        let policy = &mut site.locations[0].policy;
+        match i % 4 {
+            0 => {
+                policy.max_body = Some(Size::parse("10g").unwrap());
+                policy.timeout = Some(Timeout::parse("5m").unwrap());
+            }
+            1 => {
+                policy.buffering = Some(false);
+                policy.response_headers = vec![
+                    header("Content-Security-Policy", "default-src 'self'; script-src 'nonce-$x'", Direction::Response),
+                    header("X-Frame-Options", "DENY", Direction::Response),
+                ];
+                policy.request_headers = vec![header("X-Tenant", "t1", Direction::Request)];
+            }
+            2 => {
+                site.hsts = Hsts::parse("31536000,includeSubDomains,preload").unwrap();
+                site.health = Health::parse("/healthz").unwrap();
+            }
+            _ => {}
+        }
+    }
+    table
+}
+
 /// CPU time (user + system) of the calling thread so far (utime and stime).
 fn thread_cpu() -> Option<Duration> {
     common::stat_cpu("/proc/thread-self/stat", 11)
@@ -84,6 +120,29 @@ fn render(c: &mut Criterion) {
             b.iter(|| renderer.render(black_box(table), &production).unwrap())
         });
     }
+    // Another template on the same table and machine, e.g. an earlier built-in one
+    // (`git show <commit>:templates/nginx.conf.j2`): a baseline measured in the same run.
+    if let Some(path) = std::env::var_os("RENDER_BASELINE_TEMPLATE") {
+        let baseline = Renderer::from_file(std::path::Path::new(&path)).unwrap();
+        let table = table(10_000);
+        if let Some(t) = cpu_per_call(Duration::from_millis(1500), || baseline.render(&table, &production).unwrap()) {
+            eprintln!(
+                "render/baseline/10000: CPU time per render {:.3} ms ({})",
+                t.as_secs_f64() * 1e3,
+                path.to_string_lossy()
+            );
+        }
+    }
+    // The same 10,000 routes with a mix of policies (issue 11's bar: at most 50 ms).
+    let mixed = policy_table(10_000);
+    eprintln!("render/policies/10000: config of {} bytes", renderer.render(&mixed, &production).unwrap().len());
+    if let Some(t) = cpu_per_call(Duration::from_millis(1500), || renderer.render(&mixed, &production).unwrap()) {
+        eprintln!("render/policies/10000: CPU time per render {:.3} ms", t.as_secs_f64() * 1e3);
+    }
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_with_input(BenchmarkId::new("policies", 10_000), &mixed, |b, table| {
+        b.iter(|| renderer.render(black_box(table), &production).unwrap())
+    });
     // LOCAL renders one server per domain instead of two: the lower bound of the same template.
     let local = settings(true);
     let table = table(10_000);
