@@ -53,6 +53,8 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     pub timing: Timing,
     pub status_addr: StatusAddr,
+    /// `CLOUDFLARE_IPS_URL`, when Cloudflare's ranges are refreshed.
+    pub cloudflare_ips_url: Option<reqwest::Url>,
 }
 
 /// Which nginx, and the file the agent writes.
@@ -136,6 +138,7 @@ impl Config {
                 resync: settings.resync_interval.into(),
             },
             status_addr: settings.status_addr,
+            cloudflare_ips_url: settings.cloudflare_ips_url.as_deref().map(cloudflare_ips_url).transpose()?,
         })
     }
 
@@ -148,6 +151,22 @@ impl Config {
     pub fn serves_tls(&self) -> bool {
         !self.mode.is_local()
     }
+}
+
+/// `CLOUDFLARE_IPS_URL`: an `http` or `https` URL.
+fn cloudflare_ips_url(text: &str) -> Result<reqwest::Url, ConfigError> {
+    let bad = |reason: &str| {
+        ConfigError::Path(RenderError::Setting {
+            setting: "CLOUDFLARE_IPS_URL",
+            value: text.to_string(),
+            reason: reason.into(),
+        })
+    };
+    let url = reqwest::Url::parse(text.trim()).map_err(|e| bad(&format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad("must be an http or https URL with a host"));
+    }
+    Ok(url)
 }
 
 /// The certificate settings; `None` when no certificates are ordered: never in local mode; with

@@ -81,6 +81,11 @@ pub struct Settings {
     #[arg(long, env = "TRUSTED_PROXIES", global = true, default_value = "")]
     pub trusted_proxies: String,
 
+    /// Where `TRUSTED_PROXIES=cloudflare` refreshes Cloudflare's ranges from, daily (its API's
+    /// `/ips` or a list of one range per line); unset: the list shipped in the binary.
+    #[arg(long, env = "CLOUDFLARE_IPS_URL", global = true)]
+    pub cloudflare_ips_url: Option<String>,
+
     /// Where a trusted peer puts the client's address: a header (`X-Forwarded-For`,
     /// `CF-Connecting-IP`) or `proxy_protocol`.
     #[arg(long, env = "REAL_IP_HEADER", global = true)]

@@ -9,6 +9,7 @@ use smart_proxy::render::edge::RealIp;
 use smart_proxy::routes::RouteTable;
 
 use crate::policies::Served;
+use crate::support::agent::Agent;
 use crate::support::container;
 use crate::support::label_table;
 use crate::support::stub_http::StubHttp;
@@ -179,4 +180,47 @@ fn nginx_errors_get_the_proxy_pages_unless_a_route_turns_them_off() {
         Some("404"),
         "internal only"
     );
+}
+
+/// The agent refreshes `TRUSTED_PROXIES=cloudflare` from `CLOUDFLARE_IPS_URL`: a good list is
+/// trusted at once (here loopback, so a request from 127.0.0.1 carries its client in
+/// `CF-Connecting-IP`), a bad answer leaves the last good list (the shipped one) in place.
+#[test]
+fn the_cloudflare_list_is_refreshed_and_a_bad_answer_keeps_the_last_good_one() {
+    let app = app();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.json");
+    let json = format!(
+        r#"{{"domains":[{{"name":"ip.test","service":"app"}}],"services":[{{"name":"app","host":"127.0.0.1","port":{}}}]}}"#,
+        app.port()
+    );
+    std::fs::write(&routes, json).unwrap();
+    let ips = StubHttp::start(0, |request| match request.path {
+        "/good" => Some("173.245.48.0/20\n127.0.0.0/8\n".to_string()),
+        _ => Some("<html>maintenance</html>".to_string()),
+    });
+    let client = "CF-Connecting-IP: 203.0.113.5\r\n";
+    let run = |list: &str| {
+        let url = format!("http://127.0.0.1:{}/{list}", ips.port());
+        Agent::start(&[
+            ("NO_DOCKER", "true"),
+            ("CONFIG_FILE", routes.to_str().unwrap()),
+            ("TRUSTED_PROXIES", "cloudflare"),
+            ("CLOUDFLARE_IPS_URL", &url),
+        ])
+    };
+
+    let agent = run("good");
+    agent.wait_for("the refreshed list to be trusted", Duration::from_secs(15), || {
+        request(agent.port, "", "ip.test", client).1.starts_with("real=203.0.113.5 ")
+    });
+    assert!(agent.log().contains("Cloudflare's IP ranges changed: trusting the new list ranges=2"), "{}", agent.log());
+    drop(agent);
+
+    let agent = run("bad");
+    agent.wait_for("the refusal to be logged", Duration::from_secs(15), || {
+        agent.log().contains("keeping the last good list")
+    });
+    assert!(agent.log().contains("\"<html>maintenance</html>\" is not an IP range"), "{}", agent.log());
+    assert!(request(agent.port, "", "ip.test", client).1.starts_with("real=127.0.0.1 "), "loopback is not Cloudflare");
 }

@@ -24,6 +24,7 @@ use crate::sources::docker::{DockerApi, DockerClient};
 use crate::sources::labels::Container;
 use crate::sources::StaticState;
 
+mod cloudflare_ips;
 mod nginx;
 mod run;
 mod schedule;
@@ -62,6 +63,8 @@ enum Trigger {
     Connected(Arc<dyn DockerApi>),
     /// Certificates were issued: nginx must reload (once per batch) to serve them.
     CertsIssued(Vec<crate::routes::DomainName>),
+    /// Cloudflare's ranges as `CLOUDFLARE_IPS_URL` published them.
+    CloudflareIps(Vec<crate::routes::Cidr>),
 }
 
 impl Trigger {
@@ -204,6 +207,11 @@ impl Controller {
             tokio::spawn(watch_docker(client, tx.clone(), config.label_prefix.clone()));
         }
         spawn_resync_timer(tx.clone(), config.timing.resync);
+        if let Some(url) = &config.cloudflare_ips_url {
+            if config.render.real_ip.as_ref().is_some_and(|r| r.trusts_cloudflare()) {
+                cloudflare_ips::spawn(url.clone(), tx.clone());
+            }
+        }
         Ok(Controller {
             docker,
             status,
@@ -277,6 +285,14 @@ impl Controller {
                 self.applier.retest();
             }
             Trigger::CertsIssued(_) => self.applier.invalidate(),
+            Trigger::CloudflareIps(ranges) => {
+                let count = ranges.len();
+                let changed = self.config.render.real_ip.as_mut().is_some_and(|r| r.set_cloudflare(ranges));
+                if !changed {
+                    return false;
+                }
+                info!(ranges = count, "Cloudflare's IP ranges changed: trusting the new list");
+            }
             Trigger::Connected(client) => {
                 info!("connected to Docker");
                 tokio::spawn(watch_docker(client.clone(), self.tx.clone(), self.config.label_prefix.clone()));
@@ -307,6 +323,7 @@ impl Controller {
                 Cause::Container { id: id.clone(), name, action: action.clone() }
             }
             Trigger::Resync => Cause::Other("resync".to_string()),
+            Trigger::CloudflareIps(_) => Cause::Other("Cloudflare's IP ranges changed".to_string()),
             Trigger::Files => Cause::Other("config file or template changed".to_string()),
             Trigger::Connected(_) => Cause::Other("connected to Docker".to_string()),
             Trigger::CertsIssued(domains) => Cause::Other(format!(

@@ -39,6 +39,40 @@ pub const CLOUDFLARE_IPS: &[&str] = &[
 /// When [`CLOUDFLARE_IPS`] was taken from Cloudflare's list.
 pub const CLOUDFLARE_IPS_DATE: &str = "2024-09";
 
+/// Cloudflare's ranges as published at `CLOUDFLARE_IPS_URL`: its API's answer
+/// (`{"success":true,"result":{"ipv4_cidrs":[…],"ipv6_cidrs":[…]}}`) or a list with one range per
+/// line (`https://www.cloudflare.com/ips-v4`). An answer with anything else, or no range, is
+/// refused whole: a partial list would stop trusting Cloudflare's other edges.
+pub fn parse_ip_list(body: &str) -> Result<Vec<Cidr>, String> {
+    let entries: Vec<String> = if body.trim_start().starts_with('{') {
+        let json: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+        if json.get("success") != Some(&serde_json::Value::Bool(true)) {
+            return Err("the answer does not say success: true".into());
+        }
+        let mut entries = Vec::new();
+        for key in ["ipv4_cidrs", "ipv6_cidrs"] {
+            let list = json.pointer(&format!("/result/{key}")).and_then(|v| v.as_array());
+            let list = list.ok_or_else(|| format!("result.{key} is not a list"))?;
+            for v in list {
+                entries.push(v.as_str().ok_or_else(|| format!("result.{key} holds {v}, not a string"))?.to_string());
+            }
+        }
+        entries
+    } else {
+        body.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+    };
+    if entries.is_empty() {
+        return Err("it lists no range".into());
+    }
+    if entries.len() > 10_000 {
+        return Err(format!("it lists {} ranges, more than 10,000", entries.len()));
+    }
+    entries
+        .iter()
+        .map(|e| Cidr::parse(e).map_err(|_| format!("{:?} is not an IP range", crate::routes::grammar::show(e))))
+        .collect()
+}
+
 /// `IPV6`: whether nginx also listens on `[::]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Ipv6Mode {
@@ -105,6 +139,9 @@ impl fmt::Display for RealIpHeader {
 pub struct RealIp {
     pub trusted: Vec<Cidr>,
     pub header: RealIpHeader,
+    /// The ranges `TRUSTED_PROXIES` names itself, and whether it names `cloudflare`.
+    own: Vec<Cidr>,
+    cloudflare: bool,
 }
 
 impl RealIp {
@@ -113,13 +150,12 @@ impl RealIp {
     /// `cloudflare`).
     pub fn from_settings(trusted: &str, header: Option<&str>) -> Result<Option<RealIp>, RenderError> {
         let mut cidrs = Vec::new();
-        let mut cloudflare_only = true;
+        let mut cloudflare = false;
         for entry in trusted.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             if entry.eq_ignore_ascii_case("cloudflare") {
-                cidrs.extend(CLOUDFLARE_IPS.iter().map(|c| Cidr::parse(c).expect("a valid shipped range")));
+                cloudflare = true;
                 continue;
             }
-            cloudflare_only = false;
             cidrs.push(Cidr::parse(entry).map_err(|_| RenderError::Setting {
                 setting: "TRUSTED_PROXIES",
                 value: trusted.to_string(),
@@ -127,7 +163,7 @@ impl RealIp {
             })?);
         }
         let header = header.map(str::trim).filter(|h| !h.is_empty());
-        if cidrs.is_empty() {
+        if cidrs.is_empty() && !cloudflare {
             return match header {
                 Some(h) => Err(RenderError::Setting {
                     setting: "REAL_IP_HEADER",
@@ -137,10 +173,31 @@ impl RealIp {
                 None => Ok(None),
             };
         }
-        cidrs.sort();
-        cidrs.dedup();
-        let default = if cloudflare_only { "CF-Connecting-IP" } else { "X-Forwarded-For" };
-        Ok(Some(RealIp { trusted: cidrs, header: RealIpHeader::parse(header.unwrap_or(default))? }))
+        let default = if cidrs.is_empty() { "CF-Connecting-IP" } else { "X-Forwarded-For" };
+        let header = RealIpHeader::parse(header.unwrap_or(default))?;
+        let shipped = CLOUDFLARE_IPS.iter().map(|c| Cidr::parse(c).expect("a valid shipped range")).collect();
+        let mut real_ip = RealIp { trusted: Vec::new(), header, own: cidrs, cloudflare };
+        real_ip.set_cloudflare(shipped);
+        Ok(Some(real_ip))
+    }
+
+    /// Whether `TRUSTED_PROXIES` names `cloudflare` (whose list can be refreshed).
+    pub fn trusts_cloudflare(&self) -> bool {
+        self.cloudflare
+    }
+
+    /// Trusts `ranges` as Cloudflare's (when `cloudflare` is trusted at all); true when that
+    /// changed the trusted list.
+    pub fn set_cloudflare(&mut self, ranges: Vec<Cidr>) -> bool {
+        let mut trusted = self.own.clone();
+        if self.cloudflare {
+            trusted.extend(ranges);
+        }
+        trusted.sort();
+        trusted.dedup();
+        let changed = trusted != self.trusted;
+        self.trusted = trusted;
+        changed
     }
 
     pub fn proxy_protocol(&self) -> bool {
@@ -231,6 +288,33 @@ mod tests {
         assert_eq!(pages.files, vec![502, 504]);
         let e = ErrorPages::from_dir(Some(&dir.path().join("missing"))).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn cloudflare_lists_are_read_whole_or_refused() {
+        let api = r#"{"result":{"ipv4_cidrs":["173.245.48.0/20","103.21.244.0/22"],"ipv6_cidrs":["2400:cb00::/32"],"etag":"x"},"success":true,"errors":[],"messages":[]}"#;
+        assert_eq!(parse_ip_list(api).unwrap().len(), 3);
+        assert_eq!(parse_ip_list("173.245.48.0/20\n103.21.244.0/22\n\n").unwrap().len(), 2);
+        for (bad, why) in [
+            ("", "no range"),
+            ("173.245.48.0/20\nset_real_ip_from 0.0.0.0/0;", "is not an IP range"),
+            (r#"{"success":false,"result":null}"#, "success: true"),
+            (r#"{"success":true,"result":{"ipv4_cidrs":[1]}}"#, "not a string"),
+            ("<html>", "is not an IP range"),
+        ] {
+            let e = parse_ip_list(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let mut real_ip = RealIp::from_settings("cloudflare,10.0.0.1", None).unwrap().unwrap();
+        assert!(real_ip.trusts_cloudflare());
+        assert!(real_ip.set_cloudflare(parse_ip_list("198.51.100.0/24").unwrap()));
+        assert_eq!(
+            real_ip.trusted.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.1", "198.51.100.0/24"]
+        );
+        assert!(!real_ip.set_cloudflare(parse_ip_list("198.51.100.0/24").unwrap()), "the same list changes nothing");
+        let mut own = RealIp::from_settings("10.0.0.1", None).unwrap().unwrap();
+        assert!(!own.trusts_cloudflare() && !own.set_cloudflare(parse_ip_list("198.51.100.0/24").unwrap()));
     }
 
     #[test]

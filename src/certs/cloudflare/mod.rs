@@ -384,7 +384,7 @@ fn parse_api_base(api_base: &str) -> Result<Url, CloudflareError> {
     Ok(url)
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, CloudflareError> {
+pub(crate) fn tls_config() -> Result<rustls::ClientConfig, CloudflareError> {
     let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
