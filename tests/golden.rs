@@ -169,10 +169,75 @@ fn policies() {
         [172, 20, 0, 8],
         &[("smart-proxy.domains", "app.example.com"), ("smart-proxy.health", "off"), ("smart-proxy.hsts", "off")],
     );
-    let table = label_table(&[files, app]);
+    let secure = container(
+        "secure",
+        [172, 20, 0, 9],
+        &[
+            ("smart-proxy.domains", "secure.example.com"),
+            ("smart-proxy.proto", "https"),
+            ("smart-proxy.backend-verify", "app.internal"),
+            ("smart-proxy.port", "8443"),
+        ],
+    );
+    let grpc = container(
+        "grpc",
+        [172, 20, 0, 10],
+        &[
+            ("smart-proxy.domains", "grpc.example.com"),
+            ("smart-proxy.proto", "grpc"),
+            ("smart-proxy.timeout", "1h"),
+            ("smart-proxy.headers.request.X-Tenant", "a"),
+            ("smart-proxy.headers.response.Server", ""),
+        ],
+    );
+    let php = container(
+        "php",
+        [172, 20, 0, 11],
+        &[
+            ("smart-proxy.domains", "php.example.com"),
+            ("smart-proxy.proto", "fastcgi"),
+            ("smart-proxy.port", "9000"),
+            ("smart-proxy.fastcgi.root", "/app/public/"),
+            ("smart-proxy.buffering", "off"),
+            ("smart-proxy.headers.request.X-Tenant", "a$b"),
+            ("smart-proxy.py.domains", "py.example.com"),
+            ("smart-proxy.py.proto", "uwsgi"),
+            ("smart-proxy.py.port", "3031"),
+        ],
+    );
+    let moved = container(
+        "moved",
+        [172, 20, 0, 12],
+        &[
+            ("smart-proxy.domains", "moved.example.com"),
+            ("smart-proxy.redirect", "https://new.example.com/a;b$c"),
+            ("smart-proxy.redirect.code", "308"),
+            ("smart-proxy.www", "to-www"),
+        ],
+    );
+    let table = label_table(&[files, app, secure, grpc, php, moved]);
     golden("policies", &table, false);
     let config = NginxSandbox::new().render_and_test(&table, true);
-    assert!(config.contains("location = /healthz {") && !config.contains("location = /health {"), "{config}");
+    assert_eq!(config.matches("location = /healthz {").count(), 1, "{config}");
+    assert_eq!(config.matches("location = /health {").count(), table.sites.len() - 2, "not files, not app: {config}");
+    for line in [
+        "proxy_pass https://sp_secure;",
+        "proxy_ssl_name app.internal;",
+        "proxy_ssl_verify on;",
+        "grpc_pass grpc://sp_grpc;",
+        "grpc_read_timeout 3600s;",
+        "grpc_set_header X-Tenant \"a\";",
+        "grpc_hide_header Server;",
+        "fastcgi_pass sp_php;",
+        "fastcgi_param SCRIPT_FILENAME /app/public$smartproxy_fastcgi_script;",
+        "fastcgi_buffering off;",
+        "fastcgi_param HTTP_X_TENANT \"a${smartproxy_dollar}b\";",
+        "uwsgi_pass sp_php-py;",
+        "return 308 \"https://new.example.com/a;b${smartproxy_dollar}c$request_uri\";",
+        "return 301 \"http://www.moved.example.com$request_uri\";",
+    ] {
+        assert_eq!(config.matches(line).count(), 1, "{line}: {config}");
+    }
     assert_eq!(config.matches("client_max_body_size 10g;").count(), 1, "{config}");
     assert_eq!(config.matches("client_max_body_size 0;").count(), 1, "{config}");
     assert_eq!(config.matches("proxy_read_timeout 3600s;").count(), 2, "both routes of files: {config}");
@@ -181,5 +246,5 @@ fn policies() {
     assert_eq!(config.matches("    least_conn;\n").count(), 2, "both upstreams of files (lb is inherited): {config}");
     let production = NginxSandbox::new().render_and_test(&table, false);
     assert_eq!(production.matches("max-age=31536000; includeSubDomains; preload").count(), 1, "{production}");
-    assert_eq!(production.matches("Strict-Transport-Security").count(), 1, "files only: {production}");
+    assert_eq!(production.matches("Strict-Transport-Security").count(), table.sites.len() - 1, "not app: {production}");
 }

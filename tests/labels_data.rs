@@ -159,6 +159,9 @@ fn render(table: &RouteTable) -> String {
         if site.hsts != Default::default() {
             health.push_str(&format!(", hsts {}", site.hsts));
         }
+        if let Some(redirect) = &site.redirect {
+            health.push_str(&format!(", redirects to {redirect}"));
+        }
         let _ = writeln!(out, "  {} (tls {}{health})", site.domain, site.tls);
         for l in &site.locations {
             let target = match &l.upstream {
@@ -179,7 +182,10 @@ fn render(table: &RouteTable) -> String {
             Namespace::Docker => "docker",
             Namespace::Static => "static",
         };
-        let lb = if u.balance == Default::default() { String::new() } else { format!(", lb {}", u.balance) };
+        let mut lb = if u.balance == Default::default() { String::new() } else { format!(", lb {}", u.balance) };
+        if u.protocol != Default::default() {
+            lb.push_str(&format!(", {}", u.protocol.describe()));
+        }
         let _ = writeln!(out, "  {} ({namespace} service {}{lb})", u.id, u.service);
         if u.backends.is_empty() {
             let _ = writeln!(out, "    no server (answers 502)");

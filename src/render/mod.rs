@@ -12,6 +12,7 @@ use minijinja::{syntax::SyntaxConfig, Environment, UndefinedBehavior};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::routes::policy::{BackendVerify, Module, Proto, RedirectTo, FASTCGI_ROOT};
 use crate::routes::{BackendState, Host, RouteTable};
 
 pub mod edge;
@@ -20,6 +21,10 @@ use edge::{ErrorPages, RealIp, ERROR_CODES};
 /// The template compiled into the binary.
 pub const BUILTIN_TEMPLATE: &str = include_str!("../../templates/nginx.conf.j2");
 const BUILTIN_NAME: &str = "nginx.conf.j2 (built in)";
+
+/// The CA bundle nginx checks an app's certificate against (`backend-verify`): Debian's, which
+/// the official nginx image has too.
+pub const BACKEND_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 #[derive(Debug, Error)]
 pub enum RenderError {
@@ -277,6 +282,12 @@ struct Context<'a> {
     https_port: u16,
     /// `:8443` when HTTPS is not on 443, for redirects.
     https_port_suffix: String,
+    /// `:8080` when HTTP is not on 80, for redirects of plain-HTTP servers.
+    http_port_suffix: String,
+    /// The CA bundle for `backend-verify`.
+    backend_ca: &'static str,
+    /// Some location passes to FastCGI: the config maps its script name.
+    fastcgi: bool,
     http2_on: bool,
     acme_webroot: &'a ConfigPath,
     log_dir: &'a ConfigPath,
@@ -343,7 +354,25 @@ struct SiteCtx {
     health: Option<String>,
     /// The HTTPS server's `Strict-Transport-Security` value; none when `hsts=off`.
     hsts: Option<String>,
+    /// The whole domain redirects (its locations are empty).
+    redirect: Option<RedirectCtx>,
     locations: Vec<LocationCtx>,
+}
+
+#[derive(Serialize)]
+struct RedirectCtx {
+    code: u16,
+    /// The `Location` as one nginx string (quoted, `$` escaped), `$request_uri` appended when
+    /// the path is kept.
+    location: String,
+}
+
+#[derive(Serialize)]
+struct BackendTlsCtx {
+    /// `*_ssl_name`: the name sent as SNI and checked (`$host` when nothing names one).
+    name: String,
+    /// `*_ssl_verify on` against `backend_ca`.
+    verify: bool,
 }
 
 #[derive(Serialize)]
@@ -352,6 +381,16 @@ struct LocationCtx {
     upstream: Option<String>,
     /// `host:port` for a dynamic upstream.
     backend: Option<String>,
+    /// The module that passes requests on: `proxy`, `grpc`, `fastcgi` or `uwsgi` (its
+    /// directives' prefix).
+    module: &'static str,
+    /// The `*_pass` address: scheme (none for FastCGI and uwsgi) and upstream, or
+    /// `$smartproxy_backend` for a dynamic one.
+    pass: String,
+    /// The app is reached over TLS (`https`, `grpcs`).
+    tls: Option<BackendTlsCtx>,
+    /// With FastCGI: the app's document root.
+    fastcgi_root: Option<String>,
     allow: Vec<String>,
     /// The location's policy; `None` for the defaults (most locations: one field to serialize
     /// and one test in the template).
@@ -382,6 +421,8 @@ struct PolicyCtx {
 #[derive(Serialize)]
 struct HeaderCtx {
     name: String,
+    /// The CGI variable of a request header (`HTTP_X_FOO`), for FastCGI and uwsgi.
+    param: String,
     /// The value as one nginx string (quoted, escaped, `$` as `${smartproxy_dollar}`), or `None`
     /// for an empty value.
     value: Option<String>,
@@ -408,6 +449,7 @@ impl HeaderCtx {
         let value = header.value.as_str();
         HeaderCtx {
             name: header.name.as_str().to_string(),
+            param: format!("HTTP_{}", header.name.as_str().to_ascii_uppercase().replace('-', "_")),
             value: (!value.is_empty()).then(|| crate::routes::policy::nginx_literal(value)),
         }
     }
@@ -441,6 +483,15 @@ impl<'a> Context<'a> {
                 has_root: site.locations.iter().any(|l| l.path.as_str() == "/"),
                 health: site.health.path().map(str::to_string),
                 hsts: site.hsts.header_value(),
+                redirect: site.redirect.as_ref().map(|r| {
+                    let https = !settings.local && site.tls == crate::routes::TlsMode::Auto;
+                    let base = match &r.to {
+                        RedirectTo::Url(url) => url.to_string(),
+                        RedirectTo::Canonical(name) if https => format!("https://{name}{}", https_suffix(settings)),
+                        RedirectTo::Canonical(name) => format!("http://{name}{}", http_suffix(settings)),
+                    };
+                    RedirectCtx { code: r.code.get(), location: r.location(&base) }
+                }),
                 locations: site
                     .locations
                     .iter()
@@ -449,10 +500,39 @@ impl<'a> Context<'a> {
                         let backend = upstream
                             .filter(|u| matches!(&u.backends[..], [b] if matches!(b.host, Host::Name(_))))
                             .map(|u| u.backends[0].address());
+                        let protocol = upstream.map(|u| u.protocol.clone()).unwrap_or_default();
+                        let target = match (&backend, &l.upstream) {
+                            (Some(_), _) => "$smartproxy_backend".to_string(),
+                            (None, Some(id)) => id.clone(),
+                            (None, None) => String::new(),
+                        };
+                        let static_host = upstream.and_then(|u| match &u.backends[..] {
+                            [b, ..] if u.namespace == crate::routes::Namespace::Static => Some(&b.host),
+                            _ => None,
+                        });
+                        let tls = protocol.proto.is_tls().then(|| BackendTlsCtx {
+                            name: match (&protocol.verify, static_host) {
+                                (BackendVerify::Name(name), _) => name.to_string(),
+                                (_, Some(Host::Name(host))) => host.clone(),
+                                _ => "$host".to_string(),
+                            },
+                            verify: protocol.verify != BackendVerify::Off,
+                        });
                         LocationCtx {
                             path: l.path.to_string(),
                             upstream: if backend.is_some() { None } else { l.upstream.clone() },
                             backend,
+                            module: protocol.proto.module().prefix(),
+                            pass: format!("{}{target}", protocol.proto.scheme()),
+                            tls,
+                            fastcgi_root: (protocol.proto == Proto::Fastcgi).then(|| {
+                                protocol
+                                    .fastcgi_root
+                                    .as_ref()
+                                    .map_or(FASTCGI_ROOT, |p| p.as_str())
+                                    .trim_end_matches('/')
+                                    .to_string()
+                            }),
                             allow: l.allow.iter().map(ToString::to_string).collect(),
                             policy: (!l.policy.is_default()).then(|| PolicyCtx::of(&l.policy, l.path.as_str())),
                         }
@@ -477,11 +557,10 @@ impl<'a> Context<'a> {
             local: settings.local,
             http_port: settings.http_port,
             https_port: settings.https_port,
-            https_port_suffix: if settings.https_port == 443 {
-                String::new()
-            } else {
-                format!(":{}", settings.https_port)
-            },
+            https_port_suffix: https_suffix(settings),
+            http_port_suffix: http_suffix(settings),
+            backend_ca: BACKEND_CA,
+            fastcgi: table.upstreams.iter().any(|u| u.protocol.proto.module() == Module::Fastcgi),
             http2_on: settings.nginx_version.has_http2_directive(),
             acme_webroot: &settings.acme_webroot,
             log_dir: &settings.log_dir,
@@ -493,7 +572,9 @@ impl<'a> Context<'a> {
                     .iter()
                     .chain(&l.policy.response_headers)
                     .any(|h| h.value.as_str().contains('$'))
-            }),
+            }) || table.sites.iter().any(
+                |s| matches!(&s.redirect, Some(r) if matches!(&r.to, RedirectTo::Url(u) if u.as_str().contains('$'))),
+            ),
             listen_http: listen_addresses(settings, settings.http_port),
             listen_https: listen_addresses(settings, settings.https_port),
             http_listen: directives(
@@ -552,6 +633,24 @@ fn listen_addresses(settings: &RenderSettings, port: u16) -> Vec<String> {
         out.push(format!("[::]:{port}{suffix}"));
     }
     out
+}
+
+/// `:8443` when HTTPS is not on 443.
+fn https_suffix(settings: &RenderSettings) -> String {
+    if settings.https_port == 443 {
+        String::new()
+    } else {
+        format!(":{}", settings.https_port)
+    }
+}
+
+/// `:8080` when HTTP is not on 80.
+fn http_suffix(settings: &RenderSettings) -> String {
+    if settings.http_port == 80 {
+        String::new()
+    } else {
+        format!(":{}", settings.http_port)
+    }
 }
 
 /// `server_names_hash_*` large enough for every name: a bucket must hold the longest name (plus

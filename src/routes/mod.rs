@@ -168,6 +168,9 @@ pub struct ServiceDef {
     pub backends: Vec<Backend>,
     /// `lb` when the source sets it (labels); round-robin otherwise.
     pub balance: Option<policy::Balance>,
+    /// `proto` (with `backend-verify`, `fastcgi.root`) when the source sets it; plain HTTP
+    /// otherwise.
+    pub protocol: Option<policy::Protocol>,
     pub origin: Origin,
 }
 
@@ -185,6 +188,10 @@ pub struct RouteDef {
     pub health: Option<Health>,
     /// The domain's HSTS header when the source sets one (one per domain, like `health`).
     pub hsts: Option<policy::Hsts>,
+    /// The whole domain redirects (one per domain, like `health`); such a route has no service.
+    pub redirect: Option<policy::Redirect>,
+    /// The canonical host of the domain and its `www.` twin (one per domain).
+    pub www: Option<policy::Www>,
     pub policy: Policy,
     pub origin: Origin,
 }

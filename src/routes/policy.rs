@@ -1,14 +1,15 @@
-//! Per-route policies (`max-body`, `timeout`, `buffering`, `health`, `headers.*`): their
-//! validated value types and the [`Policy`] a location carries. Like `grammar.rs`, each value can
-//! only be built by its parser and renders as one nginx token; a header value, which may hold any
-//! printable character, only through [`nginx_literal`].
+//! Per-route policies (`max-body`, `timeout`, `buffering`, `health`, `headers.*`, `proto`,
+//! `redirect`, `www`): their validated value types and the [`Policy`] a location carries. Like
+//! `grammar.rs`, each value can only be built by its parser and renders as one nginx token; a
+//! header value or a redirect target, which may hold characters nginx reads specially, only
+//! through [`nginx_literal`].
 
 use std::fmt;
 
 use serde::Serialize;
 use thiserror::Error;
 
-use super::grammar::{parse_bool, show, PathPrefix, ValueError};
+use super::grammar::{parse_bool, show, DomainName, Host, PathPrefix, Port, ValueError};
 
 /// What each policy value allows, in words (error messages, the label schema, the JSON Schema).
 pub mod allowed {
@@ -23,6 +24,12 @@ pub mod allowed {
     pub const HEADER_NAME: &str = "letters, digits and '-', starting with a letter or digit, at most 64 characters";
     pub const HEADER_VALUE: &str =
         "printable ASCII characters (quotes, ';', '$' and spaces included), at most 4096; empty removes the header";
+    pub const PROTO: &str = "http, https, h2c, grpc, grpcs, fastcgi or uwsgi";
+    pub const BACKEND_VERIFY: &str =
+        "off, on (the certificate must name the service's host), or the host name the certificate must name";
+    pub const REDIRECT: &str = "an http:// or https:// URL with a host, an optional port, path and query, at most 2048 characters, without spaces, quotes, '#', '{', '}', '\\', '<', '>', '^', '`', '|' or control characters";
+    pub const REDIRECT_CODE: &str = "301, 302, 307 or 308";
+    pub const WWW: &str = "to-apex or to-www";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -43,6 +50,18 @@ pub enum PolicyError {
     HeaderName { value: String, reason: String },
     #[error("header value {value:?} is not allowed: {reason}; a value uses {}", allowed::HEADER_VALUE)]
     HeaderValue { value: String, reason: String },
+    #[error("proto {value:?} is not allowed; must be {}", allowed::PROTO)]
+    Proto { value: String },
+    #[error("backend-verify {value:?} is not allowed: {reason}; must be {}", allowed::BACKEND_VERIFY)]
+    BackendVerify { value: String, reason: String },
+    #[error("redirect {value:?} is not allowed: {reason}; must be {}", allowed::REDIRECT)]
+    Redirect { value: String, reason: String },
+    #[error("redirect code {value:?} is not allowed; must be {}", allowed::REDIRECT_CODE)]
+    RedirectCode { value: String },
+    #[error("www {value:?} is not allowed; must be {}", allowed::WWW)]
+    Www { value: String },
+    #[error("www cannot apply to {domain}: {reason}")]
+    WwwDomain { domain: String, reason: String },
 }
 
 /// A body size for `client_max_body_size`: a number with an optional unit, kept as nginx reads it
@@ -407,6 +426,446 @@ impl fmt::Display for Hsts {
 }
 
 impl Serialize for Hsts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `proto`: how nginx talks to a service's servers. One per service: an upstream's kept-alive
+/// connections are of one protocol, so two routes of one service share it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    #[default]
+    Http,
+    Https,
+    /// Plain-text HTTP/2 (prior knowledge): nginx's only HTTP/2 client is its gRPC module, so an
+    /// h2c app is reached through `grpc_pass` like a gRPC one.
+    H2c,
+    Grpc,
+    Grpcs,
+    Fastcgi,
+    Uwsgi,
+}
+
+/// The nginx module that passes a request on, which names its directives (`grpc_read_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    Proxy,
+    Grpc,
+    Fastcgi,
+    Uwsgi,
+}
+
+impl Module {
+    /// The directives' prefix: `proxy`, `grpc`, `fastcgi`, `uwsgi`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Module::Proxy => "proxy",
+            Module::Grpc => "grpc",
+            Module::Fastcgi => "fastcgi",
+            Module::Uwsgi => "uwsgi",
+        }
+    }
+}
+
+impl Proto {
+    pub fn parse(input: &str) -> Result<Proto, PolicyError> {
+        match input.trim().to_ascii_lowercase().as_str() {
+            "http" => Ok(Proto::Http),
+            "https" => Ok(Proto::Https),
+            "h2c" => Ok(Proto::H2c),
+            "grpc" => Ok(Proto::Grpc),
+            "grpcs" => Ok(Proto::Grpcs),
+            "fastcgi" => Ok(Proto::Fastcgi),
+            "uwsgi" => Ok(Proto::Uwsgi),
+            _ => Err(PolicyError::Proto { value: show(input.trim()) }),
+        }
+    }
+
+    pub fn module(self) -> Module {
+        match self {
+            Proto::Http | Proto::Https => Module::Proxy,
+            Proto::H2c | Proto::Grpc | Proto::Grpcs => Module::Grpc,
+            Proto::Fastcgi => Module::Fastcgi,
+            Proto::Uwsgi => Module::Uwsgi,
+        }
+    }
+
+    /// The scheme of the `*_pass` address (none for FastCGI and uwsgi, whose pass takes none).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Proto::Http => "http://",
+            Proto::Https => "https://",
+            Proto::H2c | Proto::Grpc => "grpc://",
+            Proto::Grpcs => "grpcs://",
+            Proto::Fastcgi | Proto::Uwsgi => "",
+        }
+    }
+
+    /// The connection to the app is TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Proto::Https | Proto::Grpcs)
+    }
+
+    /// Why `policy` cannot apply to a route of this protocol, if it cannot: nginx's gRPC module
+    /// has no buffering to turn on or off (it always passes responses on as they come).
+    pub fn rejects(self, policy: &Policy) -> Option<String> {
+        if self.module() == Module::Grpc && policy.buffering.is_some() {
+            return Some(format!(
+                "buffering has no effect with proto {self}: nginx passes HTTP/2 and gRPC responses on as they come; remove buffering"
+            ));
+        }
+        None
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Http => "http",
+            Proto::Https => "https",
+            Proto::H2c => "h2c",
+            Proto::Grpc => "grpc",
+            Proto::Grpcs => "grpcs",
+            Proto::Fastcgi => "fastcgi",
+            Proto::Uwsgi => "uwsgi",
+        })
+    }
+}
+
+impl Serialize for Proto {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `backend-verify`: whether nginx checks the certificate of an `https`/`grpcs` app, and against
+/// which name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendVerify {
+    /// Encrypted, not verified (Docker networks: apps with self-signed certificates).
+    #[default]
+    Off,
+    /// Verified against the service's host name (a static service given by name).
+    On,
+    /// Verified against this name (a container is reached by its address, which nginx cannot
+    /// check a certificate against).
+    Name(DomainName),
+}
+
+impl BackendVerify {
+    pub fn parse(input: &str) -> Result<BackendVerify, PolicyError> {
+        let text = input.trim();
+        match text.to_ascii_lowercase().as_str() {
+            "off" | "false" => return Ok(BackendVerify::Off),
+            "on" | "true" => return Ok(BackendVerify::On),
+            _ => {}
+        }
+        let bad = |reason: String| PolicyError::BackendVerify { value: show(text), reason };
+        let name = DomainName::parse(text).map_err(|e| bad(e.to_string()))?;
+        if name.is_wildcard() {
+            return Err(bad("a certificate is checked against one name, not a wildcard".into()));
+        }
+        Ok(BackendVerify::Name(name))
+    }
+}
+
+impl fmt::Display for BackendVerify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendVerify::Off => f.write_str("off"),
+            BackendVerify::On => f.write_str("on"),
+            BackendVerify::Name(name) => write!(f, "{name}"),
+        }
+    }
+}
+
+/// How nginx reaches a service: its `proto`, the certificate check of a TLS one and the document
+/// root of a FastCGI one. One per service (the first definition that sets it decides).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Protocol {
+    pub proto: Proto,
+    pub verify: BackendVerify,
+    /// `fastcgi.root`: the app's document root in its own container (`SCRIPT_FILENAME`).
+    pub fastcgi_root: Option<PathPrefix>,
+}
+
+/// The document root a FastCGI app gets when `fastcgi.root` is not set: the official PHP images'.
+pub const FASTCGI_ROOT: &str = "/var/www/html";
+
+impl Protocol {
+    /// Checks the settings against each other; `host` is the service's static host when it has
+    /// one (a container's address is not one). The message names the key at fault.
+    pub fn check(&self, host: Option<&Host>) -> Result<(), (&'static str, String)> {
+        if self.verify != BackendVerify::Off && !self.proto.is_tls() {
+            return Err((
+                "backend-verify",
+                format!("backend-verify applies to proto https or grpcs; this service's proto is {}", self.proto),
+            ));
+        }
+        if self.verify == BackendVerify::On && !matches!(host, Some(Host::Name(_))) {
+            return Err((
+                "backend-verify",
+                "on checks the certificate against the service's host name, and this service is reached by an IP \
+                 address; name the host its certificate is for instead, as in backend-verify=app.internal"
+                    .to_string(),
+            ));
+        }
+        if self.fastcgi_root.is_some() && self.proto != Proto::Fastcgi {
+            return Err((
+                "fastcgi.root",
+                format!("fastcgi.root applies to proto fastcgi; this service's proto is {}", self.proto),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `proto=grpcs, backend-verify=on`, for the route table and messages.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!("proto={}", self.proto)];
+        if self.verify != BackendVerify::Off {
+            parts.push(format!("backend-verify={}", self.verify));
+        }
+        if let Some(root) = &self.fastcgi_root {
+            parts.push(format!("fastcgi.root={root}"));
+        }
+        parts.join(", ")
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `grpcs, backend-verify=on`: the proto, then the other settings that differ from the defaults.
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let described = self.describe();
+        f.write_str(described.strip_prefix("proto=").unwrap_or(&described))
+    }
+}
+
+/// A `redirect` target: an absolute http(s) URL, normalised (scheme and host in lowercase).
+/// Its only characters nginx reads specially inside a quoted string are `$` and `;`, and it
+/// reaches the config through [`nginx_literal`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct RedirectUrl(String);
+
+impl RedirectUrl {
+    pub fn parse(input: &str) -> Result<RedirectUrl, PolicyError> {
+        let text = input.trim();
+        let bad = |reason: &str| PolicyError::Redirect { value: show(text), reason: reason.to_string() };
+        if text.len() > 2048 {
+            return Err(bad("it is longer than 2048 characters"));
+        }
+        if let Some(c) = text.chars().find(|c| !(c.is_ascii_graphic()) || "\"'#{}\\<>^`|".contains(*c)) {
+            return Err(bad(&format!("it contains the character {c:?}")));
+        }
+        let lower = text.to_ascii_lowercase();
+        let (scheme, rest) = match (lower.strip_prefix("https://"), lower.strip_prefix("http://")) {
+            (Some(_), _) => ("https://", &text["https://".len()..]),
+            (_, Some(_)) => ("http://", &text["http://".len()..]),
+            _ => return Err(bad("it must start with http:// or https://")),
+        };
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        if authority.contains('@') {
+            return Err(bad("user names and passwords in a redirect are not allowed"));
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((ip, "")) => (&authority[..ip.len() + 2], None),
+                Some((ip, port)) => (
+                    &authority[..ip.len() + 2],
+                    Some(port.strip_prefix(':').ok_or_else(|| bad("a ':' must follow the IPv6 address' ']'"))?),
+                ),
+                None => return Err(bad("an IPv6 address must end with ']'")),
+            },
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() {
+            return Err(bad("it has no host"));
+        }
+        let host = Host::parse(host).map_err(|e| bad(&e.to_string()))?;
+        if matches!(&host, Host::Name(n) if n.contains('*')) {
+            return Err(bad("a wildcard is not a host"));
+        }
+        let port = match port {
+            Some(port) => format!(":{}", Port::parse(port).map_err(|e| bad(&e.to_string()))?),
+            None => String::new(),
+        };
+        let tail = if tail.starts_with('?') { format!("/{tail}") } else { tail.to_string() };
+        Ok(RedirectUrl(format!("{scheme}{host}{port}{tail}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL has a query (`?`): a path appended to it would land inside the query.
+    pub fn has_query(&self) -> bool {
+        self.0.contains('?')
+    }
+}
+
+impl fmt::Display for RedirectUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `redirect.code`: the status of a redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct RedirectCode(u16);
+
+impl RedirectCode {
+    pub const MOVED_PERMANENTLY: RedirectCode = RedirectCode(301);
+
+    pub fn parse(input: &str) -> Result<RedirectCode, PolicyError> {
+        match input.trim() {
+            "301" => Ok(RedirectCode(301)),
+            "302" => Ok(RedirectCode(302)),
+            "307" => Ok(RedirectCode(307)),
+            "308" => Ok(RedirectCode(308)),
+            other => Err(PolicyError::RedirectCode { value: show(other) }),
+        }
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl Default for RedirectCode {
+    fn default() -> Self {
+        RedirectCode::MOVED_PERMANENTLY
+    }
+}
+
+impl fmt::Display for RedirectCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a redirecting domain sends its clients.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RedirectTo {
+    /// `redirect`: a URL.
+    Url(RedirectUrl),
+    /// `www`: the canonical name of the domain, on this proxy (its scheme and port).
+    Canonical(DomainName),
+}
+
+/// A whole domain redirecting: every request but the ACME challenge and the health answer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Redirect {
+    pub to: RedirectTo,
+    pub code: RedirectCode,
+    /// The request's path and query are appended to the target.
+    pub keep_path: bool,
+}
+
+impl Redirect {
+    /// A `redirect` label's or field's target with its options; a target with a query cannot
+    /// keep the path (it would land in the query).
+    pub fn to_url(url: RedirectUrl, code: Option<RedirectCode>, keep_path: Option<bool>) -> Result<Redirect, String> {
+        let keep_path = keep_path.unwrap_or(true);
+        if keep_path && url.has_query() {
+            return Err(format!(
+                "redirect {:?} has a query, and the request's path would be appended after it; set redirect.keep-path=false, or drop the query",
+                show(url.as_str())
+            ));
+        }
+        Ok(Redirect { to: RedirectTo::Url(url), code: code.unwrap_or_default(), keep_path })
+    }
+
+    /// The canonical-name redirect of `www` (301, path and query kept).
+    pub fn to_canonical(name: DomainName) -> Redirect {
+        Redirect { to: RedirectTo::Canonical(name), code: RedirectCode::MOVED_PERMANENTLY, keep_path: true }
+    }
+
+    /// The `Location` as one nginx string: the target (`base`: the URL, or the canonical name's
+    /// `scheme://name:port`), without a trailing `/` when the path is kept, then `$request_uri`.
+    pub fn location(&self, base: &str) -> String {
+        let base = if self.keep_path { base.trim_end_matches('/') } else { base };
+        let mut literal = nginx_literal(base);
+        if self.keep_path {
+            literal.insert_str(literal.len() - 1, "$request_uri");
+        }
+        literal
+    }
+}
+
+impl fmt::Display for Redirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.to {
+            RedirectTo::Url(url) => write!(f, "{url}")?,
+            RedirectTo::Canonical(name) => write!(f, "{name}")?,
+        }
+        write!(f, " ({}, {})", self.code, if self.keep_path { "path kept" } else { "path dropped" })
+    }
+}
+
+impl Serialize for Redirect {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `www`: which of a name and its `www.` twin is canonical; the other redirects to it (301).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Www {
+    ToApex,
+    ToWww,
+}
+
+impl Www {
+    pub fn parse(input: &str) -> Result<Www, PolicyError> {
+        match input.trim().to_ascii_lowercase().as_str() {
+            "to-apex" => Ok(Www::ToApex),
+            "to-www" => Ok(Www::ToWww),
+            _ => Err(PolicyError::Www { value: show(input.trim()) }),
+        }
+    }
+
+    /// `(canonical, other)` for `domain`, whichever of the two it is: `example.com` and
+    /// `www.example.com` in the order this setting puts them.
+    pub fn names(self, domain: &DomainName) -> Result<(DomainName, DomainName), PolicyError> {
+        let bad = |reason: &str| PolicyError::WwwDomain { domain: domain.to_string(), reason: reason.to_string() };
+        if domain.is_wildcard() {
+            return Err(bad("a wildcard has no www twin"));
+        }
+        let apex = domain.as_str().strip_prefix("www.").unwrap_or(domain.as_str());
+        if !apex.contains('.') {
+            return Err(bad("its apex would be a single label"));
+        }
+        let apex = DomainName::parse(apex).map_err(|e| bad(&e.to_string()))?;
+        let www = DomainName::parse(&format!("www.{apex}")).map_err(|e| bad(&e.to_string()))?;
+        Ok(match self {
+            Www::ToApex => (apex, www),
+            Www::ToWww => (www, apex),
+        })
+    }
+}
+
+impl fmt::Display for Www {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Www::ToApex => "to-apex",
+            Www::ToWww => "to-www",
+        })
+    }
+}
+
+impl Serialize for Www {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }

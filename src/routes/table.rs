@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 
 use super::{
-    policy::{Balance, Hsts},
+    policy::{Balance, Hsts, Protocol, Redirect},
     Backend, Cidr, Diagnostic, DomainName, Health, Namespace, Origin, PathPrefix, Policy, RouteDef, ServiceDef,
     ServiceKey, ServiceName, SourceOutput, TlsMode,
 };
@@ -32,6 +32,8 @@ pub struct Upstream {
     pub backends: Vec<Backend>,
     /// `lb`: how nginx spreads requests over the servers.
     pub balance: Balance,
+    /// `proto`: how nginx talks to the servers.
+    pub protocol: Protocol,
 }
 
 /// Everything served for one domain.
@@ -42,6 +44,10 @@ pub struct Site {
     pub health: Health,
     /// The HSTS header of its HTTPS server.
     pub hsts: Hsts,
+    /// The whole domain redirects (`redirect`, or the other name of a `www` pair); it then has
+    /// no locations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
     pub locations: Vec<Location>,
 }
 
@@ -80,7 +86,15 @@ impl RouteTable {
         let mut site_tls = PerDomain::new("tls", "one TLS mode");
         let mut site_health = PerDomain::new("health", "one health answer");
         let mut site_hsts = PerDomain::new("hsts", "one HSTS header");
-        for route in routes {
+        let mut site_redirect = PerDomain::new("redirect", "one redirect");
+        let mut site_www = PerDomain::new("www", "one canonical name");
+        for mut route in routes {
+            // `www`: a route on either name of the pair serves the canonical one.
+            let mut renamed = false;
+            if let Some(Ok((canonical, _))) = route.www.map(|www| www.names(&route.domain)) {
+                renamed = canonical != route.domain;
+                route.domain = canonical;
+            }
             if let Some(key) = &route.service {
                 if !services.contains_key(key) {
                     let message = if let Some(at) = rejected.get(key) {
@@ -99,9 +113,17 @@ impl RouteTable {
                     diagnostics.push(Diagnostic::error(route.origin.clone(), message));
                     continue;
                 }
+                if let Some(reason) = services[key].2.proto.rejects(&route.policy) {
+                    diagnostics.push(Diagnostic::error(route.origin.clone(), reason));
+                    continue;
+                }
             }
             let slot = (route.domain.clone(), route.path.clone());
             if let Some(first) = claimed.get_mut(&slot) {
+                // Both names of a `www` pair listed: one route, on the canonical name.
+                if renamed && first.service == route.service && first.www == route.www {
+                    continue;
+                }
                 if let Some(diagnostic) = conflict(first, &route) {
                     diagnostics.push(diagnostic);
                 }
@@ -110,7 +132,40 @@ impl RouteTable {
             site_tls.note(&route, Some(&route.tls), &mut diagnostics);
             site_health.note(&route, route.health.as_ref(), &mut diagnostics);
             site_hsts.note(&route, route.hsts.as_ref(), &mut diagnostics);
+            site_redirect.note(&route, route.redirect.as_ref(), &mut diagnostics);
+            site_www.note(&route, route.www.as_ref(), &mut diagnostics);
             claimed.insert(slot, route);
+        }
+
+        // A redirecting domain serves none of its routes.
+        claimed.retain(|(domain, _), route| {
+            let Some((redirect, by)) = site_redirect.values.get(domain) else { return true };
+            if route.service.is_some() {
+                diagnostics.push(Diagnostic::warning(
+                    route.origin.clone(),
+                    format!(
+                        "{domain}{} is not served: the whole domain redirects to {redirect}, set by {by}",
+                        route.path
+                    ),
+                ));
+            }
+            route.redirect.is_some()
+        });
+        // `www`: the other name of each pair redirects to the canonical one, unless a route
+        // of its own serves it.
+        let mut aliases: Vec<(DomainName, DomainName)> = Vec::new();
+        for (canonical, (www, by)) in &site_www.values {
+            let Ok((_, other)) = www.names(canonical) else { continue };
+            match claimed.iter().find(|((domain, _), _)| *domain == other) {
+                Some((_, route)) => diagnostics.push(Diagnostic::warning(
+                    by.clone(),
+                    format!(
+                        "www {www}: {other} is routed by {}, which keeps it; it does not redirect to {canonical}",
+                        route.origin
+                    ),
+                )),
+                None => aliases.push((other, canonical.clone())),
+            }
         }
 
         let used: BTreeSet<&ServiceKey> = claimed.values().filter_map(|r| r.service.as_ref()).collect();
@@ -132,11 +187,24 @@ impl RouteTable {
                 namespace: key.namespace,
                 backends: services[key].0.clone(),
                 balance: services[key].1,
+                protocol: services[key].2.clone(),
             });
         }
 
         let mut sites: Vec<Site> = Vec::new();
         for ((domain, path), route) in claimed {
+            if route.redirect.is_some() {
+                let site = Site {
+                    tls: site_tls.get(&domain).unwrap_or_default(),
+                    health: site_health.get(&domain).unwrap_or_default(),
+                    hsts: site_hsts.get(&domain).unwrap_or_default(),
+                    redirect: route.redirect,
+                    domain,
+                    locations: Vec::new(),
+                };
+                sites.push(site);
+                continue;
+            }
             let location = Location {
                 path,
                 upstream: route.service.as_ref().map(|k| ids[k].clone()),
@@ -150,9 +218,21 @@ impl RouteTable {
                     let tls = site_tls.get(&domain).unwrap_or_default();
                     let health = site_health.get(&domain).unwrap_or_default();
                     let hsts = site_hsts.get(&domain).unwrap_or_default();
-                    sites.push(Site { domain, tls, health, hsts, locations: vec![location] });
+                    sites.push(Site { domain, tls, health, hsts, redirect: None, locations: vec![location] });
                 }
             }
+        }
+        for (other, canonical) in aliases {
+            let site = Site {
+                domain: other,
+                tls: site_tls.get(&canonical).unwrap_or_default(),
+                health: site_health.get(&canonical).unwrap_or_default(),
+                hsts: site_hsts.get(&canonical).unwrap_or_default(),
+                redirect: Some(Redirect::to_canonical(canonical)),
+                locations: Vec::new(),
+            };
+            let at = sites.partition_point(|s| s.domain < site.domain);
+            sites.insert(at, site);
         }
 
         RouteTable { upstreams, sites, diagnostics }
@@ -196,38 +276,53 @@ impl RouteTable {
 
 /// Merges definitions of the same service: replicas of a Docker service add servers; two static
 /// definitions of one name are an error (the first wins).
-/// A merged service: its servers and how they share the load (the first definition that sets `lb`
-/// decides; a replica asking for another method gets a warning).
+/// A merged service: its servers, how they share the load and how nginx talks to them (for each,
+/// the first definition that sets it decides; a replica asking for another gets a warning).
 struct Merged {
     origin: Origin,
     backends: Vec<Backend>,
     balance: Option<(Balance, Origin)>,
+    protocol: Option<(Protocol, Origin)>,
 }
 
-fn merge_services(
-    defs: Vec<ServiceDef>,
+/// A merged service's servers, `lb` and `proto`.
+type MergedService = (Vec<Backend>, Balance, Protocol);
+
+/// Keeps the first value a service definition sets (`have`); a later definition asking for
+/// another one gets a warning.
+fn settle<T: PartialEq + std::fmt::Display>(
+    have: &mut Option<(T, Origin)>,
+    wanted: Option<T>,
+    def: &ServiceDef,
+    (key, what): (&str, &str),
     diagnostics: &mut Vec<Diagnostic>,
-) -> BTreeMap<ServiceKey, (Vec<Backend>, Balance)> {
+) {
+    match (&*have, wanted) {
+        (None, Some(value)) => *have = Some((value, def.origin.clone())),
+        (Some((value, by)), Some(wanted)) if *value != wanted => diagnostics.push(Diagnostic::warning(
+            def.origin.clone(),
+            format!(
+                "{key} {wanted} conflicts with {key} {value} set for service {} by {by}; a service has one {what}, keeping {value}",
+                def.key.name.as_str()
+            ),
+        )),
+        _ => {}
+    }
+}
+
+fn merge_services(defs: Vec<ServiceDef>, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<ServiceKey, MergedService> {
     let mut services: BTreeMap<ServiceKey, Merged> = BTreeMap::new();
     for def in defs {
         match services.get_mut(&def.key) {
             None => {
                 let balance = def.balance.map(|b| (b, def.origin.clone()));
-                services.insert(def.key, Merged { origin: def.origin, backends: def.backends, balance });
+                let protocol = def.protocol.clone().map(|p| (p, def.origin.clone()));
+                services.insert(def.key, Merged { origin: def.origin, backends: def.backends, balance, protocol });
             }
             Some(merged) if def.key.namespace == Namespace::Docker => {
-                merged.backends.extend(def.backends);
-                match (&merged.balance, def.balance) {
-                    (None, Some(b)) => merged.balance = Some((b, def.origin)),
-                    (Some((have, by)), Some(wanted)) if *have != wanted => diagnostics.push(Diagnostic::warning(
-                        def.origin,
-                        format!(
-                            "lb {wanted} conflicts with lb {have} set for service {} by {by}; a service has one method, keeping {have}",
-                            def.key.name.as_str()
-                        ),
-                    )),
-                    _ => {}
-                }
+                merged.backends.extend(def.backends.iter().cloned());
+                settle(&mut merged.balance, def.balance, &def, ("lb", "method"), diagnostics);
+                settle(&mut merged.protocol, def.protocol.clone(), &def, ("proto", "protocol"), diagnostics);
             }
             Some(merged) => diagnostics.push(Diagnostic::error(
                 def.origin,
@@ -244,7 +339,8 @@ fn merge_services(
         .map(|(key, mut merged)| {
             merged.backends.sort();
             merged.backends.dedup_by(|a, b| a.host == b.host && a.port == b.port);
-            (key, (merged.backends, merged.balance.map(|(b, _)| b).unwrap_or_default()))
+            let protocol = merged.protocol.map(|(p, _)| p).unwrap_or_default();
+            (key, (merged.backends, merged.balance.map(|(b, _)| b).unwrap_or_default(), protocol))
         })
         .collect()
 }
@@ -373,6 +469,8 @@ mod tests {
             tls: TlsMode::Auto,
             health: None,
             hsts: None,
+            redirect: None,
+            www: None,
             policy: Policy::default(),
             origin,
         }
@@ -389,6 +487,7 @@ mod tests {
                 origin: origin.clone(),
             }],
             balance: None,
+            protocol: None,
             origin,
         }
     }

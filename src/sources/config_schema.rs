@@ -31,6 +31,13 @@ fn kind(kind: FieldKind) -> (&'static str, String) {
         FieldKind::OnOff => ("boolean, or string", policy_allowed::ON_OFF.to_string()),
         FieldKind::Health => ("string", policy_allowed::HEALTH.to_string()),
         FieldKind::Hsts => ("string", policy_allowed::HSTS.to_string()),
+        FieldKind::Proto => ("string", policy_allowed::PROTO.to_string()),
+        FieldKind::BackendVerify => ("string, or boolean", policy_allowed::BACKEND_VERIFY.to_string()),
+        FieldKind::Path => ("string", format!("an absolute path that {}", allowed::PATH)),
+        FieldKind::RedirectUrl => ("string", policy_allowed::REDIRECT.to_string()),
+        FieldKind::RedirectCode => ("integer, or string", policy_allowed::REDIRECT_CODE.to_string()),
+        FieldKind::Bool => ("boolean", allowed::BOOL.to_string()),
+        FieldKind::Www => ("string", policy_allowed::WWW.to_string()),
     }
 }
 
@@ -44,6 +51,12 @@ fn field_schema(field: &Field) -> Value {
         FieldKind::Size => json!({ "type": ["string", "integer"], "minimum": 0 }),
         FieldKind::Timeout | FieldKind::Health | FieldKind::Hsts => json!({ "type": "string" }),
         FieldKind::OnOff => json!({ "type": ["boolean", "string"] }),
+        FieldKind::Proto => json!({ "enum": ["http", "https", "h2c", "grpc", "grpcs", "fastcgi", "uwsgi"] }),
+        FieldKind::BackendVerify => json!({ "type": ["string", "boolean"] }),
+        FieldKind::Path | FieldKind::RedirectUrl => json!({ "type": "string" }),
+        FieldKind::RedirectCode => json!({ "enum": [301, 302, 307, 308, "301", "302", "307", "308"] }),
+        FieldKind::Bool => json!({ "type": "boolean" }),
+        FieldKind::Www => json!({ "enum": ["to-apex", "to-www"] }),
     };
     if !field.required {
         // An optional field may be null: the reader takes it as absent.
@@ -343,13 +356,31 @@ mod tests {
                         FieldKind::OnOff => json!(false),
                         FieldKind::Health => json!("/healthz"),
                         FieldKind::Hsts => json!("31536000,includeSubDomains"),
+                        FieldKind::Proto => json!("fastcgi"),
+                        FieldKind::BackendVerify => json!(false),
+                        FieldKind::Path => json!("/app/public"),
+                        FieldKind::RedirectUrl => json!("https://example.org"),
+                        FieldKind::RedirectCode => json!(308),
+                        FieldKind::Bool => json!(false),
+                        FieldKind::Www => json!("to-apex"),
                     };
                     (f.name.to_string(), value)
                 })
                 .collect()
         };
+        // A redirecting domain takes no service, allow list or policy: its fields are read apart.
+        let redirecting = |f: &&Field| f.name.starts_with("redirect");
+        let domain_fields = SECTIONS.iter().find(|s| s.key == "domains").unwrap().fields;
+        let redirect_fields: Vec<Field> =
+            domain_fields.iter().filter(|f| f.name == "name" || redirecting(f)).copied().collect();
+        let redirect_entry = full(&redirect_fields);
+        let text = json!({ "domains": [redirect_entry] }).to_string();
+        let out = parse(Path::new("c.json"), &text, FileKind::Combined);
+        assert!(out.diagnostics.is_empty(), "{text}: {:?}", out.diagnostics);
+        assert!(out.routes[0].redirect.is_some());
         for section in SECTIONS {
-            let entry = full(section.fields);
+            let fields: Vec<Field> = section.fields.iter().filter(|f| !redirecting(f)).copied().collect();
+            let entry = full(&fields);
             let text = json!({ section.key: [entry] }).to_string();
             let out = parse(Path::new("c.json"), &text, FileKind::Combined);
             assert!(out.diagnostics.is_empty(), "{text}: {:?}", out.diagnostics);

@@ -15,6 +15,7 @@ pub fn parse(domains: Option<&str>, services: Option<&str>) -> SourceOutput {
         match parse_service(text) {
             Ok((name, host, port)) => out.services.push(ServiceDef {
                 balance: None,
+                protocol: None,
                 key: ServiceKey { namespace: Namespace::Static, name },
                 backends: vec![Backend { host, port, state: BackendState::Up, network: None, origin: origin.clone() }],
                 origin,
@@ -41,6 +42,8 @@ pub fn parse(domains: Option<&str>, services: Option<&str>) -> SourceOutput {
                 tls: TlsMode::Auto,
                 health: None,
                 hsts: None,
+                redirect: None,
+                www: None,
                 policy: Default::default(),
                 origin,
             }),

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::routes::policy::{parse_on_off, Hsts, Size, Timeout};
+use crate::routes::policy::{
+    parse_on_off, BackendVerify, Hsts, Proto, Protocol, Redirect, RedirectCode, RedirectUrl, Size, Timeout, Www,
+};
 use crate::routes::{
     Backend, BackendState, Cidr, Diagnostic, DomainName, Health, Host, Namespace, Origin, PathPrefix, Policy, Port,
     RouteDef, ServiceDef, ServiceKey, ServiceName, SourceOutput, TlsMode,
@@ -100,6 +102,20 @@ pub enum FieldKind {
     Health,
     /// A string: an [`Hsts`] value.
     Hsts,
+    /// A string: a [`Proto`].
+    Proto,
+    /// A string: a [`BackendVerify`] (`off`, `on`, a host name); or a boolean.
+    BackendVerify,
+    /// A string: an absolute [`PathPrefix`].
+    Path,
+    /// A string: a [`RedirectUrl`].
+    RedirectUrl,
+    /// An integer (or a string): a [`RedirectCode`].
+    RedirectCode,
+    /// A boolean.
+    Bool,
+    /// A string: a [`Www`].
+    Www,
 }
 
 /// The sections, in the order the reference lists them.
@@ -122,6 +138,24 @@ const SERVICE_FIELDS: &[Field] = &[
     Field { name: "name", kind: FieldKind::Service, required: true, doc: "the name domains refer to it by" },
     Field { name: "host", kind: FieldKind::Host, required: true, doc: "the backend's host" },
     Field { name: "port", kind: FieldKind::Port, required: true, doc: "the backend's port" },
+    Field {
+        name: "proto",
+        kind: FieldKind::Proto,
+        required: false,
+        doc: "how nginx talks to it (`https`, `h2c`, `grpc`, `grpcs`, `fastcgi`, `uwsgi`); `http` when absent",
+    },
+    Field {
+        name: "backend-verify",
+        kind: FieldKind::BackendVerify,
+        required: false,
+        doc: "with proto `https`/`grpcs`: `on` checks its certificate against the system's CA bundle and `host`, a host name against that name; `off` when absent",
+    },
+    Field {
+        name: "fastcgi.root",
+        kind: FieldKind::Path,
+        required: false,
+        doc: "with proto `fastcgi`: the app's document root on its side; `/var/www/html` when absent",
+    },
 ];
 
 const DOMAIN_FIELDS: &[Field] = &[
@@ -179,6 +213,30 @@ const DOMAIN_FIELDS: &[Field] = &[
         kind: FieldKind::Health,
         required: false,
         doc: "the path of the proxy's own `200 healthy` answer on this domain, or `off`; `/health` when absent",
+    },
+    Field {
+        name: "redirect",
+        kind: FieldKind::RedirectUrl,
+        required: false,
+        doc: "the whole domain redirects to this URL (every request but the ACME challenge and the health answer); no `service`, `allow` or policy with it",
+    },
+    Field {
+        name: "redirect.code",
+        kind: FieldKind::RedirectCode,
+        required: false,
+        doc: "the redirect's status, `301`, `302`, `307` or `308`; `301` when absent",
+    },
+    Field {
+        name: "redirect.keep-path",
+        kind: FieldKind::Bool,
+        required: false,
+        doc: "the request's path and query are appended to the redirect's target; `true` when absent",
+    },
+    Field {
+        name: "www",
+        kind: FieldKind::Www,
+        required: false,
+        doc: "`to-apex` or `to-www`: the other name of the pair redirects to this one (301) and gets a certificate too",
     },
 ];
 
@@ -327,12 +385,16 @@ impl FileReader {
             (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(e),
         };
         let key = ServiceKey { namespace: Namespace::Static, name };
-        match keys.and_then(|()| self.service_backend(entry, field)) {
-            Ok((host, port)) => {
+        match keys.and_then(|()| self.service_backend(entry, field)).and_then(|(host, port)| {
+            let protocol = self.protocol(entry, field, &host)?;
+            Ok((host, port, protocol))
+        }) {
+            Ok((host, port, protocol)) => {
                 let origin = self.origin(field);
                 out.services.push(ServiceDef {
                     key,
                     balance: None,
+                    protocol,
                     backends: vec![Backend {
                         host,
                         port,
@@ -372,6 +434,66 @@ impl FileReader {
         Ok((host, port))
     }
 
+    /// The `proto`, `backend-verify` and `fastcgi.root` of a service entry, checked together.
+    fn protocol(&self, entry: &Map<String, Value>, field: &str, host: &Host) -> Result<Option<Protocol>, Diagnostic> {
+        let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
+        let proto = self.string(entry, field, "proto")?.map(Proto::parse).transpose().map_err(|e| fail("proto", &e))?;
+        let verify = match entry.get("backend-verify") {
+            Some(Value::Bool(on)) => Some(if *on { BackendVerify::On } else { BackendVerify::Off }),
+            _ => self
+                .string(entry, field, "backend-verify")?
+                .map(BackendVerify::parse)
+                .transpose()
+                .map_err(|e| fail("backend-verify", &e))?,
+        };
+        let root = self.string(entry, field, "fastcgi.root")?.map(PathPrefix::parse).transpose();
+        let root = root.map_err(|e| fail("fastcgi.root", &e))?;
+        if proto.is_none() && verify.is_none() && root.is_none() {
+            return Ok(None);
+        }
+        let protocol =
+            Protocol { proto: proto.unwrap_or_default(), verify: verify.unwrap_or_default(), fastcgi_root: root };
+        protocol.check(Some(host)).map_err(|(key, message)| fail(key, &message))?;
+        Ok(Some(protocol))
+    }
+
+    /// The `redirect` of a domain entry with its `redirect.code` and `redirect.keep-path`.
+    fn redirect(&self, entry: &Map<String, Value>, field: &str) -> Result<Option<Redirect>, Diagnostic> {
+        let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
+        let url = self.string(entry, field, "redirect")?.map(RedirectUrl::parse).transpose();
+        let url = url.map_err(|e| fail("redirect", &e))?;
+        let code = match entry.get("redirect.code") {
+            Some(Value::Number(n)) => Some(RedirectCode::parse(&n.to_string()).map_err(|e| fail("redirect.code", &e))?),
+            _ => self
+                .string(entry, field, "redirect.code")?
+                .map(RedirectCode::parse)
+                .transpose()
+                .map_err(|e| fail("redirect.code", &e))?,
+        };
+        let keep_path = match entry.get("redirect.keep-path") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                return Err(fail("redirect.keep-path", &format!("must be true or false, found {}", kind_of(other))))
+            }
+        };
+        let Some(url) = url else {
+            if let Some(name) = ["redirect.code", "redirect.keep-path"].into_iter().find(|n| entry.contains_key(*n)) {
+                return Err(fail(name, &format!("{name} needs redirect, the target the domain redirects to")));
+            }
+            return Ok(None);
+        };
+        for name in ["service", "allow", "max-body", "timeout", "buffering"] {
+            if entry.get(name).is_some_and(|v| !v.is_null()) {
+                return Err(fail(
+                    name,
+                    &"has no effect on a domain that redirects (redirect): the whole domain redirects; remove one of them",
+                ));
+            }
+        }
+        Redirect::to_url(url, code, keep_path).map(Some).map_err(|e| fail("redirect", &e))
+    }
+
     fn domain(&self, entry: &Map<String, Value>, field: &str, out: &mut SourceOutput) -> Result<(), Diagnostic> {
         self.check_keys(entry, field, fields("domains"))?;
         let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
@@ -406,6 +528,11 @@ impl FileReader {
         let (health, policy) = self.policy(entry, field)?;
         let hsts = self.string(entry, field, "hsts")?.map(Hsts::parse).transpose();
         let hsts = hsts.map_err(|e| Diagnostic::error(self.origin(format!("{field}.hsts")), e))?;
+        let redirect = self.redirect(entry, field)?;
+        let www = self.string(entry, field, "www")?.map(Www::parse).transpose().map_err(|e| fail("www", &e))?;
+        if let Some(www) = www {
+            www.names(&domain).map_err(|e| fail("www", &e))?;
+        }
         out.routes.push(RouteDef {
             domain,
             path: PathPrefix::root(),
@@ -414,6 +541,8 @@ impl FileReader {
             tls,
             health,
             hsts,
+            redirect,
+            www,
             policy,
             origin: self.origin(field),
         });

@@ -11,7 +11,9 @@
 //! route name ([`is_route_name`]).
 
 use crate::routes::grammar::{allowed, parse_bool};
-use crate::routes::policy::{self, parse_on_off, Balance, HeaderValue, Hsts, Size, Timeout};
+use crate::routes::policy::{
+    self, parse_on_off, BackendVerify, Balance, HeaderValue, Hsts, Proto, RedirectCode, RedirectUrl, Size, Timeout, Www,
+};
 use crate::routes::Health;
 use crate::routes::{Cidr, DomainName, PathPrefix, Port, ServiceName, TlsMode, ValueError};
 
@@ -54,6 +56,16 @@ pub enum ValueKind {
     Hsts,
     /// A load-balancing method ([`Balance`]).
     Balance,
+    /// How nginx talks to the app ([`Proto`]).
+    Proto,
+    /// `off`, `on` or a host name ([`BackendVerify`]).
+    BackendVerify,
+    /// An http(s) URL ([`RedirectUrl`]).
+    RedirectUrl,
+    /// 301, 302, 307 or 308 ([`RedirectCode`]).
+    RedirectCode,
+    /// `to-apex` or `to-www` ([`Www`]).
+    Www,
 }
 
 /// A parsed label value, one variant per [`ValueKind`].
@@ -74,6 +86,11 @@ pub enum Value {
     HeaderValue(HeaderValue),
     Hsts(Hsts),
     Balance(Balance),
+    Proto(Proto),
+    BackendVerify(BackendVerify),
+    RedirectUrl(RedirectUrl),
+    RedirectCode(RedirectCode),
+    Www(Www),
 }
 
 impl ValueKind {
@@ -114,6 +131,15 @@ impl ValueKind {
             ValueKind::HeaderValue => HeaderValue::parse(raw).map(Value::HeaderValue).map_err(|e| vec![e.to_string()]),
             ValueKind::Hsts => Hsts::parse(raw).map(Value::Hsts).map_err(|e| vec![e.to_string()]),
             ValueKind::Balance => Balance::parse(raw).map(Value::Balance).map_err(|e| vec![e.to_string()]),
+            ValueKind::Proto => Proto::parse(raw).map(Value::Proto).map_err(|e| vec![e.to_string()]),
+            ValueKind::BackendVerify => {
+                BackendVerify::parse(raw).map(Value::BackendVerify).map_err(|e| vec![e.to_string()])
+            }
+            ValueKind::RedirectUrl => RedirectUrl::parse(raw).map(Value::RedirectUrl).map_err(|e| vec![e.to_string()]),
+            ValueKind::RedirectCode => {
+                RedirectCode::parse(raw).map(Value::RedirectCode).map_err(|e| vec![e.to_string()])
+            }
+            ValueKind::Www => Www::parse(raw).map(Value::Www).map_err(|e| vec![e.to_string()]),
         }
     }
 
@@ -136,6 +162,11 @@ impl ValueKind {
             ValueKind::HeaderValue => policy::allowed::HEADER_VALUE.to_string(),
             ValueKind::Hsts => policy::allowed::HSTS.to_string(),
             ValueKind::Balance => policy::allowed::BALANCE.to_string(),
+            ValueKind::Proto => policy::allowed::PROTO.to_string(),
+            ValueKind::BackendVerify => policy::allowed::BACKEND_VERIFY.to_string(),
+            ValueKind::RedirectUrl => policy::allowed::REDIRECT.to_string(),
+            ValueKind::RedirectCode => policy::allowed::REDIRECT_CODE.to_string(),
+            ValueKind::Www => policy::allowed::WWW.to_string(),
         }
     }
 }
@@ -250,12 +281,73 @@ pub const KEYS: &[LabelKey] = &[
         "true",
     ),
     route(
+        "proto",
+        ValueKind::Proto,
+        "how nginx talks to the app: `http`, `https` (TLS, with SNI), `h2c` (plain-text HTTP/2, through nginx's gRPC module, its only HTTP/2 client), `grpc`, `grpcs` (gRPC over TLS), `fastcgi` (php-fpm), `uwsgi`; one per service",
+        "`http`",
+        "grpc",
+    ),
+    route(
+        "backend-verify",
+        ValueKind::BackendVerify,
+        "with `proto=https`/`grpcs`: `on` checks the app's certificate against the system's CA bundle and the service's host name (static services), a host name checks it against that name (containers are reached by address); `off` encrypts without checking",
+        "`off`",
+        "app.internal",
+    ),
+    route(
+        "fastcgi.root",
+        ValueKind::PathPrefix,
+        "with `proto=fastcgi`: the app's document root inside its own container; a path naming a `.php` script runs that script (`PATH_INFO` after it), every other path runs `index.php` there (a front controller), with the original `REQUEST_URI`",
+        "`/var/www/html`",
+        "/app/public",
+    ),
+    route(
         "hsts",
         ValueKind::Hsts,
         "the HTTPS server's `Strict-Transport-Security`: `off`, or a max-age in seconds with optional flags (`63072000,includeSubDomains,preload`); one per domain",
         "`63072000` (two years)",
         "31536000,includeSubDomains",
     ),
+    LabelKey {
+        inherited: false,
+        ..route(
+        "redirect",
+        ValueKind::RedirectUrl,
+        "the whole domain redirects to this `http(s)://` URL (every request but the ACME challenge and the health answer; no service or network needed); one per domain, on a route without a `path`",
+        "—",
+        "https://www.example.org",
+    )
+    },
+    LabelKey {
+        inherited: false,
+        ..route(
+        "redirect.code",
+        ValueKind::RedirectCode,
+        "the redirect's status: `301`, `302`, `307` or `308` (`307`/`308` keep the method and body)",
+        "`301`",
+        "308",
+    )
+    },
+    LabelKey {
+        inherited: false,
+        ..route(
+        "redirect.keep-path",
+        ValueKind::Bool,
+        "`true`: the request's path and query are appended to the target (`/a?b` → `https://target/a?b`); `false`: every request goes to the target as written",
+        "`true`",
+        "false",
+    )
+    },
+    LabelKey {
+        inherited: false,
+        ..route(
+        "www",
+        ValueKind::Www,
+        "the canonical host: `to-apex` serves `example.com` and redirects `www.example.com` to it (301, path and query kept), `to-www` the other way round; either name in `domains` will do, and the other one is served and gets its own certificate; one per domain",
+        "—",
+        "to-apex",
+    )
+    },
     route(
         "headers.request.<Name>",
         ValueKind::HeaderValue,
@@ -473,6 +565,16 @@ mod tests {
             labels.insert("smart-proxy.domains".to_string(), "example.com".to_string());
             labels
                 .insert(format!("smart-proxy.{}", key.key.replace(NAME_SEGMENT, "X-Example")), key.example.to_string());
+            // Keys that refine another one need it.
+            let needs = match key.key {
+                "backend-verify" => Some(("proto", "https")),
+                "fastcgi.root" => Some(("proto", "fastcgi")),
+                "redirect.code" | "redirect.keep-path" => Some(("redirect", "https://example.org")),
+                _ => None,
+            };
+            if let Some((needed, value)) = needs {
+                labels.insert(format!("smart-proxy.{needed}"), value.to_string());
+            }
             let network = if key.key == "network" { key.example } else { "proxy" };
             let c = Container {
                 id: "id".into(),
@@ -564,13 +666,13 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_unique_and_named_routes_inherit_all_but_domains_and_service() {
+    fn keys_are_unique_and_named_routes_inherit_all_but_domains_service_and_where_they_lead() {
         let mut names: Vec<&str> = KEYS.iter().map(|k| k.key).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), KEYS.len());
         let not_inherited: Vec<&str> =
             KEYS.iter().filter(|k| k.scope == Scope::Route && !k.inherited).map(|k| k.key).collect();
-        assert_eq!(not_inherited, ["domains", "service"]);
+        assert_eq!(not_inherited, ["domains", "service", "redirect", "redirect.code", "redirect.keep-path", "www"]);
     }
 }

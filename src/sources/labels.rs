@@ -258,6 +258,19 @@ fn route(
     let health = values.take("health", |v| if let Value::Health(h) = v { Some(h) } else { None });
     let hsts = values.take("hsts", |v| if let Value::Hsts(h) = v { Some(h) } else { None });
     let balance = values.take("lb", |v| if let Value::Balance(b) = v { Some(b) } else { None });
+    let www = values.take_label("www", |v| if let Value::Www(w) = v { Some(w) } else { None });
+    if let (Some((www, label)), Some(domains)) = (&www, &domains) {
+        for domain in domains {
+            if let Err(e) = www.names(domain) {
+                errors.push(Diagnostic::error(at(label), format!("{e}; allowed: {}", policy::allowed::WWW)));
+            }
+        }
+    }
+    let www = www.map(|(w, _)| w);
+    let redirect = redirect(labels, &mut values, &settings.prefix, &at, &mut errors);
+    // A named route's own labels (the rest it inherits from the container-wide ones).
+    let own = |label: &str| name.is_none_or(|route| label.starts_with(&format!("{}.{route}.", settings.prefix)));
+    let protocol = protocol(labels, &mut values, &own, &at, &mut errors);
     let (request_headers, response_headers) = headers(labels, &at, &mut errors);
     let policy = Policy {
         max_body: values.take("max-body", |v| if let Value::Size(s) = v { Some(s) } else { None }),
@@ -268,6 +281,49 @@ fn route(
         request_headers,
         response_headers,
     };
+    if let Some(reason) = protocol.as_ref().and_then(|p| p.proto.rejects(&policy)) {
+        let label = labels.values.get("buffering").map_or("", |(_, label)| label.as_str());
+        errors.push(Diagnostic::error(at(label), reason));
+    }
+    if labels.values.contains_key("redirect") {
+        // A redirecting route serves nothing: no service, no network.
+        let unused = labels
+            .values
+            .iter()
+            .filter(|(key, (value, _))| !(REDIRECT_KEYS.contains(key) || (**key == "path" && value.trim() == "/")))
+            .map(|(_, (_, label))| label)
+            .chain(labels.with_name.values().map(|(_, _, label)| label))
+            .filter(|label| own(label));
+        for label in unused {
+            errors.push(Diagnostic::error(
+                at(label),
+                format!(
+                    "has no effect on a route that redirects ({p}.redirect): the whole domain redirects, and only {} apply; remove one of them",
+                    REDIRECT_KEYS.iter().map(|k| format!("{}.{k}", settings.prefix)).collect::<Vec<_>>().join(", "),
+                    p = settings.prefix
+                ),
+            ));
+        }
+        let (Some(domains), Some(redirect), true) = (domains, redirect, errors.is_empty()) else { return Err(errors) };
+        let origin = Origin::Container { name: c.name.clone(), label: None };
+        let routes = domains
+            .into_iter()
+            .map(|domain| RouteDef {
+                domain,
+                path: PathPrefix::root(),
+                service: None,
+                allow: Vec::new(),
+                tls,
+                health: health.clone(),
+                hsts,
+                redirect: Some(redirect.clone()),
+                www,
+                policy: Policy::default(),
+                origin: origin.clone(),
+            })
+            .collect();
+        return Ok(SourceOutput { routes, ..SourceOutput::default() });
+    }
     let service = match values.take("service", |v| if let Value::Service(s) = v { Some(s) } else { None }) {
         Some(service) => Some(service),
         None if labels.values.contains_key("service") => None,
@@ -303,7 +359,7 @@ fn route(
         None => Vec::new(),
     };
     let mut out = SourceOutput::default();
-    out.services.push(ServiceDef { key: key.clone(), backends, balance, origin: origin.clone() });
+    out.services.push(ServiceDef { key: key.clone(), backends, balance, protocol, origin: origin.clone() });
     for domain in domains {
         out.routes.push(RouteDef {
             domain,
@@ -313,11 +369,80 @@ fn route(
             tls,
             health: health.clone(),
             hsts,
+            redirect: None,
+            www,
             policy: policy.clone(),
             origin: origin.clone(),
         });
     }
     Ok(out)
+}
+
+/// The keys that mean something on a route that redirects (all of them per domain).
+const REDIRECT_KEYS: &[&str] =
+    &["domains", "tls", "health", "hsts", "redirect", "redirect.code", "redirect.keep-path", "www"];
+
+/// The route's `redirect` with its `redirect.code` and `redirect.keep-path`; the options alone
+/// are an error at their label.
+fn redirect(
+    labels: &RouteLabels,
+    values: &mut Values,
+    prefix: &str,
+    at: &dyn Fn(&str) -> Origin,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<policy::Redirect> {
+    let url = values.take_label("redirect", |v| if let Value::RedirectUrl(u) = v { Some(u) } else { None });
+    let code = values.take("redirect.code", |v| if let Value::RedirectCode(c) = v { Some(c) } else { None });
+    let keep_path = values.take("redirect.keep-path", |v| if let Value::Bool(b) = v { Some(b) } else { None });
+    match url {
+        Some((url, label)) => policy::Redirect::to_url(url, code, keep_path)
+            .map_err(|e| errors.push(Diagnostic::error(at(label), e)))
+            .ok(),
+        None => {
+            for key in ["redirect.code", "redirect.keep-path"] {
+                if let Some((_, label)) = labels.values.get(key) {
+                    errors.push(Diagnostic::error(
+                        at(label),
+                        format!("{key} needs {prefix}.redirect, the target the domain redirects to"),
+                    ));
+                }
+            }
+            None
+        }
+    }
+}
+
+/// The route's `proto` with `backend-verify` and `fastcgi.root`, checked together (errors at the
+/// label at fault); `None` when none is set.
+fn protocol(
+    labels: &RouteLabels,
+    values: &mut Values,
+    own: &dyn Fn(&str) -> bool,
+    at: &dyn Fn(&str) -> Origin,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<policy::Protocol> {
+    let proto = values.take("proto", |v| if let Value::Proto(p) = v { Some(p) } else { None });
+    let verify = values.take("backend-verify", |v| if let Value::BackendVerify(b) = v { Some(b) } else { None });
+    let root = values.take("fastcgi.root", |v| if let Value::Path(p) = v { Some(p) } else { None });
+    // An inherited setting of another protocol than the named route's own is not its own.
+    let inherited = |key: &str| labels.values.get(key).is_some_and(|(_, label)| !own(label));
+    let proto_of_route = proto.unwrap_or_default();
+    let verify = verify.filter(|_| proto_of_route.is_tls() || !inherited("backend-verify"));
+    let root = root.filter(|_| proto_of_route == policy::Proto::Fastcgi || !inherited("fastcgi.root"));
+    if proto.is_none() && verify.is_none() && root.is_none() {
+        return None;
+    }
+    let protocol =
+        policy::Protocol { proto: proto.unwrap_or_default(), verify: verify.unwrap_or_default(), fastcgi_root: root };
+    // A container is reached by its address: no host name to check a certificate against.
+    match protocol.check(None) {
+        Ok(()) => Some(protocol),
+        Err((key, message)) => {
+            let label = labels.values.get(key).map_or("", |(_, label)| label.as_str());
+            errors.push(Diagnostic::error(at(label), message));
+            None
+        }
+    }
 }
 
 /// The route's `headers.request.<Name>` and `headers.response.<Name>` labels, parsed (errors at
