@@ -43,6 +43,13 @@ pub struct RouteRow {
     /// The service's `lb`; left out when it is the default round-robin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lb: Option<String>,
+    /// The service's `proto` and its settings; left out when it is plain `http`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    /// Where the whole domain redirects (`redirect`, or the other name of a `www` pair), with
+    /// the code and whether the path is kept; such a domain has this one row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +65,24 @@ impl<'a> Report<'a> {
     pub fn new(table: &'a RouteTable, local: bool, placeholders: &[DomainName]) -> Self {
         let mut routes = Vec::new();
         for site in &table.sites {
+            if let Some(redirect) = &site.redirect {
+                routes.push(RouteRow {
+                    domain: site.domain.to_string(),
+                    path: "/".to_string(),
+                    service: None,
+                    upstream: None,
+                    servers: Vec::new(),
+                    source: site.redirect_by.as_ref().map(Origin::source).unwrap_or_default(),
+                    tls: if local { "off (LOCAL)".into() } else { site.tls.to_string() },
+                    allow: Vec::new(),
+                    policy: Default::default(),
+                    health: (site.health != crate::routes::Health::default()).then(|| site.health.to_string()),
+                    hsts: (site.hsts != Default::default()).then(|| site.hsts.to_string()),
+                    lb: None,
+                    proto: None,
+                    redirect: Some(redirect.to_string()),
+                });
+            }
             for loc in &site.locations {
                 let upstream = loc.upstream.as_ref().and_then(|id| table.upstream(id));
                 routes.push(RouteRow {
@@ -86,6 +111,8 @@ impl<'a> Report<'a> {
                     health: (site.health != crate::routes::Health::default()).then(|| site.health.to_string()),
                     hsts: (site.hsts != Default::default()).then(|| site.hsts.to_string()),
                     lb: upstream.filter(|u| u.balance != Default::default()).map(|u| u.balance.to_string()),
+                    proto: upstream.filter(|u| u.protocol != Default::default()).map(|u| u.protocol.to_string()),
+                    redirect: None,
                 });
             }
         }
@@ -136,6 +163,7 @@ impl<'a> Report<'a> {
             .iter()
             .map(|r| {
                 let servers = match (&r.service, r.servers.is_empty()) {
+                    (None, _) if r.redirect.is_some() => "- (redirects)".to_string(),
                     (None, _) => "- (answers 503)".to_string(),
                     (Some(_), true) => "none (answers 502)".to_string(),
                     (Some(_), false) => r
@@ -207,6 +235,8 @@ impl<'a> Report<'a> {
                 parts.push(r.policy.describe());
             }
             parts.extend(r.lb.as_ref().map(|lb| format!("lb={lb}")));
+            parts.extend(r.proto.as_ref().map(|proto| format!("proto={proto}")));
+            parts.extend(r.redirect.as_ref().map(|to| format!("redirect to {to}")));
             if health_told.insert(&r.domain) {
                 parts.extend(r.health.as_ref().map(|health| format!("health={health}")));
                 parts.extend(r.hsts.as_ref().map(|hsts| format!("hsts={hsts}")));

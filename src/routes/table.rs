@@ -48,6 +48,9 @@ pub struct Site {
     /// no locations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
+    /// Who set the redirect: the redirecting route, or the route that set `www`.
+    #[serde(skip)]
+    pub redirect_by: Option<Origin>,
     pub locations: Vec<Location>,
 }
 
@@ -153,7 +156,7 @@ impl RouteTable {
         });
         // `www`: the other name of each pair redirects to the canonical one, unless a route
         // of its own serves it.
-        let mut aliases: Vec<(DomainName, DomainName)> = Vec::new();
+        let mut aliases: Vec<(DomainName, DomainName, Origin)> = Vec::new();
         for (canonical, (www, by)) in &site_www.values {
             let Ok((_, other)) = www.names(canonical) else { continue };
             match claimed.iter().find(|((domain, _), _)| *domain == other) {
@@ -164,7 +167,7 @@ impl RouteTable {
                         route.origin
                     ),
                 )),
-                None => aliases.push((other, canonical.clone())),
+                None => aliases.push((other, canonical.clone(), by.clone())),
             }
         }
 
@@ -199,6 +202,7 @@ impl RouteTable {
                     health: site_health.get(&domain).unwrap_or_default(),
                     hsts: site_hsts.get(&domain).unwrap_or_default(),
                     redirect: route.redirect,
+                    redirect_by: Some(route.origin),
                     domain,
                     locations: Vec::new(),
                 };
@@ -218,17 +222,26 @@ impl RouteTable {
                     let tls = site_tls.get(&domain).unwrap_or_default();
                     let health = site_health.get(&domain).unwrap_or_default();
                     let hsts = site_hsts.get(&domain).unwrap_or_default();
-                    sites.push(Site { domain, tls, health, hsts, redirect: None, locations: vec![location] });
+                    sites.push(Site {
+                        domain,
+                        tls,
+                        health,
+                        hsts,
+                        redirect: None,
+                        redirect_by: None,
+                        locations: vec![location],
+                    });
                 }
             }
         }
-        for (other, canonical) in aliases {
+        for (other, canonical, by) in aliases {
             let site = Site {
                 domain: other,
                 tls: site_tls.get(&canonical).unwrap_or_default(),
                 health: site_health.get(&canonical).unwrap_or_default(),
                 hsts: site_hsts.get(&canonical).unwrap_or_default(),
                 redirect: Some(Redirect::to_canonical(canonical)),
+                redirect_by: Some(by),
                 locations: Vec::new(),
             };
             let at = sites.partition_point(|s| s.domain < site.domain);
