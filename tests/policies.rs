@@ -281,7 +281,20 @@ impl Served {
         let mut settings = RenderSettings { http_port: port, nginx_version: nginx_version(), ..sandbox.settings(true) };
         adjust(&mut settings);
         let config = Renderer::builtin().render(table, &settings).expect("render");
-        if let Err(e) = sandbox.test(&config) {
+        Served::run(sandbox, &config, port)
+    }
+
+    /// nginx running `config` (an http-context file as is, not rendered: a test's backend) until
+    /// dropped; `port` is one it listens on, to wait for.
+    fn raw(config: &str, port: u16) -> Served {
+        use std::os::unix::fs::PermissionsExt;
+        let sandbox = NginxSandbox::new();
+        std::fs::set_permissions(sandbox.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Served::run(sandbox, config, port)
+    }
+
+    fn run(sandbox: NginxSandbox, config: &str, port: u16) -> Served {
+        if let Err(e) = sandbox.test(config) {
             panic!("nginx -t rejected the rendered config:\n{e}\n--- config ---\n{config}");
         }
         let child = Command::new(nginx_bin())
@@ -446,4 +459,306 @@ fn lb_chooses_how_replicas_share_requests() {
     };
     assert_eq!(seen("rr.test").len(), 2, "round-robin (the default) uses both replicas");
     assert_eq!(seen("hash.test").len(), 1, "ip-hash keeps one client on one replica (set by one replica's label)");
+}
+
+// --- proto: real backends of each protocol
+
+/// A process the test started (an app server), stopped with SIGTERM and reaped when dropped.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    /// Starts `command` and waits until it listens on `port` (127.0.0.1).
+    fn start(mut command: Command, port: u16, log: &std::path::Path) -> Daemon {
+        let log = std::fs::File::create(log).unwrap();
+        let child = command
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {command:?}: {e} (bash .ci/run installs it)"));
+        let daemon = Daemon(child);
+        crate::support::poll(
+            "the app server to listen",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || None,
+            String::new,
+        );
+        daemon
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A container on loopback whose app listens on `port`, with `labels` beside its domains.
+fn app_container(
+    name: &str,
+    domains: &str,
+    port: u16,
+    labels: &[(&str, &str)],
+) -> smart_proxy::sources::labels::Container {
+    let port = port.to_string();
+    let mut all = vec![("smart-proxy.domains", domains), ("smart-proxy.port", port.as_str())];
+    all.extend_from_slice(labels);
+    container(name, [127, 0, 0, 1], &all)
+}
+
+/// The status and the body of a raw response.
+fn split(response: &str) -> (u16, String) {
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// `https`, `grpcs`, `h2c` and `grpc` against a second nginx that says which protocol it was
+/// spoken to in (`$server_protocol`): HTTP/2 for h2c/grpc (plain text, prior knowledge) and grpcs
+/// (TLS, ALPN h2), HTTP/1.1 over TLS for https, with the client's host as SNI; a certificate that
+/// backend-verify cannot check (self-signed, not in the system's CA bundle) gets 502.
+#[test]
+fn https_h2c_grpc_and_grpcs_backends_are_spoken_to_in_their_protocol() {
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app.internal".to_string()]).unwrap().self_signed(&key).unwrap();
+    let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (h2c, tls) = (free_port(), free_port());
+    let _backend = Served::raw(
+        &format!(
+            r#"server {{
+    listen 127.0.0.1:{h2c} http2;
+    location / {{
+        default_type text/plain;
+        return 200 "$server_protocol host=$host tenant=$http_x_tenant proto=$http_x_forwarded_proto\n";
+    }}
+}}
+server {{
+    listen 127.0.0.1:{tls} ssl http2;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+        default_type text/plain;
+        return 200 "$server_protocol sni=$ssl_server_name host=$host\n";
+    }}
+}}
+"#,
+            cert = cert_file.display(),
+            key = key_file.display()
+        ),
+        h2c,
+    );
+    let table = label_table(&[
+        app_container(
+            "h2c",
+            "h2c.test",
+            h2c,
+            &[("smart-proxy.proto", "h2c"), ("smart-proxy.headers.request.X-Tenant", "t1")],
+        ),
+        app_container("grpc", "grpc.test", h2c, &[("smart-proxy.proto", "grpc"), ("smart-proxy.timeout", "5m")]),
+        app_container("https", "https.test", tls, &[("smart-proxy.proto", "https")]),
+        app_container("grpcs", "grpcs.test", tls, &[("smart-proxy.proto", "grpcs")]),
+        app_container(
+            "verified",
+            "verified.test",
+            tls,
+            &[("smart-proxy.proto", "https"), ("smart-proxy.backend-verify", "app.internal")],
+        ),
+    ]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let get = |host: &str| split(&nginx.get(host, "/"));
+    assert_eq!(get("h2c.test"), (200, "HTTP/2.0 host=h2c.test tenant=t1 proto=http\n".into()));
+    assert_eq!(get("grpc.test"), (200, "HTTP/2.0 host=grpc.test tenant= proto=http\n".into()));
+    assert_eq!(get("https.test"), (200, "HTTP/1.1 sni=https.test host=https.test\n".into()));
+    assert_eq!(get("grpcs.test"), (200, "HTTP/2.0 sni=grpcs.test host=grpcs.test\n".into()));
+    assert_eq!(get("verified.test").0, 502, "a self-signed certificate does not pass backend-verify");
+}
+
+/// FastCGI through the real php-fpm: a path naming a script runs it (with its PATH_INFO), every
+/// other path the front controller `index.php` with the original URI; the body, the request
+/// headers the proxy and the route set, and the timeout reach PHP.
+#[test]
+fn fastcgi_runs_php_scripts_and_the_front_controller_in_php_fpm() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(
+        www.join("index.php"),
+        r#"<?php header('Content-Type: text/plain');
+echo 'index ', $_SERVER['REQUEST_URI'], ' script=', $_SERVER['SCRIPT_NAME'], ' file=', $_SERVER['SCRIPT_FILENAME'],
+  ' fwd=', $_SERVER['HTTP_X_FORWARDED_PROTO'] ?? '-', ' tenant=', $_SERVER['HTTP_X_TENANT'] ?? '-',
+  ' body=', file_get_contents('php://input');
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        www.join("info.php"),
+        "<?php header('Content-Type: text/plain'); echo 'info path_info=', $_SERVER['PATH_INFO'] ?? '', ' query=', $_SERVER['QUERY_STRING'];\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let conf = dir.path().join("php-fpm.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nerror_log = {log}\ndaemonize = no\npid = {pid}\n[app]\nlisten = 127.0.0.1:{port}\npm = static\npm.max_children = 2\ncatch_workers_output = yes\n",
+            log = dir.path().join("fpm-error.log").display(),
+            pid = dir.path().join("fpm.pid").display()
+        ),
+    )
+    .unwrap();
+    let binary = std::fs::read_dir("/usr/sbin")
+        .ok()
+        .and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("php-fpm")))
+        })
+        .expect("php-fpm in /usr/sbin: apt-get install php-fpm (bash .ci/run does)");
+    let mut command = Command::new(binary);
+    command.arg("--allow-to-run-as-root").arg("--nodaemonize").arg("--fpm-config").arg(&conf);
+    let _fpm = Daemon::start(command, port, &dir.path().join("fpm.log"));
+
+    let root = www.display().to_string();
+    let table = label_table(&[app_container(
+        "php",
+        "php.test",
+        port,
+        &[
+            ("smart-proxy.proto", "fastcgi"),
+            ("smart-proxy.fastcgi.root", &root),
+            ("smart-proxy.headers.request.X-Tenant", "t$2"),
+            ("smart-proxy.timeout", "30s"),
+        ],
+    )]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let index = |uri: &str, body: &str| {
+        format!("index {uri} script=/index.php file={root}/index.php fwd=http tenant=t$2 body={body}")
+    };
+    assert_eq!(status_body(&curl(nginx.port, "php.test", "/users/7?tab=a", &[])), (200, index("/users/7?tab=a", "")));
+    assert_eq!(status_body(&curl(nginx.port, "php.test", "/", &[])), (200, index("/", "")));
+    assert_eq!(
+        status_body(&curl(nginx.port, "php.test", "/info.php/extra/path?q=2", &[])),
+        (200, "info path_info=/extra/path query=q=2".into())
+    );
+    let posted = status_body(&curl(nginx.port, "php.test", "/form", &["--data-binary", "a=1&b=2"]));
+    assert_eq!(posted, (200, index("/form", "a=1&b=2")));
+}
+
+/// uwsgi through the real uWSGI server and a Python WSGI app: the method, the path, the query,
+/// the body and the proxy's headers reach it.
+#[test]
+fn uwsgi_reaches_a_python_app_in_uwsgi() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.py");
+    std::fs::write(
+        &app,
+        r#"def application(env, start_response):
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    body = env['wsgi.input'].read(int(env.get('CONTENT_LENGTH') or 0)).decode()
+    return [('wsgi %s %s?%s fwd=%s tenant=%s body=%s' % (env['REQUEST_METHOD'], env['PATH_INFO'], env['QUERY_STRING'],
+             env.get('HTTP_X_FORWARDED_PROTO'), env.get('HTTP_X_TENANT'), body)).encode()]
+"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let mut command = Command::new("uwsgi");
+    command
+        .args(["--plugin", "python3", "--master", "--processes", "1", "--die-on-term"])
+        .args(["--socket", &format!("127.0.0.1:{port}"), "--wsgi-file"])
+        .arg(&app);
+    let _uwsgi = Daemon::start(command, port, &dir.path().join("uwsgi.log"));
+
+    let table = label_table(&[app_container(
+        "py",
+        "py.test",
+        port,
+        &[
+            ("smart-proxy.proto", "uwsgi"),
+            ("smart-proxy.headers.request.X-Tenant", "t3"),
+            ("smart-proxy.buffering", "off"),
+        ],
+    )]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    assert_eq!(
+        status_body(&curl(nginx.port, "py.test", "/a/b?c=1", &[])),
+        (200, "wsgi GET /a/b?c=1 fwd=http tenant=t3 body=".into())
+    );
+    let posted = status_body(&curl(nginx.port, "py.test", "/post", &["--data-binary", "x=y"]));
+    assert_eq!(posted, (200, "wsgi POST /post? fwd=http tenant=t3 body=x=y".into()));
+}
+
+// --- redirect and www
+
+/// The `Location` of a raw response.
+fn location(response: &str) -> Option<&str> {
+    header(response, "Location")
+}
+
+/// Each code, with and without the path kept; www to-apex and to-www; the health answer of a
+/// redirecting domain stays the proxy's.
+#[test]
+fn redirect_and_www_answer_with_their_code_and_location() {
+    let (apex, site) = (StubHttp::body("apex"), StubHttp::body("site"));
+    let redirect = |name: &str, domain: &str, labels: &[(&str, &str)]| {
+        let mut all = vec![("smart-proxy.domains", domain)];
+        all.extend_from_slice(labels);
+        // A redirect-only container: no network, no port.
+        let mut c = container(name, [127, 0, 0, 1], &all);
+        c.networks.clear();
+        c
+    };
+    let table = label_table(&[
+        redirect("old", "old.test", &[("smart-proxy.redirect", "https://new.example/base")]),
+        redirect(
+            "r302",
+            "r302.test",
+            &[
+                ("smart-proxy.redirect", "https://new.example/x/"),
+                ("smart-proxy.redirect.code", "302"),
+                ("smart-proxy.redirect.keep-path", "false"),
+            ],
+        ),
+        redirect(
+            "r307",
+            "r307.test",
+            &[("smart-proxy.redirect", "https://new.example/"), ("smart-proxy.redirect.code", "307")],
+        ),
+        redirect(
+            "r308",
+            "r308.test",
+            &[
+                ("smart-proxy.redirect", "http://new.example:8080/$x;y"),
+                ("smart-proxy.redirect.code", "308"),
+                ("smart-proxy.redirect.keep-path", "false"),
+            ],
+        ),
+        app_container("apex", "apex.test", apex.port(), &[("smart-proxy.www", "to-apex")]),
+        app_container("site", "site.test", site.port(), &[("smart-proxy.www", "to-www")]),
+    ]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let answer = |host: &str, path: &str| {
+        let response = nginx.get(host, path);
+        (split(&response).0, location(&response).map(str::to_string))
+    };
+    let to = |url: &str| Some(url.to_string());
+    assert_eq!(answer("old.test", "/a/b?c=1"), (301, to("https://new.example/base/a/b?c=1")), "301, path kept");
+    assert_eq!(answer("old.test", "/"), (301, to("https://new.example/base/")));
+    assert_eq!(answer("r302.test", "/a?b=1"), (302, to("https://new.example/x/")), "302, path dropped");
+    assert_eq!(answer("r307.test", "/p?q=1"), (307, to("https://new.example/p?q=1")), "307, path kept");
+    assert_eq!(answer("r308.test", "/p"), (308, to("http://new.example:8080/$x;y")), "308 taken literally");
+    assert_eq!(split(&nginx.get("old.test", "/health")), (200, "healthy\n".into()), "the proxy's health answer");
+
+    let port = nginx.port;
+    assert_eq!(answer("www.apex.test", "/x?y=1"), (301, Some(format!("http://apex.test:{port}/x?y=1"))));
+    assert_eq!(split(&nginx.get("apex.test", "/")), (200, "apex".into()), "the canonical name is served");
+    assert_eq!(answer("site.test", "/x"), (301, Some(format!("http://www.site.test:{port}/x"))));
+    assert_eq!(split(&nginx.get("www.site.test", "/")), (200, "site".into()));
 }
