@@ -182,6 +182,8 @@ fn the_proxy_answers_health_over_https_and_on_plain_http_routes_in_production() 
             { "name": "plain.test", "service": "app", "tls": "off" },
             { "name": "preload.test", "service": "app", "hsts": "31536000,includeSubDomains,preload" },
             { "name": "nohsts.test", "service": "app", "hsts": "off" },
+            { "name": "shop.test", "service": "app", "www": "to-www" },
+            { "name": "moved.test", "redirect": "https://example.org", "tls": "off" },
         ]),
     );
     // No ACME: the placeholder certificates are enough for nginx to serve HTTPS.
@@ -223,6 +225,32 @@ fn the_proxy_answers_health_over_https_and_on_plain_http_routes_in_production() 
     assert_eq!(sts("secure.test").as_deref(), Some("max-age=63072000"), "the default");
     assert_eq!(sts("preload.test").as_deref(), Some("max-age=31536000; includeSubDomains; preload"));
     assert_eq!(sts("nohsts.test"), None, "hsts=off");
+
+    // www over HTTPS: the other name has a certificate of its own (a placeholder until one is
+    // issued) and redirects there; the canonical name is served.
+    let served = |host: &str, path: &str| {
+        let resolve = format!("{host}:{}:127.0.0.1", agent.https_port);
+        let url = format!("https://{host}:{}{path}", agent.https_port);
+        let out = Command::new("curl")
+            .args(["-sSk", "--max-time", "10", "--resolve", &resolve, "-D", "-", "-o", "/dev/null", &url])
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let head = served("shop.test", "/cart?id=3");
+    assert!(head.starts_with("HTTP/2 301"), "{head}");
+    let to = format!("https://www.shop.test:{}/cart?id=3", agent.https_port);
+    assert!(head.lines().any(|l| l.eq_ignore_ascii_case(&format!("location: {to}"))), "{head}");
+    assert!(served("www.shop.test", "/").starts_with("HTTP/2 200"));
+    for name in ["shop.test", "www.shop.test"] {
+        assert!(agent.path(&format!("certs/live/{name}/fullchain.pem")).is_file(), "{name} has its certificate");
+    }
+    // A redirecting domain still answers the ACME challenge (and its health) itself.
+    std::fs::create_dir_all(agent.path("webroot/.well-known/acme-challenge")).unwrap();
+    std::fs::write(agent.path("webroot/.well-known/acme-challenge/token1"), "key-authorization").unwrap();
+    assert_eq!(agent.get("moved.test", "/.well-known/acme-challenge/token1"), (200, "key-authorization".into()));
+    assert_eq!(agent.get("moved.test", "/health"), (200, "healthy\n".into()));
+    assert_eq!(agent.get("moved.test", "/x").0, 301);
 }
 
 #[test]

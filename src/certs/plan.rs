@@ -213,6 +213,43 @@ mod tests {
         assert!(p.orders.iter().any(|o| o.domain.as_str() == "*.wild.com" && o.challenge == Challenge::Dns01));
     }
 
+    /// `www`: the other name of the pair is a TLS domain of the table, so it is planned (and
+    /// ordered) like the canonical one, each under its own name.
+    #[test]
+    fn the_other_name_of_a_www_pair_is_ordered_too() {
+        use crate::routes::policy::Www;
+        use crate::routes::{Origin, PathPrefix, Policy, RouteDef, RouteTable, SourceOutput, TlsMode};
+        let route = |domain: &str, www: Option<Www>| RouteDef {
+            domain: d(domain),
+            path: PathPrefix::root(),
+            service: None,
+            allow: vec![],
+            tls: TlsMode::Auto,
+            health: None,
+            hsts: None,
+            redirect: None,
+            www,
+            policy: Policy::default(),
+            origin: Origin::Container { name: domain.into(), label: None },
+        };
+        let routes =
+            vec![route("shop.com", Some(Www::ToApex)), route("blog.com", Some(Www::ToWww)), route("plain.com", None)];
+        let table = RouteTable::build(vec![SourceOutput { routes, ..Default::default() }]);
+        let domains = table.tls_domains();
+        let names: Vec<&str> = domains.iter().map(DomainName::as_str).collect();
+        assert_eq!(names, ["blog.com", "plain.com", "shop.com", "www.blog.com", "www.shop.com"]);
+        let now = OffsetDateTime::now_utc();
+        let p = plan(
+            &domains,
+            |_| (None, DomainState::default(), None),
+            &[],
+            PlanSettings { renew_days: 30, dns01: false },
+            now,
+        );
+        let ordered: Vec<&str> = p.orders.iter().map(|o| o.domain.as_str()).collect();
+        assert_eq!(ordered, names, "each name its own certificate");
+    }
+
     #[test]
     fn the_cas_renewal_window_renews_a_fresh_certificate_once_its_point_passed() {
         use crate::certs::store::RenewalWindow;

@@ -1055,6 +1055,91 @@ mod tests {
     }
 
     #[test]
+    fn protos_their_modules_and_checks() {
+        assert_eq!(Proto::parse(" GRPCS ").unwrap(), Proto::Grpcs);
+        assert_eq!((Proto::H2c.module(), Proto::H2c.scheme()), (Module::Grpc, "grpc://"));
+        assert_eq!((Proto::Fastcgi.module().prefix(), Proto::Fastcgi.scheme()), ("fastcgi", ""));
+        assert!(Proto::parse("http2").unwrap_err().to_string().contains("h2c, grpc, grpcs, fastcgi or uwsgi"));
+        let unbuffered = Policy { buffering: Some(false), ..Policy::default() };
+        assert!(Proto::Grpc.rejects(&unbuffered).is_some() && Proto::Uwsgi.rejects(&unbuffered).is_none());
+
+        assert_eq!(BackendVerify::parse("ON").unwrap(), BackendVerify::On);
+        assert_eq!(BackendVerify::parse("App.Internal").unwrap().to_string(), "app.internal");
+        for bad in ["*.internal", "a b", "x;y"] {
+            assert!(BackendVerify::parse(bad).unwrap_err().to_string().contains("or the host name"), "{bad}");
+        }
+        let https = |verify| Protocol { proto: Proto::Https, verify, fastcgi_root: None };
+        let name = Host::parse("api.example.com").unwrap();
+        let ip = Host::parse("10.0.0.5").unwrap();
+        assert!(https(BackendVerify::On).check(Some(&name)).is_ok());
+        assert_eq!(https(BackendVerify::On).check(Some(&ip)).unwrap_err().0, "backend-verify");
+        assert_eq!(https(BackendVerify::On).check(None).unwrap_err().0, "backend-verify", "a container");
+        let plain = Protocol { verify: BackendVerify::On, ..Protocol::default() };
+        assert!(plain.check(Some(&name)).unwrap_err().1.contains("https or grpcs"));
+        let root = Protocol { fastcgi_root: PathPrefix::parse("/app").ok(), ..Protocol::default() };
+        assert_eq!(root.check(None).unwrap_err().0, "fastcgi.root");
+        assert_eq!(https(BackendVerify::On).to_string(), "https, backend-verify=on");
+    }
+
+    #[test]
+    fn redirect_targets_codes_and_locations() {
+        for (text, normal) in [
+            ("HTTPS://New.Example.com", "https://new.example.com"),
+            ("http://example.org:8080/a/b;c?d=$e&f", "http://example.org:8080/a/b;c?d=$e&f"),
+            ("https://[2001:db8::1]:8443/x", "https://[2001:db8::1]:8443/x"),
+            ("https://example.org?q", "https://example.org/?q"),
+        ] {
+            assert_eq!(RedirectUrl::parse(text).unwrap().as_str(), normal, "{text}");
+        }
+        for bad in [
+            "example.org",
+            "ftp://example.org",
+            "https://",
+            "https://a b",
+            "https://x/\"y",
+            "https://x/'y",
+            "https://x/{y}",
+            "https://x/#top",
+            "https://x/\ny",
+            "https://u:p@x",
+            "https://x:99999",
+            "https://*.x",
+            "https://x/\\",
+            "https://bücher.example/",
+        ] {
+            let e = RedirectUrl::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("must be an http:// or https:// URL"), "{bad:?}: {e}");
+        }
+        assert!(RedirectUrl::parse(&format!("https://x/{}", "a".repeat(2048))).is_err());
+        assert_eq!(RedirectCode::parse("308").unwrap().get(), 308);
+        assert!(RedirectCode::parse("303").unwrap_err().to_string().contains("301, 302, 307 or 308"));
+
+        let url = |u: &str| RedirectUrl::parse(u).unwrap();
+        let kept = Redirect::to_url(url("https://new.example/base/"), None, None).unwrap();
+        assert_eq!(kept.location("https://new.example/base/"), r#""https://new.example/base$request_uri""#);
+        let exact = Redirect::to_url(url("https://x/a$b"), RedirectCode::parse("302").ok(), Some(false)).unwrap();
+        assert_eq!(exact.location("https://x/a$b"), r#""https://x/a${smartproxy_dollar}b""#);
+        assert_eq!(exact.to_string(), "https://x/a$b (302, path dropped)");
+        assert!(Redirect::to_url(url("https://x/?a=1"), None, None).unwrap_err().contains("keep-path=false"));
+        assert!(Redirect::to_url(url("https://x/?a=1"), None, Some(false)).is_ok());
+    }
+
+    #[test]
+    fn www_pairs() {
+        let d = |s: &str| DomainName::parse(s).unwrap();
+        let names = |www: Www, domain: &str| www.names(&d(domain)).map(|(a, b)| (a.to_string(), b.to_string()));
+        let pair = |a: &str, b: &str| Ok((a.to_string(), b.to_string()));
+        assert_eq!(names(Www::ToApex, "example.com"), pair("example.com", "www.example.com"));
+        assert_eq!(names(Www::ToApex, "www.example.com"), pair("example.com", "www.example.com"));
+        assert_eq!(names(Www::ToWww, "example.com"), pair("www.example.com", "example.com"));
+        assert_eq!(names(Www::ToWww, "www.shop.example.com"), pair("www.shop.example.com", "shop.example.com"));
+        assert!(names(Www::ToApex, "*.example.com").is_err());
+        assert!(names(Www::ToApex, "www.localhost").is_err(), "no single-label apex");
+        assert_eq!(Www::parse(" TO-WWW ").unwrap(), Www::ToWww);
+        assert!(Www::parse("apex").unwrap_err().to_string().contains("to-apex or to-www"));
+    }
+
+    #[test]
     fn on_off_and_description() {
         assert_eq!(parse_on_off("off"), Ok(false));
         assert_eq!(parse_on_off("on"), Ok(true));
