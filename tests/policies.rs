@@ -420,6 +420,57 @@ proptest! {
     }
 }
 
+/// A path and query a redirect target may hold: every character `redirect` accepts after the
+/// host, heavy on the ones nginx reads specially (`$`, `;`, `(`, `)`).
+fn redirect_tail() -> impl Strategy<Value = String> {
+    let special =
+        prop::sample::select(vec!['$', ';', '(', ')', '*', '+', ',', '!', '=', '&', '%', '~', '@', ':', '[', ']']);
+    let plain = prop::sample::select(('a'..='z').chain('0'..='9').chain(['-', '.', '_', '/']).collect::<Vec<_>>());
+    prop::collection::vec(prop_oneof![1 => plain, 1 => special], 0..60).prop_map(|chars| chars.into_iter().collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// Any accepted `redirect` target renders to a config `nginx -t` accepts, and through the real
+    /// nginx the `Location` is exactly the target (with `keep-path`, the target and the request's
+    /// path): nothing in it is read as syntax or a variable.
+    #[test]
+    fn any_redirect_target_is_the_location_byte_for_byte(tails in prop::collection::vec(redirect_tail(), 16)) {
+        let containers: Vec<_> = tails
+            .iter()
+            .enumerate()
+            .flat_map(|(i, tail)| {
+                let target = format!("https://new.example/{tail}");
+                let kept = format!("https://new.example/{tail}");
+                [
+                    container(&format!("c{i}"), [127, 0, 0, 1], &[
+                        ("smart-proxy.domains", &format!("v{i}.test")),
+                        ("smart-proxy.redirect", &target),
+                        ("smart-proxy.redirect.keep-path", "false"),
+                    ]),
+                    container(&format!("k{i}"), [127, 0, 0, 1], &[
+                        ("smart-proxy.domains", &format!("k{i}.test")),
+                        ("smart-proxy.redirect", &kept),
+                    ]),
+                ]
+            })
+            .collect();
+        let table = label_table(&containers);
+        prop_assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+        let nginx = Served::start(&table);
+        for (i, tail) in tails.iter().enumerate() {
+            let response = nginx.get(&format!("v{i}.test"), "/ignored?x=1");
+            let target = format!("https://new.example/{tail}");
+            prop_assert_eq!(location(&response), Some(target.as_str()), "{}", response);
+            let response = nginx.get(&format!("k{i}.test"), "/p$1?q=%24");
+            let kept = format!("https://new.example/{tail}");
+            let expected = format!("{}/p$1?q=%24", kept.trim_end_matches('/'));
+            prop_assert_eq!(location(&response), Some(expected.as_str()), "{}", response);
+        }
+    }
+}
+
 #[test]
 fn headers_are_set_removed_and_keep_hsts_on_https() {
     let app = App::start();

@@ -526,12 +526,12 @@ impl<'a> Context<'a> {
                             pass: format!("{}{target}", protocol.proto.scheme()),
                             tls,
                             fastcgi_root: (protocol.proto == Proto::Fastcgi).then(|| {
-                                protocol
-                                    .fastcgi_root
-                                    .as_ref()
-                                    .map_or(FASTCGI_ROOT, |p| p.as_str())
-                                    .trim_end_matches('/')
-                                    .to_string()
+                                let root = protocol.fastcgi_root.as_ref().map_or(FASTCGI_ROOT, |p| p.as_str());
+                                // `/app/` and `/app` alike; `/` stays (`//index.php` is the same file).
+                                match root.trim_end_matches('/') {
+                                    "" => "/".to_string(),
+                                    trimmed => trimmed.to_string(),
+                                }
                             }),
                             allow: l.allow.iter().map(ToString::to_string).collect(),
                             policy: (!l.policy.is_default()).then(|| PolicyCtx::of(&l.policy, l.path.as_str())),

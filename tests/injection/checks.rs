@@ -74,7 +74,22 @@ pub(super) fn check_values(table: &RouteTable) {
             }
         }
     }
+    for site in &table.sites {
+        if let Some(smart_proxy::routes::policy::RedirectTo::Url(url)) = site.redirect.as_ref().map(|r| &r.to) {
+            // Quoted by nginx_literal: no blank, quote, brace, backslash or '#' may reach it.
+            let u = url.as_str();
+            assert!(u.chars().all(|c| c.is_ascii_graphic() && !"\"'{}\\#`".contains(c)), "redirect {u:?}");
+        }
+    }
     for u in &table.upstreams {
+        if let Some(root) = &u.protocol.fastcgi_root {
+            let r = root.as_str();
+            assert!(r.starts_with('/') && r.chars().all(|c| c.is_ascii_alphanumeric() || "/._~-".contains(c)), "{r:?}");
+        }
+        if let smart_proxy::routes::policy::BackendVerify::Name(name) = &u.protocol.verify {
+            let n = name.as_str();
+            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c)), "{n:?}");
+        }
         assert!(
             u.id.starts_with("sp_") && u.id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
             "upstream id {:?}",
@@ -147,7 +162,10 @@ pub(super) fn rejected(table: &RouteTable) -> BTreeSet<Entry> {
 }
 
 pub(super) fn routed(table: &RouteTable) -> BTreeSet<Entry> {
-    table.sites.iter().flat_map(|s| &s.locations).map(|l| entry(&l.origin)).collect()
+    let locations = table.sites.iter().flat_map(|s| &s.locations).map(|l| &l.origin);
+    // A redirecting domain has no location: the entry that set its redirect routes it.
+    let redirects = table.sites.iter().filter_map(|s| s.redirect_by.as_ref());
+    locations.chain(redirects).map(entry).collect()
 }
 
 /// An entry with an error contributes no location and no upstream server.
@@ -155,6 +173,9 @@ pub(super) fn check_rejected_entries_yield_nothing(table: &RouteTable) {
     let rejected = rejected(table);
     for loc in table.sites.iter().flat_map(|s| &s.locations) {
         assert!(!rejected.contains(&entry(&loc.origin)), "rejected entry {} still routes {}", loc.origin, loc.path);
+    }
+    for origin in table.sites.iter().filter_map(|s| s.redirect_by.as_ref()) {
+        assert!(!rejected.contains(&entry(origin)), "rejected entry {origin} still redirects");
     }
     for b in table.upstreams.iter().flat_map(|u| &u.backends) {
         assert!(!rejected.contains(&entry(&b.origin)), "rejected entry {} still has server {}", b.origin, b.address());

@@ -12,6 +12,14 @@ enum JsonField {
     ServiceName,
     ServiceHost,
     ServicePort,
+    /// `redirect` on a domain without service or allow list.
+    DomainRedirect,
+    DomainWww,
+    ServiceProto,
+    /// `backend-verify` of a `proto=https` service with a host name.
+    ServiceBackendVerify,
+    /// `fastcgi.root` of a `proto=fastcgi` service.
+    ServiceFastcgiRoot,
 }
 
 /// A combined file with one domain and one service, the hostile string in `field`.
@@ -33,6 +41,17 @@ fn json_case(ctx: &Ctx, field: JsonField, h: &str) -> Outcome {
         }
         JsonField::ServiceHost => service["host"] = json!(h),
         JsonField::ServicePort => service["port"] = json!(h),
+        JsonField::DomainRedirect => domain = json!({ "name": "svc.example.com", "redirect": h }),
+        JsonField::DomainWww => domain["www"] = json!(h),
+        JsonField::ServiceProto => service["proto"] = json!(h),
+        JsonField::ServiceBackendVerify => {
+            service =
+                json!({ "name": "app", "host": "api.internal", "port": 8443, "proto": "https", "backend-verify": h });
+        }
+        JsonField::ServiceFastcgiRoot => service["fastcgi.root"] = json!(h),
+    }
+    if let JsonField::ServiceFastcgiRoot = field {
+        service["proto"] = json!("fastcgi");
     }
     // Serialised by serde_json, so the hostile string is always a valid JSON string.
     let text = serde_json::to_string_pretty(&json!({ "domains": [domain], "services": [service] })).unwrap();
@@ -47,13 +66,27 @@ fn json_case(ctx: &Ctx, field: JsonField, h: &str) -> Outcome {
         table.diagnostics
     );
     if rejected.is_empty() {
-        assert_eq!(table.sites.len(), 1);
-        assert_eq!(table.upstreams.len(), 1, "the service is used");
+        match field {
+            JsonField::DomainRedirect => {
+                assert_eq!(table.sites.len(), 1);
+                assert!(table.sites[0].redirect.is_some() && table.upstreams.is_empty(), "{table:#?}");
+            }
+            JsonField::DomainWww => assert_eq!(table.sites.len(), 2, "the name and its www twin"),
+            _ => {
+                assert_eq!(table.sites.len(), 1);
+                assert_eq!(table.upstreams.len(), 1, "the service is used");
+            }
+        }
         Outcome::Accepted
     } else {
         // The error names the field (or the route that names the rejected service).
         let expected = match field {
-            JsonField::ServiceName | JsonField::ServiceHost | JsonField::ServicePort => "services[0].",
+            JsonField::ServiceName
+            | JsonField::ServiceHost
+            | JsonField::ServicePort
+            | JsonField::ServiceProto
+            | JsonField::ServiceBackendVerify
+            | JsonField::ServiceFastcgiRoot => "services[0].",
             _ => "domains[0].",
         };
         assert!(
@@ -73,6 +106,8 @@ fn json_domain_fields() {
         ("file domains[].tls", TLS_OK, JsonField::DomainTls),
         ("file domains[].allow[]", CIDR_OK, JsonField::DomainAllowItem),
         ("file domains[].allow (string)", CIDR_OK, JsonField::DomainAllowString),
+        ("file domains[].redirect", REDIRECT_OK, JsonField::DomainRedirect),
+        ("file domains[].www", WWW_OK, JsonField::DomainWww),
     ];
     for (name, valid, field) in fields {
         let ctx = Ctx::new();
@@ -86,6 +121,12 @@ fn json_service_fields() {
     run("file services[].name", hostile(SERVICE_OK), |h| json_case(&ctx, JsonField::ServiceName, h));
     let ctx = Ctx::new();
     run("file services[].host", hostile(HOST_OK), |h| json_case(&ctx, JsonField::ServiceHost, h));
+    let ctx = Ctx::new();
+    run("file services[].proto", hostile(PROTO_OK), |h| json_case(&ctx, JsonField::ServiceProto, h));
+    let ctx = Ctx::new();
+    run("file services[].backend-verify", hostile(VERIFY_OK), |h| json_case(&ctx, JsonField::ServiceBackendVerify, h));
+    let ctx = Ctx::new();
+    run("file services[].fastcgi.root", hostile(PATH_OK), |h| json_case(&ctx, JsonField::ServiceFastcgiRoot, h));
 }
 
 /// `port` must be a JSON number, so every string is rejected; the message must stay bounded.

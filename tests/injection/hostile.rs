@@ -161,6 +161,12 @@ pub(super) const SIZE_OK: &[&str] = &["0", "50m", "10G", "512", "1024g"];
 pub(super) const TIMEOUT_OK: &[&str] = &["1s", "300s", "5m", "24h", "1H"];
 pub(super) const HEALTH_OK: &[&str] = &["/health", "/healthz", "off", "/a/b-c_d.e~f"];
 pub(super) const HSTS_OK: &[&str] = &["off", "63072000", "31536000,includeSubDomains,preload", "0"];
+pub(super) const PROTO_OK: &[&str] = &["http", "https", "h2c", "GRPC", "grpcs", "fastcgi", "uwsgi"];
+pub(super) const VERIFY_OK: &[&str] = &["off", "on", "app.internal", "B\u{fc}cher.example"];
+pub(super) const REDIRECT_OK: &[&str] =
+    &["https://example.org", "http://new.example.com:8080/a/b", "https://x.example/$y;z(1)*+,!=&%41", "https://[::1]/"];
+pub(super) const REDIRECT_CODE_OK: &[&str] = &["301", "302", "307", "308"];
+pub(super) const WWW_OK: &[&str] = &["to-apex", "TO-WWW"];
 
 /// A generated value. Its `Debug` (used in failure reports) is escaped and shortened, so a
 /// failing 10,000-character case stays readable.

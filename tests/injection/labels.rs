@@ -43,6 +43,7 @@ const VALUE_KEYS: &[(&str, &[&str])] = &[
     ("strip-prefix", BOOL_OK),
     ("hsts", HSTS_OK),
     ("lb", &["round-robin", "least-conn", "IP-HASH", "random"]),
+    ("proto", PROTO_OK),
     ("headers.response.X-Test", &["default-src 'self'", "a;b", "x$y", ""]),
     ("headers.request.X-Test", &["on", "\"q\" \\ {}#"]),
 ];
@@ -87,6 +88,59 @@ fn label_values() {
                 assert!(table.sites.iter().all(|s| s.locations.len() == 1));
                 assert_eq!(table.upstreams.len(), 1);
                 assert_eq!(table.upstreams[0].backends.len(), 1);
+            }
+            outcome
+        });
+    }
+}
+
+/// Keys that refine another one (set beside them with a valid value) or change what a route
+/// becomes: `redirect*` (a site without locations or upstreams), `www` (two sites),
+/// `backend-verify` and `fastcgi.root` (the upstream's protocol). The hostile string is the
+/// value of `key`.
+#[test]
+fn label_redirect_www_and_protocol_values() {
+    /// A key, its valid values, and the labels it needs beside it.
+    type KeyCase = (&'static str, &'static [&'static str], &'static [(&'static str, &'static str)]);
+    let keys: &[KeyCase] = &[
+        ("redirect", REDIRECT_OK, &[]),
+        ("redirect.code", REDIRECT_CODE_OK, &[("smart-proxy.redirect", "https://example.org")]),
+        ("redirect.keep-path", BOOL_OK, &[("smart-proxy.redirect", "https://example.org/a")]),
+        ("www", WWW_OK, &[]),
+        ("backend-verify", VERIFY_OK, &[("smart-proxy.proto", "https")]),
+        ("fastcgi.root", PATH_OK, &[("smart-proxy.proto", "fastcgi")]),
+    ];
+    for (key, valid, beside) in keys {
+        let ctx = Ctx::new();
+        run(&format!("label {P}.{key}"), hostile(valid), |h| {
+            let mut ls = labels(&[("smart-proxy.domains", "app.example.com")]);
+            ls.extend(labels(beside));
+            ls.push((format!("{P}.{key}"), h.to_string()));
+            let (outcome, table) = label_case(&ctx, &ls, None, h);
+            assert_ne!(outcome, Outcome::Ignored, "{table:#?}");
+            let label = format!("{P}.{key}");
+            if outcome == Outcome::Rejected {
+                assert!(
+                    table
+                        .errors()
+                        .any(|d| matches!(&d.origin, Origin::Container { label: Some(l), .. } if *l == label)),
+                    "no error names {label}: {:#?}",
+                    table.diagnostics
+                );
+            }
+            if outcome == Outcome::Accepted {
+                let domains: Vec<&str> = table.sites.iter().map(|s| s.domain.as_str()).collect();
+                if key.starts_with("redirect") {
+                    assert_eq!(domains, ["app.example.com"]);
+                    assert!(table.sites[0].redirect.is_some() && table.sites[0].locations.is_empty());
+                    assert!(table.upstreams.is_empty(), "a redirect has no service");
+                } else if *key == "www" {
+                    assert_eq!(domains, ["app.example.com", "www.app.example.com"]);
+                    assert_eq!(table.upstreams.len(), 1);
+                } else {
+                    assert_eq!(domains, ["app.example.com"]);
+                    assert_eq!(table.upstreams.len(), 1);
+                }
             }
             outcome
         });

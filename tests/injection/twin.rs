@@ -41,6 +41,8 @@ pub(super) fn twin(table: &RouteTable) -> (RouteTable, Subs) {
                 Host::Name(_) => Host::parse(&format!("twinhost{n:04}h.example")).unwrap(),
             };
             let original = b.address();
+            // A TLS backend's host name is printed alone too (`proxy_ssl_name`).
+            subs.add(host.to_string(), b.host.to_string());
             b.host = host;
             subs.add(b.address(), original);
         }
