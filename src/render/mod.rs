@@ -165,6 +165,11 @@ const FIELDS: &[(&str, &str)] = &[
     ("health", ".health"),
     ("hsts", ".hsts"),
     ("lb", ".method"),
+    ("proto", ".pass"),
+    ("backend-verify", ".tls"),
+    ("fastcgi.root", ".fastcgi_root"),
+    ("redirect", ".redirect"),
+    ("www", ".redirect"),
 ];
 
 /// The keys a location's or a site's settings use that render through a template field (default
@@ -177,6 +182,10 @@ fn keys_used(site: &crate::routes::Site, table: &RouteTable) -> Vec<(&'static st
     }
     if site.hsts != crate::routes::policy::Hsts::default() {
         used.extend(first.map(|o| ("hsts", o)));
+    }
+    if let (Some(redirect), Some(by)) = (&site.redirect, &site.redirect_by) {
+        let key = if matches!(redirect.to, RedirectTo::Url(_)) { "redirect" } else { "www" };
+        used.push((key, by.clone()));
     }
     for l in &site.locations {
         let p = &l.policy;
@@ -193,6 +202,10 @@ fn keys_used(site: &crate::routes::Site, table: &RouteTable) -> Vec<(&'static st
         add(!p.response_headers.is_empty(), "headers.response.<Name>");
         let upstream = l.upstream.as_deref().and_then(|id| table.upstreams.iter().find(|u| u.id == id));
         add(upstream.is_some_and(|u| u.balance.directive().is_some()), "lb");
+        let protocol = upstream.map(|u| &u.protocol);
+        add(protocol.is_some_and(|p| p.proto != Proto::Http), "proto");
+        add(protocol.is_some_and(|p| p.verify != BackendVerify::Off), "backend-verify");
+        add(protocol.is_some_and(|p| p.fastcgi_root.is_some()), "fastcgi.root");
     }
     used
 }

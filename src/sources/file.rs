@@ -148,7 +148,7 @@ const SERVICE_FIELDS: &[Field] = &[
         name: "backend-verify",
         kind: FieldKind::BackendVerify,
         required: false,
-        doc: "with proto `https`/`grpcs`: `on` checks its certificate against the system's CA bundle and `host`, a host name against that name; `off` when absent",
+        doc: "with proto `https`/`grpcs`: `on` checks its certificate against the system's CA bundle and `host`, a host name against that name, `off` encrypts without checking; `on` when absent for a `host` name, `off` for an IP address",
     },
     Field {
         name: "fastcgi.root",
@@ -451,8 +451,14 @@ impl FileReader {
         if proto.is_none() && verify.is_none() && root.is_none() {
             return Ok(None);
         }
-        let protocol =
-            Protocol { proto: proto.unwrap_or_default(), verify: verify.unwrap_or_default(), fastcgi_root: root };
+        let proto = proto.unwrap_or_default();
+        // A TLS app named by its host name (not on a Docker network) is checked unless told not to.
+        let verify = verify.unwrap_or(if proto.is_tls() && matches!(host, Host::Name(_)) {
+            BackendVerify::On
+        } else {
+            BackendVerify::Off
+        });
+        let protocol = Protocol { proto, verify, fastcgi_root: root };
         protocol.check(Some(host)).map_err(|(key, message)| fail(key, &message))?;
         Ok(Some(protocol))
     }
@@ -483,7 +489,7 @@ impl FileReader {
             }
             return Ok(None);
         };
-        for name in ["service", "allow", "max-body", "timeout", "buffering"] {
+        for name in ["service", "allow", "max-body", "timeout", "buffering", "error-pages"] {
             if entry.get(name).is_some_and(|v| !v.is_null()) {
                 return Err(fail(
                     name,
@@ -622,6 +628,20 @@ mod tests {
         assert!(messages[3].contains("domains[1].name"));
         assert!(messages[4].contains("domains[2].servce: unknown field; allowed fields: name, service, allow, tls"));
         assert!(messages[5].contains("domains[3].allow[0]"));
+    }
+
+    #[test]
+    fn a_tls_app_named_by_host_is_verified_unless_told_not_to() {
+        let text = r#"{"services":[{"name":"a","host":"api.example.com","port":443,"proto":"https"},
+                                   {"name":"b","host":"10.0.0.5","port":443,"proto":"grpcs"},
+                                   {"name":"c","host":"api.example.com","port":443,"proto":"https","backend-verify":false},
+                                   {"name":"d","host":"10.0.0.5","port":443,"proto":"https","backend-verify":"on"}]}"#;
+        let out = parse(Path::new("c.json"), text, FileKind::Combined);
+        let verify: Vec<String> =
+            out.services.iter().map(|s| s.protocol.as_ref().unwrap().verify.to_string()).collect();
+        assert_eq!(verify, ["on", "off", "off"]);
+        assert_eq!(out.diagnostics.len(), 1);
+        assert!(out.diagnostics[0].to_string().contains("services[3].backend-verify: on checks the certificate"));
     }
 
     #[test]
