@@ -314,6 +314,27 @@ mod tests {
     }
 
     #[test]
+    fn check_explains_proto_redirect_and_www() {
+        let table = table(&[
+            ("sp.domains", "a.com"),
+            ("sp.proto", "http2"),
+            ("sp.old.domains", "b.com"),
+            ("sp.old.redirect", "https://a.com"),
+            ("sp.old.redirect.code", "303"),
+            ("sp.www", "apex"),
+        ]);
+        let text = Report::new(&table, false, &[]).explaining_labels("sp").to_text();
+        let explained = text.split_once("Labels named above (every label: docs/labels.md):\n").expect(&text).1;
+        let keys: Vec<&str> = explained.lines().map(|l| l.trim().split(' ').next().unwrap()).collect();
+        assert_eq!(keys, ["sp.proto", "sp.redirect.code", "sp.www"], "{text}");
+        assert!(
+            explained.contains("allowed: http, https, h2c, grpc, grpcs, fastcgi or uwsgi; default: http"),
+            "{text}"
+        );
+        assert!(explained.contains("allowed: 301, 302, 307 or 308; default: 301"), "{text}");
+    }
+
+    #[test]
     fn no_explanations_without_label_errors_or_unless_asked() {
         let bad = table(&[("sp.domains", "a.com"), ("sp.port", "http")]);
         assert!(!Report::new(&bad, false, &[]).to_text().contains("Labels named above"));
