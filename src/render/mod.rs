@@ -696,6 +696,44 @@ mod tests {
         assert!(ConfigPath::parse("CERTS_DIR", Path::new("/etc/a;b")).is_err());
     }
 
+    /// A custom template that never mentions `pass` would proxy a gRPC app as HTTP, and one without
+    /// `redirect` would serve a redirecting domain as an empty site: those domains are left out,
+    /// with an error naming the key.
+    #[test]
+    fn a_custom_template_without_pass_or_redirect_leaves_those_domains_out() {
+        use crate::sources::labels::{routes, Container, LabelSettings, NetworkAddress};
+        let c = |name: &str, labels: &[(&str, &str)]| Container {
+            id: name.into(),
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            networks: [("proxy".to_string(), NetworkAddress { ipv4: Some([172, 18, 0, 2].into()), ipv6: None })].into(),
+            running: true,
+            ..Container::default()
+        };
+        let settings = LabelSettings { prefix: "sp".into(), nginx_networks: None };
+        let table = RouteTable::build(vec![routes(
+            &[
+                c("grpc", &[("sp.domains", "grpc.com"), ("sp.proto", "grpc")]),
+                c("moved", &[("sp.domains", "moved.com"), ("sp.redirect", "https://new.com")]),
+                c("www", &[("sp.domains", "shop.com"), ("sp.www", "to-apex")]),
+                c("plain", &[("sp.domains", "plain.com")]),
+            ],
+            &settings,
+        )]);
+        let old =
+            Renderer::from_source("old.j2".into(), "{% for s in sites %}{{ s.domain }} {% endfor %}".into()).unwrap();
+        let fitted = old.fit(table);
+        let left: Vec<&str> = fitted.sites.iter().map(|s| s.domain.as_str()).collect();
+        assert_eq!(left, ["plain.com", "shop.com"], "{:#?}", fitted.diagnostics);
+        let messages: Vec<String> = fitted.diagnostics.iter().map(ToString::to_string).collect();
+        assert!(
+            messages.iter().any(|m| m.contains("proto is set, but the template old.j2 never uses `pass`")),
+            "{messages:?}"
+        );
+        assert!(messages.iter().any(|m| m.contains("redirect is set") && m.contains("moved.com")), "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("www is set") && m.contains("www.shop.com")), "{messages:?}");
+    }
+
     #[test]
     fn template_errors_name_file_and_line() {
         let err = Renderer::from_source("custom.j2".into(), "ok\n{% if %}".into()).err().unwrap();
