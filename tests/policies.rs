@@ -207,16 +207,21 @@ fn the_proxy_answers_health_over_https_and_on_plain_http_routes_in_production() 
     assert_eq!(agent.get("plain.test", "/health"), (200, "healthy\n".into()), "a tls=off server");
 
     // hsts: the HTTPS answer's Strict-Transport-Security, per domain.
-    let sts = |host: &str| {
+    // The head of an HTTPS answer for `host` and `path`.
+    let head = |host: &str, path: &str| {
         let resolve = format!("{host}:{}:127.0.0.1", agent.https_port);
-        let url = format!("https://{host}:{}/", agent.https_port);
+        let url = format!("https://{host}:{}{path}", agent.https_port);
         let out = Command::new("curl")
             .args(["-sSk", "--max-time", "10", "--resolve", &resolve, "-D", "-", "-o", "/dev/null", &url])
             .output()
             .expect("run curl");
         let head = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(head.starts_with("HTTP/"), "{host}: {head} {}", String::from_utf8_lossy(&out.stderr));
-        head.lines()
+        head
+    };
+    let sts = |host: &str| {
+        head(host, "/")
+            .lines()
             .find_map(|l| {
                 l.strip_prefix("strict-transport-security: ").or(l.strip_prefix("Strict-Transport-Security: "))
             })
@@ -228,20 +233,11 @@ fn the_proxy_answers_health_over_https_and_on_plain_http_routes_in_production() 
 
     // www over HTTPS: the other name has a certificate of its own (a placeholder until one is
     // issued) and redirects there; the canonical name is served.
-    let served = |host: &str, path: &str| {
-        let resolve = format!("{host}:{}:127.0.0.1", agent.https_port);
-        let url = format!("https://{host}:{}{path}", agent.https_port);
-        let out = Command::new("curl")
-            .args(["-sSk", "--max-time", "10", "--resolve", &resolve, "-D", "-", "-o", "/dev/null", &url])
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let head = served("shop.test", "/cart?id=3");
-    assert!(head.starts_with("HTTP/2 301"), "{head}");
+    let redirected = head("shop.test", "/cart?id=3");
+    assert!(redirected.starts_with("HTTP/2 301"), "{redirected}");
     let to = format!("https://www.shop.test:{}/cart?id=3", agent.https_port);
-    assert!(head.lines().any(|l| l.eq_ignore_ascii_case(&format!("location: {to}"))), "{head}");
-    assert!(served("www.shop.test", "/").starts_with("HTTP/2 200"));
+    assert!(redirected.lines().any(|l| l.eq_ignore_ascii_case(&format!("location: {to}"))), "{redirected}");
+    assert!(head("www.shop.test", "/").starts_with("HTTP/2 200"));
     for name in ["shop.test", "www.shop.test"] {
         assert!(agent.path(&format!("certs/live/{name}/fullchain.pem")).is_file(), "{name} has its certificate");
     }
