@@ -457,3 +457,29 @@ async fn a_stopped_nginx_container_is_not_the_nginx_container() {
     let network = upstream(&table, &names[2]).backends[0].network.clone().unwrap();
     assert_eq!((network.name, network.reason), (b, "the network shared with nginx".to_string()));
 }
+
+/// A container that only redirects needs no network (here: none at all, while nginx's networks
+/// are known) and no port: its domains redirect, and the config loads.
+#[tokio::test]
+async fn a_redirect_only_container_needs_no_network() {
+    require_docker!();
+    let d = TestDocker::new();
+    let net = d.network("net");
+    d.start(vec![
+        d.app("moved").network("none").label("domains", "old.test").label("redirect", "https://new.test/"),
+        d.app("app").network(&net).label("domains", "app.test").label("www", "to-www"),
+    ]);
+    let (_, table) = discover(&d, Some([net.clone()].into())).await;
+    assert!(table.diagnostics.is_empty(), "{:#?}", messages(&table));
+    assert_eq!(domains(&table), ["app.test", "old.test", "www.app.test"]);
+    assert_eq!(
+        site(&table, "old.test").redirect.as_ref().map(ToString::to_string).as_deref(),
+        Some("https://new.test/ (301, path kept)")
+    );
+    assert_eq!(
+        site(&table, "app.test").redirect.as_ref().map(ToString::to_string).as_deref(),
+        Some("www.app.test (301, path kept)")
+    );
+    assert_eq!(table.upstreams.len(), 1, "the redirect has no upstream");
+    NginxSandbox::new().render_and_test(&table, false);
+}
