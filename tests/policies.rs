@@ -736,8 +736,9 @@ fn uwsgi_reaches_a_python_app_in_uwsgi() {
         r#"def application(env, start_response):
     start_response('200 OK', [('Content-Type', 'text/plain')])
     body = env['wsgi.input'].read(int(env.get('CONTENT_LENGTH') or 0)).decode()
-    return [('wsgi %s %s?%s fwd=%s tenant=%s body=%s' % (env['REQUEST_METHOD'], env['PATH_INFO'], env['QUERY_STRING'],
-             env.get('HTTP_X_FORWARDED_PROTO'), env.get('HTTP_X_TENANT'), body)).encode()]
+    return [('wsgi %s %s?%s fwd=%s tenant=%s proxy=%s body=%s' % (env['REQUEST_METHOD'], env['PATH_INFO'],
+             env['QUERY_STRING'], env.get('HTTP_X_FORWARDED_PROTO'), env.get('HTTP_X_TENANT'), env.get('HTTP_PROXY'),
+             body)).encode()]
 "#,
     )
     .unwrap();
@@ -763,10 +764,12 @@ fn uwsgi_reaches_a_python_app_in_uwsgi() {
     let nginx = Served::start(&table);
     assert_eq!(
         status_body(&curl(nginx.port, "py.test", "/a/b?c=1", &[])),
-        (200, "wsgi GET /a/b?c=1 fwd=http tenant=t3 body=".into())
+        (200, "wsgi GET /a/b?c=1 fwd=http tenant=t3 proxy=None body=".into())
     );
-    let posted = status_body(&curl(nginx.port, "py.test", "/post", &["--data-binary", "x=y"]));
-    assert_eq!(posted, (200, "wsgi POST /post? fwd=http tenant=t3 body=x=y".into()));
+    // httpoxy: a client's Proxy header never becomes the app's HTTP_PROXY (PHP drops it itself).
+    let posted =
+        status_body(&curl(nginx.port, "py.test", "/post", &["--data-binary", "x=y", "-H", "Proxy: http://evil"]));
+    assert_eq!(posted, (200, "wsgi POST /post? fwd=http tenant=t3 proxy=None body=x=y".into()));
 }
 
 // --- redirect and www
