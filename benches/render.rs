@@ -35,6 +35,7 @@ fn settings(local: bool) -> RenderSettings {
         ipv6: true,
         real_ip: None,
         error_pages: Default::default(),
+        auth_dir: ConfigPath::parse("NGINX_CONF", Path::new("/etc/nginx/conf.d/smart-proxy-htpasswd")).unwrap(),
     }
 }
 

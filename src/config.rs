@@ -109,6 +109,7 @@ impl Config {
             ipv6: settings.ipv6.resolve(),
             real_ip: RealIp::from_settings(&settings.trusted_proxies, settings.real_ip_header.as_deref())?,
             error_pages: ErrorPages::from_dir(settings.error_pages_dir.as_deref())?,
+            auth_dir: crate::render::auth_dir_for(&settings.nginx_conf)?,
         };
         Ok(Config {
             mode,

@@ -215,7 +215,28 @@ fn policies() {
             ("smart-proxy.www", "to-www"),
         ],
     );
-    let table = label_table(&[files, app, secure, grpc, php, moved]);
+    // auth and rate: basic with a bypass path and a header-keyed rate; forward with a sign-in
+    // page, copied headers and a URL holding quotes and a '$'.
+    let admin = container(
+        "admin",
+        [172, 20, 0, 9],
+        &[
+            ("smart-proxy.domains", "admin.example.com"),
+            ("smart-proxy.auth", "basic"),
+            ("smart-proxy.auth.users", "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"),
+            ("smart-proxy.auth.bypass", "/public/"),
+            ("smart-proxy.rate", "600r/m"),
+            ("smart-proxy.rate.burst", "5"),
+            ("smart-proxy.rate.key", "header:X-Api-Key"),
+            ("smart-proxy.sso.domains", "sso.example.com"),
+            ("smart-proxy.sso.auth", "forward"),
+            ("smart-proxy.sso.auth.url", "http://authelia:9091/api/verify?x=\"$a\""),
+            ("smart-proxy.sso.auth.signin", "https://auth.example.com/login"),
+            ("smart-proxy.sso.auth.headers", "Remote-User,Remote-Groups"),
+            ("smart-proxy.sso.rate", "10r/s"),
+        ],
+    );
+    let table = label_table(&[files, app, secure, grpc, php, moved, admin]);
     golden("policies", &table, false);
     let config = NginxSandbox::new().render_and_test(&table, true);
     assert_eq!(config.matches("location = /healthz {").count(), 1, "{config}");
@@ -244,6 +265,17 @@ fn policies() {
     assert_eq!(config.matches("proxy_request_buffering off;").count(), 2, "{config}");
     assert_eq!(config.matches("rewrite ^/api(?:/(.*))?$ /$1 break;").count(), 1, "{config}");
     assert_eq!(config.matches("    least_conn;\n").count(), 2, "both upstreams of files (lb is inherited): {config}");
+    // auth and rate: the zones in the http context, limit_req and auth in the locations; the
+    // bypass location keeps the rate limit (inherited) and the proxying.
+    assert_eq!(config.matches("limit_req_zone ").count(), 2, "{config}");
+    assert!(config.contains("limit_req zone=sp_rate_admin.example.com/ burst=5 nodelay;"), "{config}");
+    assert!(
+        config.contains("location /public/ {\n            auth_basic off;\n            proxy_pass http://sp_admin;")
+    );
+    assert_eq!(config.matches("auth_request /.smart-proxy/auth/1;").count(), 1, "{config}");
+    assert!(
+        config.contains(r#"set $smartproxy_auth_url "http://authelia:9091/api/verify?x=\"${smartproxy_dollar}a\"";"#)
+    );
     let production = NginxSandbox::new().render_and_test(&table, false);
     assert_eq!(production.matches("max-age=31536000; includeSubDomains; preload").count(), 1, "{production}");
     assert_eq!(production.matches("Strict-Transport-Security").count(), table.sites.len() - 1, "not app: {production}");

@@ -415,7 +415,7 @@ impl Controller {
         let added: Vec<&String> = served.difference(&self.served).collect();
         let removed: Vec<&String> = self.served.difference(&served).collect();
         for d in &applied.dropped {
-            error!(domain = %d.domain, source = %d.sources.join(", "), "route left out: nginx -t fails with it: {}", d.reason);
+            error!(domain = %d.domain, source = %d.sources.join(", "), "route left out: {}", d.reason);
         }
         if !applied.placeholders.is_empty() {
             let list: Vec<String> = applied.placeholders.iter().map(ToString::to_string).collect();

@@ -6,6 +6,7 @@
 //! test fails, the routes that broke it are found (by the error's line, by a certificate path, or
 //! by bisection) and the config goes live without them.
 
+pub mod auth_files;
 pub mod nginx;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use crate::certs::placeholder;
 use crate::fsutil::write_atomic;
 use crate::render::{RenderError, RenderSettings, Renderer};
 use crate::routes::{DomainName, RouteTable};
+use auth_files::AuthFiles;
 pub use nginx::{Nginx, NginxError, Swap};
 
 /// Marker the built-in template writes before each domain's servers; error lines map back to a
@@ -45,7 +47,8 @@ pub struct Dropped {
     pub domain: DomainName,
     /// Where the route came from: `container app1`, `DOMAINS entry 2`, `routes.json domains[0]`.
     pub sources: Vec<String>,
-    /// nginx's first error line for this route's own servers.
+    /// Why: nginx's first error line for this route's own servers (`nginx -t fails with it:
+    /// …`), or its users-file that cannot be used.
     pub reason: String,
 }
 
@@ -122,6 +125,28 @@ impl Applier {
         table: &RouteTable,
     ) -> Result<Applied, ApplyError> {
         let mut timings = Timings::default();
+        // The htpasswd files first: nginx reads them per request, and a users-file's contents
+        // may change while the config stays the same.
+        let auth = AuthFiles::of(table);
+        let auth_dir = settings.auth_dir.as_path();
+        auth.write(auth_dir).map_err(|source| ApplyError::Write { path: auth_dir.to_path_buf(), source })?;
+        let mut unusable = Vec::new();
+        let reduced;
+        let table = if auth.unusable.is_empty() {
+            table
+        } else {
+            let mut left = table.clone();
+            for (domain, reason) in &auth.unusable {
+                unusable.push(Dropped {
+                    domain: domain.clone(),
+                    sources: sources_of(&left, domain),
+                    reason: reason.clone(),
+                });
+                left = left.without_site(domain);
+            }
+            reduced = left;
+            &reduced
+        };
         let started = Instant::now();
         let mut config = renderer.render(table, settings)?;
         timings.render += started.elapsed();
@@ -152,13 +177,14 @@ impl Applier {
             Some(Swap::Reloaded { .. }) => {
                 self.rejected = None;
                 self.live = Some(config);
-                return Ok(Applied { changed: true, reloaded: true, dropped: Vec::new(), placeholders, timings });
+                auth.remove_unused(auth_dir);
+                return Ok(Applied { changed: true, reloaded: true, dropped: unusable, placeholders, timings });
             }
             Some(Swap::Rejected(output)) => Some(output),
             None => None,
         };
         let mut current = table.clone();
-        let mut dropped = Vec::new();
+        let mut dropped = unusable;
         loop {
             let tested = match first.take() {
                 Some(output) => Some(output),
@@ -176,15 +202,10 @@ impl Applier {
                 },
             };
             for (domain, reason) in culprits {
-                let mut sources: Vec<String> = current
-                    .sites
-                    .iter()
-                    .filter(|s| s.domain == domain)
-                    .flat_map(|s| s.locations.iter().map(|l| l.origin.source()))
-                    .collect();
-                sources.dedup();
+                let sources = sources_of(&current, &domain);
                 current = current.without_site(&domain);
-                dropped.push(Dropped { domain, sources, reason: first_error_line(&reason) });
+                let reason = format!("nginx -t fails with it: {}", first_error_line(&reason));
+                dropped.push(Dropped { domain, sources, reason });
             }
             let started = Instant::now();
             config = renderer.render(&current, settings)?;
@@ -204,6 +225,7 @@ impl Applier {
         timings.reload = started.elapsed();
         self.rejected = (!dropped.is_empty()).then(|| Rejected { config: full, outcome: Ok(dropped.clone()) });
         self.live = Some(config);
+        auth.remove_unused(auth_dir);
         Ok(Applied { changed: true, reloaded, dropped, placeholders, timings })
     }
 
@@ -329,6 +351,18 @@ fn culprit(output: &str, config: &str, table: &RouteTable, target_name: &str) ->
         }
     }
     None
+}
+
+/// Where a domain's routes came from (`container app1`, `routes.json domains[0]`).
+fn sources_of(table: &RouteTable, domain: &DomainName) -> Vec<String> {
+    let mut sources: Vec<String> = table
+        .sites
+        .iter()
+        .filter(|s| s.domain == *domain)
+        .flat_map(|s| s.locations.iter().map(|l| l.origin.source()))
+        .collect();
+    sources.dedup();
+    sources
 }
 
 fn first_error_line(output: &str) -> String {

@@ -25,7 +25,9 @@ pub enum NginxError {
 }
 
 /// Tests a candidate on a copy of nginx's config directory. Arguments: main config, the file the
-/// agent owns (inside the main config's directory), the candidate, and optionally `swap`. Paths
+/// agent owns (inside the main config's directory), the candidate, and optionally `swap`. First it
+/// gives the htpasswd directory beside the target (`render::AUTH_DIR`) to nginx's workers' group,
+/// which only the side where nginx runs knows. Paths
 /// of the directory inside the copied files are rewritten to the copy, so absolute `include`s
 /// stay inside the copy. With `swap` (the companion setup: one exec instead of three), a candidate
 /// nginx accepted is renamed over the target, [`SWAPPED`] is printed, and nginx is reloaded; the
@@ -34,6 +36,18 @@ const TEST_SCRIPT: &str = r#"set -eu
 conf="$1"; target="$2"; candidate="$3"; swap="${4:-}"
 dir=$(dirname "$conf")
 case "$target" in "$dir"/*) ;; *) echo "NGINX_CONF $target is not inside nginx's config directory $dir" >&2; exit 3;; esac
+# The htpasswd files beside the config: readable by the group of nginx's workers (the `user`
+# directive's group, else its user's, else nginx's default: nogroup where it exists, else
+# nobody); the directory passes its group on to the files the agent writes later (setgid).
+auth="$(dirname "$target")/smart-proxy-htpasswd"
+if [ -d "$auth" ] && [ "$(id -u)" = 0 ]; then
+  set -- $(sed -n 's/^[[:space:]]*user[[:space:]][[:space:]]*\([^;#]*\);.*/\1/p' "$conf" | head -n 1)
+  if [ $# -ge 2 ]; then group=$2
+  elif [ $# = 1 ]; then group=$(id -gn "$1" 2>/dev/null || echo "$1")
+  elif grep -q '^nogroup:' /etc/group; then group=nogroup
+  else group=nobody; fi
+  { chgrp -R "$group" "$auth" && chmod g+s "$auth"; } || echo "smart-proxy: cannot give $auth to group $group; nginx's workers may not read the htpasswd files" >&2
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cp -rL "$dir/." "$tmp/"
@@ -362,6 +376,15 @@ fn tidy(output: &str) -> String {
         rest.to_string()
     };
     output.trim().lines().map(line).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod script_tests {
+    #[test]
+    fn the_test_script_knows_the_htpasswd_directory() {
+        let line = format!("auth=\"$(dirname \"$target\")/{}\"\n", crate::render::AUTH_DIR);
+        assert!(super::TEST_SCRIPT.contains(&line), "{line}");
+    }
 }
 
 #[cfg(test)]

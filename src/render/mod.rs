@@ -12,8 +12,9 @@ use minijinja::{syntax::SyntaxConfig, Environment, UndefinedBehavior};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::routes::access::{Auth, AuthMethod};
 use crate::routes::policy::{BackendVerify, Module, Proto, RedirectTo, FASTCGI_ROOT};
-use crate::routes::{BackendState, Host, RouteTable};
+use crate::routes::{policy, BackendState, Host, RouteTable};
 
 pub mod edge;
 use edge::{ErrorPages, RealIp, ERROR_CODES};
@@ -143,6 +144,19 @@ pub struct RenderSettings {
     pub real_ip: Option<RealIp>,
     /// The proxy's pages for the errors nginx answers itself.
     pub error_pages: ErrorPages,
+    /// Where the htpasswd files of `auth=basic` routes are (written by `apply`, named by
+    /// `BasicUsers::file_name`): [`AUTH_DIR`] beside `NGINX_CONF`.
+    pub auth_dir: ConfigPath,
+}
+
+/// The directory of the htpasswd files, beside the rendered config (so that it is on the volume
+/// nginx's container shares with the agent in the companion setup).
+pub const AUTH_DIR: &str = "smart-proxy-htpasswd";
+
+/// The htpasswd directory for a config written to `nginx_conf`.
+pub fn auth_dir_for(nginx_conf: &Path) -> Result<ConfigPath, RenderError> {
+    let dir = nginx_conf.parent().unwrap_or(Path::new("/")).join(AUTH_DIR);
+    ConfigPath::parse("NGINX_CONF", &dir)
 }
 
 /// A loaded template, ready to render any number of tables.
@@ -307,7 +321,8 @@ struct Context<'a> {
     /// One error log per domain (false above `ERROR_LOGS_MAX` domains).
     per_domain_error_logs: bool,
     resolver: Option<String>,
-    /// Some header value holds a `$`: the config defines `$smartproxy_dollar` as a literal `$`.
+    /// Some header value or auth URL holds a `$`: the config defines `$smartproxy_dollar` as a
+    /// literal `$`.
     dollar: bool,
     /// The `listen` addresses of the HTTP servers (`80`, `[::]:80`; with ` proxy_protocol`).
     listen_http: Vec<String>,
@@ -322,6 +337,11 @@ struct Context<'a> {
     https_listen: String,
     error_handling: String,
     error_pages: ErrorPagesCtx,
+    /// One `limit_req_zone` per rate-limited location.
+    rate_zones: Vec<RateZoneCtx>,
+    /// The headers rate limits are keyed by, each with the variable of its key (`map`: the
+    /// header's value, or the client's address without it).
+    rate_keys: Vec<RateKeyCtx>,
     hash: HashSizes,
     upstreams: Vec<UpstreamCtx>,
     sites: Vec<SiteCtx>,
@@ -337,6 +357,24 @@ struct ErrorPagesCtx {
 struct RealIpCtx {
     trusted: Vec<String>,
     header: String,
+}
+
+#[derive(Serialize)]
+struct RateZoneCtx {
+    /// `sp_rate_<domain><path>`: stable across renders, so a reload keeps the zone's counts.
+    name: String,
+    /// `$binary_remote_addr`, or a [`RateKeyCtx::variable`].
+    key: String,
+    /// `10r/s`.
+    rate: String,
+}
+
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct RateKeyCtx {
+    /// The header's variable, `http_x_api_key`.
+    header: String,
+    /// The key's variable, `smartproxy_rate_x_api_key`.
+    variable: String,
 }
 
 #[derive(Serialize)]
@@ -429,6 +467,43 @@ struct PolicyCtx {
     adds_headers: bool,
     /// False with `error-pages=off`: nginx's own pages.
     error_pages: bool,
+    /// `limit_req` in this location.
+    rate: Option<LimitCtx>,
+    /// `auth_basic` or `auth_request`.
+    auth: Option<AuthCtx>,
+}
+
+#[derive(Serialize)]
+struct LimitCtx {
+    zone: String,
+    burst: u32,
+}
+
+#[derive(Serialize)]
+struct AuthCtx {
+    /// Basic: the htpasswd file (`auth_basic_user_file`).
+    basic_file: Option<String>,
+    /// Forward: the internal location the `auth_request` goes to (`/.smart-proxy/auth/<n>`).
+    check: Option<String>,
+    /// Forward: the auth service's URL as one nginx string.
+    url: Option<String>,
+    /// Forward: the sign-in URL with `rd=` and the original URL, as one nginx string.
+    signin: Option<String>,
+    /// Forward: the response headers copied to the app.
+    headers: Vec<AuthHeaderCtx>,
+    /// Paths inside the location that skip auth (nested locations).
+    bypass: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct AuthHeaderCtx {
+    name: String,
+    /// The CGI variable (`HTTP_REMOTE_USER`), for FastCGI and uwsgi.
+    param: String,
+    /// `smartproxy_auth_remote_user`.
+    variable: String,
+    /// `upstream_http_remote_user`.
+    upstream: String,
 }
 
 #[derive(Serialize)]
@@ -441,8 +516,68 @@ struct HeaderCtx {
     value: Option<String>,
 }
 
+/// Where a location is, for the names its policy gives things (zones, files, checks).
+struct At<'a> {
+    domain: &'a crate::routes::DomainName,
+    path: &'a str,
+    /// The location's number in its site, from 1.
+    index: usize,
+    auth_dir: &'a ConfigPath,
+}
+
+/// The rate zone of a location.
+fn zone_name(domain: &crate::routes::DomainName, path: &str) -> String {
+    format!("sp_rate_{}{path}", domain.file_stem())
+}
+
+/// The variable a rate limit keyed by `header` counts by.
+fn rate_key_variable(header_variable: &str) -> String {
+    format!("smartproxy_rate_{}", header_variable.trim_start_matches("http_"))
+}
+
+impl AuthCtx {
+    fn of(auth: &Auth, at: &At) -> Self {
+        let mut ctx = AuthCtx {
+            basic_file: None,
+            check: None,
+            url: None,
+            signin: None,
+            headers: Vec::new(),
+            bypass: auth.bypass.iter().map(|p| p.to_string()).collect(),
+        };
+        match &auth.method {
+            AuthMethod::Basic(users) => {
+                ctx.basic_file = Some(format!("{}/{}", at.auth_dir.0, users.file_name()));
+            }
+            AuthMethod::Forward(forward) => {
+                ctx.check = Some(format!("/.smart-proxy/auth/{}", at.index));
+                ctx.url = Some(policy::nginx_literal(forward.url.as_str()));
+                ctx.signin = forward.signin.as_ref().map(|url| {
+                    let rd = if url.as_str().contains('?') { "&rd=" } else { "?rd=" };
+                    policy::nginx_literal_then(url.as_str(), &[rd, "$scheme://$http_host$request_uri"])
+                });
+                ctx.headers = forward
+                    .headers
+                    .iter()
+                    .map(|name| {
+                        let lower = name.as_str().to_ascii_lowercase().replace('-', "_");
+                        AuthHeaderCtx {
+                            name: name.as_str().to_string(),
+                            param: format!("HTTP_{}", lower.to_ascii_uppercase()),
+                            variable: format!("smartproxy_auth_{lower}"),
+                            upstream: format!("upstream_http_{lower}"),
+                        }
+                    })
+                    .collect();
+            }
+        }
+        ctx
+    }
+}
+
 impl PolicyCtx {
-    fn of(policy: &crate::routes::Policy, path: &str) -> Self {
+    fn of(policy: &crate::routes::Policy, at: &At) -> Self {
+        let path = at.path;
         PolicyCtx {
             strip_regex: (policy.strip_prefix == Some(true) && path != "/")
                 .then(|| crate::routes::policy::strip_prefix_regex(path)),
@@ -453,6 +588,8 @@ impl PolicyCtx {
             response_headers: policy.response_headers.iter().map(HeaderCtx::of).collect(),
             adds_headers: policy.response_headers.iter().any(|h| !h.value.as_str().is_empty()),
             error_pages: policy.error_pages.unwrap_or(true),
+            rate: policy.rate.as_ref().map(|r| LimitCtx { zone: zone_name(at.domain, path), burst: r.burst }),
+            auth: policy.auth.as_ref().map(|a| AuthCtx::of(a, at)),
         }
     }
 }
@@ -508,7 +645,8 @@ impl<'a> Context<'a> {
                 locations: site
                     .locations
                     .iter()
-                    .map(|l| {
+                    .enumerate()
+                    .map(|(i, l)| {
                         let upstream = l.upstream.as_deref().and_then(|id| by_id.get(id).copied());
                         let backend = upstream
                             .filter(|u| matches!(&u.backends[..], [b] if matches!(b.host, Host::Name(_))))
@@ -547,13 +685,50 @@ impl<'a> Context<'a> {
                                 }
                             }),
                             allow: l.allow.iter().map(ToString::to_string).collect(),
-                            policy: (!l.policy.is_default()).then(|| PolicyCtx::of(&l.policy, l.path.as_str())),
+                            policy: (!l.policy.is_default()).then(|| {
+                                let at = At {
+                                    domain: &site.domain,
+                                    path: l.path.as_str(),
+                                    index: i + 1,
+                                    auth_dir: &settings.auth_dir,
+                                };
+                                PolicyCtx::of(&l.policy, &at)
+                            }),
                         }
                     })
                     .collect(),
             })
             .collect();
-        let needs_resolver = upstreams.iter().any(|u| u.dynamic);
+        let policies = || table.sites.iter().flat_map(|s| s.locations.iter().map(move |l| (s, l)));
+        fn forward(l: &crate::routes::Location) -> Option<&crate::routes::access::Forward> {
+            match l.policy.auth.as_ref().map(|a| &a.method) {
+                Some(AuthMethod::Forward(f)) => Some(f),
+                _ => None,
+            }
+        }
+        let mut rate_zones = Vec::new();
+        let mut rate_keys = Vec::new();
+        for (site, l) in policies() {
+            let Some(rate) = &l.policy.rate else { continue };
+            let key = match rate.key.header_variable() {
+                None => "$binary_remote_addr".to_string(),
+                Some(header) => {
+                    let variable = rate_key_variable(&header);
+                    let key = format!("${variable}");
+                    rate_keys.push(RateKeyCtx { header, variable });
+                    key
+                }
+            };
+            rate_zones.push(RateZoneCtx {
+                name: zone_name(&site.domain, l.path.as_str()),
+                key,
+                rate: rate.rate.to_string(),
+            });
+        }
+        rate_keys.sort();
+        rate_keys.dedup();
+        let needs_resolver = upstreams.iter().any(|u| u.dynamic)
+            || policies().filter_map(|(_, l)| forward(l)).any(|f| f.url.has_host_name());
         let resolver = (needs_resolver && !settings.resolver.is_empty()).then(|| {
             settings
                 .resolver
@@ -579,12 +754,15 @@ impl<'a> Context<'a> {
             log_dir: &settings.log_dir,
             per_domain_error_logs: table.sites.len() <= settings.error_logs_max,
             resolver,
-            dollar: table.sites.iter().flat_map(|s| &s.locations).any(|l| {
+            dollar: policies().any(|(_, l)| {
                 l.policy
                     .request_headers
                     .iter()
                     .chain(&l.policy.response_headers)
                     .any(|h| h.value.as_str().contains('$'))
+                    || forward(l).is_some_and(|f| {
+                        f.url.as_str().contains('$') || f.signin.as_ref().is_some_and(|s| s.as_str().contains('$'))
+                    })
             }) || table.sites.iter().any(
                 |s| matches!(&s.redirect, Some(r) if matches!(&r.to, RedirectTo::Url(u) if u.as_str().contains('$'))),
             ),
@@ -602,6 +780,8 @@ impl<'a> Context<'a> {
                 header: r.header.to_string(),
             }),
             error_pages: ErrorPagesCtx { builtin: error_codes(&settings.error_pages, false) },
+            rate_zones,
+            rate_keys,
             hash: hash_sizes(table),
             upstreams,
             sites,
@@ -750,6 +930,7 @@ mod tests {
                     acme_webroot: ConfigPath("/w".into()),
                     log_dir: ConfigPath("/l".into()),
                     error_logs_max: 1000,
+                    auth_dir: ConfigPath("/a".into()),
                     nginx_version: NginxVersion::ASSUMED,
                     resolver: vec![],
                     ipv6: true,

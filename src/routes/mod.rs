@@ -3,6 +3,7 @@
 //! Architecture invariant: nothing here does IO, and nothing here can fail as a whole. Bad input
 //! becomes a [`Diagnostic`] that names its origin and drops only the entry it came from.
 
+pub mod access;
 pub mod grammar;
 pub mod policy;
 mod table;

@@ -1,8 +1,8 @@
 //! Per-route policies (`max-body`, `timeout`, `buffering`, `health`, `headers.*`, `proto`,
-//! `redirect`, `www`): their validated value types and the [`Policy`] a location carries. Like
-//! `grammar.rs`, each value can only be built by its parser and renders as one nginx token; a
-//! header value or a redirect target, which may hold characters nginx reads specially, only
-//! through [`nginx_literal`].
+//! `redirect`, `www`; `auth` and `rate` in `access.rs`): their validated value types and the
+//! [`Policy`] a location carries. Like `grammar.rs`, each value can only be built by its parser
+//! and renders as one nginx token; a header value or a redirect target, which may hold characters
+//! nginx reads specially, only through [`nginx_literal`].
 
 use std::fmt;
 
@@ -224,6 +224,21 @@ pub struct HeaderName(String);
 impl HeaderName {
     pub fn parse(input: &str, direction: Direction) -> Result<HeaderName, PolicyError> {
         let bad = |reason: &str| PolicyError::HeaderName { value: show(input), reason: reason.to_string() };
+        let name = HeaderName::parse_any(input)?;
+        let lower = input.to_ascii_lowercase();
+        if direction == Direction::Request && PROXY_REQUEST_HEADERS.contains(&lower.as_str()) {
+            return Err(bad("the proxy sets it for every route"));
+        }
+        if direction == Direction::Response && lower == "strict-transport-security" {
+            return Err(bad("the proxy sets it on HTTPS"));
+        }
+        Ok(name)
+    }
+
+    /// Any header name, also one the proxy sets (a header whose value is read, not set: the
+    /// `rate.key` header).
+    pub fn parse_any(input: &str) -> Result<HeaderName, PolicyError> {
+        let bad = |reason: &str| PolicyError::HeaderName { value: show(input), reason: reason.to_string() };
         if input.is_empty() || input.len() > 64 {
             return Err(bad("it must be 1 to 64 characters long"));
         }
@@ -232,13 +247,6 @@ impl HeaderName {
         }
         if let Some(c) = input.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
             return Err(bad(&format!("it contains the character {c:?}")));
-        }
-        let lower = input.to_ascii_lowercase();
-        if direction == Direction::Request && PROXY_REQUEST_HEADERS.contains(&lower.as_str()) {
-            return Err(bad("the proxy sets it for every route"));
-        }
-        if direction == Direction::Response && lower == "strict-transport-security" {
-            return Err(bad("the proxy sets it on HTTPS"));
         }
         Ok(HeaderName(input.to_string()))
     }
@@ -288,7 +296,13 @@ pub const DOLLAR_VARIABLE: &str = "smartproxy_dollar";
 /// `${smartproxy_dollar}` (nginx expands variables in these values; `$` has no escape). Only
 /// printable ASCII reaches here ([`HeaderValue`]).
 pub fn nginx_literal(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
+    nginx_literal_then(value, &[])
+}
+
+/// [`nginx_literal`] of `value` followed, inside the same quotes, by `then`: nginx syntax of the
+/// template's own (variables such as `$request_uri`), never input.
+pub fn nginx_literal_then(value: &str, then: &[&'static str]) -> String {
+    let mut out = String::with_capacity(value.len() + 64);
     out.push('"');
     for c in value.chars() {
         match c {
@@ -302,6 +316,7 @@ pub fn nginx_literal(value: &str) -> String {
             c => out.push(c),
         }
     }
+    out.extend(then.iter().copied());
     out.push('"');
     out
 }
@@ -905,6 +920,12 @@ pub struct Policy {
     /// `error-pages`: false leaves nginx's own pages for the errors nginx itself answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_pages: Option<bool>,
+    /// `auth`: basic or forward, with the paths that bypass it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<super::access::Auth>,
+    /// `rate`: `limit_req` per client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<super::access::RateLimit>,
 }
 
 impl Policy {
@@ -934,6 +955,12 @@ impl Policy {
             for h in headers {
                 parts.push(format!("headers.{direction}.{}={:?}", h.name.as_str(), show(h.value.as_str())));
             }
+        }
+        if let Some(auth) = &self.auth {
+            parts.push(auth.describe());
+        }
+        if let Some(rate) = &self.rate {
+            parts.push(rate.to_string());
         }
         parts.join(", ")
     }

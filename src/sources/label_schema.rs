@@ -10,9 +10,11 @@
 //! (`auth.user`) is matched whole before `<route>.<key>`, and its first segment can no longer be a
 //! route name ([`is_route_name`]).
 
+use crate::routes::access::{self, AuthMode, Rate, RateKey, Url, Users, UsersFile};
 use crate::routes::grammar::{allowed, parse_bool};
 use crate::routes::policy::{
-    self, parse_on_off, BackendVerify, Balance, HeaderValue, Hsts, Proto, RedirectCode, RedirectUrl, Size, Timeout, Www,
+    self, parse_on_off, BackendVerify, Balance, HeaderName, HeaderValue, Hsts, Proto, RedirectCode, RedirectUrl, Size,
+    Timeout, Www,
 };
 use crate::routes::Health;
 use crate::routes::{Cidr, DomainName, PathPrefix, Port, ServiceName, TlsMode, ValueError};
@@ -66,6 +68,24 @@ pub enum ValueKind {
     RedirectCode,
     /// `to-apex` or `to-www` ([`Www`]).
     Www,
+    /// `basic`, `forward` or `off` ([`AuthMode`]).
+    Auth,
+    /// htpasswd lines `user:hash` ([`Users`]).
+    Users,
+    /// An htpasswd file's path ([`UsersFile`]).
+    UsersFile,
+    /// An http(s) URL ([`Url`]).
+    Url,
+    /// A comma list of header names.
+    HeaderNames,
+    /// A comma list of paths (`auth.bypass`).
+    Paths,
+    /// `10r/s`, `600r/m` or `off` ([`Rate`]).
+    Rate,
+    /// A number of requests (`rate.burst`).
+    Burst,
+    /// `ip` or `header:<Name>` ([`RateKey`]).
+    RateKey,
 }
 
 /// A parsed label value, one variant per [`ValueKind`].
@@ -91,6 +111,16 @@ pub enum Value {
     RedirectUrl(RedirectUrl),
     RedirectCode(RedirectCode),
     Www(Www),
+    Auth(AuthMode),
+    Users(Users),
+    UsersFile(UsersFile),
+    Url(Url),
+    HeaderNames(Vec<HeaderName>),
+    Paths(Vec<PathPrefix>),
+    /// `None`: `off`.
+    Rate(Option<Rate>),
+    Burst(u32),
+    RateKey(RateKey),
 }
 
 impl ValueKind {
@@ -140,6 +170,17 @@ impl ValueKind {
                 RedirectCode::parse(raw).map(Value::RedirectCode).map_err(|e| vec![e.to_string()])
             }
             ValueKind::Www => Www::parse(raw).map(Value::Www).map_err(|e| vec![e.to_string()]),
+            ValueKind::Auth => AuthMode::parse(raw).map(Value::Auth).map_err(|e| vec![e.to_string()]),
+            ValueKind::Users => Users::parse(raw).map(Value::Users).map_err(|e| vec![e.to_string()]),
+            ValueKind::UsersFile => UsersFile::parse(raw).map(Value::UsersFile).map_err(|e| vec![e.to_string()]),
+            ValueKind::Url => Url::parse(raw).map(Value::Url).map_err(|e| vec![e.to_string()]),
+            ValueKind::HeaderNames => {
+                access::parse_header_names(raw).map(Value::HeaderNames).map_err(|e| vec![e.to_string()])
+            }
+            ValueKind::Paths => access::parse_paths(raw).map(Value::Paths).map_err(|e| vec![e.to_string()]),
+            ValueKind::Rate => Rate::parse(raw).map(Value::Rate).map_err(|e| vec![e.to_string()]),
+            ValueKind::Burst => access::parse_burst(raw).map(Value::Burst).map_err(|e| vec![e.to_string()]),
+            ValueKind::RateKey => RateKey::parse(raw).map(Value::RateKey).map_err(|e| vec![e.to_string()]),
         }
     }
 
@@ -167,6 +208,15 @@ impl ValueKind {
             ValueKind::RedirectUrl => policy::allowed::REDIRECT.to_string(),
             ValueKind::RedirectCode => policy::allowed::REDIRECT_CODE.to_string(),
             ValueKind::Www => policy::allowed::WWW.to_string(),
+            ValueKind::Auth => access::allowed::AUTH.to_string(),
+            ValueKind::Users => access::allowed::USERS.to_string(),
+            ValueKind::UsersFile => access::allowed::USERS_FILE.to_string(),
+            ValueKind::Url => access::allowed::URL.to_string(),
+            ValueKind::HeaderNames => access::allowed::HEADER_NAMES.to_string(),
+            ValueKind::Paths => access::allowed::BYPASS.to_string(),
+            ValueKind::Rate => access::allowed::RATE.to_string(),
+            ValueKind::Burst => access::allowed::BURST.to_string(),
+            ValueKind::RateKey => access::allowed::RATE_KEY.to_string(),
         }
     }
 }
@@ -363,6 +413,76 @@ pub const KEYS: &[LabelKey] = &[
         "default-src 'self'; img-src 'self' data:",
     ),
     route(
+        "auth",
+        ValueKind::Auth,
+        "`basic`: a login, checked against `auth.users` or `auth.users-file`; `forward`: each request first asked of an auth service at `auth.url` (Authelia, Authentik, oauth2-proxy); `off`. Without valid credentials: 401",
+        "`off`",
+        "basic",
+    ),
+    route(
+        "auth.users",
+        ValueKind::Users,
+        "with `auth=basic`: htpasswd lines `user:hash`, comma-separated; hashes only, never a clear password (`htpasswd -nbB user 'password'` gives bcrypt; `openssl passwd -apr1`, `-6`; `{SHA}`). nginx reads them from a file the agent writes (0640)",
+        "—",
+        "alice:$2y$05$EbWcGSIMLRjWvmTGv7x8PO4xU5Vc3BchfEu8Vg3Z0kHGh9aWl6gJu",
+    ),
+    route(
+        "auth.users-file",
+        ValueKind::UsersFile,
+        "with `auth=basic`: an htpasswd file (of `user:hash` lines) in a directory mounted into the agent; read, checked and copied for nginx on every pass (missing, unreadable or with a bad line: the route is left out, saying why)",
+        "—",
+        "/run/secrets/htpasswd",
+    ),
+    route(
+        "auth.url",
+        ValueKind::Url,
+        "with `auth=forward`: the auth service's check URL (`http://authelia:9091/api/authz/auth-request`, `http://oauth2-proxy:4180/oauth2/auth`); it gets the request's headers without the body, plus `X-Original-URI`, `X-Original-Method`, `X-Original-URL` and `X-Forwarded-*`. 2xx lets the request through; 401 and 403 go to the client; any other answer is a 500",
+        "—",
+        "http://authelia:9091/api/authz/auth-request",
+    ),
+    route(
+        "auth.signin",
+        ValueKind::Url,
+        "with `auth=forward`: where a 401 sends the browser instead (302), with the original URL as `rd` (`https://auth.example.com/?rd=https://app.example.com/page`)",
+        "— (the 401 goes to the client)",
+        "https://auth.example.com/",
+    ),
+    route(
+        "auth.headers",
+        ValueKind::HeaderNames,
+        "with `auth=forward`: response headers of the auth service passed on to the app (`Remote-User,Remote-Groups`); a client's own headers of these names never reach the app",
+        "—",
+        "Remote-User,Remote-Groups",
+    ),
+    route(
+        "auth.bypass",
+        ValueKind::Paths,
+        "paths inside the route's `path` that skip `auth` (`/api/public/,/healthz`); every other policy still applies",
+        "—",
+        "/public/,/healthz",
+    ),
+    route(
+        "rate",
+        ValueKind::Rate,
+        "requests per client and second or minute (`10r/s`, `600r/m`), or `off`; past the rate and its burst: 429. One limit per domain and path",
+        "`off`",
+        "10r/s",
+    ),
+    route(
+        "rate.burst",
+        ValueKind::Burst,
+        "requests over the rate let through at once (nginx's `burst` with `nodelay`), then 429 until the rate allows more",
+        "the rate's number (`10r/s`: 10)",
+        "20",
+    ),
+    route(
+        "rate.key",
+        ValueKind::RateKey,
+        "who one client is: `ip`, or `header:<Name>` (an API key, a tenant; requests without that header count by address)",
+        "`ip`",
+        "header:X-Api-Key",
+    ),
+    route(
         "health",
         ValueKind::Health,
         "the path where the proxy itself answers `200 healthy` on this domain (every mode, HTTP and HTTPS), or `off` to pass it to the app; one per domain",
@@ -513,6 +633,15 @@ pub fn container_keys() -> impl Iterator<Item = &'static str> {
     KEYS.iter().filter(|k| k.scope == Scope::Container).map(|k| k.key)
 }
 
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
 /// The label reference as a Markdown table, for labels with `prefix`.
 pub fn reference(prefix: &str) -> String {
     let mut out = String::from("| label | meaning | default |\n|---|---|---|\n");
@@ -527,7 +656,7 @@ pub fn reference(prefix: &str) -> String {
     out.push_str(&format!(
         "| `{prefix}.<route>.<key>` | a further route on the same container (`<route>` is `[a-z0-9-]+`, not {}; keys as \
          above); takes the container-wide {} as defaults; its service defaults to `<service>-<route>` (the container's `service` label, else its default) | — |\n",
-        reserved_words().iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(" or "),
+        or_list(&reserved_words().iter().map(|w| format!("`{w}`")).collect::<Vec<_>>()),
         inherited.join(", ")
     ));
     for key in KEYS.iter().filter(|k| k.scope == Scope::Container) {
@@ -557,12 +686,29 @@ mod tests {
         assert_eq!(&doc[a..b], table, "docs/labels.md is out of date: run UPDATE_DOCS=1 cargo test --lib label_schema");
     }
 
-    /// Each key's example is a valid value: set on a container, it yields a route and no error.
+    /// The labels a key's example needs beside it (a key used only with another key's value).
+    fn companions(key: &str) -> &'static [(&'static str, &'static str)] {
+        const FORWARD: &[(&str, &str)] = &[("auth", "forward"), ("auth.url", "http://auth:9091/")];
+        match key {
+            "auth" => &[("auth.users", "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/")],
+            "auth.users" | "auth.users-file" => &[("auth", "basic")],
+            "auth.url" => &[("auth", "forward")],
+            "auth.signin" | "auth.headers" | "auth.bypass" => FORWARD,
+            "rate.burst" | "rate.key" => &[("rate", "10r/s")],
+            _ => &[],
+        }
+    }
+
+    /// Each key's example is a valid value: set on a container (with the keys it needs), it
+    /// yields a route and no error.
     #[test]
     fn every_example_parses() {
         for key in KEYS.iter().filter(|k| k.key != "nginx") {
             let mut labels = std::collections::BTreeMap::new();
             labels.insert("smart-proxy.domains".to_string(), "example.com".to_string());
+            for (k, v) in companions(key.key) {
+                labels.insert(format!("smart-proxy.{k}"), v.to_string());
+            }
             labels
                 .insert(format!("smart-proxy.{}", key.key.replace(NAME_SEGMENT, "X-Example")), key.example.to_string());
             // Keys that refine another one need it.

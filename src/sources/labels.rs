@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::label_schema::{self, LabelKey, Lookup, Scope, Value};
 
+use crate::routes::access::{self, Auth, AuthKeys, AuthMethod, RateKeys, RateLimit};
 use crate::routes::policy;
 
 use crate::routes::{
@@ -93,7 +94,13 @@ struct RouteLabels<'a> {
     /// Keys with a name segment (`headers.request.<Name>`): (key, name in lowercase) → (name as
     /// written, value, full label name). A named route's own entry replaces the container-wide one.
     with_name: BTreeMap<(&'static str, String), (&'a str, &'a str, String)>,
+    /// The keys a named route took from the container's labels.
+    inherited: BTreeSet<&'static str>,
 }
+
+/// Keys whose dotted keys are one whole: a named route that sets its own `auth` (`rate`) takes
+/// none of the container's `auth.*` (`rate.*`) keys.
+const WHOLE: &[&str] = &["auth", "rate"];
 
 fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<SourceOutput>, Vec<Diagnostic>> {
     let dotted = format!("{}.", settings.prefix);
@@ -195,18 +202,23 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
             .filter(|(k, _)| label_schema::get(k).is_some_and(|k| k.inherited))
             .map(|(k, v)| (*k, v.clone()))
             .collect();
+        for group in WHOLE.iter().filter(|g| own.values.contains_key(*g)) {
+            values.retain(|k, _| !k.strip_prefix(group).is_some_and(|rest| rest.starts_with('.')));
+        }
+        let inherited = values.keys().filter(|k| !own.values.contains_key(*k)).copied().collect();
         values.extend(own.values);
         // Headers are inherited too (every key with a name segment is a route key).
         let mut with_name = wide.with_name.clone();
         with_name.extend(own.with_name);
-        routes.push((Some(name), RouteLabels { values, with_name }));
+        routes.push((Some(name), RouteLabels { values, with_name, inherited }));
     }
 
     let mut out = SourceOutput::default();
     for (name, labels) in routes {
         match route(c, settings, name, &labels, &base_service) {
             Ok(part) => out.extend(part),
-            Err(e) => errors.extend(e),
+            // A bad container-wide value is inherited by each named route: reported once.
+            Err(e) => errors.extend(e.into_iter().filter(|d| !errors.contains(d)).collect::<Vec<_>>()),
         }
     }
     if errors.is_empty() {
@@ -272,6 +284,19 @@ fn route(
     let own = |label: &str| name.is_none_or(|route| label.starts_with(&format!("{}.{route}.", settings.prefix)));
     let protocol = protocol(labels, &mut values, &own, &at, &mut errors);
     let (request_headers, response_headers) = headers(labels, &at, &mut errors);
+    let inherited_bypass = labels.inherited.contains("auth.bypass");
+    let (auth, rate) = access(&mut values, &path, inherited_bypass, &settings.prefix, &at, &mut errors);
+    if let Some(policy::Header { name, .. }) = auth_header_also_set(auth.as_ref(), &request_headers) {
+        let label = labels.values.get("auth.headers").map_or("", |(_, l)| l.as_str());
+        errors.push(Diagnostic::error(
+            at(label),
+            format!(
+                "{} is also set by headers.request.{}; a header comes from one of them",
+                name.as_str(),
+                name.as_str()
+            ),
+        ));
+    }
     let policy = Policy {
         max_body: values.take("max-body", |v| if let Value::Size(s) = v { Some(s) } else { None }),
         timeout: values.take("timeout", |v| if let Value::Timeout(t) = v { Some(t) } else { None }),
@@ -280,6 +305,8 @@ fn route(
         error_pages: values.take("error-pages", |v| if let Value::OnOff(on) = v { Some(on) } else { None }),
         request_headers,
         response_headers,
+        auth,
+        rate,
     };
     if let Some(reason) = protocol.as_ref().and_then(|p| p.proto.rejects(&policy)) {
         let label = labels.values.get("buffering").map_or("", |(_, label)| label.as_str());
@@ -472,6 +499,74 @@ fn headers(
         }
     }
     (request, response)
+}
+
+/// The route's `auth*` and `rate*` keys, combined (errors at the label they are about). Bypass
+/// paths a named route inherits apply where they lie inside its path (a request outside it
+/// never reaches the route).
+fn access(
+    values: &mut Values,
+    path: &PathPrefix,
+    inherited_bypass: bool,
+    prefix: &str,
+    at: &dyn Fn(&str) -> Origin,
+    errors: &mut Vec<Diagnostic>,
+) -> (Option<Auth>, Option<RateLimit>) {
+    // A key of the group whose value did not parse is reported already: combining the rest would
+    // only add "needs ..." errors about it.
+    let failed = |errors: &[Diagnostic], group: &str| {
+        errors.iter().any(|d| match &d.origin {
+            Origin::Container { label: Some(label), .. } => {
+                label_schema::key_of_label(prefix, label).is_some_and(|k| {
+                    k.key.strip_prefix(group).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+                })
+            }
+            _ => false,
+        })
+    };
+    let (auth_failed, rate_failed) = (failed(errors, "auth"), failed(errors, "rate"));
+    macro_rules! take {
+        ($key:literal, $variant:ident) => {
+            values.take_label($key, |v| if let Value::$variant(x) = v { Some(x) } else { None })
+        };
+    }
+    let mut bypass = take!("auth.bypass", Paths);
+    if inherited_bypass {
+        bypass = bypass.and_then(|(paths, label)| {
+            let inside: Vec<PathPrefix> = paths.into_iter().filter(|p| access::is_inside(p, path)).collect();
+            (!inside.is_empty()).then_some((inside, label))
+        });
+    }
+    let auth = AuthKeys {
+        auth: take!("auth", Auth),
+        users: take!("auth.users", Users),
+        users_file: take!("auth.users-file", UsersFile),
+        url: take!("auth.url", Url),
+        signin: take!("auth.signin", Url),
+        headers: take!("auth.headers", HeaderNames),
+        bypass,
+    };
+    let auth = if auth_failed { Ok(None) } else { auth.build(path) };
+    let rate =
+        RateKeys { rate: take!("rate", Rate), burst: take!("rate.burst", Burst), key: take!("rate.key", RateKey) };
+    let rate = if rate_failed { Ok(None) } else { rate.build() };
+    fn reported<T>(
+        result: Result<Option<T>, Vec<(&str, String)>>,
+        at: &dyn Fn(&str) -> Origin,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Option<T> {
+        result
+            .map_err(|e| errors.extend(e.into_iter().map(|(label, m)| Diagnostic::error(at(label), m))))
+            .ok()
+            .flatten()
+    }
+    (reported(auth, at, errors), reported(rate, at, errors))
+}
+
+/// A header `auth.headers` copies from the auth service that `headers.request.<Name>` sets too.
+fn auth_header_also_set<'a>(auth: Option<&Auth>, request: &'a [policy::Header]) -> Option<&'a policy::Header> {
+    let Some(AuthMethod::Forward(forward)) = auth.map(|a| &a.method) else { return None };
+    request.iter().find(|h| forward.headers.iter().any(|n| n.as_str().eq_ignore_ascii_case(h.name.as_str())))
 }
 
 /// The parsed values of one route's keys.

@@ -91,6 +91,7 @@ impl NginxSandbox {
             ipv6: true,
             real_ip: None,
             error_pages: Default::default(),
+            auth_dir: ConfigPath::parse("NGINX_CONF", &self.path("conf.d/smart-proxy-htpasswd")).unwrap(),
         }
     }
 
