@@ -184,6 +184,12 @@ const FIELDS: &[(&str, &str)] = &[
     ("fastcgi.root", ".fastcgi_root"),
     ("redirect", ".redirect"),
     ("www", ".redirect"),
+    ("auth=basic", ".auth.basic_file"),
+    ("auth=forward", ".auth.check"),
+    ("auth.signin", ".auth.signin"),
+    ("auth.headers", ".auth.headers"),
+    ("auth.bypass", ".auth.bypass"),
+    ("rate", ".rate.zone"),
 ];
 
 /// The keys a location's or a site's settings use that render through a template field (default
@@ -220,6 +226,18 @@ fn keys_used(site: &crate::routes::Site, table: &RouteTable) -> Vec<(&'static st
         add(protocol.is_some_and(|p| p.proto != Proto::Http), "proto");
         add(protocol.is_some_and(|p| p.verify != BackendVerify::Off), "backend-verify");
         add(protocol.is_some_and(|p| p.fastcgi_root.is_some()), "fastcgi.root");
+        if let Some(auth) = &p.auth {
+            match &auth.method {
+                AuthMethod::Basic(_) => add(true, "auth=basic"),
+                AuthMethod::Forward(f) => {
+                    add(true, "auth=forward");
+                    add(f.signin.is_some(), "auth.signin");
+                    add(!f.headers.is_empty(), "auth.headers");
+                }
+            }
+            add(!auth.bypass.is_empty(), "auth.bypass");
+        }
+        add(p.rate.is_some(), "rate");
     }
     used
 }
@@ -912,6 +930,27 @@ mod tests {
         );
         assert!(messages.iter().any(|m| m.contains("redirect is set") && m.contains("moved.com")), "{messages:?}");
         assert!(messages.iter().any(|m| m.contains("www is set") && m.contains("www.shop.com")), "{messages:?}");
+    }
+
+    /// A template that cannot render a route's auth leaves the route out (never served without
+    /// its login); the other routes are served.
+    #[test]
+    fn a_template_without_the_auth_fields_leaves_auth_routes_out() {
+        use crate::routes::access::{Auth, BasicUsers, Users};
+        let mut table = RouteTable::build(vec![crate::sources::env::parse(Some("a.com,b.com"), None)]);
+        let users = Users::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap();
+        let auth = Auth { method: AuthMethod::Basic(BasicUsers::Inline(users)), bypass: vec![] };
+        table.sites[0].locations[0].policy.auth = Some(auth);
+        let old =
+            Renderer::from_source("old.j2".into(), BUILTIN_TEMPLATE.replace(".auth.basic_file", ".auth.file")).unwrap();
+        let fitted = old.fit(table.clone());
+        assert_eq!(fitted.sites.iter().map(|s| s.domain.as_str()).collect::<Vec<_>>(), ["b.com"]);
+        let message = &fitted.diagnostics[0].message;
+        assert!(
+            message.starts_with("auth=basic is set, but the template old.j2 never uses `auth.basic_file`"),
+            "{message}"
+        );
+        assert_eq!(Renderer::builtin().fit(table).sites.len(), 2);
     }
 
     #[test]
