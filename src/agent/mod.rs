@@ -149,6 +149,8 @@ struct Controller {
     applier: Applier,
     /// Kept alive: dropping it stops watching the static files and the template.
     _file_watcher: Option<notify::RecommendedWatcher>,
+    /// The `auth.users-file`s the last table named, and the watcher of their directories.
+    users_files: (BTreeSet<std::path::PathBuf>, Option<notify::RecommendedWatcher>),
     /// The labelled containers, what to inspect, what fails.
     store: Store,
     statics: StaticState,
@@ -232,6 +234,7 @@ impl Controller {
             docker: None,
             applier,
             _file_watcher: None,
+            users_files: (BTreeSet::new(), None),
             statics: StaticState::default(),
             last_diagnostics: Vec::new(),
             nginx: None,
@@ -324,7 +327,7 @@ impl Controller {
             }
             Trigger::Resync => Cause::Other("resync".to_string()),
             Trigger::CloudflareIps(_) => Cause::Other("Cloudflare's IP ranges changed".to_string()),
-            Trigger::Files => Cause::Other("config file or template changed".to_string()),
+            Trigger::Files => Cause::Other("config file, template or users-file changed".to_string()),
             Trigger::Connected(_) => Cause::Other("connected to Docker".to_string()),
             Trigger::CertsIssued(domains) => Cause::Other(format!(
                 "certificates issued for {}",
@@ -340,12 +343,21 @@ impl Controller {
         }
         let table = self.table();
         self.report_diagnostics(&table);
+        let users_files = crate::apply::auth_files::users_files(&table);
+        if users_files != self.users_files.0 {
+            let watcher = watch::watch_users_files(&users_files, self.tx.clone());
+            self.users_files = (users_files, watcher);
+        }
 
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().map(|c| self.describe(c)).collect();
         let result = self.applier.apply(&self.renderer, &self.config.render, &table).await;
         self.status.applied(&table, &result);
         match result {
-            Ok(applied) if !applied.changed => {}
+            Ok(applied) if !applied.changed => {
+                if applied.auth_files > 0 {
+                    info!(files = applied.auth_files, "an auth.users-file changed: its copy for nginx is updated");
+                }
+            }
             Ok(applied) => self.applied(&table, &applied, &causes),
             Err(e) => return self.apply_failed(e),
         }

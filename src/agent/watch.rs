@@ -1,5 +1,5 @@
 //! The watchers: they only send [`Trigger`]s to the controller. The Docker event stream (with
-//! reconnects) and the directories of the static files and the template.
+//! reconnects) and the directories of the static files, the template and the users-files.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -75,9 +75,23 @@ fn unix_now() -> i64 {
 /// Watches the directories of the static files and the template (editors and ConfigMaps replace
 /// files by rename, so the file itself cannot be watched).
 pub(super) fn watch_files(config: &Config, tx: mpsc::Sender<Trigger>) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
     let mut files: Vec<PathBuf> = config.statics.files().into_iter().map(Path::to_path_buf).collect();
     files.extend(config.template.clone());
+    watch_named(files, tx)
+}
+
+/// Watches the directories of the `auth.users-file`s the routes name: an edit applies at once
+/// (each pass reads and copies them), not at the next resync.
+pub(super) fn watch_users_files(
+    files: &BTreeSet<PathBuf>,
+    tx: mpsc::Sender<Trigger>,
+) -> Option<notify::RecommendedWatcher> {
+    watch_named(files.iter().cloned().collect(), tx)
+}
+
+/// Sends [`Trigger::Files`] when one of `files` may have changed, watching their directories.
+fn watch_named(files: Vec<PathBuf>, tx: mpsc::Sender<Trigger>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
     if files.is_empty() {
         return None;
     }

@@ -10,10 +10,10 @@
 //! (fail closed: never served without the login it asks for). Files are 0640, the directory
 //! 0750; the test script gives both to nginx's workers' group. Their contents are never logged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::fsutil::write_atomic;
 use crate::routes::access::{AuthMethod, BasicUsers, Users};
@@ -95,6 +95,17 @@ impl AuthFiles {
             }
         }
     }
+}
+
+/// The users-files `table`'s routes name.
+pub fn users_files(table: &RouteTable) -> BTreeSet<PathBuf> {
+    let methods = table.sites.iter().flat_map(|s| &s.locations).filter_map(|l| l.policy.auth.as_ref());
+    methods
+        .filter_map(|a| match &a.method {
+            AuthMethod::Basic(BasicUsers::File(file)) => Some(PathBuf::from(file.as_str())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A users-file's lines, checked (hashes only) and normalised; or why it cannot be used.

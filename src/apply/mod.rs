@@ -60,6 +60,8 @@ pub struct Applied {
     pub reloaded: bool,
     pub dropped: Vec<Dropped>,
     pub placeholders: Vec<DomainName>,
+    /// htpasswd files written (a new list of users, or a users-file whose contents changed).
+    pub auth_files: usize,
     pub timings: Timings,
 }
 
@@ -129,7 +131,8 @@ impl Applier {
         // may change while the config stays the same.
         let auth = AuthFiles::of(table);
         let auth_dir = settings.auth_dir.as_path();
-        auth.write(auth_dir).map_err(|source| ApplyError::Write { path: auth_dir.to_path_buf(), source })?;
+        let auth_files =
+            auth.write(auth_dir).map_err(|source| ApplyError::Write { path: auth_dir.to_path_buf(), source })?;
         let mut unusable = Vec::new();
         let reduced;
         let table = if auth.unusable.is_empty() {
@@ -151,11 +154,11 @@ impl Applier {
         let mut config = renderer.render(table, settings)?;
         timings.render += started.elapsed();
         if self.live.as_deref() == Some(config.as_str()) {
-            return Ok(Applied { timings, ..Default::default() });
+            return Ok(Applied { auth_files, timings, ..Default::default() });
         }
         if let Some(rejected) = self.rejected.as_ref().filter(|r| r.config == config) {
             return match &rejected.outcome {
-                Ok(dropped) => Ok(Applied { dropped: dropped.clone(), timings, ..Default::default() }),
+                Ok(dropped) => Ok(Applied { dropped: dropped.clone(), auth_files, timings, ..Default::default() }),
                 Err(output) => Err(ApplyError::NotRouteRelated { output: output.clone() }),
             };
         }
@@ -178,7 +181,14 @@ impl Applier {
                 self.rejected = None;
                 self.live = Some(config);
                 auth.remove_unused(auth_dir);
-                return Ok(Applied { changed: true, reloaded: true, dropped: unusable, placeholders, timings });
+                return Ok(Applied {
+                    changed: true,
+                    reloaded: true,
+                    dropped: unusable,
+                    placeholders,
+                    auth_files,
+                    timings,
+                });
             }
             Some(Swap::Rejected(output)) => Some(output),
             None => None,
@@ -226,7 +236,7 @@ impl Applier {
         self.rejected = (!dropped.is_empty()).then(|| Rejected { config: full, outcome: Ok(dropped.clone()) });
         self.live = Some(config);
         auth.remove_unused(auth_dir);
-        Ok(Applied { changed: true, reloaded, dropped, placeholders, timings })
+        Ok(Applied { changed: true, reloaded, dropped, placeholders, auth_files, timings })
     }
 
     fn target_name(&self) -> &str {
