@@ -11,6 +11,7 @@
 use serde_json::{json, Map, Value};
 
 use super::file::{Field, FieldKind, SECTIONS};
+use crate::routes::access::allowed as access;
 use crate::routes::grammar::allowed;
 use crate::routes::policy::allowed as policy_allowed;
 
@@ -38,6 +39,15 @@ fn kind(kind: FieldKind) -> (&'static str, String) {
         FieldKind::RedirectCode => ("integer, or string", policy_allowed::REDIRECT_CODE.to_string()),
         FieldKind::Bool => ("boolean", allowed::BOOL.to_string()),
         FieldKind::Www => ("string", policy_allowed::WWW.to_string()),
+        FieldKind::Auth => ("string", access::AUTH.to_string()),
+        FieldKind::Users => ("array of strings, or string", format!("a list, or {}", access::USERS)),
+        FieldKind::UsersFile => ("string", access::USERS_FILE.to_string()),
+        FieldKind::Url => ("string", access::URL.to_string()),
+        FieldKind::HeaderNames => ("array of strings, or string", format!("a list, or {}", access::HEADER_NAMES)),
+        FieldKind::Paths => ("array of strings, or string", format!("a list, or {}", access::BYPASS)),
+        FieldKind::Rate => ("string", access::RATE.to_string()),
+        FieldKind::Burst => ("integer, or string", access::BURST.to_string()),
+        FieldKind::RateKey => ("string", access::RATE_KEY.to_string()),
     }
 }
 
@@ -49,7 +59,18 @@ fn field_schema(field: &Field) -> Value {
         FieldKind::Tls => json!({ "enum": ["auto", "off"] }),
         FieldKind::Allow => json!({ "type": ["array", "string"], "items": { "type": "string" } }),
         FieldKind::Size => json!({ "type": ["string", "integer"], "minimum": 0 }),
-        FieldKind::Timeout | FieldKind::Health | FieldKind::Hsts => json!({ "type": "string" }),
+        FieldKind::Timeout
+        | FieldKind::Health
+        | FieldKind::Hsts
+        | FieldKind::UsersFile
+        | FieldKind::Url
+        | FieldKind::Rate
+        | FieldKind::RateKey => json!({ "type": "string" }),
+        FieldKind::Auth => json!({ "enum": ["basic", "forward", "off"] }),
+        FieldKind::Users | FieldKind::HeaderNames | FieldKind::Paths => {
+            json!({ "type": ["array", "string"], "items": { "type": "string" } })
+        }
+        FieldKind::Burst => json!({ "type": ["integer", "string"], "minimum": 0, "maximum": 100000 }),
         FieldKind::OnOff => json!({ "type": ["boolean", "string"] }),
         FieldKind::Proto => json!({ "enum": ["http", "https", "h2c", "grpc", "grpcs", "fastcgi", "uwsgi"] }),
         FieldKind::BackendVerify => json!({ "type": ["string", "boolean"] }),
@@ -363,6 +384,17 @@ mod tests {
                         FieldKind::RedirectCode => json!(308),
                         FieldKind::Bool => json!(false),
                         FieldKind::Www => json!("to-apex"),
+                        // `off` ignores the other auth fields (each still parsed), which could
+                        // not all hold at once.
+                        FieldKind::Auth => json!("off"),
+                        FieldKind::Users => json!(["alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"]),
+                        FieldKind::UsersFile => json!("/run/secrets/htpasswd"),
+                        FieldKind::Url => json!("http://auth:9091/"),
+                        FieldKind::HeaderNames => json!("Remote-User,Remote-Groups"),
+                        FieldKind::Paths => json!(["/public/"]),
+                        FieldKind::Rate => json!("10r/s"),
+                        FieldKind::Burst => json!(5),
+                        FieldKind::RateKey => json!("header:X-Api-Key"),
                     };
                     (f.name.to_string(), value)
                 })

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::routes::access::{
+    self, Auth, AuthKeys, AuthMode, Rate, RateKey, RateKeys, RateLimit, Url, Users, UsersFile,
+};
 use crate::routes::policy::{
     parse_on_off, BackendVerify, Hsts, Proto, Protocol, Redirect, RedirectCode, RedirectUrl, Size, Timeout, Www,
 };
@@ -116,6 +119,24 @@ pub enum FieldKind {
     Bool,
     /// A string: a [`Www`].
     Www,
+    /// A string: `basic`, `forward` or `off`.
+    Auth,
+    /// An array of `user:hash` strings, or one string with a comma list: [`Users`].
+    Users,
+    /// A string: a [`UsersFile`] path.
+    UsersFile,
+    /// A string: an http(s) [`Url`].
+    Url,
+    /// An array of header names, or one string with a comma list.
+    HeaderNames,
+    /// An array of paths, or one string with a comma list (`auth.bypass`).
+    Paths,
+    /// A string: a [`Rate`] or `off`.
+    Rate,
+    /// A whole number (or a string of one): `rate.burst`.
+    Burst,
+    /// A string: a [`RateKey`].
+    RateKey,
 }
 
 /// The sections, in the order the reference lists them.
@@ -201,6 +222,66 @@ const DOMAIN_FIELDS: &[Field] = &[
         kind: FieldKind::OnOff,
         required: false,
         doc: "`off` leaves nginx's own pages for the errors the proxy answers itself (502, 503, 504, 429, 404); on when absent",
+    },
+    Field {
+        name: "auth",
+        kind: FieldKind::Auth,
+        required: false,
+        doc: "`basic` (a login: `auth.users` or `auth.users-file`), `forward` (each request asked of `auth.url`) or `off`; off when absent",
+    },
+    Field {
+        name: "auth.users",
+        kind: FieldKind::Users,
+        required: false,
+        doc: "with `auth: basic`: htpasswd lines `user:hash` (hashes only: `htpasswd -nbB user 'password'`)",
+    },
+    Field {
+        name: "auth.users-file",
+        kind: FieldKind::UsersFile,
+        required: false,
+        doc: "with `auth: basic`: an htpasswd file the agent reads, checks and copies for nginx on every pass",
+    },
+    Field {
+        name: "auth.url",
+        kind: FieldKind::Url,
+        required: false,
+        doc: "with `auth: forward`: the auth service's check URL; 2xx lets a request through, 401 and 403 are answered",
+    },
+    Field {
+        name: "auth.signin",
+        kind: FieldKind::Url,
+        required: false,
+        doc: "with `auth: forward`: where a 401 redirects (302), with the original URL as `rd`",
+    },
+    Field {
+        name: "auth.headers",
+        kind: FieldKind::HeaderNames,
+        required: false,
+        doc: "with `auth: forward`: the auth service's response headers passed on to the app (`Remote-User`)",
+    },
+    Field {
+        name: "auth.bypass",
+        kind: FieldKind::Paths,
+        required: false,
+        doc: "paths that skip auth (`/api/public/`, `/healthz`); every other setting still applies",
+    },
+    Field {
+        name: "rate",
+        kind: FieldKind::Rate,
+        required: false,
+        doc: "requests per client and second or minute (`10r/s`, `600r/m`), 429 past it and its burst; off when absent",
+    },
+    Field {
+        name: "rate.burst",
+        kind: FieldKind::Burst,
+        required: false,
+        doc: "with `rate`: requests over the rate let through at once (nodelay); the rate's number when absent",
+    },
+    Field {
+        name: "rate.key",
+        kind: FieldKind::RateKey,
+        required: false,
+        doc: "with `rate`: who one client is, `ip` or `header:<Name>` (without the header: the address); ip when absent",
     },
     Field {
         name: "hsts",
@@ -573,6 +654,7 @@ impl FileReader {
         let buffering = on_off("buffering")?;
         let error_pages = on_off("error-pages")?;
         let health = self.string(entry, field, "health")?.map(Health::parse).transpose();
+        let (auth, rate) = self.access(entry, field)?;
         Ok((
             health.map_err(|e| fail("health", &e))?,
             Policy {
@@ -580,9 +662,82 @@ impl FileReader {
                 timeout: timeout.map_err(|e| fail("timeout", &e))?,
                 buffering,
                 error_pages,
+                auth,
+                rate,
                 ..Policy::default()
             },
         ))
+    }
+
+    /// A field given as an array of strings or as one string with a comma list: its items.
+    fn items<'a>(
+        &self,
+        entry: &'a Map<String, Value>,
+        field: &str,
+        name: &str,
+    ) -> Result<Option<Vec<&'a str>>, Diagnostic> {
+        let at = |i: Option<usize>| {
+            self.origin(format!("{field}.{name}{}", i.map(|i| format!("[{i}]")).unwrap_or_default()))
+        };
+        match entry.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| item.as_str().ok_or_else(|| Diagnostic::error(at(Some(i)), "must be a string")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(Diagnostic::error(
+                at(None),
+                format!("must be a list of strings or a string, found {}", kind_of(other)),
+            )),
+        }
+    }
+
+    /// The `auth*` and `rate*` fields of a domain entry, combined (the first problem, at its
+    /// field).
+    fn access(&self, entry: &Map<String, Value>, field: &str) -> Result<(Option<Auth>, Option<RateLimit>), Diagnostic> {
+        let fail = |name: &str, e: &dyn std::fmt::Display| Diagnostic::error(self.origin(format!("{field}.{name}")), e);
+        macro_rules! one {
+            ($name:literal, $value:expr) => {
+                $value.map_err(|e| fail($name, &e))?.map(|v| (v, $name))
+            };
+        }
+        let text = |name: &str| self.string(entry, field, name);
+        let auth = AuthKeys {
+            auth: one!("auth", text("auth")?.map(AuthMode::parse).transpose()),
+            users: one!(
+                "auth.users",
+                self.items(entry, field, "auth.users")?.map(|i| Users::from_list(i.into_iter())).transpose()
+            ),
+            users_file: one!("auth.users-file", text("auth.users-file")?.map(UsersFile::parse).transpose()),
+            url: one!("auth.url", text("auth.url")?.map(Url::parse).transpose()),
+            signin: one!("auth.signin", text("auth.signin")?.map(Url::parse).transpose()),
+            headers: one!(
+                "auth.headers",
+                self.items(entry, field, "auth.headers")?.map(|i| access::header_names(i.into_iter())).transpose()
+            ),
+            bypass: one!(
+                "auth.bypass",
+                self.items(entry, field, "auth.bypass")?.map(|i| access::paths(i.into_iter())).transpose()
+            ),
+        };
+        let burst = match entry.get("rate.burst") {
+            Some(Value::Number(n)) => Some(access::parse_burst(&n.to_string())),
+            _ => text("rate.burst")?.map(access::parse_burst),
+        };
+        let rate = RateKeys {
+            rate: one!("rate", text("rate")?.map(Rate::parse).transpose()),
+            burst: one!("rate.burst", burst.transpose()),
+            key: one!("rate.key", text("rate.key")?.map(RateKey::parse).transpose()),
+        };
+        let first = |errors: Vec<(&str, String)>| {
+            let (name, message) = errors.into_iter().next().expect("an error");
+            fail(name, &message)
+        };
+        let auth = auth.build(&PathPrefix::root()).map_err(first)?;
+        Ok((auth, rate.build().map_err(first)?))
     }
 }
 
@@ -642,6 +797,33 @@ mod tests {
         assert_eq!(verify, ["on", "off", "off"]);
         assert_eq!(out.diagnostics.len(), 1);
         assert!(out.diagnostics[0].to_string().contains("services[3].backend-verify: on checks the certificate"));
+    }
+
+    #[test]
+    fn auth_and_rate_fields() {
+        let text = r#"{"domains":[
+            {"name":"a.com","auth":"basic","auth.users":["alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"],"auth.bypass":"/public/,/healthz","rate":"10r/s","rate.burst":3},
+            {"name":"b.com","auth":"forward","auth.url":"http://auth:9091/check","auth.headers":["Remote-User"],"rate":"1r/m","rate.key":"header:X-Api-Key"},
+            {"name":"c.com","auth":"basic","auth.users":"bob:hunter2"},
+            {"name":"d.com","auth.url":"http://auth:9091/"},
+            {"name":"e.com","auth":"basic","auth.users":[1]},
+            {"name":"f.com","rate.burst":"5"}]}"#;
+        let out = parse(Path::new("c.json"), text, FileKind::Combined);
+        let described: Vec<String> = out.routes.iter().map(|r| r.policy.describe()).collect();
+        assert_eq!(
+            described,
+            [
+                "auth=basic users=alice bypass=/healthz,/public/, rate=10r/s burst=3",
+                "auth=forward url=\"http://auth:9091/check\" headers=Remote-User, rate=1r/m burst=1 key=header:X-Api-Key",
+            ]
+        );
+        let messages: Vec<String> = out.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 4, "{messages:#?}");
+        assert!(messages[0].contains("domains[2].auth.users: entry 1: the password of user \"bob\" is not a hash"));
+        assert!(!messages[0].contains("hunter2"), "{}", messages[0]);
+        assert!(messages[1].contains("domains[3].auth.url: auth.url is only used with auth=forward"));
+        assert!(messages[2].contains("domains[4].auth.users[0]: must be a string"));
+        assert!(messages[3].contains("domains[5].rate.burst: rate.burst is only used with rate"));
     }
 
     #[test]
