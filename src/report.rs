@@ -313,6 +313,26 @@ mod tests {
         assert!(explained.contains("sp.port (and sp.<route>.port): backend port, 1–65535; allowed: a whole number"));
     }
 
+    /// The dotted keys too, on a named route: `sp.api.auth.users` is `auth.users`.
+    #[test]
+    fn check_explains_the_auth_and_rate_keys() {
+        let table = table(&[
+            ("sp.domains", "a.com"),
+            ("sp.api.domains", "b.com"),
+            ("sp.api.auth", "basic"),
+            ("sp.api.auth.users", "alice:secret"),
+            ("sp.rate.burst", "5"),
+        ]);
+        let text = Report::new(&table, false, &[]).explaining_labels("sp").to_text();
+        let explained = text.split_once("Labels named above (every label: docs/labels.md):\n").expect(&text).1;
+        assert!(
+            explained.contains("  sp.auth.users (and sp.<route>.auth.users): with auth=basic: htpasswd lines"),
+            "{text}"
+        );
+        assert!(explained.contains("  sp.rate.burst (and sp.<route>.rate.burst): requests over the rate"), "{text}");
+        assert!(!text.contains("secret"), "the clear password is not shown: {text}");
+    }
+
     #[test]
     fn check_explains_proto_redirect_and_www() {
         let table = table(&[

@@ -290,7 +290,7 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    fn start(table: &RouteTable) -> Served {
+    pub(crate) fn start(table: &RouteTable) -> Served {
         Served::start_with(table, |_| {})
     }
 
@@ -305,7 +305,7 @@ impl Served {
         let mut settings = RenderSettings { http_port: port, nginx_version: nginx_version(), ..sandbox.settings(true) };
         adjust(&mut settings);
         let config = Renderer::builtin().render(table, &settings).expect("render");
-        Served::run(sandbox, &config, port)
+        Served::run(sandbox, &config, port, Some((table, &settings)))
     }
 
     /// nginx running `config` (an http-context file as is, not rendered: a test's backend) until
@@ -314,12 +314,17 @@ impl Served {
         use std::os::unix::fs::PermissionsExt;
         let sandbox = NginxSandbox::new();
         std::fs::set_permissions(sandbox.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Served::run(sandbox, config, port)
+        Served::run(sandbox, config, port, None)
     }
 
-    fn run(sandbox: NginxSandbox, config: &str, port: u16) -> Served {
+    /// Runs nginx on `config`; with the table and settings it was rendered from, with the
+    /// htpasswd files of its basic-auth routes.
+    fn run(sandbox: NginxSandbox, config: &str, port: u16, rendered: Option<(&RouteTable, &RenderSettings)>) -> Served {
         if let Err(e) = sandbox.test(config) {
             panic!("nginx -t rejected the rendered config:\n{e}\n--- config ---\n{config}");
+        }
+        if let Some((table, settings)) = rendered {
+            write_auth_files(&sandbox, table, settings);
         }
         let child = Command::new(nginx_bin())
             .arg("-p")
@@ -352,6 +357,21 @@ impl Served {
         stream.read_to_end(&mut response).unwrap();
         String::from_utf8(response).expect("printable ASCII in, ASCII out")
     }
+}
+
+/// The htpasswd files of `table`'s basic-auth routes, written as the agent's apply writes them and
+/// handed to nginx's workers' group by the agent's own test script (run on the sandbox).
+fn write_auth_files(sandbox: &NginxSandbox, table: &RouteTable, settings: &RenderSettings) {
+    use smart_proxy::apply::{auth_files::AuthFiles, nginx::LocalNginx, Nginx};
+    let files = AuthFiles::of(table);
+    assert!(files.unusable.is_empty(), "{:?}", files.unusable);
+    if files.write(settings.auth_dir.as_path()).expect("write the htpasswd files") == 0 {
+        return;
+    }
+    let nginx = Nginx::Local(LocalNginx { bin: nginx_bin(), main_conf: sandbox.path("nginx.conf"), child: None });
+    let target = sandbox.path("conf.d/default.conf");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(nginx.test(&target, &target)).expect("the agent's test script passes");
 }
 
 impl Drop for Served {

@@ -3,6 +3,7 @@
 #[macro_use]
 mod support;
 
+mod access;
 mod acme;
 mod agent;
 mod certs_e2e;

@@ -494,6 +494,7 @@ struct PolicyCtx {
 #[derive(Serialize)]
 struct LimitCtx {
     zone: String,
+    /// `burst=` unless 0 (nginx refuses `burst=0`; no burst is its default).
     burst: u32,
 }
 

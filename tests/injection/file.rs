@@ -20,6 +20,8 @@ enum JsonField {
     ServiceBackendVerify,
     /// `fastcgi.root` of a `proto=fastcgi` service.
     ServiceFastcgiRoot,
+    /// An `auth`/`rate` field of the domain (with the fields it is used with).
+    DomainAccess(&'static str),
 }
 
 /// A combined file with one domain and one service, the hostile string in `field`.
@@ -49,6 +51,12 @@ fn json_case(ctx: &Ctx, field: JsonField, h: &str) -> Outcome {
                 json!({ "name": "app", "host": "api.internal", "port": 8443, "proto": "https", "backend-verify": h });
         }
         JsonField::ServiceFastcgiRoot => service["fastcgi.root"] = json!(h),
+        JsonField::DomainAccess(key) => {
+            for (k, v) in companions(key) {
+                domain[*k] = json!(v);
+            }
+            domain[key] = json!(h);
+        }
     }
     if let JsonField::ServiceFastcgiRoot = field {
         service["proto"] = json!("fastcgi");
@@ -112,6 +120,27 @@ fn json_domain_fields() {
     for (name, valid, field) in fields {
         let ctx = Ctx::new();
         run(name, hostile(valid), |h| json_case(&ctx, *field, h));
+    }
+}
+
+/// The `auth` and `rate` fields, as strings (the list fields also take one comma-separated string).
+#[test]
+fn json_access_fields() {
+    let fields: &[(&'static str, &'static [&'static str])] = &[
+        ("auth", AUTH_OK),
+        ("auth.users", USERS_OK),
+        ("auth.users-file", USERS_FILE_OK),
+        ("auth.url", URL_OK),
+        ("auth.signin", URL_OK),
+        ("auth.headers", HEADER_NAMES_OK),
+        ("auth.bypass", BYPASS_OK),
+        ("rate", RATE_OK),
+        ("rate.burst", BURST_OK),
+        ("rate.key", RATE_KEY_OK),
+    ];
+    for (key, valid) in fields {
+        let ctx = Ctx::new();
+        run(&format!("file domains[].{key}"), hostile(valid), |h| json_case(&ctx, JsonField::DomainAccess(key), h));
     }
 }
 

@@ -168,6 +168,35 @@ pub(super) const REDIRECT_OK: &[&str] =
 pub(super) const REDIRECT_CODE_OK: &[&str] = &["301", "302", "307", "308"];
 pub(super) const WWW_OK: &[&str] = &["to-apex", "TO-WWW"];
 
+pub(super) const AUTH_OK: &[&str] = &["basic", "BASIC", "off", "none"];
+pub(super) const USERS_OK: &[&str] = &[
+    "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/",
+    "bob:$2y$05$J5mZNPetUmlbmTXilq3h6exE6WITQMyrF1QGDM/UhTTnopgSJk0NS, carol:{SHA}hsAaMBat8aKiQgxhKhAqvbXOPbw=",
+    "a.b@c+d-e_f:$6$s4lt$KASHin8zyVGU/8snfsKoXrzKD3tcgaxu3WhIYHm3kwoXl4Brx3/eZ1IopFTJFuw/7WLHZOeFSdxFNrGYqr0Vn/",
+];
+pub(super) const USERS_FILE_OK: &[&str] = &["/run/secrets/htpasswd", "/a/b-c_d.e+f@g"];
+pub(super) const URL_OK: &[&str] =
+    &["http://auth:9091/api/verify", r#"https://a.example/x?q='1'&r=$s;{t}"u"\v"#, "HTTP://[::1]:9000"];
+pub(super) const HEADER_NAMES_OK: &[&str] = &["Remote-User", "Remote-User, remote-groups", "X-1"];
+pub(super) const BYPASS_OK: &[&str] = &["/public/", "/a/,/b.c_d~e-f"];
+pub(super) const RATE_OK: &[&str] = &["10r/s", "600r/m", "off", "1R/M"];
+pub(super) const BURST_OK: &[&str] = &["0", "5", "100000"];
+pub(super) const RATE_KEY_OK: &[&str] = &["ip", "IP", "header:X-Api-Key", "Header:x-1"];
+
+/// The `auth`/`rate` keys a key is only used with, set beside it so that its valid values are
+/// accepted (`auth=off` ignores `auth.users`; `auth=basic` uses it).
+pub(super) fn companions(key: &str) -> &'static [(&'static str, &'static str)] {
+    const FORWARD: &[(&str, &str)] = &[("auth", "forward"), ("auth.url", "http://auth:9091/")];
+    match key {
+        "auth" => &[("auth.users", "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/")],
+        "auth.users" | "auth.users-file" => &[("auth", "basic")],
+        "auth.url" => &[("auth", "forward")],
+        "auth.signin" | "auth.headers" | "auth.bypass" => FORWARD,
+        "rate.burst" | "rate.key" => &[("rate", "10r/s")],
+        _ => &[],
+    }
+}
+
 /// A generated value. Its `Debug` (used in failure reports) is escaped and shortened, so a
 /// failing 10,000-character case stays readable.
 #[derive(Clone, PartialEq, Eq)]

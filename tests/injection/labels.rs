@@ -46,6 +46,16 @@ const VALUE_KEYS: &[(&str, &[&str])] = &[
     ("proto", PROTO_OK),
     ("headers.response.X-Test", &["default-src 'self'", "a;b", "x$y", ""]),
     ("headers.request.X-Test", &["on", "\"q\" \\ {}#"]),
+    ("auth", AUTH_OK),
+    ("auth.users", USERS_OK),
+    ("auth.users-file", USERS_FILE_OK),
+    ("auth.url", URL_OK),
+    ("auth.signin", URL_OK),
+    ("auth.headers", HEADER_NAMES_OK),
+    ("auth.bypass", BYPASS_OK),
+    ("rate", RATE_OK),
+    ("rate.burst", BURST_OK),
+    ("rate.key", RATE_KEY_OK),
 ];
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -59,6 +69,7 @@ fn label_values() {
         let ctx = Ctx::new();
         run(&format!("label {P}.{key}"), hostile(valid), |h| {
             let mut ls = labels(&[("smart-proxy.domains", "app.example.com")]);
+            ls.extend(companions(key).iter().map(|(k, v)| (format!("{P}.{k}"), v.to_string())));
             ls.retain(|(k, _)| k != &format!("{P}.{key}"));
             ls.push((format!("{P}.{key}"), h.to_string()));
             let (outcome, table) = label_case(&ctx, &ls, None, h);
@@ -184,6 +195,7 @@ fn label_named_routes() {
         run(&format!("label {P}.api.{key}"), hostile(valid), |h| {
             let mut ls =
                 labels(&[("smart-proxy.domains", "app.example.com"), ("smart-proxy.api.domains", "api.example.com")]);
+            ls.extend(companions(key).iter().map(|(k, v)| (format!("{P}.api.{k}"), v.to_string())));
             ls.retain(|(k, _)| k != &format!("{P}.api.{key}"));
             ls.push((format!("{P}.api.{key}"), h.to_string()));
             label_case(&ctx, &ls, None, h).0

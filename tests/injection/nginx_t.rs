@@ -164,3 +164,64 @@ fn acme_challenge_path_is_reserved() {
     assert_eq!(table.sites.len(), 1);
     NginxSandbox::new().render_and_test(&table, false);
 }
+
+/// `auth` and `rate` values full of what nginx reads as syntax (quotes, `;`, braces, `$`,
+/// backslashes in URLs) load in the real nginx in both modes, on a wildcard domain and a long
+/// path too; rejected ones (a rate with a directive after it, a URL with a newline, a clear
+/// password) never reach the config.
+#[test]
+fn nasty_access_values_load_in_nginx() {
+    let url = r#"https://auth.example/check?a="b";c={d}&e=$host\x\"#;
+    let good = container(
+        "good",
+        [172, 20, 0, 5],
+        &[
+            ("smart-proxy.domains", "*.Wild.Example, access.example"),
+            ("smart-proxy.path", "/A-b_c.d~e/"),
+            ("smart-proxy.auth", "forward"),
+            ("smart-proxy.auth.url", url),
+            ("smart-proxy.auth.signin", "https://login.example/?next=';}{$x"),
+            ("smart-proxy.auth.headers", "Remote-User,X-1"),
+            ("smart-proxy.auth.bypass", "/A-b_c.d~e/x.y/,/A-b_c.d~e/z"),
+            ("smart-proxy.rate", "1000000r/m"),
+            ("smart-proxy.rate.key", "header:X-Api-Key"),
+            ("smart-proxy.basic.domains", "basic.example"),
+            ("smart-proxy.basic.path", "/"),
+            ("smart-proxy.basic.auth", "basic"),
+            ("smart-proxy.basic.auth.users", "a.b@c+d:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"),
+            ("smart-proxy.basic.rate", "1r/s"),
+            ("smart-proxy.basic.rate.burst", "0"),
+        ],
+    );
+    let bad = [
+        ("rate", "rate", "10r/s; limit_req_status 200"),
+        ("url", "auth.url", "http://auth/\nproxy_pass http://evil"),
+        ("clear", "auth.users", "root:pwned-password"),
+    ]
+    .map(|(name, key, value)| {
+        let auth = if key == "auth.url" { "forward" } else { "basic" };
+        container(
+            name,
+            [172, 20, 0, 6],
+            &[
+                ("smart-proxy.domains", &format!("{name}.bad.example")),
+                ("smart-proxy.auth", auth),
+                ("smart-proxy.auth.users", "a:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"),
+                (&format!("smart-proxy.{key}"), value),
+            ],
+        )
+    });
+    let mut containers = vec![good];
+    containers.extend(bad);
+    let table = crate::support::label_table(&containers);
+    assert_eq!(table.sites.len(), 3, "{:#?}", table.diagnostics);
+    assert_eq!(table.errors().count(), 3, "{:#?}", table.diagnostics);
+    Ctx::new().check(&table, &[url]);
+    for local in [false, true] {
+        let config = NginxSandbox::new().render_and_test(&table, local);
+        for leaked in ["limit_req_status 200", "evil", "pwned", "bad.example"] {
+            assert!(!config.contains(leaked), "{leaked:?} reached the config");
+        }
+        assert!(config.contains(r#""https://auth.example/check?a=\"b\";c={d}&e=${smartproxy_dollar}host\\x\\""#));
+    }
+}

@@ -1,10 +1,12 @@
 //! One small stub HTTP/1.1 server for the tests and benches: a backend that answers every
 //! request with a fixed body, an HTTP-01 responder that serves tokens, an app whose answer depends
-//! on the path and the body it read. It reads the request head (telling `seen`, if given, the
-//! path at once), then the body (`Content-Length`), asks `answer` and replies `200 text/plain`
-//! (with `X-Stub: 1`, a header of the app's own) with the body it returns, or `404` for `None`, then closes the connection. Each connection has
-//! its own thread. (The strict
-//! Cloudflare fake, `cloudflare_fake.rs`, and `AcmeProxy` in `pebble.rs` are servers of their own.)
+//! on the path and the body it read, an auth service answering 200, 401 or 302 with headers. It
+//! reads the request head (telling `seen`, if given, the path at once), then the body
+//! (`Content-Length`), asks `answer` and replies `200 text/plain` (with `X-Stub: 1`, a header of
+//! the app's own) with the body it returns, or `404` for `None` (with [`StubHttp::start_replies`]:
+//! the [`StubReply`] it returns), then closes the connection. Each connection has its own thread.
+//! (The strict Cloudflare fake, `cloudflare_fake.rs`, and `AcmeProxy` in `pebble.rs` are servers
+//! of their own.)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,13 +32,28 @@ impl StubRequest<'_> {
     }
 }
 
+/// A reply of any status with headers of its own (an auth service's 401 with `WWW-Authenticate`,
+/// a 302 with `Location`, a 200 with `Remote-User`), for [`StubHttp::start_replies`].
+pub struct StubReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl StubReply {
+    pub fn new(status: u16, headers: &[(&str, &str)], body: &str) -> StubReply {
+        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        StubReply { status, headers, body: body.to_string() }
+    }
+}
+
 /// A running stub server on 127.0.0.1; it stops accepting when dropped (or never: [`StubHttp::detach`]).
 pub struct StubHttp {
     port: u16,
     stop: Arc<AtomicBool>,
 }
 
-type Answer = dyn Fn(&StubRequest) -> Option<String> + Send + Sync;
+type Answer = dyn Fn(&StubRequest) -> StubReply + Send + Sync;
 type Seen = dyn Fn(&str) + Send + Sync;
 
 impl StubHttp {
@@ -51,6 +68,23 @@ impl StubHttp {
         port: u16,
         seen: impl Fn(&str) + Send + Sync + 'static,
         answer: impl Fn(&StubRequest) -> Option<String> + Send + Sync + 'static,
+    ) -> StubHttp {
+        StubHttp::serve(port, seen, move |request| match answer(request) {
+            Some(body) => StubReply::new(200, &[("Content-Type", "text/plain"), ("X-Stub", "1")], &body),
+            None => StubReply::new(404, &[], ""),
+        })
+    }
+
+    /// Serves on 127.0.0.1:`port` (0: a free port), `answer` choosing each reply's status,
+    /// headers and body.
+    pub fn start_replies(port: u16, answer: impl Fn(&StubRequest) -> StubReply + Send + Sync + 'static) -> StubHttp {
+        StubHttp::serve(port, |_| {}, answer)
+    }
+
+    fn serve(
+        port: u16,
+        seen: impl Fn(&str) + Send + Sync + 'static,
+        answer: impl Fn(&StubRequest) -> StubReply + Send + Sync + 'static,
     ) -> StubHttp {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("the stub HTTP server cannot bind 127.0.0.1:{port}: {e}"));
@@ -131,12 +165,19 @@ fn reply(mut stream: TcpStream, seen: &Seen, answer: &Answer) {
         }
     }
     body.truncate(length);
-    let response = match answer(&StubRequest { method, path, head: &head, body: &body }) {
-        Some(body) => format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Stub: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+    let reply = answer(&StubRequest { method, path, head: &head, body: &body });
+    let reason = match reply.status {
+        200 => "OK",
+        302 => "Found",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        _ => "Status",
     };
+    let mut response = format!("HTTP/1.1 {} {reason}\r\n", reply.status);
+    for (name, value) in &reply.headers {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n{}", reply.body.len(), reply.body));
     let _ = stream.write_all(response.as_bytes());
 }
