@@ -157,7 +157,7 @@ impl Metrics {
         r.register("routes", "Routes (domain and path) in the live config, by source", m.routes.clone());
         r.register(
             "routes_left_out",
-            "Routes left out of the live config because nginx -t fails with them (see the log)",
+            "Routes left out of the live config because nginx -t fails with them or their auth.users-file cannot be used (see the log)",
             m.routes_left_out.clone(),
         );
         r.register("reloads", "nginx reloads, by result", m.reloads.clone());
@@ -193,7 +193,8 @@ impl Metrics {
         self.docker_degraded.set(i64::from(degraded));
     }
 
-    /// The routes of the live config (`left_out`: domains nginx -t failed with).
+    /// The routes of the live config (`left_out`: domains nginx -t failed with, or whose
+    /// users-file cannot be used).
     pub fn routes_applied(&self, table: &RouteTable, left_out: &[DomainName]) {
         let mut counts = [0i64; 3];
         let mut dropped = 0i64;
