@@ -423,3 +423,35 @@ fn the_agent_copies_users_files_for_nginx_follows_their_edits_and_leaves_out_an_
     assert!(agent.log().contains("line 1: the password of user \"carol\" is not a hash"), "{}", agent.log());
     assert!(!agent.log().contains("carol-pw"), "the clear password is never logged");
 }
+
+/// The companion setup: the htpasswd files reach nginx's own container on the volume it shares
+/// with the agent (beside the config), and the test script, run there by `docker exec`, gives
+/// them to its workers' group (`user www-data;` in the test image): the login works through it.
+#[test]
+fn basic_auth_works_in_the_companion_setup() {
+    use crate::companion::{Companion, Options};
+    use crate::support::docker::{docker as cli, TestDocker};
+    require_docker!();
+    let docker = TestDocker::new();
+    let c = Companion::start(&docker, Options::default());
+    let users = hashed("apr1", "alice", "alice-pw");
+    let app = docker.app("web").label("domains", "web.test").label("auth", "basic").label("auth.users", &users);
+    docker.start(vec![app.network(&c.net)]);
+    // Polled as a whole: right after a reload, nginx's old worker (the image's config, 200 to
+    // anything) may still take a connection or two.
+    let (right, wrong) = (basic("alice", "alice-pw"), basic("alice", "wrong"));
+    c.wait_for("web.test to ask for a login, refuse a wrong one and take alice's", Duration::from_secs(30), || {
+        get(c.port(), "web.test", "/", &[]).status == 401
+            && get(c.port(), "web.test", "/", &[("Authorization", &wrong)]).status == 401
+            && get(c.port(), "web.test", "/", &[("Authorization", &right)]).status == 200
+    });
+    let modes = cli(&[
+        "exec",
+        &c.nginx,
+        "sh",
+        "-c",
+        "stat -c '%a %G' /etc/nginx/conf.d/smart-proxy-htpasswd /etc/nginx/conf.d/smart-proxy-htpasswd/*",
+    ]);
+    let modes: Vec<&str> = modes.lines().collect();
+    assert_eq!(modes, ["2750 www-data", "640 www-data"], "as nginx's container sees them");
+}

@@ -103,7 +103,7 @@ pub(crate) struct Options {
 /// One companion setup: a test network, the shared volume, the nginx and agent containers.
 pub(crate) struct Companion<'d> {
     docker: &'d TestDocker,
-    net: String,
+    pub(crate) net: String,
     volume: Volume,
     pub(crate) nginx: String,
     pub(crate) agent: String,
@@ -196,6 +196,11 @@ impl<'d> Companion<'d> {
             .unwrap_or_else(|| panic!("nginx's port 80 is not published on 127.0.0.1: `docker port` shows {out:?}"));
         let port = line.rsplit(':').next().unwrap().trim().parse().expect("a port number");
         self.port.set(port);
+    }
+
+    /// nginx's published port on 127.0.0.1.
+    pub(crate) fn port(&self) -> u16 {
+        self.port.get()
     }
 
     /// GET / with `Host: host` through nginx: (status, body), status 0 when nothing answers.
