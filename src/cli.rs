@@ -145,11 +145,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// The table as the agent builds it (without what the template cannot render).
+/// The table as the agent builds it (without what the template cannot render, nor routes whose
+/// users-file cannot be used).
 async fn gather_and_warn(config: &Config) -> anyhow::Result<pipeline::Gathered> {
     let renderer = Renderer::for_template(config.template.as_deref())?;
     let mut gathered = pipeline::gather(config).await;
-    gathered.table = renderer.fit(gathered.table);
+    gathered.table = crate::apply::auth_files::without_unusable(renderer.fit(gathered.table));
     if let Some(e) = &gathered.docker_unavailable {
         tracing::warn!("{e}; container labels were not read, showing env/file routes only");
     }

@@ -450,3 +450,21 @@ fn readme_and_example_commands_work_from_a_clone() {
         assert!(stdout.contains("app1"), "{command} printed no route of app1:\n{stdout}");
     }
 }
+
+/// `--dry-run` (and `check`, from the same table) shows what the agent would do with a users-file
+/// it cannot read: the route left out with the reason, the others served (an error of a file
+/// route: exit 1).
+#[test]
+fn a_missing_users_file_is_reported_by_dry_run() {
+    let json = r#"{"domains":[{"name":"team.com","service":"app","auth":"basic","auth.users-file":"/nonexistent/htpasswd"},
+                              {"name":"open.com","service":"app"}],
+                   "services":[{"name":"app","host":"10.0.0.5","port":80}]}"#;
+    let (file, assert) = dry_run_file(json);
+    assert
+        .code(1)
+        .stdout(contains("server_name open.com;").and(contains("team.com").not()))
+        .stderr(contains(format!(
+            "error: file {file}, domains[0]: auth.users-file /nonexistent/htpasswd: cannot read it: No such file or directory"
+        )))
+        .stderr(contains("team.com is left out"));
+}

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil::write_atomic;
 use crate::routes::access::{AuthMethod, BasicUsers, Users};
-use crate::routes::{DomainName, RouteTable};
+use crate::routes::{Diagnostic, DomainName, RouteTable};
 
 /// What the htpasswd directory must hold for a table: file name → contents.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -95,6 +95,21 @@ impl AuthFiles {
             }
         }
     }
+}
+
+/// `table` without the domains whose users-file cannot be used, each with an error saying why
+/// (`--dry-run` and `check` show what the agent would leave out; the agent itself reports them as
+/// routes left out).
+pub fn without_unusable(table: RouteTable) -> RouteTable {
+    let unusable = AuthFiles::of(&table).unusable;
+    let mut table = table;
+    for (domain, reason) in unusable {
+        let origin = table.sites.iter().find(|s| s.domain == domain).and_then(|s| s.locations.first());
+        let origin = origin.map(|l| l.origin.clone()).expect("an unusable domain has a location");
+        table = table.without_site(&domain);
+        table.diagnostics.push(Diagnostic::error(origin, format!("{reason}; {domain} is left out")));
+    }
+    table
 }
 
 /// The users-files `table`'s routes name.
