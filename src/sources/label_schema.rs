@@ -509,6 +509,10 @@ pub const KEYS: &[LabelKey] = &[
     },
 ];
 
+/// Keys whose dotted keys make one whole: a named route that sets its own `auth` (`rate`) takes
+/// none of the container's `auth.*` (`rate.*`) keys as defaults.
+pub const WHOLE: &[&str] = &["auth", "rate"];
+
 /// The key named `key`, if there is one.
 pub fn get(key: &str) -> Option<&'static LabelKey> {
     KEYS.iter().find(|k| k.key == key)
@@ -655,9 +659,14 @@ pub fn reference(prefix: &str) -> String {
         KEYS.iter().filter(|k| k.scope == Scope::Route && k.inherited).map(|k| format!("`{}`", k.key)).collect();
     out.push_str(&format!(
         "| `{prefix}.<route>.<key>` | a further route on the same container (`<route>` is `[a-z0-9-]+`, not {}; keys as \
-         above); takes the container-wide {} as defaults; its service defaults to `<service>-<route>` (the container's `service` label, else its default) | — |\n",
+         above); takes the container-wide {} as defaults ({}); its service defaults to `<service>-<route>` (the container's `service` label, else its default) | — |\n",
         or_list(&reserved_words().iter().map(|w| format!("`{w}`")).collect::<Vec<_>>()),
-        inherited.join(", ")
+        inherited.join(", "),
+        WHOLE
+            .iter()
+            .map(|w| format!("a route that sets its own `{w}` takes none of the container's `{w}.*`"))
+            .collect::<Vec<_>>()
+            .join("; ")
     ));
     for key in KEYS.iter().filter(|k| k.scope == Scope::Container) {
         row(&mut out, key);

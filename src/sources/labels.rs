@@ -98,10 +98,6 @@ struct RouteLabels<'a> {
     inherited: BTreeSet<&'static str>,
 }
 
-/// Keys whose dotted keys are one whole: a named route that sets its own `auth` (`rate`) takes
-/// none of the container's `auth.*` (`rate.*`) keys.
-const WHOLE: &[&str] = &["auth", "rate"];
-
 fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<SourceOutput>, Vec<Diagnostic>> {
     let dotted = format!("{}.", settings.prefix);
     let at = |label: &str| Origin::Container { name: c.name.clone(), label: Some(label.to_string()) };
@@ -202,7 +198,7 @@ fn container_routes(c: &Container, settings: &LabelSettings) -> Result<Option<So
             .filter(|(k, _)| label_schema::get(k).is_some_and(|k| k.inherited))
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        for group in WHOLE.iter().filter(|g| own.values.contains_key(*g)) {
+        for group in label_schema::WHOLE.iter().filter(|g| own.values.contains_key(*g)) {
             values.retain(|k, _| !k.strip_prefix(group).is_some_and(|rest| rest.starts_with('.')));
         }
         let inherited = values.keys().filter(|k| !own.values.contains_key(*k)).copied().collect();
