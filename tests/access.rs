@@ -455,3 +455,31 @@ fn basic_auth_works_in_the_companion_setup() {
     let modes: Vec<&str> = modes.lines().collect();
     assert_eq!(modes, ["2750 www-data", "640 www-data"], "as nginx's container sees them");
 }
+
+/// nginx refuses a reload that gives a rate zone another key (`nginx -t` passes it: the check
+/// runs against the running zone), so a changed `rate.key` must be a new zone: the agent's
+/// reload succeeds and the new key counts from zero.
+#[test]
+fn a_changed_rate_key_reloads() {
+    let (app, _) = app();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.json");
+    let write = |key: &str| {
+        let config = serde_json::json!({
+            "services": [{ "name": "app", "host": "127.0.0.1", "port": app.port() }],
+            "domains": [{ "name": "rate.test", "service": "app", "rate": "1r/m", "rate.burst": 0, "rate.key": key }],
+        });
+        write_file(&routes, &config.to_string());
+    };
+    write("ip");
+    let agent = Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", routes.to_str().unwrap())]);
+    agent.wait_for_status("rate.test", 200, Some("app /"));
+    assert_eq!(get(agent.port, "rate.test", "/", &[]).status, 429, "this address's one request is used");
+    write("header:X-Key");
+    let mut n = 0;
+    agent.wait_for("a new key to be let through", Duration::from_secs(15), || {
+        n += 1;
+        get(agent.port, "rate.test", "/", &[("X-Key", &format!("key-{n}"))]).status == 200
+    });
+    assert!(!agent.log().contains("reload failed"), "{}", agent.log());
+}

@@ -268,7 +268,7 @@ fn policies() {
     // auth and rate: the zones in the http context, limit_req and auth in the locations; the
     // bypass location keeps the rate limit (inherited) and the proxying.
     assert_eq!(config.matches("limit_req_zone ").count(), 2, "{config}");
-    assert!(config.contains("limit_req zone=sp_rate_admin.example.com/ burst=5 nodelay;"), "{config}");
+    assert!(config.contains("limit_req zone=sp_rate_admin.example.com/@x_api_key burst=5 nodelay;"), "{config}");
     assert!(
         config.contains("location /public/ {\n            auth_basic off;\n            proxy_pass http://sp_admin;")
     );

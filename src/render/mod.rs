@@ -12,7 +12,7 @@ use minijinja::{syntax::SyntaxConfig, Environment, UndefinedBehavior};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::routes::access::{Auth, AuthMethod};
+use crate::routes::access::{Auth, AuthMethod, RateKey};
 use crate::routes::policy::{BackendVerify, Module, Proto, RedirectTo, FASTCGI_ROOT};
 use crate::routes::{policy, BackendState, Host, RouteTable};
 
@@ -544,9 +544,15 @@ struct At<'a> {
     auth_dir: &'a ConfigPath,
 }
 
-/// The rate zone of a location.
-fn zone_name(domain: &crate::routes::DomainName, path: &str) -> String {
-    format!("sp_rate_{}{path}", domain.file_stem())
+/// The rate zone of a location, named after its domain, path and key: nginx keeps a zone's counts
+/// across reloads by name, and refuses a reload (which `nginx -t` cannot tell) that gives a zone
+/// another key, so a changed `rate.key` is a new zone.
+fn zone_name(domain: &crate::routes::DomainName, path: &str, key: &RateKey) -> String {
+    let key = match key.header_variable() {
+        None => "ip".to_string(),
+        Some(header) => header.trim_start_matches("http_").to_string(),
+    };
+    format!("sp_rate_{}{path}@{key}", domain.file_stem())
 }
 
 /// The variable a rate limit keyed by `header` counts by.
@@ -607,7 +613,7 @@ impl PolicyCtx {
             response_headers: policy.response_headers.iter().map(HeaderCtx::of).collect(),
             adds_headers: policy.response_headers.iter().any(|h| !h.value.as_str().is_empty()),
             error_pages: policy.error_pages.unwrap_or(true),
-            rate: policy.rate.as_ref().map(|r| LimitCtx { zone: zone_name(at.domain, path), burst: r.burst }),
+            rate: policy.rate.as_ref().map(|r| LimitCtx { zone: zone_name(at.domain, path, &r.key), burst: r.burst }),
             auth: policy.auth.as_ref().map(|a| AuthCtx::of(a, at)),
         }
     }
@@ -739,7 +745,7 @@ impl<'a> Context<'a> {
                 }
             };
             rate_zones.push(RateZoneCtx {
-                name: zone_name(&site.domain, l.path.as_str()),
+                name: zone_name(&site.domain, l.path.as_str(), &rate.key),
                 key,
                 rate: rate.rate.to_string(),
             });
