@@ -15,7 +15,8 @@ use super::policy::HeaderName;
 /// What each value allows, in words (error messages, the label schema, the JSON Schema).
 pub mod allowed {
     pub const AUTH: &str = "basic, forward or off";
-    pub const USERS: &str = "a comma list of htpasswd lines user:hash (a user name of letters, digits and . _ @ + -; \
+    pub const USERS: &str =
+        "htpasswd lines user:hash, separated by commas or line breaks (a user name of letters, digits and . _ @ + -; \
          a hash nginx verifies: bcrypt $2y$/$2b$/$2a$ from htpasswd -nbB, apr1 $apr1$ from openssl passwd -apr1, \
          SHA-crypt $5$/$6$ from openssl passwd -6, MD5-crypt $1$, or {SHA} from htpasswd -nbs); never a clear password";
     pub const USERS_FILE: &str = "an absolute path (letters, digits and / . _ - + @) of an htpasswd file of user:hash lines, readable by the agent";
@@ -188,9 +189,11 @@ impl fmt::Debug for Users {
 }
 
 impl Users {
-    /// A comma list of `user:hash` (bcrypt, crypt and base64 hashes hold no comma).
+    /// A comma list of `user:hash` (bcrypt, crypt and base64 hashes hold no comma); line breaks
+    /// separate entries too (a YAML block of lines).
     pub fn parse(input: &str) -> Result<Users, AccessError> {
-        Users::from_entries(input.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| (s, "entry")))
+        let entries = input.split([',', '\n']).map(str::trim).filter(|s| !s.is_empty());
+        Users::from_entries(entries.map(|s| (s, "entry")))
     }
 
     /// Entries as given (`(text, "entry")` numbered from 1, or a file's `(text, "line")` with
@@ -792,6 +795,8 @@ mod tests {
     fn user_lists_and_files() {
         let users = Users::parse(&format!(" alice:{BCRYPT} ,bob:{APR1},")).unwrap();
         assert_eq!(users.names().collect::<Vec<_>>(), ["alice", "bob"]);
+        let lines = Users::parse(&format!("alice:{BCRYPT}\n  bob:{APR1}\n")).unwrap();
+        assert_eq!(lines, users, "one per line, as a YAML block");
         assert_eq!(users.file_text(), format!("alice:{BCRYPT}\nbob:{APR1}\n"));
         assert!(!format!("{users:?}").contains("$2y$"), "{users:?}");
         let e = Users::parse(&format!("alice:{BCRYPT},alice:{APR1}")).unwrap_err().to_string();

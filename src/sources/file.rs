@@ -709,7 +709,12 @@ impl FileReader {
             auth: one!("auth", text("auth")?.map(AuthMode::parse).transpose()),
             users: one!(
                 "auth.users",
-                self.items(entry, field, "auth.users")?.map(|i| Users::from_list(i.into_iter())).transpose()
+                match entry.get("auth.users") {
+                    // One string: the label's form (commas or line breaks between lines).
+                    Some(Value::String(text)) => Some(Users::parse(text)),
+                    _ => self.items(entry, field, "auth.users")?.map(|i| Users::from_list(i.into_iter())),
+                }
+                .transpose()
             ),
             users_file: one!("auth.users-file", text("auth.users-file")?.map(UsersFile::parse).transpose()),
             url: one!("auth.url", text("auth.url")?.map(Url::parse).transpose()),
