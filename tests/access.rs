@@ -243,6 +243,7 @@ fn forward_auth_asks_the_auth_service_and_passes_its_headers_on() {
     });
     let (app, seen) = app();
     let (port, auth_port) = (app.port().to_string(), auth.port());
+    let closed = crate::support::free_port().to_string();
     // A '$' in the URL is sent literally, never read as an nginx variable.
     let url = format!("http://127.0.0.1:{auth_port}/check?from=$host");
     let c = container(
@@ -259,6 +260,9 @@ fn forward_auth_asks_the_auth_service_and_passes_its_headers_on() {
             ("smart-proxy.plain.domains", "plain.test"),
             ("smart-proxy.plain.auth", "forward"),
             ("smart-proxy.plain.auth.url", &url),
+            // Inherits the sign-in; its app is down.
+            ("smart-proxy.down.domains", "down.test"),
+            ("smart-proxy.down.port", &closed),
         ],
     );
     let table = label_table(&[c]);
@@ -296,6 +300,10 @@ fn forward_auth_asks_the_auth_service_and_passes_its_headers_on() {
     assert_eq!(get(nginx.port, "sso.test", "/private", &[("Authorization", "Bearer forbidden")]).status, 403);
     assert_eq!(get(nginx.port, "sso.test", "/private", &[("Authorization", "Bearer elsewhere")]).status, 500);
     assert_eq!(app_requests(), before, "refused requests do not reach the app");
+
+    // The sign-in's own error_page keeps the proxy's error pages in that location.
+    let down = get(nginx.port, "down.test", "/", &[("Authorization", "Bearer good")]);
+    assert_eq!((down.status, down.body.as_str()), (502, "down.test is starting or down\n"), "{}", down.head);
 
     // A bypass path is not checked, and a client's Remote-User does not pass there either.
     let asked = checks.lock().unwrap().len();

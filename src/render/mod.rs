@@ -354,6 +354,9 @@ struct Context<'a> {
     http_listen: String,
     https_listen: String,
     error_handling: String,
+    /// The server's `error_page` directives alone, for a location that sets an `error_page` of its
+    /// own (forward auth's 401 with `auth.signin`), which would drop the server's.
+    error_pages_in_location: String,
     error_pages: ErrorPagesCtx,
     /// One `limit_req_zone` per rate-limited location.
     rate_zones: Vec<RateZoneCtx>,
@@ -800,6 +803,7 @@ impl<'a> Context<'a> {
                 format!("listen {a} ssl{};", if settings.nginx_version.has_http2_directive() { "" } else { " http2" })
             })),
             error_handling: error_handling(&settings.error_pages),
+            error_pages_in_location: error_page_directives(&settings.error_pages).join("\n        "),
             real_ip: settings.real_ip.as_ref().map(|r| RealIpCtx {
                 trusted: r.trusted.iter().map(ToString::to_string).collect(),
                 header: r.header.to_string(),
@@ -822,17 +826,27 @@ fn directives(lines: impl Iterator<Item = String>) -> String {
 /// The `error_page`s of a server and the locations they go to: the built-in text (the
 /// `$smartproxy_error_text` map) and the files of `ERROR_PAGES_DIR`.
 fn error_handling(pages: &ErrorPages) -> String {
+    let mut lines = error_page_directives(pages);
+    if !error_codes(pages, false).is_empty() {
+        lines.push("location @smartproxy_error {\n        default_type text/plain;\n        return 200 $smartproxy_error_text;\n    }".to_string());
+    }
+    if let Some(dir) = &pages.dir {
+        lines.push(format!("location ^~ /.smartproxy-error/ {{\n        internal;\n        alias {}/;\n    }}", dir.0));
+    }
+    directives(lines.into_iter())
+}
+
+/// The `error_page` directives of a server (see [`error_handling`]).
+fn error_page_directives(pages: &ErrorPages) -> Vec<String> {
     let mut lines = Vec::new();
     let builtin = error_codes(pages, false);
     if !builtin.is_empty() {
         lines.push(format!("error_page {builtin} @smartproxy_error;"));
-        lines.push("location @smartproxy_error {\n        default_type text/plain;\n        return 200 $smartproxy_error_text;\n    }".to_string());
     }
-    if let Some(dir) = &pages.dir {
+    if pages.dir.is_some() {
         lines.push(format!("error_page {} /.smartproxy-error/$status.html;", error_codes(pages, true)));
-        lines.push(format!("location ^~ /.smartproxy-error/ {{\n        internal;\n        alias {}/;\n    }}", dir.0));
     }
-    directives(lines.into_iter())
+    lines
 }
 
 /// The error codes with a file in `ERROR_PAGES_DIR` (`file`), or without, space-separated.
