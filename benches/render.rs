@@ -47,10 +47,11 @@ fn table(n: usize) -> RouteTable {
     table
 }
 
-/// [`table`] with a policy on three routes in four, as labels would set them: body size and
-/// timeout; streaming with two response headers (a CSP holding quotes and a `$`) and a request
-/// header; HSTS with flags and a health path.
+/// [`table`] with a policy on three routes in four, as labels would set them: body size, timeout
+/// and a rate limit; streaming with two response headers (a CSP holding quotes and a `$`) and a
+/// request header; HSTS with flags, a health path and basic auth with a bypass path.
 fn policy_table(n: usize) -> RouteTable {
+    use smart_proxy::routes::access::{parse_paths, Auth, AuthMethod, BasicUsers, Rate, RateLimit, Users};
     use smart_proxy::routes::policy::{Direction, Header, HeaderName, HeaderValue, Hsts, Size, Timeout};
     use smart_proxy::routes::Health;
     let header = |name: &str, value: &str, direction| Header {
@@ -64,6 +65,8 @@ fn policy_table(n: usize) -> RouteTable {
             0 => {
                 policy.max_body = Some(Size::parse("10g").unwrap());
                 policy.timeout = Some(Timeout::parse("5m").unwrap());
+                let rate = Rate::parse("10r/s").unwrap().unwrap();
+                policy.rate = Some(RateLimit { rate, burst: 20, key: Default::default() });
             }
             1 => {
                 policy.buffering = Some(false);
@@ -76,6 +79,9 @@ fn policy_table(n: usize) -> RouteTable {
             2 => {
                 site.hsts = Hsts::parse("31536000,includeSubDomains,preload").unwrap();
                 site.health = Health::parse("/healthz").unwrap();
+                let users = Users::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap();
+                let bypass = parse_paths("/public/").unwrap();
+                policy.auth = Some(Auth { method: AuthMethod::Basic(BasicUsers::Inline(users)), bypass });
             }
             _ => {}
         }

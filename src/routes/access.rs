@@ -290,8 +290,15 @@ impl BasicUsers {
             BasicUsers::File(file) => ("file", file.0.clone()),
         };
         let digest = ring::digest::digest(&ring::digest::SHA256, format!("{kind}\n{text}").as_bytes());
-        let hex: String = digest.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{kind}-{hex}")
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut name = String::with_capacity(kind.len() + 25);
+        name.push_str(kind);
+        name.push('-');
+        for b in &digest.as_ref()[..12] {
+            name.push(char::from(HEX[usize::from(b >> 4)]));
+            name.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        name
     }
 }
 
