@@ -203,6 +203,15 @@ fn policies() {
             ("smart-proxy.py.domains", "py.example.com"),
             ("smart-proxy.py.proto", "uwsgi"),
             ("smart-proxy.py.port", "3031"),
+            // auth over FastCGI and uwsgi: copied headers as CGI params, bypass locations with
+            // their module's pass.
+            ("smart-proxy.auth", "basic"),
+            ("smart-proxy.auth.users", "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"),
+            ("smart-proxy.auth.bypass", "/public/"),
+            ("smart-proxy.py.auth", "forward"),
+            ("smart-proxy.py.auth.url", "http://10.0.0.9:4180/oauth2/auth"),
+            ("smart-proxy.py.auth.headers", "Remote-User"),
+            ("smart-proxy.py.auth.bypass", "/static/"),
         ],
     );
     let moved = container(
@@ -249,16 +258,17 @@ fn policies() {
         "grpc_read_timeout 3600s;",
         "grpc_set_header X-Tenant \"a\";",
         "grpc_hide_header Server;",
-        "fastcgi_pass sp_php;",
         "fastcgi_param SCRIPT_FILENAME /app/public$smartproxy_fastcgi_script;",
         "fastcgi_buffering off;",
         "fastcgi_param HTTP_X_TENANT \"a${smartproxy_dollar}b\";",
-        "uwsgi_pass sp_php-py;",
+        "uwsgi_param HTTP_REMOTE_USER $smartproxy_auth_remote_user;",
         "return 308 \"https://new.example.com/a;b${smartproxy_dollar}c$request_uri\";",
         "return 301 \"http://www.moved.example.com$request_uri\";",
     ] {
         assert_eq!(config.matches(line).count(), 1, "{line}: {config}");
     }
+    assert_eq!(config.matches("fastcgi_pass sp_php;").count(), 2, "the route and its bypass location: {config}");
+    assert_eq!(config.matches("uwsgi_pass sp_php-py;").count(), 2, "the route and its bypass location: {config}");
     assert_eq!(config.matches("client_max_body_size 10g;").count(), 1, "{config}");
     assert_eq!(config.matches("client_max_body_size 0;").count(), 1, "{config}");
     assert_eq!(config.matches("proxy_read_timeout 3600s;").count(), 2, "both routes of files: {config}");
@@ -272,7 +282,7 @@ fn policies() {
     assert!(
         config.contains("location /public/ {\n            auth_basic off;\n            proxy_pass http://sp_admin;")
     );
-    assert_eq!(config.matches("auth_request /.smart-proxy/auth/1;").count(), 1, "{config}");
+    assert_eq!(config.matches("auth_request /.smart-proxy/auth/1;").count(), 2, "sso and py: {config}");
     assert!(
         config.contains(r#"set $smartproxy_auth_url "http://authelia:9091/api/verify?x=\"${smartproxy_dollar}a\"";"#)
     );
