@@ -19,6 +19,7 @@ mod injection;
 mod labels_data;
 mod load;
 mod policies;
+mod readme_policies;
 mod scripts;
 mod status;
 mod watch;

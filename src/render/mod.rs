@@ -284,7 +284,7 @@ impl Renderer {
                 let field = FIELDS.iter().find(|(k, _)| *k == key).map_or("", |(_, f)| *f);
                 if !source.contains(field) {
                     let message = format!(
-                        "{key} is set, but the template {} never uses `{}` to render it, so {} is left out; render it as the built-in template does (README, \"Custom templates\")",
+                        "{key} is set, but the template {} never uses `{}` to render it, so {} is left out; render it as the built-in template does (docs/templates.md)",
                         self.name,
                         field.trim_start_matches('.'),
                         site.domain
