@@ -860,3 +860,26 @@ fn redirect_and_www_answer_with_their_code_and_location() {
     assert_eq!(answer("site.test", "/x"), (301, Some(format!("http://www.site.test:{port}/x"))));
     assert_eq!(split(&nginx.get("www.site.test", "/")), (200, "site".into()));
 }
+
+/// `headers` in the JSON file: the app gets the request header, the client the response header,
+/// both byte for byte (quotes, `;` and `$` included), and an empty value removes one.
+#[test]
+fn json_file_headers_reach_the_app_and_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let csp = r#"default-src 'self'; script-src "nonce-$abc""#;
+    let (_app, file) = app_with_routes(
+        &dir,
+        serde_json::json!([{
+            "name": "headers.test",
+            "service": "app",
+            "headers": { "request": { "X-Echo": "from \"the\" proxy $1" }, "response": { "Content-Security-Policy": csp, "X-Stub": "" } },
+        }]),
+    );
+    let agent = Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", &file)]);
+    agent.wait_for_status("headers.test", 200, Some("app /"));
+    let out = curl(agent.port, "headers.test", "/echo", &["-D", "-", "-H", "X-Echo: from the client"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("\r\n\r\n[from \"the\" proxy $1]"), "the app got the proxy's X-Echo:\n{text}");
+    assert_eq!(header(&text, "Content-Security-Policy"), Some(csp), "{text}");
+    assert_eq!(header(&text, "X-Stub"), None, "an empty value removes the app's header:\n{text}");
+}

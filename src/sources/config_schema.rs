@@ -48,6 +48,14 @@ fn kind(kind: FieldKind) -> (&'static str, String) {
         FieldKind::Rate => ("string", access::RATE.to_string()),
         FieldKind::Burst => ("integer, or string", access::BURST.to_string()),
         FieldKind::RateKey => ("string", access::RATE_KEY.to_string()),
+        FieldKind::Headers => (
+            "object",
+            format!(
+                "request and response, each an object of header names ({}) and values ({})",
+                policy_allowed::HEADER_NAME,
+                policy_allowed::HEADER_VALUE
+            ),
+        ),
     }
 }
 
@@ -78,6 +86,14 @@ fn field_schema(field: &Field) -> Value {
         FieldKind::RedirectCode => json!({ "enum": [301, 302, 307, 308, "301", "302", "307", "308"] }),
         FieldKind::Bool => json!({ "type": "boolean" }),
         FieldKind::Www => json!({ "enum": ["to-apex", "to-www"] }),
+        FieldKind::Headers => {
+            let names = json!({ "type": "object", "additionalProperties": { "type": "string" } });
+            json!({
+                "type": "object",
+                "properties": { "request": names, "response": names },
+                "additionalProperties": false,
+            })
+        }
     };
     if !field.required {
         // An optional field may be null: the reader takes it as absent.
@@ -395,6 +411,10 @@ mod tests {
                         FieldKind::Rate => json!("10r/s"),
                         FieldKind::Burst => json!(5),
                         FieldKind::RateKey => json!("header:X-Api-Key"),
+                        FieldKind::Headers => json!({
+                            "request": { "X-Tenant": "acme" },
+                            "response": { "Content-Security-Policy": "default-src 'self'; script-src 'nonce-$x'" },
+                        }),
                     };
                     (f.name.to_string(), value)
                 })

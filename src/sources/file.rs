@@ -16,7 +16,8 @@ use crate::routes::access::{
     self, Auth, AuthKeys, AuthMode, Rate, RateKey, RateKeys, RateLimit, Url, Users, UsersFile,
 };
 use crate::routes::policy::{
-    parse_on_off, BackendVerify, Hsts, Proto, Protocol, Redirect, RedirectCode, RedirectUrl, Size, Timeout, Www,
+    parse_on_off, BackendVerify, Direction, Header, HeaderName, HeaderValue, Hsts, Proto, Protocol, Redirect,
+    RedirectCode, RedirectUrl, Size, Timeout, Www,
 };
 use crate::routes::{
     Backend, BackendState, Cidr, Diagnostic, DomainName, Health, Host, Namespace, Origin, PathPrefix, Policy, Port,
@@ -137,6 +138,8 @@ pub enum FieldKind {
     Burst,
     /// A string: a [`RateKey`].
     RateKey,
+    /// An object `{"request": {name: value}, "response": {name: value}}` of [`Header`]s.
+    Headers,
 }
 
 /// The sections, in the order the reference lists them.
@@ -216,6 +219,12 @@ const DOMAIN_FIELDS: &[Field] = &[
         kind: FieldKind::OnOff,
         required: false,
         doc: "`off` streams requests and responses (SSE, large uploads); on when absent",
+    },
+    Field {
+        name: "headers",
+        kind: FieldKind::Headers,
+        required: false,
+        doc: "headers sent to the app (`request`) and to the client (`response`), each an object of name and value, the value taken literally; an empty value drops the client's (removes the app's)",
     },
     Field {
         name: "error-pages",
@@ -655,6 +664,7 @@ impl FileReader {
         let error_pages = on_off("error-pages")?;
         let health = self.string(entry, field, "health")?.map(Health::parse).transpose();
         let (auth, rate) = self.access(entry, field)?;
+        let (request_headers, response_headers) = self.headers(entry, field)?;
         Ok((
             health.map_err(|e| fail("health", &e))?,
             Policy {
@@ -664,9 +674,51 @@ impl FileReader {
                 error_pages,
                 auth,
                 rate,
+                request_headers,
+                response_headers,
                 ..Policy::default()
             },
         ))
+    }
+
+    /// The `headers` field: `request` and `response` objects of header names and values (the
+    /// first problem, at its field: `domains[0].headers.response.X-Frame-Options`).
+    fn headers(&self, entry: &Map<String, Value>, field: &str) -> Result<(Vec<Header>, Vec<Header>), Diagnostic> {
+        let at = |path: String| self.origin(format!("{field}.headers{path}"));
+        let object = match entry.get("headers") {
+            None | Some(Value::Null) => return Ok((Vec::new(), Vec::new())),
+            Some(Value::Object(object)) => object,
+            Some(other) => {
+                return Err(Diagnostic::error(
+                    at(String::new()),
+                    format!("must be an object with request and response, found {}", kind_of(other)),
+                ))
+            }
+        };
+        let (mut request, mut response) = (Vec::new(), Vec::new());
+        for (key, headers) in object {
+            let (direction, list) = match key.as_str() {
+                "request" => (Direction::Request, &mut request),
+                "response" => (Direction::Response, &mut response),
+                _ => return Err(Diagnostic::error(at(format!(".{key}")), "is neither request nor response")),
+            };
+            let Value::Object(headers) = headers else {
+                return Err(Diagnostic::error(
+                    at(format!(".{key}")),
+                    format!("must be an object of header names and values, found {}", kind_of(headers)),
+                ));
+            };
+            for (name, value) in headers {
+                let here = || at(format!(".{key}.{name}"));
+                let Value::String(value) = value else {
+                    return Err(Diagnostic::error(here(), format!("must be a string, found {}", kind_of(value))));
+                };
+                let name = HeaderName::parse(name, direction).map_err(|e| Diagnostic::error(here(), e))?;
+                let value = HeaderValue::parse(value).map_err(|e| Diagnostic::error(here(), e))?;
+                list.push(Header { name, value });
+            }
+        }
+        Ok((request, response))
     }
 
     /// A field given as an array of strings or as one string with a comma list: its items.
@@ -829,6 +881,35 @@ mod tests {
         assert!(messages[1].contains("domains[3].auth.url: auth.url is only used with auth=forward"));
         assert!(messages[2].contains("domains[4].auth.users[0]: must be a string"));
         assert!(messages[3].contains("domains[5].rate.burst: rate.burst is only used with rate"));
+    }
+
+    #[test]
+    fn headers_field() {
+        let run = |headers: &str| {
+            let text = format!(r#"{{"domains":[{{"name":"a.com","headers":{headers}}}]}}"#);
+            let out = parse(Path::new("f.json"), &text, FileKind::Combined);
+            out.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        };
+        assert_eq!(run(r#"{"request":{"X-A":"1"},"response":{"X-B":""}}"#), "");
+        for (headers, message) in [
+            (r#"{"requests":{}}"#, "file f.json, domains[0].headers.requests: is neither request nor response"),
+            (
+                r#"["X-A"]"#,
+                "file f.json, domains[0].headers: must be an object with request and response, found an array",
+            ),
+            (
+                r#"{"response":{"X-A":1}}"#,
+                "file f.json, domains[0].headers.response.X-A: must be a string, found a number",
+            ),
+            (
+                r#"{"request":{"Host":"x"}}"#,
+                "domains[0].headers.request.Host: header name \"Host\" is not allowed: the proxy sets it",
+            ),
+            (r#"{"response":{"X-A":"a\nb"}}"#, "domains[0].headers.response.X-A: header value"),
+        ] {
+            let errors = run(headers);
+            assert!(errors.contains(message), "{headers}: {errors}");
+        }
     }
 
     #[test]

@@ -22,6 +22,10 @@ enum JsonField {
     ServiceFastcgiRoot,
     /// An `auth`/`rate` field of the domain (with the fields it is used with).
     DomainAccess(&'static str),
+    /// The value of header `X-Test` in `headers.request` or `headers.response`.
+    DomainHeaderValue(&'static str),
+    /// A header's name in `headers.response`.
+    DomainHeaderName,
 }
 
 /// A combined file with one domain and one service, the hostile string in `field`.
@@ -57,6 +61,8 @@ fn json_case(ctx: &Ctx, field: JsonField, h: &str) -> Outcome {
             }
             domain[key] = json!(h);
         }
+        JsonField::DomainHeaderValue(direction) => domain["headers"] = json!({ direction: { "X-Test": h } }),
+        JsonField::DomainHeaderName => domain["headers"] = json!({ "response": { h: "v" } }),
     }
     if let JsonField::ServiceFastcgiRoot = field {
         service["proto"] = json!("fastcgi");
@@ -142,6 +148,22 @@ fn json_access_fields() {
         let ctx = Ctx::new();
         run(&format!("file domains[].{key}"), hostile(valid), |h| json_case(&ctx, JsonField::DomainAccess(key), h));
     }
+}
+
+/// The `headers` object: any value is taken literally or refused, and so is any name.
+#[test]
+fn json_headers() {
+    const VALUES: &[&str] = &["default-src 'self'", "a;b", "x$y", "", "\"q\" \\ {}#"];
+    const NAMES: &[&str] = &["X-Frame-Options", "x-1"];
+    for direction in ["request", "response"] {
+        let ctx = Ctx::new();
+        let name = format!("file domains[].headers.{direction}.X-Test");
+        run(&name, hostile(VALUES), |h| json_case(&ctx, JsonField::DomainHeaderValue(direction), h));
+    }
+    let ctx = Ctx::new();
+    run("file domains[].headers.response (a name)", hostile(NAMES), |h| {
+        json_case(&ctx, JsonField::DomainHeaderName, h)
+    });
 }
 
 #[test]
