@@ -13,7 +13,7 @@ use crate::certs::cloudflare::{CloudflareError, Credentials};
 use crate::certs::dns::{self, DnsError};
 use crate::certs::manager::CertManager;
 pub use crate::certs::manager::{AcmeConfig, Dns01};
-use crate::render::edge::{ErrorPages, RealIp};
+use crate::render::edge::{ErrorPages, Ipv6Mode, RealIp, ERROR_CODES};
 use crate::render::{ConfigPath, NginxVersion, RenderError, RenderSettings};
 use crate::settings::{AcmeMode, Settings, StatusAddr};
 use crate::sources::StaticConfig;
@@ -106,9 +106,9 @@ impl Config {
             nginx_version: settings.nginx_version.unwrap_or_else(|| detect_nginx_version(&settings.nginx_bin)),
             resolver: if settings.resolver.is_empty() { system_resolvers() } else { settings.resolver.clone() },
             error_logs_max: settings.error_logs_max,
-            ipv6: settings.ipv6.resolve(),
+            ipv6: listen_ipv6(settings.ipv6, Path::new("/proc/net/if_inet6")),
             real_ip: RealIp::from_settings(&settings.trusted_proxies, settings.real_ip_header.as_deref())?,
-            error_pages: ErrorPages::from_dir(settings.error_pages_dir.as_deref())?,
+            error_pages: read_error_pages(settings.error_pages_dir.as_deref())?,
             auth_dir: crate::render::auth_dir_for(&settings.nginx_conf)?,
         };
         Ok(Config {
@@ -151,6 +151,46 @@ impl Config {
     /// Whether routes are served over HTTPS and need certificates.
     pub fn serves_tls(&self) -> bool {
         !self.mode.is_local()
+    }
+}
+
+/// Reads which pages `dir` holds; a missing or unreadable directory, or a page that cannot be
+/// read, is an error naming it.
+pub fn read_error_pages(dir: Option<&Path>) -> Result<ErrorPages, RenderError> {
+    let Some(dir) = dir else { return Ok(ErrorPages::default()) };
+    let path = ConfigPath::parse("ERROR_PAGES_DIR", dir)?;
+    let bad =
+        |reason: String| RenderError::Setting { setting: "ERROR_PAGES_DIR", value: dir.display().to_string(), reason };
+    if !dir.is_dir() {
+        return Err(bad(
+            "it is not a directory (in the companion setup, mount it in both containers at this path)".into()
+        ));
+    }
+    let mut files = Vec::new();
+    for code in ERROR_CODES {
+        let file = dir.join(format!("{code}.html"));
+        match std::fs::File::open(&file) {
+            Ok(_) => files.push(code),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bad(format!("cannot read {}: {e}", file.display()))),
+        }
+    }
+    if files.is_empty() {
+        return Err(bad(format!("it holds none of {}", ERROR_CODES.map(|c| format!("{c}.html")).join(", "))));
+    }
+    Ok(ErrorPages { dir: Some(path), files })
+}
+
+/// `IPV6`: whether nginx also listens on `[::]`. `auto`: when the kernel has IPv6 (`if_inet6`, its
+/// interface list, exists even when sysctl disables IPv6 on every interface, as in Docker
+/// containers, where listening on `[::]` still works; nginx fails to start on a `[::]` listener
+/// of a kernel booted without it). The kernel is the host's, shared by the agent's container and
+/// a companion nginx container, so asking here answers for both.
+fn listen_ipv6(mode: Ipv6Mode, if_inet6: &Path) -> bool {
+    match mode {
+        Ipv6Mode::On => true,
+        Ipv6Mode::Off => false,
+        Ipv6Mode::Auto => if_inet6.exists(),
     }
 }
 
@@ -248,6 +288,28 @@ fn system_resolvers() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_pages_come_from_files_named_by_code() {
+        assert_eq!(read_error_pages(None).unwrap(), ErrorPages::default());
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_error_pages(Some(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("ERROR_PAGES_DIR") && e.contains("none of 404.html, 429.html"), "{e}");
+        for name in ["502.html", "504.html", "500.html", "index.html"] {
+            std::fs::write(dir.path().join(name), "<h1>down</h1>").unwrap();
+        }
+        let pages = read_error_pages(Some(dir.path())).unwrap();
+        assert_eq!(pages.files, vec![502, 504]);
+        let e = read_error_pages(Some(&dir.path().join("missing"))).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_follows_the_kernel() {
+        assert!(!listen_ipv6(Ipv6Mode::Auto, Path::new("/nonexistent/if_inet6")));
+        assert!(listen_ipv6(Ipv6Mode::On, Path::new("/nonexistent")) && !listen_ipv6(Ipv6Mode::Off, Path::new("/")));
+    }
+
     use clap::Parser;
 
     #[derive(Parser)]

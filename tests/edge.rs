@@ -168,7 +168,7 @@ fn nginx_errors_get_the_proxy_pages_unless_a_route_turns_them_off() {
     let pages = tempfile::tempdir().unwrap();
     std::fs::set_permissions(pages.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(pages.path().join("502.html"), "<h1>We'll be right back</h1>\n").unwrap();
-    let error_pages = smart_proxy::render::edge::ErrorPages::from_dir(Some(pages.path())).unwrap();
+    let error_pages = smart_proxy::config::read_error_pages(Some(pages.path())).unwrap();
     let nginx = Served::start_with(&table, |s| s.error_pages = error_pages);
     let branded = get(nginx.port, "down.test", "/app/x");
     assert!(branded.starts_with("HTTP/1.1 502") && branded.contains("Content-Type: text/html"), "{branded}");

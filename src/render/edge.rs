@@ -2,7 +2,6 @@
 //! behind trusted proxies (`TRUSTED_PROXIES`, `REAL_IP_HEADER`).
 
 use std::fmt;
-use std::path::Path;
 
 use crate::routes::policy::{Direction, HeaderName};
 use crate::routes::Cidr;
@@ -81,24 +80,6 @@ pub enum Ipv6Mode {
     Auto,
     On,
     Off,
-}
-
-impl Ipv6Mode {
-    /// Whether to listen on `[::]`. The kernel is the host's, shared by the agent's container and
-    /// a companion nginx container, so asking here answers for both.
-    pub fn resolve(self) -> bool {
-        match self {
-            Ipv6Mode::On => true,
-            Ipv6Mode::Off => false,
-            Ipv6Mode::Auto => kernel_has_ipv6(Path::new("/proc/net/if_inet6")),
-        }
-    }
-}
-
-/// The IPv6 stack's interface list exists (even when every interface has IPv6 disabled by
-/// sysctl, as in Docker containers, where listening on `[::]` still works).
-fn kernel_has_ipv6(if_inet6: &Path) -> bool {
-    if_inet6.exists()
 }
 
 /// Where the client's address comes from when the peer is a trusted proxy.
@@ -219,38 +200,6 @@ pub struct ErrorPages {
     pub files: Vec<u16>,
 }
 
-impl ErrorPages {
-    /// Reads which pages `dir` holds; a missing or unreadable directory, or a page that cannot be
-    /// read, is an error naming it.
-    pub fn from_dir(dir: Option<&Path>) -> Result<ErrorPages, RenderError> {
-        let Some(dir) = dir else { return Ok(ErrorPages::default()) };
-        let path = ConfigPath::parse("ERROR_PAGES_DIR", dir)?;
-        let bad = |reason: String| RenderError::Setting {
-            setting: "ERROR_PAGES_DIR",
-            value: dir.display().to_string(),
-            reason,
-        };
-        if !dir.is_dir() {
-            return Err(bad(
-                "it is not a directory (in the companion setup, mount it in both containers at this path)".into(),
-            ));
-        }
-        let mut files = Vec::new();
-        for code in ERROR_CODES {
-            let file = dir.join(format!("{code}.html"));
-            match std::fs::File::open(&file) {
-                Ok(_) => files.push(code),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(bad(format!("cannot read {}: {e}", file.display()))),
-            }
-        }
-        if files.is_empty() {
-            return Err(bad(format!("it holds none of {}", ERROR_CODES.map(|c| format!("{c}.html")).join(", "))));
-        }
-        Ok(ErrorPages { dir: Some(path), files })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,21 +222,6 @@ mod tests {
         assert!(e.contains("needs TRUSTED_PROXIES"), "{e}");
         let e = RealIp::from_settings("10.0.0.1", Some("X-Real-IP; deny all")).unwrap_err().to_string();
         assert!(e.contains("REAL_IP_HEADER") && e.contains("proxy_protocol"), "{e}");
-    }
-
-    #[test]
-    fn error_pages_come_from_files_named_by_code() {
-        assert_eq!(ErrorPages::from_dir(None).unwrap(), ErrorPages::default());
-        let dir = tempfile::tempdir().unwrap();
-        let e = ErrorPages::from_dir(Some(dir.path())).unwrap_err().to_string();
-        assert!(e.contains("ERROR_PAGES_DIR") && e.contains("none of 404.html, 429.html"), "{e}");
-        for name in ["502.html", "504.html", "500.html", "index.html"] {
-            std::fs::write(dir.path().join(name), "<h1>down</h1>").unwrap();
-        }
-        let pages = ErrorPages::from_dir(Some(dir.path())).unwrap();
-        assert_eq!(pages.files, vec![502, 504]);
-        let e = ErrorPages::from_dir(Some(&dir.path().join("missing"))).unwrap_err().to_string();
-        assert!(e.contains("not a directory"), "{e}");
     }
 
     #[test]
@@ -315,11 +249,5 @@ mod tests {
         assert!(!real_ip.set_cloudflare(parse_ip_list("198.51.100.0/24").unwrap()), "the same list changes nothing");
         let mut own = RealIp::from_settings("10.0.0.1", None).unwrap().unwrap();
         assert!(!own.trusts_cloudflare() && !own.set_cloudflare(parse_ip_list("198.51.100.0/24").unwrap()));
-    }
-
-    #[test]
-    fn ipv6_follows_the_kernel() {
-        assert!(!kernel_has_ipv6(Path::new("/nonexistent/if_inet6")));
-        assert!(Ipv6Mode::On.resolve() && !Ipv6Mode::Off.resolve());
     }
 }
