@@ -254,7 +254,9 @@ fn starting_and_unhealthy_replicas_are_left_out() {
         for (status, body) in &answers {
             *seen.entry((*status, body.chars().take(60).collect::<String>())).or_insert(0) += 1;
         }
-        let nginx_log = std::fs::read_to_string(agent.path("logs/hc.test.error.log")).unwrap_or_default();
+        let nginx_log = std::fs::read_to_string(agent.path("logs/hc.test.error.log")).unwrap_or_default()
+            + "--- nginx's own error log ---\n"
+            + &std::fs::read_to_string(agent.path("logs/nginx-error.log")).unwrap_or_default();
         panic!(
             "only the healthy replica serves; answers (status, body start) → count: {seen:?}\n--- nginx's hc.test error log ---\n{nginx_log}\n{}",
             agent.log()

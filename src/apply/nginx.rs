@@ -181,6 +181,7 @@ impl Nginx {
                 while tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     if worker_pids(pid).is_some_and(|now| now.iter().any(|p| !before.contains(p))) {
+                        quit_old_workers(pid, &before);
                         return Ok(true);
                     }
                 }
@@ -342,6 +343,17 @@ impl CompanionNginx {
 const RELOAD_CONFIRM: Duration = Duration::from_secs(30);
 
 /// The nginx master's child processes (workers), when the kernel shows them.
+/// Asks the workers of the config before a reload (still children of `master`) to finish
+/// gracefully, as the reload itself did: nginx tells them through a channel, and a worker that
+/// misses it goes on accepting with the old config (seen under CI load: a first-generation worker
+/// still answering 502 from the config before the reload, and outliving its master). SIGQUIT is
+/// the same request by the other way a worker listens; one already finishing ignores it.
+fn quit_old_workers(master: u32, before: &[u32]) {
+    for old in worker_pids(master).unwrap_or_default().into_iter().filter(|p| before.contains(p)) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGQUIT);
+    }
+}
+
 fn worker_pids(master: u32) -> Option<Vec<u32>> {
     let text = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
     Some(text.split_whitespace().filter_map(|p| p.parse().ok()).collect())
