@@ -261,7 +261,7 @@ fn policies() {
         "fastcgi_param SCRIPT_FILENAME /app/public$smartproxy_fastcgi_script;",
         "fastcgi_buffering off;",
         "fastcgi_param HTTP_X_TENANT \"a${smartproxy_dollar}b\";",
-        "uwsgi_param HTTP_REMOTE_USER $smartproxy_auth_remote_user;",
+        "uwsgi_param HTTP_REMOTE_USER $smartproxy_auth_1;",
         "return 308 \"https://new.example.com/a;b${smartproxy_dollar}c$request_uri\";",
         "return 301 \"http://www.moved.example.com$request_uri\";",
     ] {

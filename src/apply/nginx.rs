@@ -342,7 +342,6 @@ impl CompanionNginx {
 /// How long a reload may take before it counts as failed (10,000 routes take a few seconds).
 const RELOAD_CONFIRM: Duration = Duration::from_secs(30);
 
-/// The nginx master's child processes (workers), when the kernel shows them.
 /// Asks the workers of the config before a reload (still children of `master`) to finish
 /// gracefully, as the reload itself did: nginx tells them through a channel, and a worker that
 /// misses it goes on accepting with the old config (seen under CI load: a first-generation worker
@@ -354,6 +353,7 @@ fn quit_old_workers(master: u32, before: &[u32]) {
     }
 }
 
+/// The nginx master's child processes (workers), when the kernel shows them.
 fn worker_pids(master: u32) -> Option<Vec<u32>> {
     let text = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
     Some(text.split_whitespace().filter_map(|p| p.parse().ok()).collect())

@@ -522,7 +522,7 @@ struct AuthHeaderCtx {
     name: String,
     /// The CGI variable (`HTTP_REMOTE_USER`), for FastCGI and uwsgi.
     param: String,
-    /// `smartproxy_auth_remote_user`.
+    /// `smartproxy_auth_1`: the header's place in `auth.headers`.
     variable: String,
     /// `upstream_http_remote_user`.
     upstream: String,
@@ -587,12 +587,16 @@ impl AuthCtx {
                 ctx.headers = forward
                     .headers
                     .iter()
-                    .map(|name| {
+                    .enumerate()
+                    .map(|(i, name)| {
                         let lower = name.as_str().to_ascii_lowercase().replace('-', "_");
                         AuthHeaderCtx {
                             name: name.as_str().to_string(),
                             param: format!("HTTP_{}", lower.to_ascii_uppercase()),
-                            variable: format!("smartproxy_auth_{lower}"),
+                            // Numbered, not named: a variable the config defines goes into nginx's
+                            // variables hash, whose 64-byte buckets a 64-character header name
+                            // overflows (`nginx -t`: "could not build variables_hash").
+                            variable: format!("smartproxy_auth_{}", i + 1),
                             upstream: format!("upstream_http_{lower}"),
                         }
                     })
