@@ -160,10 +160,11 @@ fn json_headers() {
         let name = format!("file domains[].headers.{direction}.X-Test");
         run(&name, hostile(VALUES), |h| json_case(&ctx, JsonField::DomainHeaderValue(direction), h));
     }
+    // A JSON key is not trimmed, so hostile padding is refused: valid names join the mix, for the
+    // structural check to run on enough accepted names.
+    let names = prop_oneof![3 => hostile(NAMES), 1 => "[A-Za-z0-9][A-Za-z0-9-]{0,40}".prop_map(Hostile).boxed()];
     let ctx = Ctx::new();
-    run("file domains[].headers.response (a name)", hostile(NAMES), |h| {
-        json_case(&ctx, JsonField::DomainHeaderName, h)
-    });
+    run("file domains[].headers.response (a name)", names, |h| json_case(&ctx, JsonField::DomainHeaderName, h));
 }
 
 #[test]
