@@ -674,6 +674,21 @@ pub fn reference(prefix: &str) -> String {
     out
 }
 
+/// The `auth`/`rate` labels a key is only used with, and a value for each, so that an example of
+/// the key (its schema test, the injection suite) is taken in use: `auth.users` counts with
+/// `auth=basic`, and `auth=off` ignores it.
+pub fn companions(key: &str) -> &'static [(&'static str, &'static str)] {
+    const FORWARD: &[(&str, &str)] = &[("auth", "forward"), ("auth.url", "http://auth:9091/")];
+    match key {
+        "auth" => &[("auth.users", "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/")],
+        "auth.users" | "auth.users-file" => &[("auth", "basic")],
+        "auth.url" => &[("auth", "forward")],
+        "auth.signin" | "auth.headers" | "auth.bypass" => FORWARD,
+        "rate.burst" | "rate.key" => &[("rate", "10r/s")],
+        _ => &[],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,19 +708,6 @@ mod tests {
             return;
         }
         assert_eq!(&doc[a..b], table, "docs/labels.md is out of date: run UPDATE_DOCS=1 cargo test --lib label_schema");
-    }
-
-    /// The labels a key's example needs beside it (a key used only with another key's value).
-    fn companions(key: &str) -> &'static [(&'static str, &'static str)] {
-        const FORWARD: &[(&str, &str)] = &[("auth", "forward"), ("auth.url", "http://auth:9091/")];
-        match key {
-            "auth" => &[("auth.users", "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/")],
-            "auth.users" | "auth.users-file" => &[("auth", "basic")],
-            "auth.url" => &[("auth", "forward")],
-            "auth.signin" | "auth.headers" | "auth.bypass" => FORWARD,
-            "rate.burst" | "rate.key" => &[("rate", "10r/s")],
-            _ => &[],
-        }
     }
 
     /// Each key's example is a valid value: set on a container (with the keys it needs), it

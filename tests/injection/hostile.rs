@@ -183,19 +183,7 @@ pub(super) const RATE_OK: &[&str] = &["10r/s", "600r/m", "off", "1R/M"];
 pub(super) const BURST_OK: &[&str] = &["0", "5", "100000"];
 pub(super) const RATE_KEY_OK: &[&str] = &["ip", "IP", "header:X-Api-Key", "Header:x-1"];
 
-/// The `auth`/`rate` keys a key is only used with, set beside it so that its valid values are
-/// accepted (`auth=off` ignores `auth.users`; `auth=basic` uses it).
-pub(super) fn companions(key: &str) -> &'static [(&'static str, &'static str)] {
-    const FORWARD: &[(&str, &str)] = &[("auth", "forward"), ("auth.url", "http://auth:9091/")];
-    match key {
-        "auth" => &[("auth.users", "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/")],
-        "auth.users" | "auth.users-file" => &[("auth", "basic")],
-        "auth.url" => &[("auth", "forward")],
-        "auth.signin" | "auth.headers" | "auth.bypass" => FORWARD,
-        "rate.burst" | "rate.key" => &[("rate", "10r/s")],
-        _ => &[],
-    }
-}
+pub(super) use smart_proxy::sources::label_schema::companions;
 
 /// A generated value. Its `Debug` (used in failure reports) is escaped and shortened, so a
 /// failing 10,000-character case stays readable.
