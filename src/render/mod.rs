@@ -165,7 +165,20 @@ pub struct Renderer {
     name: String,
     /// A custom template's source, to tell which context fields it uses ([`Renderer::fit`]).
     custom: Option<String>,
+    /// The built-in template, also cut into three templates (see [`Split`]).
+    split: bool,
 }
+
+/// The built-in template ends with its loop over the sites. Cut there, it renders as three
+/// templates: the head, the loop over a share of the sites (one share per core, at once) and the
+/// tail, whose outputs joined are the whole template's (a test renders both ways). Names of the
+/// parts in the environment:
+const HEAD: &str = "nginx.conf.j2 (built in, before the sites)";
+const SITES: &str = "nginx.conf.j2 (built in, the sites)";
+const TAIL: &str = "nginx.conf.j2 (built in, after the sites)";
+
+/// Below this many sites the loop is rendered on the calling thread alone.
+const SITES_PER_THREAD_MIN: usize = 256;
 
 /// What each route setting needs from a template: the label or JSON key, and the context field
 /// (as the built-in template spells its use) a template must mention to render it.
@@ -260,9 +273,17 @@ impl Renderer {
         env.set_syntax(
             SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(RenderError::template)?,
         );
-        let custom = (source != BUILTIN_TEMPLATE).then(|| source.clone());
+        let builtin = source == BUILTIN_TEMPLATE;
+        let custom = (!builtin).then(|| source.clone());
+        if builtin {
+            let [head, sites, tail] =
+                split_at_sites_loop(&source).expect("the built-in template ends with its sites loop");
+            env.add_template_owned(HEAD, head).map_err(RenderError::template)?;
+            env.add_template_owned(SITES, sites).map_err(RenderError::template)?;
+            env.add_template_owned(TAIL, tail).map_err(RenderError::template)?;
+        }
         env.add_template_owned(name.clone(), source).map_err(RenderError::template)?;
-        Ok(Renderer { env, name, custom })
+        Ok(Renderer { env, name, custom, split: builtin })
     }
 
     /// `NGINX_TEMPLATE`'s renderer, else the built-in one.
@@ -303,18 +324,142 @@ impl Renderer {
     }
 
     pub fn render(&self, table: &RouteTable, settings: &RenderSettings) -> Result<String, RenderError> {
-        let context = Context::new(table, settings);
-        let template = self.env.get_template(&self.name).map_err(RenderError::template)?;
-        // Sized up front: 10,000 production sites render about 28 MB, and growing past the
-        // capacity copies it all into twice the memory (15-20 ms at 10,000 sites).
-        let locations: usize = table.sites.iter().map(|s| s.locations.len()).sum();
-        let mut out = Vec::with_capacity(4096 + table.sites.len() * 3072 + locations * 768);
-        template.render_captured_to(minijinja::value::Serde(&context), &mut out).map_err(RenderError::template)?;
+        let globals = globals(&Context::new(table, settings));
+        let sites = SiteCtxs::new(table, settings);
+        if !self.split {
+            let template = self.env.get_template(&self.name).map_err(RenderError::template)?;
+            let all = minijinja::Value::from_object(Sites(table.sites.iter().map(|s| sites.of(s)).collect()));
+            let mut out = Vec::with_capacity(output_size(&table.sites));
+            template.render_captured_to(with_sites(&globals, all), &mut out).map_err(RenderError::template)?;
+            return self.text(out);
+        }
+        // The head and the tail only count the sites; the loop renders them in shares, at once.
+        let count = || with_sites(&globals, minijinja::Value::from_object(SiteCount(table.sites.len())));
+        let part = |name: &str, ctx: minijinja::Value, out: &mut Vec<u8>| {
+            let template = self.env.get_template(name).map_err(RenderError::template)?;
+            template.render_captured_to(ctx, out).map(|_| ()).map_err(RenderError::template)
+        };
+        let share = |chunk: &[crate::routes::Site], out: &mut Vec<u8>| {
+            let ctxs = minijinja::Value::from_object(Sites(chunk.iter().map(|s| sites.of(s)).collect()));
+            part(SITES, with_sites(&globals, ctxs), out)
+        };
+        // Asked once: the answer reads the cgroup's files (3 % of a render at 10,000 sites).
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let threads = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let shares = threads.min(table.sites.len() / SITES_PER_THREAD_MIN).max(1);
+        let chunk = table.sites.len().div_ceil(shares).max(1);
+        let mut chunks = table.sites.chunks(chunk);
+        let first = chunks.next().unwrap_or_default();
+        // This thread renders the head and the first share into the output; the other shares are
+        // rendered at the same time, each into its own buffer, and appended.
+        // Sized for all: growing a buffer of this size copies it (and faults its pages in) again.
+        let mut out = Vec::with_capacity(output_size(&table.sites));
+        let others = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .map(|c| {
+                    scope.spawn(move || {
+                        let mut out = Vec::with_capacity(output_size(c));
+                        share(c, &mut out).map(|()| out)
+                    })
+                })
+                .collect();
+            let mine = part(HEAD, count(), &mut out).and_then(|()| share(first, &mut out));
+            let others: Vec<_> = handles.into_iter().map(|h| h.join().expect("a render thread does not panic")).collect();
+            mine.map(|()| others)
+        })?;
+        for other in others {
+            out.extend_from_slice(&other?);
+        }
+        part(TAIL, count(), &mut out)?;
+        self.text(out)
+    }
+
+    fn text(&self, out: Vec<u8>) -> Result<String, RenderError> {
         String::from_utf8(out).map_err(|e| RenderError::Template {
             name: self.name.clone(),
             line: None,
             message: format!("the output is not UTF-8: {e}"),
         })
+    }
+}
+
+/// The capacity to render `sites` into: 10,000 production sites render about 28 MB, and growing
+/// past the capacity copies it all into twice the memory (15-20 ms at 10,000 sites).
+fn output_size(sites: &[crate::routes::Site]) -> usize {
+    let locations: usize = sites.iter().map(|s| s.locations.len()).sum();
+    4096 + sites.len() * 3072 + locations * 768
+}
+
+/// `source` cut before its last top-level `{% for site in sites %}` and after the `{% endfor %}`
+/// that ends the file: the head, the loop and the tail. The loop keeps its lines' numbers (a
+/// comment holds the head's line breaks), so errors name the template's lines.
+fn split_at_sites_loop(source: &str) -> Option<[String; 3]> {
+    const OPEN: &str = "{% for site in sites %}\n";
+    const CLOSE: &str = "{% endfor %}\n";
+    let start = source.rfind(OPEN)?;
+    let end = source.len() - CLOSE.len();
+    if !source[end..].starts_with(CLOSE) || start > end {
+        return None;
+    }
+    let breaks = source[..start].matches('\n').count();
+    let padding = if breaks == 0 { String::new() } else { format!("{{#{}#}}", "\n".repeat(breaks)) };
+    Some([source[..start].to_string(), format!("{padding}{}", &source[start..]), String::new()])
+}
+
+/// `globals` (the context without its sites) with `sites`.
+fn with_sites(globals: &Globals, sites: minijinja::Value) -> minijinja::Value {
+    minijinja::Value::from_object(Root { globals: globals.clone(), sites })
+}
+
+/// The context's fields but `sites`, by name. A template looks its globals up once per use (each
+/// site's servers: a dozen times), and a map of values compares the name with half its keys.
+type Globals = std::sync::Arc<std::collections::HashMap<String, minijinja::Value>>;
+
+fn globals(context: &Context) -> Globals {
+    let value = minijinja::Value::from(minijinja::value::Serde(context));
+    let keys = value.try_iter().expect("the context is a map");
+    std::sync::Arc::new(
+        keys.filter_map(|k| Some((k.as_str()?.to_string(), value.get_item(&k).unwrap_or_default()))).collect(),
+    )
+}
+
+/// The template's context: [`Globals`] and `sites`.
+#[derive(Debug)]
+struct Root {
+    globals: Globals,
+    sites: minijinja::Value,
+}
+
+impl minijinja::value::Object for Root {
+    fn get_value(self: &std::sync::Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        match key.as_str()? {
+            "sites" => Some(self.sites.clone()),
+            name => self.globals.get(name).cloned(),
+        }
+    }
+
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        let keys = self.globals.keys().map(|k| minijinja::Value::from(k.as_str()));
+        minijinja::value::Enumerator::Values(keys.chain([minijinja::Value::from("sites")]).collect())
+    }
+}
+
+/// The number of sites, as the sequence the head and the tail of a cut template see (they only
+/// count them; anything else is an error, as for an undefined value).
+#[derive(Debug)]
+struct SiteCount(usize);
+
+impl minijinja::value::Object for SiteCount {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Seq
+    }
+
+    fn get_value(self: &std::sync::Arc<Self>, _: &minijinja::Value) -> Option<minijinja::Value> {
+        None
+    }
+
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Seq(self.0)
     }
 }
 
@@ -365,7 +510,27 @@ struct Context<'a> {
     rate_keys: Vec<RateKeyCtx>,
     hash: HashSizes,
     upstreams: Vec<UpstreamCtx>,
-    sites: Vec<SiteCtx>,
+    // And `sites`: a sequence of [`SiteCtx`], made into template values one at a time ([`Sites`]).
+}
+
+/// The sites, as a sequence a template reads one site at a time: a site becomes a template value
+/// when the template reaches it and is dropped after. Converting all 10,000 sites up front built
+/// a tree of values as large as the output's cache, and freeing it cost a fifth of the render.
+#[derive(Debug)]
+struct Sites(Vec<SiteCtx>);
+
+impl minijinja::value::Object for Sites {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Seq
+    }
+
+    fn get_value(self: &std::sync::Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        self.0.get(key.as_usize()?).map(|site| minijinja::Value::from(minijinja::value::Serde(site)))
+    }
+
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Seq(self.0.len())
+    }
 }
 
 #[derive(Serialize)]
@@ -415,7 +580,7 @@ struct UpstreamCtx {
     method: Option<&'static str>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct SiteCtx {
     domain: String,
     tls: bool,
@@ -431,7 +596,7 @@ struct SiteCtx {
     locations: Vec<LocationCtx>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct RedirectCtx {
     code: u16,
     /// The `Location` as one nginx string (quoted, `$` escaped), `$request_uri` appended when
@@ -439,7 +604,7 @@ struct RedirectCtx {
     location: String,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct BackendTlsCtx {
     /// `*_ssl_name`: the name sent as SNI and checked (`$host` when nothing names one).
     name: String,
@@ -447,7 +612,7 @@ struct BackendTlsCtx {
     verify: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct LocationCtx {
     path: String,
     upstream: Option<String>,
@@ -469,7 +634,7 @@ struct LocationCtx {
     policy: Option<PolicyCtx>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct PolicyCtx {
     /// With `strip-prefix`: the regex of the `rewrite` that removes the location's path.
     strip_regex: Option<String>,
@@ -494,14 +659,14 @@ struct PolicyCtx {
     auth: Option<AuthCtx>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct LimitCtx {
     zone: String,
     /// `burst=` unless 0 (nginx refuses `burst=0`; no burst is its default).
     burst: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct AuthCtx {
     /// Basic: the htpasswd file (`auth_basic_user_file`).
     basic_file: Option<String>,
@@ -517,7 +682,7 @@ struct AuthCtx {
     bypass: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct AuthHeaderCtx {
     name: String,
     /// The CGI variable (`HTTP_REMOTE_USER`), for FastCGI and uwsgi.
@@ -528,7 +693,7 @@ struct AuthHeaderCtx {
     upstream: String,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct HeaderCtx {
     name: String,
     /// The CGI variable of a request header (`HTTP_X_FOO`), for FastCGI and uwsgi.
@@ -652,85 +817,6 @@ impl<'a> Context<'a> {
                 }
             })
             .collect();
-        let by_id: std::collections::HashMap<&str, &crate::routes::Upstream> =
-            table.upstreams.iter().map(|u| (u.id.as_str(), u)).collect();
-        let sites = table
-            .sites
-            .iter()
-            .map(|site| SiteCtx {
-                domain: site.domain.to_string(),
-                tls: site.tls == crate::routes::TlsMode::Auto,
-                cert_dir: crate::certs::layout::live_dir_text(&settings.certs_dir.0, &site.domain),
-                log_name: site.domain.file_stem(),
-                has_root: site.locations.iter().any(|l| l.path.as_str() == "/"),
-                health: site.health.path().map(str::to_string),
-                hsts: site.hsts.header_value(),
-                redirect: site.redirect.as_ref().map(|r| {
-                    let https = !settings.local && site.tls == crate::routes::TlsMode::Auto;
-                    let base = match &r.to {
-                        RedirectTo::Url(url) => url.to_string(),
-                        RedirectTo::Canonical(name) if https => format!("https://{name}{}", https_suffix(settings)),
-                        RedirectTo::Canonical(name) => format!("http://{name}{}", http_suffix(settings)),
-                    };
-                    RedirectCtx { code: r.code.get(), location: r.location(&base) }
-                }),
-                locations: site
-                    .locations
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| {
-                        let upstream = l.upstream.as_deref().and_then(|id| by_id.get(id).copied());
-                        let backend = upstream
-                            .filter(|u| matches!(&u.backends[..], [b] if matches!(b.host, Host::Name(_))))
-                            .map(|u| u.backends[0].address());
-                        let protocol = upstream.map(|u| u.protocol.clone()).unwrap_or_default();
-                        let target = match (&backend, &l.upstream) {
-                            (Some(_), _) => "$smartproxy_backend".to_string(),
-                            (None, Some(id)) => id.clone(),
-                            (None, None) => String::new(),
-                        };
-                        let static_host = upstream.and_then(|u| match &u.backends[..] {
-                            [b, ..] if u.namespace == crate::routes::Namespace::Static => Some(&b.host),
-                            _ => None,
-                        });
-                        let tls = protocol.proto.is_tls().then(|| BackendTlsCtx {
-                            name: match (&protocol.verify, static_host) {
-                                (BackendVerify::Name(name), _) => name.to_string(),
-                                (_, Some(Host::Name(host))) => host.clone(),
-                                _ => "$host".to_string(),
-                            },
-                            verify: protocol.verify != BackendVerify::Off,
-                        });
-                        LocationCtx {
-                            path: l.path.to_string(),
-                            upstream: if backend.is_some() { None } else { l.upstream.clone() },
-                            backend,
-                            module: protocol.proto.module().prefix(),
-                            pass: format!("{}{target}", protocol.proto.scheme()),
-                            tls,
-                            fastcgi_root: (protocol.proto == Proto::Fastcgi).then(|| {
-                                let root = protocol.fastcgi_root.as_ref().map_or(FASTCGI_ROOT, |p| p.as_str());
-                                // `/app/` and `/app` alike; `/` stays (`//index.php` is the same file).
-                                match root.trim_end_matches('/') {
-                                    "" => "/".to_string(),
-                                    trimmed => trimmed.to_string(),
-                                }
-                            }),
-                            allow: l.allow.iter().map(ToString::to_string).collect(),
-                            policy: (!l.policy.is_default()).then(|| {
-                                let at = At {
-                                    domain: &site.domain,
-                                    path: l.path.as_str(),
-                                    index: i + 1,
-                                    auth_dir: &settings.auth_dir,
-                                };
-                                PolicyCtx::of(&l.policy, &at)
-                            }),
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
         let policies = || table.sites.iter().flat_map(|s| s.locations.iter().map(move |l| (s, l)));
         fn forward(l: &crate::routes::Location) -> Option<&crate::routes::access::Forward> {
             match l.policy.auth.as_ref().map(|a| &a.method) {
@@ -817,7 +903,95 @@ impl<'a> Context<'a> {
             rate_keys,
             hash: hash_sizes(table),
             upstreams,
-            sites,
+        }
+    }
+}
+
+/// How each site becomes its [`SiteCtx`] (a site's upstreams are found by id).
+struct SiteCtxs<'a> {
+    by_id: std::collections::HashMap<&'a str, &'a crate::routes::Upstream>,
+    settings: &'a RenderSettings,
+}
+
+impl<'a> SiteCtxs<'a> {
+    fn new(table: &'a RouteTable, settings: &'a RenderSettings) -> Self {
+        SiteCtxs { by_id: table.upstreams.iter().map(|u| (u.id.as_str(), u)).collect(), settings }
+    }
+
+    fn of(&self, site: &crate::routes::Site) -> SiteCtx {
+        let (by_id, settings) = (&self.by_id, self.settings);
+        SiteCtx {
+            domain: site.domain.to_string(),
+            tls: site.tls == crate::routes::TlsMode::Auto,
+            cert_dir: crate::certs::layout::live_dir_text(&settings.certs_dir.0, &site.domain),
+            log_name: site.domain.file_stem(),
+            has_root: site.locations.iter().any(|l| l.path.as_str() == "/"),
+            health: site.health.path().map(str::to_string),
+            hsts: site.hsts.header_value(),
+            redirect: site.redirect.as_ref().map(|r| {
+                let https = !settings.local && site.tls == crate::routes::TlsMode::Auto;
+                let base = match &r.to {
+                    RedirectTo::Url(url) => url.to_string(),
+                    RedirectTo::Canonical(name) if https => format!("https://{name}{}", https_suffix(settings)),
+                    RedirectTo::Canonical(name) => format!("http://{name}{}", http_suffix(settings)),
+                };
+                RedirectCtx { code: r.code.get(), location: r.location(&base) }
+            }),
+            locations: site
+                .locations
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let upstream = l.upstream.as_deref().and_then(|id| by_id.get(id).copied());
+                    let backend = upstream
+                        .filter(|u| matches!(&u.backends[..], [b] if matches!(b.host, Host::Name(_))))
+                        .map(|u| u.backends[0].address());
+                    let protocol = upstream.map(|u| u.protocol.clone()).unwrap_or_default();
+                    let target = match (&backend, &l.upstream) {
+                        (Some(_), _) => "$smartproxy_backend".to_string(),
+                        (None, Some(id)) => id.clone(),
+                        (None, None) => String::new(),
+                    };
+                    let static_host = upstream.and_then(|u| match &u.backends[..] {
+                        [b, ..] if u.namespace == crate::routes::Namespace::Static => Some(&b.host),
+                        _ => None,
+                    });
+                    let tls = protocol.proto.is_tls().then(|| BackendTlsCtx {
+                        name: match (&protocol.verify, static_host) {
+                            (BackendVerify::Name(name), _) => name.to_string(),
+                            (_, Some(Host::Name(host))) => host.clone(),
+                            _ => "$host".to_string(),
+                        },
+                        verify: protocol.verify != BackendVerify::Off,
+                    });
+                    LocationCtx {
+                        path: l.path.to_string(),
+                        upstream: if backend.is_some() { None } else { l.upstream.clone() },
+                        backend,
+                        module: protocol.proto.module().prefix(),
+                        pass: format!("{}{target}", protocol.proto.scheme()),
+                        tls,
+                        fastcgi_root: (protocol.proto == Proto::Fastcgi).then(|| {
+                            let root = protocol.fastcgi_root.as_ref().map_or(FASTCGI_ROOT, |p| p.as_str());
+                            // `/app/` and `/app` alike; `/` stays (`//index.php` is the same file).
+                            match root.trim_end_matches('/') {
+                                "" => "/".to_string(),
+                                trimmed => trimmed.to_string(),
+                            }
+                        }),
+                        allow: l.allow.iter().map(ToString::to_string).collect(),
+                        policy: (!l.policy.is_default()).then(|| {
+                            let at = At {
+                                domain: &site.domain,
+                                path: l.path.as_str(),
+                                index: i + 1,
+                                auth_dir: &settings.auth_dir,
+                            };
+                            PolicyCtx::of(&l.policy, &at)
+                        }),
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -1005,5 +1179,81 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
         assert!(err.to_string().contains("undefined"), "{err}");
+    }
+
+    /// The built-in template rendered cut in three, its sites in shares on several threads, is
+    /// the same text as the template rendered whole (here as a custom template), in both modes,
+    /// with every kind of route and more sites than one share holds.
+    #[test]
+    fn the_cut_template_renders_what_the_whole_one_does() {
+        use crate::sources::labels::{routes, Container, LabelSettings, NetworkAddress};
+        let kinds: [&[(&str, &str)]; 8] = [
+            &[],
+            &[("sp.proto", "grpc"), ("sp.max-body", "10g"), ("sp.timeout", "5m")],
+            &[("sp.redirect", "https://new.example/$x"), ("sp.redirect.code", "308")],
+            &[("sp.www", "to-www"), ("sp.hsts", "63072000,includeSubDomains")],
+            &[("sp.rate", "10r/s"), ("sp.rate.burst", "5"), ("sp.headers.response.X-A", "a \"b\"; $c")],
+            &[("sp.auth", "forward"), ("sp.auth.url", "http://auth:9091/check"), ("sp.auth.bypass", "/p/")],
+            &[("sp.proto", "fastcgi"), ("sp.strip-prefix", "true"), ("sp.path", "/app")],
+            &[("sp.tls", "off"), ("sp.buffering", "off"), ("sp.error-pages", "off"), ("sp.health", "off")],
+        ];
+        let containers: Vec<Container> = (0..1200)
+            .map(|i| {
+                let mut labels: Vec<(String, String)> = kinds[i % kinds.len()]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                labels.push(("sp.domains".into(), format!("site{i}.example.com")));
+                Container {
+                    id: format!("c{i}"),
+                    name: format!("c{i}"),
+                    labels: labels.into_iter().collect(),
+                    networks: [(
+                        "proxy".to_string(),
+                        NetworkAddress { ipv4: Some([172, 18, (i / 250) as u8, (i % 250) as u8 + 2].into()), ipv6: None },
+                    )]
+                    .into(),
+                    running: true,
+                    ..Container::default()
+                }
+            })
+            .collect();
+        let table = RouteTable::build(vec![routes(
+            &containers,
+            &LabelSettings { prefix: "sp".into(), nginx_networks: None },
+        )]);
+        assert!(table.diagnostics.iter().all(|d| d.severity != crate::routes::Severity::Error), "{:?}", table.diagnostics);
+        assert!(table.sites.len() > 1200, "{}", table.sites.len());
+        let whole =
+            Renderer::from_source("whole.j2".into(), format!("{BUILTIN_TEMPLATE}{{# rendered whole #}}")).unwrap();
+        assert!(!whole.split && Renderer::builtin().split);
+        for local in [false, true] {
+            let settings = RenderSettings {
+                local,
+                http_port: 80,
+                https_port: 443,
+                certs_dir: ConfigPath("/c".into()),
+                acme_webroot: ConfigPath("/w".into()),
+                log_dir: ConfigPath("/l".into()),
+                error_logs_max: 1000,
+                auth_dir: ConfigPath("/a".into()),
+                nginx_version: NginxVersion::ASSUMED,
+                resolver: vec!["127.0.0.11".parse().unwrap()],
+                ipv6: true,
+                real_ip: None,
+                error_pages: ErrorPages::default(),
+            };
+            let cut = Renderer::builtin().render(&table, &settings).unwrap();
+            let expected = whole.render(&table, &settings).unwrap();
+            let at = cut.bytes().zip(expected.bytes()).take_while(|(a, b)| a == b).count();
+            let around = |s: &str| s[at.saturating_sub(200)..(at + 200).min(s.len())].to_string();
+            assert!(
+                cut == expected,
+                "local: {local}: they differ at byte {at}:\n{}\n--- whole:\n{}",
+                around(&cut),
+                around(&expected)
+            );
+            assert!(cut.contains("site1199.example.com") && cut.contains("grpc_pass"), "{}", &cut[..2000]);
+        }
     }
 }
