@@ -158,7 +158,7 @@ impl Detector {
     /// Learns one completed minute, each figure unless its flag is up.
     pub fn learn(&mut self, m: &Minute) {
         let b = &mut self.baseline;
-        if !self.active[AnomalyKind::TrafficDrop as usize].is_some() {
+        if self.active[AnomalyKind::TrafficDrop as usize].is_none() {
             let rate = m.requests as f64 / 60.0;
             b.rate.learn(rate);
             b.steady_minutes = if rate >= STEADY_RATE { b.steady_minutes.saturating_add(1) } else { 0 };
@@ -287,7 +287,7 @@ mod tests {
         d.learn(&minute(600, 0, 130.0));
         assert!((d.baseline.p95_ms.value - 20.0).abs() < 1e-9);
         assert!(d.judge(&minute(600, 0, 80.0), 2).is_empty());
-        assert_eq!(d.judge(&minute(600, 0, 60.0), 3)[0].1, false);
+        assert!(!d.judge(&minute(600, 0, 60.0), 3)[0].1);
     }
 
     #[test]
@@ -300,7 +300,7 @@ mod tests {
         d.learn(&Minute::default());
         assert_eq!(d.baseline.rate.value, 2.0, "frozen");
         assert!(d.judge(&minute(5, 0, 20.0), 2).is_empty(), "a trickle is no recovery");
-        assert_eq!(d.judge(&minute(60, 0, 20.0), 3)[0].1, false);
+        assert!(!d.judge(&minute(60, 0, 20.0), 3)[0].1);
         let mut slow = learned(60, minute(30, 0, 20.0));
         assert!(slow.judge(&Minute::default(), 0).is_empty(), "0.5 req/s is not steady");
     }

@@ -74,7 +74,8 @@ pub(super) fn encode(insight: &Insight, out: &mut String) {
         let _ = writeln!(out, "{name}_count{{domain=\"{d}\"}} {count}");
     }
 
-    let upstream: [(&str, &str, fn(&super::ServerCounts) -> u32); 3] = [
+    type Field = fn(&super::ServerCounts) -> u32;
+    let upstream: [(&str, &str, Field); 3] = [
         (NAMES[3], "Tries of each upstream server, retries included", |c| c.attempts),
         (NAMES[4], "Tries of each upstream server that failed (retried elsewhere, or 502 or 504)", |c| c.errors),
         (NAMES[5], "Tries of each upstream server that timed out (504)", |c| c.timeouts),
