@@ -228,6 +228,28 @@ fn snapshot(c: &mut Criterion) {
     group.bench_function("snapshot/10000", |b| b.iter(|| black_box(insight.snapshot(now))));
     group.finish();
 
+    // 100 domains at 60 requests per second each for 15 minutes: the busy slots' counts widen.
+    let mut heavy = Insight::new();
+    heavy.set_domains(&names[..100]);
+    let lines: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"d":"{}","s":200,"b":512,"t":0.0{:02},"ua":"10.0.0.1:80","us":"200","ut":"0.0{:02}"}}"#,
+                names[i],
+                i % 90 + 10,
+                i % 90 + 5
+            )
+        })
+        .collect();
+    for second in 0..900u64 {
+        for line in &lines {
+            for _ in 0..60 {
+                heavy.ingest(line.as_bytes(), T0 + second * 1000);
+            }
+        }
+    }
+    eprintln!("insight/memory/100 domains at 60 req/s: {} bytes per domain", heavy.memory_bytes() / 100);
+
     // An hour later, with no traffic: the windows' histograms are freed.
     insight.tick(now + 3_600_000);
     let idle = insight.memory_bytes();

@@ -91,13 +91,77 @@ struct Slot {
     classes: [u32; 5],
     bytes: u64,
     /// Allocated when the slot sees a request, freed once the slot left every window.
-    hists: Option<Box<Hists>>,
+    hists: Option<Hists>,
 }
 
+/// A slot's request-time and upstream-time counts per bucket, as narrow as they fit: a slot
+/// starts with a byte per bucket and widens when a bucket overflows (a quiet domain's slot costs
+/// 112 bytes, a busy one's 224 or 448).
 #[derive(Debug, Clone)]
-struct Hists {
-    request: [u32; BUCKETS],
-    upstream: [u32; BUCKETS],
+enum Hists {
+    U8(Box<[[u8; BUCKETS]; 2]>),
+    U16(Box<[[u16; BUCKETS]; 2]>),
+    U32(Box<[[u32; BUCKETS]; 2]>),
+}
+
+/// Which histogram of [`Hists`].
+const REQUEST: usize = 0;
+const UPSTREAM: usize = 1;
+
+fn widen<A: Copy, B: Copy + From<A>>(h: &[[A; BUCKETS]; 2]) -> [[B; BUCKETS]; 2] {
+    h.map(|row| row.map(B::from))
+}
+
+impl Hists {
+    fn new() -> Hists {
+        Hists::U8(Box::new([[0; BUCKETS]; 2]))
+    }
+
+    fn add(&mut self, which: usize, bucket: usize) {
+        loop {
+            match self {
+                Hists::U8(h) => match h[which][bucket].checked_add(1) {
+                    Some(n) => return h[which][bucket] = n,
+                    None => *self = Hists::U16(Box::new(widen(h))),
+                },
+                Hists::U16(h) => match h[which][bucket].checked_add(1) {
+                    Some(n) => return h[which][bucket] = n,
+                    None => *self = Hists::U32(Box::new(widen(h))),
+                },
+                Hists::U32(h) => return h[which][bucket] = h[which][bucket].saturating_add(1),
+            }
+        }
+    }
+
+    /// Zeroes the counts, keeping the width (a slot that was busy is likely to be again).
+    fn clear(&mut self) {
+        match self {
+            Hists::U8(h) => **h = [[0; BUCKETS]; 2],
+            Hists::U16(h) => **h = [[0; BUCKETS]; 2],
+            Hists::U32(h) => **h = [[0; BUCKETS]; 2],
+        }
+    }
+
+    fn add_to(&self, which: usize, sum: &mut [u64; BUCKETS]) {
+        fn add<C: Copy + Into<u64>>(row: &[C; BUCKETS], sum: &mut [u64; BUCKETS]) {
+            for (s, &c) in sum.iter_mut().zip(row) {
+                *s += c.into();
+            }
+        }
+        match self {
+            Hists::U8(h) => add(&h[which], sum),
+            Hists::U16(h) => add(&h[which], sum),
+            Hists::U32(h) => add(&h[which], sum),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Hists::U8(_) => 2 * BUCKETS,
+            Hists::U16(_) => 4 * BUCKETS,
+            Hists::U32(_) => 8 * BUCKETS,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -141,8 +205,7 @@ impl Slot {
             self.classes = [0; 5];
             self.bytes = 0;
             if let Some(h) = &mut self.hists {
-                h.request = [0; BUCKETS];
-                h.upstream = [0; BUCKETS];
+                h.clear();
             }
         }
         self
@@ -151,10 +214,10 @@ impl Slot {
     fn record(&mut self, entry: &Entry<'_>, class: usize, request_bucket: usize, upstream_bucket: Option<usize>) {
         self.classes[class] = self.classes[class].saturating_add(1);
         self.bytes = self.bytes.saturating_add(entry.bytes);
-        let h = self.hists.get_or_insert_with(|| Box::new(Hists { request: [0; BUCKETS], upstream: [0; BUCKETS] }));
-        h.request[request_bucket] = h.request[request_bucket].saturating_add(1);
+        let h = self.hists.get_or_insert_with(Hists::new);
+        h.add(REQUEST, request_bucket);
         if let Some(b) = upstream_bucket {
-            h.upstream[b] = h.upstream[b].saturating_add(1);
+            h.add(UPSTREAM, b);
         }
     }
 }
@@ -219,12 +282,8 @@ impl Traffic {
             }
             sum.bytes += slot.bytes;
             if let Some(h) = &slot.hists {
-                for (s, c) in sum.request.iter_mut().zip(h.request) {
-                    *s += u64::from(c);
-                }
-                for (s, c) in sum.upstream.iter_mut().zip(h.upstream) {
-                    *s += u64::from(c);
-                }
+                h.add_to(REQUEST, &mut sum.request);
+                h.add_to(UPSTREAM, &mut sum.upstream);
             }
         }
         sum
@@ -255,9 +314,10 @@ impl Traffic {
 
     /// Heap bytes held (the struct itself included).
     fn heap_bytes(&self) -> usize {
-        let hists = self.fine.iter().chain(&self.coarse).filter(|s| s.hists.is_some()).count();
+        let hists: usize =
+            self.fine.iter().chain(&self.coarse).filter_map(|s| s.hists.as_ref()).map(Hists::heap_bytes).sum();
         std::mem::size_of::<Traffic>()
-            + hists * std::mem::size_of::<Hists>()
+            + hists
             + self.servers.capacity() * std::mem::size_of::<Server>()
             + self.servers.iter().map(|s| s.addr.len()).sum::<usize>()
     }

@@ -223,7 +223,26 @@ fn idle_slots_free_their_histograms() {
     let busy = i.memory_bytes();
     i.tick(T0 + 2_000_000);
     let idle = i.memory_bytes();
-    assert!(busy - idle >= 28 * std::mem::size_of::<Hists>(), "{busy} then {idle}");
+    assert!(busy - idle >= 28 * 2 * BUCKETS, "{busy} then {idle}");
+}
+
+#[test]
+fn a_busy_slot_widens_its_counts() {
+    let mut h = Hists::new();
+    for _ in 0..70_000 {
+        h.add(REQUEST, 3);
+    }
+    h.add(UPSTREAM, 5);
+    assert!(matches!(h, Hists::U32(_)));
+    let (mut request, mut upstream) = ([0u64; BUCKETS], [0u64; BUCKETS]);
+    h.add_to(REQUEST, &mut request);
+    h.add_to(UPSTREAM, &mut upstream);
+    assert_eq!((request[3], request.iter().sum::<u64>(), upstream[5]), (70_000, 70_000, 1));
+    h.clear();
+    assert!(matches!(h, Hists::U32(_)), "keeps its width");
+    let mut sum = [0u64; BUCKETS];
+    h.add_to(REQUEST, &mut sum);
+    assert_eq!(sum, [0; BUCKETS]);
 }
 
 #[test]
