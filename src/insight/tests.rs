@@ -160,7 +160,7 @@ fn an_upstream_failing_raises_error_ratio_within_a_minute_and_recovery_clears_it
     assert_eq!(raised.len(), 1, "{raised:?}");
     let e = &raised[0];
     assert_eq!((e.kind, e.started), (AnomalyKind::ErrorRatio, true));
-    assert!(e.at_ms - failing_from <= 60_000, "raised {} ms after", e.at_ms - failing_from);
+    assert!(e.at_ms - failing_from <= 15_000, "raised {} ms after", e.at_ms - failing_from);
     assert!(e.figures.observed >= 0.10 && e.figures.baseline == 0.0 && e.figures.requests >= 20, "{e:?}");
     let s = i.snapshot(failing_from + 120_000);
     let d = domain(&s, "a.com");
