@@ -3,8 +3,8 @@
 //! healable containers to restart, and does the restart.
 //!
 //! A server qualifies once every attempt against it failed for [`HealConfig::failing_for_ms`] with
-//! at least [`HealConfig::min_requests`] of them: one success starts the count over, and so does a
-//! restart decision (the container gets the same time to come back). A container is restarted at
+//! at least [`HealConfig::min_requests`] of them, the last within that time: one success starts the
+//! count over, and so does a restart decision (the container gets the same time to come back). A container is restarted at
 //! most [`HealConfig::max_per_hour`] times in any hour, and never while Docker's own health check
 //! says it is healthy.
 
@@ -118,7 +118,9 @@ impl Healer {
             let Some(run) = self.runs.get_mut(c.server) else { continue };
             let Some(since) = run.since_ms else { continue };
             let failing_for = now_ms.saturating_sub(since);
-            if failing_for < config.failing_for_ms || run.failures < config.min_requests {
+            // A run whose server has had no request for a whole window is stale, not failing.
+            let stale = now_ms.saturating_sub(run.last_ms) > config.failing_for_ms;
+            if failing_for < config.failing_for_ms || run.failures < config.min_requests || stale {
                 continue;
             }
             if c.docker_healthy == Some(true) {
@@ -190,6 +192,12 @@ mod tests {
         let mut few = Healer::new(HealConfig::default());
         fail(&mut few, 0, 120_000, 30_000);
         assert!(few.decide(&candidate(None), 120_000).is_empty(), "4 requests");
+        // Failures long ago, nothing since: stale.
+        let mut stale = Healer::new(HealConfig::default());
+        fail(&mut stale, 0, 10_000, 1000);
+        let current = stale.clone();
+        assert!(stale.decide(&candidate(None), 70_001).is_empty());
+        assert_eq!(current.clone().decide(&candidate(None), 60_000).len(), 1, "still current at 60 s");
     }
 
     #[test]
