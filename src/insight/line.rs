@@ -410,6 +410,24 @@ mod tests {
         assert_eq!(e.upstream_us(), None);
     }
 
+    /// Datagrams nginx 1.22 sent with this format to a Unix socket (`nohostname,tag=smartproxy`):
+    /// no upstream, a retry after a 502, a refused upstream.
+    #[test]
+    fn what_nginx_sends() {
+        let datagrams: [&[u8]; 3] = [
+            br#"<190>Dec  5 22:23:55 smartproxy: {"d":"app.example.com","s":204,"b":110,"t":0.000,"ua":"","us":"","ut":""}"#,
+            br#"<190>Dec  5 22:23:55 smartproxy: {"d":"app.example.com","s":200,"b":150,"t":0.000,"ua":"127.0.0.1:18991, 127.0.0.1:18992","us":"502, 200","ut":"0.000, 0.000"}"#,
+            br#"<190>Dec  5 22:23:55 smartproxy: {"d":"app.example.com","s":502,"b":314,"t":0.000,"ua":"127.0.0.1:18993","us":"502","ut":"0.000"}"#,
+        ];
+        let parsed: Vec<Entry<'_>> = datagrams.iter().map(|d| parse(d).unwrap()).collect();
+        assert!(parsed.iter().all(|e| e.domain == "app.example.com" && e.request_us == 0));
+        assert_eq!(parsed.iter().map(|e| e.status).collect::<Vec<_>>(), [204, 200, 502]);
+        let failed = |e: &Entry<'_>| e.attempts().map(|a| (a.addr.to_string(), a.failed())).collect::<Vec<_>>();
+        assert_eq!(failed(&parsed[0]), []);
+        assert_eq!(failed(&parsed[1]), [("127.0.0.1:18991".into(), true), ("127.0.0.1:18992".into(), false)]);
+        assert_eq!(failed(&parsed[2]), [("127.0.0.1:18993".into(), true)]);
+    }
+
     #[test]
     fn upstream_lists() {
         let with = |ua: &str, us: &str, ut: &str| {
