@@ -195,9 +195,9 @@ mod tests {
         // Failures long ago, nothing since: stale.
         let mut stale = Healer::new(HealConfig::default());
         fail(&mut stale, 0, 10_000, 1000);
-        let current = stale.clone();
+        let mut current = stale.clone();
         assert!(stale.decide(&candidate(None), 70_001).is_empty());
-        assert_eq!(current.clone().decide(&candidate(None), 60_000).len(), 1, "still current at 60 s");
+        assert_eq!(current.decide(&candidate(None), 60_000).len(), 1, "still current at 60 s");
     }
 
     #[test]

@@ -47,9 +47,11 @@ pub struct Entry<'a> {
     pub bytes: u64,
     /// `$request_time`, in microseconds (nginx writes milliseconds).
     pub request_us: u64,
-    /// `$upstream_addr`, `$upstream_status` and `$upstream_response_time`, raw.
+    /// `$upstream_addr`, raw (empty or `-` without upstream); read through [`Entry::attempts`].
     pub upstream_addr: &'a str,
+    /// `$upstream_status`, raw.
     pub upstream_status: &'a str,
+    /// `$upstream_response_time`, raw.
     pub upstream_time: &'a str,
 }
 

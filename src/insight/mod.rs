@@ -388,6 +388,7 @@ impl Insight {
         self.healer = Some(Healer::new(config));
     }
 
+    /// The healer fed by [`Insight::ingest`], once enabled: the caller asks it for decisions.
     pub fn healer_mut(&mut self) -> Option<&mut Healer> {
         self.healer.as_mut()
     }

@@ -292,3 +292,69 @@ fn healing_is_fed_from_the_lines() {
     assert_eq!(restarts.len(), 1);
     assert_eq!(restarts[0].container, "app");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn datagram() -> impl Strategy<Value = Vec<u8>> {
+        let valid = (prop_oneof![Just("a.com"), Just("b.com"), Just("c.com")], 100u16..600, 0u32..200_000, 0usize..4)
+            .prop_map(|(d, s, ms, ups)| {
+                let ua: Vec<String> = (0..ups).map(|k| format!("10.0.0.{k}:80")).collect();
+                let us: Vec<String> =
+                    (0..ups).map(|k| if k + 1 == ups { s.to_string() } else { "502".into() }).collect();
+                line(d, s, ms, (&ua.join(", "), &us.join(", "), "0.001, 0.002"))
+            });
+        prop_oneof![
+            4 => valid.clone(),
+            1 => proptest::collection::vec(any::<u8>(), 0..300),
+            2 => (valid, proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)).prop_map(
+                |(mut line, edits)| {
+                    for (at, byte) in edits {
+                        let i = at.index(line.len());
+                        line[i] = byte;
+                    }
+                    line
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever arrives, at whatever time (late, skewed, at the end of time), nothing panics
+        /// and the figures add up.
+        #[test]
+        fn any_datagrams_at_any_times(
+            lines in proptest::collection::vec((datagram(), prop_oneof![0u64..3_600_000, Just(u64::MAX / 2), Just(u64::MAX)]), 1..200),
+        ) {
+            let mut i = insight(&["a.com", "b.com"]);
+            i.enable_healing(HealConfig::default());
+            let mut ingested = 0u64;
+            for (k, (datagram, offset)) in lines.iter().enumerate() {
+                let now = T0.saturating_add(*offset);
+                i.ingest(datagram, now);
+                ingested += 1;
+                if k % 7 == 0 {
+                    i.tick(now);
+                }
+            }
+            let now = T0.saturating_add(lines[lines.len() - 1].1);
+            let s = i.snapshot(now);
+            let d = s.dropped;
+            let counted: u64 = s.domains.iter().map(|d| d.total.requests).sum();
+            prop_assert_eq!(counted + d.malformed + d.oversized + d.unrouted, ingested);
+            for d in &s.domains {
+                prop_assert!(d.upstreams.len() <= MAX_SERVERS);
+                prop_assert_eq!(d.requests_per_minute.len(), 60);
+            }
+            let mut text = String::new();
+            i.encode(&mut text);
+            let _ = i.tick(u64::MAX);
+            let _ = serde_json::to_string(&i.snapshot(u64::MAX)).unwrap();
+            let candidates = [Candidate { container: "x", server: "10.0.0.0:80", docker_healthy: None }];
+            let _ = i.healer_mut().unwrap().decide(&candidates, u64::MAX);
+        }
+    }
+}
