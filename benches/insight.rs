@@ -165,8 +165,8 @@ fn snapshot(c: &mut Criterion) {
     let names: Vec<String> = (0..n).map(domain).collect();
     let mut insight = Insight::new();
     insight.set_domains(&names);
-    // Every domain busy for 15 minutes: a line in each 5 s slot, a few servers each; the heaviest
-    // state (every slot holds its histograms).
+    // Every domain with traffic for 15 minutes: a line in each 5 s slot, 3 servers each, so every
+    // slot of every window holds its histograms (the snapshot's heaviest work).
     let mut rng = Rng(7);
     let mut line = String::new();
     for slot in 0..180u64 {
@@ -191,7 +191,7 @@ fn snapshot(c: &mut Criterion) {
     let now = T0 + 180 * 5_000;
     let busy = insight.memory_bytes();
     eprintln!(
-        "insight/memory/{n} busy domains: {:.1} MiB, {} bytes per domain",
+        "insight/memory/{n} domains, a request every 5 s: {:.1} MiB, {} bytes per domain",
         busy as f64 / (1 << 20) as f64,
         busy / n
     );
