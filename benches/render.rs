@@ -40,6 +40,10 @@ fn settings(local: bool) -> RenderSettings {
         real_ip: None,
         error_pages: Default::default(),
         auth_dir: ConfigPath::parse("NGINX_CONF", Path::new("/etc/nginx/conf.d/smart-proxy-htpasswd")).unwrap(),
+        insight_socket: Some(
+            ConfigPath::parse("NGINX_CONF", Path::new("/etc/nginx/conf.d/smart-proxy-insight.sock")).unwrap(),
+        ),
+        access_log_files: true,
     }
 }
 

@@ -290,7 +290,8 @@ mod tests {
             .filter_map(|l| l.trim_start().strip_prefix("| `smart_proxy_"))
             .map(|rest| rest.split(['`', '{']).next().unwrap_or_default())
             .collect();
-        let named: Vec<&str> = NAMES.iter().map(|n| n.trim_start_matches("smart_proxy_")).collect();
+        let all = NAMES.iter().chain(crate::insight::METRIC_NAMES);
+        let named: Vec<&str> = all.map(|n| n.trim_start_matches("smart_proxy_")).collect();
         assert_eq!(listed, named, "README's /metrics table and metrics::NAMES differ");
     }
 

@@ -68,6 +68,15 @@ pub struct Settings {
     #[arg(long, env = "ERROR_LOGS_MAX", global = true, default_value_t = 1000)]
     pub error_logs_max: usize,
 
+    /// Send each access-log line to the agent (nginx's syslog output to a Unix socket beside
+    /// NGINX_CONF), for `/insight`, `/metrics`, `top` and the dashboard.
+    #[arg(long, env = "INSIGHT", global = true, value_parser = boolish("INSIGHT", "--insight"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub insight: bool,
+
+    /// Also write each domain's JSON access log into LOG_DIR (`<domain>.access.log`).
+    #[arg(long, env = "ACCESS_LOG_FILES", global = true, value_parser = boolish("ACCESS_LOG_FILES", "--access-log-files"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub access_log_files: bool,
+
     /// Branded error pages: `404.html`, `429.html`, `502.html`, `503.html`, `504.html`.
     #[arg(long, env = "ERROR_PAGES_DIR", global = true)]
     pub error_pages_dir: Option<PathBuf>,

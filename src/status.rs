@@ -29,6 +29,8 @@ use crate::sources::docker::DockerClient;
 #[derive(Default)]
 pub struct State {
     inner: Mutex<Inner>,
+    /// The traffic figures of the routed domains (`INSIGHT`), fed by `agent::insight`.
+    insight: Mutex<crate::insight::Insight>,
 }
 
 #[derive(Default, Clone)]
@@ -75,6 +77,8 @@ impl State {
         let left_out = left_out.unwrap_or_else(|| self.snapshot().live.map(|l| l.left_out.clone()).unwrap_or_default());
         let domains: Vec<DomainName> = left_out.iter().map(|d| d.domain.clone()).collect();
         crate::metrics::global().routes_applied(&table, &domains);
+        let served = table.sites.iter().map(|s| &s.domain).filter(|d| !domains.contains(d));
+        self.insight().set_domains(served.map(|d| d.as_str()));
         let live = Arc::new(Live { table, left_out });
         let mut inner = self.inner.lock().expect("status lock");
         inner.apply = Some(outcome);
@@ -90,6 +94,11 @@ impl State {
     /// The local nginx child started.
     pub fn nginx_started(&self, pid: Option<u32>) {
         self.inner.lock().expect("status lock").nginx_pid = pid;
+    }
+
+    /// The traffic figures, to feed or read (held briefly: nginx's lines wait meanwhile).
+    pub fn insight(&self) -> std::sync::MutexGuard<'_, crate::insight::Insight> {
+        self.insight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A copy of what was published (the route table is shared, not copied).
@@ -201,11 +210,16 @@ impl Server {
                 let body = self.metrics().await;
                 respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
             }
+            "/insight" => {
+                let snapshot = self.state.insight().snapshot(now_ms());
+                let json = serde_json::to_string(&snapshot).expect("the snapshot serializes");
+                respond(StatusCode::OK, "application/json", json + "\n")
+            }
             "/routes" => match self.routes() {
                 Some(json) => respond(StatusCode::OK, "application/json", json),
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "no config applied yet\n".into()),
             },
-            _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /metrics or /routes\n".into()),
+            _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /metrics, /routes or /insight\n".into()),
         }
     }
 
@@ -268,6 +282,10 @@ impl Server {
             metrics.encode()
         })
         .await
+        .map(|mut text| {
+            self.state.insight().encode(&mut text);
+            text
+        })
         .unwrap_or_else(|e| format!("# cannot encode the metrics: {e}\n"))
     }
 
@@ -390,6 +408,11 @@ pub async fn check_health(addr: StatusAddr, timeout: Duration) -> Result<String,
         Ok(Ok((StatusCode::OK, body))) => Ok(one_line(&body)),
         Ok(Ok((status, body))) => Err(one_line(&format!("{status}: {body}"))),
     }
+}
+
+/// Unix time in milliseconds (the insight windows are aligned to it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

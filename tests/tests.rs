@@ -16,6 +16,7 @@ mod docker_labels;
 mod edge;
 mod golden;
 mod injection;
+mod insight;
 mod labels_data;
 mod load;
 mod policies;

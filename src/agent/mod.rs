@@ -25,6 +25,7 @@ use crate::sources::labels::Container;
 use crate::sources::StaticState;
 
 mod cloudflare_ips;
+mod insight;
 mod nginx;
 mod run;
 mod schedule;
@@ -196,6 +197,10 @@ impl Controller {
         let applier = Applier::new(nginx, config.nginx.conf.clone(), config.certs_dir.clone());
         let status = Arc::new(crate::status::State::default());
         crate::status::start(&config, status.clone(), &applier.nginx, docker.as_ref()).await;
+        // Before nginx starts, so that its first lines find the socket.
+        if let Some(socket) = &config.render.insight_socket {
+            insight::start(socket.as_path(), status.clone())?;
+        }
 
         let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
         if let (Some(manager), Some(acme)) = (config.cert_manager()?, &config.acme) {

@@ -147,6 +147,33 @@ pub struct RenderSettings {
     /// Where the htpasswd files of `auth=basic` routes are (written by `apply`, named by
     /// `BasicUsers::file_name`): [`AUTH_DIR`] beside `NGINX_CONF`.
     pub auth_dir: ConfigPath,
+    /// The agent's socket for access-log lines (`INSIGHT`): [`INSIGHT_SOCKET`] beside
+    /// `NGINX_CONF`; none when off.
+    pub insight_socket: Option<ConfigPath>,
+    /// Each domain's JSON access log in `log_dir` (`ACCESS_LOG_FILES`).
+    pub access_log_files: bool,
+}
+
+/// The socket nginx sends access-log lines to, beside the rendered config (on the volume nginx's
+/// container shares with the agent in the companion setup).
+pub const INSIGHT_SOCKET: &str = "smart-proxy-insight.sock";
+
+/// The insight socket for a config written to `nginx_conf`: a path nginx's `syslog:` parameter
+/// can hold (no comma) and a Unix socket address can (at most 107 bytes).
+pub fn insight_socket_for(nginx_conf: &Path) -> Result<ConfigPath, RenderError> {
+    let path = nginx_conf.parent().unwrap_or(Path::new("/")).join(INSIGHT_SOCKET);
+    let parsed = ConfigPath::parse("NGINX_CONF", &path)?;
+    let text = parsed.0.as_str();
+    if text.contains(',') || text.len() > 107 {
+        return Err(RenderError::Setting {
+            setting: "NGINX_CONF",
+            value: nginx_conf.display().to_string(),
+            reason: format!(
+                "the insight socket {text} beside it must be a path of at most 107 bytes without a comma (or set INSIGHT=off)"
+            ),
+        });
+    }
+    Ok(parsed)
 }
 
 /// The directory of the htpasswd files, beside the rendered config (so that it is on the volume
@@ -364,7 +391,8 @@ impl Renderer {
                 })
                 .collect();
             let mine = part(HEAD, count(), &mut out).and_then(|()| share(first, &mut out));
-            let others: Vec<_> = handles.into_iter().map(|h| h.join().expect("a render thread does not panic")).collect();
+            let others: Vec<_> =
+                handles.into_iter().map(|h| h.join().expect("a render thread does not panic")).collect();
             mine.map(|()| others)
         })?;
         for other in others {
@@ -499,6 +527,12 @@ struct Context<'a> {
     http_listen: String,
     https_listen: String,
     error_handling: String,
+    /// The `access_log`s of a server that serves a domain (the JSON file, the agent's socket, or
+    /// `off`), and of one that only redirects to HTTPS (the file, or `off`).
+    access_logs: String,
+    redirect_access_logs: String,
+    /// `INSIGHT`: the agent's socket and the `log_format` of the lines it reads.
+    insight: Option<InsightCtx>,
     /// The server's `error_page` directives alone, for a location that sets an `error_page` of its
     /// own (forward auth's 401 with `auth.signin`), which would drop the server's.
     error_pages_in_location: String,
@@ -531,6 +565,13 @@ impl minijinja::value::Object for Sites {
     fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
         minijinja::value::Enumerator::Seq(self.0.len())
     }
+}
+
+#[derive(Serialize)]
+struct InsightCtx {
+    socket: String,
+    /// One quoted nginx string: the `smartproxy_insight` format.
+    log_format: &'static str,
 }
 
 #[derive(Serialize)]
@@ -893,6 +934,12 @@ impl<'a> Context<'a> {
                 format!("listen {a} ssl{};", if settings.nginx_version.has_http2_directive() { "" } else { " http2" })
             })),
             error_handling: error_handling(&settings.error_pages),
+            access_logs: access_logs(settings, true),
+            redirect_access_logs: access_logs(settings, false),
+            insight: settings
+                .insight_socket
+                .as_ref()
+                .map(|s| InsightCtx { socket: s.0.clone(), log_format: crate::insight::INSIGHT_LOG_FORMAT }),
             error_pages_in_location: error_page_directives(&settings.error_pages).join("\n        "),
             real_ip: settings.real_ip.as_ref().map(|r| RealIpCtx {
                 trusted: r.trusted.iter().map(ToString::to_string).collect(),
@@ -994,6 +1041,23 @@ impl<'a> SiteCtxs<'a> {
                 .collect(),
         }
     }
+}
+
+/// A server's `access_log`s: the domain's JSON file (`ACCESS_LOG_FILES`) and, where it serves
+/// the domain, the agent's socket (`INSIGHT`; a server that only redirects to HTTPS would count
+/// each visit twice); `off` without either.
+fn access_logs(settings: &RenderSettings, serves: bool) -> String {
+    let mut lines = Vec::new();
+    if settings.access_log_files {
+        lines.push(format!("access_log {}/$smartproxy_log.access.log logger-json;", settings.log_dir.0));
+    }
+    if let (Some(socket), true) = (&settings.insight_socket, serves) {
+        lines.push(format!("access_log syslog:server=unix:{},nohostname,tag=smartproxy smartproxy_insight;", socket.0));
+    }
+    if lines.is_empty() {
+        lines.push("access_log off;".to_string());
+    }
+    directives(lines.into_iter())
 }
 
 /// Lines of directives as one string, each after the first indented for a server block.
@@ -1169,6 +1233,8 @@ mod tests {
                     log_dir: ConfigPath("/l".into()),
                     error_logs_max: 1000,
                     auth_dir: ConfigPath("/a".into()),
+                    insight_socket: None,
+                    access_log_files: true,
                     nginx_version: NginxVersion::ASSUMED,
                     resolver: vec![],
                     ipv6: true,
@@ -1199,10 +1265,8 @@ mod tests {
         ];
         let containers: Vec<Container> = (0..1200)
             .map(|i| {
-                let mut labels: Vec<(String, String)> = kinds[i % kinds.len()]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
+                let mut labels: Vec<(String, String)> =
+                    kinds[i % kinds.len()].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
                 labels.push(("sp.domains".into(), format!("site{i}.example.com")));
                 Container {
                     id: format!("c{i}"),
@@ -1210,7 +1274,10 @@ mod tests {
                     labels: labels.into_iter().collect(),
                     networks: [(
                         "proxy".to_string(),
-                        NetworkAddress { ipv4: Some([172, 18, (i / 250) as u8, (i % 250) as u8 + 2].into()), ipv6: None },
+                        NetworkAddress {
+                            ipv4: Some([172, 18, (i / 250) as u8, (i % 250) as u8 + 2].into()),
+                            ipv6: None,
+                        },
                     )]
                     .into(),
                     running: true,
@@ -1218,11 +1285,13 @@ mod tests {
                 }
             })
             .collect();
-        let table = RouteTable::build(vec![routes(
-            &containers,
-            &LabelSettings { prefix: "sp".into(), nginx_networks: None },
-        )]);
-        assert!(table.diagnostics.iter().all(|d| d.severity != crate::routes::Severity::Error), "{:?}", table.diagnostics);
+        let table =
+            RouteTable::build(vec![routes(&containers, &LabelSettings { prefix: "sp".into(), nginx_networks: None })]);
+        assert!(
+            table.diagnostics.iter().all(|d| d.severity != crate::routes::Severity::Error),
+            "{:?}",
+            table.diagnostics
+        );
         assert!(table.sites.len() > 1200, "{}", table.sites.len());
         let whole =
             Renderer::from_source("whole.j2".into(), format!("{BUILTIN_TEMPLATE}{{# rendered whole #}}")).unwrap();
@@ -1237,6 +1306,8 @@ mod tests {
                 log_dir: ConfigPath("/l".into()),
                 error_logs_max: 1000,
                 auth_dir: ConfigPath("/a".into()),
+                insight_socket: Some(ConfigPath("/i.sock".into())),
+                access_log_files: true,
                 nginx_version: NginxVersion::ASSUMED,
                 resolver: vec!["127.0.0.11".parse().unwrap()],
                 ipv6: true,

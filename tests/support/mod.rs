@@ -92,6 +92,8 @@ impl NginxSandbox {
             real_ip: None,
             error_pages: Default::default(),
             auth_dir: ConfigPath::parse("NGINX_CONF", &self.path("conf.d/smart-proxy-htpasswd")).unwrap(),
+            insight_socket: None,
+            access_log_files: true,
         }
     }
 

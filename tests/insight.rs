@@ -1,0 +1,138 @@
+//! Traffic insight (issue 12) through the real nginx: known traffic sent through the agent's own
+//! nginx shows in `/insight` and `/metrics` with the right counts and classes, per domain and
+//! per upstream server; what reaches the socket that is not nginx's line is counted and dropped;
+//! the per-domain JSON files stay; `INSIGHT=off` and `ACCESS_LOG_FILES=off` leave them out.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use crate::support::agent::{free_port, write_file, Agent};
+use crate::support::stub_http::{StubHttp, StubReply};
+
+/// The last minute's figures of `domain` in an `/insight` document.
+fn domain<'a>(insight: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    let domains = insight["domains"].as_array().expect("domains");
+    domains.iter().find(|d| d["domain"] == name).unwrap_or_else(|| panic!("{name} missing from /insight: {insight}"))
+}
+
+fn insight(agent: &Agent) -> serde_json::Value {
+    let (status, body) = agent.status_get("/insight");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn known_traffic_shows_per_domain_class_and_upstream() {
+    // The app: 200, 404 and 500 by path, and a slow 200.
+    let app = StubHttp::start_replies(0, |req| match req.path {
+        "/missing" => StubReply::new(404, &[], "no"),
+        "/boom" => StubReply::new(500, &[], "boom"),
+        "/slow" => {
+            std::thread::sleep(Duration::from_millis(400));
+            StubReply::new(200, &[], "slow")
+        }
+        _ => StubReply::new(200, &[], "ok"),
+    });
+    let dead = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.json");
+    let json = serde_json::json!({
+        "domains": [
+            {"name": "shop.test", "service": "app", "tls": "off"},
+            {"name": "down.test", "service": "dead", "tls": "off"},
+        ],
+        "services": [
+            {"name": "app", "host": "127.0.0.1", "port": app.port()},
+            {"name": "dead", "host": "127.0.0.1", "port": dead},
+        ],
+    });
+    write_file(&config, &json.to_string());
+    let config_path = config.display().to_string();
+    let agent = Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", &config_path)]);
+    agent.wait_for_status("shop.test", 200, Some("ok"));
+    let socket = agent.path("conf.d/smart-proxy-insight.sock");
+    assert!(socket.exists(), "the agent made its socket beside NGINX_CONF");
+
+    // The requests that found shop.test ready count too: the figures below are on top of them.
+    let mut base = serde_json::Value::Null;
+    agent.wait_for("the readiness check to be counted", Duration::from_secs(10), || {
+        base = domain(&insight(&agent), "shop.test")["total"].clone();
+        base["requests"].as_u64() >= Some(1)
+    });
+    let count = |class: &str| base["by_class"][class].as_u64().unwrap();
+    let sent = [("/", 30, 200), ("/missing", 10, 404), ("/boom", 5, 500), ("/slow", 4, 200)];
+    for (path, n, status) in sent {
+        for _ in 0..n {
+            assert_eq!(agent.get("shop.test", path).0, status, "{path}");
+        }
+    }
+    for _ in 0..8 {
+        assert_eq!(agent.get("down.test", "/").0, 502);
+    }
+    // Anyone who can reach the socket can send: what is not nginx's line is counted and dropped.
+    let peer = UnixDatagram::unbound().unwrap();
+    for junk in [&b"hello"[..], b"{\"d\":\"shop.test\",\"s\":\"200\"", &[0xff, 0xfe, b'"', 0, b'\n'][..]] {
+        peer.send_to(junk, &socket).unwrap();
+    }
+    peer.send_to(&vec![b'x'; 20_000], &socket).unwrap();
+    let line = br#"{"d":"elsewhere.test","s":200,"b":1,"t":0.001,"ua":"-","us":"-","ut":"-"}"#;
+    peer.send_to(line, &socket).unwrap();
+
+    // The last minute holds completed 5 s slots: wait for the one the traffic went into.
+    let (mut doc, expected) = (serde_json::Value::Null, base["requests"].as_u64().unwrap() + 30 + 10 + 5 + 4);
+    agent.wait_for("the traffic to show in /insight's last minute", Duration::from_secs(20), || {
+        doc = insight(&agent);
+        domain(&doc, "shop.test")["last_minute"]["requests"] == expected
+            && domain(&doc, "down.test")["last_minute"]["requests"] == 8
+    });
+    let shop = &domain(&doc, "shop.test")["last_minute"];
+    assert_eq!(shop["by_class"]["2xx"], count("2xx") + 34, "{shop}");
+    assert_eq!(shop["by_class"]["4xx"], count("4xx") + 10, "{shop}");
+    assert_eq!(shop["by_class"]["5xx"], count("5xx") + 5, "{shop}");
+    let ratio = shop["error_ratio"].as_f64().unwrap();
+    assert!((ratio - (count("5xx") + 5) as f64 / expected as f64).abs() < 1e-9, "{ratio}");
+    // 4 of about 50 took 400 ms: the p95 is one of them (buckets within 12.3 %), the p50 is not.
+    let p95 = shop["request_time_ms"]["p95"].as_f64().unwrap();
+    let p50 = shop["request_time_ms"]["p50"].as_f64().unwrap();
+    assert!((400.0 * 0.87..=600.0).contains(&p95), "p95 {p95} ms: {shop}");
+    assert!(p50 < 100.0, "p50 {p50} ms: {shop}");
+    let down = domain(&doc, "down.test");
+    assert_eq!(down["last_minute"]["by_class"]["5xx"], 8, "{down}");
+    let upstreams = down["upstreams"].as_array().unwrap();
+    let server = upstreams.iter().find(|u| u["server"] == format!("127.0.0.1:{dead}")).expect("the dead server");
+    assert_eq!(server["last_minute"]["errors"], 8, "{down}");
+    assert!(doc["dropped"]["malformed"].as_u64().unwrap() >= 3, "{}", doc["dropped"]);
+    assert!(doc["dropped"]["oversized"].as_u64().unwrap() >= 1, "{}", doc["dropped"]);
+    assert!(doc["dropped"]["unrouted"].as_u64().unwrap() >= 1, "{}", doc["dropped"]);
+
+    // /metrics has the same counts.
+    let metrics = agent.status_get("/metrics").1;
+    for (series, value) in [
+        (r#"smart_proxy_http_requests_total{domain="shop.test",class="2xx"}"#, count("2xx") + 34),
+        (r#"smart_proxy_http_requests_total{domain="shop.test",class="5xx"}"#, count("5xx") + 5),
+        (r#"smart_proxy_http_requests_total{domain="down.test",class="5xx"}"#, 8),
+    ] {
+        let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}:\n{metrics}"));
+        assert_eq!(line.rsplit(' ').next(), Some(value.to_string().as_str()), "{line}");
+    }
+
+    // The per-domain JSON file is still written, with every request.
+    let file = std::fs::read_to_string(agent.path("logs/shop.test.access.log")).unwrap();
+    assert_eq!(file.lines().count() as u64, expected, "{file}");
+}
+
+#[test]
+fn insight_and_access_log_files_can_be_turned_off() {
+    let agent = Agent::start(&[
+        ("NO_DOCKER", "true"),
+        ("DOMAINS", "quiet.test"),
+        ("INSIGHT", "off"),
+        ("ACCESS_LOG_FILES", "off"),
+    ]);
+    agent.wait_for_status("quiet.test", 503, None);
+    let config = std::fs::read_to_string(agent.path("conf.d/default.conf")).unwrap();
+    assert!(!config.contains("syslog:") && !config.contains("logger-json;"), "{config}");
+    assert!(config.contains("access_log off;"), "{config}");
+    assert!(!agent.path("conf.d/smart-proxy-insight.sock").exists());
+    assert!(!agent.path("logs/quiet.test.access.log").exists());
+}
