@@ -1,12 +1,15 @@
 //! Traffic insight (issue 12) through the real nginx: known traffic sent through the agent's own
 //! nginx shows in `/insight` and `/metrics` with the right counts and classes, per domain and
 //! per upstream server; what reaches the socket that is not nginx's line is counted and dropped;
-//! the per-domain JSON files stay; `INSIGHT=off` and `ACCESS_LOG_FILES=off` leave them out.
+//! the per-domain JSON files stay; `INSIGHT=off` and `ACCESS_LOG_FILES=off` leave them out; in
+//! the companion setup nginx's container reaches the agent's socket on the shared volume.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use crate::support::agent::{free_port, write_file, Agent};
+use crate::companion::{started_app, Companion, Options};
+use crate::support::agent::{free_port, http_get, write_file, Agent};
+use crate::support::docker::{docker_output, TestDocker};
 use crate::support::stub_http::{StubHttp, StubReply};
 
 /// The last minute's figures of `domain` in an `/insight` document.
@@ -135,4 +138,30 @@ fn insight_and_access_log_files_can_be_turned_off() {
     assert!(config.contains("access_log off;"), "{config}");
     assert!(!agent.path("conf.d/smart-proxy-insight.sock").exists());
     assert!(!agent.path("logs/quiet.test.access.log").exists());
+}
+
+/// The companion setup: nginx in its own container sends to the socket on the volume it shares
+/// with the agent's container.
+#[test]
+fn the_companion_nginx_sends_its_lines_to_the_agent() {
+    require_docker!();
+    let docker = TestDocker::new();
+    let c = Companion::start(&docker, Options::default());
+    started_app(&docker, &c, "app1");
+    c.wait_for_status("app1.test", 200, Some("app1"));
+    for _ in 0..20 {
+        assert_eq!(http_get(c.port(), "app1.test", "/").0, 200);
+    }
+    let insight = || {
+        let out = docker_output(&["exec", &c.agent, "wget", "-qO-", "http://127.0.0.1:9180/insight"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let mut doc = serde_json::Value::Null;
+    c.wait_for("the companion's lines to reach /insight", Duration::from_secs(20), || {
+        doc = insight();
+        doc["domains"].as_array().is_some_and(|d| {
+            d.iter().any(|d| d["domain"] == "app1.test" && d["total"]["by_class"]["2xx"].as_u64() >= Some(21))
+        })
+    });
+    assert_eq!(doc["dropped"]["malformed"], 0, "{doc}");
 }
