@@ -74,6 +74,8 @@ pub struct Timing {
     pub debounce: Duration,
     pub debounce_max: Duration,
     pub resync: Duration,
+    /// `heal=restart`: how long every request must have failed (`HEAL_AFTER`).
+    pub heal_after: Duration,
 }
 
 /// A setting that cannot be used; the message names the setting.
@@ -143,6 +145,7 @@ impl Config {
                 debounce: settings.debounce.into(),
                 debounce_max: settings.debounce_max.into(),
                 resync: settings.resync_interval.into(),
+                heal_after: settings.heal_after.into(),
             },
             status_addr: settings.status_addr,
             cloudflare_ips_url: settings.cloudflare_ips_url.as_deref().map(cloudflare_ips_url).transpose()?,

@@ -136,6 +136,10 @@ pub struct Settings {
     #[arg(long, env = "DEBOUNCE_MAX", global = true, default_value = "1s")]
     pub debounce_max: humantime::Duration,
 
+    /// `heal=restart`: restart a container once every request to it has failed this long.
+    #[arg(long, env = "HEAL_AFTER", global = true, default_value = "60s")]
+    pub heal_after: humantime::Duration,
+
     /// Full resync with the Docker host (list and inspect every labelled container) this often.
     #[arg(long, env = "RESYNC_INTERVAL", global = true, default_value = "5m")]
     pub resync_interval: humantime::Duration,

@@ -31,6 +31,19 @@ pub struct State {
     inner: Mutex<Inner>,
     /// The traffic figures of the routed domains (`INSIGHT`), fed by `agent::insight`.
     insight: Mutex<crate::insight::Insight>,
+    /// The containers with `heal=restart`, each with a server address nginx logs for it.
+    heal: Mutex<Vec<HealTarget>>,
+}
+
+/// A container the agent may restart (`heal=restart`), at one of its upstream addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealTarget {
+    pub id: String,
+    pub name: String,
+    /// `ip:port`, as nginx logs `$upstream_addr`.
+    pub server: String,
+    /// Docker's health status, when the container has a health check.
+    pub docker_healthy: Option<bool>,
 }
 
 #[derive(Default, Clone)]
@@ -99,6 +112,24 @@ impl State {
     /// The traffic figures, to feed or read (held briefly: nginx's lines wait meanwhile).
     pub fn insight(&self) -> std::sync::MutexGuard<'_, crate::insight::Insight> {
         self.insight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The containers the agent may restart, as of the last pass.
+    pub fn set_heal_targets(&self, targets: Vec<HealTarget>) {
+        *self.heal.lock().unwrap_or_else(|p| p.into_inner()) = targets;
+    }
+
+    pub fn heal_targets(&self) -> Vec<HealTarget> {
+        self.heal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The traffic figures if nobody holds them right now.
+    pub fn try_insight(&self) -> Option<std::sync::MutexGuard<'_, crate::insight::Insight>> {
+        match self.insight.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// A copy of what was published (the route table is shared, not copied).

@@ -165,3 +165,48 @@ fn the_companion_nginx_sends_its_lines_to_the_agent() {
     });
     assert_eq!(doc["dropped"]["malformed"], 0, "{doc}");
 }
+
+/// `heal=restart`: a container whose every request fails (routed to a port nothing listens on, so
+/// a restart changes nothing) is restarted after `HEAL_AFTER`, three times and no more in the
+/// hour, each restart logged with its cause; a container that answers is never restarted.
+#[test]
+fn heal_restart_restarts_a_failing_container_within_its_hourly_cap() {
+    require_docker!();
+    let docker = TestDocker::new();
+    let net = docker.network("net");
+    docker.start(vec![
+        docker.app("wedged").label("domains", "wedged.test").label("port", "9").label("heal", "restart").network(&net),
+        docker.app("fine").label("domains", "fine.test").label("heal", "restart").network(&net),
+    ]);
+    let prefix = docker.prefix();
+    let agent = Agent::start(&[("LABEL_PREFIX", &prefix), ("HEAL_AFTER", "2s")]);
+    agent.wait_for_status("fine.test", 200, Some("fine"));
+    let wedged = docker.name("wedged");
+    let started = |name: &str| {
+        let out = docker_output(&["inspect", "-f", "{{.State.StartedAt}}", name]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (first, fine_first) = (started(&wedged), started(&docker.name("fine")));
+    let restarts = || agent.log().matches("heal: the container restarted").count();
+    let traffic = || {
+        agent.get("wedged.test", "/");
+        assert_eq!(agent.get("fine.test", "/").0, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while restarts() < 3 {
+        assert!(std::time::Instant::now() < deadline, "3 restarts within 90 s:\n{}", agent.log());
+        traffic();
+    }
+    assert_ne!(started(&wedged), first, "Docker restarted the container");
+    // The cap: more failing traffic, no fourth restart.
+    for _ in 0..100 {
+        traffic();
+    }
+    let log = agent.log();
+    assert_eq!(restarts(), 3, "{log}");
+    let causes: Vec<&str> = log.lines().filter(|l| l.contains("heal: restarting the container")).collect();
+    assert_eq!(causes.len(), 3, "{log}");
+    assert!(causes.iter().all(|l| l.contains(&wedged) && l.contains("cause=")), "{causes:#?}");
+    assert_eq!(started(&docker.name("fine")), fine_first, "the answering container is never restarted");
+}

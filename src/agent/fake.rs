@@ -166,6 +166,11 @@ impl DockerApi for FakeDocker {
         Box::pin(async { Ok(()) })
     }
 
+    fn restart<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DockerError>> {
+        self.with(|d| d.calls.push(format!("restart {id}")));
+        Box::pin(async { Ok(()) })
+    }
+
     fn events(&self, _since: i64, _prefix: &str) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
         let (tx, rx) = unbounded();
         self.with(|d| d.streams.push(tx));

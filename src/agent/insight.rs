@@ -1,6 +1,6 @@
 //! The agent's end of `INSIGHT`: the Unix datagram socket nginx's `syslog:` access logs send to
 //! (one request's figures per datagram, `insight::INSIGHT_LOG_FORMAT`), read into the shared
-//! [`Insight`](crate::insight::Insight), and the tick that judges anomalies every few seconds.
+//! [`Insight`](crate::insight::Insight) on a thread of its own, and the tick that judges anomalies every few seconds.
 //!
 //! Why a datagram socket: nginx sends each line with one non-blocking `send` and never waits for
 //! the agent (a slow agent loses lines, it never slows nginx); the per-domain files stay for the
@@ -13,28 +13,50 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixDatagram;
+use std::os::unix::net::UnixDatagram;
 use tracing::{info, warn};
 
-use crate::insight::{AnomalyEvent, MAX_DATAGRAM};
-use crate::status::{now_ms, State};
+use crate::insight::{AnomalyEvent, Candidate, HealConfig, MAX_DATAGRAM};
+use crate::routes::{Origin, RouteTable};
+use crate::sources::docker::DockerApi;
+use crate::sources::label_schema::Heal;
+use crate::sources::labels::{self, Container};
+use crate::status::{now_ms, HealTarget, State};
 
 /// How often anomalies are judged (the insight windows' finest slot).
 const TICK: Duration = Duration::from_secs(5);
+/// The datagrams the kernel should queue for the socket: 1024 lines are 40 ms at 25,000 req/s.
+const QUEUE_WANTED: u32 = 1024;
 /// The socket's receive buffer: room for a burst of about 20,000 lines while the agent is busy.
 const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Binds `socket` (replacing a stale socket a previous run left; refusing to replace anything
 /// else), and starts reading it and ticking.
-pub(super) fn start(socket: &Path, status: Arc<State>) -> anyhow::Result<()> {
+pub(super) fn start(
+    socket: &Path,
+    status: Arc<State>,
+    docker: Option<Arc<dyn DockerApi>>,
+    heal_after: Duration,
+) -> anyhow::Result<()> {
     let sock = bind(socket)?;
     info!(socket = %socket.display(), "insight: reading nginx's access-log lines");
+    let qlen =
+        std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").ok().and_then(|s| s.trim().parse::<u32>().ok());
+    if let Some(qlen) = qlen.filter(|q| *q < QUEUE_WANTED) {
+        warn!(
+            "insight: the kernel queues only {qlen} lines per socket (net.unix.max_dgram_qlen), so under load nginx drops lines and the figures run low; run the agent's container with --sysctl net.unix.max_dgram_qlen={QUEUE_WANTED} (compose: sysctls, as compose/ does)"
+        );
+    }
     let reader = status.clone();
-    tokio::spawn(async move {
-        if let Err(e) = read(sock, &reader).await {
+    std::thread::Builder::new().name("insight-reader".into()).spawn(move || {
+        if let Err(e) = read(&sock, &reader) {
             warn!("insight: reading the socket failed ({e}); /insight and the traffic figures stop here");
         }
-    });
+    })?;
+    if docker.is_some() {
+        let config = HealConfig { failing_for_ms: heal_after.as_millis() as u64, ..HealConfig::default() };
+        status.insight().enable_healing(config);
+    }
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -42,6 +64,9 @@ pub(super) fn start(socket: &Path, status: Arc<State>) -> anyhow::Result<()> {
             ticks.tick().await;
             let events = status.insight().tick(now_ms());
             events.iter().for_each(log);
+            if let Some(docker) = &docker {
+                heal(&status, docker.as_ref()).await;
+            }
         }
     });
     Ok(())
@@ -67,23 +92,97 @@ fn bind(path: &Path) -> anyhow::Result<UnixDatagram> {
     Ok(sock)
 }
 
-/// Reads datagrams as they come, each batch under one lock.
-async fn read(sock: UnixDatagram, status: &State) -> std::io::Result<()> {
+/// Reads datagrams as they come, on a thread of its own: the kernel queues only a few datagrams
+/// per socket (`net.unix.max_dgram_qlen`, 10 by default), and nginx drops a line it cannot send at
+/// once, so the reader must be back at `recv` within moments, whatever the runtime is doing. Lines
+/// wait in `pending` while `/insight` or a tick holds the figures, and are ingested in one batch.
+fn read(sock: &std::os::unix::net::UnixDatagram, status: &State) -> std::io::Result<()> {
     // One byte more than a line may have: a longer datagram arrives cut, at this length, and is
     // counted as oversized.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let (mut pending, mut ends) = (Vec::<u8>::with_capacity(1 << 20), Vec::<usize>::new());
+    // Waiting lines are ingested at the latest this long after they came.
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     loop {
-        sock.readable().await?;
-        let mut insight = status.insight();
-        let now = now_ms();
-        loop {
-            match sock.try_recv(&mut buf) {
-                Ok(n) => insight.ingest(&buf[..n], now),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                ends.push(pending.len());
             }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e),
+        }
+        if ends.is_empty() {
+            continue;
+        }
+        // Past this many waiting lines, wait for the figures rather than hold more.
+        let insight = if ends.len() >= 65_536 { Some(status.insight()) } else { status.try_insight() };
+        if let Some(mut insight) = insight {
+            let now = now_ms();
+            let mut start = 0;
+            for &end in &ends {
+                insight.ingest(&pending[start..end], now);
+                start = end;
+            }
+            pending.clear();
+            ends.clear();
         }
     }
+}
+
+/// Restarts the `heal=restart` containers whose every request failed for `HEAL_AFTER` (the
+/// healer decides, and keeps the hourly cap).
+async fn heal(status: &State, docker: &dyn DockerApi) {
+    let targets = status.heal_targets();
+    if targets.is_empty() {
+        return;
+    }
+    let restarts = {
+        let candidates: Vec<Candidate> = targets
+            .iter()
+            .map(|t| Candidate { container: &t.id, server: &t.server, docker_healthy: t.docker_healthy })
+            .collect();
+        let mut insight = status.insight();
+        insight.healer_mut().map(|h| h.decide(&candidates, now_ms())).unwrap_or_default()
+    };
+    for restart in restarts {
+        let name = targets.iter().find(|t| t.id == restart.container).map_or(restart.container.as_str(), |t| &t.name);
+        warn!(container = name, server = %restart.server, cause = %restart.cause, "heal: restarting the container");
+        match docker.restart(&restart.container).await {
+            Ok(()) => info!(container = name, "heal: the container restarted"),
+            Err(e) => warn!(container = name, "heal: the restart failed: {e}"),
+        }
+    }
+}
+
+/// The containers with `heal=restart` that run, each at every upstream address it has in `table`.
+pub(super) fn heal_targets<'a>(
+    containers: impl Iterator<Item = &'a Container>,
+    table: &RouteTable,
+    prefix: &str,
+) -> Vec<HealTarget> {
+    let healing: std::collections::BTreeMap<&str, &Container> = containers
+        .filter(|c| c.running && labels::heal(c, prefix) == Heal::Restart)
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let mut targets: Vec<HealTarget> = table
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.backends)
+        .filter_map(|b| {
+            let Origin::Container { name, .. } = &b.origin else { return None };
+            let c = healing.get(name.as_str())?;
+            Some(HealTarget {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                server: b.address(),
+                docker_healthy: c.health.map(|h| h == labels::Health::Healthy),
+            })
+        })
+        .collect();
+    targets.sort_by(|a, b| (&a.id, &a.server).cmp(&(&b.id, &b.server)));
+    targets.dedup();
+    targets
 }
 
 fn log(event: &AnomalyEvent) {

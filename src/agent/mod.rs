@@ -197,10 +197,6 @@ impl Controller {
         let applier = Applier::new(nginx, config.nginx.conf.clone(), config.certs_dir.clone());
         let status = Arc::new(crate::status::State::default());
         crate::status::start(&config, status.clone(), &applier.nginx, docker.as_ref()).await;
-        // Before nginx starts, so that its first lines find the socket.
-        if let Some(socket) = &config.render.insight_socket {
-            insight::start(socket.as_path(), status.clone())?;
-        }
 
         let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
         if let (Some(manager), Some(acme)) = (config.cert_manager()?, &config.acme) {
@@ -212,6 +208,10 @@ impl Controller {
         let docker = docker.map(|client| Arc::new(client) as Arc<dyn DockerApi>);
         if let Some(client) = docker.clone() {
             tokio::spawn(watch_docker(client, tx.clone(), config.label_prefix.clone()));
+        }
+        // Before nginx starts (in the first pass), so that its first lines find the socket.
+        if let Some(socket) = &config.render.insight_socket {
+            insight::start(socket.as_path(), status.clone(), docker.clone(), config.timing.heal_after)?;
         }
         spawn_resync_timer(tx.clone(), config.timing.resync);
         if let Some(url) = &config.cloudflare_ips_url {
@@ -357,6 +357,10 @@ impl Controller {
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().map(|c| self.describe(c)).collect();
         let result = self.applier.apply(&self.renderer, &self.config.render, &table).await;
         self.status.applied(&table, &result);
+        if result.is_ok() {
+            let targets = insight::heal_targets(self.store.containers(), &table, &self.config.label_prefix);
+            self.status.set_heal_targets(targets);
+        }
         match result {
             Ok(applied) if !applied.changed => {
                 if applied.auth_files > 0 {

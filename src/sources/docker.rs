@@ -88,6 +88,8 @@ pub trait DockerApi: Send + Sync + std::fmt::Debug {
     /// The named nginx container's networks and the start of its current run.
     fn nginx_state<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<NginxState, DockerError>>;
     fn ping(&self) -> BoxFuture<'_, Result<(), DockerError>>;
+    /// Restarts a container (`heal=restart`): stop (SIGTERM, 3 s to exit), then start.
+    fn restart<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DockerError>>;
     /// The events that can change routes, from `since` (unix seconds) on.
     fn events(&self, since: i64, prefix: &str) -> BoxStream<'static, Result<ContainerEvent, DockerError>>;
 }
@@ -107,6 +109,19 @@ impl DockerApi for DockerClient {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), DockerError>> {
         Box::pin(DockerClient::ping(self))
+    }
+
+    fn restart<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DockerError>> {
+        Box::pin(async move {
+            let options = bollard::query_parameters::RestartContainerOptionsBuilder::default().t(3).build();
+            let restart = async {
+                self.docker
+                    .restart_container(id, Some(options))
+                    .await
+                    .map_err(|source| DockerError::Api { call: format!("restart container {id}"), source })
+            };
+            bounded(|| format!("restart container {id}"), restart).await
+        })
     }
 
     fn events(&self, since: i64, prefix: &str) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {

@@ -86,6 +86,29 @@ pub enum ValueKind {
     Burst,
     /// `ip` or `header:<Name>` ([`RateKey`]).
     RateKey,
+    /// `off` or `restart` ([`Heal`]).
+    Heal,
+}
+
+/// What the agent does about a container whose app fails every request (`heal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Heal {
+    #[default]
+    Off,
+    /// Restart it through Docker (docs/insight.md, "Restarts").
+    Restart,
+}
+
+impl Heal {
+    pub const ALLOWED: &'static str = "off or restart";
+
+    pub fn parse(raw: &str) -> Result<Heal, String> {
+        match raw.trim() {
+            "off" => Ok(Heal::Off),
+            "restart" => Ok(Heal::Restart),
+            other => Err(format!("{other:?} is not a heal action; allowed: {}", Heal::ALLOWED)),
+        }
+    }
 }
 
 /// A parsed label value, one variant per [`ValueKind`].
@@ -121,6 +144,7 @@ pub enum Value {
     Rate(Option<Rate>),
     Burst(u32),
     RateKey(RateKey),
+    Heal(Heal),
 }
 
 impl ValueKind {
@@ -181,6 +205,7 @@ impl ValueKind {
             ValueKind::Rate => Rate::parse(raw).map(Value::Rate).map_err(|e| vec![e.to_string()]),
             ValueKind::Burst => access::parse_burst(raw).map(Value::Burst).map_err(|e| vec![e.to_string()]),
             ValueKind::RateKey => RateKey::parse(raw).map(Value::RateKey).map_err(|e| vec![e.to_string()]),
+            ValueKind::Heal => Heal::parse(raw).map(Value::Heal).map_err(|e| vec![e]),
         }
     }
 
@@ -217,6 +242,7 @@ impl ValueKind {
             ValueKind::Rate => access::allowed::RATE.to_string(),
             ValueKind::Burst => access::allowed::BURST.to_string(),
             ValueKind::RateKey => access::allowed::RATE_KEY.to_string(),
+            ValueKind::Heal => Heal::ALLOWED.to_string(),
         }
     }
 }
@@ -497,6 +523,15 @@ pub const KEYS: &[LabelKey] = &[
         meaning: "`false` ignores the container",
         default: "`true`",
         example: "true",
+    },
+    LabelKey {
+        key: "heal",
+        scope: Scope::Container,
+        inherited: false,
+        kind: ValueKind::Heal,
+        meaning: "`restart`: the agent restarts the container through Docker when every request to it has failed for `HEAL_AFTER` (at least 5 requests) and Docker's health check, if it has one, does not say healthy; at most 3 restarts an hour, each logged with its cause (docs/insight.md)",
+        default: "`off`",
+        example: "restart",
     },
     LabelKey {
         key: "nginx",

@@ -679,6 +679,11 @@ fn choose_network(
     }
 }
 
+/// The container's `heal` label (`off` when absent or not valid: `routes` reports a bad value).
+pub fn heal(c: &Container, prefix: &str) -> label_schema::Heal {
+    c.labels.get(&format!("{prefix}.heal")).and_then(|v| label_schema::Heal::parse(v).ok()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
