@@ -115,6 +115,32 @@ fn rss_kib(pid: u32) -> u64 {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
+/// CPU time (user + system, seconds) of `pid` and its children so far: the agent with its
+/// threads, or nginx's master with its workers.
+fn cpu_of_tree(pid: u32) -> f64 {
+    let ticks = |stat: &str| -> Option<(u32, f64)> {
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let t: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some((ppid, t / 100.0))
+    };
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Some((ppid, t)) = std::fs::read_to_string(format!("/proc/{p}/stat")).ok().as_deref().and_then(ticks) else {
+            continue;
+        };
+        if p == pid || ppid == pid {
+            total += t;
+        }
+    }
+    total
+}
+
+fn nginx_pid(agent: &Agent) -> u32 {
+    std::fs::read_to_string(agent.nginx_pid_file()).unwrap().trim().parse().unwrap()
+}
+
 /// The requests the agent counted for bench.test since it started.
 fn counted(agent: &Agent) -> u64 {
     let (_, body) = agent.status_get("/insight");
@@ -134,17 +160,21 @@ fn main() {
         assert_eq!(wrk(a.port, 1).2, 0, "the route answers errors");
     }
     let before = counted(&insight);
-    let (mut rps, mut made) = ([Vec::new(), Vec::new()], 0u64);
+    let (mut rps, mut made) = ([Vec::new(), Vec::new()], [0u64; 2]);
+    // CPU seconds of each agent and of its nginx during its runs.
+    let (mut agent_cpu, mut nginx_cpu) = ([0.0f64; 2], [0.0f64; 2]);
     for round in 0..rounds {
         for i in 0..2 {
             let which = (i + round) % 2;
             let a = if which == 0 { &files } else { &insight };
+            let (pid, nginx) = (a.pid().unwrap(), nginx_pid(a));
+            let (cpu0, nginx0) = (cpu_of_tree(pid), cpu_of_tree(nginx));
             let (value, n, failed) = wrk(a.port, seconds);
+            agent_cpu[which] += cpu_of_tree(pid) - cpu0;
+            nginx_cpu[which] += cpu_of_tree(nginx) - nginx0;
             assert_eq!(failed, 0, "errors under load");
             rps[which].push(value);
-            if which == 1 {
-                made += n;
-            }
+            made[which] += n;
         }
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -158,9 +188,20 @@ fn main() {
         if with / base >= 0.95 { "met" } else { "not met" }
     );
     println!(
-        "lines the agent counted: {lines} of the {made} requests wrk made ({:.2} %; wrk counts only answers it read)",
-        lines as f64 * 100.0 / made.max(1) as f64
+        "lines the agent counted: {lines} of the {} requests wrk made ({:.2} %; wrk counts only answers it read)",
+        made[1],
+        lines as f64 * 100.0 / made[1].max(1) as f64
     );
+    let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
+    for (which, name) in [(0, "files only"), (1, "files + insight")] {
+        println!(
+            "{name:<16} CPU per request: nginx {:.1} µs, agent {:.1} µs",
+            per(nginx_cpu[which], made[which]),
+            per(agent_cpu[which], made[which])
+        );
+    }
+    let queue = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").unwrap_or_default();
+    println!("net.unix.max_dgram_qlen here: {}", queue.trim());
 
     // Soak: the agent's memory under sustained traffic.
     let pid = insight.pid().expect("running");
