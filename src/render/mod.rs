@@ -1140,6 +1140,27 @@ fn hash_sizes(table: &RouteTable) -> HashSizes {
 mod tests {
     use super::*;
 
+    /// Settings with short paths, the agent's socket on and a resolver.
+    fn test_settings(local: bool) -> RenderSettings {
+        RenderSettings {
+            local,
+            http_port: 80,
+            https_port: 443,
+            certs_dir: ConfigPath("/c".into()),
+            acme_webroot: ConfigPath("/w".into()),
+            log_dir: ConfigPath("/l".into()),
+            error_logs_max: 1000,
+            auth_dir: ConfigPath("/a".into()),
+            insight_socket: Some(ConfigPath("/i.sock".into())),
+            access_log_files: true,
+            nginx_version: NginxVersion::ASSUMED,
+            resolver: vec!["127.0.0.11".parse().unwrap()],
+            ipv6: true,
+            real_ip: None,
+            error_pages: ErrorPages::default(),
+        }
+    }
+
     #[test]
     fn versions() {
         assert_eq!(NginxVersion::parse("nginx version: nginx/1.22.1\n"), Some(NginxVersion(1, 22, 1)));
@@ -1224,23 +1245,7 @@ mod tests {
         let err = r
             .render(
                 &RouteTable::default(),
-                &RenderSettings {
-                    local: true,
-                    http_port: 80,
-                    https_port: 443,
-                    certs_dir: ConfigPath("/c".into()),
-                    acme_webroot: ConfigPath("/w".into()),
-                    log_dir: ConfigPath("/l".into()),
-                    error_logs_max: 1000,
-                    auth_dir: ConfigPath("/a".into()),
-                    insight_socket: None,
-                    access_log_files: true,
-                    nginx_version: NginxVersion::ASSUMED,
-                    resolver: vec![],
-                    ipv6: true,
-                    real_ip: None,
-                    error_pages: ErrorPages::default(),
-                },
+                &RenderSettings { resolver: vec![], insight_socket: None, ..test_settings(true) },
             )
             .unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
@@ -1297,23 +1302,7 @@ mod tests {
             Renderer::from_source("whole.j2".into(), format!("{BUILTIN_TEMPLATE}{{# rendered whole #}}")).unwrap();
         assert!(!whole.split && Renderer::builtin().split);
         for local in [false, true] {
-            let settings = RenderSettings {
-                local,
-                http_port: 80,
-                https_port: 443,
-                certs_dir: ConfigPath("/c".into()),
-                acme_webroot: ConfigPath("/w".into()),
-                log_dir: ConfigPath("/l".into()),
-                error_logs_max: 1000,
-                auth_dir: ConfigPath("/a".into()),
-                insight_socket: Some(ConfigPath("/i.sock".into())),
-                access_log_files: true,
-                nginx_version: NginxVersion::ASSUMED,
-                resolver: vec!["127.0.0.11".parse().unwrap()],
-                ipv6: true,
-                real_ip: None,
-                error_pages: ErrorPages::default(),
-            };
+            let settings = test_settings(local);
             let cut = Renderer::builtin().render(&table, &settings).unwrap();
             let expected = whole.render(&table, &settings).unwrap();
             let at = cut.bytes().zip(expected.bytes()).take_while(|(a, b)| a == b).count();
