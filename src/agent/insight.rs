@@ -1,6 +1,7 @@
 //! The agent's end of `INSIGHT`: the Unix datagram socket nginx's `syslog:` access logs send to
 //! (one request's figures per datagram, `insight::INSIGHT_LOG_FORMAT`), read into the shared
-//! [`Insight`](crate::insight::Insight) on a thread of its own, and the tick that judges anomalies every few seconds.
+//! [`Insight`](crate::insight::Insight) on a thread of its own; the tick that judges anomalies
+//! every few seconds; and `heal=restart`.
 //!
 //! Why a datagram socket: nginx sends each line with one non-blocking `send` and never waits for
 //! the agent (a slow agent loses lines, it never slows nginx); the per-domain files stay for the
@@ -9,11 +10,11 @@
 
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::os::unix::net::UnixDatagram;
 use tracing::{info, warn};
 
 use crate::insight::{AnomalyEvent, Candidate, HealConfig, MAX_DATAGRAM};
@@ -27,8 +28,6 @@ use crate::status::{now_ms, HealTarget, State};
 const TICK: Duration = Duration::from_secs(5);
 /// The datagrams the kernel should queue for the socket: 1024 lines are 40 ms at 25,000 req/s.
 const QUEUE_WANTED: u32 = 1024;
-/// The socket's receive buffer: room for a burst of about 20,000 lines while the agent is busy.
-const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Binds `socket` (replacing a stale socket a previous run left; refusing to replace anything
 /// else), and starts reading it and ticking.
@@ -85,11 +84,9 @@ fn bind(path: &Path) -> anyhow::Result<UnixDatagram> {
     })?;
     // nginx's workers run as an unprivileged user (in the companion setup, in another container):
     // they must be able to send. What they send is counted, never trusted beyond that.
+    // (A Unix datagram socket's queue is counted in datagrams, `net.unix.max_dgram_qlen`, not
+    // bytes: a larger receive buffer would not hold more lines.)
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    let fd = std::os::fd::AsFd::as_fd(&sock);
-    if let Err(e) = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &RECEIVE_BUFFER) {
-        warn!("insight: cannot enlarge the socket's receive buffer ({e}); a burst may lose lines");
-    }
     Ok(sock)
 }
 
@@ -100,7 +97,7 @@ fn bind(path: &Path) -> anyhow::Result<UnixDatagram> {
 /// 18,000 req/s on a loaded 2-core machine, even with a queue of 1024: the sleeps ran long.)
 ///
 /// Lines wait in `pending` while `/insight` or a tick holds the figures, and go in by batch.
-fn read(sock: &std::os::unix::net::UnixDatagram, status: &State) -> std::io::Result<()> {
+fn read(sock: &UnixDatagram, status: &State) -> std::io::Result<()> {
     // One byte more than a line may have: a longer datagram arrives cut, at this length, and is
     // counted as oversized.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
