@@ -173,6 +173,8 @@ impl<'d> Companion<'d> {
         }
         let mut args: Vec<&str> = vec!["create", "--name", &self.agent, "--label", &owner, "--network", &self.net];
         args.extend(["--volume", "/var/run/docker.sock:/var/run/docker.sock", "--volume", &mount]);
+        // As compose/ runs it: room in the insight socket's queue.
+        args.extend(["--sysctl", "net.unix.max_dgram_qlen=1024"]);
         for e in &env {
             args.extend(["--env", e]);
         }
