@@ -48,6 +48,17 @@ pub enum Command {
     /// Ask the running agent's status endpoint (GET /healthz on STATUS_ADDR): exit 0 when healthy,
     /// 1 with the reason otherwise. For Docker's HEALTHCHECK.
     Health,
+    /// Live traffic per domain from the running agent's /insight on STATUS_ADDR (with
+    /// STATUS_TOKEN when set): req/s, status classes, p50/p95, upstream errors, anomaly flags.
+    /// Keys: r, e, p, n sort; q quits. Plain text when stdout is not a terminal.
+    Top {
+        /// Print one table and exit.
+        #[arg(long)]
+        once: bool,
+        /// The order of the lines.
+        #[arg(long, value_enum, default_value = "rate")]
+        sort: crate::top::Sort,
+    },
     /// Print the JSON Schema of the JSON config file (CONFIG_FILE, DOMAINS_CONFIG, SERVICES_CONFIG).
     ConfigSchema,
     /// Certificates of the routed TLS domains.
@@ -122,6 +133,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         // Docker runs it every interval: it needs the status address and nothing else.
         return Ok(health(cli.settings.status_addr).await);
     }
+    if let (Some(Command::Top { once, sort }), false) = (&cli.command, cli.dry_run) {
+        // Like `health`: the status address (and its token), nothing else.
+        let token = cli.settings.status_token.as_ref().filter(|t| !t.expose().is_empty());
+        crate::top::run(cli.settings.status_addr, token, *sort, *once).await?;
+        return Ok(EXIT_OK);
+    }
     if let (Some(Command::ConfigSchema), false) = (&cli.command, cli.dry_run) {
         // A constant: it needs no setting.
         std::io::stdout().write_all(crate::sources::config_schema::json_schema_text().as_bytes())?;
@@ -137,7 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Certs { command: CertsCommand::Renew { force, domains } }) => {
             certs_renew(&config, force, &domains).await
         }
-        Some(Command::Health | Command::ConfigSchema) => unreachable!("answered above"),
+        Some(Command::Health | Command::ConfigSchema | Command::Top { .. }) => unreachable!("answered above"),
         Some(Command::Run) | None => {
             crate::agent::run(config, shutdown_signal()).await?;
             Ok(EXIT_OK)

@@ -53,6 +53,8 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     pub timing: Timing,
     pub status_addr: StatusAddr,
+    /// `STATUS_TOKEN` (an empty value is unset): see `dashboard::auth`.
+    pub status_token: Option<crate::secret::Secret>,
     /// `CLOUDFLARE_IPS_URL`, when Cloudflare's ranges are refreshed.
     pub cloudflare_ips_url: Option<reqwest::Url>,
 }
@@ -148,6 +150,7 @@ impl Config {
                 heal_after: settings.heal_after.into(),
             },
             status_addr: settings.status_addr,
+            status_token: settings.status_token.clone().filter(|t| !t.expose().is_empty()),
             cloudflare_ips_url: settings.cloudflare_ips_url.as_deref().map(cloudflare_ips_url).transpose()?,
         })
     }

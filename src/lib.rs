@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod fsutil;
 pub mod insight;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod secret;
 pub mod settings;
 pub mod sources;
 pub mod status;
+pub mod top;
 
 #[cfg(test)]
 mod tests {

@@ -246,6 +246,11 @@ pub struct Settings {
     #[arg(long, env = "STATUS_ADDR", global = true, default_value = "127.0.0.1:9180")]
     pub status_addr: StatusAddr,
 
+    /// The bearer token of the status endpoint (dashboard, /routes, /metrics...; not /healthz).
+    /// Required when STATUS_ADDR is not a loopback address; on loopback, required only if set.
+    #[arg(long, env = "STATUS_TOKEN", global = true, hide_env_values = true)]
+    pub status_token: Option<Secret>,
+
     /// Log format on stderr.
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -1,4 +1,6 @@
-//! The status endpoint on `STATUS_ADDR`: `/healthz`, `/metrics`, `/routes` (GET and HEAD only).
+//! The status endpoint on `STATUS_ADDR`: `/healthz`, `/metrics`, `/routes`, `/certs`, `/events`
+//! and the dashboard on `/` (GET and HEAD only; every path but `/healthz` behind `STATUS_TOKEN`
+//! as [`crate::dashboard::auth`] says).
 //!
 //! A small hyper 1 server on the agent's runtime. The controller publishes what it did into
 //! [`State`] (a short lock per pass, never held across an await); everything else is read when a
@@ -21,6 +23,9 @@ use serde::Serialize;
 use tracing::{error, info};
 
 use crate::apply::{Applied, ApplyError, Dropped, Nginx};
+use crate::dashboard::auth::Guard;
+pub use crate::dashboard::events::EventKind;
+use crate::dashboard::events::Events;
 use crate::routes::{Diagnostic, DomainName, RouteTable};
 pub use crate::settings::StatusAddr;
 use crate::sources::docker::DockerClient;
@@ -33,6 +38,8 @@ pub struct State {
     insight: Mutex<crate::insight::Insight>,
     /// The containers with `heal=restart`, each with a server address nginx logs for it.
     heal: Mutex<Vec<HealTarget>>,
+    /// Recent decisions, for `/events` (see [`State::event`]).
+    events: Events,
 }
 
 /// A container the agent may restart (`heal=restart`), at one of its upstream addresses.
@@ -65,8 +72,16 @@ struct Live {
 }
 
 impl State {
+    /// Records an event for the dashboard (`/events`, the last 200): one line naming the domain,
+    /// with no setting or secret in it, e.g. `state.event(EventKind::Anomaly, format!(...))`.
+    pub fn event(&self, kind: EventKind, text: String) {
+        self.events.push(crate::dashboard::events::now_ms(), kind, text);
+    }
+
     /// Records an apply's outcome (and, on success, the table it made live).
     pub fn applied(&self, table: &RouteTable, result: &Result<Applied, ApplyError>) {
+        let before = self.snapshot();
+        self.record_apply(&before, table, result);
         let outcome = match result {
             Ok(_) => Ok(()),
             Err(ApplyError::NotRouteRelated { .. }) => Err(
@@ -96,6 +111,50 @@ impl State {
         let mut inner = self.inner.lock().expect("status lock");
         inner.apply = Some(outcome);
         inner.live = Some(live);
+    }
+
+    /// The events of an apply: a failure (once per new reason), a reload, the domains routed,
+    /// no longer routed or left out since the last successful apply.
+    fn record_apply(&self, before: &Inner, table: &RouteTable, result: &Result<Applied, ApplyError>) {
+        use std::collections::BTreeSet;
+        let applied = match result {
+            Err(e) => {
+                let reason = one_line(&e.to_string());
+                if before.apply.as_ref() != Some(&Err(reason.clone())) {
+                    self.event(
+                        EventKind::ApplyFailed,
+                        format!("apply failed, nginx keeps its last good config: {reason}"),
+                    );
+                }
+                return;
+            }
+            Ok(applied) if applied.changed => applied,
+            Ok(_) => return,
+        };
+        let live = |table: &RouteTable, left_out: &[Dropped]| -> BTreeSet<String> {
+            let out: BTreeSet<&DomainName> = left_out.iter().map(|d| &d.domain).collect();
+            table.sites.iter().filter(|s| !out.contains(&s.domain)).map(|s| s.domain.to_string()).collect()
+        };
+        let now = live(table, &applied.dropped);
+        let reloaded = if applied.reloaded { ", nginx reloaded" } else { "" };
+        self.event(EventKind::Reload, format!("config applied: {} domains live{reloaded}", now.len()));
+        let Some(previous) = &before.live else { return };
+        let was = live(&previous.table, &previous.left_out);
+        let listed = |kind: EventKind, domains: Vec<&String>, what: &str| {
+            if domains.len() <= 10 {
+                for d in domains {
+                    self.event(kind, format!("{d} {what}"));
+                }
+            } else {
+                let first: Vec<&str> = domains.iter().take(5).map(|d| d.as_str()).collect();
+                self.event(kind, format!("{} domains {what}: {}, …", domains.len(), first.join(", ")));
+            }
+        };
+        listed(EventKind::RouteAdded, now.difference(&was).collect(), "routed");
+        listed(EventKind::RouteRemoved, was.difference(&now).collect(), "no longer routed");
+        for d in applied.dropped.iter().filter(|d| !previous.left_out.iter().any(|p| p.domain == d.domain)).take(10) {
+            self.event(EventKind::LeftOut, format!("{} left out: {}", d.domain, one_line(&d.reason)));
+        }
     }
 
     /// Docker calls fail (`Some`: what fails) or succeed again (`None`).
@@ -158,7 +217,11 @@ struct Server {
     state: Arc<State>,
     probe: Probe,
     certs_dir: PathBuf,
+    /// `CERT_RENEWAL_THRESHOLD`, for `/certs`' statuses.
+    renew_days: i64,
     local: bool,
+    /// Who may read what (`STATUS_TOKEN`).
+    guard: Guard,
     /// One `/metrics` at a time (it refreshes the certificate gauges before encoding).
     scrape: tokio::sync::Mutex<()>,
 }
@@ -179,6 +242,10 @@ pub async fn start(config: &crate::config::Config, state: Arc<State>, nginx: &Ng
             return;
         }
     };
+    let guard = Guard::new(addr, config.status_token.as_ref());
+    if let Guard::Refuse { .. } = guard {
+        error!("STATUS_ADDR {addr} is not a loopback address and STATUS_TOKEN is unset: every path but /healthz answers 401 (set STATUS_TOKEN)");
+    }
     let docker = docker.map(|c| c.raw().clone());
     let nginx = match nginx {
         Nginx::Local(_) => NginxProbe::Local,
@@ -188,10 +255,12 @@ pub async fn start(config: &crate::config::Config, state: Arc<State>, nginx: &Ng
         state,
         probe: Probe { docker_wanted: config.docker, docker, nginx },
         certs_dir: config.certs_dir.clone(),
+        renew_days: config.renew_days,
         local: config.mode.is_local(),
+        guard,
         scrape: tokio::sync::Mutex::new(()),
     });
-    info!("status endpoint on http://{addr} (/healthz, /metrics, /routes)");
+    info!("status endpoint on http://{addr} (the dashboard on /; /healthz, /metrics, /routes, /certs, /events)");
     tokio::spawn(serve(listener, server));
 }
 
@@ -233,7 +302,21 @@ impl Server {
             response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
             return response;
         }
+        if let Err(denied) = self.guard.check(req.uri().path(), req.headers()) {
+            let mut response = text(StatusCode::UNAUTHORIZED, format!("{denied}\n"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return response;
+        }
         match req.uri().path() {
+            "/" => page(crate::dashboard::INDEX_HTML, "text/html; charset=utf-8"),
+            "/dashboard.js" => page(crate::dashboard::SCRIPT, "text/javascript; charset=utf-8"),
+            "/dashboard.css" => page(crate::dashboard::STYLE, "text/css; charset=utf-8"),
+            "/login" => self.login(req.headers()),
+            "/certs" => {
+                let body = self.certs().await;
+                respond(StatusCode::OK, "application/json", body)
+            }
+            "/events" => respond(StatusCode::OK, "application/json", self.state.events.to_json()),
             "/healthz" => match self.health().await {
                 Ok(()) => text(StatusCode::OK, "ok\n".into()),
                 Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
@@ -257,7 +340,12 @@ impl Server {
                 Some(json) => respond(StatusCode::OK, "application/json", json),
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "no config applied yet\n".into()),
             },
-            _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /metrics, /routes or /insight\n".into()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /, /healthz, /metrics, /routes, /insight, /certs or /events
+"
+                .into(),
+            ),
         }
     }
 
@@ -325,6 +413,40 @@ impl Server {
             text
         })
         .unwrap_or_else(|e| format!("# cannot encode the metrics: {e}\n"))
+    }
+
+    /// `GET /login` with the bearer token: sets the dashboard's cookie (204), or 401.
+    fn login(&self, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+        let Some(cookie) = self.guard.set_cookie() else {
+            return respond(StatusCode::NO_CONTENT, "text/plain; charset=utf-8", String::new());
+        };
+        if !self.guard.bearer_ok(headers) {
+            let denied = crate::dashboard::auth::Denied::Wrong;
+            return text(StatusCode::UNAUTHORIZED, format!("{denied}\n"));
+        }
+        let mut response = respond(StatusCode::NO_CONTENT, "text/plain; charset=utf-8", String::new());
+        if let Ok(value) = header::HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        response
+    }
+
+    /// `/certs`: the live TLS domains' certificates, as `certs list` shows them (none in local mode).
+    async fn certs(&self) -> String {
+        let domains: Vec<DomainName> = match (self.local, self.state.snapshot().live) {
+            (false, Some(live)) => {
+                live.table.tls_domains().into_iter().filter(|d| !live.left_out.iter().any(|x| x.domain == *d)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let store = crate::certs::store::CertStore::new(&self.certs_dir);
+        let renew_days = self.renew_days;
+        // File IO: off the runtime's worker threads.
+        tokio::task::spawn_blocking(move || {
+            crate::dashboard::certs_json(&store.status(&domains, renew_days, time::OffsetDateTime::now_utc()))
+        })
+        .await
+        .unwrap_or_else(|e| format!("{{\"error\": {:?}}}\n", e.to_string()))
     }
 
     fn routes(&self) -> Option<String> {
@@ -405,6 +527,16 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
     response
 }
 
+/// A page of the dashboard, with its Content-Security-Policy.
+fn page(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = respond(StatusCode::OK, content_type, body.to_string());
+    let headers = response.headers_mut();
+    headers.insert("content-security-policy", header::HeaderValue::from_static(crate::dashboard::CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", header::HeaderValue::from_static("no-referrer"));
+    response
+}
+
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     respond(status, "text/plain; charset=utf-8", body)
 }
@@ -477,7 +609,9 @@ mod tests {
             state: Arc::default(),
             probe: Probe { docker_wanted: docker.is_some(), docker, nginx },
             certs_dir: PathBuf::from("/nonexistent"),
+            renew_days: 30,
             local: true,
+            guard: Guard::Open,
             scrape: tokio::sync::Mutex::new(()),
         }
     }
@@ -514,6 +648,85 @@ mod tests {
         let post = s.handle(get("/healthz", Method::POST)).await;
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+    }
+
+    #[tokio::test]
+    async fn the_token_guards_every_path_but_healthz_and_login_sets_the_cookie() {
+        let mut s = server(None, NginxProbe::Local);
+        s.state.nginx_started(Some(std::process::id()));
+        s.state.applied(&RouteTable::default(), &Ok(Applied::default()));
+        s.guard = Guard::new("0.0.0.0:9180".parse().unwrap(), Some(&crate::secret::Secret::new("tok")));
+        let get = |path: &str, auth: Option<&str>| {
+            let mut r = Request::builder().uri(path);
+            if let Some(a) = auth {
+                r = r.header(header::AUTHORIZATION, a);
+            }
+            r.body(()).unwrap()
+        };
+        let body = |r: Response<Full<Bytes>>| async move {
+            use http_body_util::BodyExt as _;
+            String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        };
+        assert_eq!(s.handle(get("/healthz", None)).await.status(), StatusCode::OK);
+        let denied = s.handle(get("/routes", None)).await;
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(denied.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert!(body(denied).await.contains("Authorization: Bearer"));
+        assert_eq!(s.handle(get("/events", Some("Bearer nope"))).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(s.handle(get("/events", Some("Bearer tok"))).await.status(), StatusCode::OK);
+        let page = s.handle(get("/", None)).await;
+        assert_eq!(page.status(), StatusCode::OK, "the login form");
+        assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+        assert_eq!(s.handle(get("/login", Some("Bearer nope"))).await.status(), StatusCode::UNAUTHORIZED);
+        let login = s.handle(get("/login", Some("Bearer tok"))).await;
+        assert_eq!(login.status(), StatusCode::NO_CONTENT);
+        let cookie = login.headers()[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+        let with_cookie = Request::builder().uri("/certs").header(header::COOKIE, cookie).body(()).unwrap();
+        let certs = s.handle(with_cookie).await;
+        assert_eq!(certs.status(), StatusCode::OK);
+        assert_eq!(body(certs).await.trim(), "{\n  \"certificates\": []\n}");
+
+        s.guard = Guard::new("0.0.0.0:9180".parse().unwrap(), None);
+        let refused = s.handle(get("/", Some("Bearer tok"))).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert!(body(refused).await.contains("STATUS_TOKEN is unset: set STATUS_TOKEN"));
+        assert_eq!(s.handle(get("/healthz", None)).await.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn applies_record_reloads_routes_added_removed_and_left_out() {
+        let state = State::default();
+        let kinds = |state: &State| -> Vec<(EventKind, String)> {
+            state.events.list().into_iter().map(|e| (e.kind, e.text)).collect()
+        };
+        let changed = |dropped: Vec<Dropped>| Applied { changed: true, reloaded: true, dropped, ..Default::default() };
+        let ab = RouteTable::build(vec![crate::sources::env::parse(Some("a.com,b.com"), None)]);
+        state.applied(&ab, &Ok(changed(vec![])));
+        assert_eq!(kinds(&state), [(EventKind::Reload, "config applied: 2 domains live, nginx reloaded".to_string())]);
+        state.applied(&ab, &Ok(Applied::default()));
+        assert_eq!(kinds(&state).len(), 1, "an unchanged pass records nothing");
+
+        let bc = RouteTable::build(vec![crate::sources::env::parse(Some("b.com,c.com"), None)]);
+        let c = DomainName::parse("c.com").unwrap();
+        let left_out =
+            Dropped { domain: c, sources: vec!["DOMAINS entry 2".into()], reason: "nginx: [emerg] x".into() };
+        state.applied(&bc, &Ok(changed(vec![left_out])));
+        let error = ApplyError::Write { path: "/x".into(), source: std::io::Error::other("disk full") };
+        state.applied(&bc, &Err(error));
+        let error = ApplyError::Write { path: "/x".into(), source: std::io::Error::other("disk full") };
+        state.applied(&bc, &Err(error));
+        assert_eq!(
+            kinds(&state)[1..],
+            [
+                (EventKind::Reload, "config applied: 1 domains live, nginx reloaded".to_string()),
+                (EventKind::RouteRemoved, "a.com no longer routed".to_string()),
+                (EventKind::LeftOut, "c.com left out: nginx: [emerg] x".to_string()),
+                (
+                    EventKind::ApplyFailed,
+                    "apply failed, nginx keeps its last good config: cannot write /x: disk full".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]
