@@ -23,7 +23,7 @@ function table(headers, rows) {
 }
 
 function replace(id, ...nodes) {
-  $(id).replaceChildren(...nodes);
+  $(id).replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
 }
 
 class Unauthorized extends Error {}
@@ -43,7 +43,7 @@ function fmt(n, digits) {
 
 function sparkline(values) {
   const ns = "http://www.w3.org/2000/svg";
-  const w = 120, h = 24;
+  const w = 90, h = 24;
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("class", "spark");
   svg.setAttribute("width", w);
@@ -77,14 +77,14 @@ function drawTraffic(insight) {
       el("td", { class: "domain" }, d.domain),
       el("td", {}, sparkline(d.requests_per_minute || [])),
       el("td", { class: "num rps" }, fmt(w.requests_per_second, 2)),
-      el("td", { class: "num requests" }, w.requests || 0),
+      el("td", { class: "num requests hide-narrow" }, w.requests || 0),
       el("td", { class: "num errors" + (w.error_ratio > 0 ? " bad" : "") }, `${fmt((w.error_ratio || 0) * 100, 1)} %`),
       el("td", { class: "num p95" }, fmt(p.p95, 0)),
       el("td", { class: "flags" }, ...(d.anomalies || []).map(flag)));
   });
   const dropped = insight.dropped || {};
   replace("traffic",
-    table([["Domain"], ["Last hour"], ["req/s", "num"], ["Requests", "num"], ["5xx", "num"], ["p95 ms", "num"], ["Flags"]], rows),
+    table([["Domain"], ["Last hour"], ["req/s", "num"], ["Requests", "num hide-narrow"], ["5xx", "num"], ["p95 ms", "num"], ["Flags"]], rows),
     el("p", { class: "muted" }, `dropped log lines: ${dropped.malformed || 0} malformed, ${dropped.oversized || 0} oversized, ${dropped.unrouted || 0} unrouted`));
 }
 
@@ -102,7 +102,7 @@ function drawRoutes(routes) {
       el("td", {}, ...servers),
       el("td", {}, r.health || "/health"),
       el("td", { class: "hide-narrow" }, r.tls),
-      el("td", {}, r.source));
+      el("td", { class: "source" }, r.source));
   });
   replace("routes", rows.length ? table([["Domain"], ["Servers"], ["Health"], ["TLS", "hide-narrow"], ["Source"]], rows)
     : el("p", { class: "muted" }, "no route"));
