@@ -11,6 +11,7 @@ mod cli;
 mod cloudflare;
 mod companion;
 mod compose;
+mod dashboard;
 mod docker_faults;
 mod docker_labels;
 mod edge;

@@ -1,0 +1,299 @@
+//! What a person sees (issue 12): the dashboard on the status endpoint's `/`, rendered by a real
+//! headless Chromium against a real agent after known traffic through its nginx; `STATUS_TOKEN`
+//! on a wildcard address (bearer, the login cookie, the 401s, `/healthz` open); and `top`, once
+//! and live in a tmux pane, sorted by keys.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::agent::{free_port, write_file, Agent};
+use crate::support::stub_http::{StubHttp, StubReply};
+
+/// A tool the test needs (`chromium`, `tmux`): `None` (a loud skip) outside CI when it is
+/// missing; under CI a failure naming the package (.ci/run installs both).
+fn tool(name: &str, version_flag: &str, package: &str) -> Option<PathBuf> {
+    match Command::new(name).arg(version_flag).output() {
+        Ok(_) => Some(PathBuf::from(name)),
+        Err(e) => {
+            assert!(
+                !crate::support::in_ci(),
+                "{name} is required under CI ({e}): apt-get install {package} (.ci/run does this)"
+            );
+            eprintln!("\n*** SKIPPED: {name} is missing ({e}); apt-get install {package} ***\n");
+            None
+        }
+    }
+}
+
+/// An agent (production mode without ACME: TLS domains get placeholder certificates) routing
+/// `shop.test` (TLS) to an app answering 200, and `down.test` (plain) to a dead port.
+fn agent(extra: &[(&str, &str)]) -> (Agent, StubHttp, tempfile::TempDir) {
+    let app = StubHttp::start_replies(0, |_| StubReply::new(200, &[], "ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.json");
+    let json = serde_json::json!({
+        "domains": [
+            {"name": "shop.test", "service": "app", "tls": "auto"},
+            {"name": "down.test", "service": "dead", "tls": "off"},
+        ],
+        "services": [
+            {"name": "app", "host": "127.0.0.1", "port": app.port()},
+            {"name": "dead", "host": "127.0.0.1", "port": free_port()},
+        ],
+    });
+    write_file(&config, &json.to_string());
+    let config_path = config.display().to_string();
+    let https = free_port().to_string();
+    let mut env = vec![
+        ("NO_DOCKER", "true"),
+        ("LOCAL", "false"),
+        ("ACME", "off"),
+        ("HTTPS_PORT", https.as_str()),
+        ("CONFIG_FILE", config_path.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let agent = Agent::start(&env);
+    (agent, app, dir)
+}
+
+/// Sends `n` requests to `down.test` (502 each) and waits until `/insight`'s last minute holds
+/// exactly them; returns the document.
+fn traffic_to_down(agent: &Agent, n: usize, auth: &[(&str, &str)]) -> serde_json::Value {
+    agent.wait_for_status("down.test", 502, None);
+    // The wait above sent some: count from what /insight has once they show.
+    for _ in 0..n {
+        agent.get("down.test", "/");
+    }
+    let mut doc = serde_json::Value::Null;
+    agent.wait_for("the traffic to show in /insight", Duration::from_secs(30), || {
+        let (status, body) = request(agent.status_port(), "/insight", auth);
+        assert_eq!(status, 200, "{body}");
+        doc = serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let down = doc["domains"].as_array().unwrap().iter().find(|d| d["domain"] == "down.test").unwrap();
+        down["last_minute"]["requests"].as_u64().unwrap() as usize > n
+            && down["total"]["requests"] == down["last_minute"]["requests"]
+    });
+    doc
+}
+
+fn domain<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["domains"].as_array().unwrap().iter().find(|d| d["domain"] == name).unwrap()
+}
+
+/// GET `path` on 127.0.0.1:`port` with `headers`: (status, the whole response).
+fn request(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: status\r\n{extra}Connection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    (response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0), response)
+}
+
+/// Headless Chromium: the DOM of `url` after its fetches (5 s of virtual time).
+fn dump_dom(chromium: &Path, url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = chromium_run(chromium, profile.path(), &["--virtual-time-budget=5000", "--dump-dom", url]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chromium_run(chromium: &Path, profile: &Path, args: &[&str]) -> Output {
+    let out = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "chromium {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The text of the first element after `marker` in `html` up to its closing `</td>`.
+fn cell<'a>(html: &'a str, row: &str, class: &str) -> &'a str {
+    let start = html.find(row).unwrap_or_else(|| panic!("{row} missing from the DOM:\n{html}"));
+    let rest = &html[start..];
+    let at = rest.find(&format!("class=\"{class}")).unwrap_or_else(|| panic!("{class} missing in {row}"));
+    let rest = &rest[at..];
+    let open = rest.find('>').unwrap() + 1;
+    &rest[open..open + rest[open..].find("</td>").unwrap()]
+}
+
+#[test]
+fn the_dashboard_shows_routes_certificates_traffic_and_decisions_in_chromium() {
+    let Some(chromium) = tool("chromium", "--version", "chromium") else { return };
+    let (agent, _app, _dir) = agent(&[]);
+    let port = agent.status_port();
+    let doc = traffic_to_down(&agent, 7, &[]);
+    let url = format!("http://127.0.0.1:{port}/");
+
+    // The figures move each 5 s: read /insight around the page and compare with either.
+    let mut tries = 0;
+    let html = loop {
+        let before = domain(&doc, "down.test")["last_minute"]["requests"].clone();
+        let html = dump_dom(&chromium, &url);
+        let (_, after) = request(port, "/insight", &[]);
+        let after: serde_json::Value = serde_json::from_str(after.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let shown =
+            cell(&html, "<tr data-domain=\"down.test\"><td class=\"domain\">down.test</td><td><svg", "num requests");
+        let expected = [before.to_string(), domain(&after, "down.test")["last_minute"]["requests"].to_string()];
+        if expected.contains(&shown.to_string()) {
+            break html;
+        }
+        tries += 1;
+        assert!(tries < 3, "the page shows {shown} requests for down.test, /insight {expected:?}");
+    };
+    // Traffic: every request to down.test was a 502 (upstream refused).
+    let traffic = &html[html.find("id=\"traffic\"").unwrap()..html.find("id=\"routes\"").unwrap()];
+    assert!(traffic.contains("<tr data-domain=\"shop.test\">"), "{traffic}");
+    assert_eq!(cell(traffic, "data-domain=\"down.test\"", "num errors"), "100.0 %", "{traffic}");
+    assert!(traffic.contains("<svg class=\"spark\""), "{traffic}");
+    // Routes, with their servers and sources.
+    let routes = &html[html.find("id=\"routes\"").unwrap()..html.find("id=\"left-out\"").unwrap()];
+    for name in ["shop.test", "down.test"] {
+        assert!(routes.contains(&format!("<tr data-domain=\"{name}\">")), "{name}: {routes}");
+    }
+    assert!(routes.contains("routes.json"), "the source: {routes}");
+    // Certificates: shop.test's placeholder until a real one exists.
+    let certs = &html[html.find("id=\"certs\"").unwrap()..html.find("id=\"events\"").unwrap()];
+    assert!(certs.contains("<tr data-domain=\"shop.test\">"), "{certs}");
+    assert!(certs.contains(">placeholder<"), "{certs}");
+    assert!(!certs.contains("down.test"), "{certs}");
+    // Decisions: the first apply.
+    assert!(html.contains("config applied: 2 domains live"), "{html}");
+    assert!(html.contains("data-loaded=\"true\""), "{html}");
+
+    // A phone-sized screenshot, kept as the test's artifact.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let profile = tempfile::tempdir().unwrap();
+    let arg = format!("--screenshot={}", shot.display());
+    chromium_run(&chromium, profile.path(), &["--virtual-time-budget=5000", "--window-size=412,1600", &arg, &url]);
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot at {}", shot.display());
+    println!("dashboard screenshot: {}", shot.display());
+}
+
+#[test]
+fn status_token_on_a_wildcard_address_guards_all_but_healthz() {
+    const TOKEN: &str = "dash-token-5c1e-never-shown";
+    let addr = format!("0.0.0.0:{}", free_port());
+    let (agent, _app, _dir) = agent(&[("STATUS_ADDR", &addr), ("STATUS_TOKEN", TOKEN)]);
+    let port = agent.status_port();
+    agent.wait_for("/healthz without a token", Duration::from_secs(15), || request(port, "/healthz", &[]).0 == 200);
+    let bearer = format!("Bearer {TOKEN}");
+    for path in ["/routes", "/metrics", "/insight", "/certs", "/events"] {
+        let (status, response) = request(port, path, &[]);
+        assert_eq!(status, 401, "{path}: {response}");
+        assert!(response.contains("Authorization: Bearer <token>"), "{response}");
+        assert_eq!(request(port, path, &[("Authorization", "Bearer wrong")]).0, 401, "{path}");
+        assert_eq!(request(port, path, &[("Authorization", &bearer)]).0, 200, "{path}");
+    }
+    let (status, login) = request(port, "/login", &[("Authorization", &bearer)]);
+    assert_eq!(status, 204, "{login}");
+    let set_cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {login}"));
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    assert!(!set_cookie.contains(TOKEN), "the cookie holds a digest: {set_cookie}");
+    let cookie = set_cookie.split_once(':').unwrap().1.split(';').next().unwrap().trim().to_string();
+    assert_eq!(request(port, "/routes", &[("Cookie", &cookie)]).0, 200);
+    // `health` and `top` on the same settings.
+    assert!(agent.cli(&["health"]).status.success());
+    let top = agent.cli(&["top", "--once"]);
+    assert!(top.status.success(), "{}", String::from_utf8_lossy(&top.stderr));
+    assert!(String::from_utf8_lossy(&top.stdout).contains("shop.test"));
+    let mut no_token = agent.cli_command(&["top", "--once"]);
+    no_token.env_remove("STATUS_TOKEN");
+    let out = no_token.output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set STATUS_TOKEN here"), "{out:?}");
+    assert!(!agent.log().contains(TOKEN), "the token is never logged");
+
+    // In a browser without the cookie: the login form, no data.
+    if let Some(chromium) = tool("chromium", "--version", "chromium") {
+        let html = dump_dom(&chromium, &format!("http://127.0.0.1:{port}/"));
+        assert!(html.contains("<section id=\"login\">"), "the login form shows: {html}");
+        assert!(html.contains("<main id=\"main\" hidden=\"\">"), "{html}");
+        assert!(!html.contains("data-domain"), "{html}");
+    }
+}
+
+#[test]
+fn a_wildcard_address_without_a_token_refuses_all_but_healthz() {
+    let addr = format!("0.0.0.0:{}", free_port());
+    let (agent, _app, _dir) = agent(&[("STATUS_ADDR", &addr)]);
+    let port = agent.status_port();
+    agent.wait_for("/healthz", Duration::from_secs(15), || request(port, "/healthz", &[]).0 == 200);
+    let (status, response) = request(port, "/", &[]);
+    assert_eq!(status, 401, "{response}");
+    assert!(response.contains("STATUS_TOKEN is unset: set STATUS_TOKEN"), "{response}");
+    assert!(agent.log().contains("is not a loopback address and STATUS_TOKEN is unset"), "{}", agent.log());
+}
+
+#[test]
+fn top_prints_a_table_once_and_sorts_live_under_tmux() {
+    let (agent, _app, _dir) = agent(&[]);
+    agent.wait_for_status("shop.test", 301, None);
+    traffic_to_down(&agent, 6, &[]);
+    let once = agent.cli(&["top", "--once", "--sort", "name"]);
+    assert!(once.status.success(), "{once:?}");
+    let text = String::from_utf8_lossy(&once.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = text.lines().skip(3).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["down.test", "shop.test"], "{text}");
+    // DOMAIN REQ/S 2XX 3XX 4XX 5XX: down.test's requests are all 5xx.
+    assert_eq!(rows[0][2..5], ["0", "0", "0"], "{text}");
+    assert!(rows[0][5].parse::<u64>().unwrap() > 6, "{text}");
+    assert!(text.lines().nth(1).unwrap().starts_with("dropped log lines: 0 malformed"), "{text}");
+
+    // Unreachable: a message naming STATUS_ADDR.
+    let free = format!("127.0.0.1:{}", free_port());
+    let out = agent.cli_command(&["top", "--once"]).env("STATUS_ADDR", &free).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the agent") && err.contains(&format!("STATUS_ADDR={free}")), "{err}");
+
+    let Some(tmux) = tool("tmux", "-V", "tmux") else { return };
+    let socket = format!("smart-proxy-test-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new(&tmux).arg("-L").arg(&socket).args(args).output().expect("tmux");
+    let env: String = agent.env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+    let command = format!("env -i TERM=screen {env} {} top", env!("CARGO_BIN_EXE_nginx-smart-proxy"));
+    let started = tmux(&["new-session", "-d", "-s", "top", "-x", "100", "-y", "20", &command]);
+    assert!(started.status.success(), "{started:?}");
+    let pane = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned();
+    let first_row = |pane: &str| -> Option<String> {
+        let lines: Vec<&str> = pane.lines().collect();
+        let header = lines.iter().position(|l| l.starts_with("DOMAIN"))?;
+        lines.get(header + 1).and_then(|l| l.split_whitespace().next()).map(str::to_string)
+    };
+    let wait = |what: &str, check: &dyn Fn(&str) -> bool| {
+        let context = || format!("--- pane ---\n{}", pane());
+        crate::support::poll(
+            what,
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || check(&pane()),
+            || None,
+            context,
+        );
+    };
+    wait("top to draw", &|p| p.contains("sort: req/s"));
+    tmux(&["send-keys", "-t", "top", "n"]);
+    wait("sort by name", &|p| p.contains("sort: name") && first_row(p).as_deref() == Some("down.test"));
+    tmux(&["send-keys", "-t", "top", "e"]);
+    wait("sort by errors", &|p| p.contains("sort: errors") && first_row(p).as_deref() == Some("down.test"));
+    tmux(&["send-keys", "-t", "top", "p"]);
+    wait("sort by p95", &|p| p.contains("sort: p95"));
+    let widths = pane();
+    assert!(widths.lines().all(|l| l.chars().count() <= 100), "{widths}");
+    tmux(&["send-keys", "-t", "top", "q"]);
+    crate::support::poll(
+        "top to quit on q",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || !tmux(&["has-session", "-t", "top"]).status.success(),
+        || None,
+        String::new,
+    );
+    let _ = tmux(&["kill-server"]);
+}
