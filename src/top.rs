@@ -352,7 +352,8 @@ fn plain_width() -> usize {
 }
 
 /// Raw mode and the alternate screen while it lives; the terminal as it was once dropped
-/// (normal return, error, or panic unwinding through it).
+/// (normal return, error, or panic unwinding through it). A panic restores the terminal before
+/// its message is printed, so the message stays readable.
 struct Screen;
 
 impl Screen {
@@ -360,15 +361,23 @@ impl Screen {
         crossterm::terminal::enable_raw_mode()?;
         let screen = Screen;
         crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen, crossterm::cursor::Hide)?;
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
         Ok(screen)
     }
 }
 
+fn restore_terminal() {
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::cursor::Show, crossterm::terminal::LeaveAlternateScreen);
+    let _ = crossterm::terminal::disable_raw_mode();
+}
+
 impl Drop for Screen {
     fn drop(&mut self) {
-        let _ =
-            crossterm::execute!(std::io::stdout(), crossterm::cursor::Show, crossterm::terminal::LeaveAlternateScreen);
-        let _ = crossterm::terminal::disable_raw_mode();
+        restore_terminal();
     }
 }
 
@@ -476,6 +485,30 @@ mod tests {
         assert_eq!(api, ["api.example.com", "2.5", "140", "0", "5", "5", "12", "80", "4", "5XX!"], "{text}");
         let quiet: Vec<&str> = lines[5].split_whitespace().collect();
         assert_eq!(quiet, ["quiet.example.com", "0.0", "0", "0", "0", "0", "-", "-", "0"], "{text}");
+    }
+
+    /// The real snapshot's JSON reads into the view (the field names are the interface).
+    #[test]
+    fn reads_the_insight_snapshot() {
+        let mut insight = crate::insight::Insight::new();
+        insight.set_domains(["a.test", "b.test"]);
+        let t0 = 1_764_972_000_000;
+        for i in 0..12u64 {
+            let status = if i < 3 { 502 } else { 200 };
+            let line = format!(
+                r#"{{"d":"a.test","s":{status},"b":100,"t":0.020,"ua":"10.0.0.5:80","us":"{status}","ut":"0.019"}}"#
+            );
+            insight.ingest(line.as_bytes(), t0 + i * 100);
+        }
+        let json = serde_json::to_string(&insight.snapshot(t0 + 10_000)).unwrap();
+        let view: View = serde_json::from_str(&json).unwrap();
+        let text = table(&view, Sort::Rate, 120);
+        let a: Vec<&str> = text.lines().nth(3).unwrap().split_whitespace().collect();
+        assert_eq!(a[..3], ["a.test", "0.2", "9"], "{text}");
+        assert_eq!(a[5], "3", "5xx: {text}");
+        assert_eq!(a[8], "3", "upstream errors: {text}");
+        let p50: f64 = a[6].parse().unwrap();
+        assert!((17.0..=23.0).contains(&p50), "{text}");
     }
 
     #[test]

@@ -164,6 +164,7 @@ fn the_dashboard_shows_routes_certificates_traffic_and_decisions_in_chromium() {
     // Decisions: the first apply.
     assert!(html.contains("config applied: 2 domains live"), "{html}");
     assert!(html.contains("data-loaded=\"true\""), "{html}");
+    assert!(html.contains("<span id=\"health\" class=\"ok\">healthy</span>"), "/healthz: {html}");
 
     // A phone-sized screenshot, kept as the test's artifact.
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

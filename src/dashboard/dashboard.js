@@ -138,6 +138,18 @@ function drawEvents(events) {
   replace("events", ...(items.length ? items : [el("li", { class: "muted" }, "nothing yet")]));
 }
 
+// /healthz: "ok", or the one line saying what is wrong.
+async function drawHealth() {
+  try {
+    const r = await fetch("/healthz", { cache: "no-store" });
+    const text = (await r.text()).trim();
+    $("health").textContent = r.ok ? "healthy" : `unhealthy: ${text}`;
+    $("health").className = r.ok ? "ok" : "bad";
+  } catch (e) {
+    $("health").textContent = "";
+  }
+}
+
 function showLogin(message) {
   $("main").hidden = true;
   $("login").hidden = false;
@@ -164,6 +176,7 @@ async function refresh() {
   if (ok(certs)) drawCerts(ok(certs));
   if (ok(events)) drawEvents(ok(events));
   if (ok(insight)) drawTraffic(ok(insight));
+  await drawHealth();
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   document.body.dataset.loaded = "true";
 }
