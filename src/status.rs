@@ -75,7 +75,7 @@ impl State {
     /// Records an event for the dashboard (`/events`, the last 200): one line naming the domain,
     /// with no setting or secret in it, e.g. `state.event(EventKind::Anomaly, format!(...))`.
     pub fn event(&self, kind: EventKind, text: String) {
-        self.events.push(crate::dashboard::events::now_ms(), kind, text);
+        self.events.push(now_ms(), kind, text);
     }
 
     /// Records an apply's outcome (and, on success, the table it made live).
@@ -137,7 +137,8 @@ impl State {
         };
         let now = live(table, &applied.dropped);
         let reloaded = if applied.reloaded { ", nginx reloaded" } else { "" };
-        self.event(EventKind::Reload, format!("config applied: {} domains live{reloaded}", now.len()));
+        let plural = if now.len() == 1 { "" } else { "s" };
+        self.event(EventKind::Reload, format!("config applied: {} domain{plural} live{reloaded}", now.len()));
         let Some(previous) = &before.live else { return };
         let was = live(&previous.table, &previous.left_out);
         let listed = |kind: EventKind, domains: Vec<&String>, what: &str| {
@@ -718,7 +719,7 @@ mod tests {
         assert_eq!(
             kinds(&state)[1..],
             [
-                (EventKind::Reload, "config applied: 1 domains live, nginx reloaded".to_string()),
+                (EventKind::Reload, "config applied: 1 domain live, nginx reloaded".to_string()),
                 (EventKind::RouteRemoved, "a.com no longer routed".to_string()),
                 (EventKind::LeftOut, "c.com left out: nginx: [emerg] x".to_string()),
                 (
