@@ -298,3 +298,88 @@ fn top_prints_a_table_once_and_sorts_live_under_tmux() {
     );
     let _ = tmux(&["kill-server"]);
 }
+
+/// The page's drawing on fixed data (what a live agent rarely shows in a test's time): anomaly
+/// flags with their figures, a sparkline's points, a left-out route with nginx's reason, an
+/// unhealthy server, a failing certificate, events newest first; and markup in a domain or a reason
+/// shown as text, never run. The assets are the binary's own, served by a stub.
+#[test]
+fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
+    let Some(chromium) = tool("chromium", "--version", "chromium") else { return };
+    let mut spark = vec![0u32; 60];
+    spark[59] = 120;
+    spark[30] = 60;
+    let insight = serde_json::json!({
+        "at_ms": 1, "dropped": {"malformed": 2, "oversized": 0, "unrouted": 9},
+        "domains": [{
+            "domain": "api.test",
+            "last_minute": {"requests": 600, "requests_per_second": 10.0, "error_ratio": 0.25,
+                "by_class": {"2xx": 450, "5xx": 150}, "request_time_ms": {"p50": 20.0, "p95": 480.0}},
+            "requests_per_minute": spark,
+            "anomalies": [
+                {"kind": "error_ratio", "since_ms": 1, "raised": {"observed": 0.25, "baseline": 0.01, "requests": 600},
+                 "latest": {"observed": 0.25, "baseline": 0.01, "requests": 600}},
+                {"kind": "latency", "since_ms": 1, "raised": {"observed": 480.0, "baseline": 40.0, "requests": 600},
+                 "latest": {"observed": 480.0, "baseline": 40.0, "requests": 600}}
+            ]
+        }]
+    })
+    .to_string();
+    let routes = serde_json::json!({
+        "routes": [{"domain": "api.test", "path": "/", "servers": [
+            {"address": "10.0.0.5:80", "state": "up", "source": "container api"},
+            {"address": "10.0.0.6:80", "state": "unhealthy", "source": "container api-2"}],
+            "source": "container api", "tls": "auto", "allow": []}],
+        "left_out": [{"domain": "bad.test", "sources": ["container bad"], "reason": "nginx -t fails with it: <b>unknown directive</b>"}],
+        "errors": [{"severity": "error", "origin": "container x, label smart-proxy.port", "message": "port must be 1..65535"}],
+        "warnings": []
+    })
+    .to_string();
+    let certs = serde_json::json!({"certificates": [
+        {"domain": "api.test", "issuer": "R11", "not_after": null, "days_left": 3, "status": "failing",
+         "last_error": "rate limited", "next_try": null}]})
+    .to_string();
+    let events = serde_json::json!({"events": [
+        {"id": 1, "at_ms": 1_764_972_000_000u64, "kind": "reload", "text": "config applied: 1 domain live"},
+        {"id": 2, "at_ms": 1_764_972_060_000u64, "kind": "anomaly", "text": "api.test: error_ratio up"}]})
+    .to_string();
+    let stub = StubHttp::start_replies(0, move |req| {
+        let (kind, body) = match req.path {
+            "/" => ("text/html", smart_proxy::dashboard::INDEX_HTML.to_string()),
+            "/dashboard.js" => ("text/javascript", smart_proxy::dashboard::SCRIPT.to_string()),
+            "/dashboard.css" => ("text/css", smart_proxy::dashboard::STYLE.to_string()),
+            "/insight" => ("application/json", insight.clone()),
+            "/routes" => ("application/json", routes.clone()),
+            "/certs" => ("application/json", certs.clone()),
+            "/events" => ("application/json", events.clone()),
+            "/healthz" => return StubReply::new(503, &[], "last apply failed: disk full"),
+            _ => return StubReply::new(404, &[], "no"),
+        };
+        StubReply::new(200, &[("Content-Type", kind)], &body)
+    });
+    let html = dump_dom(&chromium, &format!("http://127.0.0.1:{}/", stub.port()));
+    assert!(html.contains("data-loaded=\"true\""), "{html}");
+    assert!(html.contains("unhealthy: last apply failed: disk full"), "{html}");
+    // Flags with the figures that raised them.
+    assert!(html.contains("error_ratio: 25.0 % vs baseline 1.0 % (600 requests)"), "{html}");
+    assert!(html.contains("latency: 480 ms vs baseline 40 ms (600 requests)"), "{html}");
+    assert_eq!(
+        cell(&html, "<tr data-domain=\"api.test\"><td class=\"domain\">api.test</td><td><svg", "num p95"),
+        "480"
+    );
+    assert!(html.contains("25.0 %"), "{html}");
+    // The sparkline: 60 points, the last minute at the top (the hour's peak), the first at the bottom.
+    let points = html.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    let points: Vec<&str> = points.split(' ').collect();
+    assert_eq!(points.len(), 60, "{points:?}");
+    assert_eq!((points[0], points[59]), ("0.0,23.0", "90.0,1.0"), "{points:?}");
+    assert!(html.contains("dropped log lines: 2 malformed, 0 oversized, 9 unrouted"), "{html}");
+    // Routes: the unhealthy server marked; the left-out route with nginx's reason, as text.
+    assert!(html.contains("10.0.0.6:80 (unhealthy)"), "{html}");
+    assert!(html.contains("nginx -t fails with it: &lt;b&gt;unknown directive&lt;/b&gt;"), "{html}");
+    assert!(html.contains("error: container x, label smart-proxy.port: port must be 1..65535"), "{html}");
+    // Certificates and events (newest first).
+    assert!(html.contains(">failing<") && html.contains(">rate limited<"), "{html}");
+    let events = &html[html.find("id=\"events\"").unwrap()..];
+    assert!(events.find("error_ratio up").unwrap() < events.find("config applied").unwrap(), "{events}");
+}
