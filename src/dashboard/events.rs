@@ -81,9 +81,53 @@ impl Events {
     }
 }
 
+/// The text of an anomaly's start or end, for `EventKind::Anomaly`: the domain, what moved, the
+/// figure and its baseline, e.g. `api.test: 5xx share up: 25.0 % of 600 requests (baseline 1.0 %)`.
+pub fn anomaly_text(event: &crate::insight::AnomalyEvent) -> String {
+    use crate::insight::AnomalyKind;
+    let f = &event.figures;
+    let (what, value, baseline) = match event.kind {
+        AnomalyKind::ErrorRatio => {
+            ("5xx share", format!("{:.1} %", f.observed * 100.0), format!("{:.1} %", f.baseline * 100.0))
+        }
+        AnomalyKind::Latency => ("p95", format!("{:.0} ms", f.observed), format!("{:.0} ms", f.baseline)),
+        AnomalyKind::TrafficDrop => ("traffic", format!("{:.2} req/s", f.observed), format!("{:.2} req/s", f.baseline)),
+    };
+    let verb = match (event.kind, event.started) {
+        (AnomalyKind::TrafficDrop, true) => "dropped to",
+        (_, true) => "up:",
+        (_, false) => "back to",
+    };
+    format!("{}: {what} {verb} {value} of {} requests (baseline {baseline})", event.domain, f.requests)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anomaly_texts_name_the_domain_the_figure_and_its_baseline() {
+        use crate::insight::{AnomalyEvent, AnomalyKind, Figures};
+        let event = |kind, started, observed, baseline| AnomalyEvent {
+            domain: "api.test".into(),
+            kind,
+            started,
+            figures: Figures { observed, baseline, requests: 600 },
+            at_ms: 0,
+        };
+        assert_eq!(
+            anomaly_text(&event(AnomalyKind::ErrorRatio, true, 0.25, 0.01)),
+            "api.test: 5xx share up: 25.0 % of 600 requests (baseline 1.0 %)"
+        );
+        assert_eq!(
+            anomaly_text(&event(AnomalyKind::Latency, false, 45.0, 40.0)),
+            "api.test: p95 back to 45 ms of 600 requests (baseline 40 ms)"
+        );
+        assert_eq!(
+            anomaly_text(&event(AnomalyKind::TrafficDrop, true, 0.0, 3.2)),
+            "api.test: traffic dropped to 0.00 req/s of 600 requests (baseline 3.20 req/s)"
+        );
+    }
 
     #[test]
     fn keeps_the_last_200_with_increasing_ids() {
