@@ -254,6 +254,30 @@ fn top_prints_a_table_once_and_sorts_live_under_tmux() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the agent") && err.contains(&format!("STATUS_ADDR={free}")), "{err}");
 
+    // Not a terminal and not --once: a plain table each second.
+    let mut piped = agent.cli_command(&["top"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdout = piped.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while !text.contains("\n\n") || text.matches("DOMAIN").count() < 2 {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        text
+    });
+    let started = std::time::Instant::now();
+    while !reader.is_finished() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = piped.kill();
+    let _ = piped.wait();
+    let text = reader.join().unwrap();
+    assert!(text.matches("DOMAIN").count() >= 2, "two tables within 10 s: {text}");
+    assert!(!text.contains('\x1b'), "no escape sequences when stdout is not a terminal: {text:?}");
+
     let Some(tmux) = tool("tmux", "-V", "tmux") else { return };
     let socket = format!("smart-proxy-test-{}", std::process::id());
     let tmux = |args: &[&str]| Command::new(&tmux).arg("-L").arg(&socket).args(args).output().expect("tmux");
@@ -382,4 +406,37 @@ fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
     assert!(html.contains(">failing<") && html.contains(">rate limited<"), "{html}");
     let events = &html[html.find("id=\"events\"").unwrap()..];
     assert!(events.find("error_ratio up").unwrap() < events.find("config applied").unwrap(), "{events}");
+}
+
+/// `/events` on a real agent: the first apply, then a domain removed from the routes file and
+/// another added show as decisions, newest last, with increasing ids.
+#[test]
+fn events_record_the_applies_and_the_domains_routed_and_removed() {
+    let (agent, app, dir) = agent(&[]);
+    let events = || -> Vec<(String, String)> {
+        let (status, body) = agent.status_get("/events");
+        assert_eq!(status, 200, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let list = doc["events"].as_array().unwrap();
+        let ids: Vec<u64> = list.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+        list.iter().map(|e| (e["kind"].as_str().unwrap().into(), e["text"].as_str().unwrap().into())).collect()
+    };
+    let first = &events()[0];
+    assert!(first.0 == "reload" && first.1.starts_with("config applied: 2 domains live"), "{first:?}");
+    let json = serde_json::json!({
+        "domains": [
+            {"name": "shop.test", "service": "app", "tls": "auto"},
+            {"name": "new.test", "service": "app", "tls": "off"},
+        ],
+        "services": [{"name": "app", "host": "127.0.0.1", "port": app.port()}],
+    });
+    write_file(&dir.path().join("routes.json"), &json.to_string());
+    agent.wait_for("the new routes' events", Duration::from_secs(15), || {
+        let list = events();
+        list.contains(&("route_added".into(), "new.test routed".into()))
+            && list.contains(&("route_removed".into(), "down.test no longer routed".into()))
+    });
+    let list = events();
+    assert!(list.iter().filter(|(kind, _)| kind == "reload").count() >= 2, "{list:?}");
 }
