@@ -218,7 +218,11 @@ pub fn table(view: &View, sort: Sort, width: usize) -> String {
         "UPERR",
         dw = domain_width
     ));
-    let ms = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    let ms = |v: Option<f64>| match v {
+        Some(v) if v < 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.0}"),
+        None => "-".into(),
+    };
     for d in domains {
         let w = &d.last_minute;
         line(format!(

@@ -240,6 +240,7 @@ fn top_prints_a_table_once_and_sorts_live_under_tmux() {
     let once = agent.cli(&["top", "--once", "--sort", "name"]);
     assert!(once.status.success(), "{once:?}");
     let text = String::from_utf8_lossy(&once.stdout).into_owned();
+    println!("top --once --sort name:\n{text}");
     let rows: Vec<Vec<&str>> = text.lines().skip(3).map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["down.test", "shop.test"], "{text}");
     // DOMAIN REQ/S 2XX 3XX 4XX 5XX: down.test's requests are all 5xx.
@@ -388,7 +389,7 @@ fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
     assert!(html.contains("error_ratio: 25.0 % vs baseline 1.0 % (600 requests)"), "{html}");
     assert!(html.contains("latency: 480 ms vs baseline 40 ms (600 requests)"), "{html}");
     assert_eq!(
-        cell(&html, "<tr data-domain=\"api.test\"><td class=\"domain\">api.test</td><td><svg", "num p95"),
+        cell(&html, "<tr data-domain=\"api.test\"><td class=\"domain\">api.test<div class=\"flags\">", "num p95"),
         "480"
     );
     assert!(html.contains("25.0 %"), "{html}");
@@ -406,6 +407,13 @@ fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
     assert!(html.contains(">failing<") && html.contains(">rate limited<"), "{html}");
     let events = &html[html.find("id=\"events\"").unwrap()..];
     assert!(events.find("error_ratio up").unwrap() < events.find("config applied").unwrap(), "{events}");
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-fixed.png");
+    let profile = tempfile::tempdir().unwrap();
+    let arg = format!("--screenshot={}", shot.display());
+    let url = format!("http://127.0.0.1:{}/", stub.port());
+    chromium_run(&chromium, profile.path(), &["--virtual-time-budget=5000", "--window-size=412,1400", &arg, &url]);
+    println!("dashboard screenshot (fixed data): {}", shot.display());
 }
 
 /// `/events` on a real agent: the first apply, then a domain removed from the routes file and

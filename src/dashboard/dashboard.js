@@ -74,17 +74,16 @@ function drawTraffic(insight) {
     const w = d.last_minute || {};
     const p = w.request_time_ms || {};
     return el("tr", { "data-domain": d.domain },
-      el("td", { class: "domain" }, d.domain),
+      el("td", { class: "domain" }, d.domain, (d.anomalies || []).length ? el("div", { class: "flags" }, ...d.anomalies.map(flag)) : null),
       el("td", {}, sparkline(d.requests_per_minute || [])),
       el("td", { class: "num rps" }, fmt(w.requests_per_second, 2)),
       el("td", { class: "num requests hide-narrow" }, w.requests || 0),
       el("td", { class: "num errors" + (w.error_ratio > 0 ? " bad" : "") }, `${fmt((w.error_ratio || 0) * 100, 1)} %`),
-      el("td", { class: "num p95" }, fmt(p.p95, 0)),
-      el("td", { class: "flags" }, ...(d.anomalies || []).map(flag)));
+      el("td", { class: "num p95" }, fmt(p.p95, 0)));
   });
   const dropped = insight.dropped || {};
   replace("traffic",
-    table([["Domain"], ["Last hour"], ["req/s", "num"], ["Requests", "num hide-narrow"], ["5xx", "num"], ["p95 ms", "num"], ["Flags"]], rows),
+    table([["Domain"], ["Last hour"], ["req/s", "num"], ["Requests", "num hide-narrow"], ["5xx", "num"], ["p95 ms", "num"]], rows),
     el("p", { class: "muted" }, `dropped log lines: ${dropped.malformed || 0} malformed, ${dropped.oversized || 0} oversized, ${dropped.unrouted || 0} unrouted`));
 }
 
