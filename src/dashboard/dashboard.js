@@ -131,7 +131,7 @@ function drawEvents(events) {
     const at = new Date(e.at_ms);
     return el("li", { "data-kind": e.kind },
       el("time", { datetime: at.toISOString() }, at.toLocaleTimeString()),
-      el("span", { class: "kind" + (e.kind === "apply_failed" || e.kind === "anomaly" || e.kind === "left_out" ? " bad" : "") }, e.kind.replace("_", " ")),
+      el("span", { class: "kind" + (["apply_failed", "anomaly", "left_out", "restart"].includes(e.kind) ? " bad" : "") }, e.kind.replace("_", " ")),
       e.text);
   });
   replace("events", ...(items.length ? items : [el("li", { class: "muted" }, "nothing yet")]));

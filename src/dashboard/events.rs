@@ -29,6 +29,8 @@ pub enum EventKind {
     LeftOut,
     /// An anomaly flag went up or down (traffic insight).
     Anomaly,
+    /// A `heal=restart` container was restarted (or the restart failed), with its cause.
+    Restart,
 }
 
 /// One event.
