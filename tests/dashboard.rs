@@ -448,3 +448,158 @@ fn events_record_the_applies_and_the_domains_routed_and_removed() {
     let list = events();
     assert!(list.iter().filter(|(kind, _)| kind == "reload").count() >= 2, "{list:?}");
 }
+
+/// Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
+/// JSON messages ending in NUL on fds 3 and 4), for what `--dump-dom` cannot do: typing and
+/// waiting.
+struct Browser {
+    child: std::process::Child,
+    commands: std::fs::File,
+    replies: std::sync::mpsc::Receiver<serde_json::Value>,
+    next_id: u64,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(chromium: &Path, url: &str) -> Browser {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let profile = tempfile::tempdir().unwrap();
+        let (command_read, command_write): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        let (reply_read, reply_write): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        let (cr, rw) = (command_read.as_raw_fd(), reply_write.as_raw_fd());
+        let mut command = Command::new(chromium);
+        command
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"])
+            .arg("--remote-debugging-pipe")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: only dup2 between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                nix::unistd::dup2(cr, 3)?;
+                nix::unistd::dup2(rw, 4)?;
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start chromium");
+        drop((command_read, reply_write));
+        let (tx, replies) = std::sync::mpsc::channel();
+        let mut reader = std::fs::File::from(reply_read);
+        std::thread::spawn(move || {
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(end) = pending.iter().position(|b| *b == 0) {
+                    let message: Vec<u8> = pending.drain(..=end).collect();
+                    if let Ok(value) = serde_json::from_slice(&message[..message.len() - 1]) {
+                        if tx.send(value).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut browser = Browser {
+            child,
+            commands: std::fs::File::from(command_write),
+            replies,
+            next_id: 0,
+            session: String::new(),
+            _profile: profile,
+        };
+        let target = browser.call("Target.createTarget", serde_json::json!({"url": url})).unwrap();
+        let target = target["targetId"].as_str().unwrap().to_string();
+        let attached =
+            browser.call("Target.attachToTarget", serde_json::json!({"targetId": target, "flatten": true})).unwrap();
+        browser.session = attached["sessionId"].as_str().unwrap().to_string();
+        browser
+    }
+
+    /// One command; its result, or the protocol's error (panics after 10 s without a reply).
+    fn call(&mut self, method: &str, params: serde_json::Value) -> Result<serde_json::Value, serde_json::Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = serde_json::json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            message["sessionId"] = self.session.clone().into();
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.commands.write_all(&bytes).unwrap();
+        loop {
+            let reply = self.replies.recv_timeout(Duration::from_secs(10)).expect("a reply from chromium");
+            if reply["id"] == id {
+                return match reply.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(reply["result"].clone()),
+                };
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page (`null` while a navigation replaces it).
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let params = serde_json::json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        self.call("Runtime.evaluate", params).map(|r| r["result"]["value"].clone()).unwrap_or_default()
+    }
+
+    fn wait_for(&mut self, what: &str, expression: &str) {
+        let started = std::time::Instant::now();
+        while self.eval(expression) != serde_json::Value::Bool(true) {
+            let body = self.eval("document.body.innerText");
+            assert!(started.elapsed() < Duration::from_secs(15), "timed out waiting for {what}; the page: {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The login form in a real browser: a wrong token is refused with the endpoint's message, the
+/// right one sets the cookie (HttpOnly: the page's script cannot read it) and the page's own
+/// fetches then show the routes; a reload stays logged in.
+#[test]
+fn the_login_form_sets_a_cookie_the_page_fetches_with() {
+    let Some(chromium) = tool("chromium", "--version", "chromium") else { return };
+    const TOKEN: &str = "login-token-8d2f";
+    let addr = format!("0.0.0.0:{}", free_port());
+    let (agent, _app, _dir) = agent(&[("STATUS_ADDR", &addr), ("STATUS_TOKEN", TOKEN)]);
+    let port = agent.status_port();
+    agent.wait_for("/routes", Duration::from_secs(15), || {
+        request(port, "/routes", &[("Authorization", &format!("Bearer {TOKEN}"))]).0 == 200
+    });
+    let mut browser = Browser::open(&chromium, &format!("http://127.0.0.1:{port}/"));
+    browser.wait_for("the login form", "!document.getElementById('login').hidden");
+    let submit = |token: &str| {
+        format!(
+            "document.getElementById('token').value = {token:?}; document.getElementById('login-form').requestSubmit(); true"
+        )
+    };
+    browser.eval(&submit("wrong"));
+    browser.wait_for("the refusal", "document.getElementById('login-error').textContent.startsWith('wrong token')");
+    browser.eval(&submit(TOKEN));
+    browser.wait_for(
+        "the routes after logging in",
+        "!document.getElementById('main').hidden && document.querySelectorAll('#routes tr[data-domain]').length === 2",
+    );
+    assert_eq!(browser.eval("document.cookie"), "", "the cookie is HttpOnly");
+    assert_eq!(browser.eval("document.getElementById('token').value"), "", "the field is emptied");
+    browser.eval("window.beforeReload = true; location.reload(); true");
+    browser.wait_for(
+        "the routes after a reload",
+        "!window.beforeReload && document.body.dataset.loaded === 'true' && document.querySelectorAll('#routes tr[data-domain]').length === 2",
+    );
+}
