@@ -275,6 +275,8 @@ pub enum TopError {
     Status { url: String, status: StatusCode, body: String },
     #[error("{url} answered JSON top cannot read: {source}")]
     Json { url: String, source: serde_json::Error },
+    #[error("cannot take over the terminal: {0}\nhint: `top --once` prints one table without it")]
+    Terminal(std::io::Error),
 }
 
 /// GET `path` on the agent's status endpoint, with the bearer token when given.
@@ -387,11 +389,7 @@ impl Drop for Screen {
 
 async fn live(addr: StatusAddr, token: Option<&Secret>, mut sort: Sort, first: View) -> Result<(), TopError> {
     use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers};
-    let screen = Screen::enter().map_err(|e| TopError::Status {
-        url: "the terminal".into(),
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        body: format!("cannot enter raw mode: {e} (use --once)"),
-    })?;
+    let screen = Screen::enter().map_err(TopError::Terminal)?;
     // Key events come from a thread of their own (crossterm's read blocks).
     let (keys, mut key_rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
