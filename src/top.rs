@@ -131,12 +131,16 @@ impl ViewDomain {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Sort {
     /// Requests per second, busiest first (key `r`).
+    #[value(alias = "r")]
     Rate,
     /// 5xx responses, then upstream errors, most first (key `e`).
+    #[value(alias = "e")]
     Errors,
     /// p95 request time, slowest first (key `p`).
+    #[value(alias = "p")]
     P95,
     /// Domain name (key `n`).
+    #[value(alias = "n")]
     Name,
 }
 
@@ -292,8 +296,14 @@ async fn get(target: SocketAddr, path: &str, token: Option<&Secret>, timeout: Du
     let request = request.body(http_body_util::Empty::new()).map_err(|e| GetError::Unreachable(e.to_string()))?;
     let exchange = async {
         let response = client.request(request).await.map_err(|e| {
-            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
-            GetError::Unreachable(format!("{e}{cause}"))
+            // The innermost cause is the one a person acts on (`Connection refused`).
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            GetError::Unreachable(text)
         })?;
         let status = response.status();
         let body = response.into_body().collect().await.map_err(|e| GetError::Unreachable(e.to_string()))?.to_bytes();
