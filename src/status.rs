@@ -81,7 +81,6 @@ impl State {
     /// Records an apply's outcome (and, on success, the table it made live).
     pub fn applied(&self, table: &RouteTable, result: &Result<Applied, ApplyError>) {
         let before = self.snapshot();
-        self.record_apply(&before, table, result);
         let outcome = match result {
             Ok(_) => Ok(()),
             Err(ApplyError::NotRouteRelated { .. }) => Err(
@@ -90,6 +89,7 @@ impl State {
             ),
             Err(e) => Err(one_line(&e.to_string())),
         };
+        self.record_apply(&before, table, result, &outcome);
         let live = match result {
             Ok(applied) => {
                 let left_out = if applied.changed { Some(applied.dropped.clone()) } else { None };
@@ -115,12 +115,17 @@ impl State {
 
     /// The events of an apply: a failure (once per new reason), a reload, the domains routed,
     /// no longer routed or left out since the last successful apply.
-    fn record_apply(&self, before: &Inner, table: &RouteTable, result: &Result<Applied, ApplyError>) {
+    fn record_apply(
+        &self,
+        before: &Inner,
+        table: &RouteTable,
+        result: &Result<Applied, ApplyError>,
+        outcome: &Result<(), String>,
+    ) {
         use std::collections::BTreeSet;
-        let applied = match result {
-            Err(e) => {
-                let reason = one_line(&e.to_string());
-                if before.apply.as_ref() != Some(&Err(reason.clone())) {
+        let applied = match (result, outcome) {
+            (_, Err(reason)) => {
+                if before.apply.as_ref() != Some(outcome) {
                     self.event(
                         EventKind::ApplyFailed,
                         format!("apply failed, nginx keeps its last good config: {reason}"),
@@ -128,8 +133,8 @@ impl State {
                 }
                 return;
             }
-            Ok(applied) if applied.changed => applied,
-            Ok(_) => return,
+            (Ok(applied), _) if applied.changed => applied,
+            _ => return,
         };
         let live = |table: &RouteTable, left_out: &[Dropped]| -> BTreeSet<String> {
             let out: BTreeSet<&DomainName> = left_out.iter().map(|d| &d.domain).collect();
