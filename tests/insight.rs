@@ -224,4 +224,6 @@ fn heal_restart_restarts_a_failing_container_within_its_hourly_cap() {
     assert_eq!(causes.len(), 3, "{log}");
     assert!(causes.iter().all(|l| l.contains(&wedged) && l.contains("cause=")), "{causes:#?}");
     assert_eq!(started(&docker.name("fine")), fine_first, "the answering container is never restarted");
+    let events = agent.status_get("/events").1;
+    assert_eq!(events.matches(&format!("container {wedged} restarted")).count(), 3, "{events}");
 }

@@ -22,7 +22,7 @@ use crate::routes::{Origin, RouteTable};
 use crate::sources::docker::DockerApi;
 use crate::sources::label_schema::Heal;
 use crate::sources::labels::{self, Container};
-use crate::status::{now_ms, HealTarget, State};
+use crate::status::{now_ms, EventKind, HealTarget, State};
 
 /// How often anomalies are judged (the insight windows' finest slot).
 const TICK: Duration = Duration::from_secs(5);
@@ -63,7 +63,10 @@ pub(super) fn start(
         loop {
             ticks.tick().await;
             let events = status.insight().tick(now_ms());
-            events.iter().for_each(log);
+            for event in &events {
+                log(event);
+                status.event(EventKind::Anomaly, crate::dashboard::events::anomaly_text(event));
+            }
             if let Some(docker) = &docker {
                 heal(&status, docker.as_ref()).await;
             }
@@ -149,10 +152,17 @@ async fn heal(status: &State, docker: &dyn DockerApi) {
     for restart in restarts {
         let name = targets.iter().find(|t| t.id == restart.container).map_or(restart.container.as_str(), |t| &t.name);
         warn!(container = name, server = %restart.server, cause = %restart.cause, "heal: restarting the container");
-        match docker.restart(&restart.container).await {
-            Ok(()) => info!(container = name, "heal: the container restarted"),
-            Err(e) => warn!(container = name, "heal: the restart failed: {e}"),
-        }
+        let outcome = match docker.restart(&restart.container).await {
+            Ok(()) => {
+                info!(container = name, "heal: the container restarted");
+                "restarted".to_string()
+            }
+            Err(e) => {
+                warn!(container = name, "heal: the restart failed: {e}");
+                format!("restart failed: {e}")
+            }
+        };
+        status.event(EventKind::Restart, format!("container {name} {outcome} ({})", restart.cause));
     }
 }
 
