@@ -42,9 +42,10 @@ pub(super) fn start(
     let qlen =
         std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").ok().and_then(|s| s.trim().parse::<u32>().ok());
     let queue = qlen.unwrap_or(10);
+    // Advice, not a fault: at a few hundred requests a second nothing is lost.
     if queue < QUEUE_WANTED / 4 {
-        warn!(
-            "insight: the kernel queues only {queue} lines per socket (net.unix.max_dgram_qlen), so under load nginx drops lines and the figures run low; run the agent's container with --sysctl net.unix.max_dgram_qlen={QUEUE_WANTED} (compose: sysctls, as compose/ does)"
+        info!(
+            "insight: the kernel queues only {queue} lines per socket (net.unix.max_dgram_qlen), so under heavy load nginx drops lines and the figures run low; run the agent's container with --sysctl net.unix.max_dgram_qlen={QUEUE_WANTED} (compose: sysctls, as compose/ does)"
         );
     }
     let reader = status.clone();
