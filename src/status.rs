@@ -338,9 +338,14 @@ impl Server {
                     let snapshot = state.insight().snapshot(now_ms());
                     serde_json::to_string(&snapshot).expect("the snapshot serializes")
                 })
-                .await
-                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-                respond(StatusCode::OK, "application/json", json + "\n")
+                .await;
+                match json {
+                    Ok(json) => respond(StatusCode::OK, "application/json", json + "\n"),
+                    Err(e) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot take the traffic snapshot ({e}); see the agent's log\n"),
+                    ),
+                }
             }
             "/routes" => match self.routes() {
                 Some(json) => respond(StatusCode::OK, "application/json", json),

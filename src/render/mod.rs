@@ -192,17 +192,16 @@ pub struct Renderer {
     name: String,
     /// A custom template's source, to tell which context fields it uses ([`Renderer::fit`]).
     custom: Option<String>,
-    /// The built-in template, also cut into three templates (see [`Split`]).
+    /// The built-in template, also cut in two at its sites loop (see [`HEAD`], [`SITES`]).
     split: bool,
 }
 
-/// The built-in template ends with its loop over the sites. Cut there, it renders as three
-/// templates: the head, the loop over a share of the sites (one share per core, at once) and the
-/// tail, whose outputs joined are the whole template's (a test renders both ways). Names of the
-/// parts in the environment:
+/// The built-in template ends with its loop over the sites. Cut there, it renders as two
+/// templates: the head, and the loop over a share of the sites (one share per core, at once),
+/// whose outputs joined are the whole template's (a test renders both ways). Names of the parts
+/// in the environment:
 const HEAD: &str = "nginx.conf.j2 (built in, before the sites)";
 const SITES: &str = "nginx.conf.j2 (built in, the sites)";
-const TAIL: &str = "nginx.conf.j2 (built in, after the sites)";
 
 /// Below this many sites the loop is rendered on the calling thread alone.
 const SITES_PER_THREAD_MIN: usize = 256;
@@ -303,11 +302,9 @@ impl Renderer {
         let builtin = source == BUILTIN_TEMPLATE;
         let custom = (!builtin).then(|| source.clone());
         if builtin {
-            let [head, sites, tail] =
-                split_at_sites_loop(&source).expect("the built-in template ends with its sites loop");
+            let [head, sites] = split_at_sites_loop(&source).expect("the built-in template ends with its sites loop");
             env.add_template_owned(HEAD, head).map_err(RenderError::template)?;
             env.add_template_owned(SITES, sites).map_err(RenderError::template)?;
-            env.add_template_owned(TAIL, tail).map_err(RenderError::template)?;
         }
         env.add_template_owned(name.clone(), source).map_err(RenderError::template)?;
         Ok(Renderer { env, name, custom, split: builtin })
@@ -360,7 +357,7 @@ impl Renderer {
             template.render_captured_to(with_sites(&globals, all), &mut out).map_err(RenderError::template)?;
             return self.text(out);
         }
-        // The head and the tail only count the sites; the loop renders them in shares, at once.
+        // The head only counts the sites; the loop renders them in shares, at once.
         let count = || with_sites(&globals, minijinja::Value::from_object(SiteCount(table.sites.len())));
         let part = |name: &str, ctx: minijinja::Value, out: &mut Vec<u8>| {
             let template = self.env.get_template(name).map_err(RenderError::template)?;
@@ -398,7 +395,6 @@ impl Renderer {
         for other in others {
             out.extend_from_slice(&other?);
         }
-        part(TAIL, count(), &mut out)?;
         self.text(out)
     }
 
@@ -418,10 +414,10 @@ fn output_size(sites: &[crate::routes::Site]) -> usize {
     4096 + sites.len() * 3072 + locations * 768
 }
 
-/// `source` cut before its last top-level `{% for site in sites %}` and after the `{% endfor %}`
-/// that ends the file: the head, the loop and the tail. The loop keeps its lines' numbers (a
-/// comment holds the head's line breaks), so errors name the template's lines.
-fn split_at_sites_loop(source: &str) -> Option<[String; 3]> {
+/// `source` cut before its last top-level `{% for site in sites %}`, whose `{% endfor %}` ends the
+/// file: the head and the loop. The loop keeps its lines' numbers (a comment holds the head's line
+/// breaks), so errors name the template's lines.
+fn split_at_sites_loop(source: &str) -> Option<[String; 2]> {
     const OPEN: &str = "{% for site in sites %}\n";
     const CLOSE: &str = "{% endfor %}\n";
     let start = source.rfind(OPEN)?;
@@ -431,7 +427,7 @@ fn split_at_sites_loop(source: &str) -> Option<[String; 3]> {
     }
     let breaks = source[..start].matches('\n').count();
     let padding = if breaks == 0 { String::new() } else { format!("{{#{}#}}", "\n".repeat(breaks)) };
-    Some([source[..start].to_string(), format!("{padding}{}", &source[start..]), String::new()])
+    Some([source[..start].to_string(), format!("{padding}{}", &source[start..])])
 }
 
 /// `globals` (the context without its sites) with `sites`.
@@ -472,8 +468,8 @@ impl minijinja::value::Object for Root {
     }
 }
 
-/// The number of sites, as the sequence the head and the tail of a cut template see (they only
-/// count them; anything else is an error, as for an undefined value).
+/// The number of sites, as the sequence the head of a cut template sees (it only counts them;
+/// anything else is an error, as for an undefined value).
 #[derive(Debug)]
 struct SiteCount(usize);
 
