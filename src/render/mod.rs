@@ -1248,7 +1248,7 @@ mod tests {
         assert!(err.to_string().contains("undefined"), "{err}");
     }
 
-    /// The built-in template rendered cut in three, its sites in shares on several threads, is
+    /// The built-in template rendered cut in two, its sites in shares on several threads, is
     /// the same text as the template rendered whole (here as a custom template), in both modes,
     /// with every kind of route and more sites than one share holds.
     #[test]
