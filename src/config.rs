@@ -78,6 +78,8 @@ pub struct Timing {
     pub resync: Duration,
     /// `heal=restart`: how long every request must have failed (`HEAL_AFTER`).
     pub heal_after: Duration,
+    /// Minutes of baseline before anomaly flags are judged (`ANOMALY_WARMUP`).
+    pub anomaly_warmup_minutes: u32,
 }
 
 /// A setting that cannot be used; the message names the setting.
@@ -91,6 +93,8 @@ pub enum ConfigError {
     Cloudflare(#[from] CloudflareError),
     #[error(transparent)]
     Acme(Box<AcmeError>),
+    #[error("ANOMALY_WARMUP={0}: give whole minutes from 1m to 60m")]
+    AnomalyWarmup(String),
     #[error("set both ACME_EAB_KID and ACME_EAB_HMAC_KEY for external account binding, or neither")]
     EabHalf,
 }
@@ -148,6 +152,7 @@ impl Config {
                 debounce_max: settings.debounce_max.into(),
                 resync: settings.resync_interval.into(),
                 heal_after: settings.heal_after.into(),
+                anomaly_warmup_minutes: anomaly_warmup(settings.anomaly_warmup)?,
             },
             status_addr: settings.status_addr,
             status_token: settings.status_token.clone().filter(|t| !t.expose().is_empty()),
@@ -207,6 +212,14 @@ fn listen_ipv6(mode: Ipv6Mode, if_inet6: &Path) -> bool {
 }
 
 /// `CLOUDFLARE_IPS_URL`: an `http` or `https` URL.
+fn anomaly_warmup(warmup: humantime::Duration) -> Result<u32, ConfigError> {
+    let secs = warmup.as_secs();
+    match (secs % 60, secs / 60, warmup.subsec_nanos()) {
+        (0, minutes @ 1..=60, 0) => Ok(minutes as u32),
+        _ => Err(ConfigError::AnomalyWarmup(warmup.to_string())),
+    }
+}
+
 fn cloudflare_ips_url(text: &str) -> Result<reqwest::Url, ConfigError> {
     let bad = |reason: &str| {
         ConfigError::Path(RenderError::Setting {

@@ -140,6 +140,11 @@ pub struct Settings {
     #[arg(long, env = "HEAL_AFTER", global = true, default_value = "60s")]
     pub heal_after: humantime::Duration,
 
+    /// Anomaly flags: the minutes of baseline a domain's error ratio and latency need before they
+    /// are judged (whole minutes, 1m to 60m).
+    #[arg(long, env = "ANOMALY_WARMUP", global = true, default_value = "5m")]
+    pub anomaly_warmup: humantime::Duration,
+
     /// Full resync with the Docker host (list and inspect every labelled container) this often.
     #[arg(long, env = "RESYNC_INTERVAL", global = true, default_value = "5m")]
     pub resync_interval: humantime::Duration,

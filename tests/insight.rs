@@ -227,3 +227,89 @@ fn heal_restart_restarts_a_failing_container_within_its_hourly_cap() {
     let events = agent.status_get("/events").1;
     assert_eq!(events.matches(&format!("container {wedged} restarted")).count(), 3, "{events}");
 }
+
+/// An upstream that turns to errors under steady traffic raises `error_ratio` within a minute and
+/// recovery clears it: logged once each way, in `/insight` with the figures that raised it, in
+/// `/metrics`, and among the dashboard's recent decisions. `ANOMALY_WARMUP=1m` so that one minute
+/// of healthy traffic is baseline enough (the default is 5).
+#[test]
+fn an_upstream_turning_to_errors_raises_the_error_ratio_flag_and_recovery_clears_it() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let failing = Arc::new(AtomicBool::new(false));
+    let answer = failing.clone();
+    let app = StubHttp::start_replies(0, move |_| match answer.load(Relaxed) {
+        true => StubReply::new(500, &[], "broken"),
+        false => StubReply::new(200, &[], "ok"),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.json");
+    let json = serde_json::json!({
+        "domains": [{"name": "flaky.test", "service": "app", "tls": "off"}],
+        "services": [{"name": "app", "host": "127.0.0.1", "port": app.port()}],
+    });
+    write_file(&config, &json.to_string());
+    let config_path = config.display().to_string();
+    let agent = Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", &config_path), ("ANOMALY_WARMUP", "1m")]);
+    agent.wait_for_status("flaky.test", 200, Some("ok"));
+
+    // Steady traffic, 20 requests a second, for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, stopped) = (agent.port, stop.clone());
+    let traffic = std::thread::spawn(move || {
+        while !stopped.load(Relaxed) {
+            http_get(port, "flaky.test", "/");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let flaky = |doc: &serde_json::Value| domain(doc, "flaky.test").clone();
+    let flags = |doc: &serde_json::Value| -> Vec<String> {
+        flaky(doc)["anomalies"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap().to_string()).collect()
+    };
+    // The first minute boundary starts the clock, the next completes a minute to learn.
+    agent.wait_for("one minute of baseline", Duration::from_secs(150), || {
+        flaky(&insight(&agent))["baseline"]["error_ratio"]["samples"].as_u64() >= Some(1)
+    });
+    let healthy = insight(&agent);
+    assert!(flags(&healthy).is_empty(), "healthy traffic raises no flag: {}", flaky(&healthy));
+
+    failing.store(true, Relaxed);
+    let turned = Instant::now();
+    let mut doc = serde_json::Value::Null;
+    agent.wait_for("the error_ratio flag", Duration::from_secs(60), || {
+        doc = insight(&agent);
+        flags(&doc).contains(&"error_ratio".to_string())
+    });
+    let raised_after = turned.elapsed();
+    let flag =
+        flaky(&doc)["anomalies"].as_array().unwrap().iter().find(|a| a["kind"] == "error_ratio").unwrap().clone();
+    let raised = &flag["raised"];
+    assert!(raised["observed"].as_f64().unwrap() >= 0.10, "{flag}");
+    assert!(raised["baseline"].as_f64().unwrap() < 0.01, "{flag}");
+    assert!(raised["requests"].as_u64().unwrap() >= 20, "{flag}");
+    let metrics = agent.status_get("/metrics").1;
+    let series = r#"smart_proxy_http_anomaly{domain="flaky.test",kind="error_ratio"} 1"#;
+    assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+
+    failing.store(false, Relaxed);
+    let recovered = Instant::now();
+    agent.wait_for("the flag to clear after recovery", Duration::from_secs(120), || flags(&insight(&agent)).is_empty());
+    let cleared_after = recovered.elapsed();
+    stop.store(true, Relaxed);
+    traffic.join().unwrap();
+    eprintln!(
+        "error_ratio raised {raised_after:?} after the upstream failed, cleared {cleared_after:?} after recovery"
+    );
+
+    let log = agent.log();
+    let lines = |what: &str| log.lines().filter(|l| l.contains(what) && l.contains("flaky.test")).count();
+    assert_eq!((lines("anomaly started"), lines("anomaly ended")), (1, 1), "{log}");
+    let events = agent.status_get("/events").1;
+    assert!(events.contains("flaky.test: 5xx share up:"), "{events}");
+    assert!(events.contains("flaky.test: 5xx share back to"), "{events}");
+    let metrics = agent.status_get("/metrics").1;
+    let series = r#"smart_proxy_http_anomaly{domain="flaky.test",kind="error_ratio"} 0"#;
+    assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+}

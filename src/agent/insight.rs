@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::config::Timing;
 use crate::insight::{AnomalyEvent, Candidate, HealConfig, MAX_DATAGRAM};
 use crate::routes::{Origin, RouteTable};
 use crate::sources::docker::DockerApi;
@@ -35,7 +36,7 @@ pub(super) fn start(
     socket: &Path,
     status: Arc<State>,
     docker: Option<Arc<dyn DockerApi>>,
-    heal_after: Duration,
+    timing: Timing,
 ) -> anyhow::Result<()> {
     let sock = bind(socket)?;
     info!(socket = %socket.display(), "insight: reading nginx's access-log lines");
@@ -54,8 +55,9 @@ pub(super) fn start(
             warn!("insight: reading the socket failed ({e}); /insight and the traffic figures stop here");
         }
     })?;
+    status.insight().set_warmup(timing.anomaly_warmup_minutes);
     if docker.is_some() {
-        let config = HealConfig { failing_for_ms: heal_after.as_millis() as u64, ..HealConfig::default() };
+        let config = HealConfig { failing_for_ms: timing.heal_after.as_millis() as u64, ..HealConfig::default() };
         status.insight().enable_healing(config);
     }
     tokio::spawn(async move {

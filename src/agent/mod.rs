@@ -211,7 +211,7 @@ impl Controller {
         }
         // Before nginx starts (in the first pass), so that its first lines find the socket.
         if let Some(socket) = &config.render.insight_socket {
-            insight::start(socket.as_path(), status.clone(), docker.clone(), config.timing.heal_after)?;
+            insight::start(socket.as_path(), status.clone(), docker.clone(), config.timing)?;
         }
         spawn_resync_timer(tx.clone(), config.timing.resync);
         if let Some(url) = &config.cloudflare_ips_url {

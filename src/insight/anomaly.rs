@@ -9,7 +9,7 @@ use serde::Serialize;
 
 /// Requests in the last minute below which error ratio and latency are not judged.
 pub const MIN_REQUESTS: u64 = 20;
-/// Minutes of baseline a figure needs before it is judged.
+/// Minutes of baseline a figure needs before it is judged, unless told otherwise (`ANOMALY_WARMUP`).
 pub const WARMUP_MINUTES: u32 = 5;
 /// A traffic drop needs a baseline of at least this rate, held for [`STEADY_MINUTES`].
 pub const STEADY_RATE: f64 = 1.0;
@@ -173,11 +173,12 @@ impl Detector {
         }
     }
 
-    /// Judges the last minute against the baselines: the flags that start or end now.
-    pub fn judge(&mut self, last: &Minute, now_ms: u64) -> Vec<(AnomalyKind, bool, Figures)> {
+    /// Judges the last minute against the baselines (error ratio and latency once they learned
+    /// `warmup` minutes): the flags that start or end now.
+    pub fn judge(&mut self, last: &Minute, now_ms: u64, warmup: u32) -> Vec<(AnomalyKind, bool, Figures)> {
         let mut out = Vec::new();
         for kind in AnomalyKind::ALL {
-            let Some((figures, start, end)) = self.rule(kind, last) else { continue };
+            let Some((figures, start, end)) = self.rule(kind, last, warmup) else { continue };
             let slot = &mut self.active[kind as usize];
             match slot {
                 None if start => {
@@ -199,13 +200,13 @@ impl Detector {
 
     /// A rule's figures, whether it starts, whether it ends; `None` while its baseline is too
     /// young to judge and no flag is up.
-    fn rule(&self, kind: AnomalyKind, last: &Minute) -> Option<(Figures, bool, bool)> {
+    fn rule(&self, kind: AnomalyKind, last: &Minute, warmup: u32) -> Option<(Figures, bool, bool)> {
         let b = &self.baseline;
         let up = self.is_active(kind);
         let enough = last.requests >= MIN_REQUESTS;
         match kind {
             AnomalyKind::ErrorRatio => {
-                if b.error_ratio.samples < WARMUP_MINUTES && !up {
+                if b.error_ratio.samples < warmup && !up {
                     return None;
                 }
                 let (base, seen) = (b.error_ratio.value, last.error_ratio());
@@ -215,7 +216,7 @@ impl Detector {
                 Some((figures, start, end))
             }
             AnomalyKind::Latency => {
-                if b.p95_ms.samples < WARMUP_MINUTES && !up {
+                if b.p95_ms.samples < warmup && !up {
                     return None;
                 }
                 let base = b.p95_ms.value;
@@ -258,51 +259,60 @@ mod tests {
     #[test]
     fn error_ratio_starts_once_ends_with_hysteresis() {
         let mut d = learned(30, minute(600, 6, 20.0));
-        assert!(d.judge(&minute(600, 60, 20.0), 0).is_empty(), "10 % against 1 %: under base + 10 points");
-        let ev = d.judge(&minute(600, 90, 20.0), 1);
+        assert!(
+            d.judge(&minute(600, 60, 20.0), 0, WARMUP_MINUTES).is_empty(),
+            "10 % against 1 %: under base + 10 points"
+        );
+        let ev = d.judge(&minute(600, 90, 20.0), 1, WARMUP_MINUTES);
         assert_eq!(ev.len(), 1);
         assert_eq!((ev[0].0, ev[0].1), (AnomalyKind::ErrorRatio, true));
         assert!((ev[0].2.baseline - 0.01).abs() < 1e-9 && ev[0].2.requests == 600);
-        assert!(d.judge(&minute(600, 90, 20.0), 2).is_empty(), "once");
-        assert!(d.judge(&minute(600, 40, 20.0), 3).is_empty(), "6.7 %: still above the end threshold");
-        let ev = d.judge(&minute(600, 20, 20.0), 4);
+        assert!(d.judge(&minute(600, 90, 20.0), 2, WARMUP_MINUTES).is_empty(), "once");
+        assert!(d.judge(&minute(600, 40, 20.0), 3, WARMUP_MINUTES).is_empty(), "6.7 %: still above the end threshold");
+        let ev = d.judge(&minute(600, 20, 20.0), 4, WARMUP_MINUTES);
         assert_eq!((ev[0].0, ev[0].1), (AnomalyKind::ErrorRatio, false));
     }
 
     #[test]
     fn too_little_traffic_is_not_judged() {
         let mut d = learned(30, minute(10, 0, 20.0));
-        assert!(d.judge(&minute(19, 19, 5000.0), 0).is_empty());
+        assert!(d.judge(&minute(19, 19, 5000.0), 0, WARMUP_MINUTES).is_empty());
         let mut young = learned(WARMUP_MINUTES - 1, minute(600, 0, 20.0));
-        assert!(young.judge(&minute(600, 600, 5000.0), 0).is_empty());
+        assert!(young.judge(&minute(600, 600, 5000.0), 0, WARMUP_MINUTES).is_empty());
+        // ANOMALY_WARMUP=1m: one minute learned is enough.
+        let ev = learned(1, minute(600, 0, 20.0)).judge(&minute(600, 600, 5000.0), 0, 1);
+        assert_eq!(
+            ev.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+            [(AnomalyKind::ErrorRatio, true), (AnomalyKind::Latency, true)]
+        );
     }
 
     #[test]
     fn latency_needs_double_and_100_ms() {
         let mut d = learned(30, minute(600, 0, 20.0));
-        assert!(d.judge(&minute(600, 0, 110.0), 0).is_empty(), "5x but only +90 ms");
-        let ev = d.judge(&minute(600, 0, 130.0), 1);
+        assert!(d.judge(&minute(600, 0, 110.0), 0, WARMUP_MINUTES).is_empty(), "5x but only +90 ms");
+        let ev = d.judge(&minute(600, 0, 130.0), 1, WARMUP_MINUTES);
         assert_eq!((ev[0].0, ev[0].1), (AnomalyKind::Latency, true));
         // Frozen while flagged.
         d.learn(&minute(600, 0, 130.0));
         assert!((d.baseline.p95_ms.value - 20.0).abs() < 1e-9);
-        assert!(d.judge(&minute(600, 0, 80.0), 2).is_empty());
-        assert!(!d.judge(&minute(600, 0, 60.0), 3)[0].1);
+        assert!(d.judge(&minute(600, 0, 80.0), 2, WARMUP_MINUTES).is_empty());
+        assert!(!d.judge(&minute(600, 0, 60.0), 3, WARMUP_MINUTES)[0].1);
     }
 
     #[test]
     fn traffic_drop_needs_steady_traffic() {
         let mut d = learned(STEADY_MINUTES - 1, minute(120, 0, 20.0));
-        assert!(d.judge(&minute(0, 0, 0.0), 0).is_empty(), "not steady for long enough");
+        assert!(d.judge(&minute(0, 0, 0.0), 0, WARMUP_MINUTES).is_empty(), "not steady for long enough");
         d.learn(&minute(120, 0, 20.0));
-        let ev = d.judge(&Minute::default(), 1);
+        let ev = d.judge(&Minute::default(), 1, WARMUP_MINUTES);
         assert_eq!((ev[0].0, ev[0].1, ev[0].2.baseline), (AnomalyKind::TrafficDrop, true, 2.0));
         d.learn(&Minute::default());
         assert_eq!(d.baseline.rate.value, 2.0, "frozen");
-        assert!(d.judge(&minute(5, 0, 20.0), 2).is_empty(), "a trickle is no recovery");
-        assert!(!d.judge(&minute(60, 0, 20.0), 3)[0].1);
+        assert!(d.judge(&minute(5, 0, 20.0), 2, WARMUP_MINUTES).is_empty(), "a trickle is no recovery");
+        assert!(!d.judge(&minute(60, 0, 20.0), 3, WARMUP_MINUTES)[0].1);
         let mut slow = learned(60, minute(30, 0, 20.0));
-        assert!(slow.judge(&Minute::default(), 0).is_empty(), "0.5 req/s is not steady");
+        assert!(slow.judge(&Minute::default(), 0, WARMUP_MINUTES).is_empty(), "0.5 req/s is not steady");
     }
 
     #[test]

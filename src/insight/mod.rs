@@ -55,6 +55,8 @@ pub struct Insight {
     domains: HashMap<Box<str>, Option<Box<Traffic>>>,
     dropped: Dropped,
     healer: Option<Healer>,
+    /// Minutes of baseline before a figure is judged (default [`anomaly::WARMUP_MINUTES`]).
+    warmup: Option<u32>,
     /// The latest time seen: time never goes back here, so a late or skewed `now` cannot
     /// overwrite newer slots.
     clock: u64,
@@ -366,6 +368,11 @@ impl Insight {
         Insight::default()
     }
 
+    /// How many minutes of baseline error ratio and latency need before they are judged.
+    pub fn set_warmup(&mut self, minutes: u32) {
+        self.warmup = Some(minutes.max(1));
+    }
+
     /// The routed domains (`$server_name` values: the route table's names). Lines for any other
     /// name are counted as `unrouted` and dropped; a domain no longer given is forgotten, its
     /// figures and flags with it.
@@ -431,11 +438,12 @@ impl Insight {
     pub fn tick(&mut self, now_ms: u64) -> Vec<AnomalyEvent> {
         let now_ms = self.clock(now_ms);
         let mut events = Vec::new();
+        let warmup = self.warmup.unwrap_or(anomaly::WARMUP_MINUTES);
         for (domain, traffic) in &mut self.domains {
             let Some(t) = traffic else { continue };
             // Judged before learning: the minute that just completed may be the anomaly itself.
             let last = minute_figures(&t.last_minute(now_ms));
-            for (kind, started, figures) in t.detector.judge(&last, now_ms) {
+            for (kind, started, figures) in t.detector.judge(&last, now_ms, warmup) {
                 events.push(AnomalyEvent { domain: domain.to_string(), kind, started, figures, at_ms: now_ms });
             }
             for minute in t.detector.minutes_to_learn(now_ms / COARSE_MS) {
