@@ -24,6 +24,50 @@ pub enum NginxError {
     ReloadFailed { code: i64, output: String },
 }
 
+/// A sh function, `reload <main config>`, that reloads nginx where it runs and does what
+/// [`Nginx::reload`] does for our own child: it waits for the master's first workers (before them,
+/// SIGHUP ends a master still reading its config), reloads, waits up to 30 s for a new worker
+/// (none: nginx did not load the config; exit 71), then asks the workers from before the reload to
+/// finish with SIGQUIT ([`quit_old_workers`]: a worker that missed the master's message goes on
+/// accepting with the old config). The master is the nginx process whose parent is not nginx; its
+/// workers are `/proc/<master>/task/<master>/children`. Where /proc shows neither, it only reloads.
+macro_rules! reload_fn {
+    () => {
+        r#"nginx_master() {
+  for s in /proc/[0-9]*/stat; do
+    read -r pid comm _ ppid _ < "$s" 2>/dev/null || continue
+    [ "$comm" = "(nginx)" ] || continue
+    read -r _ pcomm _ < "/proc/$ppid/stat" 2>/dev/null || pcomm=
+    [ "$pcomm" = "(nginx)" ] || { echo "$pid"; return 0; }
+  done
+}
+reload() {
+  m=$(nginx_master) || m=
+  kids="/proc/$m/task/$m/children"
+  if [ -z "$m" ] || [ ! -r "$kids" ]; then nginx -c "$1" -s reload; return; fi
+  i=0
+  while [ -z "$(cat "$kids")" ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i + 1)); done
+  before=$(cat "$kids")
+  nginx -c "$1" -s reload || return
+  i=0
+  while [ $i -lt 3000 ]; do
+    for p in $(cat "$kids" 2>/dev/null); do
+      case " $before " in *" $p "*) ;; *)
+        for old in $before; do
+          case " $(cat "$kids" 2>/dev/null) " in *" $old "*) kill -QUIT "$old" 2>/dev/null || true;; esac
+        done
+        return 0;;
+      esac
+    done
+    sleep 0.01; i=$((i + 1))
+  done
+  echo "nginx started no new worker within 30 s of the reload, so it did not load the new config; its error log says why" >&2
+  return 71
+}
+"#
+    };
+}
+
 /// Tests a candidate on a copy of nginx's config directory. Arguments: main config, the file the
 /// agent owns (inside the main config's directory), the candidate, and optionally `swap`. First it
 /// gives the htpasswd directory beside the target (`render::AUTH_DIR`) to nginx's workers' group,
@@ -32,7 +76,9 @@ pub enum NginxError {
 /// stay inside the copy. With `swap` (the companion setup: one exec instead of three), a candidate
 /// nginx accepted is renamed over the target, [`SWAPPED`] is printed, and nginx is reloaded; the
 /// exit code is then the reload's.
-const TEST_SCRIPT: &str = r#"set -eu
+const TEST_SCRIPT: &str = concat!(
+    reload_fn!(),
+    r#"set -eu
 conf="$1"; target="$2"; candidate="$3"; swap="${4:-}"
 dir=$(dirname "$conf")
 case "$target" in "$dir"/*) ;; *) echo "NGINX_CONF $target is not inside nginx's config directory $dir" >&2; exit 3;; esac
@@ -59,8 +105,12 @@ printf '%s\n' "$out" | sed "s#$tmp/#$dir/#g"
 if [ "$rc" != 0 ] || [ "$swap" != swap ]; then exit "$rc"; fi
 mv -f "$candidate" "$target" || { echo "cannot rename $candidate to $target" >&2; exit 70; }
 echo "smart-proxy: swapped"
-nginx -c "$conf" -s reload
-"#;
+reload "$conf"
+"#
+);
+
+/// The companion's reload: `reload <main config>` (see [`reload_fn!`]).
+const RELOAD_SCRIPT: &str = concat!(reload_fn!(), "reload \"$1\"\n");
 
 /// The line the test script prints once it renamed the tested candidate over the target.
 const SWAPPED: &str = "smart-proxy: swapped";
@@ -195,7 +245,7 @@ impl Nginx {
             Nginx::Companion(c) => {
                 let main = path_str(&c.main_conf);
                 let (code, output) =
-                    c.exec(vec!["nginx".into(), "-c".into(), main, "-s".into(), "reload".into()]).await?;
+                    c.exec(vec!["sh".into(), "-c".into(), RELOAD_SCRIPT.into(), "sh".into(), main]).await?;
                 if code == 0 {
                     Ok(true)
                 } else {
