@@ -5,7 +5,8 @@
 //! Two agents, as users run them (LOCAL, nginx their child with one worker), route `bench.test`
 //! to the same backend (an nginx of its own answering `200 ok`, so the app costs the same and is
 //! not the bottleneck): one with `INSIGHT=off` (the per-domain JSON file only: the baseline), one
-//! with the defaults (the file and the agent's socket). `wrk -t1 -c32` runs against each for
+//! with `ACCESS_LOG_FILES=off` (the agent's socket only), one with the defaults (the file and the
+//! socket). `wrk -t1 -c32` runs against each for
 //! `SECONDS`, alternating, `ROUNDS` times; the medians, their ratio and the lines the agent
 //! counted against the requests wrk made are printed. Then wrk runs against the insight agent for
 //! `SOAK` seconds while the agent's RSS is sampled each second. `BENCH_QUICK=1`: short runs (a
@@ -65,16 +66,24 @@ fn backend(port: u16) -> Backend {
     Backend { child, _dir: dir }
 }
 
-fn agent(backend: u16, insight: bool) -> Agent {
+/// The three setups compared: the baseline first.
+const SETUPS: [(&str, bool, bool); 3] = [
+    ("files only (INSIGHT=off)", false, true),
+    ("insight only (ACCESS_LOG_FILES=off)", true, false),
+    ("files + insight (default)", true, true),
+];
+
+fn agent(backend: u16, insight: bool, files: bool) -> Agent {
     let services = format!("app:127.0.0.1:{backend}");
     let nginx = nginx_bin().display().to_string();
-    let insight = if insight { "on" } else { "off" };
+    let on = |b: bool| if b { "on" } else { "off" };
     let env = [
         ("NO_DOCKER", "true"),
         ("NGINX_BIN", nginx.as_str()),
         ("DOMAINS", "bench.test:app"),
         ("SERVICES", services.as_str()),
-        ("INSIGHT", insight),
+        ("INSIGHT", on(insight)),
+        ("ACCESS_LOG_FILES", on(files)),
     ];
     let mut agent = Agent::local(Prefix::HOST, &env);
     agent.launch();
@@ -154,56 +163,61 @@ fn main() {
     let (rounds, seconds, soak) = if quick { (1, 1, 5) } else { (5, 3, 60) };
     let backend_port = free_port();
     let _backend = backend(backend_port);
-    let files = agent(backend_port, false);
-    let insight = agent(backend_port, true);
-    for a in [&files, &insight] {
+    let agents: Vec<Agent> = SETUPS.iter().map(|&(_, insight, files)| agent(backend_port, insight, files)).collect();
+    for a in &agents {
         assert_eq!(wrk(a.port, 1).2, 0, "the route answers errors");
     }
-    let before = counted(&insight);
-    let (mut rps, mut made) = ([Vec::new(), Vec::new()], [0u64; 2]);
+    let before: Vec<u64> = agents.iter().map(counted).collect();
+    let n = agents.len();
+    let (mut rps, mut made) = (vec![Vec::new(); n], vec![0u64; n]);
     // CPU seconds of each agent and of its nginx during its runs.
-    let (mut agent_cpu, mut nginx_cpu) = ([0.0f64; 2], [0.0f64; 2]);
+    let (mut agent_cpu, mut nginx_cpu) = (vec![0.0f64; n], vec![0.0f64; n]);
     for round in 0..rounds {
-        for i in 0..2 {
-            let which = (i + round) % 2;
-            let a = if which == 0 { &files } else { &insight };
+        for i in 0..n {
+            let which = (i + round) % n;
+            let a = &agents[which];
             let (pid, nginx) = (a.pid().unwrap(), nginx_pid(a));
             let (cpu0, nginx0) = (cpu_of_tree(pid), cpu_of_tree(nginx));
-            let (value, n, failed) = wrk(a.port, seconds);
+            let (value, made_now, failed) = wrk(a.port, seconds);
             agent_cpu[which] += cpu_of_tree(pid) - cpu0;
             nginx_cpu[which] += cpu_of_tree(nginx) - nginx0;
             assert_eq!(failed, 0, "errors under load");
             rps[which].push(value);
-            made[which] += n;
+            made[which] += made_now;
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    let lines = counted(&insight) - before;
-    let (base, with) = (median(&mut rps[0]), median(&mut rps[1]));
+    let medians: Vec<f64> = rps.iter_mut().map(|r| median(r)).collect();
     println!("insight through nginx ({rounds} rounds of {seconds} s per agent, wrk -t1 -c32, nginx 1 worker)");
-    println!("files only (INSIGHT=off)     {base:>10.0} req/s (median)");
-    println!(
-        "files + insight (default)    {with:>10.0} req/s (median), {:.3} of files only (bar >= 0.95: {})",
-        with / base,
-        if with / base >= 0.95 { "met" } else { "not met" }
-    );
-    println!(
-        "lines the agent counted: {lines} of the {} requests wrk made ({:.2} %; wrk counts only answers it read)",
-        made[1],
-        lines as f64 * 100.0 / made[1].max(1) as f64
-    );
     let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
-    for (which, name) in [(0, "files only"), (1, "files + insight")] {
+    for (which, (name, insight, _)) in SETUPS.iter().enumerate() {
+        let ratio = medians[which] / medians[0];
+        let verdict = match (which, ratio >= 0.95) {
+            (0, _) => String::from("(the baseline)"),
+            (_, met) => format!("{ratio:.3} of files only (bar >= 0.95: {})", if met { "met" } else { "not met" }),
+        };
+        println!("{name:<36} {:>8.0} req/s (median) {verdict}", medians[which]);
         println!(
-            "{name:<16} CPU per request: nginx {:.1} µs, agent {:.1} µs",
+            "{:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs",
+            "",
             per(nginx_cpu[which], made[which]),
             per(agent_cpu[which], made[which])
         );
+        if *insight {
+            let lines = counted(&agents[which]) - before[which];
+            println!(
+                "{:<36} lines the agent counted: {lines} of the {} requests wrk made ({:.2} %; wrk counts only answers it read)",
+                "",
+                made[which],
+                lines as f64 * 100.0 / made[which].max(1) as f64
+            );
+        }
     }
     let queue = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").unwrap_or_default();
     println!("net.unix.max_dgram_qlen here: {}", queue.trim());
 
     // Soak: the agent's memory under sustained traffic.
+    let insight = agents.into_iter().next_back().expect("files + insight");
     let pid = insight.pid().expect("running");
     let start_rss = rss_kib(pid);
     let soaker = std::thread::spawn(move || wrk(insight.port, soak));
@@ -220,5 +234,4 @@ fn main() {
     println!(
         "agent RSS over {soak} s at {soak_rps:.0} req/s: {start_rss} KiB before, peak {peak} KiB, {last} KiB at the end"
     );
-    drop(files);
 }
