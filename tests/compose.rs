@@ -38,6 +38,20 @@ fn demo_serves_three_apps_and_a_stopped_one_fails_alone() {
     }
     project.wait_for_status(port, "nobody.localhost", 503, None);
 
+    // The README's `top`, in the agent's container (here without a terminal: `--once`), shows the
+    // request just made.
+    project.wait_for("`top --once` in the agent's container to show app1's request", Duration::from_secs(20), || {
+        let out = project.compose(&["exec", "-T", "agent", "nginx-smart-proxy", "top", "--once"]);
+        let table = text(&out);
+        // DOMAIN REQ/S 2XX ...: app1's line with at least one 2xx in the last minute.
+        let app1 = table.lines().find(|l| l.split_whitespace().next() == Some("app1.localhost"));
+        out.status.success()
+            && app1
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= 1)
+    });
+
     let out = project.compose(&["stop", "--timeout", "5", "app2"]);
     assert!(out.status.success(), "docker-compose stop app2: {}", text(&out));
     project.wait_for_status(port, "app2.localhost", 502, None);
