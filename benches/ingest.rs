@@ -9,7 +9,12 @@
 //! socket). `wrk -t1 -c32` runs against each for
 //! `SECONDS`, alternating, `ROUNDS` times; the medians, their ratio and the lines the agent
 //! counted against the requests wrk made are printed. Then wrk runs against the insight agent for
-//! `SOAK` seconds while the agent's RSS is sampled each second. `BENCH_QUICK=1`: short runs (a
+//! `SOAK` seconds while the agent's RSS is sampled each second. Then the companion setup, as the
+//! compose files run it: nginx in its container (the local nginx image) sends its lines through
+//! the shared volume to the agent in another (`--sysctl net.unix.max_dgram_qlen=1024`); two such
+//! pairs, `INSIGHT=off` and the defaults, route `bench.test` to a third nginx container, and wrk
+//! sends to each nginx container's address on the bench's network, alternating (skipped without a
+//! Docker daemon; `BENCH_ONLY=local` or `companion` runs one part). `BENCH_QUICK=1`: short runs (a
 //! smoke run). Run with `cargo bench --bench ingest` (needs nginx and wrk: `.ci/run` installs them).
 
 use std::process::{Child, Command, Stdio};
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use support::agent::{Agent, Prefix};
+use support::docker::{docker as cli, docker_available, TestDocker, TEST_LABEL};
 use support::{free_port, nginx_bin};
 
 /// The backend: an nginx answering `200 ok` on `port`; stopped when dropped.
@@ -93,9 +99,14 @@ fn agent(backend: u16, insight: bool, files: bool) -> Agent {
 
 /// One wrk run: requests per second, requests made, and the responses that were not 2xx or 3xx.
 fn wrk(port: u16, seconds: u64) -> (f64, u64, u64) {
+    wrk_url(&format!("http://127.0.0.1:{port}/"), seconds)
+}
+
+/// [`wrk`] against any address.
+fn wrk_url(url: &str, seconds: u64) -> (f64, u64, u64) {
     let out = Command::new("wrk")
         .args(["-t1", "-c32", &format!("-d{seconds}s"), "-H", "Host: bench.test"])
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(url)
         .output()
         .expect("run wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -161,6 +172,22 @@ fn counted(agent: &Agent) -> u64 {
 fn main() {
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let (rounds, seconds, soak) = if quick { (1, 1, 5) } else { (5, 3, 60) };
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "companion" {
+        local(rounds, seconds, soak);
+    }
+    if only == "local" {
+        return;
+    }
+    if !docker_available() {
+        println!("companion: SKIPPED, no Docker daemon answers");
+        return;
+    }
+    companion(rounds, seconds);
+}
+
+/// Nginx as the agent's child: files only, insight only, both; then the soak.
+fn local(rounds: usize, seconds: u64, soak: u64) {
     let backend_port = free_port();
     let _backend = backend(backend_port);
     let agents: Vec<Agent> = SETUPS.iter().map(|&(_, insight, files)| agent(backend_port, insight, files)).collect();
@@ -233,5 +260,149 @@ fn main() {
     let last = samples.last().copied().unwrap_or(0);
     println!(
         "agent RSS over {soak} s at {soak_rps:.0} req/s: {start_rss} KiB before, peak {peak} KiB, {last} KiB at the end"
+    );
+}
+
+/// One companion pair: nginx and the agent in their containers, sharing conf.d.
+struct Pair {
+    nginx: String,
+    agent: String,
+    /// nginx's address on the bench's network.
+    url: String,
+}
+
+impl Pair {
+    fn start(docker: &TestDocker, net: &str, short: &str, insight: bool, images: (&str, &str)) -> Pair {
+        let owner = format!("{TEST_LABEL}={}", docker.run_id());
+        let volume = docker.name(&format!("{short}-conf"));
+        cli(&["volume", "create", "--label", &owner, &volume]);
+        let mount = format!("{volume}:/etc/nginx/conf.d");
+        let (nginx, agent) = (docker.name(&format!("{short}-nginx")), docker.name(&format!("{short}-agent")));
+        cli(&["run", "-d", "--name", &nginx, "--label", &owner, "--network", net, "-v", &mount, images.0]);
+        let env = [
+            format!("LABEL_PREFIX={}{short}", docker.prefix()),
+            "LOCAL=true".into(),
+            format!("NGINX_CONTAINER={nginx}"),
+            format!("INSIGHT={}", if insight { "on" } else { "off" }),
+        ];
+        let mut args: Vec<&str> = vec!["run", "-d", "--name", &agent, "--label", &owner, "--network", net];
+        args.extend(["-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", &mount]);
+        args.extend(["--sysctl", "net.unix.max_dgram_qlen=1024"]);
+        for e in &env {
+            args.extend(["-e", e.as_str()]);
+        }
+        args.extend([images.1, "run"]);
+        cli(&args);
+        let ip =
+            cli(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), &nginx]);
+        Pair { nginx, agent, url: format!("http://{ip}/") }
+    }
+
+    fn pid(container: &str) -> u32 {
+        cli(&["inspect", "-f", "{{.State.Pid}}", container]).parse().expect("a pid")
+    }
+
+    /// The requests the agent counted for bench.test.
+    fn counted(&self) -> u64 {
+        let out = Command::new("docker")
+            .args(["exec", &self.agent, "wget", "-qO-", "http://127.0.0.1:9180/insight"])
+            .output()
+            .expect("docker exec");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let domains = doc["domains"].as_array().cloned().unwrap_or_default();
+        domains.iter().find(|d| d["domain"] == "bench.test").and_then(|d| d["total"]["requests"].as_u64()).unwrap_or(0)
+    }
+}
+
+/// The companion setup: files only against files + insight, nginx and the agent in containers.
+fn companion(rounds: usize, seconds: u64) {
+    let images = support::images::local_images(Some(std::path::Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))));
+    let agent_image = images.agent.clone().expect("built with the agent");
+    let docker = TestDocker::new();
+    let net = docker.network("ingest");
+    // The backend: the nginx image's own page, labelled for both pairs.
+    let owner = format!("{TEST_LABEL}={}", docker.run_id());
+    let backend = docker.name("backend");
+    let mut args: Vec<String> =
+        ["run", "-d", "--name", &backend, "--label", &owner, "--network", &net].map(String::from).to_vec();
+    for short in ["files", "insight"] {
+        args.extend(["--label".into(), format!("{}{short}.domains=bench.test", docker.prefix())]);
+        args.extend(["--label".into(), format!("{}{short}.port=80", docker.prefix())]);
+    }
+    args.push(images.nginx.clone());
+    cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let pairs = [
+        Pair::start(&docker, &net, "files", false, (&images.nginx, &agent_image)),
+        Pair::start(&docker, &net, "insight", true, (&images.nginx, &agent_image)),
+    ];
+    for p in &pairs {
+        // Routed once the agent's default server answers unknown names (503) and bench.test 200.
+        let host = |name: &str| {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-m",
+                    "2",
+                    "-H",
+                    &format!("Host: {name}"),
+                    &p.url,
+                ])
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        support::poll(
+            "the companion pair to route bench.test",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || host("x.invalid") == "503" && host("bench.test") == "200",
+            || None,
+            || cli(&["logs", &p.agent]),
+        );
+        assert_eq!(wrk_url(&p.url, 1).2, 0, "the route answers errors");
+    }
+    let before: Vec<u64> = pairs.iter().map(Pair::counted).collect();
+    let (mut rps, mut made) = ([Vec::new(), Vec::new()], [0u64; 2]);
+    let (mut agent_cpu, mut nginx_cpu) = ([0.0f64; 2], [0.0f64; 2]);
+    for round in 0..rounds {
+        for i in 0..2 {
+            let which = (i + round) % 2;
+            let p = &pairs[which];
+            let (agent, nginx) = (Pair::pid(&p.agent), Pair::pid(&p.nginx));
+            let (cpu0, nginx0) = (cpu_of_tree(agent), cpu_of_tree(nginx));
+            let (value, n, failed) = wrk_url(&p.url, seconds);
+            agent_cpu[which] += cpu_of_tree(agent) - cpu0;
+            nginx_cpu[which] += cpu_of_tree(nginx) - nginx0;
+            assert_eq!(failed, 0, "errors under load");
+            rps[which].push(value);
+            made[which] += n;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = pairs[1].counted() - before[1];
+    let (base, with) = (median(&mut rps[0]), median(&mut rps[1]));
+    let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
+    println!("companion setup (nginx and the agent in containers, {rounds} rounds of {seconds} s, wrk -t1 -c32 to nginx's address)");
+    println!("files only (INSIGHT=off)             {base:>8.0} req/s (median) (the baseline)");
+    println!(
+        "files + insight (default)            {with:>8.0} req/s (median) {:.3} of files only (bar >= 0.95: {})",
+        with / base,
+        if with / base >= 0.95 { "met" } else { "not met" }
+    );
+    for (which, name) in [(0, "files only"), (1, "files + insight")] {
+        println!(
+            "{name:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs",
+            per(nginx_cpu[which], made[which]),
+            per(agent_cpu[which], made[which])
+        );
+    }
+    println!(
+        "lines the agent counted: {lines} of the {} requests wrk made ({:.2} %)",
+        made[1],
+        lines as f64 * 100.0 / made[1].max(1) as f64
     );
 }
