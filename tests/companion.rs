@@ -98,6 +98,17 @@ pub(crate) struct Options {
     by_label: bool,
     /// A custom template (its text), copied into the agent container as `NGINX_TEMPLATE`.
     template: Option<String>,
+    /// The socket mounted as the agent's `/var/run/docker.sock` (a proxy's): the daemon's own by
+    /// default.
+    docker_socket: Option<String>,
+}
+
+impl Options {
+    /// The agent reaches Docker through `socket` (a proxy's), mounted as its
+    /// `/var/run/docker.sock`.
+    pub(crate) fn docker_socket(socket: &str) -> Options {
+        Options { docker_socket: Some(socket.to_string()), ..Default::default() }
+    }
 }
 
 /// One companion setup: a test network, the shared volume, the nginx and agent containers.
@@ -108,6 +119,7 @@ pub(crate) struct Companion<'d> {
     pub(crate) nginx: String,
     pub(crate) agent: String,
     by_label: bool,
+    docker_socket: Option<String>,
     /// nginx's published port on 127.0.0.1 (changes when the container restarts).
     port: Cell<u16>,
 }
@@ -124,6 +136,7 @@ impl<'d> Companion<'d> {
             nginx: docker.name("nginx"),
             agent: docker.name("agent"),
             by_label: options.by_label,
+            docker_socket: options.docker_socket,
             port: Cell::new(0),
         };
         c.start_nginx();
@@ -172,7 +185,9 @@ impl<'d> Companion<'d> {
             env.push(format!("NGINX_TEMPLATE={TEMPLATE_IN_AGENT}"));
         }
         let mut args: Vec<&str> = vec!["create", "--name", &self.agent, "--label", &owner, "--network", &self.net];
-        args.extend(["--volume", "/var/run/docker.sock:/var/run/docker.sock", "--volume", &mount]);
+        let socket =
+            format!("{}:/var/run/docker.sock", self.docker_socket.as_deref().unwrap_or("/var/run/docker.sock"));
+        args.extend(["--volume", &socket, "--volume", &mount]);
         // As compose/ runs it: room in the insight socket's queue.
         args.extend(["--sysctl", "net.unix.max_dgram_qlen=1024"]);
         for e in &env {
@@ -216,7 +231,7 @@ impl<'d> Companion<'d> {
     }
 
     /// The agent container's log (`docker logs`).
-    fn agent_log(&self) -> String {
+    pub(crate) fn agent_log(&self) -> String {
         Self::logs(&self.agent)
     }
 

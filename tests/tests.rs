@@ -20,6 +20,7 @@ mod injection;
 mod insight;
 mod labels_data;
 mod load;
+mod permissions;
 mod policies;
 mod readme_policies;
 mod scripts;

@@ -5,6 +5,10 @@
 //! Each request is forwarded on a fresh daemon connection with `Connection: close`, so every
 //! request is seen here (the client cannot reuse a connection past a rule). Upgraded connections
 //! (exec attach) and streams (events) are spliced as they are.
+//!
+//! It also plays a read-only socket proxy (as operators put in front of the socket): with
+//! [`DockerFaults::read_only`], every method but GET and HEAD gets `403 Forbidden`. Every request
+//! is recorded (method and path), so a test can say which API calls a setup makes.
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -32,6 +36,10 @@ struct Shared {
     open: Vec<UnixStream>,
     /// When each connection arrived while Docker was down (a client trying to reach it).
     attempts_while_down: Vec<Instant>,
+    /// Only GET and HEAD pass.
+    read_only: bool,
+    /// Every request seen: method, path (without the query), and whether it was refused.
+    seen: Vec<(String, String, bool)>,
 }
 
 pub struct DockerFaults {
@@ -94,6 +102,16 @@ impl DockerFaults {
         self.shared.lock().unwrap().down = false;
     }
 
+    /// From now on, refuse every method but GET and HEAD with `403 Forbidden`.
+    pub fn read_only(&self) {
+        self.shared.lock().unwrap().read_only = true;
+    }
+
+    /// Every request so far: (method, path without the query, refused).
+    pub fn requests(&self) -> Vec<(String, String, bool)> {
+        self.shared.lock().unwrap().seen.clone()
+    }
+
     /// When clients tried to connect while Docker was down.
     pub fn attempts_while_down(&self) -> Vec<Instant> {
         self.shared.lock().unwrap().attempts_while_down.clone()
@@ -113,7 +131,24 @@ fn handle(mut client: UnixStream, shared: &Mutex<Shared>) {
     }
     let Some(head) = read_head(&mut client) else { return };
     let text = String::from_utf8_lossy(&head).into_owned();
+    let method = text.split_whitespace().next().unwrap_or("").to_string();
     let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+    let refused = {
+        let mut s = shared.lock().unwrap();
+        let refused = s.read_only && method != "GET" && method != "HEAD";
+        let bare = path.split('?').next().unwrap_or("").to_string();
+        s.seen.push((method.clone(), bare, refused));
+        refused
+    };
+    if refused {
+        let body = format!(r#"{{"message":"read-only socket proxy: {method} refused"}}"#);
+        let _ = write!(
+            client,
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
     let fault = shared.lock().unwrap().rules.iter().find(|(p, _)| path.contains(p.as_str())).map(|(_, f)| *f);
     match fault {
         Some(Fault::Error) => {
