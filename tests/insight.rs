@@ -311,3 +311,50 @@ fn an_upstream_turning_to_errors_raises_the_error_ratio_flag_and_recovery_clears
     let series = r#"smart_proxy_http_anomaly{domain="flaky.test",kind="error_ratio"} 0"#;
     assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
 }
+
+/// `heal=restart` on an app that hangs: its server process stopped (SIGSTOP), so connections are
+/// accepted and never answered and every request ends in a 504 after the route's `timeout`. The
+/// agent restarts the container, which comes back answering.
+#[test]
+fn heal_restart_brings_back_an_app_that_hangs() {
+    require_docker!();
+    let docker = TestDocker::new();
+    let net = docker.network("net");
+    docker.start(vec![docker
+        .app("stuck")
+        .label("domains", "stuck.test")
+        .label("heal", "restart")
+        .label("timeout", "1s")
+        .network(&net)]);
+    let prefix = docker.prefix();
+    let agent = Agent::start(&[("LABEL_PREFIX", &prefix), ("HEAL_AFTER", "3s")]);
+    agent.wait_for_status("stuck.test", 200, Some("stuck"));
+    let stuck = docker.name("stuck");
+    let started = || {
+        let out = docker_output(&["inspect", "-f", "{{.State.StartedAt}}", &stuck]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let first = started();
+    // busybox's `ps`: PID USER COMMAND...; httpd runs as `/bin/busybox httpd -f ...`.
+    let stop = r#"kill -STOP $(ps | awk '$3 == "/bin/busybox" && $4 == "httpd" { print $1 }')"#;
+    let out = docker_output(&["exec", &stuck, "/bin/busybox", "sh", "-c", stop]);
+    assert!(out.status.success(), "stopping httpd: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(agent.get("stuck.test", "/").0, 504, "the app hangs: nginx gives up after the route's timeout");
+
+    // Requests keep coming (4 at a time, each waiting out the timeout) until the restart.
+    let restarted = || agent.log().contains("heal: the container restarted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !restarted() {
+        assert!(std::time::Instant::now() < deadline, "no restart within 60 s:\n{}", agent.log());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| agent.get("stuck.test", "/"));
+            }
+        });
+    }
+    let log = agent.log();
+    let cause = log.lines().find(|l| l.contains("heal: restarting the container")).expect("the cause is logged");
+    assert!(cause.contains(&stuck) && cause.contains("cause="), "{cause}");
+    assert_ne!(started(), first, "Docker restarted the container");
+    agent.wait_for_status("stuck.test", 200, Some("stuck"));
+}
