@@ -112,6 +112,8 @@ fn the_companion_setup_needs_exec_and_a_read_only_proxy_keeps_the_config_nginx_h
     let c = Companion::start(&docker, Options::docker_socket(&socket));
     started_app(&docker, &c, "first");
     c.wait_for_status("first.test", 200, Some("first"));
+    // nginx answers once the exec reloaded it; the agent reads the exec's exit code after that.
+    c.wait_for("the apply to finish", Duration::from_secs(20), || c.agent_log().contains("config applied"));
     let calls = assert_documented(&faults, &["labels", "companion"]);
     for (method, path, setup) in documented() {
         if setup == "companion" {
