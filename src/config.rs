@@ -38,6 +38,8 @@ pub struct Config {
     pub mode: Mode,
     /// False with NO_DOCKER: env and file routes only.
     pub docker: bool,
+    /// `SWARM`: read Swarm services too (`auto`: when Docker is a Swarm manager).
+    pub swarm: crate::settings::SwarmMode,
     pub label_prefix: String,
     pub statics: StaticConfig,
     /// `NGINX_TEMPLATE`, when the built-in template is not used.
@@ -128,6 +130,7 @@ impl Config {
         Ok(Config {
             mode,
             docker: !settings.no_docker,
+            swarm: settings.swarm,
             label_prefix: settings.label_prefix.clone(),
             statics: StaticConfig {
                 domains: settings.domains.clone(),

@@ -6,8 +6,10 @@ use std::collections::BTreeSet;
 
 use crate::config::Config;
 use crate::routes::{RouteTable, SourceOutput};
+use crate::settings::SwarmMode;
 use crate::sources::docker::{DockerClient, DockerError};
 use crate::sources::labels::{self, Container, LabelSettings};
+use crate::sources::swarm;
 
 /// The route table from the labels of `containers` (`None`: Docker is not read), given nginx's
 /// networks (`None`: unknown), then the static sources (`DOMAINS`/`SERVICES`, JSON files).
@@ -72,7 +74,7 @@ pub async fn gather(config: &Config) -> Gathered {
     if !config.docker {
         return Gathered { table: build(None, None, statics, prefix), docker_unavailable: None, nginx_unknown: None };
     }
-    let containers = match read_containers(prefix).await {
+    let containers = match read_containers(config).await {
         Ok(containers) => containers,
         Err(e) => {
             return Gathered {
@@ -102,8 +104,19 @@ pub async fn gather(config: &Config) -> Gathered {
     }
 }
 
-async fn read_containers(prefix: &str) -> Result<(DockerClient, Vec<Container>), DockerError> {
+async fn read_containers(config: &Config) -> Result<(DockerClient, Vec<Container>), DockerError> {
+    let prefix = &config.label_prefix;
     let client = DockerClient::connect().await?;
-    let containers = client.labelled_containers(prefix).await?;
+    let mut containers = client.labelled_containers(prefix).await?;
+    let swarm = match config.swarm {
+        SwarmMode::Off => false,
+        SwarmMode::On => true,
+        SwarmMode::Auto => client.swarm_manager().await?,
+    };
+    if swarm {
+        for service in client.swarm_services(prefix).await? {
+            containers.extend(swarm::containers(&service, prefix));
+        }
+    }
     Ok((client, containers))
 }

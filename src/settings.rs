@@ -19,6 +19,10 @@ pub struct Settings {
     #[arg(long, env = "NO_DOCKER", global = true, value_parser = boolish("NO_DOCKER", "--no-docker"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub no_docker: bool,
 
+    /// Swarm services as a route source: `auto` (when the daemon is a Swarm manager), `on` or `off`.
+    #[arg(long, env = "SWARM", global = true, value_enum, default_value = "auto")]
+    pub swarm: SwarmMode,
+
     /// Label prefix: labels are `<prefix>.domains`, `<prefix>.port`, ...
     #[arg(long, env = "LABEL_PREFIX", global = true, default_value = "smart-proxy")]
     pub label_prefix: String,
@@ -263,6 +267,15 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AcmeMode {
+    Auto,
+    On,
+    Off,
+}
+
+/// `SWARM`: whether Swarm services (their `deploy.labels`) are read besides containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SwarmMode {
+    /// When Docker says it is a Swarm manager (`docker info`: `Swarm.ControlAvailable`).
     Auto,
     On,
     Off,

@@ -12,6 +12,7 @@ use futures::StreamExt;
 
 use crate::sources::docker::{ContainerEvent, DockerApi, DockerError, NginxState};
 use crate::sources::labels::Container;
+use crate::sources::swarm::{SwarmService, SwarmTask};
 
 #[derive(Debug, Default)]
 pub(super) struct FakeDocker {
@@ -27,12 +28,32 @@ struct Inner {
     /// The nginx container, by name.
     nginx: Option<NginxState>,
     calls: Vec<String>,
+    /// The Swarm services by id; `None`: the daemon is not a Swarm manager.
+    services: Option<BTreeMap<String, SwarmService>>,
     streams: Vec<UnboundedSender<Result<ContainerEvent, DockerError>>>,
 }
 
 impl Inner {
     fn emit(&mut self, container: &str, name: Option<String>, action: &str, labelled: bool) {
-        let event = ContainerEvent { container: container.to_string(), name, action: action.to_string(), labelled };
+        let event = ContainerEvent {
+            container: container.to_string(),
+            name,
+            action: action.to_string(),
+            labelled,
+            service: false,
+        };
+        self.streams.retain(|tx| tx.unbounded_send(Ok(event.clone())).is_ok());
+    }
+
+    /// A Swarm service event: its id and name, no labels (as the daemon sends them).
+    fn emit_service(&mut self, id: &str, name: &str, action: &str) {
+        let event = ContainerEvent {
+            container: id.to_string(),
+            name: Some(name.to_string()),
+            action: action.to_string(),
+            labelled: false,
+            service: true,
+        };
         self.streams.retain(|tx| tx.unbounded_send(Ok(event.clone())).is_ok());
     }
 
@@ -113,6 +134,34 @@ impl FakeDocker {
         })
     }
 
+    /// Makes the daemon a Swarm manager.
+    pub(super) fn swarm_init(&self) {
+        self.with(|d| d.services = Some(BTreeMap::new()));
+    }
+
+    /// Creates or updates a service (an event, as `docker service create/update`).
+    pub(super) fn set_service(&self, service: SwarmService) {
+        self.with(|d| {
+            let services = d.services.as_mut().expect("a Swarm manager");
+            let action = if services.contains_key(&service.id) { "update" } else { "create" };
+            let (id, name) = (service.id.clone(), service.name.clone());
+            services.insert(id.clone(), service);
+            d.emit_service(&id, &name, action);
+        })
+    }
+
+    /// Changes a service's tasks without an event (as Swarm does).
+    pub(super) fn set_tasks(&self, id: &str, tasks: Vec<SwarmTask>) {
+        self.with(|d| d.services.as_mut().and_then(|s| s.get_mut(id)).expect("known service").tasks = tasks)
+    }
+
+    pub(super) fn remove_service(&self, id: &str) {
+        self.with(|d| {
+            let service = d.services.as_mut().and_then(|s| s.remove(id)).expect("known service");
+            d.emit_service(id, &service.name, "remove");
+        })
+    }
+
     /// Ends every open event stream (as a daemon restart does).
     pub(super) fn end_streams(&self) {
         self.with(|d| d.streams.clear());
@@ -175,5 +224,35 @@ impl DockerApi for FakeDocker {
         let (tx, rx) = unbounded();
         self.with(|d| d.streams.push(tx));
         rx.boxed()
+    }
+
+    fn swarm_manager(&self) -> BoxFuture<'_, Result<bool, DockerError>> {
+        let manager = self.with(|d| {
+            d.calls.push("info".into());
+            d.services.is_some()
+        });
+        Box::pin(async move { Ok(manager) })
+    }
+
+    fn swarm_services<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<SwarmService>, DockerError>> {
+        let dotted = format!("{prefix}.");
+        let services = self.with(|d| {
+            d.calls.push("services".into());
+            d.services
+                .iter()
+                .flat_map(|s| s.values())
+                .filter(|s| s.labels.keys().any(|k| k.starts_with(&dotted)))
+                .cloned()
+                .collect()
+        });
+        Box::pin(async move { Ok(services) })
+    }
+
+    fn service_tasks<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Vec<SwarmTask>, DockerError>> {
+        let tasks = self.with(|d| {
+            d.calls.push(format!("tasks {service}"));
+            d.services.as_ref().and_then(|s| s.get(service)).map(|s| s.tasks.clone()).unwrap_or_default()
+        });
+        Box::pin(async move { Ok(tasks) })
     }
 }

@@ -278,7 +278,8 @@ pub(super) fn heal_targets<'a>(
     prefix: &str,
 ) -> Vec<HealTarget> {
     let healing: std::collections::BTreeMap<&str, &Container> = containers
-        .filter(|c| c.running && labels::heal(c, prefix) == Heal::Restart)
+        // A Swarm task is not a container the agent can restart (Swarm replaces failed tasks).
+        .filter(|c| c.running && c.swarm.is_none() && labels::heal(c, prefix) == Heal::Restart)
         .map(|c| (c.name.as_str(), c))
         .collect();
     let mut targets: Vec<HealTarget> = table

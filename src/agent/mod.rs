@@ -56,6 +56,9 @@ enum Trigger {
     /// Inspect this container again (it started, stopped, changed health or networks...).
     /// `labelled`: the event showed a label with the prefix.
     Container { id: String, name: Option<String>, action: String, labelled: bool },
+    /// A Swarm service was created, updated or removed, or (`action` "tasks changed") the set
+    /// of its running tasks changed while it converges: list the services again.
+    Service { id: String, name: Option<String>, action: String },
     /// List and inspect everything: at start, after a reconnect, on the safety timer.
     Resync,
     /// A static config file or the template changed.
@@ -233,7 +236,16 @@ impl Controller {
     fn new(config: Config, tx: mpsc::Sender<Trigger>, applier: Applier, renderer: Renderer) -> Controller {
         Controller {
             tx,
-            store: Store::new(&config.label_prefix),
+            store: {
+                let mut store = Store::new(&config.label_prefix);
+                store.set_swarm(match config.swarm {
+                    _ if !config.docker => Some(false),
+                    crate::settings::SwarmMode::Off => Some(false),
+                    crate::settings::SwarmMode::On => Some(true),
+                    crate::settings::SwarmMode::Auto => None,
+                });
+                store
+            },
             config,
             renderer,
             docker: None,
@@ -287,6 +299,12 @@ impl Controller {
                 }
                 self.store.changed(id);
             }
+            Trigger::Service { .. } => {
+                if self.store.swarm_on() == Some(false) {
+                    return false;
+                }
+                self.store.service_changed();
+            }
             Trigger::Resync => {
                 self.store.resync();
                 // Something outside the candidate (nginx's own config) may have been fixed.
@@ -330,6 +348,10 @@ impl Controller {
                 let name = name.clone().or_else(|| self.store.get(id).map(|c| c.name.clone()));
                 Cause::Container { id: id.clone(), name, action: action.clone() }
             }
+            Trigger::Service { id, name, action } => Cause::Other(format!(
+                "service {}: {action}",
+                name.clone().unwrap_or_else(|| id.chars().take(12).collect())
+            )),
             Trigger::Resync => Cause::Other("resync".to_string()),
             Trigger::CloudflareIps(_) => Cause::Other("Cloudflare's IP ranges changed".to_string()),
             Trigger::Files => Cause::Other("config file, template or users-file changed".to_string()),
@@ -407,9 +429,30 @@ impl Controller {
             let results = client.inspect_all(&ids).await;
             self.store.inspected_all(ids, results);
         }
+        self.refresh_services(&*client).await;
         self.publish_docker_trouble();
         // Never render Docker routes from a partial picture.
         self.store.listed()
+    }
+
+    /// Asks Docker whether it is a Swarm manager (`SWARM=auto`, once it answers), then lists the
+    /// services when a service changed or a resync is due.
+    async fn refresh_services(&mut self, client: &dyn DockerApi) {
+        if self.store.swarm_on().is_none() {
+            match client.swarm_manager().await {
+                Ok(manager) => {
+                    if manager {
+                        info!("Docker is a Swarm manager: reading the labelled services too (SWARM=auto)");
+                    }
+                    self.store.set_swarm(Some(manager));
+                }
+                Err(e) => return self.store.swarm_unknown(&e),
+            }
+        }
+        if self.store.wants_services() {
+            let result = client.swarm_services(&self.config.label_prefix).await;
+            self.store.services_listed(result);
+        }
     }
 
     /// Lists the labelled containers and inspects them all (see [`Store::listed_all`]); reads

@@ -1,6 +1,10 @@
 //! The container cache: what the controller knows of the labelled containers, what it must
 //! inspect (again), whether the first list was complete, and what is failing. Pure: the controller
 //! makes the Docker calls and hands their results here.
+//!
+//! Swarm services are kept beside the containers: listed whole (services and their tasks) when
+//! the store is resynced or a service changed, and turned into containers (`sources::swarm`)
+//! that [`Store::containers`] yields after the plain ones.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -8,6 +12,7 @@ use tracing::info;
 
 use crate::sources::docker::DockerError;
 use crate::sources::labels::Container;
+use crate::sources::swarm::{self, SwarmService};
 
 #[derive(Debug)]
 pub(super) struct Store {
@@ -24,6 +29,15 @@ pub(super) struct Store {
     failing: BTreeMap<String, String>,
     /// The error of the last list of containers, while it fails.
     list_failed: Option<String>,
+    /// Swarm services: whether they are read (`None`: not known yet, ask Docker).
+    swarm_on: Option<bool>,
+    /// The services of the last list (`None`: none read yet) and their containers.
+    services: Option<Vec<SwarmService>>,
+    service_containers: Vec<Container>,
+    /// The next pass lists the services again.
+    services_stale: bool,
+    /// The error of the last list of services (or of asking whether Docker is a manager).
+    swarm_failed: Option<String>,
 }
 
 impl Store {
@@ -36,12 +50,66 @@ impl Store {
             resync: false,
             failing: BTreeMap::new(),
             list_failed: None,
+            swarm_on: Some(false),
+            services: None,
+            service_containers: Vec::new(),
+            services_stale: false,
+            swarm_failed: None,
         }
     }
 
-    /// The containers known, by id.
+    /// Whether Swarm services are read: `None` to ask Docker first (`SWARM=auto`).
+    pub(super) fn set_swarm(&mut self, on: Option<bool>) {
+        self.swarm_on = on;
+        self.swarm_failed = None;
+        if on != Some(true) {
+            self.services = None;
+            self.service_containers.clear();
+        }
+        self.services_stale = on == Some(true);
+    }
+
+    /// `None` while it is not known whether Swarm services are read.
+    pub(super) fn swarm_on(&self) -> Option<bool> {
+        self.swarm_on
+    }
+
+    /// Asking whether Docker is a Swarm manager failed.
+    pub(super) fn swarm_unknown(&mut self, error: &DockerError) {
+        self.swarm_failed = Some(error.to_string());
+    }
+
+    /// A service changed (an event, or its tasks while it converges): list services again.
+    pub(super) fn service_changed(&mut self) {
+        if self.swarm_on == Some(true) {
+            self.services_stale = true;
+        }
+    }
+
+    /// Whether the next pass must list the services.
+    pub(super) fn wants_services(&self) -> bool {
+        self.swarm_on == Some(true) && (self.services_stale || self.services.is_none())
+    }
+
+    /// The result of listing the services: taken whole, or (failing) the last list stays.
+    pub(super) fn services_listed(&mut self, result: Result<Vec<SwarmService>, DockerError>) {
+        match result {
+            Ok(services) => {
+                if self.services.is_none() {
+                    info!(services = services.len(), "listed labelled Swarm services");
+                }
+                self.service_containers = services.iter().flat_map(|s| swarm::containers(s, &self.prefix)).collect();
+                self.services = Some(services);
+                self.services_stale = false;
+                self.swarm_failed = None;
+            }
+            Err(e) => self.swarm_failed = Some(e.to_string()),
+        }
+    }
+
+    /// The containers known, by id, then those of the Swarm services.
     pub(super) fn containers(&self) -> impl Iterator<Item = &Container> {
-        self.containers.values()
+        self.containers.values().chain(&self.service_containers)
     }
 
     /// A known container by id.
@@ -49,9 +117,10 @@ impl Store {
         self.containers.get(id)
     }
 
-    /// True once a complete list was read: before, no Docker route may be rendered.
+    /// True once a complete list was read (of the containers and, when Swarm services are
+    /// read, of the services): before, no Docker route may be rendered.
     pub(super) fn listed(&self) -> bool {
-        self.listed
+        self.listed && (self.swarm_on == Some(false) || self.services.is_some())
     }
 
     /// An event named container `id`: inspect it in the next pass.
@@ -62,6 +131,7 @@ impl Store {
     /// List everything again in the next pass.
     pub(super) fn resync(&mut self) {
         self.resync = true;
+        self.service_changed();
     }
 
     /// Whether the next pass must list the containers (a resync asked, or no complete list yet).
@@ -166,10 +236,16 @@ impl Store {
             self.resync = true;
         }
         self.dirty.extend(self.failing.keys().cloned());
+        if self.swarm_failed.is_some() {
+            self.services_stale = true;
+        }
     }
 
     /// What is failing, for the log and the status endpoint; `None` when Docker answers.
     pub(super) fn trouble(&self) -> Option<String> {
+        if let (None, Some(e)) = (&self.list_failed, &self.swarm_failed) {
+            return Some(format!("listing Swarm services fails: {e}"));
+        }
         match (&self.list_failed, self.failing.len()) {
             (Some(e), _) => Some(format!("listing containers fails: {e}")),
             (None, 0) => None,
@@ -196,6 +272,7 @@ pub(super) mod tests {
             networks: [("net".to_string(), NetworkAddress { ipv4: Some([172, 18, 0, 5].into()), ipv6: None })].into(),
             health: None,
             running: true,
+            swarm: None,
         }
     }
 

@@ -26,9 +26,9 @@ struct Args {
 }
 
 /// The defaults (no environment is read that a test could have set: none of these are set here),
-/// with nginx's version given rather than asked.
+/// with nginx's version given rather than asked, and Swarm off (the Swarm test turns it on).
 fn config() -> Config {
-    let args = Args::try_parse_from(["test", "--nginx-version", "1.27.0"]).expect("defaults parse");
+    let args = Args::try_parse_from(["test", "--nginx-version", "1.27.0", "--swarm", "off"]).expect("defaults parse");
     Config::from_settings(&args.settings).expect("the defaults are valid")
 }
 
@@ -271,4 +271,80 @@ async fn a_lost_event_stream_is_reopened_and_its_resync_repairs_a_missed_removal
     assert!(h.controller.note(Trigger::Resync));
     assert_eq!(routes(&h.pass().await.unwrap()), ["a.com (1 servers)"]);
     assert_eq!(h.docker.calls(), ["list", "inspect id-a", "nginx_state nginx"]);
+}
+
+/// A service `shop` (id `svc-shop`) routing shop.com on port 8080, with `tasks`: (id, state,
+/// desired state), each at its own address on `net`.
+fn shop(tasks: &[(&str, &str, &str)]) -> crate::sources::swarm::SwarmService {
+    use crate::sources::swarm::{SwarmService, SwarmTask};
+    SwarmService {
+        id: "svc-shop".into(),
+        name: "shop".into(),
+        labels: [
+            ("smart-proxy.domains".to_string(), "shop.com".to_string()),
+            ("smart-proxy.port".to_string(), "8080".to_string()),
+        ]
+        .into(),
+        vips: [("net".to_string(), [10, 0, 1, 2].into())].into(),
+        tasks: tasks
+            .iter()
+            .enumerate()
+            .map(|(i, (id, state, desired))| SwarmTask {
+                id: id.to_string(),
+                slot: i as i64 + 1,
+                state: state.to_string(),
+                desired_state: desired.to_string(),
+                networks: [("net".to_string(), [10, 0, 1, 10 + i as u8].into())].into(),
+            })
+            .collect(),
+    }
+}
+
+impl Harness {
+    /// Notes triggers and runs passes until the table's routes are `expected`; the causes seen.
+    async fn until(&mut self, expected: &[&str]) -> Vec<String> {
+        let mut causes = Vec::new();
+        loop {
+            let trigger = self.recv().await;
+            causes.push(self.controller.describe(self.controller.cause_of(&trigger)));
+            if self.controller.note(trigger) && routes(&self.pass().await.expect("listed")) == expected {
+                return causes;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn swarm_services_are_routed_by_task_and_followed_until_their_tasks_converge() {
+    let docker = FakeDocker::default();
+    docker.swarm_init();
+    running(&docker, "a", "a.com");
+    let mut h = Harness::new(docker).await;
+    h.controller.store.set_swarm(None);
+    h.controller.note(Trigger::Resync);
+    assert_eq!(routes(&h.pass().await.expect("listed")), ["a.com (1 servers)"]);
+    assert_eq!(
+        h.docker.calls(),
+        ["list", "inspect id-a", "nginx_state nginx", "info", "services"],
+        "SWARM=auto asks once"
+    );
+
+    // Created: the event, then the watch of its tasks.
+    h.docker.set_service(shop(&[("t1", "running", "running")]));
+    let causes = h.until(&["a.com (1 servers)", "shop.com (1 servers)"]).await;
+    assert_eq!(causes[0], "service shop: create");
+    // Scaled (an update event, then tasks change without events): a task serves once it runs.
+    h.docker.set_service(shop(&[("t1", "running", "running"), ("t2", "preparing", "running")]));
+    h.until(&["a.com (1 servers)", "shop.com (1 servers)"]).await;
+    h.docker.set_tasks("svc-shop", shop(&[("t1", "running", "running"), ("t2", "running", "running")]).tasks);
+    let causes = h.until(&["a.com (1 servers)", "shop.com (2 servers)"]).await;
+    assert!(causes.iter().all(|c| c == "service shop: tasks changed"), "{causes:?}");
+    // Scaled down: the task Swarm stops leaves the upstream while it still runs.
+    h.docker.set_service(shop(&[("t1", "running", "running"), ("t2", "running", "shutdown")]));
+    h.until(&["a.com (1 servers)", "shop.com (1 servers)"]).await;
+    // Removed: its route is gone.
+    h.docker.remove_service("svc-shop");
+    let causes = h.until(&["a.com (1 servers)"]).await;
+    assert_eq!(causes.last().map(String::as_str), Some("service shop: remove"));
+    assert!(!h.docker.calls().contains(&"info".to_string()), "asked once");
 }

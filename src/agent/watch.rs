@@ -1,9 +1,10 @@
 //! The watchers: they only send [`Trigger`]s to the controller. The Docker event stream (with
 //! reconnects) and the directories of the static files, the template and the users-files.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -13,12 +14,14 @@ use super::{Trigger, DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::sources::docker::DockerApi;
+use crate::sources::swarm;
 
 /// Follows the Docker event stream; reconnects with backoff (250 ms doubling to 1 s), without limit, and asks
 /// for a resync after every (re)connect. Logs each state change once, not each retry.
 pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>, prefix: String) {
     let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
     let mut down_since: Option<std::time::Instant> = None;
+    let mut converging = Converging::new(client.clone(), tx.clone());
     loop {
         match client.ping().await {
             Ok(()) => {
@@ -38,6 +41,18 @@ pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Tr
                         Some(Ok(event)) => {
                             crate::metrics::global().docker_event();
                             if event.container.is_empty() {
+                                continue;
+                            }
+                            if event.service {
+                                if event.action == "remove" {
+                                    converging.forget(&event.container);
+                                } else {
+                                    converging.watch(&event.container, event.name.as_deref());
+                                }
+                                let (id, name, action) = (event.container, event.name, event.action);
+                                if tx.send(Trigger::Service { id, name, action }).await.is_err() {
+                                    return;
+                                }
                                 continue;
                             }
                             let trigger = Trigger::Container {
@@ -65,6 +80,78 @@ pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Tr
             }
         }
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// How often a converging service's tasks are listed, and for how long at most.
+const CONVERGE_POLL: Duration = Duration::from_millis(250);
+const CONVERGE_MAX: Duration = Duration::from_secs(60);
+
+/// Follows Swarm services after an event until they converge: Swarm sends no task events, so
+/// each service's tasks are listed every [`CONVERGE_POLL`] until every task is in its desired
+/// state (or [`CONVERGE_MAX`] passed), and a [`Trigger::Service`] is sent whenever the set of
+/// tasks that serve (desired and running) changes. A new event about a service restarts its watch.
+struct Converging {
+    client: Arc<dyn DockerApi>,
+    tx: mpsc::Sender<Trigger>,
+    /// The current watch of each service (a newer event ends the older one).
+    watches: Arc<Mutex<HashMap<String, u64>>>,
+    next: u64,
+}
+
+impl Converging {
+    fn new(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>) -> Converging {
+        Converging { client, tx, watches: Arc::default(), next: 0 }
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    fn watch(&mut self, id: &str, name: Option<&str>) {
+        self.next += 1;
+        let generation = self.next;
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), generation);
+        let (client, tx, watches) = (self.client.clone(), self.tx.clone(), self.watches.clone());
+        let (id, name) = (id.to_string(), name.map(str::to_string));
+        tokio::spawn(async move {
+            let current = || watches.lock().unwrap_or_else(|e| e.into_inner()).get(&id) == Some(&generation);
+            let started = tokio::time::Instant::now();
+            let mut serving: Option<Vec<String>> = None;
+            loop {
+                tokio::time::sleep(CONVERGE_POLL).await;
+                if !current() {
+                    return;
+                }
+                // A failed list is retried on the next tick (the resync repairs what a failure misses).
+                let Ok(tasks) = client.service_tasks(&id).await else {
+                    if started.elapsed() < CONVERGE_MAX {
+                        continue;
+                    }
+                    break;
+                };
+                let now = swarm::serving(&tasks);
+                if serving.as_ref() != Some(&now) {
+                    serving = Some(now);
+                    let trigger =
+                        Trigger::Service { id: id.clone(), name: name.clone(), action: "tasks changed".into() };
+                    if tx.send(trigger).await.is_err() {
+                        return;
+                    }
+                }
+                if !tasks.is_empty() && swarm::converged(&tasks) {
+                    break;
+                }
+                if started.elapsed() >= CONVERGE_MAX {
+                    info!(service = %name.as_deref().unwrap_or(&id), "the service has not converged after {} s; the resync follows it from here", CONVERGE_MAX.as_secs());
+                    break;
+                }
+            }
+            let mut watches = watches.lock().unwrap_or_else(|e| e.into_inner());
+            if watches.get(&id) == Some(&generation) {
+                watches.remove(&id);
+            }
+        });
     }
 }
 

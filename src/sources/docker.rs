@@ -11,6 +11,7 @@ use futures::stream::BoxStream;
 use thiserror::Error;
 
 use super::labels::{Container, Health, NetworkAddress};
+use super::swarm::{SwarmService, SwarmTask};
 
 #[derive(Debug, Error)]
 pub enum DockerError {
@@ -28,6 +29,9 @@ pub enum DockerError {
     },
     #[error("Docker API call {call} got no answer within {} s", CALL_TIMEOUT.as_secs())]
     Timeout { call: String },
+    /// A call bollard does not model (the task list: its network attachments), made by hand.
+    #[error("Docker API call {call} failed: {message}")]
+    Raw { call: String, message: String },
     #[error("nginx container {name:?} not found: {source}; set NGINX_CONTAINER to the name or id of the running nginx container")]
     NginxNotFound {
         name: String,
@@ -65,6 +69,9 @@ pub struct ContainerEvent {
     pub action: String,
     /// The event carries a label with the prefix (container events carry the labels).
     pub labelled: bool,
+    /// A Swarm service event (`create`, `update`, `remove`): `container` is the service's id,
+    /// `name` its name.
+    pub service: bool,
 }
 
 impl DockerError {
@@ -92,6 +99,14 @@ pub trait DockerApi: Send + Sync + std::fmt::Debug {
     fn restart<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), DockerError>>;
     /// The events that can change routes, from `since` (unix seconds) on.
     fn events(&self, since: i64, prefix: &str) -> BoxStream<'static, Result<ContainerEvent, DockerError>>;
+    /// Whether the daemon is a Swarm manager (`docker info`'s `Swarm.ControlAvailable`).
+    fn swarm_manager(&self) -> BoxFuture<'_, Result<bool, DockerError>>;
+    /// Every Swarm service with a label `prefix.` on the service (`deploy.labels`), with its
+    /// tasks and virtual IPs.
+    fn swarm_services<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<SwarmService>, DockerError>>;
+    /// One service's tasks (Swarm sends no task events: the agent polls them while a service
+    /// converges).
+    fn service_tasks<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Vec<SwarmTask>, DockerError>>;
 }
 
 impl DockerApi for DockerClient {
@@ -126,6 +141,21 @@ impl DockerApi for DockerClient {
 
     fn events(&self, since: i64, prefix: &str) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
         Box::pin(DockerClient::events(self, since, prefix))
+    }
+
+    fn swarm_manager(&self) -> BoxFuture<'_, Result<bool, DockerError>> {
+        Box::pin(DockerClient::swarm_manager(self))
+    }
+
+    fn swarm_services<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<SwarmService>, DockerError>> {
+        Box::pin(DockerClient::swarm_services(self, prefix))
+    }
+
+    fn service_tasks<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Vec<SwarmTask>, DockerError>> {
+        Box::pin(async move {
+            let tasks = self.tasks(&[service.to_string()]).await?;
+            Ok(tasks.into_iter().map(|(_, task)| task).collect())
+        })
     }
 }
 
@@ -166,7 +196,8 @@ impl DockerClient {
     }
 
     /// The events that can change routes, from `since` (unix seconds) on: container start, die,
-    /// stop, destroy, rename, health_status, and network connect/disconnect (filtered by the daemon).
+    /// stop, destroy, rename, health_status, network connect/disconnect (filtered by the daemon),
+    /// and Swarm service create, update and remove.
     pub fn events(
         &self,
         since: i64,
@@ -175,13 +206,8 @@ impl DockerClient {
         let dotted = format!("{prefix}.");
         use futures::StreamExt;
         let filters: HashMap<String, Vec<String>> = [
-            ("type".to_string(), vec!["container".to_string(), "network".to_string()]),
-            (
-                "event".to_string(),
-                ["start", "die", "stop", "destroy", "rename", "health_status", "unpause", "connect", "disconnect"]
-                    .map(String::from)
-                    .to_vec(),
-            ),
+            ("type".to_string(), ["container", "network", "service"].map(String::from).to_vec()),
+            ("event".to_string(), CONTAINER_EVENTS.iter().chain(SERVICE_EVENTS).map(|e| e.to_string()).collect()),
         ]
         .into();
         let options = bollard::query_parameters::EventsOptions {
@@ -189,22 +215,113 @@ impl DockerClient {
             until: None,
             filters: Some(filters),
         };
-        self.docker.events(Some(options)).map(move |item| {
-            let message = item.map_err(|source| DockerError::Api { call: "events".into(), source })?;
-            let attributes = message.actor.as_ref().and_then(|a| a.attributes.clone()).unwrap_or_default();
-            let is_network = matches!(message.typ, Some(bollard::models::EventMessageTypeEnum::NETWORK));
-            let container = if is_network {
-                attributes.get("container").cloned().unwrap_or_default()
-            } else {
-                message.actor.as_ref().and_then(|a| a.id.clone()).unwrap_or_default()
-            };
-            Ok(ContainerEvent {
-                container,
-                name: if is_network { None } else { attributes.get("name").cloned() },
-                action: message.action.unwrap_or_default(),
-                labelled: attributes.keys().any(|k| k.starts_with(&dotted)),
-            })
+        self.docker.events(Some(options)).filter_map(move |item| {
+            let event = (|| {
+                let message = item.map_err(|source| DockerError::Api { call: "events".into(), source })?;
+                let attributes = message.actor.as_ref().and_then(|a| a.attributes.clone()).unwrap_or_default();
+                let service = matches!(message.typ, Some(bollard::models::EventMessageTypeEnum::SERVICE));
+                let action = message.action.clone().unwrap_or_default();
+                // The filter is type AND action: a container's `create` or `update` passes it too.
+                if service != SERVICE_EVENTS.contains(&action.as_str()) {
+                    return Ok(None);
+                }
+                if service {
+                    return Ok(Some(ContainerEvent {
+                        container: message.actor.as_ref().and_then(|a| a.id.clone()).unwrap_or_default(),
+                        name: attributes.get("name").cloned(),
+                        action,
+                        labelled: false,
+                        service: true,
+                    }));
+                }
+                let is_network = matches!(message.typ, Some(bollard::models::EventMessageTypeEnum::NETWORK));
+                let container = if is_network {
+                    attributes.get("container").cloned().unwrap_or_default()
+                } else {
+                    message.actor.as_ref().and_then(|a| a.id.clone()).unwrap_or_default()
+                };
+                Ok(Some(ContainerEvent {
+                    container,
+                    name: if is_network { None } else { attributes.get("name").cloned() },
+                    action,
+                    labelled: attributes.keys().any(|k| k.starts_with(&dotted)),
+                    service: false,
+                }))
+            })();
+            std::future::ready(event.transpose())
         })
+    }
+
+    /// Whether the daemon is a Swarm manager.
+    pub async fn swarm_manager(&self) -> Result<bool, DockerError> {
+        let info =
+            async { self.docker.info().await.map_err(|source| DockerError::Api { call: "info".into(), source }) };
+        let info = bounded(|| "info".into(), info).await?;
+        Ok(info.swarm.and_then(|s| s.control_available) == Some(true))
+    }
+
+    /// Every service with a label `prefix.` (on the service, not its containers), with its tasks
+    /// and virtual IPs: three calls (services, their tasks, the networks' names).
+    pub async fn swarm_services(&self, prefix: &str) -> Result<Vec<SwarmService>, DockerError> {
+        let list = async {
+            self.docker
+                .list_services(None::<bollard::query_parameters::ListServicesOptions>)
+                .await
+                .map_err(|source| DockerError::Api { call: "list services".into(), source })
+        };
+        let dotted = format!("{prefix}.");
+        let mut services: Vec<SwarmService> = bounded(|| "list services".into(), list)
+            .await?
+            .into_iter()
+            .filter_map(|s| {
+                let spec = s.spec?;
+                let labels: BTreeMap<String, String> = spec.labels.unwrap_or_default().into_iter().collect();
+                if !labels.keys().any(|k| k.starts_with(&dotted)) {
+                    return None;
+                }
+                let vips = s.endpoint.and_then(|e| e.virtual_ips).unwrap_or_default();
+                // Network ids for now; named below.
+                let vips =
+                    vips.into_iter().filter_map(|v| Some((v.network_id?, strip_prefix_len(&v.addr?)?))).collect();
+                Some(SwarmService { id: s.id?, name: spec.name.unwrap_or_default(), labels, vips, tasks: Vec::new() })
+            })
+            .collect();
+        if services.is_empty() {
+            return Ok(services);
+        }
+        let ids: Vec<String> = services.iter().map(|s| s.id.clone()).collect();
+        let tasks = self.tasks(&ids).await?;
+        let networks = async {
+            self.docker
+                .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+                .await
+                .map_err(|source| DockerError::Api { call: "list networks".into(), source })
+        };
+        let names: HashMap<String, String> = bounded(|| "list networks".into(), networks)
+            .await?
+            .into_iter()
+            .filter_map(|n| Some((n.id?, n.name?)))
+            .collect();
+        for service in &mut services {
+            service.vips = std::mem::take(&mut service.vips)
+                .into_iter()
+                .filter_map(|(id, ip)| Some((names.get(&id)?.clone(), ip)))
+                .collect();
+            service.tasks = tasks.iter().filter(|(of, _)| *of == service.id).map(|(_, t)| t.clone()).collect();
+        }
+        Ok(services)
+    }
+
+    /// The tasks of `services`, each with its service's id. bollard's `Task` has no
+    /// `NetworksAttachments` (the API documents none, the daemon sends them), so the list is
+    /// asked by hand over `DOCKER_HOST` and read into our own types.
+    async fn tasks(&self, services: &[String]) -> Result<Vec<(String, SwarmTask)>, DockerError> {
+        let filters = serde_json::json!({ "service": services }).to_string();
+        let path = format!("/v{}/tasks?filters={}", self.docker.client_version(), percent_encode(&filters));
+        let body = bounded(|| "list tasks".into(), raw_get(&path)).await?;
+        let tasks: Vec<raw::Task> = serde_json::from_slice(&body)
+            .map_err(|e| DockerError::Raw { call: "list tasks".into(), message: format!("unexpected answer: {e}") })?;
+        Ok(tasks.into_iter().map(raw::Task::into_task).collect())
     }
 
     /// The ids of every container (running or stopped) that carries a label with `prefix.`.
@@ -281,6 +398,128 @@ impl DockerClient {
     }
 }
 
+/// The kinds of container and network events that can change routes.
+const CONTAINER_EVENTS: &[&str] =
+    &["start", "die", "stop", "destroy", "rename", "health_status", "unpause", "connect", "disconnect"];
+/// The kinds of Swarm service events that can.
+const SERVICE_EVENTS: &[&str] = &["create", "update", "remove"];
+
+/// Every byte but letters and digits as `%XX`, for a query value.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// `10.0.1.2/24` → `10.0.1.2`.
+fn strip_prefix_len(cidr: &str) -> Option<std::net::IpAddr> {
+    cidr.split('/').next()?.parse().ok()
+}
+
+/// `GET path` on the daemon at `DOCKER_HOST` (`unix://` or `tcp://`, plain HTTP); the body of a
+/// 2xx answer.
+async fn raw_get(path: &str) -> Result<Vec<u8>, DockerError> {
+    use http_body_util::BodyExt;
+    let fail = |message: String| DockerError::Raw { call: "list tasks".into(), message };
+    let host = docker_host();
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "docker")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| fail(e.to_string()))?;
+    async fn send<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(
+        stream: S,
+        request: hyper::Request<http_body_util::Empty<bytes::Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error> {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    }
+    let response = if let Some(socket) = host.strip_prefix("unix://") {
+        let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| fail(format!("{host}: {e}")))?;
+        send(stream, request).await
+    } else if let Some(addr) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| fail(format!("{host}: {e}")))?;
+        send(stream, request).await
+    } else {
+        return Err(fail(format!("Swarm tasks are read over unix:// or tcp:// (plain HTTP); DOCKER_HOST is {host}")));
+    };
+    let response = response.map_err(|e| fail(e.to_string()))?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
+    if !status.is_success() {
+        return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&body).trim())));
+    }
+    Ok(body.to_vec())
+}
+
+/// The fields of the daemon's task list the agent reads.
+mod raw {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    pub(super) struct Task {
+        #[serde(rename = "ID")]
+        id: String,
+        #[serde(rename = "ServiceID", default)]
+        service_id: String,
+        #[serde(default)]
+        slot: i64,
+        #[serde(default)]
+        status: Status,
+        #[serde(default)]
+        desired_state: String,
+        #[serde(default)]
+        networks_attachments: Vec<Attachment>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "PascalCase")]
+    struct Status {
+        #[serde(default)]
+        state: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Attachment {
+        network: Network,
+        #[serde(default)]
+        addresses: Vec<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Network {
+        spec: NetworkSpec,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct NetworkSpec {
+        name: String,
+    }
+
+    impl Task {
+        pub(super) fn into_task(self) -> (String, super::SwarmTask) {
+            let networks = self
+                .networks_attachments
+                .into_iter()
+                .filter_map(|a| Some((a.network.spec.name, super::strip_prefix_len(a.addresses.first()?)?)))
+                .collect();
+            let task = super::SwarmTask {
+                id: self.id,
+                slot: self.slot,
+                state: self.status.state,
+                desired_state: self.desired_state,
+                networks,
+            };
+            (self.service_id, task)
+        }
+    }
+}
+
 /// What the agent needs to know of the nginx container on each resync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NginxState {
@@ -332,5 +571,6 @@ fn container_from(response: ContainerInspectResponse) -> Container {
         networks,
         health,
         running: state.running == Some(true),
+        swarm: None,
     }
 }

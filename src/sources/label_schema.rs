@@ -11,7 +11,7 @@
 //! route name ([`is_route_name`]).
 
 use crate::routes::access::{self, AuthMode, Rate, RateKey, Url, Users, UsersFile};
-use crate::routes::grammar::{allowed, parse_bool};
+use crate::routes::grammar::{allowed, parse_bool, show};
 use crate::routes::policy::{
     self, parse_on_off, BackendVerify, Balance, HeaderName, HeaderValue, Hsts, Proto, RedirectCode, RedirectUrl, Size,
     Timeout, Www,
@@ -88,6 +88,8 @@ pub enum ValueKind {
     RateKey,
     /// `off` or `restart` ([`Heal`]).
     Heal,
+    /// `tasks` or `vip` ([`SwarmLb`]).
+    SwarmLb,
 }
 
 /// What the agent does about a container whose app fails every request (`heal`).
@@ -108,6 +110,37 @@ impl Heal {
             "restart" => Ok(Heal::Restart),
             other => Err(format!("{other:?} is not a heal action; allowed: {}", Heal::ALLOWED)),
         }
+    }
+}
+
+/// How nginx reaches a Swarm service's tasks (`swarm.lb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SwarmLb {
+    /// One upstream server per running task, at its address on a network nginx shares.
+    #[default]
+    Tasks,
+    /// The service's virtual IP on that network: Swarm balances.
+    Vip,
+}
+
+impl SwarmLb {
+    pub const ALLOWED: &'static str = "tasks or vip";
+
+    pub fn parse(raw: &str) -> Result<SwarmLb, String> {
+        match raw.trim() {
+            "tasks" => Ok(SwarmLb::Tasks),
+            "vip" => Ok(SwarmLb::Vip),
+            other => Err(format!("{:?} is not a Swarm routing mode; allowed: {}", show(other), SwarmLb::ALLOWED)),
+        }
+    }
+}
+
+impl std::fmt::Display for SwarmLb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwarmLb::Tasks => "tasks",
+            SwarmLb::Vip => "vip",
+        })
     }
 }
 
@@ -145,6 +178,7 @@ pub enum Value {
     Burst(u32),
     RateKey(RateKey),
     Heal(Heal),
+    SwarmLb(SwarmLb),
 }
 
 impl ValueKind {
@@ -206,6 +240,7 @@ impl ValueKind {
             ValueKind::Burst => access::parse_burst(raw).map(Value::Burst).map_err(|e| vec![e.to_string()]),
             ValueKind::RateKey => RateKey::parse(raw).map(Value::RateKey).map_err(|e| vec![e.to_string()]),
             ValueKind::Heal => Heal::parse(raw).map(Value::Heal).map_err(|e| vec![e]),
+            ValueKind::SwarmLb => SwarmLb::parse(raw).map(Value::SwarmLb).map_err(|e| vec![e]),
         }
     }
 
@@ -243,6 +278,7 @@ impl ValueKind {
             ValueKind::Burst => access::allowed::BURST.to_string(),
             ValueKind::RateKey => access::allowed::RATE_KEY.to_string(),
             ValueKind::Heal => Heal::ALLOWED.to_string(),
+            ValueKind::SwarmLb => SwarmLb::ALLOWED.to_string(),
         }
     }
 }
@@ -534,6 +570,15 @@ pub const KEYS: &[LabelKey] = &[
         example: "restart",
     },
     LabelKey {
+        key: "swarm.lb",
+        scope: Scope::Container,
+        inherited: false,
+        kind: ValueKind::SwarmLb,
+        meaning: "on a Swarm service (`deploy.labels`): `tasks`, one upstream server per running task at its address on a network nginx shares (a task Swarm stops leaves first), or `vip`, the service's virtual IP (Swarm balances); no effect on a container",
+        default: "`tasks`",
+        example: "vip",
+    },
+    LabelKey {
         key: "nginx",
         scope: Scope::Container,
         inherited: false,
@@ -777,6 +822,7 @@ mod tests {
                     .into(),
                 health: None,
                 running: true,
+                swarm: None,
             };
             let out = routes(&[c], &LabelSettings { prefix: "smart-proxy".into(), nginx_networks: None });
             assert!(out.diagnostics.is_empty(), "{}={}: {:?}", key.key, key.example, out.diagnostics);

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::label_schema::{self, LabelKey, Lookup, Scope, Value};
+use super::swarm::SwarmOrigin;
 
 use crate::routes::access::{self, Auth, AuthKeys, AuthMethod, RateKeys, RateLimit};
 use crate::routes::policy;
@@ -34,6 +35,9 @@ pub struct Container {
     /// A stopped container keeps its routes with no live server, so its domains answer 502 (not
     /// the default server's 503) until it is removed.
     pub running: bool,
+    /// Set on the containers a Swarm service turns into (`swarm.rs`): its name is the default
+    /// service, and `check` says which routing mode was used and why.
+    pub swarm: Option<SwarmOrigin>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -585,8 +589,12 @@ impl<'a> Values<'a> {
     }
 }
 
-/// The compose service with its project (`project-service`), else the container name.
+/// A Swarm service's name, the compose service with its project (`project-service`), else the
+/// container name.
 fn base_service_name(c: &Container) -> String {
+    if let Some(swarm) = &c.swarm {
+        return swarm.service.clone();
+    }
     let project = c.labels.get("com.docker.compose.project");
     match (project, c.labels.get("com.docker.compose.service")) {
         (Some(project), Some(service)) => format!("{project}-{service}"),
@@ -614,8 +622,21 @@ fn default_port(c: &Container) -> Port {
     }
 }
 
-/// Picks the network nginx reaches the container on, deterministically, and says why.
+/// Picks the network nginx reaches the container on, deterministically, and says why (for a
+/// Swarm service, after which routing mode it uses and why).
 fn choose_network(
+    c: &Container,
+    settings: &LabelSettings,
+    label: Option<(&str, &str)>,
+) -> Result<(NetworkChoice, IpAddr), Diagnostic> {
+    let (mut choice, ip) = choose_container_network(c, settings, label)?;
+    if let Some(swarm) = &c.swarm {
+        choice.reason = format!("{}; {}", swarm.describe(), choice.reason);
+    }
+    Ok((choice, ip))
+}
+
+fn choose_container_network(
     c: &Container,
     settings: &LabelSettings,
     label: Option<(&str, &str)>,
@@ -701,6 +722,7 @@ mod tests {
             .into(),
             health: None,
             running: true,
+            swarm: None,
         }
     }
 

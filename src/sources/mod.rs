@@ -7,6 +7,7 @@ pub mod env;
 pub mod file;
 pub mod label_schema;
 pub mod labels;
+pub mod swarm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

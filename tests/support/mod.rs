@@ -171,6 +171,7 @@ pub fn container(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> smart_prox
         networks: [("proxy".to_string(), NetworkAddress { ipv4: Some(ip.into()), ipv6: None })].into(),
         health: None,
         running: true,
+        swarm: None,
     }
 }
 
