@@ -27,6 +27,7 @@ pub mod docker_faults;
 pub mod images;
 pub mod pebble;
 pub mod stub_http;
+pub mod swarm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
