@@ -25,4 +25,5 @@ mod policies;
 mod readme_policies;
 mod scripts;
 mod status;
+mod swarm;
 mod watch;
