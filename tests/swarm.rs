@@ -33,9 +33,15 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::start_nodes(1, &[])
+    }
+
+    /// A Swarm of `nodes` nodes (nginx and the agent on node 0, the manager), the agent with
+    /// `env` added.
+    fn start_nodes(nodes: usize, env: &[(&str, &str)]) -> Setup {
         let app = app_image();
         let nginx = nginx_image();
-        let engine = SwarmEngine::start(&[&nginx, &app]);
+        let engine = SwarmEngine::start_nodes(nodes, &[&nginx, &app]);
         eprintln!("Swarm engine up in {:?} (images loaded after)", engine.startup);
         engine.docker(&["network", "create", "--driver", "overlay", "--attachable", "proxy"]);
 
@@ -104,6 +110,10 @@ impl Setup {
                 ("DEBOUNCE", "50ms"),
             ],
         );
+        for (k, v) in env {
+            agent.env.retain(|(key, _)| key != k);
+            agent.env.push((k.to_string(), v.to_string()));
+        }
         agent.env.retain(|(k, _)| k != "DOCKER_HOST");
         agent.env.push(("DOCKER_HOST".into(), engine.host()));
         agent.spawn();
@@ -163,11 +173,27 @@ impl Setup {
 
     /// `docker service create` of the app image: `APP_NAME=name` (its page), the labels given.
     fn create(&self, name: &str, replicas: u32, labels: &[(&str, &str)]) -> Duration {
+        self.create_with(name, replicas, labels, &[("APP_NAME", name)], &[])
+    }
+
+    /// [`Setup::create`] with the app's environment and further `docker service create` options.
+    fn create_with(
+        &self,
+        name: &str,
+        replicas: u32,
+        labels: &[(&str, &str)],
+        env: &[(&str, &str)],
+        options: &[&str],
+    ) -> Duration {
         let mut args: Vec<String> =
             ["service", "create", "--detach", "--no-resolve-image", "--name", name, "--network", "proxy"]
                 .map(String::from)
                 .to_vec();
-        args.extend(["--replicas".into(), replicas.to_string(), "--env".into(), format!("APP_NAME={name}")]);
+        args.extend(["--replicas".into(), replicas.to_string()]);
+        for (k, v) in env {
+            args.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        args.extend(options.iter().map(|o| o.to_string()));
         // The shell traps TERM: a stopped task exits at once, as a real app that stops cleanly.
         args.extend(["--stop-grace-period".into(), "5s".into()]);
         for (k, v) in labels {
@@ -377,4 +403,48 @@ fn swarm_services_are_served_scaled_updated_and_removed_without_failed_requests(
     s.agent.wait_for("web.test to leave", Duration::from_secs(15), || s.get("web.test").0 == 503);
     let (status, _) = s.get("vip.test");
     assert!(status != 503 && (status == 200 || !s.engine.has_ipvs()), "the other service stays routed: {status}");
+}
+
+#[test]
+fn a_task_on_a_stopped_node_leaves_its_upstream() {
+    require_docker!();
+    if !crate::support::swarm::require_root() {
+        return;
+    }
+    let mut s = Setup::start_nodes(2, &[]);
+    // Two tasks on each node; each page names its node.
+    s.create_with(
+        "web",
+        4,
+        &[("domains", "web.test"), ("port", "8080")],
+        &[("APP_NAME", "{{.Node.ID}}")],
+        &["--replicas-max-per-node", "2"],
+    );
+    let nodes: Vec<String> =
+        s.engine.docker(&["node", "ls", "--format", "{{.ID}}"]).lines().map(String::from).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    s.agent.wait_for("answers from tasks on both nodes", Duration::from_secs(60), || {
+        let (status, body) = s.get("web.test");
+        if status == 200 {
+            seen.insert(body.trim().to_string());
+        }
+        seen.len() == 2
+    });
+    assert_eq!(seen.iter().cloned().collect::<Vec<_>>(), {
+        let mut n = nodes.clone();
+        n.sort();
+        n
+    });
+    let worker = s.engine.docker(&["node", "ls", "--filter", "role=worker", "--format", "{{.ID}}"]);
+    let stopped = Instant::now();
+    s.engine.stop_node(1);
+    // Swarm marks the node down after its heartbeats stop (about 10 s here), and its tasks'
+    // desired state shutdown: the node event's watch takes them out.
+    s.agent.wait_for("the stopped node's tasks to leave", Duration::from_secs(60), || s.servers() == 2);
+    eprintln!("the stopped node's tasks left the upstream {:?} after its engine stopped", stopped.elapsed());
+    for _ in 0..50 {
+        let (status, body) = s.get("web.test");
+        assert_eq!(status, 200);
+        assert_ne!(body.trim(), worker, "a task of the stopped node answered");
+    }
 }

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::sources::docker::{ContainerEvent, DockerApi, DockerError, NginxState};
+use crate::sources::docker::{ContainerEvent, DockerApi, DockerError, EventKind, NginxState};
 use crate::sources::labels::Container;
 use crate::sources::swarm::{SwarmService, SwarmTask};
 
@@ -40,7 +40,7 @@ impl Inner {
             name,
             action: action.to_string(),
             labelled,
-            service: false,
+            kind: EventKind::Container,
         };
         self.streams.retain(|tx| tx.unbounded_send(Ok(event.clone())).is_ok());
     }
@@ -52,7 +52,7 @@ impl Inner {
             name: Some(name.to_string()),
             action: action.to_string(),
             labelled: false,
-            service: true,
+            kind: EventKind::Service,
         };
         self.streams.retain(|tx| tx.unbounded_send(Ok(event.clone())).is_ok());
     }
@@ -153,6 +153,20 @@ impl FakeDocker {
     /// Changes a service's tasks without an event (as Swarm does).
     pub(super) fn set_tasks(&self, id: &str, tasks: Vec<SwarmTask>) {
         self.with(|d| d.services.as_mut().and_then(|s| s.get_mut(id)).expect("known service").tasks = tasks)
+    }
+
+    /// A node event (a node went down): no service event, the tasks change on their own.
+    pub(super) fn node_down(&self, node: &str) {
+        self.with(|d| {
+            let event = ContainerEvent {
+                container: format!("id-{node}"),
+                name: Some(node.to_string()),
+                action: "update".into(),
+                labelled: false,
+                kind: EventKind::Node,
+            };
+            d.streams.retain(|tx| tx.unbounded_send(Ok(event.clone())).is_ok());
+        })
     }
 
     pub(super) fn remove_service(&self, id: &str) {

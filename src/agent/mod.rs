@@ -56,8 +56,9 @@ enum Trigger {
     /// Inspect this container again (it started, stopped, changed health or networks...).
     /// `labelled`: the event showed a label with the prefix.
     Container { id: String, name: Option<String>, action: String, labelled: bool },
-    /// A Swarm service was created, updated or removed, or (`action` "tasks changed") the set
-    /// of its running tasks changed while it converges: list the services again.
+    /// A Swarm service was created, updated or removed, a node changed (`id` "*", `name`
+    /// "node <host>"), or (`action` "tasks changed") the set of serving tasks changed while the
+    /// service (or every service, after a node event) converges: list the services again.
     Service { id: String, name: Option<String>, action: String },
     /// List and inspect everything: at start, after a reconnect, on the safety timer.
     Resync,
@@ -347,6 +348,10 @@ impl Controller {
             Trigger::Container { id, name, action, .. } => {
                 let name = name.clone().or_else(|| self.store.get(id).map(|c| c.name.clone()));
                 Cause::Container { id: id.clone(), name, action: action.clone() }
+            }
+            // A node event (and the watch it started) names the node.
+            Trigger::Service { id, name: Some(name), action } if id == watch::EVERY_SERVICE => {
+                Cause::Other(format!("{name}: {action}"))
             }
             Trigger::Service { id, name, action } => Cause::Other(format!(
                 "service {}: {action}",

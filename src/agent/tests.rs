@@ -342,6 +342,14 @@ async fn swarm_services_are_routed_by_task_and_followed_until_their_tasks_conver
     // Scaled down: the task Swarm stops leaves the upstream while it still runs.
     h.docker.set_service(shop(&[("t1", "running", "running"), ("t2", "running", "shutdown")]));
     h.until(&["a.com (1 servers)", "shop.com (1 servers)"]).await;
+    // A node went down: Swarm sets its tasks' desired state to shutdown without a service event;
+    // the node event starts a watch of every service.
+    h.docker.set_service(shop(&[("t1", "running", "running"), ("t3", "running", "running")]));
+    h.until(&["a.com (1 servers)", "shop.com (2 servers)"]).await;
+    h.docker.node_down("node-2");
+    h.docker.set_tasks("svc-shop", shop(&[("t1", "running", "running"), ("t3", "running", "shutdown")]).tasks);
+    let causes = h.until(&["a.com (1 servers)", "shop.com (1 servers)"]).await;
+    assert!(causes.iter().all(|c| c.starts_with("node node-2: ")), "{causes:?}");
     // Removed: its route is gone.
     h.docker.remove_service("svc-shop");
     let causes = h.until(&["a.com (1 servers)"]).await;

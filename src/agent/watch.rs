@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::{Trigger, DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::sources::docker::DockerApi;
+use crate::sources::docker::{DockerApi, EventKind};
 use crate::sources::swarm;
 
 /// Follows the Docker event stream; reconnects with backoff (250 ms doubling to 1 s), without limit, and asks
@@ -21,7 +21,7 @@ use crate::sources::swarm;
 pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>, prefix: String) {
     let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
     let mut down_since: Option<std::time::Instant> = None;
-    let mut converging = Converging::new(client.clone(), tx.clone());
+    let mut converging = Converging::new(client.clone(), tx.clone(), prefix.clone());
     loop {
         match client.ping().await {
             Ok(()) => {
@@ -43,23 +43,32 @@ pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Tr
                             if event.container.is_empty() {
                                 continue;
                             }
-                            if event.service {
-                                if event.action == "remove" {
-                                    converging.forget(&event.container);
-                                } else {
-                                    converging.watch(&event.container, event.name.as_deref());
+                            let trigger = match event.kind {
+                                EventKind::Container => Trigger::Container {
+                                    id: event.container,
+                                    name: event.name,
+                                    action: event.action,
+                                    labelled: event.labelled,
+                                },
+                                EventKind::Service => {
+                                    if event.action == "remove" {
+                                        converging.forget(&event.container);
+                                    } else {
+                                        converging.watch(&event.container, event.name.as_deref());
+                                    }
+                                    Trigger::Service { id: event.container, name: event.name, action: event.action }
                                 }
-                                let (id, name, action) = (event.container, event.name, event.action);
-                                if tx.send(Trigger::Service { id, name, action }).await.is_err() {
-                                    return;
+                                // A node that went down (or came back, or was drained): every
+                                // service's tasks, until they converge.
+                                EventKind::Node => {
+                                    let name = format!("node {}", event.name.as_deref().unwrap_or(&event.container));
+                                    converging.watch(EVERY_SERVICE, Some(&name));
+                                    Trigger::Service {
+                                        id: EVERY_SERVICE.into(),
+                                        name: Some(name),
+                                        action: event.action,
+                                    }
                                 }
-                                continue;
-                            }
-                            let trigger = Trigger::Container {
-                                id: event.container,
-                                name: event.name,
-                                action: event.action,
-                                labelled: event.labelled,
                             };
                             if tx.send(trigger).await.is_err() {
                                 return;
@@ -83,6 +92,9 @@ pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Tr
     }
 }
 
+/// The watch of every labelled service's tasks (after a node event), not one service's.
+pub(super) const EVERY_SERVICE: &str = "*";
+
 /// How often a converging service's tasks are listed, and for how long at most.
 const CONVERGE_POLL: Duration = Duration::from_millis(250);
 const CONVERGE_MAX: Duration = Duration::from_secs(60);
@@ -94,14 +106,15 @@ const CONVERGE_MAX: Duration = Duration::from_secs(60);
 struct Converging {
     client: Arc<dyn DockerApi>,
     tx: mpsc::Sender<Trigger>,
+    prefix: String,
     /// The current watch of each service (a newer event ends the older one).
     watches: Arc<Mutex<HashMap<String, u64>>>,
     next: u64,
 }
 
 impl Converging {
-    fn new(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>) -> Converging {
-        Converging { client, tx, watches: Arc::default(), next: 0 }
+    fn new(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>, prefix: String) -> Converging {
+        Converging { client, tx, prefix, watches: Arc::default(), next: 0 }
     }
 
     fn forget(&mut self, id: &str) {
@@ -112,7 +125,8 @@ impl Converging {
         self.next += 1;
         let generation = self.next;
         self.watches.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), generation);
-        let (client, tx, watches) = (self.client.clone(), self.tx.clone(), self.watches.clone());
+        let (client, tx, watches, prefix) =
+            (self.client.clone(), self.tx.clone(), self.watches.clone(), self.prefix.clone());
         let (id, name) = (id.to_string(), name.map(str::to_string));
         tokio::spawn(async move {
             let current = || watches.lock().unwrap_or_else(|e| e.into_inner()).get(&id) == Some(&generation);
@@ -124,7 +138,13 @@ impl Converging {
                     return;
                 }
                 // A failed list is retried on the next tick (the resync repairs what a failure misses).
-                let Ok(tasks) = client.service_tasks(&id).await else {
+                let tasks = if id == EVERY_SERVICE {
+                    let services = client.swarm_services(&prefix).await;
+                    services.map(|all| all.into_iter().flat_map(|s| s.tasks).collect())
+                } else {
+                    client.service_tasks(&id).await
+                };
+                let Ok(tasks) = tasks else {
                     if started.elapsed() < CONVERGE_MAX {
                         continue;
                     }

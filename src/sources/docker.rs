@@ -69,9 +69,20 @@ pub struct ContainerEvent {
     pub action: String,
     /// The event carries a label with the prefix (container events carry the labels).
     pub labelled: bool,
-    /// A Swarm service event (`create`, `update`, `remove`): `container` is the service's id,
-    /// `name` its name.
-    pub service: bool,
+    /// What the event is about.
+    pub kind: EventKind,
+}
+
+/// What a [`ContainerEvent`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A container, or a network (connect, disconnect) naming the container.
+    Container,
+    /// A Swarm service (`create`, `update`, `remove`): `container` is its id, `name` its name.
+    Service,
+    /// A Swarm node (`update`: it went down or came back, was drained...): `container` is its
+    /// id, `name` its host name; its tasks may have to leave or join.
+    Node,
 }
 
 impl DockerError {
@@ -197,7 +208,7 @@ impl DockerClient {
 
     /// The events that can change routes, from `since` (unix seconds) on: container start, die,
     /// stop, destroy, rename, health_status, network connect/disconnect (filtered by the daemon),
-    /// and Swarm service create, update and remove.
+    /// Swarm service create, update and remove, and node changes.
     pub fn events(
         &self,
         since: i64,
@@ -206,7 +217,7 @@ impl DockerClient {
         let dotted = format!("{prefix}.");
         use futures::StreamExt;
         let filters: HashMap<String, Vec<String>> = [
-            ("type".to_string(), ["container", "network", "service"].map(String::from).to_vec()),
+            ("type".to_string(), ["container", "network", "service", "node"].map(String::from).to_vec()),
             ("event".to_string(), CONTAINER_EVENTS.iter().chain(SERVICE_EVENTS).map(|e| e.to_string()).collect()),
         ]
         .into();
@@ -219,19 +230,24 @@ impl DockerClient {
             let event = (|| {
                 let message = item.map_err(|source| DockerError::Api { call: "events".into(), source })?;
                 let attributes = message.actor.as_ref().and_then(|a| a.attributes.clone()).unwrap_or_default();
-                let service = matches!(message.typ, Some(bollard::models::EventMessageTypeEnum::SERVICE));
+                use bollard::models::EventMessageTypeEnum as Type;
+                let swarm = match message.typ {
+                    Some(Type::SERVICE) => Some(EventKind::Service),
+                    Some(Type::NODE) => Some(EventKind::Node),
+                    _ => None,
+                };
                 let action = message.action.clone().unwrap_or_default();
                 // The filter is type AND action: a container's `create` or `update` passes it too.
-                if service != SERVICE_EVENTS.contains(&action.as_str()) {
+                if swarm.is_some() != SERVICE_EVENTS.contains(&action.as_str()) {
                     return Ok(None);
                 }
-                if service {
+                if let Some(kind) = swarm {
                     return Ok(Some(ContainerEvent {
                         container: message.actor.as_ref().and_then(|a| a.id.clone()).unwrap_or_default(),
                         name: attributes.get("name").cloned(),
                         action,
                         labelled: false,
-                        service: true,
+                        kind,
                     }));
                 }
                 let is_network = matches!(message.typ, Some(bollard::models::EventMessageTypeEnum::NETWORK));
@@ -245,7 +261,7 @@ impl DockerClient {
                     name: if is_network { None } else { attributes.get("name").cloned() },
                     action,
                     labelled: attributes.keys().any(|k| k.starts_with(&dotted)),
-                    service: false,
+                    kind: EventKind::Container,
                 }))
             })();
             std::future::ready(event.transpose())
@@ -401,7 +417,7 @@ impl DockerClient {
 /// The kinds of container and network events that can change routes.
 const CONTAINER_EVENTS: &[&str] =
     &["start", "die", "stop", "destroy", "rename", "health_status", "unpause", "connect", "disconnect"];
-/// The kinds of Swarm service events that can.
+/// The kinds of Swarm service and node events that can.
 const SERVICE_EVENTS: &[&str] = &["create", "update", "remove"];
 
 /// Every byte but letters and digits as `%XX`, for a query value.

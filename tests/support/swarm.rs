@@ -1,39 +1,42 @@
-//! A Docker engine of the test's own, made a Swarm manager, so that Swarm tests never turn the
-//! shared test daemon into one (docs: /work/shared/notes/testing.md, "A real multi-node Swarm").
+//! A Swarm of the test's own, so that Swarm tests never turn the shared test daemon into a
+//! manager (docs/testing.md, "Swarm tests").
 //!
-//! [`SwarmEngine::start`] creates a network namespace with a veth pair whose host end sits on a
-//! bridge of its own (a /24 of 10.213.0.0/16: the bridge .1, the namespace .2), allows the bridge
-//! to forward to itself (Docker's FORWARD policy is DROP), starts `dockerd` inside the namespace
-//! (`nsenter --net`, not `ip netns exec`, which remounts /sys) with an empty config file, the
-//! main engine's storage driver and its own data root, exec root, pid file and unix socket, runs
-//! `swarm init` on the namespace's address, and loads images from the main engine (`docker save |
-//! docker -H … load`). Dropping it leaves the swarm, stops the engine, unmounts what it left,
-//! deletes the namespace, the bridge and the iptables rule, also when the test failed. Set
-//! `SPTEST_KEEP=1` to leave a failed test's engine running.
+//! [`SwarmEngine::start`] (one node) and [`SwarmEngine::start_nodes`] claim a bridge of their own
+//! (`spsw<n>`, a /24 of 10.213.0.0/16, the bridge at .1), allow it to forward to itself (Docker's
+//! FORWARD policy is DROP), and for each node create a network namespace with a veth pair whose
+//! host end sits on the bridge (node `i` at .2+i), start `dockerd` inside it (`nsenter --net`,
+//! not `ip netns exec`, which remounts /sys) with an empty config file, the main engine's storage
+//! driver and its own data root, exec root, pid file and unix socket; node 0 runs `swarm init` on
+//! its address and the others join it as workers over the bridge. Images are loaded from the main
+//! engine (`docker save | docker -H … load`). Dropping it leaves the swarm, stops the engines,
+//! unmounts what they left, deletes the namespaces, the bridge and the iptables rule, also when
+//! the test failed. Set `SPTEST_KEEP=1` to leave a failed test's engines running.
 //!
-//! Starting one takes about a second and a half here (engine 0.6 s, `swarm init` 0.6 s), so each
-//! test has its own. A published port of a container in the engine is reached from the host at
+//! Starting a node takes about 1.2 s here (engine 0.6 s, `swarm init` 0.6 s), so each test has its
+//! own Swarm. A published port of a container on node 0 is reached from the host at
 //! [`SwarmEngine::address`].
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A registry host where nothing listens: a pull from it fails at once.
 const UNPULLABLE: &str = "127.0.0.1:9";
 
-/// The private range the engines' bridges take their /24s from.
+/// The private range the bridges take their /24s from.
 const RANGE: [u8; 2] = [10, 213];
 
 pub struct SwarmEngine {
-    /// `spsw<n>`: the namespace's and the bridge's name.
+    /// `spsw<n>`: the bridge's name; node `i`'s namespace is `spsw<n>n<i>`.
     name: String,
     n: u8,
     dir: tempfile::TempDir,
     /// The iptables rule was inserted (and must be deleted).
     forward_rule: bool,
-    dockerd: Option<Child>,
+    /// Each node's namespace, and its engine while it runs.
+    nodes: Vec<(String, Option<Child>)>,
+    /// How long the first node took to be a Swarm manager.
     pub startup: Duration,
 }
 
@@ -54,35 +57,57 @@ pub fn require_root() -> bool {
 }
 
 impl SwarmEngine {
-    /// A fresh engine, a Swarm manager, with `images` loaded from the main engine.
+    /// A one-node Swarm (a manager) with `images` loaded from the main engine.
     pub fn start(images: &[&str]) -> SwarmEngine {
+        SwarmEngine::start_nodes(1, images)
+    }
+
+    /// A Swarm of `count` nodes: node 0 the manager, the others workers, each with `images`.
+    pub fn start_nodes(count: usize, images: &[&str]) -> SwarmEngine {
         let began = Instant::now();
         let dir = tempfile::Builder::new().prefix("spsw-").tempdir_in("/tmp").expect("a scratch directory");
         let (n, name) = claim_bridge();
-        let mut engine = SwarmEngine { name, n, dir, forward_rule: false, dockerd: None, startup: Duration::ZERO };
-        engine.plumb();
-        engine.start_dockerd();
-        let addr = engine.address().to_string();
-        engine.docker(&["swarm", "init", "--advertise-addr", &addr]);
-        engine.startup = began.elapsed();
-        for image in images {
-            engine.load(image);
+        let mut engine = SwarmEngine { name, n, dir, forward_rule: false, nodes: Vec::new(), startup: Duration::ZERO };
+        engine.plumb_bridge();
+        for i in 0..count {
+            engine.add_node(i);
+            if i == 0 {
+                let addr = engine.address().to_string();
+                engine.docker(&["swarm", "init", "--advertise-addr", &addr]);
+                engine.startup = began.elapsed();
+            } else {
+                let token = engine.docker(&["swarm", "join-token", "--quiet", "worker"]);
+                let manager = format!("{}:2377", engine.node_address(0));
+                let addr = engine.node_address(i).to_string();
+                engine.node_docker(i, &["swarm", "join", "--advertise-addr", &addr, "--token", &token, &manager]);
+            }
+            for image in images {
+                engine.load(i, image);
+            }
         }
         engine
     }
 
-    /// The namespace's address: the engine's published ports are reached here from the host.
+    /// Node 0's address: its published ports are reached here from the host.
     pub fn address(&self) -> Ipv4Addr {
-        Ipv4Addr::new(RANGE[0], RANGE[1], self.n, 2)
+        self.node_address(0)
     }
 
-    /// `DOCKER_HOST` for this engine.
+    fn node_address(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(RANGE[0], RANGE[1], self.n, 2 + i as u8)
+    }
+
+    /// `DOCKER_HOST` for node 0 (the manager).
     pub fn host(&self) -> String {
-        format!("unix://{}", self.socket().display())
+        self.node_host(0)
     }
 
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("docker.sock")
+    fn node_host(&self, i: usize) -> String {
+        format!("unix://{}", self.node_dir(i).join("docker.sock").display())
+    }
+
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
     }
 
     /// A directory of the test's own (removed with the engine).
@@ -92,23 +117,32 @@ impl SwarmEngine {
         path
     }
 
-    /// `docker -H <engine> args...`, whatever the exit status.
+    /// `docker -H <manager> args...`, whatever the exit status.
     pub fn docker_output(&self, args: &[&str]) -> Output {
+        self.node_docker_output(0, args)
+    }
+
+    fn node_docker_output(&self, i: usize, args: &[&str]) -> Output {
         Command::new("docker")
             .arg("-H")
-            .arg(self.host())
+            .arg(self.node_host(i))
             .args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run `docker {}`: {e}", args.join(" ")))
     }
 
-    /// `docker -H <engine> args...`; panics with its stderr unless it succeeds. Stdout, trimmed.
+    /// `docker -H <manager> args...`; panics with its stderr unless it succeeds. Stdout, trimmed.
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = self.docker_output(args);
+        self.node_docker(0, args)
+    }
+
+    /// `docker args...` on node `i`, as [`SwarmEngine::docker`].
+    pub fn node_docker(&self, i: usize, args: &[&str]) -> String {
+        let out = self.node_docker_output(i, args);
         assert!(
             out.status.success(),
-            "`docker {}` on the Swarm engine failed ({}):\n{}",
+            "`docker {}` on Swarm node {i} failed ({}):\n{}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
@@ -123,8 +157,8 @@ impl SwarmEngine {
         format!("{UNPULLABLE}/{image}")
     }
 
-    /// Copies `image` from the main engine (also as [`SwarmEngine::image`]).
-    pub fn load(&self, image: &str) {
+    /// Copies `image` from the main engine to node `i` (also as [`SwarmEngine::image`]).
+    fn load(&self, i: usize, image: &str) {
         let mut save = Command::new("docker")
             .args(["save", image])
             .stdout(Stdio::piped())
@@ -133,7 +167,7 @@ impl SwarmEngine {
             .expect("docker save");
         let load = Command::new("docker")
             .arg("-H")
-            .arg(self.host())
+            .arg(self.node_host(i))
             .args(["load", "--quiet"])
             .stdin(save.stdout.take().expect("piped"))
             .output()
@@ -142,22 +176,29 @@ impl SwarmEngine {
         assert!(saved.success(), "`docker save {image}` failed ({saved})");
         assert!(
             load.status.success(),
-            "loading {image} into the Swarm engine: {}",
+            "loading {image} into Swarm node {i}: {}",
             String::from_utf8_lossy(&load.stderr)
         );
-        self.docker(&["tag", image, &SwarmEngine::image(image)]);
+        self.node_docker(i, &["tag", image, &SwarmEngine::image(image)]);
     }
 
-    fn plumb(&mut self) {
-        let (ns, bridge, host_end, ns_end) =
-            (self.name.clone(), self.name.clone(), format!("{}h", self.name), format!("{}n", self.name));
-        let net = |last: u8| format!("{}.{}.{}.{last}/24", RANGE[0], RANGE[1], self.n);
+    fn plumb_bridge(&mut self) {
+        let bridge = self.name.clone();
+        run("ip", &["addr", "add", &format!("{}.{}.{}.1/24", RANGE[0], RANGE[1], self.n), "dev", &bridge]);
+        run("ip", &["link", "set", &bridge, "up"]);
+        run("iptables", &["-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"]);
+        self.forward_rule = true;
+    }
+
+    /// Node `i`: its namespace on the bridge, and its engine started.
+    fn add_node(&mut self, i: usize) {
+        let ns = format!("{}n{i}", self.name);
+        let (host_end, ns_end) = (format!("{ns}h"), format!("{ns}v"));
         run("ip", &["netns", "add", &ns]);
+        self.nodes.push((ns.clone(), None));
         run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end]);
         run("ip", &["link", "set", &ns_end, "netns", &ns]);
-        run("ip", &["link", "set", &host_end, "master", &bridge]);
-        run("ip", &["addr", "add", &net(1), "dev", &bridge]);
-        run("ip", &["link", "set", &bridge, "up"]);
+        run("ip", &["link", "set", &host_end, "master", &self.name]);
         run("ip", &["link", "set", &host_end, "up"]);
         let inside = |args: &[&str]| {
             let mut all = vec![format!("--net=/var/run/netns/{ns}"), "ip".into()];
@@ -165,38 +206,35 @@ impl SwarmEngine {
             run("nsenter", &all.iter().map(String::as_str).collect::<Vec<_>>());
         };
         inside(&["link", "set", "lo", "up"]);
-        inside(&["addr", "add", &net(2), "dev", &ns_end]);
+        inside(&["addr", "add", &format!("{}/24", self.node_address(i)), "dev", &ns_end]);
         inside(&["link", "set", &ns_end, "up"]);
         inside(&["route", "add", "default", "via", &format!("{}.{}.{}.1", RANGE[0], RANGE[1], self.n)]);
-        run("iptables", &["-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"]);
-        self.forward_rule = true;
-    }
 
-    fn start_dockerd(&mut self) {
-        let d = self.dir.path();
+        let d = self.node_dir(i);
+        std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("daemon.json"), "{}").unwrap();
         let driver = crate::support::docker::docker(&["info", "--format", "{{.Driver}}"]);
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
         let p = |s: &str| d.join(s).display().to_string();
         // nsenter execs dockerd: the child is the engine.
         let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg(format!("--net=/var/run/netns/{ns}"))
             .arg("dockerd")
             .args(["--config-file", &p("daemon.json"), "--storage-driver", &driver])
             .args(["--data-root", &p("data"), "--exec-root", &p("exec"), "--pidfile", &p("dockerd.pid")])
-            .args(["-H", &self.host()])
+            .args(["-H", &self.node_host(i)])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start dockerd (is docker.io installed?)");
-        self.dockerd = Some(child);
+        self.nodes[i].1 = Some(child);
         let began = Instant::now();
-        while !self.docker_output(&["version"]).status.success() {
+        while !self.node_docker_output(i, &["version"]).status.success() {
             assert!(
                 began.elapsed() < Duration::from_secs(30),
-                "the Swarm test engine did not answer within 30 s; its log:\n{}",
-                self.log()
+                "Swarm node {i}'s engine did not answer within 30 s; its log:\n{}",
+                self.log(i)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -204,35 +242,30 @@ impl SwarmEngine {
 
     /// Whether the kernel has IPVS, which Swarm's virtual IPs need (some VM kernels lack it).
     pub fn has_ipvs(&self) -> bool {
-        let ns = format!("--net=/var/run/netns/{}", self.name);
+        let ns = format!("--net=/var/run/netns/{}", self.nodes[0].0);
         quiet("nsenter", &[&ns, "test", "-e", "/proc/net/ip_vs"]).status.success()
     }
 
-    /// The engine's own log.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    /// Node `i`'s engine log.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.node_dir(i).join("dockerd.log")).unwrap_or_default()
     }
 
-    /// Stops the engine (TERM, then KILL after 20 s) and unmounts what it left under its dir.
+    /// Stops node `i`'s engine (its containers stop with it), as a node that fails; the swarm
+    /// is not told.
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(dockerd) = self.nodes[i].1.take() {
+            stop_engine(dockerd, &self.node_dir(i));
+        }
+    }
+
+    /// Leaves the swarm and stops every engine (node 0 last).
     fn stop(&mut self) {
-        let Some(mut dockerd) = self.dockerd.take() else { return };
-        let _ = self.docker_output(&["swarm", "leave", "--force"]);
-        let _ = Command::new("kill").arg("-TERM").arg(dockerd.id().to_string()).status();
-        let began = Instant::now();
-        while matches!(dockerd.try_wait(), Ok(None)) && began.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if matches!(dockerd.try_wait(), Ok(None)) {
-            let _ = dockerd.kill();
-            let _ = dockerd.wait();
-        }
-        let dir = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        let mut ours: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&dir)).collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
+        for i in (0..self.nodes.len()).rev() {
+            if self.nodes[i].1.is_some() {
+                let _ = self.node_docker_output(i, &["swarm", "leave", "--force"]);
+            }
+            self.stop_node(i);
         }
     }
 }
@@ -240,17 +273,43 @@ impl SwarmEngine {
 impl Drop for SwarmEngine {
     fn drop(&mut self) {
         if std::thread::panicking() && std::env::var_os("SPTEST_KEEP").is_some() {
-            eprintln!("SPTEST_KEEP is set: leaving the Swarm engine at {} running", self.host());
+            eprintln!("SPTEST_KEEP is set: leaving the Swarm engines (manager at {}) running", self.host());
             std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()));
+            for (_, dockerd) in &mut self.nodes {
+                std::mem::forget(dockerd.take());
+            }
             return;
         }
         // Never panic here (a panic while unwinding aborts the test process).
         self.stop();
+        for (ns, _) in &self.nodes {
+            let _ = quiet("ip", &["netns", "del", ns]);
+        }
         if self.forward_rule {
             let _ = quiet("iptables", &["-D", "FORWARD", "-i", &self.name, "-o", &self.name, "-j", "ACCEPT"]);
         }
-        let _ = quiet("ip", &["netns", "del", &self.name]);
         let _ = quiet("ip", &["link", "del", &self.name]);
+    }
+}
+
+/// Stops an engine (TERM, then KILL after 20 s) and unmounts what it left under `dir`.
+fn stop_engine(mut dockerd: Child, dir: &Path) {
+    let _ = Command::new("kill").arg("-TERM").arg(dockerd.id().to_string()).status();
+    let began = Instant::now();
+    while matches!(dockerd.try_wait(), Ok(None)) && began.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if matches!(dockerd.try_wait(), Ok(None)) {
+        let _ = dockerd.kill();
+        let _ = dockerd.wait();
+    }
+    let dir = format!("{}/", dir.display());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut ours: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&dir)).collect();
+    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in ours {
+        let _ = Command::new("umount").arg("-l").arg(m).status();
     }
 }
 
