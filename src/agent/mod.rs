@@ -307,6 +307,10 @@ impl Controller {
                 self.store.service_changed();
             }
             Trigger::Resync => {
+                if self.config.docker && self.config.swarm == crate::settings::SwarmMode::Auto {
+                    // Docker may have joined or left a Swarm since: asked again before the list.
+                    self.store.recheck_swarm();
+                }
                 self.store.resync();
                 // Something outside the candidate (nginx's own config) may have been fixed.
                 self.applier.retest();
@@ -443,11 +447,15 @@ impl Controller {
     /// Asks Docker whether it is a Swarm manager (`SWARM=auto`, once it answers), then lists the
     /// services when a service changed or a resync is due.
     async fn refresh_services(&mut self, client: &dyn DockerApi) {
-        if self.store.swarm_on().is_none() {
+        if self.store.swarm_to_ask() {
             match client.swarm_manager().await {
                 Ok(manager) => {
-                    if manager {
-                        info!("Docker is a Swarm manager: reading the labelled services too (SWARM=auto)");
+                    match (self.store.swarm_on(), manager) {
+                        (Some(true), true) | (Some(false) | None, false) => {}
+                        (_, true) => info!("Docker is a Swarm manager: reading the labelled services too (SWARM=auto)"),
+                        (Some(true), false) => {
+                            info!("Docker is no longer a Swarm manager: services are not read (SWARM=auto)")
+                        }
                     }
                     self.store.set_swarm(Some(manager));
                 }

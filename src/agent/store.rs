@@ -38,6 +38,8 @@ pub(super) struct Store {
     services_stale: bool,
     /// The error of the last list of services (or of asking whether Docker is a manager).
     swarm_failed: Option<String>,
+    /// Ask Docker again whether it is a manager (`SWARM=auto`, on resync).
+    swarm_recheck: bool,
 }
 
 impl Store {
@@ -55,11 +57,16 @@ impl Store {
             service_containers: Vec::new(),
             services_stale: false,
             swarm_failed: None,
+            swarm_recheck: false,
         }
     }
 
     /// Whether Swarm services are read: `None` to ask Docker first (`SWARM=auto`).
     pub(super) fn set_swarm(&mut self, on: Option<bool>) {
+        self.swarm_recheck = false;
+        if on.is_some() && on == self.swarm_on {
+            return;
+        }
         self.swarm_on = on;
         self.swarm_failed = None;
         if on != Some(true) {
@@ -67,6 +74,17 @@ impl Store {
             self.service_containers.clear();
         }
         self.services_stale = on == Some(true);
+    }
+
+    /// `SWARM=auto`: ask Docker again whether it is a manager in the next pass (on resync); the
+    /// services read so far stay until it answers.
+    pub(super) fn recheck_swarm(&mut self) {
+        self.swarm_recheck = true;
+    }
+
+    /// Whether the next pass must ask Docker whether it is a Swarm manager.
+    pub(super) fn swarm_to_ask(&self) -> bool {
+        self.swarm_on.is_none() || self.swarm_recheck
     }
 
     /// `None` while it is not known whether Swarm services are read.
@@ -371,5 +389,45 @@ pub(super) mod tests {
         assert!(names(&store).is_empty());
         store.retry_due(true);
         assert!(store.wants_list(), "after a failed apply the retry lists again");
+    }
+
+    #[test]
+    fn with_swarm_on_nothing_is_rendered_before_the_services_are_listed() {
+        use crate::sources::swarm::{SwarmService, SwarmTask};
+        let mut store = Store::new("smart-proxy");
+        store.set_swarm(None);
+        store.listed_all(ids(&["a"]), vec![Ok(app("a", "a.com"))]);
+        assert!(store.swarm_to_ask() && !store.listed(), "SWARM=auto: Docker is asked first");
+        store.set_swarm(Some(true));
+        assert!(store.wants_services() && !store.listed());
+        store.services_listed(Err(timeout("list services")));
+        assert!(!store.listed(), "no partial picture");
+        assert!(store.trouble().unwrap().starts_with("listing Swarm services fails: "));
+        let shop = SwarmService {
+            id: "svc".into(),
+            name: "shop".into(),
+            labels: [("smart-proxy.domains".to_string(), "shop.com".to_string())].into(),
+            vips: Default::default(),
+            tasks: vec![SwarmTask {
+                id: "t1".into(),
+                slot: 1,
+                state: "running".into(),
+                desired_state: "running".into(),
+                networks: [("net".to_string(), [10, 0, 1, 3].into())].into(),
+            }],
+        };
+        store.services_listed(Ok(vec![shop]));
+        assert!(store.listed() && !store.wants_services() && store.trouble().is_none());
+        assert_eq!(names(&store), ["a", "shop.1.t1"]);
+        // A resync lists them again; asking again whether Docker is a manager keeps them meanwhile.
+        store.resync();
+        store.recheck_swarm();
+        assert!(store.wants_services() && store.swarm_to_ask());
+        store.set_swarm(Some(true));
+        assert_eq!(names(&store), ["a", "shop.1.t1"]);
+        // No longer a manager: the services leave.
+        store.set_swarm(Some(false));
+        assert_eq!(names(&store), ["a"]);
+        assert!(!store.wants_services());
     }
 }
