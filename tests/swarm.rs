@@ -291,6 +291,39 @@ fn settled(s: &Setup, service: &str, n: usize) -> bool {
     running_tasks(s, service) == n && !tasks.lines().any(|l| l.contains(" Shutdown Running"))
 }
 
+/// `docker service update --update-order <order> --env-add <env> web` under a request loop,
+/// until the update completed: no failed request.
+fn rolling_update(s: &Setup, addr: SocketAddr, order: &str, env: &str) {
+    let update = |field: &str| {
+        let format = format!("{{{{if .UpdateStatus}}}}{{{{.UpdateStatus.{field}}}}}{{{{end}}}}");
+        s.engine.docker(&["service", "inspect", "web", "--format", &format])
+    };
+    let before = update("StartedAt");
+    let (reloads, errors) = (s.reloads(), s.upstream_errors("web.test"));
+    let load = Load::start(addr, "web.test", "web");
+    let args = ["service", "update", "--detach", "--update-order", order, "--update-parallelism", "1"];
+    s.engine.docker(&[&args[..], &["--env-add", env, "web"]].concat());
+    s.agent.wait_for("the update to complete", Duration::from_secs(90), || {
+        update("StartedAt") != before && update("State") == "completed"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (sent, failures) = load.stop();
+    eprintln!(
+        "rolling update ({order}, {} tasks): {sent} requests, {} failed; {} reloads; {} upstream errors retried by nginx",
+        s.servers(),
+        failures.len(),
+        s.reloads() - reloads,
+        s.upstream_errors("web.test") - errors
+    );
+    assert!(
+        failures.is_empty(),
+        "failed requests during the {order} update: {failures:?}\n{}\n--- agent log ---\n{}\n--- nginx ---\n{}",
+        s.tasks("web"),
+        s.agent.log(),
+        s.nginx_log()
+    );
+}
+
 #[test]
 fn swarm_services_are_served_scaled_updated_and_removed_without_failed_requests() {
     require_docker!();
@@ -354,43 +387,13 @@ fn swarm_services_are_served_scaled_updated_and_removed_without_failed_requests(
         s.nginx_log()
     );
 
-    // A rolling update, start-first, under the loop: no failed request.
-    let (reloads, errors) = (s.reloads(), s.upstream_errors("web.test"));
-    let load = Load::start(addr, "web.test", "web");
-    s.engine.docker(&[
-        "service",
-        "update",
-        "--detach",
-        "--update-order",
-        "start-first",
-        "--env-add",
-        "UPDATED=1",
-        "web",
-    ]);
-    s.agent.wait_for("the update to converge", Duration::from_secs(90), || {
-        s.engine.docker(&[
-            "service",
-            "inspect",
-            "web",
-            "--format",
-            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
-        ]) == "completed"
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let (sent, failures) = load.stop();
-    eprintln!(
-        "rolling update (start-first): {sent} requests, {} failed; {} reloads; {} upstream errors retried by nginx",
-        failures.len(),
-        s.reloads() - reloads,
-        s.upstream_errors("web.test") - errors
-    );
-    assert!(
-        failures.is_empty(),
-        "failed requests during the update: {failures:?}\n{}\n--- agent log ---\n{}\n--- nginx ---\n{}",
-        s.tasks("web"),
-        s.agent.log(),
-        s.nginx_log()
-    );
+    // Rolling updates under the loop: start-first with one replica, stop-first (Swarm's default)
+    // with two, one at a time: no failed request.
+    rolling_update(&s, addr, "start-first", "UPDATED=1");
+    s.engine.docker(&["service", "scale", "--detach", "web=2"]);
+    s.agent.wait_for("2 running tasks", Duration::from_secs(60), || settled(&s, "web", 2));
+    s.agent.wait_for("2 servers in the config", Duration::from_secs(10), || s.servers() == 2);
+    rolling_update(&s, addr, "stop-first", "UPDATED=2");
 
     // swarm.lb=vip: one server, the service's virtual IP on the shared network.
     s.create("vip", 2, &[("domains", "vip.test"), ("port", "8080"), ("swarm.lb", "vip")]);
