@@ -211,7 +211,8 @@ impl Controller {
         let file_watcher = watch_files(&config, tx.clone());
         let docker = docker.map(|client| Arc::new(client) as Arc<dyn DockerApi>);
         if let Some(client) = docker.clone() {
-            tokio::spawn(watch_docker(client, tx.clone(), config.label_prefix.clone()));
+            let follow_swarm = config.swarm != crate::settings::SwarmMode::Off;
+            tokio::spawn(watch_docker(client, tx.clone(), config.label_prefix.clone(), follow_swarm));
         }
         // Before nginx starts (in the first pass), so that its first lines find the socket.
         if let Some(socket) = &config.render.insight_socket {
@@ -326,7 +327,9 @@ impl Controller {
             }
             Trigger::Connected(client) => {
                 info!("connected to Docker");
-                tokio::spawn(watch_docker(client.clone(), self.tx.clone(), self.config.label_prefix.clone()));
+                let follow_swarm = self.config.swarm != crate::settings::SwarmMode::Off;
+                let prefix = self.config.label_prefix.clone();
+                tokio::spawn(watch_docker(client.clone(), self.tx.clone(), prefix, follow_swarm));
                 self.docker = Some(client);
                 self.store.resync();
             }

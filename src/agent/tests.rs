@@ -42,6 +42,11 @@ struct Harness {
 
 impl Harness {
     async fn new(docker: FakeDocker) -> Harness {
+        Harness::with_swarm(docker, true).await
+    }
+
+    /// A harness whose Docker watcher follows Swarm services' tasks (`SWARM` auto or on) or not.
+    async fn with_swarm(docker: FakeDocker, follow_swarm: bool) -> Harness {
         let docker = Arc::new(docker);
         docker.set_nginx(NginxState {
             id: "id-nginx".into(),
@@ -58,7 +63,7 @@ impl Harness {
         let (tx, rx) = mpsc::channel(1024);
         let mut controller = Controller::new(config, tx.clone(), applier, Renderer::builtin());
         controller.docker = Some(docker.clone());
-        tokio::spawn(watch_docker(docker.clone(), tx, "smart-proxy".into()));
+        tokio::spawn(watch_docker(docker.clone(), tx, "smart-proxy".into(), follow_swarm));
         let mut harness = Harness { docker, controller, rx };
         // The watcher asks for a resync once its event stream is open.
         assert!(matches!(harness.recv().await, Trigger::Resync));
@@ -355,4 +360,21 @@ async fn swarm_services_are_routed_by_task_and_followed_until_their_tasks_conver
     let causes = h.until(&["a.com (1 servers)"]).await;
     assert_eq!(causes.last().map(String::as_str), Some("service shop: remove"));
     assert!(!h.docker.calls().contains(&"info".to_string()), "asked once");
+}
+
+#[tokio::test]
+async fn with_swarm_off_services_are_not_read_even_on_a_manager() {
+    let docker = FakeDocker::default();
+    docker.swarm_init();
+    running(&docker, "a", "a.com");
+    let mut h = Harness::with_swarm(docker, false).await;
+    let table = h.first_pass().await;
+    assert_eq!(routes(&table), ["a.com (1 servers)"]);
+    h.docker.set_service(shop(&[("t1", "running", "running")]));
+    assert_eq!(h.note(1).await, [false], "a service event asks for no pass");
+    // Nor does it start a watch of the service's tasks.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(routes(&h.pass().await.expect("listed")), ["a.com (1 servers)"]);
+    let calls = h.docker.calls();
+    assert!(!calls.iter().any(|c| c == "info" || c == "services" || c.starts_with("tasks")), "{calls:?}");
 }

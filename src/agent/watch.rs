@@ -18,7 +18,13 @@ use crate::sources::swarm;
 
 /// Follows the Docker event stream; reconnects with backoff (250 ms doubling to 1 s), without limit, and asks
 /// for a resync after every (re)connect. Logs each state change once, not each retry.
-pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>, prefix: String) {
+/// With `follow_swarm` false (`SWARM=off`) service and node events start no watch of tasks.
+pub(super) async fn watch_docker(
+    client: Arc<dyn DockerApi>,
+    tx: mpsc::Sender<Trigger>,
+    prefix: String,
+    follow_swarm: bool,
+) {
     let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
     let mut down_since: Option<std::time::Instant> = None;
     let mut converging = Converging::new(client.clone(), tx.clone(), prefix.clone());
@@ -53,7 +59,7 @@ pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Tr
                                 EventKind::Service => {
                                     if event.action == "remove" {
                                         converging.forget(&event.container);
-                                    } else {
+                                    } else if follow_swarm {
                                         converging.watch(&event.container, event.name.as_deref());
                                     }
                                     Trigger::Service { id: event.container, name: event.name, action: event.action }
@@ -62,7 +68,9 @@ pub(super) async fn watch_docker(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Tr
                                 // service's tasks, until they converge.
                                 EventKind::Node => {
                                     let name = format!("node {}", event.name.as_deref().unwrap_or(&event.container));
-                                    converging.watch(EVERY_SERVICE, Some(&name));
+                                    if follow_swarm {
+                                        converging.watch(EVERY_SERVICE, Some(&name));
+                                    }
                                     Trigger::Service {
                                         id: EVERY_SERVICE.into(),
                                         name: Some(name),
