@@ -59,6 +59,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "rate")]
         sort: crate::top::Sort,
     },
+    /// Follow an agent without a Docker socket: run nginx as a child and keep it on the agent's
+    /// bundles (FOLLOW_URL, FOLLOWER_KEY_FILE, NODE_NAME; the usual NGINX_*, CERTS_DIR paths).
+    Follow,
     /// Print the JSON Schema of the JSON config file (CONFIG_FILE, DOMAINS_CONFIG, SERVICES_CONFIG).
     ConfigSchema,
     /// Certificates of the routed TLS domains.
@@ -155,6 +158,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             certs_renew(&config, force, &domains).await
         }
         Some(Command::Health | Command::ConfigSchema | Command::Top { .. }) => unreachable!("answered above"),
+        Some(Command::Follow) => {
+            let Some(setup) = config.follow.clone() else {
+                anyhow::bail!("follow needs FOLLOWER_KEY_FILE (the key shared with the agent) and FOLLOW_URL");
+            };
+            let options = crate::follow::client::Options {
+                setup,
+                render: config.render.clone(),
+                conf: config.nginx.conf.clone(),
+                bin: config.nginx.bin.clone(),
+                main_conf: config.nginx.main_conf.clone(),
+                certs_dir: config.certs_dir.clone(),
+            };
+            crate::follow::client::run(options, shutdown_signal()).await?;
+            Ok(EXIT_OK)
+        }
         Some(Command::Run) | None => {
             crate::agent::run(config, shutdown_signal()).await?;
             Ok(EXIT_OK)

@@ -59,6 +59,8 @@ pub struct Config {
     pub status_token: Option<crate::secret::Secret>,
     /// `CLOUDFLARE_IPS_URL`, when Cloudflare's ranges are refreshed.
     pub cloudflare_ips_url: Option<reqwest::Url>,
+    /// Followers (`FOLLOWER_KEY_FILE` set): the key, `FOLLOW_ADDR`, `FOLLOW_URL`, `NODE_NAME`.
+    pub follow: Option<crate::follow::FollowSetup>,
 }
 
 /// Which nginx, and the file the agent writes.
@@ -99,6 +101,8 @@ pub enum ConfigError {
     AnomalyWarmup(String),
     #[error("set both ACME_EAB_KID and ACME_EAB_HMAC_KEY for external account binding, or neither")]
     EabHalf,
+    #[error("{0}")]
+    Follow(String),
 }
 
 impl Config {
@@ -160,6 +164,19 @@ impl Config {
             status_addr: settings.status_addr,
             status_token: settings.status_token.clone().filter(|t| !t.expose().is_empty()),
             cloudflare_ips_url: settings.cloudflare_ips_url.as_deref().map(cloudflare_ips_url).transpose()?,
+            follow: settings
+                .follower_key_file
+                .as_deref()
+                .map(|key| {
+                    crate::follow::FollowSetup::new(
+                        key,
+                        settings.follow_addr,
+                        settings.follow_url.as_deref(),
+                        settings.node_name.as_deref(),
+                    )
+                })
+                .transpose()
+                .map_err(ConfigError::Follow)?,
         })
     }
 

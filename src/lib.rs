@@ -10,6 +10,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod follow;
 pub mod fsutil;
 pub mod insight;
 pub mod metrics;

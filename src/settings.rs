@@ -260,6 +260,23 @@ pub struct Settings {
     #[arg(long, env = "STATUS_TOKEN", global = true, hide_env_values = true)]
     pub status_token: Option<Secret>,
 
+    /// A file holding the key the agent shares with its followers (at least 32 bytes; a Docker
+    /// secret). On the agent it turns the follower endpoint on (FOLLOW_ADDR); `follow` needs it.
+    #[arg(long, env = "FOLLOWER_KEY_FILE", global = true)]
+    pub follower_key_file: Option<PathBuf>,
+
+    /// Where the agent serves bundles to followers, ip:port (only with FOLLOWER_KEY_FILE).
+    #[arg(long, env = "FOLLOW_ADDR", global = true, default_value = "0.0.0.0:9181")]
+    pub follow_addr: SocketAddr,
+
+    /// `follow`: the agent's follower endpoint, http://host:port.
+    #[arg(long, env = "FOLLOW_URL", global = true)]
+    pub follow_url: Option<String>,
+
+    /// `follow`: this node's name, as the agent shows it (default: the host name).
+    #[arg(long, env = "NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+
     /// Log format on stderr.
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -40,6 +40,8 @@ pub struct State {
     heal: Mutex<Vec<HealTarget>>,
     /// Recent decisions, for `/events` (see [`State::event`]).
     events: Events,
+    /// The followers' publisher, when `FOLLOWER_KEY_FILE` is set (`/followers`).
+    follow: Mutex<Option<Arc<crate::follow::server::Publisher>>>,
 }
 
 /// A container the agent may restart (`heal=restart`), at one of its upstream addresses.
@@ -198,6 +200,20 @@ impl State {
         }
     }
 
+    /// Shows the followers on `/followers`.
+    pub fn set_follow(&self, publisher: Arc<crate::follow::server::Publisher>) {
+        *self.follow.lock().expect("status lock") = Some(publisher);
+    }
+
+    /// `/followers`: the current revision and each follower (node, revision served, last seen,
+    /// error); `{"enabled": false}` without `FOLLOWER_KEY_FILE`.
+    fn followers_json(&self) -> String {
+        match self.follow.lock().expect("status lock").as_ref() {
+            Some(publisher) => publisher.followers_json(),
+            None => "{\"enabled\":false}\n".to_string(),
+        }
+    }
+
     /// A copy of what was published (the route table is shared, not copied).
     fn snapshot(&self) -> Inner {
         self.inner.lock().expect("status lock").clone()
@@ -323,6 +339,7 @@ impl Server {
                 respond(StatusCode::OK, "application/json", body)
             }
             "/events" => respond(StatusCode::OK, "application/json", self.state.events.to_json()),
+            "/followers" => respond(StatusCode::OK, "application/json", self.state.followers_json()),
             "/healthz" => match self.health().await {
                 Ok(()) => text(StatusCode::OK, "ok\n".into()),
                 Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
@@ -353,7 +370,7 @@ impl Server {
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /, /healthz, /metrics, /routes, /insight, /certs or /events
+                "not found; try /, /healthz, /metrics, /routes, /insight, /certs, /events or /followers
 "
                 .into(),
             ),

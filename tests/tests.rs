@@ -15,6 +15,7 @@ mod dashboard;
 mod docker_faults;
 mod docker_labels;
 mod edge;
+mod follow;
 mod golden;
 mod injection;
 mod insight;

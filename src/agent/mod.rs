@@ -188,6 +188,9 @@ struct Controller {
     retry: Option<(String, Backoff)>,
     /// What the status endpoint shows (`/healthz`, `/routes`).
     status: std::sync::Arc<crate::status::State>,
+    /// Followers (`FOLLOWER_KEY_FILE`): the revision they are served, and the watcher of the
+    /// HTTP-01 tokens they must answer too.
+    follow: Option<(Arc<crate::follow::server::Publisher>, Option<notify::RecommendedWatcher>)>,
 }
 
 impl Controller {
@@ -219,6 +222,17 @@ impl Controller {
             insight::start(socket.as_path(), status.clone(), docker.clone(), config.timing)?;
         }
         spawn_resync_timer(tx.clone(), config.timing.resync);
+        let follow = match &config.follow {
+            Some(setup) => {
+                let publisher = Arc::new(crate::follow::server::Publisher::new(setup.key.clone()));
+                crate::follow::server::start(setup.addr, publisher.clone()).await;
+                status.set_follow(publisher.clone());
+                let watcher =
+                    crate::follow::server::watch_challenges(config.render.acme_webroot.as_path(), publisher.clone());
+                Some((publisher, watcher))
+            }
+            None => None,
+        };
         if let Some(url) = &config.cloudflare_ips_url {
             if config.render.real_ip.as_ref().is_some_and(|r| r.trusts_cloudflare()) {
                 cloudflare_ips::spawn(url.clone(), tx.clone());
@@ -227,6 +241,7 @@ impl Controller {
         Ok(Controller {
             docker,
             status,
+            follow,
             tls_domains,
             _file_watcher: file_watcher,
             ..Controller::new(config, tx, applier, renderer)
@@ -269,6 +284,7 @@ impl Controller {
             tls_pending: None,
             retry: None,
             status: Arc::default(),
+            follow: None,
         }
     }
 
@@ -395,6 +411,9 @@ impl Controller {
             let targets = insight::heal_targets(self.store.containers(), &table, &self.config.label_prefix);
             self.status.set_heal_targets(targets);
         }
+        if let (Ok(applied), Some((publisher, _))) = (&result, &self.follow) {
+            self.publish_follow(publisher.clone(), &table, applied);
+        }
         match result {
             Ok(applied) if !applied.changed => {
                 if applied.auth_files > 0 {
@@ -408,6 +427,29 @@ impl Controller {
             info!("apply succeeded again");
         }
         self.config_error(None);
+    }
+
+    /// Hands what went live to the followers' publisher: the table without the routes nginx
+    /// refused, and the config the agent's nginx runs. Unchanged bytes: only the files are read
+    /// again when a users-file changed.
+    fn publish_follow(&self, publisher: Arc<crate::follow::server::Publisher>, table: &RouteTable, applied: &Applied) {
+        if !applied.changed {
+            if applied.auth_files > 0 {
+                publisher.refresh();
+            }
+            return;
+        }
+        let Some(config) = self.applier.live() else { return };
+        let mut live = table.clone();
+        for dropped in &applied.dropped {
+            live = live.without_site(&dropped.domain);
+        }
+        publisher.publish(crate::follow::server::Source {
+            table: live,
+            renderer: self.renderer.clone(),
+            settings: self.config.render.clone(),
+            config: config.to_string(),
+        });
     }
 
     /// The whole table from the cache and the static sources.

@@ -239,6 +239,34 @@ impl Applier {
         Ok(Applied { changed: true, reloaded, dropped, placeholders, auth_files, timings })
     }
 
+    /// Applies a config rendered elsewhere (a follower's bundle): identical to what is live,
+    /// nothing; else the candidate is tested with `nginx -t` together with nginx's own config,
+    /// renamed over the target and nginx reloaded. A rejected candidate is an error
+    /// ([`NginxError::TestFailed`]) and the last good config stays; there are no routes to
+    /// isolate here (the agent isolated them before rendering).
+    pub async fn apply_rendered(&mut self, config: &str) -> Result<Applied, ApplyError> {
+        let mut timings = Timings::default();
+        if self.live.as_deref() == Some(config) {
+            return Ok(Applied { timings, ..Default::default() });
+        }
+        if let Some(output) = self.test(config, &mut timings).await? {
+            return Err(NginxError::TestFailed { output }.into());
+        }
+        let candidate = self.candidate_path();
+        std::fs::rename(&candidate, &self.target)
+            .map_err(|source| ApplyError::Write { path: self.target.clone(), source })?;
+        if let Some(dir) = self.target.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        let started = Instant::now();
+        let reloaded = self.nginx.reload().await;
+        crate::metrics::global().reloaded(&reloaded, started.elapsed());
+        let reloaded = reloaded?;
+        timings.reload = started.elapsed();
+        self.live = Some(config.to_string());
+        Ok(Applied { changed: true, reloaded, timings, ..Default::default() })
+    }
+
     fn target_name(&self) -> &str {
         self.target.file_name().and_then(|n| n.to_str()).unwrap_or("")
     }

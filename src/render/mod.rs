@@ -187,6 +187,7 @@ pub fn auth_dir_for(nginx_conf: &Path) -> Result<ConfigPath, RenderError> {
 }
 
 /// A loaded template, ready to render any number of tables.
+#[derive(Clone)]
 pub struct Renderer {
     env: Environment<'static>,
     name: String,

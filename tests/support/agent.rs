@@ -22,6 +22,8 @@ pub struct Agent {
     pub https_port: u16,
     /// The whole environment of the agent (and of [`Agent::cli`]).
     pub env: Vec<(String, String)>,
+    /// The command [`Agent::spawn`] runs: `run`, or `follow` for a follower.
+    pub command: &'static str,
     child: Option<Child>,
 }
 
@@ -128,7 +130,7 @@ impl Agent {
             vars.push((k.to_string(), v.to_string()));
         }
         let https_port = vars.iter().find(|(k, _)| k == "HTTPS_PORT").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-        Agent { dir, port, https_port, env: vars, child: None }
+        Agent { dir, port, https_port, env: vars, command: "run", child: None }
     }
 
     /// Runs the agent (again) and waits until nginx answers on `HTTP_PORT`. The log starts
@@ -149,7 +151,7 @@ impl Agent {
         }
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))
-            .arg("run")
+            .arg(self.command)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -1,0 +1,364 @@
+//! Followers (`nginx-smart-proxy follow`) with their own real nginx on loopback ports, beside a
+//! real agent (env/file routes, no Docker): the follower serves the agent's routes, a new route
+//! reaches it (the latency is logged), it keeps serving while the agent is down and catches up
+//! when it returns, a restarted follower serves its last good bundle before the agent answers,
+//! `/followers` lists it with its revision; a forged or broken bundle (from a fake agent) is
+//! refused, reported on the next poll, and the last good config stays; a certificate and an
+//! HTTP-01 token of the agent are served by the follower.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::agent::{http_get, Agent, Prefix};
+use crate::support::free_port;
+use crate::support::stub_http::StubHttp;
+
+const KEY: &str = "follower-test-key-0123456789abcdef-0123456789";
+
+fn key_file(dir: &Path, key: &str) -> String {
+    let path = dir.join("follower.key");
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.display().to_string()
+}
+
+/// The JSON routes file: each name routed to the backend on `port`.
+fn routes(names: &[&str], port: u16) -> String {
+    let domains: Vec<String> = names.iter().map(|n| format!(r#"{{"name":"{n}.test","service":"app"}}"#)).collect();
+    format!(r#"{{"domains":[{}],"services":[{{"name":"app","host":"127.0.0.1","port":{port}}}]}}"#, domains.join(","))
+}
+
+/// An agent on env/file routes (no Docker) with the follower endpoint on a free loopback port.
+fn agent(keys: &tempfile::TempDir, routes_file: &Path, extra: &[(&str, &str)]) -> (Agent, u16) {
+    let follow_port = free_port();
+    let follow_addr = format!("127.0.0.1:{follow_port}");
+    let key = key_file(keys.path(), KEY);
+    let mut env = vec![
+        ("NO_DOCKER", "true"),
+        ("CONFIG_FILE", routes_file.to_str().unwrap()),
+        ("FOLLOWER_KEY_FILE", key.as_str()),
+        ("FOLLOW_ADDR", follow_addr.as_str()),
+        ("INSIGHT", "true"),
+    ];
+    env.extend_from_slice(extra);
+    let agent = Agent::local(Prefix::TEST, &env);
+    (agent, follow_port)
+}
+
+/// A follower of the agent at `follow_port`, with its own nginx on a free port (not started).
+fn follower(keys: &tempfile::TempDir, follow_port: u16, node: &str, extra: &[(&str, &str)]) -> Agent {
+    let key = key_file(keys.path(), KEY);
+    let url = format!("http://127.0.0.1:{follow_port}");
+    let mut env = vec![
+        ("FOLLOW_URL", url.as_str()),
+        ("FOLLOWER_KEY_FILE", key.as_str()),
+        ("NODE_NAME", node),
+        ("NO_DOCKER", "true"),
+        // Whatever the follower's own LOCAL says, it serves what the agent renders.
+        ("LOCAL", "false"),
+    ];
+    env.extend_from_slice(extra);
+    let mut follower = Agent::local(Prefix::TEST, &env);
+    follower.command = "follow";
+    follower
+}
+
+fn serves(node: &Agent, host: &str, body: &str) -> bool {
+    let (status, got) = node.get(host, "/");
+    status == 200 && got.contains(body)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_catches_up() {
+    let backend = StubHttp::body("backend-answer");
+    let keys = tempfile::tempdir().unwrap();
+    let routes_dir = tempfile::tempdir().unwrap();
+    let routes_file = routes_dir.path().join("routes.json");
+    let mut names = vec!["app1".to_string()];
+    let write = |names: &[String]| {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        crate::support::agent::write_file(&routes_file, &routes(&refs, backend.port()));
+    };
+    write(&names);
+    let (mut agent, follow_port) = agent(&keys, &routes_file, &[]);
+    agent.launch();
+    agent.wait_for_status("app1.test", 200, Some("backend-answer"));
+
+    let mut node = follower(&keys, follow_port, "node-a", &[]);
+    node.launch();
+    node.wait_for("the follower to serve app1.test", Duration::from_secs(15), || {
+        serves(&node, "app1.test", "backend-answer")
+    });
+    // The follower's config has no insight socket (no agent beside it) and passed nginx -t.
+    let conf = std::fs::read_to_string(node.path("conf.d/default.conf")).unwrap();
+    assert!(!conf.contains("smart-proxy-insight.sock"), "{conf}");
+    assert!(std::fs::read_to_string(agent.path("conf.d/default.conf")).unwrap().contains("smart-proxy-insight.sock"));
+    assert!(conf.contains(&format!("listen {}", node.port)), "rendered for the follower's own port");
+
+    // /followers on the agent's status endpoint: the node, serving the current revision.
+    agent.wait_for("/followers to show node-a current", Duration::from_secs(40), || {
+        let (status, body) = agent.status_get("/followers");
+        status == 200 && body.contains("\"node\":\"node-a\"") && body.contains("\"current\":true")
+    });
+    let (_, body) = agent.status_get("/followers");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let revision = json["revision"].as_u64().unwrap();
+    assert!(revision > 0, "{body}");
+    assert_eq!(json["followers"][0]["revision"].as_u64(), Some(revision), "{body}");
+    assert!(!body.contains(KEY), "the key never shows: {body}");
+
+    // New routes reach the follower: change → follower serving.
+    let mut latencies = Vec::new();
+    for i in 2..=6 {
+        let name = format!("app{i}");
+        names.push(name.clone());
+        let started = Instant::now();
+        write(&names);
+        let host = format!("{name}.test");
+        node.wait_for(&format!("the follower to serve {host}"), Duration::from_secs(15), || {
+            serves(&node, &host, "backend-answer")
+        });
+        latencies.push(started.elapsed());
+    }
+    eprintln!(
+        "follow latency (route file written → follower serving), {} changes: p50 {:?}, all {:?}",
+        latencies.len(),
+        median(latencies.clone()),
+        latencies
+    );
+
+    // The agent dies (its nginx too): the follower keeps serving.
+    agent.kill();
+    agent.stop_nginx();
+    for _ in 0..5 {
+        assert!(serves(&node, "app1.test", "backend-answer"), "follower serves while the agent is down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.wait_for("the follower to log the agent's absence", Duration::from_secs(45), || {
+        node.log().contains("the agent does not answer")
+    });
+
+    // A restarted follower serves its last good bundle before the agent answers.
+    node.stop();
+    node.launch();
+    node.wait_for("the restarted follower to serve app6", Duration::from_secs(10), || {
+        serves(&node, "app6.test", "backend-answer")
+    });
+    assert!(node.log().contains("serving the last good bundle kept on disk"), "{}", node.log());
+
+    // Changed while the agent was down; the agent comes back: the follower catches up.
+    names.push("app7".into());
+    write(&names);
+    agent.launch();
+    node.wait_for("the follower to catch up (app7)", Duration::from_secs(20), || {
+        serves(&node, "app7.test", "backend-answer")
+    });
+    assert!(node.log().contains("the agent answers again"), "{}", node.log());
+    let key_shown = node.log().contains(KEY) || agent.log().contains(KEY);
+    assert!(!key_shown, "the key never appears in a log");
+}
+
+/// A bundle for the fake agent to serve.
+struct Scripted {
+    revision: u64,
+    body: Vec<u8>,
+    signature: String,
+}
+
+/// A fake agent on a free port: answers each poll with `current` (sealed by the test) when the
+/// follower does not serve or refuse its revision, else 204 after a short wait; records each
+/// request's path and query.
+struct FakeAgent {
+    port: u16,
+    current: Arc<Mutex<Option<Scripted>>>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeAgent {
+    fn start() -> FakeAgent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let current: Arc<Mutex<Option<Scripted>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (c, s) = (current.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (c, s) = (c.clone(), s.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    s.lock().unwrap().push(target.clone());
+                    let url = reqwest::Url::parse(&format!("http://x{target}")).unwrap();
+                    let q = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
+                    let after: u64 = q("after").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let refused: Option<u64> = q("refused").and_then(|v| v.parse().ok());
+                    let nonce = q("nonce").unwrap_or_default();
+                    let reply = {
+                        let guard = c.lock().unwrap();
+                        guard.as_ref().filter(|b| b.revision != after && Some(b.revision) != refused).map(|b| {
+                            // The nonce is sealed inside: the fake seals per request.
+                            let body = String::from_utf8(b.body.clone()).unwrap().replace("NONCE", &nonce);
+                            (b.revision, body, b.signature.clone())
+                        })
+                    };
+                    let response = match reply {
+                        Some((revision, plain, signature_key)) => {
+                            let key = smart_proxy::follow::FollowerKey::from_bytes(signature_key.as_bytes());
+                            let (body, signature) = key.seal(plain.as_bytes());
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nx-smart-proxy-signature: {signature}\r\nx-smart-proxy-revision: {revision}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend_from_slice(&body);
+                            r
+                        }
+                        None => {
+                            std::thread::sleep(Duration::from_millis(300));
+                            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_vec()
+                        }
+                    };
+                    let _ = stream.write_all(&response);
+                });
+            }
+        });
+        FakeAgent { port, current, seen }
+    }
+
+    /// Serves a bundle of `revision` with `config`, sealed and signed with `key`.
+    fn serve(&self, revision: u64, config: &str, key: &str) {
+        let plain = serde_json::json!({
+            "revision": revision, "digest": format!("d{revision}"), "nonce": "NONCE", "config": config, "files": []
+        });
+        *self.current.lock().unwrap() =
+            Some(Scripted { revision, body: plain.to_string().into_bytes(), signature: key.to_string() });
+    }
+
+    fn polls_with(&self, needle: &str) -> bool {
+        self.seen.lock().unwrap().iter().any(|t| t.contains(needle))
+    }
+}
+
+#[test]
+fn a_forged_or_broken_bundle_is_refused_reported_and_the_last_good_config_stays() {
+    let fake = FakeAgent::start();
+    let keys = tempfile::tempdir().unwrap();
+    let mut node = follower(&keys, fake.port, "node-f", &[]);
+    let port = node.port;
+    let site = |body: &str| {
+        format!("server {{\n    listen 127.0.0.1:{port};\n    server_name site.test;\n    return 200 \"{body}\";\n}}\n")
+    };
+    fake.serve(100, &site("good"), KEY);
+    node.launch();
+    node.wait_for("the follower to serve the good bundle", Duration::from_secs(15), || {
+        serves(&node, "site.test", "good")
+    });
+
+    // Sealed and signed with another key: refused, reported on the next poll; "good" stays.
+    fake.serve(101, &site("forged"), "another-key-of-at-least-32-bytes-xxxxxxxx");
+    node.wait_for("the refusal to be reported", Duration::from_secs(15), || fake.polls_with("refused=101"));
+    assert!(fake.polls_with("after=100"), "the follower reports the revision it serves");
+    assert!(node.log().contains("bundle refused"), "{}", node.log());
+    assert!(node.log().contains("signature does not verify"), "{}", node.log());
+    for _ in 0..5 {
+        assert!(serves(&node, "site.test", "good"), "the last good config stays");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!std::fs::read_to_string(node.path("conf.d/default.conf")).unwrap().contains("forged"));
+
+    // Signed with the right key, but nginx -t rejects it: refused too, the reason reported.
+    fake.serve(102, "this is not nginx;\n", KEY);
+    node.wait_for("the nginx -t refusal to be reported", Duration::from_secs(15), || {
+        fake.polls_with("refused=102") && fake.polls_with("rejected")
+    });
+    assert!(serves(&node, "site.test", "good"));
+    assert!(!std::fs::read_to_string(node.path("conf.d/default.conf")).unwrap().contains("not nginx"));
+
+    // A good one again is applied.
+    fake.serve(103, &site("better"), KEY);
+    node.wait_for("the follower to serve the next good bundle", Duration::from_secs(15), || {
+        serves(&node, "site.test", "better")
+    });
+}
+
+#[test]
+fn a_follower_serves_the_agents_certificate_over_tls_and_its_http01_tokens() {
+    let backend = StubHttp::body("tls-backend");
+    let keys = tempfile::tempdir().unwrap();
+    let routes_dir = tempfile::tempdir().unwrap();
+    let routes_file = routes_dir.path().join("routes.json");
+    crate::support::agent::write_file(&routes_file, &routes(&["secure"], backend.port()));
+    // Production mode without ACME: the agent writes a placeholder certificate, which the
+    // follower must serve.
+    let https = free_port().to_string();
+    let (mut agent, follow_port) =
+        agent(&keys, &routes_file, &[("LOCAL", "false"), ("ACME", "off"), ("HTTPS_PORT", https.as_str())]);
+    agent.launch();
+    let chain = agent.path("certs/live/secure.test/fullchain.pem");
+    agent.wait_for("the placeholder certificate", Duration::from_secs(10), || chain.exists());
+
+    let node_https = free_port().to_string();
+    let mut node = follower(&keys, follow_port, "node-tls", &[("HTTPS_PORT", node_https.as_str())]);
+    node.launch();
+    let key = node.path("certs/live/secure.test/privkey.pem");
+    node.wait_for("the certificate on the follower", Duration::from_secs(15), || key.exists());
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "keys are 0600");
+    assert_eq!(
+        std::fs::read(node.path("certs/live/secure.test/fullchain.pem")).unwrap(),
+        std::fs::read(&chain).unwrap()
+    );
+
+    // Over TLS on the follower's port: the agent's certificate, and the backend behind it.
+    let resolve = format!("secure.test:{node_https}:127.0.0.1");
+    let url = format!("https://secure.test:{node_https}/");
+    node.wait_for("the follower to answer over TLS", Duration::from_secs(15), || {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "5", "--resolve", &resolve, &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("tls-backend")
+    });
+    let served = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{node_https} -servername secure.test </dev/null 2>/dev/null | openssl x509 -outform PEM"
+        ))
+        .output()
+        .unwrap();
+    let served = String::from_utf8_lossy(&served.stdout).trim().to_string();
+    let agent_chain = std::fs::read_to_string(&chain).unwrap();
+    assert!(
+        !served.is_empty() && agent_chain.contains(&served),
+        "the follower serves the agent's certificate:\n{served}"
+    );
+
+    // An HTTP-01 token the agent holds (as its webroot solver writes it) is answered by the
+    // follower on its HTTP port.
+    let challenge = agent.path("webroot/.well-known/acme-challenge");
+    std::fs::create_dir_all(&challenge).unwrap();
+    std::fs::write(challenge.join("tok-EN_123"), "tok-EN_123.key-authorization").unwrap();
+    node.wait_for("the follower to answer the HTTP-01 token", Duration::from_secs(15), || {
+        let (status, body) = http_get(node.port, "secure.test", "/.well-known/acme-challenge/tok-EN_123");
+        status == 200 && body.contains("tok-EN_123.key-authorization")
+    });
+    // Gone on the agent: gone on the follower.
+    std::fs::remove_file(challenge.join("tok-EN_123")).unwrap();
+    node.wait_for("the token to be removed on the follower", Duration::from_secs(15), || {
+        http_get(node.port, "secure.test", "/.well-known/acme-challenge/tok-EN_123").0 == 404
+    });
+}
