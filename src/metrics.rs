@@ -98,6 +98,8 @@ pub const NAMES: &[&str] = &[
     "smart_proxy_docker_degraded",
     "smart_proxy_certificate_expiry_timestamp_seconds",
     "smart_proxy_acme_orders_total",
+    "smart_proxy_follower_current",
+    "smart_proxy_follower_last_seen_timestamp_seconds",
 ];
 
 pub struct Metrics {
@@ -113,6 +115,21 @@ pub struct Metrics {
     docker_degraded: Gauge,
     cert_expiry: Family<CertLabels, Gauge<i64, AtomicI64>>,
     acme_orders: Family<ResultLabels, Counter>,
+    follower_current: Family<NodeLabels, Gauge>,
+    follower_seen: Family<NodeLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+/// One follower as `/metrics` shows it (read from the publisher at scrape time).
+pub struct FollowerSeen {
+    pub node: String,
+    /// It serves the agent's current revision.
+    pub current: bool,
+    pub last_seen_unix: i64,
 }
 
 /// The process-wide metrics.
@@ -144,6 +161,8 @@ impl Metrics {
             docker_degraded: Gauge::default(),
             cert_expiry: Family::default(),
             acme_orders: Family::default(),
+            follower_current: Family::default(),
+            follower_seen: Family::default(),
         };
         // Every label value from the start, so a series never appears out of nowhere.
         for source in Source::ALL {
@@ -186,6 +205,16 @@ impl Metrics {
             m.cert_expiry.clone(),
         );
         r.register("acme_orders", "ACME certificate orders, by result", m.acme_orders.clone());
+        r.register(
+            "follower_current",
+            "1 while the follower serves the agent's current revision, else 0 (FOLLOWER_KEY_FILE)",
+            m.follower_current.clone(),
+        );
+        r.register(
+            "follower_last_seen_timestamp_seconds",
+            "When each follower last polled the agent, in unix seconds",
+            m.follower_seen.clone(),
+        );
         m
     }
 
@@ -252,6 +281,17 @@ impl Metrics {
         }
     }
 
+    /// Replaces the follower gauges with these.
+    pub fn followers(&self, followers: &[FollowerSeen]) {
+        self.follower_current.clear();
+        self.follower_seen.clear();
+        for f in followers {
+            let labels = NodeLabels { node: f.node.clone() };
+            self.follower_current.get_or_create(&labels).set(i64::from(f.current));
+            self.follower_seen.get_or_create(&labels).set(f.last_seen_unix);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -273,7 +313,7 @@ mod tests {
     fn every_metric_is_exposed_with_the_prefix() {
         let m = Metrics::new();
         let text = m.encode();
-        for name in NAMES.iter().filter(|n| !n.contains("certificate_expiry")) {
+        for name in NAMES.iter().filter(|n| !n.contains("certificate_expiry") && !n.contains("follower_")) {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
         }
         assert_eq!(value(&text, "smart_proxy_reloads_total{result=\"failure\"}"), Some(0.0), "{text}");

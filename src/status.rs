@@ -418,6 +418,7 @@ impl Server {
             _ => Vec::new(),
         };
         let store = crate::certs::store::CertStore::new(&self.certs_dir);
+        let follow = self.state.follow.lock().expect("status lock").clone();
         // Reading certificates is file IO: off the runtime's worker threads.
         tokio::task::spawn_blocking(move || {
             let certs: Vec<_> = domains
@@ -433,6 +434,19 @@ impl Server {
                 .collect();
             let metrics = crate::metrics::global();
             metrics.certificates(&certs);
+            if let Some(publisher) = follow {
+                let revision = publisher.revision();
+                let seen: Vec<crate::metrics::FollowerSeen> = publisher
+                    .followers()
+                    .into_iter()
+                    .map(|f| crate::metrics::FollowerSeen {
+                        current: f.revision == revision,
+                        last_seen_unix: (f.last_seen_ms / 1000) as i64,
+                        node: f.node,
+                    })
+                    .collect();
+                metrics.followers(&seen);
+            }
             metrics.encode()
         })
         .await

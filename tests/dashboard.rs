@@ -13,7 +13,7 @@ use crate::support::stub_http::{StubHttp, StubReply};
 
 /// A tool the test needs (`chromium`, `tmux`): `None` (a loud skip) outside CI when it is
 /// missing; under CI a failure naming the package (.ci/run installs both).
-fn tool(name: &str, version_flag: &str, package: &str) -> Option<PathBuf> {
+pub(crate) fn tool(name: &str, version_flag: &str, package: &str) -> Option<PathBuf> {
     match Command::new(name).arg(version_flag).output() {
         Ok(_) => Some(PathBuf::from(name)),
         Err(e) => {
@@ -94,7 +94,7 @@ fn request(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
 }
 
 /// Headless Chromium: the DOM of `url` after its fetches (5 s of virtual time).
-fn dump_dom(chromium: &Path, url: &str) -> String {
+pub(crate) fn dump_dom(chromium: &Path, url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = chromium_run(chromium, profile.path(), &["--virtual-time-budget=5000", "--dump-dom", url]);
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -115,6 +115,16 @@ fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_ca
     assert!(revision > 0, "{body}");
     assert_eq!(json["followers"][0]["revision"].as_u64(), Some(revision), "{body}");
     assert!(!body.contains(KEY), "the key never shows: {body}");
+    let (_, metrics) = agent.status_get("/metrics");
+    assert!(metrics.contains("smart_proxy_follower_current{node=\"node-a\"} 1"), "{metrics}");
+    assert!(metrics.contains("smart_proxy_follower_last_seen_timestamp_seconds{node=\"node-a\"} "), "{metrics}");
+    // The dashboard shows the follower, current.
+    if let Some(chromium) = crate::dashboard::tool("chromium", "--version", "chromium") {
+        let dom = crate::dashboard::dump_dom(&chromium, &format!("http://127.0.0.1:{}/", agent.status_port()));
+        let row =
+            dom.find("data-node=\"node-a\"").map(|i| &dom[i..]).unwrap_or_else(|| panic!("no follower row:\n{dom}"));
+        assert!(row[..row.find("</tr>").unwrap()].contains(">current<"), "{dom}");
+    }
 
     // New routes reach the follower: change → follower serving.
     let mut latencies = Vec::new();

@@ -125,6 +125,19 @@ function drawCerts(certs) {
     : el("p", { class: "muted" }, "no TLS domain"));
 }
 
+// /followers: shown only when the agent has followers enabled (FOLLOWER_KEY_FILE).
+function drawFollowers(f) {
+  if (!f || !f.followers) return;
+  $("followers-section").hidden = false;
+  const rows = f.followers.map((n) => el("tr", { "data-node": n.node },
+    el("td", { class: "domain" }, n.node),
+    el("td", { class: n.current ? "ok" : "warn" }, n.current ? "current" : `behind (${n.revision})`),
+    el("td", { class: "num" + (n.age_s > 90 ? " bad" : "") }, `${n.age_s} s`),
+    el("td", { class: "bad" }, n.error || "")));
+  replace("followers", rows.length ? table([["Node"], ["Revision"], ["Last poll", "num"], [""]], rows)
+    : el("p", { class: "muted" }, `no follower yet (revision ${f.revision})`));
+}
+
 function drawEvents(events) {
   if (!events) return;
   const items = events.events.slice().reverse().map((e) => {
@@ -175,6 +188,8 @@ async function refresh() {
   if (ok(certs)) drawCerts(ok(certs));
   if (ok(events)) drawEvents(ok(events));
   if (ok(insight)) drawTraffic(ok(insight));
+  // An agent without followers (or an older one) is no trouble: the section stays hidden.
+  drawFollowers(await getJSON("/followers").catch(() => undefined));
   await drawHealth();
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   document.body.dataset.loaded = "true";
