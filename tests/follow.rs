@@ -154,7 +154,7 @@ fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_ca
         std::thread::sleep(Duration::from_millis(200));
     }
     node.wait_for("the follower to log the agent's absence", Duration::from_secs(45), || {
-        node.log().contains("the agent does not answer")
+        node.log().contains("cannot poll the agent")
     });
 
     // A restarted follower serves its last good bundle before the agent answers.

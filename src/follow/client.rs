@@ -57,6 +57,9 @@ struct Follower {
     refused: Option<(u64, String)>,
     /// The nonce of the poll in flight: its answer must carry it.
     nonce: Option<String>,
+    /// No answer from the agent yet: the first poll asks for the current revision whatever is
+    /// served (the bundle kept on disk may have been rendered for other settings of this node).
+    fresh: bool,
 }
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
@@ -78,6 +81,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         revision: 0,
         refused: None,
         nonce: None,
+        fresh: true,
         setup: options.setup,
     };
     info!(node = %follower.setup.node, agent = %url, conf = %options.conf.display(), "following");
@@ -103,11 +107,16 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             () = &mut shutdown => break,
         };
         match polled {
-            Ok(None) => {}
+            Ok(None) => {
+                if backoff.take().is_some() {
+                    info!("the agent answers again");
+                }
+            }
             Ok(Some((body, signature, hint))) => {
                 if backoff.take().is_some() {
                     info!("the agent answers again");
                 }
+                follower.fresh = false;
                 follower.received(&body, &signature, hint).await;
                 if follower.refused.is_some() {
                     // The agent answers at once while it has nothing else: never spin on it.
@@ -125,7 +134,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
                     }
                     None => {
                         warn!(
-                            "the agent does not answer: {e}; serving revision {} meanwhile, retrying with backoff",
+                            "cannot poll the agent: {e}; serving revision {} meanwhile, retrying with backoff",
                             follower.revision
                         );
                         backoff.insert(Backoff::new(Duration::from_millis(250), Duration::from_secs(5))).current()
@@ -282,7 +291,7 @@ impl Follower {
         let mut url = self.url.clone();
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("after", &self.revision.to_string());
+            q.append_pair("after", &if self.fresh { 0 } else { self.revision }.to_string());
             q.append_pair("node", &self.setup.node);
             q.append_pair("nonce", nonce);
             if let Some((revision, error)) = &self.refused {

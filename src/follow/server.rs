@@ -49,6 +49,9 @@ pub struct Publisher {
     current: Mutex<Current>,
     revision: watch::Sender<u64>,
     followers: Mutex<BTreeMap<String, Follower>>,
+    /// The last refusal logged per peer address: a follower with the wrong key polls on, and
+    /// the log says so once, not on every poll.
+    refusals: Mutex<HashMap<std::net::IpAddr, String>>,
 }
 
 #[derive(Default)]
@@ -75,7 +78,27 @@ pub struct Follower {
 
 impl Publisher {
     pub fn new(key: FollowerKey) -> Publisher {
-        Publisher { key, current: Mutex::default(), revision: watch::channel(0).0, followers: Mutex::default() }
+        Publisher {
+            key,
+            current: Mutex::default(),
+            revision: watch::channel(0).0,
+            followers: Mutex::default(),
+            refusals: Mutex::default(),
+        }
+    }
+
+    /// Logs a refused request once per peer and reason (figures aside: a clock skew grows).
+    fn refused(&self, peer: SocketAddr, reason: &str) {
+        let kind: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let mut refusals = self.refusals.lock().expect("follow lock");
+        if refusals.get(&peer.ip()).is_some_and(|last| *last == kind) {
+            return;
+        }
+        if refusals.len() >= 1000 {
+            refusals.clear();
+        }
+        refusals.insert(peer.ip(), kind);
+        warn!(peer = %peer.ip(), "follower request refused: {reason}");
     }
 
     /// Takes what the agent made live; the revision moves on when its contents (the agent's
@@ -295,13 +318,14 @@ async fn handle<B>(publisher: &Publisher, req: Request<B>, peer: SocketAddr) -> 
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let time: u64 = header(TIME_HEADER).parse().unwrap_or(0);
     if let Err(e) = publisher.key.check_proof(path_and_query, time, header(PROOF_HEADER), now_ms() / 1000) {
-        warn!(peer = %peer, "follower request refused: {e}");
+        publisher.refused(peer, &e.to_string());
         return text(StatusCode::UNAUTHORIZED, &format!("{e}\n"));
     }
     let poll = match Poll::parse(path_and_query) {
         Ok(poll) => poll,
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad poll: {e}\n")),
     };
+    publisher.refusals.lock().expect("follow lock").remove(&peer.ip());
     publisher.seen(&poll, peer.to_string());
     let mut revisions = publisher.revision.subscribe();
     let deadline = tokio::time::Instant::now() + LONG_POLL;
@@ -371,4 +395,142 @@ pub fn watch_challenges(webroot: &std::path::Path, publisher: Arc<Publisher>) ->
         return None;
     }
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::follow::bundle::Bundle;
+    use crate::render::{ConfigPath, NginxVersion};
+
+    const RAW: &[u8] = b"unit-test-key-0123456789abcdef-0123456789";
+
+    fn settings(root: &str) -> RenderSettings {
+        let p = |s: &str| ConfigPath::parse("TEST", std::path::Path::new(&format!("{root}/{s}"))).unwrap();
+        RenderSettings {
+            local: true,
+            http_port: 80,
+            https_port: 443,
+            certs_dir: p("certs"),
+            acme_webroot: p("webroot"),
+            log_dir: p("logs"),
+            error_logs_max: 1000,
+            auth_dir: p("conf/smart-proxy-htpasswd"),
+            insight_socket: Some(p("conf/smart-proxy-insight.sock")),
+            access_log_files: true,
+            nginx_version: NginxVersion::ASSUMED,
+            resolver: vec!["127.0.0.11".parse().unwrap()],
+            ipv6: false,
+            real_ip: None,
+            error_pages: Default::default(),
+        }
+    }
+
+    fn publisher_with(domains: &str) -> Publisher {
+        let publisher = Publisher::new(FollowerKey::from_bytes(RAW));
+        publish(&publisher, domains);
+        publisher
+    }
+
+    fn publish(publisher: &Publisher, domains: &str) {
+        let table = RouteTable::build(vec![crate::sources::env::parse(Some(domains), Some("app:127.0.0.1:8080"))]);
+        let renderer = Renderer::builtin();
+        let settings = settings("/agent");
+        let config = renderer.render(&table, &settings).unwrap();
+        publisher.publish(Source { table, renderer, settings, config });
+    }
+
+    /// A signed poll by node `node` serving `after`, for a follower laid out under /f on port 8080.
+    fn poll(key: &[u8], node: &str, after: u64, time: u64) -> Request<()> {
+        let mut mine = settings("/f");
+        mine.http_port = 8080;
+        let layout = Layout::of(&mine, std::path::Path::new("/f/conf/default.conf")).unwrap();
+        let mut url = reqwest::Url::parse("http://agent/bundle").unwrap();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("after", &after.to_string());
+            q.append_pair("node", node);
+            q.append_pair("nonce", "00112233445566778899aabbccddeeff");
+            for (k, v) in layout.to_query() {
+                q.append_pair(k, &v);
+            }
+        }
+        let path_and_query = format!("{}?{}", url.path(), url.query().unwrap());
+        let proof = FollowerKey::from_bytes(key).prove(&path_and_query, time);
+        Request::get(path_and_query).header(TIME_HEADER, time.to_string()).header(PROOF_HEADER, proof).body(()).unwrap()
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:5000".parse().unwrap()
+    }
+
+    async fn body(response: Response<Full<Bytes>>) -> Vec<u8> {
+        use http_body_util::BodyExt as _;
+        response.into_body().collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_poll_gets_the_bundle_rendered_for_its_layout_sealed_and_signed() {
+        let publisher = publisher_with("a.test:app");
+        let revision = publisher.revision();
+        assert!(revision > 1_600_000_000_000, "revisions start at the time in ms: {revision}");
+        let response = handle(&publisher, poll(RAW, "node-1", 0, now_ms() / 1000), peer()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let signature = response.headers()[SIGNATURE_HEADER].to_str().unwrap().to_string();
+        let sealed = body(response).await;
+        let plain = FollowerKey::from_bytes(RAW).open(&sealed, &signature).unwrap();
+        let bundle: Bundle = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(bundle.revision, revision);
+        assert_eq!(bundle.nonce, "00112233445566778899aabbccddeeff");
+        assert!(bundle.config.contains("a.test"), "{}", bundle.config);
+        assert!(bundle.config.contains("listen 8080"), "rendered for the follower's port: {}", bundle.config);
+        assert!(bundle.config.contains("/f/logs/") && !bundle.config.contains("/agent/"), "{}", bundle.config);
+        assert!(!bundle.config.contains("insight"), "no insight socket on a follower: {}", bundle.config);
+        // The follower is recorded, with the revision it serves.
+        let followers = publisher.followers();
+        assert_eq!((followers[0].node.as_str(), followers[0].revision), ("node-1", 0));
+        assert!(publisher.followers_json().contains("\"current\":false"));
+    }
+
+    #[tokio::test]
+    async fn without_the_key_or_with_a_stale_clock_a_poll_is_refused() {
+        let publisher = publisher_with("a.test:app");
+        let now = now_ms() / 1000;
+        let wrong = handle(&publisher, poll(b"another-key-0123456789abcdef-0123456789", "n", 0, now), peer()).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        let text = String::from_utf8(body(wrong).await).unwrap();
+        assert!(text.contains("proof of the key does not verify"), "{text}");
+        let stale = handle(&publisher, poll(RAW, "n", 0, now - 600), peer()).await;
+        assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+        let bare = Request::get("/bundle?after=0&node=n").body(()).unwrap();
+        assert_eq!(handle(&publisher, bare, peer()).await.status(), StatusCode::UNAUTHORIZED);
+        assert!(publisher.followers().is_empty(), "refused polls record nothing");
+        let bad_node = handle(&publisher, poll(RAW, "no spaces", 0, now), peer()).await;
+        assert_eq!(bad_node.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_waits_for_a_newer_revision_and_answers_204_after_the_long_poll() {
+        let publisher = Arc::new(publisher_with("a.test:app"));
+        let revision = publisher.revision();
+        // The time in the proof is the wall clock's; the wait is tokio's paused clock.
+        let now = now_ms() / 1000;
+        let started = tokio::time::Instant::now();
+        let response = handle(&publisher, poll(RAW, "n", revision, now), peer()).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert_eq!(started.elapsed(), LONG_POLL);
+        // Same contents again: no new revision. New contents: the waiting poll answers at once.
+        publish(&publisher, "a.test:app");
+        assert_eq!(publisher.revision(), revision);
+        let waiting = tokio::spawn({
+            let publisher = publisher.clone();
+            async move { handle(&publisher, poll(RAW, "n", revision, now), peer()).await }
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        publish(&publisher, "a.test:app,b.test:app");
+        let response = waiting.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(publisher.revision() > revision);
+        assert!(started.elapsed() < LONG_POLL + Duration::from_secs(4));
+    }
 }
