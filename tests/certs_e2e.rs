@@ -36,11 +36,11 @@ impl Agent {
         self.certs().join("live").join(domain.replacen("*.", "_.", 1))
     }
 
-    fn cert_info(&self, domain: &str) -> Option<CertInfo> {
+    pub(crate) fn cert_info(&self, domain: &str) -> Option<CertInfo> {
         parse_info(&std::fs::read(self.live(domain).join("fullchain.pem")).ok()?)
     }
 
-    fn fullchain(&self, domain: &str) -> String {
+    pub(crate) fn fullchain(&self, domain: &str) -> String {
         std::fs::read_to_string(self.live(domain).join("fullchain.pem")).unwrap()
     }
 
@@ -63,7 +63,7 @@ impl Agent {
 
     /// `curl` (see [`curl`]) until it succeeds, for at most 5 s (the end of a reload window);
     /// panics with curl's last error and the log. Returns the body.
-    fn curl_ok(&self, host: &str, trusted_pem: &Path) -> String {
+    pub(crate) fn curl_ok(&self, host: &str, trusted_pem: &Path) -> String {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let out = curl(self.https_port, host, trusted_pem);
@@ -108,7 +108,7 @@ impl Agent {
 }
 
 /// The agent settings that point it at `pebble`.
-fn pebble_env(pebble: &Pebble) -> Vec<(String, String)> {
+pub(crate) fn pebble_env(pebble: &Pebble) -> Vec<(String, String)> {
     vec![
         ("ACME_DIRECTORY".into(), pebble.directory_url()),
         ("ACME_CA_ROOT".into(), pebble.ca_root_path().display().to_string()),
@@ -128,7 +128,7 @@ fn app_agent(pebble: &Pebble, domains: &[&str], body: &'static str) -> Agent {
 
 /// `env` (the ACME settings) plus `DOMAINS=domains` routed to the service `app`, a new backend
 /// answering `body` (`SERVICES`), then `extra`.
-fn backend_env(
+pub(crate) fn backend_env(
     mut env: Vec<(String, String)>,
     domains: &str,
     body: &str,
@@ -141,7 +141,7 @@ fn backend_env(
 }
 
 /// `DOMAINS` for `domains`, each routed to the service `app`.
-fn app_routes(domains: &[&str]) -> String {
+pub(crate) fn app_routes(domains: &[&str]) -> String {
     domains.iter().map(|d| format!("{d}:app")).collect::<Vec<_>>().join(",")
 }
 
@@ -154,7 +154,7 @@ fn app_env(pebble: &Pebble, domains: &[&str], body: &'static str) -> Vec<(String
     backend_env(pebble_env(pebble), &app_routes(domains), body, &[])
 }
 
-fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+pub(crate) fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
@@ -168,7 +168,7 @@ fn lines_for<'a>(log: &'a str, message: &str, domain: &str) -> Vec<&'a str> {
 
 // --- Certificates
 
-fn first_der(pem: &str) -> Vec<u8> {
+pub(crate) fn first_der(pem: &str) -> Vec<u8> {
     pem_ders(pem).into_iter().next().expect("a certificate")
 }
 
@@ -272,7 +272,7 @@ fn handshake(
 
 /// The leaf certificate nginx on 127.0.0.1:`port` presents for `sni` (the default protocol
 /// versions offered); `None` when the handshake fails.
-fn served_leaf(port: u16, sni: &str) -> Option<Vec<u8>> {
+pub(crate) fn served_leaf(port: u16, sni: &str) -> Option<Vec<u8>> {
     let conn = handshake(port, sni, rustls::DEFAULT_VERSIONS)?;
     conn.peer_certificates().and_then(|certs| certs.first()).map(|c| c.as_ref().to_vec())
 }
@@ -290,7 +290,7 @@ fn curl(https_port: u16, host: &str, trusted_pem: &Path) -> Output {
 }
 
 /// Pebble's issuing roots plus the intermediates of `fullchain_pem`, as a file for curl.
-fn trust_file(dir: &Path, pebble: &Pebble, fullchain_pem: &str) -> PathBuf {
+pub(crate) fn trust_file(dir: &Path, pebble: &Pebble, fullchain_pem: &str) -> PathBuf {
     let path = dir.join("trusted.pem");
     let intermediates: String = x509_parser::pem::Pem::iter_from_buffer(fullchain_pem.as_bytes())
         .skip(1)

@@ -372,3 +372,35 @@ fn a_follower_serves_the_agents_certificate_over_tls_and_its_http01_tokens() {
         http_get(node.port, "secure.test", "/.well-known/acme-challenge/tok-EN_123").0 == 404
     });
 }
+
+#[test]
+fn a_certificate_pebble_issued_to_the_agent_is_served_by_the_follower() {
+    use crate::certs_e2e::{backend_env, env_refs, first_der, pebble_env, served_leaf, trust_file};
+    let pebble = crate::support::pebble::Pebble::start();
+    pebble.add_a("issued.test", std::net::Ipv4Addr::LOCALHOST);
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), KEY);
+    let follow_port = free_port();
+    let follow_addr = format!("127.0.0.1:{follow_port}");
+    let extra = [("FOLLOWER_KEY_FILE", key.as_str()), ("FOLLOW_ADDR", follow_addr.as_str())];
+    let env = backend_env(pebble_env(&pebble), "issued.test:app", "issued-backend\n", &extra);
+    // The agent validates HTTP-01 on pebble's port and orders the certificate once.
+    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    agent.launch();
+    agent.wait_for("the certificate from pebble", Duration::from_secs(25), || {
+        agent.cert_info("issued.test").is_some_and(|i| !i.placeholder)
+    });
+    let fullchain = agent.fullchain("issued.test");
+    pebble.verify_chain(&fullchain, "issued.test");
+
+    let node_https = free_port().to_string();
+    let mut node = follower(&keys, follow_port, "node-pebble", &[("HTTPS_PORT", node_https.as_str())]);
+    node.launch();
+    let want = first_der(&fullchain);
+    node.wait_for("the follower to serve pebble's certificate", Duration::from_secs(15), || {
+        served_leaf(node.https_port, "issued.test").as_deref() == Some(want.as_slice())
+    });
+    let trusted = trust_file(node.dir.path(), &pebble, &fullchain);
+    assert_eq!(node.curl_ok("issued.test", &trusted), "issued-backend\n");
+    assert!(!node.log().contains("ordering a certificate"), "followers order nothing:\n{}", node.log());
+}

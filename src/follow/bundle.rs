@@ -310,11 +310,11 @@ impl Layout {
 }
 
 /// Writes the bundle's files under `dirs` (only those whose bytes differ; keys 0600), checking
-/// every name first, and removes the HTTP-01 tokens the bundle no longer holds. Returns how many
-/// were written. Nothing is written when a name is refused.
-pub fn write_files(files: &[BundleFile], dirs: &Dirs) -> Result<usize, String> {
+/// every name first, and removes the HTTP-01 tokens the bundle no longer holds. Returns the kind
+/// of each file written. Nothing is written when a name is refused.
+pub fn write_files(files: &[BundleFile], dirs: &Dirs) -> Result<Vec<FileKind>, String> {
     let targets = files.iter().map(|f| f.target(dirs)).collect::<Result<Vec<_>, String>>()?;
-    let mut written = 0;
+    let mut written = Vec::new();
     for (file, (path, mode)) in files.iter().zip(&targets) {
         if std::fs::read(path).is_ok_and(|have| have == file.data) {
             continue;
@@ -329,7 +329,7 @@ pub fn write_files(files: &[BundleFile], dirs: &Dirs) -> Result<usize, String> {
         }
         crate::fsutil::write_atomic(path, &file.data, *mode)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        written += 1;
+        written.push(file.kind);
     }
     let tokens: BTreeSet<&str> =
         files.iter().filter(|f| f.kind == FileKind::Challenge).map(|f| f.name.as_str()).collect();
@@ -463,7 +463,10 @@ mod tests {
             file(FileKind::Challenge, "tok-1"),
         ];
         put(&dirs.webroot.join(CHALLENGE_DIR).join("stale"), "old");
-        assert_eq!(write_files(&files, &dirs), Ok(5));
+        assert_eq!(
+            write_files(&files, &dirs),
+            Ok(vec![FileKind::Cert, FileKind::Cert, FileKind::Auth, FileKind::Page, FileKind::Challenge])
+        );
         let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(dirs.certs.join("live/_.a.test/privkey.pem")), 0o600);
         assert_eq!(mode(dirs.certs.join("live/_.a.test/fullchain.pem")), 0o644);
@@ -472,7 +475,7 @@ mod tests {
         assert!(dirs.webroot.join(CHALLENGE_DIR).join("tok-1").exists());
         assert!(!dirs.webroot.join(CHALLENGE_DIR).join("stale").exists(), "tokens the bundle no longer holds go");
         // The same files again: nothing written.
-        assert_eq!(write_files(&files, &dirs), Ok(0));
+        assert_eq!(write_files(&files, &dirs), Ok(vec![]));
     }
 
     #[test]

@@ -213,6 +213,13 @@ impl Follower {
     /// Writes the files, then tests, swaps and reloads the config.
     async fn apply(&mut self, bundle: &Bundle) -> Result<(), String> {
         let written = bundle::write_files(&bundle.files, &self.layout.dirs())?;
+        if written.contains(&bundle::FileKind::Cert) {
+            // nginx reads certificates when it loads its config: new ones need a test and a
+            // reload even when the config is the same (htpasswd files, pages and tokens are read
+            // per request).
+            self.applier.invalidate();
+        }
+        let written = written.len();
         let applied =
             self.applier.apply_rendered(&bundle.config).await.map_err(|e| e.to_string().replace('\n', " "))?;
         let previous = std::mem::replace(&mut self.revision, bundle.revision);

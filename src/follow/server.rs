@@ -170,7 +170,7 @@ impl Publisher {
 
     /// The bundle of the current revision for `layout`, sealed: (body, signature, revision);
     /// `None` before the first apply.
-    async fn sealed(&self, layout: &Layout, nonce: &str) -> Option<Result<(Vec<u8>, String, u64), String>> {
+    pub async fn sealed(&self, layout: &Layout, nonce: &str) -> Option<Result<(Vec<u8>, String, u64), String>> {
         let (revision, digest, source, files, cached) = {
             let current = self.current.lock().expect("follow lock");
             let source = current.source.clone()?;
