@@ -169,6 +169,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 bin: config.nginx.bin.clone(),
                 main_conf: config.nginx.main_conf.clone(),
                 certs_dir: config.certs_dir.clone(),
+                health_addr: match config.status_addr {
+                    crate::status::StatusAddr::At(addr) => Some(addr),
+                    crate::status::StatusAddr::Off => None,
+                },
             };
             crate::follow::client::run(options, shutdown_signal()).await?;
             Ok(EXIT_OK)

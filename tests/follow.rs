@@ -95,6 +95,11 @@ fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_ca
 
     let mut node = follower(&keys, follow_port, "node-a", &[]);
     node.launch();
+    // The image's HEALTHCHECK works for a follower too: `health` asks its /healthz.
+    node.wait_for("the follower's /healthz through `health`", Duration::from_secs(5), || {
+        let health = node.cli(&["health"]);
+        health.status.success() && String::from_utf8_lossy(&health.stdout).contains("ok: serving revision")
+    });
     node.wait_for("the follower to serve app1.test", Duration::from_secs(15), || {
         serves(&node, "app1.test", "backend-answer")
     });

@@ -9,8 +9,11 @@
 //! last good one stays. While the agent does not answer, nginx goes on serving and the poll is
 //! retried with backoff (0.25 s doubling to 5 s).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +43,8 @@ pub struct Options {
     pub bin: PathBuf,
     pub main_conf: PathBuf,
     pub certs_dir: PathBuf,
+    /// `STATUS_ADDR`: where `/healthz` answers (the image's `HEALTHCHECK`, `health`).
+    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
@@ -60,6 +65,8 @@ struct Follower {
     /// No answer from the agent yet: the first poll asks for the current revision whatever is
     /// served (the bundle kept on disk may have been rendered for other settings of this node).
     fresh: bool,
+    /// The revision served, for `/healthz`.
+    served: Arc<AtomicU64>,
 }
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
@@ -82,8 +89,12 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         refused: None,
         nonce: None,
         fresh: true,
+        served: Arc::default(),
         setup: options.setup,
     };
+    if let Some(addr) = options.health_addr {
+        serve_health(addr, follower.served.clone()).await;
+    }
     info!(node = %follower.setup.node, agent = %url, conf = %options.conf.display(), "following");
     follower.restore().await;
     let Nginx::Local(local) = &mut follower.applier.nginx else { unreachable!("a follower's nginx is its child") };
@@ -223,6 +234,7 @@ impl Follower {
         let applied =
             self.applier.apply_rendered(&bundle.config).await.map_err(|e| e.to_string().replace('\n', " "))?;
         let previous = std::mem::replace(&mut self.revision, bundle.revision);
+        self.served.store(bundle.revision, Ordering::Relaxed);
         if applied.changed || written > 0 {
             info!(
                 revision = bundle.revision,
@@ -311,4 +323,45 @@ impl Follower {
         }
         url
     }
+}
+
+/// `/healthz` on `addr` (loopback by default, like the agent's): `200 ok` once a bundle is
+/// served (nginx runs: `follow` exits when it dies), else `503` saying it waits for the agent.
+/// A follower that cannot reach the agent but serves its last good bundle is healthy: it serves.
+/// A failed bind is logged and the follower goes on without it.
+async fn serve_health(addr: std::net::SocketAddr, served: Arc<AtomicU64>) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("cannot listen on STATUS_ADDR {addr}: {e}; /healthz is unavailable (set STATUS_ADDR to a free ip:port, or off)");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let served = served.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let revision = served.load(Ordering::Relaxed);
+                    let (status, body) = match (req.uri().path(), revision) {
+                        ("/healthz", 0) => (503, "no bundle applied yet: waiting for the agent\n".to_string()),
+                        ("/healthz", r) => (200, format!("ok: serving revision {r}\n")),
+                        _ => (404, "not found; a follower answers /healthz only\n".to_string()),
+                    };
+                    let mut response = http::Response::new(http_body_util::Full::new(Bytes::from(body)));
+                    *response.status_mut() = http::StatusCode::from_u16(status).expect("a status");
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+            });
+        }
+    });
 }
