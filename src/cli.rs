@@ -61,7 +61,12 @@ pub enum Command {
     },
     /// Follow an agent without a Docker socket: run nginx as a child and keep it on the agent's
     /// bundles (FOLLOW_URL, FOLLOWER_KEY_FILE, NODE_NAME; the usual NGINX_*, CERTS_DIR paths).
-    Follow,
+    Follow {
+        /// nginx runs already (with NGINX_MAIN_CONF): reload it with `nginx -s reload` instead
+        /// of running it as a child.
+        #[arg(long)]
+        beside: bool,
+    },
     /// Print the JSON Schema of the JSON config file (CONFIG_FILE, DOMAINS_CONFIG, SERVICES_CONFIG).
     ConfigSchema,
     /// Certificates of the routed TLS domains.
@@ -158,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             certs_renew(&config, force, &domains).await
         }
         Some(Command::Health | Command::ConfigSchema | Command::Top { .. }) => unreachable!("answered above"),
-        Some(Command::Follow) => {
+        Some(Command::Follow { beside }) => {
             let Some(setup) = config.follow.clone() else {
                 anyhow::bail!("follow needs FOLLOWER_KEY_FILE (the key shared with the agent) and FOLLOW_URL");
             };
@@ -173,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     crate::status::StatusAddr::At(addr) => Some(addr),
                     crate::status::StatusAddr::Off => None,
                 },
+                beside,
             };
             crate::follow::client::run(options, shutdown_signal()).await?;
             Ok(EXIT_OK)

@@ -409,3 +409,50 @@ fn a_certificate_pebble_issued_to_the_agent_is_served_by_the_follower() {
     assert_eq!(node.curl_ok("issued.test", &trusted), "issued-backend\n");
     assert!(!node.log().contains("ordering a certificate"), "followers order nothing:\n{}", node.log());
 }
+
+#[test]
+fn beside_an_nginx_it_did_not_start_a_follower_tests_swaps_and_reloads_it() {
+    let backend = StubHttp::body("beside-backend");
+    let keys = tempfile::tempdir().unwrap();
+    let routes_dir = tempfile::tempdir().unwrap();
+    let routes_file = routes_dir.path().join("routes.json");
+    crate::support::agent::write_file(&routes_file, &routes(&["one"], backend.port()));
+    let (mut agent, follow_port) = agent(&keys, &routes_file, &[]);
+    agent.launch();
+
+    let mut node = follower(&keys, follow_port, "node-beside", &[]);
+    node.command = "follow --beside";
+    // nginx started by someone else (a host's service manager), with the follower's main config;
+    // dropping `node` stops it through its pid file.
+    let started = std::process::Command::new(crate::support::nginx_bin())
+        .arg("-c")
+        .arg(node.path("nginx.conf"))
+        .status()
+        .unwrap();
+    assert!(started.success());
+    node.wait_for("nginx's pid file", Duration::from_secs(5), || node.nginx_pid_now().is_some());
+    let pid = node.nginx_pid();
+    node.launch();
+    node.wait_for("the follower to serve one.test", Duration::from_secs(15), || {
+        serves(&node, "one.test", "beside-backend")
+    });
+    crate::support::agent::write_file(&routes_file, &routes(&["one", "two"], backend.port()));
+    node.wait_for("the follower to serve two.test", Duration::from_secs(15), || {
+        serves(&node, "two.test", "beside-backend")
+    });
+    assert_eq!(node.nginx_pid(), pid, "the same nginx, reloaded");
+    assert!(!node.log().contains("nginx started"), "{}", node.log());
+    // `nginx -s reload` returns before the old workers are gone (they may take a last connection
+    // or two with the old config): wait for ten answers in a row from the new one.
+    let mut in_a_row = 0;
+    node.wait_for("only the new config to answer", Duration::from_secs(10), || {
+        in_a_row = if serves(&node, "two.test", "beside-backend") { in_a_row + 1 } else { 0 };
+        in_a_row >= 10
+    });
+    // Stopping the follower leaves the nginx it did not start serving.
+    node.stop();
+    for _ in 0..5 {
+        assert!(serves(&node, "two.test", "beside-backend"), "nginx serves on without its follower");
+    }
+    assert_eq!(node.nginx_pid(), pid);
+}

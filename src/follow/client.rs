@@ -45,6 +45,9 @@ pub struct Options {
     pub certs_dir: PathBuf,
     /// `STATUS_ADDR`: where `/healthz` answers (the image's `HEALTHCHECK`, `health`).
     pub health_addr: Option<std::net::SocketAddr>,
+    /// `follow --beside`: nginx runs already (started by someone else, with `NGINX_MAIN_CONF`);
+    /// the follower reloads it with `nginx -s reload` instead of starting it as its child.
+    pub beside: bool,
 }
 
 type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
@@ -67,6 +70,8 @@ struct Follower {
     fresh: bool,
     /// The revision served, for `/healthz`.
     served: Arc<AtomicU64>,
+    /// nginx is not our child: reloaded through its pid file (`nginx -s reload`).
+    beside: bool,
 }
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
@@ -90,6 +95,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         nonce: None,
         fresh: true,
         served: Arc::default(),
+        beside: options.beside,
         setup: options.setup,
     };
     if let Some(addr) = options.health_addr {
@@ -97,22 +103,20 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     }
     info!(node = %follower.setup.node, agent = %url, conf = %options.conf.display(), "following");
     follower.restore().await;
-    let Nginx::Local(local) = &mut follower.applier.nginx else { unreachable!("a follower's nginx is its child") };
-    local.start()?;
-    info!("nginx started");
+    if !follower.beside {
+        let Nginx::Local(local) = &mut follower.applier.nginx else { unreachable!("a follower's nginx is local") };
+        local.start()?;
+        info!("nginx started");
+    }
     tokio::pin!(shutdown);
     let mut backoff: Option<Backoff> = None;
     loop {
         let nonce = new_nonce();
         follower.nonce = Some(nonce.clone());
         let query = follower.query(&nonce);
-        let Nginx::Local(LocalNginx { child: Some(child), .. }) = &mut follower.applier.nginx else {
-            unreachable!("started above")
-        };
         let polled = tokio::select! {
             polled = poll(&follower.client, &query, &follower.setup) => polled,
-            status = child.wait() => {
-                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            status = exited(&mut follower.applier.nginx) => {
                 anyhow::bail!("nginx exited ({status}); exiting so that it is restarted");
             }
             () = &mut shutdown => break,
@@ -233,6 +237,13 @@ impl Follower {
         let written = written.len();
         let applied =
             self.applier.apply_rendered(&bundle.config).await.map_err(|e| e.to_string().replace('\n', " "))?;
+        if self.beside && applied.changed {
+            // Tested and swapped in; nginx is not our child: tell it through its pid file.
+            if let Err(e) = self.applier.nginx.reload_running().await {
+                self.applier.invalidate();
+                return Err(format!("the config is in place but nginx did not reload: {e}").replace('\n', " "));
+            }
+        }
         let previous = std::mem::replace(&mut self.revision, bundle.revision);
         self.served.store(bundle.revision, Ordering::Relaxed);
         if applied.changed || written > 0 {
@@ -247,6 +258,16 @@ impl Follower {
             );
         }
         Ok(())
+    }
+}
+
+/// Resolves when our nginx child exits (with how); never beside an nginx we did not start.
+async fn exited(nginx: &mut Nginx) -> String {
+    match nginx {
+        Nginx::Local(LocalNginx { child: Some(child), .. }) => {
+            child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string())
+        }
+        _ => std::future::pending().await,
     }
 }
 

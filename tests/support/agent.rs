@@ -22,7 +22,8 @@ pub struct Agent {
     pub https_port: u16,
     /// The whole environment of the agent (and of [`Agent::cli`]).
     pub env: Vec<(String, String)>,
-    /// The command [`Agent::spawn`] runs: `run`, or `follow` for a follower.
+    /// The command [`Agent::spawn`] runs, split at spaces: `run`, or `follow` (`follow --beside`)
+    /// for a follower.
     pub command: &'static str,
     child: Option<Child>,
 }
@@ -151,7 +152,7 @@ impl Agent {
         }
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nginx-smart-proxy"))
-            .arg(self.command)
+            .args(self.command.split(' '))
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
