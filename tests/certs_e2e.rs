@@ -128,7 +128,7 @@ fn app_agent(pebble: &Pebble, domains: &[&str], body: &'static str) -> Agent {
 
 /// `env` (the ACME settings) plus `DOMAINS=domains` routed to the service `app`, a new backend
 /// answering `body` (`SERVICES`), then `extra`.
-pub(crate) fn backend_env(
+fn backend_env(
     mut env: Vec<(String, String)>,
     domains: &str,
     body: &str,

@@ -379,28 +379,61 @@ fn a_follower_serves_the_agents_certificate_over_tls_and_its_http01_tokens() {
 }
 
 #[test]
-fn a_certificate_pebble_issued_to_the_agent_is_served_by_the_follower() {
-    use crate::certs_e2e::{backend_env, env_refs, first_der, pebble_env, served_leaf, trust_file};
+fn pebble_validates_http01_through_the_follower_and_the_follower_serves_the_certificate() {
+    use crate::certs_e2e::{env_refs, first_der, pebble_env, served_leaf, trust_file};
     let pebble = crate::support::pebble::Pebble::start();
     pebble.add_a("issued.test", std::net::Ipv4Addr::LOCALHOST);
+    let backend = StubHttp::body("issued-backend\n");
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), KEY);
+    let routes_dir = tempfile::tempdir().unwrap();
+    let routes_file = routes_dir.path().join("routes.json");
+    crate::support::agent::write_file(&routes_file, r#"{"domains":[],"services":[]}"#);
     let follow_port = free_port();
     let follow_addr = format!("127.0.0.1:{follow_port}");
-    let extra = [("FOLLOWER_KEY_FILE", key.as_str()), ("FOLLOW_ADDR", follow_addr.as_str())];
-    let env = backend_env(pebble_env(&pebble), "issued.test:app", "issued-backend\n", &extra);
-    // The agent validates HTTP-01 on pebble's port and orders the certificate once.
-    let mut agent = Agent::production(pebble.http_port(), &env_refs(&env));
+    let mut env = pebble_env(&pebble);
+    for (k, v) in [
+        ("FOLLOWER_KEY_FILE", key.as_str()),
+        ("FOLLOW_ADDR", follow_addr.as_str()),
+        ("CONFIG_FILE", routes_file.to_str().unwrap()),
+    ] {
+        env.push((k.to_string(), v.to_string()));
+    }
+    // The agent's nginx listens on a port of its own: pebble's HTTP-01 requests (to its fixed
+    // port) reach only the follower, so the certificate is issued only if the follower answers.
+    let mut agent = Agent::production(free_port(), &env_refs(&env));
     agent.launch();
+    let pebble_port = pebble.http_port().to_string();
+    let node_https = free_port().to_string();
+    let mut node = follower(
+        &keys,
+        follow_port,
+        "node-pebble",
+        &[("HTTP_PORT", pebble_port.as_str()), ("HTTPS_PORT", node_https.as_str())],
+    );
+    node.port = pebble.http_port();
+    node.launch();
+    agent.wait_for("the follower to be current", Duration::from_secs(40), || {
+        agent.status_get("/followers").1.contains("\"current\":true")
+    });
+
+    // A TLS route appears: the agent orders once, the token travels to the follower before the
+    // CA is told, pebble validates through the follower.
+    crate::support::agent::write_file(&routes_file, &routes(&["issued"], backend.port()));
     agent.wait_for("the certificate from pebble", Duration::from_secs(25), || {
         agent.cert_info("issued.test").is_some_and(|i| !i.placeholder)
     });
     let fullchain = agent.fullchain("issued.test");
     pebble.verify_chain(&fullchain, "issued.test");
+    assert!(!agent.log().contains("do not serve the new HTTP-01 token"), "{}", agent.log());
+    // Pebble's validation request is in the follower's access log, not the agent's.
+    let validated = |prefix: &Agent| {
+        std::fs::read_to_string(prefix.path("logs/issued.test.access.log"))
+            .is_ok_and(|log| log.contains("/.well-known/acme-challenge/"))
+    };
+    node.wait_for("the validation in the follower's access log", Duration::from_secs(5), || validated(&node));
+    assert!(!validated(&agent), "pebble reached only the follower");
 
-    let node_https = free_port().to_string();
-    let mut node = follower(&keys, follow_port, "node-pebble", &[("HTTPS_PORT", node_https.as_str())]);
-    node.launch();
     let want = first_der(&fullchain);
     node.wait_for("the follower to serve pebble's certificate", Duration::from_secs(15), || {
         served_leaf(node.https_port, "issued.test").as_deref() == Some(want.as_slice())

@@ -205,8 +205,23 @@ impl Controller {
         let status = Arc::new(crate::status::State::default());
         crate::status::start(&config, status.clone(), &applier.nginx, docker.as_ref()).await;
 
+        let follow = match &config.follow {
+            Some(setup) => {
+                let publisher = Arc::new(crate::follow::server::Publisher::new(setup.key.clone()));
+                crate::follow::server::start(setup.addr, publisher.clone()).await;
+                status.set_follow(publisher.clone());
+                let watcher =
+                    crate::follow::server::watch_challenges(config.render.acme_webroot.as_path(), publisher.clone());
+                Some((publisher, watcher))
+            }
+            None => None,
+        };
         let (tls_domains, tls_domains_rx) = tokio::sync::watch::channel(Vec::new());
-        if let (Some(manager), Some(acme)) = (config.cert_manager()?, &config.acme) {
+        if let (Some(mut manager), Some(acme)) = (config.cert_manager()?, &config.acme) {
+            if let Some((publisher, _)) = &follow {
+                // HTTP-01 tokens reach the followers before the CA is told.
+                manager = manager.with_token_sync(publisher.clone());
+            }
             info!(challenge = %manager.challenge(), "certificates: ordering from {}", acme.account.directory);
             let interval = acme.renewal_interval;
             tokio::spawn(manager.serve(tls_domains_rx, tx.clone(), Trigger::CertsIssued, interval));
@@ -222,17 +237,6 @@ impl Controller {
             insight::start(socket.as_path(), status.clone(), docker.clone(), config.timing)?;
         }
         spawn_resync_timer(tx.clone(), config.timing.resync);
-        let follow = match &config.follow {
-            Some(setup) => {
-                let publisher = Arc::new(crate::follow::server::Publisher::new(setup.key.clone()));
-                crate::follow::server::start(setup.addr, publisher.clone()).await;
-                status.set_follow(publisher.clone());
-                let watcher =
-                    crate::follow::server::watch_challenges(config.render.acme_webroot.as_path(), publisher.clone());
-                Some((publisher, watcher))
-            }
-            None => None,
-        };
         if let Some(url) = &config.cloudflare_ips_url {
             if config.render.real_ip.as_ref().is_some_and(|r| r.trusts_cloudflare()) {
                 cloudflare_ips::spawn(url.clone(), tx.clone());

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -160,7 +160,7 @@ impl CertManager {
                 }));
                 (Some(cloudflare), solver)
             }
-            None => (None, AnySolver::Http(WebrootSolver { webroot: acme.webroot.clone() })),
+            None => (None, AnySolver::Http(WebrootSolver { webroot: acme.webroot.clone(), sync: None })),
         };
         Ok(CertManager {
             store: CertStore::new(certs_dir),
@@ -174,6 +174,14 @@ impl CertManager {
             concurrency: acme.concurrency,
             account: OnceCell::new(),
         })
+    }
+
+    /// With HTTP-01: each token is also handed to `sync` (the followers) before the CA is told.
+    pub fn with_token_sync(mut self, sync: Arc<dyn TokenSync>) -> Self {
+        if let AnySolver::Http(solver) = &mut self.solver {
+            solver.sync = Some(sync);
+        }
+        self
     }
 
     pub fn challenge(&self) -> Challenge {
@@ -465,7 +473,20 @@ enum AnySolver {
 /// HTTP-01: the key authorization as a file under the webroot nginx serves on port 80.
 pub struct WebrootSolver {
     pub webroot: PathBuf,
+    /// Others that serve the webroot too (followers): told of each token, and waited for before
+    /// the CA is.
+    pub sync: Option<Arc<dyn TokenSync>>,
 }
+
+/// Something else that answers HTTP-01 for this webroot (the agent's followers): `ready` returns
+/// once it serves the tokens now in the webroot, or after `timeout` (then the CA is told anyway:
+/// nginx beside the agent answers, and a retry follows a failure).
+pub trait TokenSync: Send + Sync {
+    fn ready(&self, timeout: Duration) -> futures::future::BoxFuture<'_, ()>;
+}
+
+/// How long an order waits for followers to hold a new HTTP-01 token.
+pub const TOKEN_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl WebrootSolver {
     fn path(&self, challenge: &ChallengeResponse) -> Option<PathBuf> {
@@ -495,7 +516,11 @@ impl Solver for WebrootSolver {
         let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
         std::fs::write(&tmp, key_authorization.as_bytes())
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| SolverError::new(format!("cannot write {}: {e}", path.display())))
+            .map_err(|e| SolverError::new(format!("cannot write {}: {e}", path.display())))?;
+        if let Some(sync) = &self.sync {
+            sync.ready(TOKEN_SYNC_TIMEOUT).await;
+        }
+        Ok(())
     }
 
     async fn cleanup(&self, challenge: &ChallengeResponse) -> Result<(), SolverError> {

@@ -229,6 +229,43 @@ impl Publisher {
     }
 }
 
+/// Followers seen within this long count for [`TokenSync`]: one gone longer does not delay
+/// certificate orders.
+const RECENT_MS: u64 = 60_000;
+
+/// HTTP-01 through followers: an order tells the CA only once every follower seen lately serves
+/// a revision that holds the token (or after the timeout, with a warning naming those behind).
+impl crate::certs::manager::TokenSync for Publisher {
+    fn ready(&self, timeout: Duration) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // The token was just written: a revision with it, without waiting for the watcher.
+            self.refresh();
+            let wanted = self.revision();
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let now = now_ms();
+                let behind: Vec<String> = self
+                    .followers()
+                    .into_iter()
+                    .filter(|f| now.saturating_sub(f.last_seen_ms) < RECENT_MS && f.revision < wanted)
+                    .map(|f| f.node)
+                    .collect();
+                if behind.is_empty() {
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    warn!(
+                        followers = %behind.join(","),
+                        "followers do not serve the new HTTP-01 token after {timeout:?}; telling the CA anyway"
+                    );
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    }
+}
+
 /// A poll's parameters, checked.
 #[derive(Debug)]
 struct Poll {
@@ -532,5 +569,37 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         assert!(publisher.revision() > revision);
         assert!(started.elapsed() < LONG_POLL + Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_order_waits_until_the_followers_serve_the_token_or_times_out() {
+        use crate::certs::manager::TokenSync;
+        let publisher = Arc::new(publisher_with("a.test:app"));
+        // No follower: nothing to wait for.
+        let started = tokio::time::Instant::now();
+        publisher.ready(Duration::from_secs(5)).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // A follower behind: the order waits for it, up to the timeout.
+        let now = now_ms() / 1000;
+        let _ = handle(&publisher, poll(RAW, "slow", 1, now), peer()).await;
+        let started = tokio::time::Instant::now();
+        publisher.ready(Duration::from_secs(5)).await;
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        // It reports the current revision meanwhile: the order goes on at once.
+        let current = publisher.revision();
+        let waiting = tokio::spawn({
+            let publisher = publisher.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                publisher.ready(Duration::from_secs(5)).await;
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let p = publisher.clone();
+        let poller = tokio::spawn(async move { handle(&p, poll(RAW, "slow", current, now), peer()).await });
+        let waited = waiting.await.unwrap();
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+        poller.abort();
     }
 }
