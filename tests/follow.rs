@@ -121,6 +121,7 @@ fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_ca
     assert_eq!(json["followers"][0]["revision"].as_u64(), Some(revision), "{body}");
     assert!(!body.contains(KEY), "the key never shows: {body}");
     let (_, metrics) = agent.status_get("/metrics");
+    crate::status::promtool_check(&metrics);
     assert!(metrics.contains("smart_proxy_follower_current{node=\"node-a\"} 1"), "{metrics}");
     assert!(metrics.contains("smart_proxy_follower_last_seen_timestamp_seconds{node=\"node-a\"} "), "{metrics}");
     // The dashboard shows the follower, current.
