@@ -3,8 +3,10 @@
 //! reaches it (the latency is logged), it keeps serving while the agent is down and catches up
 //! when it returns, a restarted follower serves its last good bundle before the agent answers,
 //! `/followers` lists it with its revision; a forged or broken bundle (from a fake agent) is
-//! refused, reported on the next poll, and the last good config stays; a certificate and an
-//! HTTP-01 token of the agent are served by the follower.
+//! refused, reported on the next poll, and the last good config stays; a certificate, a basic-auth
+//! login and an HTTP-01 token of the agent are served by the follower; Pebble validates HTTP-01
+//! through a follower only and the follower serves the certificate; `follow --beside` reloads an
+//! nginx it did not start.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -318,7 +320,14 @@ fn a_follower_serves_the_agents_certificate_over_tls_and_its_http01_tokens() {
     let keys = tempfile::tempdir().unwrap();
     let routes_dir = tempfile::tempdir().unwrap();
     let routes_file = routes_dir.path().join("routes.json");
-    crate::support::agent::write_file(&routes_file, &routes(&["secure"], backend.port()));
+    // secure.test, and locked.test behind a basic-auth login (its htpasswd file travels too).
+    let json = format!(
+        r#"{{"domains":[{{"name":"secure.test","service":"app"}},
+            {{"name":"locked.test","service":"app","auth":"basic","auth.users":["u:{{SHA}}HPfrSR5ngPU1LNoFW4IX+qcC6gQ="]}}],
+           "services":[{{"name":"app","host":"127.0.0.1","port":{}}}]}}"#,
+        backend.port()
+    );
+    crate::support::agent::write_file(&routes_file, &json);
     // Production mode without ACME: the agent writes a placeholder certificate, which the
     // follower must serve.
     let https = free_port().to_string();
@@ -349,6 +358,24 @@ fn a_follower_serves_the_agents_certificate_over_tls_and_its_http01_tokens() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("tls-backend")
     });
+    // The login works on the follower: refused without the password, served with it.
+    let curl_status = |user: Option<&str>| {
+        let resolve = format!("locked.test:{node_https}:127.0.0.1");
+        let url = format!("https://locked.test:{node_https}/");
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sk", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "--resolve", &resolve, &url]);
+        if let Some(user) = user {
+            cmd.args(["-u", user]);
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+    node.wait_for("the login on the follower", Duration::from_secs(10), || curl_status(Some("u:follower-pw")) == "200");
+    assert_eq!(curl_status(None), "401");
+    assert_eq!(curl_status(Some("u:wrong")), "401");
+    let htpasswd: Vec<_> = std::fs::read_dir(node.path("conf.d/smart-proxy-htpasswd")).unwrap().flatten().collect();
+    assert_eq!(htpasswd.len(), 1, "{htpasswd:?}");
+    assert_eq!(htpasswd[0].metadata().unwrap().permissions().mode() & 0o777, 0o640);
+
     let served = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
