@@ -166,6 +166,9 @@ fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_ca
     });
 
     // A restarted follower serves its last good bundle before the agent answers.
+    let kept = node.path("certs/smart-proxy/follow/bundle");
+    assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!String::from_utf8_lossy(&std::fs::read(&kept).unwrap()).contains("app1.test"), "kept sealed");
     node.stop();
     node.launch();
     node.wait_for("the restarted follower to serve app6", Duration::from_secs(10), || {

@@ -9,7 +9,8 @@
 //! where `<name>` is the domain, or `_.example.com` for `*.example.com`. The agent's own files
 //! live beside it under `<CERTS_DIR>/smart-proxy/`: `accounts/` (ACME account credentials, 0600),
 //! `state/` (per-domain renewal state and backoff), `ari/` (cached renewal information),
-//! `pending/` (the journal of an order in progress, 0600) and `locks/` (one lock file per domain).
+//! `pending/` (the journal of an order in progress, 0600), `locks/` (one lock file per domain)
+//! and, on a follower, `follow/bundle` (its last good bundle, sealed).
 //! Pure path arithmetic: no IO here.
 
 use std::path::{Path, PathBuf};
@@ -70,6 +71,11 @@ impl Layout {
     /// `smart-proxy/pending/`: journals of orders in progress.
     pub fn pending_dir(&self) -> PathBuf {
         self.own_dir().join("pending")
+    }
+
+    /// `smart-proxy/follow/bundle`: a follower's last good bundle, sealed as received.
+    pub fn follow_bundle(&self) -> PathBuf {
+        self.own_dir().join("follow").join("bundle")
     }
 
     /// `smart-proxy/locks/<domain>.lock`: held while an order for the domain runs.

@@ -11,7 +11,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +29,6 @@ use crate::apply::nginx::LocalNginx;
 use crate::apply::{Applier, Nginx};
 use crate::backoff::Backoff;
 use crate::render::RenderSettings;
-
-/// The directory beside `NGINX_CONF` where the last good bundle is kept (sealed, as received).
-pub const STATE_DIR: &str = "smart-proxy-follow";
 
 /// What `follow` needs: the follower settings and this node's own nginx.
 pub struct Options {
@@ -83,12 +80,12 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     let layout = Layout::of(&options.render, &options.conf)?;
     let nginx =
         Nginx::Local(LocalNginx { bin: options.bin.clone(), main_conf: options.main_conf.clone(), child: None });
-    let state_dir = options.conf.parent().unwrap_or(Path::new("/")).join(STATE_DIR);
     let mut follower = Follower {
         url: url.join("bundle")?,
         layout,
         applier: Applier::new(nginx, options.conf.clone(), options.certs_dir.clone()),
-        state_file: state_dir.join("bundle"),
+        // In the certificate store, not beside NGINX_CONF: `nginx -t` copies that directory.
+        state_file: crate::certs::layout::Layout::new(&options.certs_dir).follow_bundle(),
         client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
         revision: 0,
         refused: None,
