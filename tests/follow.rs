@@ -521,83 +521,19 @@ fn beside_an_nginx_it_did_not_start_a_follower_tests_swaps_and_reloads_it() {
     assert_eq!(node.nginx_pid(), pid);
 }
 
-/// A Docker socket that passes GET and HEAD to the daemon and answers 403 to every other method
-/// (as a read-only socket proxy does), recording each request line.
-struct ReadOnlySocket {
-    dir: tempfile::TempDir,
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-impl ReadOnlySocket {
-    fn start() -> ReadOnlySocket {
-        use std::os::unix::net::{UnixListener, UnixStream};
-        let daemon = match std::env::var("DOCKER_HOST") {
-            Ok(host) if host.starts_with("unix://") => host["unix://".len()..].to_string(),
-            _ => "/var/run/docker.sock".to_string(),
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let listener = UnixListener::bind(dir.path().join("docker.sock")).unwrap();
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(mut client) = client else { return };
-                let Ok(mut upstream) = UnixStream::connect(&daemon) else { continue };
-                let log = log.clone();
-                let (mut back_from, mut back_to) = (upstream.try_clone().unwrap(), client.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut back_from, &mut back_to);
-                    let _ = back_to.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match client.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => {
-                                let _ = upstream.shutdown(std::net::Shutdown::Both);
-                                return;
-                            }
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&head).into_owned();
-                    let line = text.lines().next().unwrap_or("").to_string();
-                    log.lock().unwrap().push(line.clone());
-                    if !(line.starts_with("GET ") || line.starts_with("HEAD ")) {
-                        let _ = client.write_all(
-                            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nread only\n",
-                        );
-                        let _ = client.shutdown(std::net::Shutdown::Both);
-                        let _ = upstream.shutdown(std::net::Shutdown::Both);
-                        return;
-                    }
-                    if upstream.write_all(&head).is_err() {
-                        return;
-                    }
-                });
-            }
-        });
-        ReadOnlySocket { dir, seen }
-    }
-
-    fn docker_host(&self) -> String {
-        format!("unix://{}", self.dir.path().join("docker.sock").display())
-    }
-}
-
 #[test]
 fn behind_a_read_only_docker_socket_the_agent_routes_containers_to_a_follower_without_one() {
     require_docker!();
     let docker = crate::support::docker::TestDocker::new();
     let net = docker.network("net");
     docker.start(vec![docker.app("web").label("domains", "web.test").network(&net)]);
-    let socket = ReadOnlySocket::start();
+    let socket = crate::support::docker_faults::DockerFaults::start();
+    socket.read_only();
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), KEY);
     let follow_port = free_port();
     let follow_addr = format!("127.0.0.1:{follow_port}");
-    let (prefix, host) = (docker.prefix(), socket.docker_host());
+    let (prefix, host) = (docker.prefix(), socket.host());
     let mut agent = Agent::local(
         Prefix::TEST,
         &[
@@ -624,10 +560,10 @@ fn behind_a_read_only_docker_socket_the_agent_routes_containers_to_a_follower_wi
     node.wait_for("the follower to serve the late container", Duration::from_secs(15), || {
         serves(&node, "late.test", "late")
     });
-    let seen = socket.seen.lock().unwrap().clone();
-    assert!(seen.iter().any(|l| l.contains("/events")), "{seen:?}");
-    assert!(seen.iter().any(|l| l.contains("/containers/")), "{seen:?}");
-    let writes: Vec<&String> = seen.iter().filter(|l| !(l.starts_with("GET ") || l.starts_with("HEAD "))).collect();
-    assert!(writes.is_empty(), "the agent asked more than GET of the socket: {writes:?}");
+    let seen = socket.requests();
+    assert!(seen.iter().any(|(_, path, _)| path.contains("/events")), "{seen:?}");
+    assert!(seen.iter().any(|(_, path, _)| path.contains("/containers/")), "{seen:?}");
+    let refused: Vec<_> = seen.iter().filter(|(_, _, refused)| *refused).collect();
+    assert!(refused.is_empty(), "the agent asked more than GET of the socket: {refused:?}");
     assert!(!agent.log().contains("403"), "{}", agent.log());
 }
