@@ -1,6 +1,6 @@
-//! The status endpoint on `STATUS_ADDR`: `/healthz`, `/metrics`, `/routes`, `/certs`, `/events`
-//! and the dashboard on `/` (GET and HEAD only; every path but `/healthz` behind `STATUS_TOKEN`
-//! as [`crate::dashboard::auth`] says).
+//! The status endpoint on `STATUS_ADDR`: `/healthz`, `/metrics`, `/routes`, `/certs`, `/events`,
+//! `/followers` and the dashboard on `/` (GET and HEAD only; every path but `/healthz` behind
+//! `STATUS_TOKEN` as [`crate::dashboard::auth`] says).
 //!
 //! A small hyper 1 server on the agent's runtime. The controller publishes what it did into
 //! [`State`] (a short lock per pass, never held across an await); everything else is read when a
