@@ -92,7 +92,7 @@ fn demo_serves_three_apps_and_a_stopped_one_fails_alone() {
 }
 
 /// The first fenced block of kind `fence` (e.g. "```yaml") after the line containing `after`.
-fn readme_block(after: &str, fence: &str) -> String {
+pub(crate) fn readme_block(after: &str, fence: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme.find(after).unwrap_or_else(|| panic!("README has no {after:?}"));
     let rest = &readme[start..];

@@ -467,3 +467,101 @@ fn a_task_on_a_stopped_node_leaves_its_upstream() {
         assert_ne!(body.trim(), worker, "a task of the stopped node answered");
     }
 }
+
+/// The README's Swarm blocks on a two-node Swarm: its commands (the follower key, then `docker
+/// stack deploy` of compose/swarm/docker-stack.yml) start the agent on the manager (the only task
+/// with the Docker socket) and a follower (`follow`, nginx its child, no socket) on each node,
+/// publishing port 80 in host mode; its app stack file, deployed as written (but the image), is
+/// served through both nodes, and the agent lists both followers as current.
+#[test]
+fn the_readme_swarm_stack_serves_an_app_stack_through_a_follower_on_every_node() {
+    require_docker!();
+    if !crate::support::swarm::require_root() {
+        return;
+    }
+    let agent = crate::support::images::agent_image(std::path::Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy")));
+    let app = app_image();
+    let engine = SwarmEngine::start_nodes(2, &[&agent, &app]);
+    // The README's commands, in a copy of compose/swarm (the key file is made there).
+    let dir = engine.scratch("checkout");
+    std::fs::create_dir_all(dir.join("compose/swarm")).unwrap();
+    let stack = concat!(env!("CARGO_MANIFEST_DIR"), "/compose/swarm/docker-stack.yml");
+    std::fs::copy(stack, dir.join("compose/swarm/docker-stack.yml")).unwrap();
+    let run = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(&dir)
+            .env("DOCKER_HOST", engine.host())
+            .env("AGENT_IMAGE", SwarmEngine::image(&agent))
+            .env("DOCKER_SOCKET", engine.host().trim_start_matches("unix://"))
+            .env("LOCAL", "true")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let commands = crate::compose::readme_block("## Docker Swarm services", "```sh");
+    assert!(commands.contains("docker stack deploy -c compose/swarm/docker-stack.yml proxy"), "{commands}");
+    run(&commands);
+    let key = std::fs::metadata(dir.join("compose/swarm/follower_key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+    let web = crate::compose::readme_block("## Docker Swarm services", "```yaml");
+    assert!(web.contains("image: my/web"), "{web}");
+    std::fs::write(dir.join("web.yml"), web.replace("image: my/web", &format!("image: {}", SwarmEngine::image(&app))))
+        .unwrap();
+    run("docker stack deploy -c web.yml web");
+
+    let diagnostics = || {
+        let logs = |service: &str| {
+            let out = engine.docker_output(&["service", "logs", "--raw", "--tail", "60", service]);
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        };
+        // Each node's follower, by its container's log there.
+        let edge = |node: usize| {
+            let filter = "label=com.docker.swarm.service.name=proxy_edge";
+            let id = engine.node_docker(node, &["ps", "-q", "--filter", filter]);
+            let out = engine.node_docker_output(node, &["logs", "--tail", "40", id.trim()]);
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        };
+        format!(
+            "--- services ---\n{}\n--- tasks ---\n{}\n--- agent ---\n{}\n--- follower on node 0 ---\n{}\n--- follower on node 1 ---\n{}",
+            engine.docker(&["service", "ls"]),
+            engine.docker(&["service", "ps", "--no-trunc", "proxy_agent", "proxy_edge", "web_web"]),
+            logs("proxy_agent"),
+            edge(0),
+            edge(1)
+        )
+    };
+    for node in 0..2 {
+        let addr = SocketAddr::from((engine.node_address(node), 80));
+        let started = Instant::now();
+        while get(addr, "web.example.com") != (200, "app\n".to_string()) {
+            let last = get(addr, "web.example.com");
+            // The followers' first polls fail while Docker's DNS does not know `agent` yet (about
+            // 30 s here; they retry with backoff).
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "web.example.com through node {node}: {last:?}\n{}",
+                diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        eprintln!("node {node}: web.example.com served after {:?} more", started.elapsed());
+    }
+    if std::env::var_os("SWARM_STACK_LOGS").is_some() {
+        eprintln!("{}", diagnostics());
+    }
+    // The agent's /followers (its status endpoint, on the loopback of its task) lists both, each
+    // serving the current revision.
+    let agent_task = engine.docker(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=proxy_agent"]);
+    let started = Instant::now();
+    loop {
+        let followers = engine.docker(&["exec", agent_task.trim(), "wget", "-qO-", "http://127.0.0.1:9180/followers"]);
+        let doc: serde_json::Value = serde_json::from_str(&followers).unwrap_or_else(|e| panic!("{e}: {followers}"));
+        let rows = doc["followers"].as_array().cloned().unwrap_or_default();
+        if rows.len() == 2 && rows.iter().all(|r| r["current"] == true) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "two current followers: {followers}\n{}", diagnostics());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

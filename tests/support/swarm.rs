@@ -93,7 +93,7 @@ impl SwarmEngine {
         self.node_address(0)
     }
 
-    fn node_address(&self, i: usize) -> Ipv4Addr {
+    pub fn node_address(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(RANGE[0], RANGE[1], self.n, 2 + i as u8)
     }
 
@@ -122,7 +122,7 @@ impl SwarmEngine {
         self.node_docker_output(0, args)
     }
 
-    fn node_docker_output(&self, i: usize, args: &[&str]) -> Output {
+    pub fn node_docker_output(&self, i: usize, args: &[&str]) -> Output {
         Command::new("docker")
             .arg("-H")
             .arg(self.node_host(i))
