@@ -1,0 +1,94 @@
+//! Issue 13's first figure: from `docker service create` returning to the first 200 through a
+//! follower on another node, over `SERVICES` services created one after another.
+//!
+//! A two-node Swarm of the tests' own (`support::swarm::SwarmEngine`: engines in network
+//! namespaces), compose/swarm/docker-stack.yml deployed on it (the agent on the manager, a
+//! follower on each node), then each service (the tests' busybox app, 1 task, labelled through
+//! its service labels as a stack's `deploy.labels` does) is created and polled through the
+//! follower on node 1 (the worker) every 20 ms until it answers with its page. Printed: each
+//! time, the median and the slowest. Needs root and Docker (as the Swarm tests);
+//! `BENCH_QUICK=1` creates 3. Run with `cargo bench --bench swarm`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::swarm::SwarmEngine;
+
+/// GET / on `addr` with `Host: host`: the status and the body.
+fn get(addr: SocketAddr, host: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// Creates service `name` (its page says `name`) and waits for it through `addr`.
+fn create_and_wait(engine: &SwarmEngine, image: &str, name: &str, addr: SocketAddr) -> Duration {
+    let (domains, app) = (format!("smart-proxy.domains={name}.test"), format!("APP_NAME={name}"));
+    let args = ["service", "create", "--detach", "--name", name, "--network", "proxy_proxy"];
+    let labels = ["--label", &domains, "--label", "smart-proxy.port=8080", "--env", &app, image];
+    engine.docker(&[&args[..], &labels[..]].concat());
+    let created = Instant::now();
+    let (host, want) = (format!("{name}.test"), format!("{name}\n"));
+    while get(addr, &host) != (200, want.clone()) {
+        assert!(created.elapsed() < Duration::from_secs(180), "{host} not served through the follower within 180 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    created.elapsed()
+}
+
+fn main() {
+    if !support::docker::docker_available() || !support::swarm::require_root() {
+        println!("swarm: SKIPPED (needs Docker and root)");
+        return;
+    }
+    let count = if std::env::var_os("BENCH_QUICK").is_some() { 3 } else { 20 };
+    let agent = support::images::agent_image(std::path::Path::new(env!("CARGO_BIN_EXE_nginx-smart-proxy")));
+    let app = support::docker::app_image();
+    let engine = SwarmEngine::start_nodes(2, &[&agent, &app]);
+    let key = engine.scratch("secrets").join("follower_key");
+    let mut random = [0u8; 48];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut random).unwrap();
+    std::fs::write(&key, random.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap();
+    let stack = concat!(env!("CARGO_MANIFEST_DIR"), "/compose/swarm/docker-stack.yml");
+    let out = std::process::Command::new("docker")
+        .args(["-H", &engine.host(), "stack", "deploy", "-c", stack, "proxy"])
+        .env("AGENT_IMAGE", SwarmEngine::image(&agent))
+        .env("DOCKER_SOCKET", engine.host().trim_start_matches("unix://"))
+        .env("FOLLOWER_KEY", &key)
+        .env("LOCAL", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker stack deploy: {}", String::from_utf8_lossy(&out.stderr));
+    let image = SwarmEngine::image(&app);
+    // Through the follower on the worker; the first service also waits for the stack to settle.
+    let addr = SocketAddr::from((engine.node_address(1), 80));
+    let warm = create_and_wait(&engine, &image, "warmup", addr);
+    println!("stack up and a first service served through node 1's follower after {warm:.2?}");
+    let mut times: Vec<Duration> =
+        (0..count).map(|i| create_and_wait(&engine, &image, &format!("s{i}"), addr)).collect();
+    println!("service create -> first 200 through the follower on node 1, {count} services one after another:");
+    println!(
+        "  {}",
+        times.iter().map(|t| format!("{:.0} ms", t.as_secs_f64() * 1000.0)).collect::<Vec<_>>().join(", ")
+    );
+    times.sort();
+    let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "  p50 {:.0} ms, p99 {:.0} ms (the slowest of {count})",
+        p(0.5).as_secs_f64() * 1000.0,
+        p(0.99).as_secs_f64() * 1000.0
+    );
+}
