@@ -9,30 +9,14 @@
 //! time, the median and the slowest. Needs root and Docker (as the Swarm tests);
 //! `BENCH_QUICK=1` creates 3. Run with `cargo bench --bench swarm`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use support::swarm::SwarmEngine;
-
-/// GET / on `addr` with `Host: host`: the status and the body.
-fn get(addr: SocketAddr, host: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return (0, String::new());
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
+use support::swarm::{get, SwarmEngine};
 
 /// Creates service `name` (its page says `name`) and waits for it through `addr`.
 fn create_and_wait(engine: &SwarmEngine, image: &str, name: &str, addr: SocketAddr) -> Duration {

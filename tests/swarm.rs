@@ -6,8 +6,7 @@
 //! with `docker service create` carrying the labels on the service (`--label`: what a stack's
 //! `deploy.labels` sets).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::support::agent::{Agent, Prefix};
 use crate::support::docker::app_image;
 use crate::support::images::nginx_image;
-use crate::support::swarm::SwarmEngine;
+use crate::support::swarm::{get, SwarmEngine};
 
 const RELOADED: &str = "config applied and nginx reloaded";
 
@@ -224,22 +223,6 @@ impl Setup {
     fn tasks(&self, service: &str) -> String {
         self.engine.docker(&["service", "ps", service, "--format", "{{.Name}} {{.DesiredState}} {{.CurrentState}}"])
     }
-}
-
-/// GET / on `addr` with `Host: host` (HTTP/1.1, Connection: close).
-fn get(addr: SocketAddr, host: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return (0, String::new());
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
 /// Requests sent in a loop from two threads until stopped: how many, and the failures (anything

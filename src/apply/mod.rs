@@ -222,6 +222,16 @@ impl Applier {
             timings.render += started.elapsed();
         }
 
+        let reloaded = self.swap_and_reload(&mut timings).await?;
+        self.rejected = (!dropped.is_empty()).then(|| Rejected { config: full, outcome: Ok(dropped.clone()) });
+        self.live = Some(config);
+        auth.remove_unused(auth_dir);
+        Ok(Applied { changed: true, reloaded, dropped, placeholders, auth_files, timings })
+    }
+
+    /// Renames the tested candidate over the target (the directory synced) and reloads nginx:
+    /// whether nginx was running to reload.
+    async fn swap_and_reload(&mut self, timings: &mut Timings) -> Result<bool, ApplyError> {
         let candidate = self.candidate_path();
         std::fs::rename(&candidate, &self.target)
             .map_err(|source| ApplyError::Write { path: self.target.clone(), source })?;
@@ -233,10 +243,7 @@ impl Applier {
         crate::metrics::global().reloaded(&reloaded, started.elapsed());
         let reloaded = reloaded?;
         timings.reload = started.elapsed();
-        self.rejected = (!dropped.is_empty()).then(|| Rejected { config: full, outcome: Ok(dropped.clone()) });
-        self.live = Some(config);
-        auth.remove_unused(auth_dir);
-        Ok(Applied { changed: true, reloaded, dropped, placeholders, auth_files, timings })
+        Ok(reloaded)
     }
 
     /// Applies a config rendered elsewhere (a follower's bundle): identical to what is live,
@@ -252,17 +259,7 @@ impl Applier {
         if let Some(output) = self.test(config, &mut timings).await? {
             return Err(NginxError::TestFailed { output }.into());
         }
-        let candidate = self.candidate_path();
-        std::fs::rename(&candidate, &self.target)
-            .map_err(|source| ApplyError::Write { path: self.target.clone(), source })?;
-        if let Some(dir) = self.target.parent() {
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        }
-        let started = Instant::now();
-        let reloaded = self.nginx.reload().await;
-        crate::metrics::global().reloaded(&reloaded, started.elapsed());
-        let reloaded = reloaded?;
-        timings.reload = started.elapsed();
+        let reloaded = self.swap_and_reload(&mut timings).await?;
         self.live = Some(config.to_string());
         Ok(Applied { changed: true, reloaded, timings, ..Default::default() })
     }
