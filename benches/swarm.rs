@@ -6,8 +6,14 @@
 //! follower on each node), then each service (the tests' busybox app, 1 task, labelled through
 //! its service labels as a stack's `deploy.labels` does) is created and polled through the
 //! follower on node 1 (the worker) every 20 ms until it answers with its page. Printed: each
-//! time, the median and the slowest. Needs root and Docker (as the Swarm tests);
-//! `BENCH_QUICK=1` creates 3. Run with `cargo bench --bench swarm`.
+//! time, the median and the slowest.
+//!
+//! Then scale: `BENCH_SCALE` more services (default 100) of 3 tasks each; once every task runs,
+//! the agent's task is replaced (`docker service update --force`), and its log gives the time
+//! from its start to its first config applied (a full resync: services and tasks listed,
+//! rendered, tested, reloaded), and its memory after that (VmRSS of the agent, PID 1 of its
+//! container). Needs root and Docker (as the Swarm tests); `BENCH_QUICK=1` creates 3 services
+//! and scales to 10. Run with `cargo bench --bench swarm`.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -75,4 +81,60 @@ fn main() {
         p(0.5).as_secs_f64() * 1000.0,
         p(0.99).as_secs_f64() * 1000.0
     );
+
+    let scale: usize =
+        std::env::var("BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(if count == 3 { 10 } else { 100 });
+    resync(&engine, &image, scale);
+}
+
+/// `scale` services of 3 tasks, then a new agent task: its time to the first apply, and its RSS.
+fn resync(engine: &SwarmEngine, image: &str, scale: usize) {
+    let began = Instant::now();
+    for i in 0..scale {
+        let (name, domains) = (format!("scale{i}"), format!("smart-proxy.domains=scale{i}.test"));
+        let args = ["service", "create", "--detach", "--name", &name, "--network", "proxy_proxy", "--replicas", "3"];
+        engine.docker(&[&args[..], &["--label", &domains, "--label", "smart-proxy.port=8080", image][..]].concat());
+    }
+    let expected = scale * 3;
+    loop {
+        let running = engine.docker(&["ps", "-q", "--filter", "name=scale"]).lines().count()
+            + engine.node_docker(1, &["ps", "-q", "--filter", "name=scale"]).lines().count();
+        if running >= expected {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(900), "{running} of {expected} tasks running after 15 min");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("{scale} services x 3 tasks running after {:.1?}", began.elapsed());
+    let old = engine.docker(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=proxy_agent"]);
+    engine.docker(&["service", "update", "--detach", "--force", "proxy_agent"]);
+    let started = Instant::now();
+    let (container, log) = loop {
+        let id = engine.docker(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=proxy_agent"]);
+        if !id.is_empty() && id != old {
+            let out = engine.docker_output(&["logs", id.trim()]);
+            let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            if log.contains("config applied") {
+                break (id, log);
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "the new agent applied nothing within 300 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // RFC 3339 times of the agent's own lines: its start and its first apply.
+    let at = |needle: &str| -> f64 {
+        let line = log.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?} in:\n{log}"));
+        let time = line.split_whitespace().next().unwrap();
+        let hms = time.split('T').nth(1).unwrap().trim_end_matches('Z');
+        let mut parts = hms.split(':').map(|p| p.parse::<f64>().unwrap());
+        parts.next().unwrap() * 3600.0 + parts.next().unwrap() * 60.0 + parts.next().unwrap()
+    };
+    let first = log.lines().find(|l| l.contains("config applied")).unwrap_or_default().to_string();
+    let status = engine.docker(&["exec", container.trim(), "cat", "/proc/1/status"]);
+    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap_or("?").trim().to_string();
+    println!(
+        "a new agent with {scale} services x 3 tasks: start -> first config applied {:.0} ms; agent RSS then {rss}",
+        (at("config applied") - at("smart_proxy::agent: starting")) * 1000.0
+    );
+    println!("  {}", first.split("INFO").nth(1).unwrap_or(&first).trim());
 }
