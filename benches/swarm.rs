@@ -8,7 +8,8 @@
 //! follower on node 1 (the worker) every 20 ms until it answers with its page. Printed: each
 //! time, the median and the slowest.
 //!
-//! Then scale: `BENCH_SCALE` more services (default 100) of 3 tasks each; once every task runs,
+//! Then scale: `BENCH_SCALE` more services (default 60: an overlay network is a /24 by default,
+//! about 250 addresses for tasks) of 3 tasks each; once every task runs,
 //! the agent's task is replaced (`docker service update --force`), and its log gives the time
 //! from its start to its first config applied (a full resync: services and tasks listed,
 //! rendered, tested, reloaded), and its memory after that (VmRSS of the agent, PID 1 of its
@@ -62,8 +63,20 @@ fn main() {
         .output()
         .unwrap();
     assert!(out.status.success(), "docker stack deploy: {}", String::from_utf8_lossy(&out.stderr));
+    // Services come once the agent runs (one deployed before it listens waits for the resync).
+    let started = Instant::now();
+    loop {
+        let out = engine.docker_output(&["service", "logs", "--raw", "proxy_agent"]);
+        if String::from_utf8_lossy(&out.stdout).contains("config applied")
+            || String::from_utf8_lossy(&out.stderr).contains("config applied")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the agent applied no config within 120 s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let image = SwarmEngine::image(&app);
-    // Through the follower on the worker; the first service also waits for the stack to settle.
+    // Through the follower on the worker; the first service also waits for the followers.
     let addr = SocketAddr::from((engine.node_address(1), 80));
     let warm = create_and_wait(&engine, &image, "warmup", addr);
     println!("stack up and a first service served through node 1's follower after {warm:.2?}");
@@ -83,7 +96,7 @@ fn main() {
     );
 
     let scale: usize =
-        std::env::var("BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(if count == 3 { 10 } else { 100 });
+        std::env::var("BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(if count == 3 { 10 } else { 60 });
     resync(&engine, &image, scale);
 }
 

@@ -487,6 +487,18 @@ fn the_readme_swarm_stack_serves_an_app_stack_through_a_follower_on_every_node()
     run(&commands);
     let key = std::fs::metadata(dir.join("compose/swarm/follower_key")).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+    // Apps come once the proxy runs: the agent follows a service's tasks from its events, and a
+    // service deployed before the agent listens is only seen converged at the next resync.
+    let started = Instant::now();
+    loop {
+        let out = engine.docker_output(&["service", "logs", "--raw", "proxy_agent"]);
+        let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if log.contains("config applied") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the agent applied no config within 120 s:\n{log}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let web = crate::compose::readme_block("## Docker Swarm services", "```yaml");
     assert!(web.contains("image: my/web"), "{web}");
     std::fs::write(dir.join("web.yml"), web.replace("image: my/web", &format!("image: {}", SwarmEngine::image(&app))))
