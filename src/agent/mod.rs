@@ -36,7 +36,7 @@ pub use nginx::choose_nginx;
 use run::run_loop;
 use schedule::Scheduler;
 use store::Store;
-use watch::{watch_docker, watch_files};
+use watch::{watch_docker, watch_files, Converging};
 
 /// One cause of a pass, for its log line.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -96,6 +96,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// Docker, or `None` while it does not answer: then a task keeps trying (with backoff) and sends
 /// [`Trigger::Connected`] once it does.
+/// Follows Docker's events (reconnecting as needed), and returns the watches of converging Swarm
+/// services' tasks it shares with the controller (none with `SWARM=off`).
+fn spawn_docker_watch(config: &Config, client: Arc<dyn DockerApi>, tx: &mpsc::Sender<Trigger>) -> Option<Converging> {
+    let prefix = config.label_prefix.clone();
+    let converging = (config.swarm != crate::settings::SwarmMode::Off)
+        .then(|| Converging::new(client.clone(), tx.clone(), prefix.clone()));
+    tokio::spawn(watch_docker(client, tx.clone(), prefix, converging.clone()));
+    converging
+}
+
 async fn connect_docker(tx: &mpsc::Sender<Trigger>) -> Option<DockerClient> {
     match DockerClient::connect().await {
         Ok(client) => Some(client),
@@ -191,6 +201,9 @@ struct Controller {
     /// Followers (`FOLLOWER_KEY_FILE`): the revision they are served, and the watcher of the
     /// HTTP-01 tokens they must answer too.
     follow: Option<(Arc<crate::follow::server::Publisher>, Option<notify::RecommendedWatcher>)>,
+    /// The watches of converging Swarm services' tasks (none with `SWARM=off`), shared with the
+    /// Docker watcher.
+    converging: Option<Converging>,
 }
 
 impl Controller {
@@ -228,10 +241,7 @@ impl Controller {
         }
         let file_watcher = watch_files(&config, tx.clone());
         let docker = docker.map(|client| Arc::new(client) as Arc<dyn DockerApi>);
-        if let Some(client) = docker.clone() {
-            let follow_swarm = config.swarm != crate::settings::SwarmMode::Off;
-            tokio::spawn(watch_docker(client, tx.clone(), config.label_prefix.clone(), follow_swarm));
-        }
+        let converging = docker.clone().and_then(|client| spawn_docker_watch(&config, client, &tx));
         // Before nginx starts (in the first pass), so that its first lines find the socket.
         if let Some(socket) = &config.render.insight_socket {
             insight::start(socket.as_path(), status.clone(), docker.clone(), config.timing)?;
@@ -244,6 +254,7 @@ impl Controller {
         }
         Ok(Controller {
             docker,
+            converging,
             status,
             follow,
             tls_domains,
@@ -289,6 +300,7 @@ impl Controller {
             retry: None,
             status: Arc::default(),
             follow: None,
+            converging: None,
         }
     }
 
@@ -347,9 +359,7 @@ impl Controller {
             }
             Trigger::Connected(client) => {
                 info!("connected to Docker");
-                let follow_swarm = self.config.swarm != crate::settings::SwarmMode::Off;
-                let prefix = self.config.label_prefix.clone();
-                tokio::spawn(watch_docker(client.clone(), self.tx.clone(), prefix, follow_swarm));
+                self.converging = spawn_docker_watch(&self.config, client.clone(), &self.tx);
                 self.docker = Some(client);
                 self.store.resync();
             }
@@ -513,6 +523,10 @@ impl Controller {
         }
         if self.store.wants_services() {
             let result = client.swarm_services(&self.config.label_prefix).await;
+            // A service created or updated before the watcher listened has sent its event already.
+            if let (Ok(services), Some(converging)) = (&result, &self.converging) {
+                converging.watch_unsettled(services);
+            }
             self.store.services_listed(result);
         }
     }

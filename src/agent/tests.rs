@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::fake::FakeDocker;
 use super::store::tests::app;
-use super::watch::watch_docker;
+use super::watch::{watch_docker, Converging};
 use super::{Controller, Trigger};
 use crate::apply::nginx::CompanionNginx;
 use crate::apply::{Applier, Nginx};
@@ -63,7 +63,9 @@ impl Harness {
         let (tx, rx) = mpsc::channel(1024);
         let mut controller = Controller::new(config, tx.clone(), applier, Renderer::builtin());
         controller.docker = Some(docker.clone());
-        tokio::spawn(watch_docker(docker.clone(), tx, "smart-proxy".into(), follow_swarm));
+        let converging = follow_swarm.then(|| Converging::new(docker.clone(), tx.clone(), "smart-proxy".into()));
+        controller.converging = converging.clone();
+        tokio::spawn(watch_docker(docker.clone(), tx, "smart-proxy".into(), converging));
         let mut harness = Harness { docker, controller, rx };
         // The watcher asks for a resync once its event stream is open.
         assert!(matches!(harness.recv().await, Trigger::Resync));
@@ -360,6 +362,29 @@ async fn swarm_services_are_routed_by_task_and_followed_until_their_tasks_conver
     let causes = h.until(&["a.com (1 servers)"]).await;
     assert_eq!(causes.last().map(String::as_str), Some("service shop: remove"));
     assert!(!h.docker.calls().contains(&"info".to_string()), "asked once");
+}
+
+#[tokio::test]
+async fn a_service_still_converging_when_the_agent_starts_is_followed_without_an_event() {
+    let docker = FakeDocker::default();
+    docker.swarm_init();
+    // Created before the agent listened: its event is gone, one task is still starting.
+    docker.set_service(shop(&[("t1", "running", "running"), ("t2", "preparing", "running")]));
+    let mut h = Harness::new(docker).await;
+    h.controller.store.set_swarm(Some(true));
+    assert_eq!(routes(&h.first_pass().await), ["shop.com (1 servers)"]);
+    // The task starts: no event says so, the watch the list started sees it.
+    h.docker.set_tasks("svc-shop", shop(&[("t1", "running", "running"), ("t2", "running", "running")]).tasks);
+    let causes = h.until(&["shop.com (2 servers)"]).await;
+    assert!(causes.iter().all(|c| c == "service shop: tasks changed"), "{causes:?}");
+    // Converged: the watch ends, and a list of converged services starts none.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    h.docker.calls();
+    h.controller.note(Trigger::Resync);
+    h.pass().await.expect("listed");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let calls = h.docker.calls();
+    assert!(!calls.iter().any(|c| c.starts_with("tasks")), "{calls:?}");
 }
 
 #[tokio::test]

@@ -18,16 +18,16 @@ use crate::sources::swarm;
 
 /// Follows the Docker event stream; reconnects with backoff (250 ms doubling to 1 s), without limit, and asks
 /// for a resync after every (re)connect. Logs each state change once, not each retry.
-/// With `follow_swarm` false (`SWARM=off`) service and node events start no watch of tasks.
+/// Service and node events start watches of tasks in `converging`; with none (`SWARM=off`) they
+/// start none.
 pub(super) async fn watch_docker(
     client: Arc<dyn DockerApi>,
     tx: mpsc::Sender<Trigger>,
     prefix: String,
-    follow_swarm: bool,
+    converging: Option<Converging>,
 ) {
     let mut backoff = Backoff::new(DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX);
     let mut down_since: Option<std::time::Instant> = None;
-    let mut converging = Converging::new(client.clone(), tx.clone(), prefix.clone());
     loop {
         match client.ping().await {
             Ok(()) => {
@@ -57,10 +57,12 @@ pub(super) async fn watch_docker(
                                     labelled: event.labelled,
                                 },
                                 EventKind::Service => {
-                                    if event.action == "remove" {
-                                        converging.forget(&event.container);
-                                    } else if follow_swarm {
-                                        converging.watch(&event.container, event.name.as_deref());
+                                    if let Some(converging) = &converging {
+                                        if event.action == "remove" {
+                                            converging.forget(&event.container);
+                                        } else {
+                                            converging.watch(&event.container, event.name.as_deref());
+                                        }
                                     }
                                     Trigger::Service { id: event.container, name: event.name, action: event.action }
                                 }
@@ -68,7 +70,7 @@ pub(super) async fn watch_docker(
                                 // service's tasks, until they converge.
                                 EventKind::Node => {
                                     let name = format!("node {}", event.name.as_deref().unwrap_or(&event.container));
-                                    if follow_swarm {
+                                    if let Some(converging) = &converging {
                                         converging.watch(EVERY_SERVICE, Some(&name));
                                     }
                                     Trigger::Service {
@@ -111,33 +113,51 @@ const CONVERGE_MAX: Duration = Duration::from_secs(60);
 /// each service's tasks are listed every [`CONVERGE_POLL`] until every task is in its desired
 /// state (or [`CONVERGE_MAX`] passed), and a [`Trigger::Service`] is sent whenever the set of
 /// tasks that serve (desired and running) changes. A new event about a service restarts its watch.
-struct Converging {
+/// The watcher starts watches on events; the controller on a list that finds a service still
+/// converging (one created or updated before the agent listened); clones share the watches.
+#[derive(Clone)]
+pub(super) struct Converging {
     client: Arc<dyn DockerApi>,
     tx: mpsc::Sender<Trigger>,
     prefix: String,
-    /// The current watch of each service (a newer event ends the older one).
-    watches: Arc<Mutex<HashMap<String, u64>>>,
-    next: u64,
+    /// The current watch of each service (a newer event ends the older one), and the last
+    /// generation given.
+    watches: Arc<Mutex<(HashMap<String, u64>, u64)>>,
 }
 
 impl Converging {
-    fn new(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>, prefix: String) -> Converging {
-        Converging { client, tx, prefix, watches: Arc::default(), next: 0 }
+    pub(super) fn new(client: Arc<dyn DockerApi>, tx: mpsc::Sender<Trigger>, prefix: String) -> Converging {
+        Converging { client, tx, prefix, watches: Arc::default() }
     }
 
-    fn forget(&mut self, id: &str) {
-        self.watches.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    fn forget(&self, id: &str) {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).0.remove(id);
     }
 
-    fn watch(&mut self, id: &str, name: Option<&str>) {
-        self.next += 1;
-        let generation = self.next;
-        self.watches.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), generation);
+    /// Watches each service of a list whose tasks have not converged and that no watch follows.
+    pub(super) fn watch_unsettled(&self, services: &[swarm::SwarmService]) {
+        for service in services {
+            let tasks = &service.tasks;
+            let watched = self.watches.lock().unwrap_or_else(|e| e.into_inner()).0.contains_key(&service.id);
+            if !watched && !tasks.is_empty() && !swarm::converged(tasks) {
+                self.watch(&service.id, Some(&service.name));
+            }
+        }
+    }
+
+    fn watch(&self, id: &str, name: Option<&str>) {
+        let generation = {
+            let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+            watches.1 += 1;
+            let generation = watches.1;
+            watches.0.insert(id.to_string(), generation);
+            generation
+        };
         let (client, tx, watches, prefix) =
             (self.client.clone(), self.tx.clone(), self.watches.clone(), self.prefix.clone());
         let (id, name) = (id.to_string(), name.map(str::to_string));
         tokio::spawn(async move {
-            let current = || watches.lock().unwrap_or_else(|e| e.into_inner()).get(&id) == Some(&generation);
+            let current = || watches.lock().unwrap_or_else(|e| e.into_inner()).0.get(&id) == Some(&generation);
             let started = tokio::time::Instant::now();
             let mut serving: Option<Vec<String>> = None;
             loop {
@@ -176,8 +196,8 @@ impl Converging {
                 }
             }
             let mut watches = watches.lock().unwrap_or_else(|e| e.into_inner());
-            if watches.get(&id) == Some(&generation) {
-                watches.remove(&id);
+            if watches.0.get(&id) == Some(&generation) {
+                watches.0.remove(&id);
             }
         });
     }
