@@ -2,16 +2,16 @@
 //! with ingestion on ≥ 95 % of the same nginx with access logging to files only (wrk, same run);
 //! agent RSS stays bounded under 10,000 req/s for 60 s").
 //!
-//! Two agents, as users run them (LOCAL, nginx their child with one worker), route `bench.test`
+//! Three agents, as users run them (LOCAL, nginx their child with one worker), route `bench.test`
 //! to the same backend (an nginx of its own answering `200 ok`, so the app costs the same and is
 //! not the bottleneck): one with `INSIGHT=off` (the per-domain JSON file only: the baseline), one
-//! with `ACCESS_LOG_FILES=off` (the agent's socket only), one with the defaults (the file and the
-//! socket). `wrk -t1 -c32` runs against each for
+//! with `ACCESS_LOG_FILES=off` (the agent's insight file only), one with the defaults (both
+//! files). `wrk -t1 -c32` runs against each for
 //! `SECONDS`, alternating, `ROUNDS` times; the medians, their ratio and the lines the agent
 //! counted against the requests wrk made are printed. Then wrk runs against the insight agent for
 //! `SOAK` seconds while the agent's RSS is sampled each second. Then the companion setup, as the
-//! compose files run it: nginx in its container (the local nginx image) sends its lines through
-//! the shared volume to the agent in another (`--sysctl net.unix.max_dgram_qlen=1024`); two such
+//! compose files run it: nginx in its container (the local nginx image) writes its lines to the
+//! insight file on the volume it shares with the agent in another container; two such
 //! pairs, `INSIGHT=off` and the defaults, route `bench.test` to a third nginx container, and wrk
 //! sends to each nginx container's address on the bench's network, alternating (skipped without a
 //! Docker daemon; `BENCH_ONLY=local` or `companion` runs one part). `BENCH_QUICK=1`: short runs (a
@@ -240,8 +240,6 @@ fn local(rounds: usize, seconds: u64, soak: u64) {
             );
         }
     }
-    let queue = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").unwrap_or_default();
-    println!("net.unix.max_dgram_qlen here: {}", queue.trim());
 
     // Soak: the agent's memory under sustained traffic.
     let insight = agents.into_iter().next_back().expect("files + insight");
@@ -287,7 +285,6 @@ impl Pair {
         ];
         let mut args: Vec<&str> = vec!["run", "-d", "--name", &agent, "--label", &owner, "--network", net];
         args.extend(["-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", &mount]);
-        args.extend(["--sysctl", "net.unix.max_dgram_qlen=1024"]);
         for e in &env {
             args.extend(["-e", e.as_str()]);
         }

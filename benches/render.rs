@@ -40,8 +40,8 @@ fn settings(local: bool) -> RenderSettings {
         real_ip: None,
         error_pages: Default::default(),
         auth_dir: ConfigPath::parse("NGINX_CONF", Path::new("/etc/nginx/conf.d/smart-proxy-htpasswd")).unwrap(),
-        insight_socket: Some(
-            ConfigPath::parse("NGINX_CONF", Path::new("/etc/nginx/conf.d/smart-proxy-insight.sock")).unwrap(),
+        insight_log: Some(
+            ConfigPath::parse("NGINX_CONF", Path::new("/etc/nginx/conf.d/smart-proxy-insight.log")).unwrap(),
         ),
         access_log_files: true,
     }

@@ -124,8 +124,8 @@ impl Config {
             real_ip: RealIp::from_settings(&settings.trusted_proxies, settings.real_ip_header.as_deref())?,
             error_pages: read_error_pages(settings.error_pages_dir.as_deref())?,
             auth_dir: crate::render::auth_dir_for(&settings.nginx_conf)?,
-            insight_socket: if settings.insight {
-                Some(crate::render::insight_socket_for(&settings.nginx_conf)?)
+            insight_log: if settings.insight {
+                Some(crate::render::insight_log_for(&settings.nginx_conf)?)
             } else {
                 None
             },

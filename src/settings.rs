@@ -72,8 +72,8 @@ pub struct Settings {
     #[arg(long, env = "ERROR_LOGS_MAX", global = true, default_value_t = 1000)]
     pub error_logs_max: usize,
 
-    /// Send each access-log line to the agent (nginx's syslog output to a Unix socket beside
-    /// NGINX_CONF), for `/insight`, `/metrics`, `top` and the dashboard.
+    /// Hand each request's figures to the agent (a buffered access log nginx writes beside
+    /// NGINX_CONF and the agent reads), for `/insight`, `/metrics`, `top` and the dashboard.
     #[arg(long, env = "INSIGHT", global = true, value_parser = boolish("INSIGHT", "--insight"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
     pub insight: bool,
 

@@ -188,8 +188,6 @@ impl<'d> Companion<'d> {
         let socket =
             format!("{}:/var/run/docker.sock", self.docker_socket.as_deref().unwrap_or("/var/run/docker.sock"));
         args.extend(["--volume", &socket, "--volume", &mount]);
-        // As compose/ runs it: room in the insight socket's queue.
-        args.extend(["--sysctl", "net.unix.max_dgram_qlen=1024"]);
         for e in &env {
             args.extend(["--env", e]);
         }

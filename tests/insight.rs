@@ -1,10 +1,10 @@
 //! Traffic insight (issue 12) through the real nginx: known traffic sent through the agent's own
 //! nginx shows in `/insight` and `/metrics` with the right counts and classes, per domain and
-//! per upstream server; what reaches the socket that is not nginx's line is counted and dropped;
-//! the per-domain JSON files stay; `INSIGHT=off` and `ACCESS_LOG_FILES=off` leave them out; in
-//! the companion setup nginx's container reaches the agent's socket on the shared volume.
+//! per upstream server; what reaches the insight file that is not nginx's line is counted and
+//! dropped; the per-domain JSON files stay; `INSIGHT=off` and `ACCESS_LOG_FILES=off` leave them
+//! out; in the companion setup nginx's container writes the agent's file on the shared volume.
 
-use std::os::unix::net::UnixDatagram;
+use std::io::Write;
 use std::time::Duration;
 
 use crate::companion::{started_app, Companion, Options};
@@ -53,8 +53,8 @@ fn known_traffic_shows_per_domain_class_and_upstream() {
     let config_path = config.display().to_string();
     let agent = Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", &config_path)]);
     agent.wait_for_status("shop.test", 200, Some("ok"));
-    let socket = agent.path("conf.d/smart-proxy-insight.sock");
-    assert!(socket.exists(), "the agent made its socket beside NGINX_CONF");
+    let file = agent.path("conf.d/smart-proxy-insight.log");
+    assert!(file.is_file(), "the agent made its file beside NGINX_CONF");
 
     // The requests that found shop.test ready count too: the figures below are on top of them.
     let mut base = serde_json::Value::Null;
@@ -72,14 +72,14 @@ fn known_traffic_shows_per_domain_class_and_upstream() {
     for _ in 0..8 {
         assert_eq!(agent.get("down.test", "/").0, 502);
     }
-    // Anyone who can reach the socket can send: what is not nginx's line is counted and dropped.
-    let peer = UnixDatagram::unbound().unwrap();
-    for junk in [&b"hello"[..], b"{\"d\":\"shop.test\",\"s\":\"200\"", &[0xff, 0xfe, b'"', 0, b'\n'][..]] {
-        peer.send_to(junk, &socket).unwrap();
+    // What is not nginx's line is counted and dropped (each write whole, as nginx's are).
+    let mut peer = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+    for junk in [&b"hello\n"[..], b"{\"d\":\"shop.test\",\"s\":\"200\"\n", &[0xff, 0xfe, b'"', 0, b'\n'][..]] {
+        peer.write_all(junk).unwrap();
     }
-    peer.send_to(&vec![b'x'; 20_000], &socket).unwrap();
+    peer.write_all(&[vec![b'x'; 20_000], vec![b'\n']].concat()).unwrap();
     let line = br#"{"d":"elsewhere.test","s":200,"b":1,"t":0.001,"ua":"-","us":"-","ut":"-"}"#;
-    peer.send_to(line, &socket).unwrap();
+    peer.write_all(&[&line[..], b"\n"].concat()).unwrap();
 
     // The last minute holds completed 5 s slots: wait for the one the traffic went into.
     let (mut doc, expected) = (serde_json::Value::Null, base["requests"].as_u64().unwrap() + 30 + 10 + 5 + 4);
@@ -134,14 +134,14 @@ fn insight_and_access_log_files_can_be_turned_off() {
     ]);
     agent.wait_for_status("quiet.test", 503, None);
     let config = std::fs::read_to_string(agent.path("conf.d/default.conf")).unwrap();
-    assert!(!config.contains("syslog:") && !config.contains("logger-json;"), "{config}");
+    assert!(!config.contains("smartproxy_insight") && !config.contains("logger-json;"), "{config}");
     assert!(config.contains("access_log off;"), "{config}");
-    assert!(!agent.path("conf.d/smart-proxy-insight.sock").exists());
+    assert!(!agent.path("conf.d/smart-proxy-insight.log").exists());
     assert!(!agent.path("logs/quiet.test.access.log").exists());
 }
 
-/// The companion setup: nginx in its own container sends to the socket on the volume it shares
-/// with the agent's container.
+/// The companion setup: nginx in its own container writes the insight file on the volume it
+/// shares with the agent's container.
 #[test]
 fn the_companion_nginx_sends_its_lines_to_the_agent() {
     require_docker!();

@@ -1,24 +1,26 @@
-//! The agent's end of `INSIGHT`: the Unix datagram socket nginx's `syslog:` access logs send to
-//! (one request's figures per datagram, `insight::INSIGHT_LOG_FORMAT`), read into the shared
+//! The agent's end of `INSIGHT`: the file nginx appends each request's figures to
+//! (`insight::INSIGHT_LOG_FORMAT`, one line each), read as it grows into the shared
 //! [`Insight`](crate::insight::Insight) on a thread of its own; the tick that judges anomalies
 //! every few seconds; and `heal=restart`.
 //!
-//! Why a datagram socket: nginx sends each line with one non-blocking `send` and never waits for
-//! the agent (a slow agent loses lines, it never slows nginx); the per-domain files stay for the
-//! users who ship them elsewhere. The socket lives beside NGINX_CONF, on the volume the companion
-//! setup shares, so nginx in another container reaches it too.
+//! Why a file: nginx writes it through a 64 KiB buffer flushed at least once a second
+//! (`buffer=64k flush=1s`), one `write` for hundreds of lines, so reading it costs nginx almost
+//! nothing (a datagram per line through `syslog:` cost it 10 % of its throughput beside the
+//! per-domain files, which cannot be buffered: their path has a variable). Nothing is lost when
+//! the agent is slow: the lines wait in the file. What the agent has read is cut from the file's
+//! start, so it stays small. The file lives beside NGINX_CONF, on the volume the companion setup
+//! shares, so nginx in another container writes it too.
 
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::config::Timing;
-use crate::insight::{AnomalyEvent, Candidate, HealConfig, MAX_DATAGRAM};
+use crate::insight::{AnomalyEvent, Candidate, HealConfig, MAX_LINE};
 use crate::routes::{Origin, RouteTable};
 use crate::sources::docker::DockerApi;
 use crate::sources::label_schema::Heal;
@@ -27,32 +29,23 @@ use crate::status::{now_ms, EventKind, HealTarget, State};
 
 /// How often anomalies are judged (the insight windows' finest slot).
 const TICK: Duration = Duration::from_secs(5);
-/// The datagrams the kernel should queue for the socket: 1024 lines are 40 ms at 25,000 req/s.
-const QUEUE_WANTED: u32 = 1024;
 
-/// Binds `socket` (replacing a stale socket a previous run left; refusing to replace anything
-/// else), and starts reading it and ticking.
+/// Opens `file` (creating it), and starts reading it and ticking.
 pub(super) fn start(
-    socket: &Path,
+    file: &Path,
     status: Arc<State>,
     docker: Option<Arc<dyn DockerApi>>,
     timing: Timing,
 ) -> anyhow::Result<()> {
-    let sock = bind(socket)?;
-    info!(socket = %socket.display(), "insight: reading nginx's access-log lines");
-    let qlen =
-        std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").ok().and_then(|s| s.trim().parse::<u32>().ok());
-    let queue = qlen.unwrap_or(10);
-    // Advice, not a fault: at a few hundred requests a second nothing is lost.
-    if queue < QUEUE_WANTED / 4 {
-        info!(
-            "insight: the kernel queues only {queue} lines per socket (net.unix.max_dgram_qlen), so under heavy load nginx drops lines and the figures run low; run the agent's container with --sysctl net.unix.max_dgram_qlen={QUEUE_WANTED} (compose: sysctls, as compose/ does)"
-        );
-    }
+    let mut tail = Tail::open(file).map_err(|e| {
+        anyhow::anyhow!("insight: cannot open {} to read nginx's lines: {e} (or set INSIGHT=off)", file.display())
+    })?;
+    info!(file = %file.display(), "insight: reading nginx's access-log lines");
     let reader = status.clone();
-    std::thread::Builder::new().name("insight-reader".into()).spawn(move || {
-        if let Err(e) = read(&sock, &reader, queue) {
-            warn!("insight: reading the socket failed ({e}); /insight and the traffic figures stop here");
+    std::thread::Builder::new().name("insight-reader".into()).spawn(move || loop {
+        if let Err(e) = read(&mut tail, &reader) {
+            warn!("insight: reading {} failed ({e}); trying again in 5 s", tail.path.display());
+            std::thread::sleep(Duration::from_secs(5));
         }
     })?;
     status.insight().set_warmup(timing.anomaly_warmup_minutes);
@@ -78,164 +71,221 @@ pub(super) fn start(
     Ok(())
 }
 
-fn bind(path: &Path) -> anyhow::Result<UnixDatagram> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => anyhow::bail!("insight: {} exists and is not a socket; remove it, or set INSIGHT=off", path.display()),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
-    let sock = UnixDatagram::bind(path).map_err(|e| {
-        anyhow::anyhow!("insight: cannot create the socket {}: {e} (or set INSIGHT=off)", path.display())
-    })?;
-    // nginx's workers run as an unprivileged user (in the companion setup, in another container):
-    // they must be able to send. What they send is counted, never trusted beyond that.
-    // (A Unix datagram socket's queue is counted in datagrams, `net.unix.max_dgram_qlen`, not
-    // bytes: a larger receive buffer would not hold more lines.)
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(sock)
-}
+/// How often the reader looks for new lines (nginx writes them at the latest a second after the
+/// request).
+const POLL: Duration = Duration::from_millis(100);
+/// The most read at once.
+const CHUNK: usize = 1 << 20;
+/// Once this much was read, it is cut from the file's start.
+const CUT_AFTER: u64 = 4 << 20;
+/// Where the file system cannot cut a file's start: the file is emptied once this much was read
+/// and nothing more is waiting.
+const EMPTY_AFTER: u64 = 64 << 20;
+/// How often the reader checks that the path still names the file it reads.
+const RECHECK: Duration = Duration::from_secs(5);
 
-/// Reads datagrams as they come, on a thread of its own: the kernel queues
-/// `net.unix.max_dgram_qlen` datagrams per socket (10 by default) and nginx drops a line it
-/// cannot send at once, so the reader must be back in time for the queue never to fill. Idle, it
-/// waits in `recv`. Woken, it takes everything queued, [`BATCH`] lines a system call, and while
-/// lines keep coming (with a long queue, `queue`) it does not wait in `recv`, where each line would
-/// wake it (6.5 µs of CPU per request at 30,000 req/s), but pauses and drains again. The pause
-/// adapts so that each drain finds [`FEW`] to [`MANY`] lines: doubled (up to [`PAUSE_MAX`]) when it
-/// found fewer, halved (down to [`PAUSE_MIN`]) when it found more, so that a pause that ran long
-/// on a loaded machine is followed by shorter ones. (A fixed pause of a millisecond lost 7 % of
-/// the lines at 35,000 req/s on a loaded machine, even with a queue of 1024; a fixed 200 µs woke
-/// the reader for every line or two at a few thousand requests a second.)
-///
-/// Lines wait in `pending` while `/insight` or a tick holds the figures, and go in by batch.
-fn read(sock: &UnixDatagram, status: &State, queue: u32) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // One byte more than a line may have: a longer datagram arrives cut, at this length, and is
-    // counted as oversized.
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let (mut pending, mut ends) = (Vec::<u8>::with_capacity(1 << 20), Vec::<usize>::new());
-    let mut batch = Batch::new();
-    // Waiting lines are ingested at the latest this long after they came.
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let pauses = queue >= QUEUE_WANTED / 4;
-    // Whether the last drain found lines: then the reader does not wait in `recv` (each line
-    // would wake it) but pauses and drains again.
-    let mut flowing = false;
-    let mut pause = PAUSE_MIN * 2;
+/// Reads new lines every [`POLL`] and hands them to the figures, until an I/O error.
+fn read(tail: &mut Tail, status: &State) -> std::io::Result<()> {
+    let mut lines = Lines::default();
     loop {
-        if !(pauses && flowing) {
-            match sock.recv(&mut buf) {
-                Ok(n) => {
-                    pending.extend_from_slice(&buf[..n]);
-                    ends.push(pending.len());
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let mut more = 0;
-        while ends.len() < 4096 {
-            match batch.recv(sock.as_raw_fd()) {
-                Ok(lines) => {
-                    for line in lines.iter() {
-                        pending.extend_from_slice(line);
-                        ends.push(pending.len());
-                    }
-                    more += lines.len();
-                    if lines.len() < BATCH {
-                        break;
-                    }
-                }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => break,
-            }
-        }
-        if !ends.is_empty() {
+        while tail.read(&mut lines)? {
             // Past this many waiting lines, wait for the figures rather than hold more.
-            let insight = if ends.len() >= 65_536 { Some(status.insight()) } else { status.try_insight() };
+            if lines.ends.len() >= 65_536 {
+                break;
+            }
+        }
+        if !lines.ends.is_empty() {
+            let insight = if lines.ends.len() >= 65_536 { Some(status.insight()) } else { status.try_insight() };
             if let Some(mut insight) = insight {
                 let now = now_ms();
-                let mut start = 0;
-                for &end in &ends {
-                    insight.ingest(&pending[start..end], now);
-                    start = end;
-                }
-                pending.clear();
-                ends.clear();
+                lines.each(|line| insight.ingest(line, now));
+                lines.clear();
             }
         }
-        flowing = more > 0;
-        if pauses && flowing {
-            pause = match more {
-                n if n < FEW => (pause * 2).min(PAUSE_MAX),
-                n if n > MANY => (pause / 2).max(PAUSE_MIN),
-                _ => pause,
-            };
-            std::thread::sleep(pause);
-        }
+        tail.release()?;
+        std::thread::sleep(POLL);
     }
 }
 
-/// The reader's pause while lines flow, and the lines a drain should find after one (see [`read`]):
-/// at most a quarter of the queue the agent asks for.
-const PAUSE_MIN: Duration = Duration::from_micros(100);
-const PAUSE_MAX: Duration = Duration::from_millis(1);
-const FEW: usize = 8;
-const MANY: usize = QUEUE_WANTED as usize / 4;
+/// Complete lines read and not yet counted, end to end.
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
 
-/// Datagrams taken by one `recvmmsg`.
-const BATCH: usize = 64;
+impl Lines {
+    fn push(&mut self, line: &[u8]) {
+        self.bytes.extend_from_slice(line);
+        self.ends.push(self.bytes.len());
+    }
 
-/// Buffers for [`BATCH`] datagrams of up to `MAX_DATAGRAM + 1` bytes (a longer one arrives cut, and
-/// is counted as oversized), taken by one `recvmmsg` call: what the reader takes once woken costs
-/// one system call a batch, not one a line.
-struct Batch {
+    fn each(&self, mut f: impl FnMut(&[u8])) {
+        let mut start = 0;
+        for &end in &self.ends {
+            f(&self.bytes[start..end]);
+            start = end;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
+/// The insight file as read: nginx appends whole lines (each worker its buffer, in one `write`);
+/// a read may still catch one half written, so the part after the last newline waits for the rest.
+struct Tail {
+    path: PathBuf,
+    file: File,
+    /// Read up to here.
+    offset: u64,
+    /// The start of a line whose end has not been read yet.
+    partial: Vec<u8>,
+    /// In a line longer than `MAX_LINE`: its first bytes were counted (as oversized), the rest
+    /// is skipped up to its newline.
+    skipping: bool,
+    /// False once the file system refused to cut the file's start (then it is emptied instead).
+    cut: bool,
     buf: Vec<u8>,
-    headers: nix::sys::socket::MultiHeaders<()>,
+    checked: Instant,
 }
 
-/// The datagrams of one [`Batch::recv`].
-struct Lines<'a> {
-    buf: &'a [u8],
-    lens: [usize; BATCH],
-    n: usize,
-}
-
-impl Lines<'_> {
-    fn len(&self) -> usize {
-        self.n
+impl Tail {
+    /// Opens (creating) `path`; lines already there (a previous run's) are skipped.
+    fn open(path: &Path) -> std::io::Result<Tail> {
+        let file = Self::open_file(path)?;
+        let mut tail = Tail {
+            path: path.to_path_buf(),
+            file,
+            offset: 0,
+            partial: Vec::new(),
+            skipping: false,
+            cut: true,
+            buf: vec![0; CHUNK],
+            checked: Instant::now(),
+        };
+        let len = tail.file.metadata()?.len();
+        if len > 0 {
+            // Start after the last complete line.
+            let mut last = [0u8; 1];
+            tail.file.read_exact_at(&mut last, len - 1)?;
+            tail.offset = len;
+            tail.skipping = last[0] != b'\n';
+        }
+        Ok(tail)
     }
 
-    fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let slot = MAX_DATAGRAM + 1;
-        self.lens[..self.n].iter().enumerate().map(move |(i, &len)| &self.buf[i * slot..i * slot + len])
+    fn open_file(path: &Path) -> std::io::Result<File> {
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        Ok(file)
     }
-}
 
-impl Batch {
-    fn new() -> Batch {
-        Batch {
-            buf: vec![0u8; BATCH * (MAX_DATAGRAM + 1)],
-            headers: nix::sys::socket::MultiHeaders::preallocate(BATCH, None),
+    /// Reads what was added since the last read into `lines`; true when there may be more.
+    fn read(&mut self, lines: &mut Lines) -> std::io::Result<bool> {
+        let len = self.file.metadata()?.len();
+        if len < self.offset {
+            // Emptied by someone else: start again at its start.
+            self.offset = 0;
+            self.partial.clear();
+            self.skipping = false;
+        }
+        if len == self.offset {
+            if self.checked.elapsed() >= RECHECK {
+                self.checked = Instant::now();
+                return self.reopen_if_replaced();
+            }
+            return Ok(false);
+        }
+        let want = ((len - self.offset) as usize).min(CHUNK);
+        let n = self.file.read_at(&mut self.buf[..want], self.offset)?;
+        self.offset += n as u64;
+        self.split(n, lines);
+        Ok(n == CHUNK)
+    }
+
+    /// Splits the `n` bytes read into lines (one longer than `MAX_LINE` goes in cut at
+    /// `MAX_LINE + 1` bytes, to be counted as oversized, and its rest is skipped).
+    fn split(&mut self, n: usize, lines: &mut Lines) {
+        let mut rest = &self.buf[..n];
+        while !rest.is_empty() {
+            let newline = rest.iter().position(|&b| b == b'\n');
+            let (piece, ends) = match newline {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            rest = newline.map_or(&[][..], |i| &rest[i + 1..]);
+            if self.skipping {
+                self.skipping = !ends;
+                continue;
+            }
+            if self.partial.len() + piece.len() > MAX_LINE {
+                let room = MAX_LINE + 1 - self.partial.len().min(MAX_LINE + 1);
+                self.partial.extend_from_slice(&piece[..room.min(piece.len())]);
+                lines.push(&self.partial);
+                self.partial.clear();
+                self.skipping = !ends;
+            } else if ends {
+                if self.partial.is_empty() {
+                    lines.push(piece);
+                } else {
+                    self.partial.extend_from_slice(piece);
+                    lines.push(&self.partial);
+                    self.partial.clear();
+                }
+            } else {
+                self.partial.extend_from_slice(piece);
+            }
         }
     }
 
-    /// The datagrams queued now, up to [`BATCH`], without waiting.
-    fn recv(&mut self, fd: std::os::fd::RawFd) -> nix::Result<Lines<'_>> {
-        use std::io::IoSliceMut;
-        let mut lens = [0usize; BATCH];
-        let n = {
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> =
-                self.buf.chunks_mut(MAX_DATAGRAM + 1).map(|c| [IoSliceMut::new(c)]).collect();
-            let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-            match nix::sys::socket::recvmmsg(fd, &mut self.headers, slices.iter_mut(), flags, None) {
-                Ok(received) => received.zip(lens.iter_mut()).map(|(msg, len)| *len = msg.bytes).count(),
-                Err(nix::errno::Errno::EAGAIN) => 0,
-                Err(e) => return Err(e),
+    /// Gives back what was read: cuts it from the file's start (`FALLOC_FL_COLLAPSE_RANGE`, which
+    /// nginx's appends cannot race), in whole blocks; where the file system cannot, empties the
+    /// file once [`EMPTY_AFTER`] was read and nothing more waits (a line nginx appends between
+    /// that check and the truncation is lost: a window of microseconds, once per 64 MiB).
+    fn release(&mut self) -> std::io::Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        use std::os::fd::AsRawFd;
+        if self.cut && self.offset >= CUT_AFTER {
+            let block = 4096;
+            let len = self.offset / block * block;
+            match fallocate(self.file.as_raw_fd(), FallocateFlags::FALLOC_FL_COLLAPSE_RANGE, 0, len as i64) {
+                Ok(()) => self.offset -= len,
+                Err(e) => {
+                    info!(
+                        "insight: {} cannot have its start cut ({e}); it is emptied once 64 MiB were read instead",
+                        self.path.display()
+                    );
+                    self.cut = false;
+                }
             }
-        };
-        Ok(Lines { buf: &self.buf, lens, n })
+        }
+        if !self.cut && self.offset >= EMPTY_AFTER && self.file.metadata()?.len() == self.offset {
+            self.file.set_len(0)?;
+            self.offset = 0;
+        }
+        Ok(())
+    }
+
+    /// nginx creates the file again when it was removed and nginx reloads: then, the old file
+    /// read to its end, the new one is read from its start. True when it was.
+    fn reopen_if_replaced(&mut self) -> std::io::Result<bool> {
+        let Ok(now) = std::fs::metadata(&self.path) else { return Ok(false) };
+        let ours = self.file.metadata()?;
+        if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) {
+            return Ok(false);
+        }
+        info!("insight: {} was replaced; reading the new file", self.path.display());
+        self.file = Self::open_file(&self.path)?;
+        self.offset = 0;
+        self.partial.clear();
+        self.skipping = false;
+        Ok(true)
     }
 }
 
@@ -315,5 +365,90 @@ fn log(event: &AnomalyEvent) {
         );
     } else {
         info!(domain = %event.domain, kind = event.kind.as_str(), observed = f.observed, baseline = f.baseline, "anomaly ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn append(path: &Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap().write_all(bytes).unwrap();
+    }
+
+    /// Everything readable now, as strings (a cut line shows its length).
+    fn drain(tail: &mut Tail) -> Vec<String> {
+        let mut lines = Lines::default();
+        while tail.read(&mut lines).unwrap() {}
+        let mut out = Vec::new();
+        lines.each(|l| {
+            out.push(if l.len() > 100 { format!("{} bytes", l.len()) } else { String::from_utf8_lossy(l).into() })
+        });
+        out
+    }
+
+    #[test]
+    fn lines_are_read_whole_whatever_the_reads_catch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("insight.log");
+        // A previous run's lines, the last one half written: skipped.
+        append(&path, b"old\nhalf");
+        let mut tail = Tail::open(&path).unwrap();
+        assert!(drain(&mut tail).is_empty());
+        append(&path, b" of it\none\ntw");
+        assert_eq!(drain(&mut tail), ["one"]);
+        append(&path, b"o\nthree\n");
+        assert_eq!(drain(&mut tail), ["two", "three"]);
+        // A line longer than any of nginx's: its first MAX_LINE + 1 bytes (counted as oversized),
+        // and the rest skipped, however it arrives.
+        append(&path, &vec![b'x'; MAX_LINE - 10]);
+        assert!(drain(&mut tail).is_empty());
+        append(&path, &vec![b'x'; 3 * MAX_LINE]);
+        assert_eq!(drain(&mut tail), [format!("{} bytes", MAX_LINE + 1)]);
+        append(&path, b"xxx\nfour\n");
+        assert_eq!(drain(&mut tail), ["four"]);
+        let exact = vec![b'y'; MAX_LINE];
+        append(&path, &[&exact[..], b"\n"].concat());
+        assert_eq!(drain(&mut tail), [format!("{MAX_LINE} bytes")]);
+    }
+
+    #[test]
+    fn what_was_read_is_cut_from_the_start_and_reading_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("insight.log");
+        let mut tail = Tail::open(&path).unwrap();
+        let line = format!("{}\n", "z".repeat(99));
+        let many = line.repeat((CUT_AFTER as usize / line.len()) + 100);
+        append(&path, many.as_bytes());
+        append(&path, b"partial");
+        assert_eq!(drain(&mut tail).len(), many.len() / line.len());
+        tail.release().unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        if tail.cut {
+            assert!(len < 8192, "the start was cut: {len} bytes left");
+        } else {
+            eprintln!("this file system cannot cut a file's start; the file is emptied at 64 MiB instead");
+        }
+        append(&path, b" line\nnext\n");
+        assert_eq!(drain(&mut tail), ["partial line", "next"]);
+    }
+
+    #[test]
+    fn a_file_emptied_or_replaced_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("insight.log");
+        let mut tail = Tail::open(&path).unwrap();
+        append(&path, b"one\ntwo\n");
+        assert_eq!(drain(&mut tail), ["one", "two"]);
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        append(&path, b"three\n");
+        assert_eq!(drain(&mut tail), ["three"]);
+        // Removed, and made again (as nginx does on a reload).
+        std::fs::remove_file(&path).unwrap();
+        append(&path, b"four\n");
+        tail.checked -= RECHECK;
+        assert_eq!(drain(&mut tail), ["four"]);
     }
 }

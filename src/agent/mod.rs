@@ -242,9 +242,9 @@ impl Controller {
         let file_watcher = watch_files(&config, tx.clone());
         let docker = docker.map(|client| Arc::new(client) as Arc<dyn DockerApi>);
         let converging = docker.clone().and_then(|client| spawn_docker_watch(&config, client, &tx));
-        // Before nginx starts (in the first pass), so that its first lines find the socket.
-        if let Some(socket) = &config.render.insight_socket {
-            insight::start(socket.as_path(), status.clone(), docker.clone(), config.timing)?;
+        // Before nginx starts (in the first pass): the agent makes the file and reads it from its end.
+        if let Some(file) = &config.render.insight_log {
+            insight::start(file.as_path(), status.clone(), docker.clone(), config.timing)?;
         }
         spawn_resync_timer(tx.clone(), config.timing.resync);
         if let Some(url) = &config.cloudflare_ips_url {

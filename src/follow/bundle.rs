@@ -1,6 +1,6 @@
 //! A bundle: what a follower needs to serve exactly what the agent serves. A revision (monotonic,
 //! with a digest of its contents), the config rendered for the follower's own layout (ports,
-//! paths, nginx version: [`Layout`]) without the insight socket, and every file that config
+//! paths, nginx version: [`Layout`]) without the insight file, and every file that config
 //! references that the agent owns: certificates and keys (certbot's layout), htpasswd files,
 //! error pages, and the pending HTTP-01 challenge tokens, so that a challenge reaching any
 //! follower is answered.
@@ -271,7 +271,7 @@ impl Layout {
     }
 
     /// The agent's render settings with this follower's ports, paths and nginx version, and
-    /// without the insight socket (a follower's nginx has no agent beside it to send lines to).
+    /// without the insight file (a follower's nginx has no agent beside it to send lines to).
     pub fn settings(&self, agent: &RenderSettings) -> Result<RenderSettings, crate::render::RenderError> {
         let conf = self.conf.as_path();
         let pages = conf.parent().unwrap_or(Path::new("/")).join(PAGES_DIR);
@@ -292,7 +292,7 @@ impl Layout {
                 },
                 None => ErrorPages::default(),
             },
-            insight_socket: None,
+            insight_log: None,
             ..agent.clone()
         })
     }
@@ -373,7 +373,7 @@ mod tests {
             log_dir: p("logs"),
             error_logs_max: 1000,
             auth_dir: p("conf/smart-proxy-htpasswd"),
-            insight_socket: Some(p("conf/smart-proxy-insight.sock")),
+            insight_log: Some(p("conf/smart-proxy-insight.log")),
             access_log_files: true,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
@@ -479,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn a_layout_travels_as_a_query_and_renders_without_the_insight_socket() {
+    fn a_layout_travels_as_a_query_and_renders_without_the_insight_log() {
         let dir = tempfile::tempdir().unwrap();
         let agent = settings(dir.path(), false);
         let follower_root = Path::new("/srv/f");
@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(back, layout);
         let rendered = back.settings(&agent).unwrap();
         assert_eq!((rendered.http_port, rendered.https_port), (8080, 8443));
-        assert_eq!(rendered.insight_socket, None);
+        assert_eq!(rendered.insight_log, None);
         assert_eq!(rendered.certs_dir.as_path(), Path::new("/srv/f/certs"));
         assert_eq!(rendered.auth_dir.as_path(), Path::new("/srv/f/conf/smart-proxy-htpasswd"));
         assert_eq!(

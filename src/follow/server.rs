@@ -453,7 +453,7 @@ mod tests {
             log_dir: p("logs"),
             error_logs_max: 1000,
             auth_dir: p("conf/smart-proxy-htpasswd"),
-            insight_socket: Some(p("conf/smart-proxy-insight.sock")),
+            insight_log: Some(p("conf/smart-proxy-insight.log")),
             access_log_files: true,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
@@ -522,7 +522,7 @@ mod tests {
         assert!(bundle.config.contains("a.test"), "{}", bundle.config);
         assert!(bundle.config.contains("listen 8080"), "rendered for the follower's port: {}", bundle.config);
         assert!(bundle.config.contains("/f/logs/") && !bundle.config.contains("/agent/"), "{}", bundle.config);
-        assert!(!bundle.config.contains("insight"), "no insight socket on a follower: {}", bundle.config);
+        assert!(!bundle.config.contains("insight"), "no insight file on a follower: {}", bundle.config);
         // The follower is recorded, with the revision it serves.
         let followers = publisher.followers();
         assert_eq!((followers[0].node.as_str(), followers[0].revision), ("node-1", 0));

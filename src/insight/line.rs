@@ -2,7 +2,7 @@
 //! parser of what arrives.
 //!
 //! The parser is a small scanner over the flat JSON object of [`INSIGHT_LOG_FORMAT`]: it borrows
-//! from the datagram (no allocation), never panics, and refuses what it does not expect rather
+//! from the line (no allocation), never panics, and refuses what it does not expect rather
 //! than guessing. The caller counts what it refuses and drops the line.
 
 use thiserror::Error;
@@ -17,15 +17,15 @@ use thiserror::Error;
 /// variable a valid JSON string body, and an unset variable an empty string.
 pub const INSIGHT_LOG_FORMAT: &str = r#"'{"d":"$server_name","s":$status,"b":$bytes_sent,"t":$request_time,"ua":"$upstream_addr","us":"$upstream_status","ut":"$upstream_response_time"}'"#;
 
-/// Datagrams longer than this are refused unread. A line of [`INSIGHT_LOG_FORMAT`] is about
+/// Lines longer than this are refused unread. A line of [`INSIGHT_LOG_FORMAT`] is about
 /// 150 bytes plus the domain (at most 253) and about 40 bytes per upstream attempt: 8 KiB holds
 /// some 190 attempts, far more than any `proxy_next_upstream_tries`, and bounds the work per line.
-pub const MAX_DATAGRAM: usize = 8 * 1024;
+pub const MAX_LINE: usize = 8 * 1024;
 
-/// Why a datagram was dropped.
+/// Why a line was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum Malformed {
-    #[error("datagram over {MAX_DATAGRAM} bytes")]
+    #[error("line over {MAX_LINE} bytes")]
     Oversized,
     #[error("not a JSON object of the insight log format")]
     Syntax,
@@ -35,7 +35,7 @@ pub enum Malformed {
     Value(&'static str),
 }
 
-/// One parsed line. Strings borrow from the datagram; the upstream lists are kept as nginx wrote
+/// One parsed line. Strings borrow from the line; the upstream lists are kept as nginx wrote
 /// them and read through [`Entry::attempts`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Entry<'a> {
@@ -162,13 +162,13 @@ impl Items<'_> {
     }
 }
 
-/// Parses one datagram: an optional syslog header (`<190>Dec  5 22:00:00 smartproxy: `, the
-/// form of `nohostname`; with a host name too), then one line of [`INSIGHT_LOG_FORMAT`].
-pub fn parse(datagram: &[u8]) -> Result<Entry<'_>, Malformed> {
-    if datagram.len() > MAX_DATAGRAM {
+/// Parses one line of [`INSIGHT_LOG_FORMAT`] (without its newline), after an optional syslog
+/// header (`<190>Dec  5 22:00:00 smartproxy: `, as a custom template's `syslog:` log sends it).
+pub fn parse(line: &[u8]) -> Result<Entry<'_>, Malformed> {
+    if line.len() > MAX_LINE {
         return Err(Malformed::Oversized);
     }
-    let mut body = datagram;
+    let mut body = line;
     if body.first() == Some(&b'<') {
         // The header (priority, time, tag) never holds a brace; the JSON starts at the first one.
         let start = body.iter().position(|&b| b == b'{').ok_or(Malformed::Syntax)?;
@@ -474,7 +474,7 @@ mod tests {
         for (line, why) in cases {
             assert_eq!(parse(line.as_bytes()), Err(*why), "{line}");
         }
-        assert_eq!(parse(&vec![b' '; MAX_DATAGRAM + 1]), Err(Malformed::Oversized));
+        assert_eq!(parse(&vec![b' '; MAX_LINE + 1]), Err(Malformed::Oversized));
         let bad_utf8 = b"{\"d\":\"\xff\",\"s\":200,\"b\":1,\"t\":0}";
         assert_eq!(parse(bad_utf8), Err(Malformed::Value("d")));
         // Extra fields and an escaped quote in a string are fine.

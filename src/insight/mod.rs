@@ -1,7 +1,7 @@
 //! Traffic insight: what nginx's access log says about each routed domain, aggregated in memory
 //! (issue 12). Pure: bytes in, figures out, the time always passed in as unix milliseconds.
 //!
-//! nginx sends one line of [`INSIGHT_LOG_FORMAT`] per request as a syslog datagram;
+//! nginx writes one line of [`INSIGHT_LOG_FORMAT`] per request to a file the agent reads;
 //! [`Insight::ingest`] parses it ([`line`]) and adds it to its domain's windows. [`Insight::tick`]
 //! learns the baselines and raises anomaly flags ([`anomaly`]), [`Insight::snapshot`] is what
 //! `/insight` serves, [`Insight::encode`] what `/metrics` adds. [`heal`] decides restarts from the
@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 pub use anomaly::{Active, AnomalyEvent, AnomalyKind, Baseline, Figures};
 pub use heal::{Candidate, HealConfig, Healer, Restart};
-pub use line::{parse, Attempt, Entry, Malformed, INSIGHT_LOG_FORMAT, MAX_DATAGRAM};
+pub use line::{parse, Attempt, Entry, Malformed, INSIGHT_LOG_FORMAT, MAX_LINE};
 pub use snapshot::{
     Classes, DomainSnapshot, Dropped, Percentiles, Snapshot, Totals, UpstreamCounts, UpstreamSnapshot, WindowSnapshot,
 };
@@ -410,11 +410,11 @@ impl Insight {
         self.clock
     }
 
-    /// Parses one datagram and adds it to its domain. What cannot be used is counted
+    /// Parses one line and adds it to its domain. What cannot be used is counted
     /// (`oversized`, `malformed`, `unrouted`) and dropped.
-    pub fn ingest(&mut self, datagram: &[u8], now_ms: u64) {
+    pub fn ingest(&mut self, line: &[u8], now_ms: u64) {
         let now_ms = self.clock(now_ms);
-        let entry = match line::parse(datagram) {
+        let entry = match line::parse(line) {
             Ok(entry) => entry,
             Err(Malformed::Oversized) => return self.dropped.oversized += 1,
             Err(_) => return self.dropped.malformed += 1,

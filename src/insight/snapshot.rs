@@ -24,7 +24,7 @@ pub struct Snapshot {
 pub struct Dropped {
     /// Not a line of the insight format (or a value out of range).
     pub malformed: u64,
-    /// Over `MAX_DATAGRAM` bytes.
+    /// Over `MAX_LINE` bytes.
     pub oversized: u64,
     /// For a `$server_name` that is not a routed domain (nginx's default server, a stale name).
     pub unrouted: u64,

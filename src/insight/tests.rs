@@ -39,7 +39,7 @@ fn dropped_lines_are_counted_by_reason() {
     i.ingest(&ok("b.com", 5), T0);
     i.ingest(&ok("", 5), T0);
     i.ingest(b"garbage", T0);
-    i.ingest(&[b'{'; MAX_DATAGRAM + 1], T0);
+    i.ingest(&[b'{'; MAX_LINE + 1], T0);
     assert_eq!(i.dropped(), Dropped { malformed: 1, oversized: 1, unrouted: 2 });
     let s = i.snapshot(T0 + 60_000);
     assert_eq!(domain(&s, "a.com").total.requests, 1);

@@ -147,33 +147,20 @@ pub struct RenderSettings {
     /// Where the htpasswd files of `auth=basic` routes are (written by `apply`, named by
     /// `BasicUsers::file_name`): [`AUTH_DIR`] beside `NGINX_CONF`.
     pub auth_dir: ConfigPath,
-    /// The agent's socket for access-log lines (`INSIGHT`): [`INSIGHT_SOCKET`] beside
+    /// The file of access-log lines the agent reads (`INSIGHT`): [`INSIGHT_LOG`] beside
     /// `NGINX_CONF`; none when off.
-    pub insight_socket: Option<ConfigPath>,
+    pub insight_log: Option<ConfigPath>,
     /// Each domain's JSON access log in `log_dir` (`ACCESS_LOG_FILES`).
     pub access_log_files: bool,
 }
 
-/// The socket nginx sends access-log lines to, beside the rendered config (on the volume nginx's
-/// container shares with the agent in the companion setup).
-pub const INSIGHT_SOCKET: &str = "smart-proxy-insight.sock";
+/// The file nginx appends access-log lines to for the agent, beside the rendered config (on the
+/// volume nginx's container shares with the agent in the companion setup).
+pub const INSIGHT_LOG: &str = "smart-proxy-insight.log";
 
-/// The insight socket for a config written to `nginx_conf`: a path nginx's `syslog:` parameter
-/// can hold (no comma) and a Unix socket address can (at most 107 bytes).
-pub fn insight_socket_for(nginx_conf: &Path) -> Result<ConfigPath, RenderError> {
-    let path = nginx_conf.parent().unwrap_or(Path::new("/")).join(INSIGHT_SOCKET);
-    let parsed = ConfigPath::parse("NGINX_CONF", &path)?;
-    let text = parsed.0.as_str();
-    if text.contains(',') || text.len() > 107 {
-        return Err(RenderError::Setting {
-            setting: "NGINX_CONF",
-            value: nginx_conf.display().to_string(),
-            reason: format!(
-                "the insight socket {text} beside it must be a path of at most 107 bytes without a comma (or set INSIGHT=off)"
-            ),
-        });
-    }
-    Ok(parsed)
+/// The insight file for a config written to `nginx_conf`.
+pub fn insight_log_for(nginx_conf: &Path) -> Result<ConfigPath, RenderError> {
+    ConfigPath::parse("NGINX_CONF", &nginx_conf.parent().unwrap_or(Path::new("/")).join(INSIGHT_LOG))
 }
 
 /// The directory of the htpasswd files, beside the rendered config (so that it is on the volume
@@ -524,11 +511,11 @@ struct Context<'a> {
     http_listen: String,
     https_listen: String,
     error_handling: String,
-    /// The `access_log`s of a server that serves a domain (the JSON file, the agent's socket, or
-    /// `off`), and of one that only redirects to HTTPS (the file, or `off`).
+    /// The `access_log`s of a server that serves a domain (the JSON file, the agent's file, or
+    /// `off`), and of one that only redirects to HTTPS (the JSON file, or `off`).
     access_logs: String,
     redirect_access_logs: String,
-    /// `INSIGHT`: the agent's socket and the `log_format` of the lines it reads.
+    /// `INSIGHT`: the file the agent reads and the `log_format` of its lines.
     insight: Option<InsightCtx>,
     /// The server's `error_page` directives alone, for a location that sets an `error_page` of its
     /// own (forward auth's 401 with `auth.signin`), which would drop the server's.
@@ -566,7 +553,7 @@ impl minijinja::value::Object for Sites {
 
 #[derive(Serialize)]
 struct InsightCtx {
-    socket: String,
+    file: String,
     /// One quoted nginx string: the `smartproxy_insight` format.
     log_format: &'static str,
 }
@@ -934,9 +921,9 @@ impl<'a> Context<'a> {
             access_logs: access_logs(settings, true),
             redirect_access_logs: access_logs(settings, false),
             insight: settings
-                .insight_socket
+                .insight_log
                 .as_ref()
-                .map(|s| InsightCtx { socket: s.0.clone(), log_format: crate::insight::INSIGHT_LOG_FORMAT }),
+                .map(|f| InsightCtx { file: f.0.clone(), log_format: crate::insight::INSIGHT_LOG_FORMAT }),
             error_pages_in_location: error_page_directives(&settings.error_pages).join("\n        "),
             real_ip: settings.real_ip.as_ref().map(|r| RealIpCtx {
                 trusted: r.trusted.iter().map(ToString::to_string).collect(),
@@ -1041,15 +1028,15 @@ impl<'a> SiteCtxs<'a> {
 }
 
 /// A server's `access_log`s: the domain's JSON file (`ACCESS_LOG_FILES`) and, where it serves
-/// the domain, the agent's socket (`INSIGHT`; a server that only redirects to HTTPS would count
-/// each visit twice); `off` without either.
+/// the domain, the agent's file (`INSIGHT`, buffered: nginx writes it once per 64 KiB or second;
+/// a server that only redirects to HTTPS would count each visit twice); `off` without either.
 fn access_logs(settings: &RenderSettings, serves: bool) -> String {
     let mut lines = Vec::new();
     if settings.access_log_files {
         lines.push(format!("access_log {}/$smartproxy_log.access.log logger-json;", settings.log_dir.0));
     }
-    if let (Some(socket), true) = (&settings.insight_socket, serves) {
-        lines.push(format!("access_log syslog:server=unix:{},nohostname,tag=smartproxy smartproxy_insight;", socket.0));
+    if let (Some(file), true) = (&settings.insight_log, serves) {
+        lines.push(format!("access_log {} smartproxy_insight buffer=64k flush=1s;", file.0));
     }
     if lines.is_empty() {
         lines.push("access_log off;".to_string());
@@ -1148,7 +1135,7 @@ mod tests {
             log_dir: ConfigPath("/l".into()),
             error_logs_max: 1000,
             auth_dir: ConfigPath("/a".into()),
-            insight_socket: Some(ConfigPath("/i.sock".into())),
+            insight_log: Some(ConfigPath("/i.log".into())),
             access_log_files: true,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
@@ -1242,7 +1229,7 @@ mod tests {
         let err = r
             .render(
                 &RouteTable::default(),
-                &RenderSettings { resolver: vec![], insight_socket: None, ..test_settings(true) },
+                &RenderSettings { resolver: vec![], insight_log: None, ..test_settings(true) },
             )
             .unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");

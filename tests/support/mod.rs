@@ -93,7 +93,7 @@ impl NginxSandbox {
             real_ip: None,
             error_pages: Default::default(),
             auth_dir: ConfigPath::parse("NGINX_CONF", &self.path("conf.d/smart-proxy-htpasswd")).unwrap(),
-            insight_socket: None,
+            insight_log: None,
             access_log_files: true,
         }
     }
