@@ -67,8 +67,9 @@ pub struct Settings {
     #[arg(long, env = "LOG_DIR", global = true, default_value = "/var/log/nginx")]
     pub log_dir: PathBuf,
 
-    /// Per-domain error logs up to this many domains; above, nginx's main error log only. Each
-    /// error log is an open file in every nginx process, twice during a reload.
+    /// Per-domain error logs, and buffered per-domain access logs, up to this many domains;
+    /// above, nginx's main error log only, and access logs written line by line. Each is an open
+    /// file in every nginx process, twice during a reload.
     #[arg(long, env = "ERROR_LOGS_MAX", global = true, default_value_t = 1000)]
     pub error_logs_max: usize,
 

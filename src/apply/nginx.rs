@@ -295,11 +295,27 @@ impl Nginx {
     }
 }
 
+/// nginx holds a file open per log (two per domain up to `ERROR_LOGS_MAX` domains) besides its
+/// connections, and inherits the agent's limit of open files: the soft limit is raised to the
+/// hard one (at most 2^20) before nginx starts, since a shell's 1024 does not hold 1,000 domains.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let wanted = hard.min(1 << 20);
+    if soft < wanted {
+        match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = wanted, "raised the limit of open files for nginx"),
+            Err(e) => tracing::warn!("cannot raise the limit of open files from {soft} to {wanted}: {e}"),
+        }
+    }
+}
+
 impl LocalNginx {
     /// Starts `nginx -g 'daemon off;'` as a child, in a process group of its own: its workers
     /// outlive a master killed with SIGKILL (and keep serving the old config on its port), so a
     /// forced stop kills the whole group ([`LocalNginx::stop`], and dropping a running one).
     pub fn start(&mut self) -> Result<(), NginxError> {
+        raise_open_files_limit();
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.main_conf)
