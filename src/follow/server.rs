@@ -140,9 +140,12 @@ impl Publisher {
         *self.revision.borrow()
     }
 
-    /// The followers seen, by node name.
+    /// The followers seen within [`FORGET_MS`], by node name (one not seen longer, a node that
+    /// was removed or renamed, is forgotten, and logged once).
     pub fn followers(&self) -> Vec<Follower> {
-        self.followers.lock().expect("follow lock").values().cloned().collect()
+        let mut followers = self.followers.lock().expect("follow lock");
+        forget_gone(&mut followers, now_ms());
+        followers.values().cloned().collect()
     }
 
     /// `/followers` on the status endpoint: the current revision and each follower, with its age.
@@ -227,6 +230,20 @@ impl Publisher {
             },
         );
     }
+}
+
+/// A follower not seen for this long is forgotten: `/followers`, the metrics and the dashboard
+/// stop showing it. A live follower polls at least every [`LONG_POLL`].
+const FORGET_MS: u64 = 24 * 3600 * 1000;
+
+fn forget_gone(followers: &mut BTreeMap<String, Follower>, now: u64) {
+    followers.retain(|node, f| {
+        let keep = now.saturating_sub(f.last_seen_ms) < FORGET_MS;
+        if !keep {
+            info!(node = %node, revision = f.revision, "follower not seen for 24 h: forgotten");
+        }
+        keep
+    });
 }
 
 /// Followers seen within this long count for [`TokenSync`]: one gone longer does not delay
@@ -527,6 +544,19 @@ mod tests {
         let followers = publisher.followers();
         assert_eq!((followers[0].node.as_str(), followers[0].revision), ("node-1", 0));
         assert!(publisher.followers_json().contains("\"current\":false"));
+    }
+
+    #[tokio::test]
+    async fn a_follower_not_seen_for_a_day_is_forgotten() {
+        let publisher = publisher_with("a.test:app");
+        let now = now_ms() / 1000;
+        for node in ["gone", "here"] {
+            assert_eq!(handle(&publisher, poll(RAW, node, 0, now), peer()).await.status(), StatusCode::OK);
+        }
+        publisher.followers.lock().unwrap().get_mut("gone").unwrap().last_seen_ms -= FORGET_MS;
+        let nodes: Vec<String> = publisher.followers().into_iter().map(|f| f.node).collect();
+        assert_eq!(nodes, ["here"]);
+        assert!(!publisher.followers_json().contains("gone"));
     }
 
     #[tokio::test]
