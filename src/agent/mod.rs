@@ -94,8 +94,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     run_loop(&mut controller, rx, schedule, shutdown).await
 }
 
-/// Docker, or `None` while it does not answer: then a task keeps trying (with backoff) and sends
-/// [`Trigger::Connected`] once it does.
 /// Follows Docker's events (reconnecting as needed), and returns the watches of converging Swarm
 /// services' tasks it shares with the controller (none with `SWARM=off`).
 fn spawn_docker_watch(config: &Config, client: Arc<dyn DockerApi>, tx: &mpsc::Sender<Trigger>) -> Option<Converging> {
@@ -106,6 +104,8 @@ fn spawn_docker_watch(config: &Config, client: Arc<dyn DockerApi>, tx: &mpsc::Se
     converging
 }
 
+/// Docker, or `None` while it does not answer: then a task keeps trying (with backoff) and sends
+/// [`Trigger::Connected`] once it does.
 async fn connect_docker(tx: &mpsc::Sender<Trigger>) -> Option<DockerClient> {
     match DockerClient::connect().await {
         Ok(client) => Some(client),
