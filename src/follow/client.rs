@@ -86,7 +86,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         applier: Applier::new(nginx, options.conf.clone(), options.certs_dir.clone()),
         // In the certificate store, not beside NGINX_CONF: `nginx -t` copies that directory.
         state_file: crate::certs::layout::Layout::new(&options.certs_dir).follow_bundle(),
-        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+        client: client(),
         revision: 0,
         refused: None,
         nonce: None,
@@ -304,6 +304,18 @@ async fn poll(
         other => Err(format!("the agent answers {other}: {}", super::one_line(&String::from_utf8_lossy(&body), 300))),
     }
 }
+
+/// The HTTP client of the polls. A connection that does not open within [`CONNECT_TIMEOUT`] is
+/// given up, and the next try (after the backoff) resolves the agent's name again: an agent's old
+/// address, or a SYN lost on an overlay network not yet ready on a new node, no longer holds a poll
+/// for the kernel's SYN retransmissions (a minute and more).
+fn client() -> Client {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn connect_error(e: &hyper_util::client::legacy::Error) -> String {
     let mut text = e.to_string();
