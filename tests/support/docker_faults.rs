@@ -8,7 +8,9 @@
 //!
 //! It also plays a read-only socket proxy (as operators put in front of the socket): with
 //! [`DockerFaults::read_only`], every method but GET and HEAD gets `403 Forbidden`. Every request
-//! is recorded (method and path), so a test can say which API calls a setup makes.
+//! is recorded (method and path), so a test can say which API calls a setup makes. And it can
+//! answer chosen GETs itself ([`DockerFaults::reply`]): a bench plays a Swarm manager with 1,000
+//! services that way.
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -40,6 +42,8 @@ struct Shared {
     read_only: bool,
     /// Every request seen: method, path (without the query), and whether it was refused.
     seen: Vec<(String, String, bool)>,
+    /// Canned answers: a GET whose path (without the query) ends with the text gets the body.
+    replies: Vec<(String, Arc<Vec<u8>>)>,
 }
 
 pub struct DockerFaults {
@@ -102,6 +106,14 @@ impl DockerFaults {
         self.shared.lock().unwrap().down = false;
     }
 
+    /// GETs whose path (without the query) ends with `path_end` are answered `200 OK` with
+    /// `json` (the last given for it), without asking the daemon.
+    pub fn reply(&self, path_end: &str, json: Vec<u8>) {
+        let mut shared = self.shared.lock().unwrap();
+        shared.replies.retain(|(end, _)| end != path_end);
+        shared.replies.push((path_end.to_string(), Arc::new(json)));
+    }
+
     /// From now on, refuse every method but GET and HEAD with `403 Forbidden`.
     pub fn read_only(&self) {
         self.shared.lock().unwrap().read_only = true;
@@ -147,6 +159,19 @@ fn handle(mut client: UnixStream, shared: &Mutex<Shared>) {
             "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
+        return;
+    }
+    let canned = {
+        let bare = path.split('?').next().unwrap_or("");
+        let s = shared.lock().unwrap();
+        s.replies.iter().find(|(end, _)| method == "GET" && bare.ends_with(end.as_str())).map(|(_, b)| b.clone())
+    };
+    if let Some(body) = canned {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = client.write_all(head.as_bytes()).and_then(|()| client.write_all(&body));
         return;
     }
     let fault = shared.lock().unwrap().rules.iter().find(|(p, _)| path.contains(p.as_str())).map(|(_, f)| *f);
