@@ -148,6 +148,9 @@ struct Tail {
     skipping: bool,
     /// False once the file system refused to cut the file's start (then it is emptied instead).
     cut: bool,
+    /// False when the agent may only read the file (made by another user's nginx): then it
+    /// neither cuts nor empties it.
+    writable: bool,
     buf: Vec<u8>,
     checked: Instant,
 }
@@ -155,7 +158,7 @@ struct Tail {
 impl Tail {
     /// Opens (creating) `path`; lines already there (a previous run's) are skipped.
     fn open(path: &Path) -> std::io::Result<Tail> {
-        let file = Self::open_file(path)?;
+        let (file, writable) = Self::open_file(path)?;
         let mut tail = Tail {
             path: path.to_path_buf(),
             file,
@@ -163,6 +166,7 @@ impl Tail {
             partial: Vec::new(),
             skipping: false,
             cut: true,
+            writable,
             buf: vec![0; CHUNK],
             checked: Instant::now(),
         };
@@ -177,13 +181,23 @@ impl Tail {
         Ok(tail)
     }
 
-    fn open_file(path: &Path) -> std::io::Result<File> {
-        let file =
-            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path)?;
+    /// The file, and whether the agent may write it (when it may only read it, it says so: the
+    /// file then grows until someone else trims it).
+    fn open_file(path: &Path) -> std::io::Result<(File, bool)> {
+        let open =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path);
+        let (file, writable) = match open {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                warn!("insight: {} can be read but not written by the agent ({e}), so it is never trimmed and grows; give the agent's user write access to it", path.display());
+                (File::open(path)?, false)
+            }
+            Err(e) => return Err(e),
+        };
         if !file.metadata()?.is_file() {
             return Err(std::io::Error::other("not a regular file"));
         }
-        Ok(file)
+        Ok((file, writable))
     }
 
     /// Reads what was added since the last read into `lines`; true when there may be more.
@@ -251,6 +265,9 @@ impl Tail {
     fn release(&mut self) -> std::io::Result<()> {
         use nix::fcntl::{fallocate, FallocateFlags};
         use std::os::fd::AsRawFd;
+        if !self.writable {
+            return Ok(());
+        }
         if self.cut && self.offset >= CUT_AFTER {
             let block = 4096;
             let len = self.offset / block * block;
@@ -281,7 +298,7 @@ impl Tail {
             return Ok(false);
         }
         info!("insight: {} was replaced; reading the new file", self.path.display());
-        self.file = Self::open_file(&self.path)?;
+        (self.file, self.writable) = Self::open_file(&self.path)?;
         self.offset = 0;
         self.partial.clear();
         self.skipping = false;
