@@ -5,8 +5,8 @@
 //!
 //! Why a file: nginx writes it through a 64 KiB buffer flushed at least once a second
 //! (`buffer=64k flush=1s`), one `write` for hundreds of lines, so reading it costs nginx almost
-//! nothing (a datagram per line through `syslog:` cost it 10 % of its throughput beside the
-//! per-domain files, which cannot be buffered: their path has a variable). Nothing is lost when
+//! nothing (a datagram per line through `syslog:` cost it a `send` per request, and the kernel's
+//! short queue for Unix datagrams lost lines under load). Nothing is lost when
 //! the agent is slow: the lines wait in the file. What the agent has read is cut from the file's
 //! start, so it stays small. The file lives beside NGINX_CONF, on the volume the companion setup
 //! shares, so nginx in another container writes it too.
@@ -42,10 +42,13 @@ pub(super) fn start(
     })?;
     info!(file = %file.display(), "insight: reading nginx's access-log lines");
     let reader = status.clone();
-    std::thread::Builder::new().name("insight-reader".into()).spawn(move || loop {
-        if let Err(e) = read(&mut tail, &reader) {
-            warn!("insight: reading {} failed ({e}); trying again in 5 s", tail.path.display());
-            std::thread::sleep(Duration::from_secs(5));
+    std::thread::Builder::new().name("insight-reader".into()).spawn(move || {
+        let mut lines = Lines::default();
+        loop {
+            if let Err(e) = read(&mut tail, &reader, &mut lines) {
+                warn!("insight: reading {} failed ({e}); trying again in 5 s", tail.path.display());
+                std::thread::sleep(Duration::from_secs(5));
+            }
         }
     })?;
     status.insight().set_warmup(timing.anomaly_warmup_minutes);
@@ -76,26 +79,27 @@ pub(super) fn start(
 const POLL: Duration = Duration::from_millis(100);
 /// The most read at once.
 const CHUNK: usize = 1 << 20;
-/// Once this much was read, it is cut from the file's start.
-const CUT_AFTER: u64 = 4 << 20;
+/// Once this much was read, it is cut from the file's start (`nginx -t` copies the config
+/// directory, this file with it: it stays small).
+const CUT_AFTER: u64 = 1 << 20;
 /// Where the file system cannot cut a file's start: the file is emptied once this much was read
 /// and nothing more is waiting.
 const EMPTY_AFTER: u64 = 64 << 20;
 /// How often the reader checks that the path still names the file it reads.
 const RECHECK: Duration = Duration::from_secs(5);
 
-/// Reads new lines every [`POLL`] and hands them to the figures, until an I/O error.
-fn read(tail: &mut Tail, status: &State) -> std::io::Result<()> {
-    let mut lines = Lines::default();
+/// Lines (or bytes) past which the reader waits for the figures rather than hold more.
+const HOLD_LINES: usize = 65_536;
+const HOLD_BYTES: usize = 8 << 20;
+
+/// Reads new lines every [`POLL`] and hands them to the figures, until an I/O error (the lines
+/// read stay in `lines`).
+fn read(tail: &mut Tail, status: &State, lines: &mut Lines) -> std::io::Result<()> {
     loop {
-        while tail.read(&mut lines)? {
-            // Past this many waiting lines, wait for the figures rather than hold more.
-            if lines.ends.len() >= 65_536 {
-                break;
-            }
-        }
+        let full = |l: &Lines| l.ends.len() >= HOLD_LINES || l.bytes.len() >= HOLD_BYTES;
+        while !full(lines) && tail.read(lines)? {}
         if !lines.ends.is_empty() {
-            let insight = if lines.ends.len() >= 65_536 { Some(status.insight()) } else { status.try_insight() };
+            let insight = if full(lines) { Some(status.insight()) } else { status.try_insight() };
             if let Some(mut insight) = insight {
                 let now = now_ms();
                 lines.each(|line| insight.ingest(line, now));
@@ -184,6 +188,7 @@ impl Tail {
     /// The file, and whether the agent may write it (when it may only read it, it says so: the
     /// file then grows until someone else trims it).
     fn open_file(path: &Path) -> std::io::Result<(File, bool)> {
+        let new = !path.exists();
         let open =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path);
         let (file, writable) = match open {
@@ -196,6 +201,13 @@ impl Tail {
         };
         if !file.metadata()?.is_file() {
             return Err(std::io::Error::other("not a regular file"));
+        }
+        if new {
+            // nginx's master opens it (to append) as whatever user it runs as: root in the
+            // images here, not always in the companion setup. What is written is counted, never
+            // trusted beyond that.
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o666))?;
         }
         Ok((file, writable))
     }
@@ -270,8 +282,8 @@ impl Tail {
         }
         if self.cut && self.offset >= CUT_AFTER {
             // Whole blocks, and never up to the end: the kernel refuses a range that reaches it.
-            let block = 4096;
-            let size = self.file.metadata()?.len();
+            let meta = self.file.metadata()?;
+            let (size, block) = (meta.len(), meta.blksize().max(512));
             let len = self.offset.min(size.saturating_sub(1)) / block * block;
             if len > 0 {
                 match fallocate(self.file.as_raw_fd(), FallocateFlags::FALLOC_FL_COLLAPSE_RANGE, 0, len as i64) {

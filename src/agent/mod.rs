@@ -83,6 +83,7 @@ impl Trigger {
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::apply::nginx::raise_open_files_limit();
     let (tx, rx) = mpsc::channel::<Trigger>(1024);
     let mut controller = Controller::start(config, tx).await?;
     if !controller.config.docker {

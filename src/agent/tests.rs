@@ -388,6 +388,20 @@ async fn a_service_still_converging_when_the_agent_starts_is_followed_without_an
 }
 
 #[tokio::test]
+async fn a_service_a_watch_gave_up_on_is_watched_again_only_once_its_tasks_change() {
+    let (tx, _rx) = mpsc::channel(16);
+    let converging = Converging::new(Arc::new(FakeDocker::default()), tx, "smart-proxy".into());
+    // A task Swarm cannot place: the watch gave up after a minute.
+    let stuck = shop(&[("t1", "pending", "running")]);
+    converging.give_up(&stuck);
+    converging.watch_unsettled(std::slice::from_ref(&stuck));
+    assert!(!converging.watching("svc-shop"), "the next resync finds it as it was: no new watch");
+    let moved = shop(&[("t1", "failed", "shutdown"), ("t2", "pending", "running")]);
+    converging.watch_unsettled(std::slice::from_ref(&moved));
+    assert!(converging.watching("svc-shop"), "its tasks changed: watched again");
+}
+
+#[tokio::test]
 async fn with_swarm_off_services_are_not_read_even_on_a_manager() {
     let docker = FakeDocker::default();
     docker.swarm_init();

@@ -120,9 +120,30 @@ pub(super) struct Converging {
     client: Arc<dyn DockerApi>,
     tx: mpsc::Sender<Trigger>,
     prefix: String,
-    /// The current watch of each service (a newer event ends the older one), and the last
-    /// generation given.
-    watches: Arc<Mutex<(HashMap<String, u64>, u64)>>,
+    watches: Arc<Mutex<Watches>>,
+}
+
+#[derive(Default)]
+struct Watches {
+    /// The current watch of each service (a newer event ends the older one).
+    current: HashMap<String, u64>,
+    /// The last generation given.
+    last: u64,
+    /// The services a watch gave up on ([`CONVERGE_MAX`]), with the [`signature`] of their tasks
+    /// then: a list that finds them so again starts no new watch (a task Swarm cannot place
+    /// would otherwise be polled for a minute after every resync).
+    gave_up: HashMap<String, u64>,
+}
+
+/// The tasks' ids and states, hashed.
+fn signature(tasks: &[swarm::SwarmTask]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut states: Vec<(&str, &str, &str)> =
+        tasks.iter().map(|t| (t.id.as_str(), t.state.as_str(), t.desired_state.as_str())).collect();
+    states.sort_unstable();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    states.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Converging {
@@ -130,36 +151,70 @@ impl Converging {
         Converging { client, tx, prefix, watches: Arc::default() }
     }
 
-    fn forget(&self, id: &str) {
-        self.watches.lock().unwrap_or_else(|e| e.into_inner()).0.remove(id);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watches> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Watches each service of a list whose tasks have not converged and that no watch follows.
+    fn forget(&self, id: &str) {
+        let mut watches = self.lock();
+        watches.current.remove(id);
+        watches.gave_up.remove(id);
+    }
+
+    /// Watches each service of a list whose tasks have not converged, that no watch follows and
+    /// that no watch gave up on as it is.
     pub(super) fn watch_unsettled(&self, services: &[swarm::SwarmService]) {
         for service in services {
             let tasks = &service.tasks;
-            let watched = self.watches.lock().unwrap_or_else(|e| e.into_inner()).0.contains_key(&service.id);
-            if !watched && !tasks.is_empty() && !swarm::converged(tasks) {
-                self.watch(&service.id, Some(&service.name));
+            if tasks.is_empty() || swarm::converged(tasks) {
+                continue;
+            }
+            let skip = {
+                let watches = self.lock();
+                watches.current.contains_key(&service.id) || watches.gave_up.get(&service.id) == Some(&signature(tasks))
+            };
+            if !skip {
+                self.start(&service.id, Some(&service.name), Some(swarm::serving(tasks)));
             }
         }
     }
 
+    /// As if a watch of `service` had given up on it as it is (tests).
+    #[cfg(test)]
+    pub(super) fn give_up(&self, service: &swarm::SwarmService) {
+        self.lock().gave_up.insert(service.id.clone(), signature(&service.tasks));
+    }
+
+    /// Whether a watch follows `id` (tests).
+    #[cfg(test)]
+    pub(super) fn watching(&self, id: &str) -> bool {
+        self.lock().current.contains_key(id)
+    }
+
+    /// Watches a service after an event about it (or every service after a node event).
     fn watch(&self, id: &str, name: Option<&str>) {
+        self.lock().gave_up.remove(id);
+        self.start(id, name, None);
+    }
+
+    /// Starts watching `id`; `serving` is what the last pass saw (none: a pass follows the first
+    /// look whatever it finds).
+    fn start(&self, id: &str, name: Option<&str>, mut serving: Option<Vec<String>>) {
         let generation = {
-            let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-            watches.1 += 1;
-            let generation = watches.1;
-            watches.0.insert(id.to_string(), generation);
+            let mut watches = self.lock();
+            watches.last += 1;
+            let generation = watches.last;
+            watches.current.insert(id.to_string(), generation);
             generation
         };
         let (client, tx, watches, prefix) =
             (self.client.clone(), self.tx.clone(), self.watches.clone(), self.prefix.clone());
         let (id, name) = (id.to_string(), name.map(str::to_string));
         tokio::spawn(async move {
-            let current = || watches.lock().unwrap_or_else(|e| e.into_inner()).0.get(&id) == Some(&generation);
+            let lock = || watches.lock().unwrap_or_else(|e| e.into_inner());
+            let current = || lock().current.get(&id) == Some(&generation);
             let started = tokio::time::Instant::now();
-            let mut serving: Option<Vec<String>> = None;
+            let mut gave_up = None;
             loop {
                 tokio::time::sleep(CONVERGE_POLL).await;
                 if !current() {
@@ -192,12 +247,16 @@ impl Converging {
                 }
                 if started.elapsed() >= CONVERGE_MAX {
                     info!(service = %name.as_deref().unwrap_or(&id), "the service has not converged after {} s; the resync follows it from here", CONVERGE_MAX.as_secs());
+                    gave_up = Some(signature(&tasks));
                     break;
                 }
             }
-            let mut watches = watches.lock().unwrap_or_else(|e| e.into_inner());
-            if watches.0.get(&id) == Some(&generation) {
-                watches.0.remove(&id);
+            let mut watches = lock();
+            if watches.current.get(&id) == Some(&generation) {
+                watches.current.remove(&id);
+                if let Some(signature) = gave_up {
+                    watches.gave_up.insert(id, signature);
+                }
             }
         });
     }

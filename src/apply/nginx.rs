@@ -97,6 +97,9 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cp -rL "$dir/." "$tmp/"
+# The agent's insight file (render::INSIGHT_LOG) is nginx's to append to, not config: its copy
+# is emptied before the paths are rewritten.
+for f in "$tmp"/smart-proxy-insight.log "$tmp"/*/smart-proxy-insight.log; do if [ -f "$f" ]; then : > "$f"; fi; done
 grep -rlF "$dir/" "$tmp" | while IFS= read -r f; do sed -i "s#$dir/#$tmp/#g" "$f"; done
 cp "$candidate" "$tmp/${target#"$dir"/}"
 if out=$(nginx -t -q -c "$tmp/${conf#"$dir"/}" 2>&1); then rc=0; else rc=$?; fi
@@ -298,7 +301,8 @@ impl Nginx {
 /// nginx holds a file open per log (two per domain up to `ERROR_LOGS_MAX` domains) besides its
 /// connections, and inherits the agent's limit of open files: the soft limit is raised to the
 /// hard one (at most 2^20) before nginx starts, since a shell's 1024 does not hold 1,000 domains.
-fn raise_open_files_limit() {
+/// `nginx -t` opens every log too: the agent and the follower call it first thing as well.
+pub fn raise_open_files_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
     let wanted = hard.min(1 << 20);

@@ -73,6 +73,7 @@ struct Follower {
 
 /// Runs until `shutdown` resolves (then stops nginx gracefully) or nginx dies (an error).
 pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::apply::nginx::raise_open_files_limit();
     let url =
         options.setup.url.clone().ok_or_else(|| {
             anyhow::anyhow!("follow needs FOLLOW_URL (the agent's FOLLOW_ADDR, e.g. http://agent:9181)")

@@ -1148,7 +1148,7 @@ fn hash_sizes(table: &RouteTable) -> HashSizes {
 mod tests {
     use super::*;
 
-    /// Settings with short paths, the agent's socket on and a resolver.
+    /// Settings with short paths, the agent's insight file on and a resolver.
     fn test_settings(local: bool) -> RenderSettings {
         RenderSettings {
             local,
