@@ -138,7 +138,9 @@ fn main() {
     let (services_json, networks_json) = (services(count), networks());
     proxy.reply("/services", services_json.clone());
     proxy.reply("/networks", networks_json);
-    proxy.reply("/tasks", tasks(count, per, 0));
+    let first_tasks = tasks(count, per, 0);
+    let tasks_bytes = first_tasks.len();
+    proxy.reply("/tasks", first_tasks);
     let host = proxy.host();
     let env = [("DOCKER_HOST", host.as_str()), ("SWARM", "on"), ("LABEL_PREFIX", "smart-proxy")];
     let mut agent = Agent::local(Prefix::HOST, &env);
@@ -148,7 +150,6 @@ fn main() {
     let to_first = started.elapsed();
     let pid = agent.pid().expect("the agent runs");
     let rss_first = rss_kib(pid);
-    let tasks_bytes = tasks(count, per, 0).len();
     println!(
         "{count} services x {per} tasks (Docker's answers: services {} KB, tasks {} KB)",
         services_json.len() / 1000,

@@ -12,7 +12,7 @@
 //! shares, so nginx in another container writes it too.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -189,8 +189,7 @@ impl Tail {
     /// file then grows until someone else trims it).
     fn open_file(path: &Path) -> std::io::Result<(File, bool)> {
         let new = !path.exists();
-        let open =
-            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path);
+        let open = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
         let (file, writable) = match open {
             Ok(file) => (file, true),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -413,6 +412,14 @@ mod tests {
         std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap().write_all(bytes).unwrap();
     }
 
+    /// A new insight file in a directory of its own, and its reader.
+    fn empty() -> (tempfile::TempDir, PathBuf, Tail) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("insight.log");
+        let tail = Tail::open(&path).unwrap();
+        (dir, path, tail)
+    }
+
     /// Whether the file system of `dir` can cut a file's start.
     fn can_cut(dir: &Path) -> bool {
         use std::os::fd::AsRawFd;
@@ -461,9 +468,7 @@ mod tests {
 
     #[test]
     fn what_was_read_is_cut_from_the_start_and_reading_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("insight.log");
-        let mut tail = Tail::open(&path).unwrap();
+        let (dir, path, mut tail) = empty();
         let line = format!("{}\n", "z".repeat(99));
         let many = line.repeat((CUT_AFTER as usize / line.len()) + 100);
         append(&path, many.as_bytes());
@@ -482,9 +487,7 @@ mod tests {
 
     #[test]
     fn a_file_read_to_its_end_on_a_block_boundary_is_still_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("insight.log");
-        let mut tail = Tail::open(&path).unwrap();
+        let (dir, path, mut tail) = empty();
         // 64 bytes a line: the file ends on a block boundary, every line read.
         let line = format!("{}\n", "q".repeat(63));
         append(&path, line.repeat(CUT_AFTER as usize / 64 + 64).as_bytes());
@@ -503,9 +506,7 @@ mod tests {
 
     #[test]
     fn a_file_emptied_or_replaced_is_read_from_its_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("insight.log");
-        let mut tail = Tail::open(&path).unwrap();
+        let (_dir, path, mut tail) = empty();
         append(&path, b"one\ntwo\n");
         assert_eq!(drain(&mut tail), ["one", "two"]);
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
