@@ -194,6 +194,9 @@ fn local(rounds: usize, seconds: u64, soak: u64) {
     for a in &agents {
         assert_eq!(wrk(a.port, 1).2, 0, "the route answers errors");
     }
+    // The warm-up's last lines reach the figures (nginx's flush, the agent's next look) before
+    // the count starts.
+    std::thread::sleep(Duration::from_millis(1500));
     let before: Vec<u64> = agents.iter().map(counted).collect();
     let n = agents.len();
     let (mut rps, mut made) = (vec![Vec::new(); n], vec![0u64; n]);
@@ -213,7 +216,7 @@ fn local(rounds: usize, seconds: u64, soak: u64) {
             made[which] += made_now;
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     let medians: Vec<f64> = rps.iter_mut().map(|r| median(r)).collect();
     println!("insight through nginx ({rounds} rounds of {seconds} s per agent, wrk -t1 -c32, nginx 1 worker)");
     let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
@@ -379,7 +382,7 @@ fn companion(rounds: usize, seconds: u64) {
             made[which] += n;
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     let lines = pairs[1].counted() - before[1];
     let (base, with) = (median(&mut rps[0]), median(&mut rps[1]));
     let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;

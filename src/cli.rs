@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::certs::placeholder;
 use crate::config::Config;
 use crate::pipeline;
-use crate::render::Renderer;
+use crate::render::{RenderSettings, Renderer};
 use crate::report::Report;
 use crate::settings::{LogFormat, Settings};
 
@@ -209,7 +209,9 @@ async fn dry_run(config: &Config, output: Option<&std::path::Path>) -> anyhow::R
     let renderer = Renderer::for_template(config.template.as_deref())?;
     let gathered = gather_and_warn(config).await?;
     let table = &gathered.table;
-    let rendered = renderer.render(table, &config.render)?;
+    // As the agent would: it reads the access logs of its own nginx for insight.
+    let settings = RenderSettings { insight_from_access_logs: !gathered.companion, ..config.render.clone() };
+    let rendered = renderer.render(table, &settings)?;
     match output {
         Some(path) => std::fs::write(path, &rendered).with_context(|| format!("cannot write {}", path.display()))?,
         None => std::io::stdout().write_all(rendered.as_bytes())?,

@@ -130,6 +130,8 @@ impl Config {
                 None
             },
             access_log_files: settings.access_log_files,
+            // The agent turns it on once it knows nginx is its child.
+            insight_from_access_logs: false,
         };
         Ok(Config {
             mode,

@@ -31,11 +31,16 @@ pub use crate::settings::StatusAddr;
 use crate::sources::docker::DockerClient;
 
 /// What the controller publishes for the status endpoint.
+/// The access logs insight reads: each domain and its file.
+pub type InsightFiles = Vec<(String, PathBuf)>;
+
 #[derive(Default)]
 pub struct State {
     inner: Mutex<Inner>,
     /// The traffic figures of the routed domains (`INSIGHT`), fed by `agent::insight`.
     insight: Mutex<crate::insight::Insight>,
+    /// The access logs `agent::insight` reads (domain, file), and their revision.
+    insight_files: Mutex<(u64, Arc<InsightFiles>)>,
     /// The containers with `heal=restart`, each with a server address nginx logs for it.
     heal: Mutex<Vec<HealTarget>>,
     /// Recent decisions, for `/events` (see [`State::event`]).
@@ -189,6 +194,21 @@ impl State {
     /// The containers the agent may restart (a copy).
     pub fn heal_targets(&self) -> Vec<HealTarget> {
         self.heal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The domains' access logs that carry insight's figures, as of the last apply (empty when
+    /// nginx writes them to the insight file).
+    pub fn set_insight_files(&self, files: InsightFiles) {
+        let mut current = self.insight_files.lock().unwrap_or_else(|p| p.into_inner());
+        if *current.1 != files {
+            *current = (current.0 + 1, Arc::new(files));
+        }
+    }
+
+    /// The access-log list and its revision, when it changed since `revision`.
+    pub fn insight_files_since(&self, revision: u64) -> Option<(u64, Arc<InsightFiles>)> {
+        let current = self.insight_files.lock().unwrap_or_else(|p| p.into_inner());
+        (current.0 != revision).then(|| (current.0, current.1.clone()))
     }
 
     /// The traffic figures if nobody holds them right now.

@@ -105,10 +105,12 @@ fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_ca
     node.wait_for("the follower to serve app1.test", Duration::from_secs(15), || {
         serves(&node, "app1.test", "backend-answer")
     });
-    // The follower's config has no insight file (no agent beside it) and passed nginx -t.
+    // The follower's config has no insight line (no agent beside it) and passed nginx -t.
     let conf = std::fs::read_to_string(node.path("conf.d/default.conf")).unwrap();
-    assert!(!conf.contains("smart-proxy-insight.log"), "{conf}");
-    assert!(std::fs::read_to_string(agent.path("conf.d/default.conf")).unwrap().contains("smart-proxy-insight.log"));
+    assert!(!conf.contains("smart-proxy-insight.log") && !conf.contains("smartproxy_insight"), "{conf}");
+    assert!(std::fs::read_to_string(agent.path("conf.d/default.conf"))
+        .unwrap()
+        .contains("log_format smartproxy_insight"));
     assert!(conf.contains(&format!("listen {}", node.port)), "rendered for the follower's own port");
 
     // /followers on the agent's status endpoint: the node, serving the current revision.

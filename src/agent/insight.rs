@@ -10,6 +10,13 @@
 //! the agent is slow: the lines wait in the file. What the agent has read is cut from the file's
 //! start, so it stays small. The file lives beside NGINX_CONF, on the volume the companion setup
 //! shares, so nginx in another container writes it too.
+//!
+//! When nginx is the agent's child and holds each domain's JSON access log open, those files
+//! carry the same figures (`insight::ACCESS_LOG_FORMAT`) and the agent reads them instead
+//! (`render::Renderer::insight_access_logs`, handed over through `State::set_insight_files`):
+//! nginx then writes one line per request, not two. They are the user's files: the agent never
+//! writes them, reads them from their end, and follows their rotation (renamed and made again,
+//! or copied and truncated).
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -20,7 +27,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::config::Timing;
-use crate::insight::{AnomalyEvent, Candidate, HealConfig, MAX_LINE};
+use crate::insight::{AnomalyEvent, Candidate, HealConfig, MAX_ACCESS_LINE, MAX_LINE};
 use crate::routes::{Origin, RouteTable};
 use crate::sources::docker::DockerApi;
 use crate::sources::label_schema::Heal;
@@ -37,18 +44,16 @@ pub(super) fn start(
     docker: Option<Arc<dyn DockerApi>>,
     timing: Timing,
 ) -> anyhow::Result<()> {
-    let mut tail = Tail::open(file).map_err(|e| {
+    let own = Tail::open(file).map_err(|e| {
         anyhow::anyhow!("insight: cannot open {} to read nginx's lines: {e} (or set INSIGHT=off)", file.display())
     })?;
     info!(file = %file.display(), "insight: reading nginx's access-log lines");
-    let reader = status.clone();
-    std::thread::Builder::new().name("insight-reader".into()).spawn(move || {
-        let mut lines = Lines::default();
-        loop {
-            if let Err(e) = read(&mut tail, &reader, &mut lines) {
-                warn!("insight: reading {} failed ({e}); trying again in 5 s", tail.path.display());
-                std::thread::sleep(Duration::from_secs(5));
-            }
+    let state = status.clone();
+    let mut reader = Reader { own, lines: Lines::default(), access: Vec::new(), revision: 0, buf: vec![0; CHUNK] };
+    std::thread::Builder::new().name("insight-reader".into()).spawn(move || loop {
+        if let Err(e) = read(&mut reader, &state) {
+            warn!("insight: reading {} failed ({e}); trying again in 5 s", reader.own.path.display());
+            std::thread::sleep(Duration::from_secs(5));
         }
     })?;
     status.insight().set_warmup(timing.anomaly_warmup_minutes);
@@ -92,21 +97,149 @@ const RECHECK: Duration = Duration::from_secs(5);
 const HOLD_LINES: usize = 65_536;
 const HOLD_BYTES: usize = 8 << 20;
 
-/// Reads new lines every [`POLL`] and hands them to the figures, until an I/O error (the lines
-/// read stay in `lines`).
-fn read(tail: &mut Tail, status: &State, lines: &mut Lines) -> std::io::Result<()> {
-    loop {
-        let full = |l: &Lines| l.ends.len() >= HOLD_LINES || l.bytes.len() >= HOLD_BYTES;
-        while !full(lines) && tail.read(lines)? {}
-        if !lines.ends.is_empty() {
-            let insight = if full(lines) { Some(status.insight()) } else { status.try_insight() };
+/// What the reader reads: the insight file, and each domain's access log when nginx writes the
+/// figures there instead (`State::insight_files`).
+struct Reader {
+    own: Tail,
+    /// Lines of the insight file not yet counted.
+    lines: Lines,
+    access: Vec<AccessLog>,
+    /// The revision of the access-log list read last.
+    revision: u64,
+    /// One read buffer for every file.
+    buf: Vec<u8>,
+}
+
+/// A domain's access log, read once nginx made it.
+struct AccessLog {
+    domain: String,
+    path: PathBuf,
+    tail: Option<Tail>,
+    lines: Lines,
+    /// While the file cannot be opened: since when, and when it was last tried (every [`POLL`]
+    /// for a [`RECHECK`], then every [`RECHECK`]); the reason is logged once.
+    missing: Option<Missing>,
+}
+
+struct Missing {
+    since: Instant,
+    tried: Instant,
+    said: bool,
+}
+
+impl Reader {
+    /// Takes the access-log list when it changed: files kept stay open where they were; a file
+    /// new to the list is read from its end (what it holds is a previous run's, or another
+    /// domain's history).
+    fn update(&mut self, status: &State) {
+        let Some((revision, files)) = status.insight_files_since(self.revision) else { return };
+        self.revision = revision;
+        let mut old: std::collections::HashMap<(String, PathBuf), AccessLog> =
+            self.access.drain(..).map(|a| ((a.domain.clone(), a.path.clone()), a)).collect();
+        for (domain, path) in files.iter() {
+            let kept = old.remove(&(domain.clone(), path.clone()));
+            self.access.push(kept.unwrap_or_else(|| {
+                let mut log = AccessLog {
+                    domain: domain.clone(),
+                    path: path.clone(),
+                    tail: None,
+                    lines: Lines::default(),
+                    missing: None,
+                };
+                log.open(true);
+                log
+            }));
+        }
+    }
+
+    /// Reads what every file added, and counts it. Lines wait (up to [`HOLD_LINES`] and
+    /// [`HOLD_BYTES`]) while `/insight` holds the figures; past that the reader waits for them.
+    fn read(&mut self, status: &State) -> std::io::Result<()> {
+        let held = |r: &Reader| {
+            let mut all = (r.lines.ends.len(), r.lines.bytes.len());
+            for a in &r.access {
+                all = (all.0 + a.lines.ends.len(), all.1 + a.lines.bytes.len());
+            }
+            all
+        };
+        let full = |(n, bytes): (usize, usize)| n >= HOLD_LINES || bytes >= HOLD_BYTES;
+        while !full(held(self)) && self.own.read(&mut self.buf, &mut self.lines)? {}
+        for a in &mut self.access {
+            a.read(&mut self.buf);
+        }
+        let (n, _) = held(self);
+        if n > 0 {
+            let insight = if full(held(self)) { Some(status.insight()) } else { status.try_insight() };
             if let Some(mut insight) = insight {
                 let now = now_ms();
-                lines.each(|line| insight.ingest(line, now));
-                lines.clear();
+                self.lines.each(|line| insight.ingest(line, now));
+                self.lines.clear();
+                for a in &mut self.access {
+                    a.lines.each(|line| insight.ingest_access(&a.domain, line, now));
+                    a.lines.clear();
+                }
             }
         }
-        tail.release()?;
+        self.own.release()
+    }
+}
+
+impl AccessLog {
+    /// Opens the file (from its end or its start); while it cannot be, says why once.
+    fn open(&mut self, from_end: bool) {
+        match Tail::open_access(&self.path, from_end) {
+            Ok(tail) => {
+                self.tail = Some(tail);
+                self.missing = None;
+            }
+            Err(e) => {
+                let now = Instant::now();
+                let missing = self.missing.get_or_insert(Missing { since: now, tried: now, said: false });
+                missing.tried = now;
+                if e.kind() != std::io::ErrorKind::NotFound && !missing.said {
+                    warn!(
+                        "insight: cannot read {} ({e}); {}'s figures stay empty until it can",
+                        self.path.display(),
+                        self.domain
+                    );
+                    missing.said = true;
+                }
+            }
+        }
+    }
+
+    /// Reads what the file added (after an I/O error, the file is opened again).
+    fn read(&mut self, buf: &mut [u8]) {
+        if self.tail.is_none() {
+            let due = self.missing.as_ref().is_none_or(|m| m.since.elapsed() < RECHECK || m.tried.elapsed() >= RECHECK);
+            if !due {
+                return;
+            }
+            // Made by nginx's reload after the list changed: read from its start.
+            self.open(false);
+        }
+        let Some(tail) = &mut self.tail else { return };
+        let full = |l: &Lines| l.ends.len() >= HOLD_LINES || l.bytes.len() >= HOLD_BYTES;
+        loop {
+            match tail.read(buf, &mut self.lines) {
+                Ok(true) if !full(&self.lines) => continue,
+                Ok(_) => return,
+                Err(e) => {
+                    warn!("insight: reading {} failed ({e}); opening it again", self.path.display());
+                    self.tail = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads new lines every [`POLL`] and hands them to the figures, until an I/O error on the
+/// insight file (the lines read stay held).
+fn read(reader: &mut Reader, status: &State) -> std::io::Result<()> {
+    loop {
+        reader.update(status);
+        reader.read(status)?;
         std::thread::sleep(POLL);
     }
 }
@@ -132,13 +265,18 @@ impl Lines {
         }
     }
 
+    /// Empties it; a burst's memory is given back (a thousand domains' logs each hold theirs).
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
+        if self.bytes.capacity() > 256 << 10 {
+            self.bytes.shrink_to(64 << 10);
+            self.ends.shrink_to(1024);
+        }
     }
 }
 
-/// The insight file as read: nginx appends whole lines (each worker its buffer, in one `write`);
+/// A file of lines as read: nginx appends whole lines (each worker its buffer, in one `write`);
 /// a read may still catch one half written, so the part after the last newline waits for the rest.
 struct Tail {
     path: PathBuf,
@@ -147,42 +285,66 @@ struct Tail {
     offset: u64,
     /// The start of a line whose end has not been read yet.
     partial: Vec<u8>,
-    /// In a line longer than `MAX_LINE`: its first bytes were counted (as oversized), the rest
+    /// In a line longer than `max_line`: its first bytes were counted (as oversized), the rest
     /// is skipped up to its newline.
     skipping: bool,
+    /// Longer lines are cut (and counted as oversized).
+    max_line: usize,
     /// False once the file system refused to cut the file's start (then it is emptied instead).
     cut: bool,
-    /// False when the agent may only read the file (made by another user's nginx): then it
-    /// neither cuts nor empties it.
+    /// True for the insight file when the agent may write it: what was read is cut. False when
+    /// the agent may only read it (made by another user's nginx), and for the access logs (the
+    /// user's files, rotated by the user).
     writable: bool,
-    buf: Vec<u8>,
+    /// The insight file is made again when it was removed; an access log is only opened.
+    own: bool,
     checked: Instant,
 }
 
 impl Tail {
-    /// Opens (creating) `path`; lines already there (a previous run's) are skipped.
+    /// Opens (creating) the insight file; lines already there (a previous run's) are skipped.
     fn open(path: &Path) -> std::io::Result<Tail> {
         let (file, writable) = Self::open_file(path)?;
-        let mut tail = Tail {
+        let mut tail = Tail::new(path, file, writable, MAX_LINE);
+        tail.own = true;
+        tail.skip_to_end()?;
+        Ok(tail)
+    }
+
+    /// Opens a domain's access log, read only, from its end (`from_end`) or its start.
+    fn open_access(path: &Path, from_end: bool) -> std::io::Result<Tail> {
+        let mut tail = Tail::new(path, File::open(path)?, false, MAX_ACCESS_LINE);
+        if from_end {
+            tail.skip_to_end()?;
+        }
+        Ok(tail)
+    }
+
+    fn new(path: &Path, file: File, writable: bool, max_line: usize) -> Tail {
+        Tail {
             path: path.to_path_buf(),
             file,
             offset: 0,
             partial: Vec::new(),
             skipping: false,
+            max_line,
             cut: true,
             writable,
-            buf: vec![0; CHUNK],
+            own: false,
             checked: Instant::now(),
-        };
-        let len = tail.file.metadata()?.len();
-        if len > 0 {
-            // Start after the last complete line.
-            let mut last = [0u8; 1];
-            tail.file.read_exact_at(&mut last, len - 1)?;
-            tail.offset = len;
-            tail.skipping = last[0] != b'\n';
         }
-        Ok(tail)
+    }
+
+    /// Starts after the last complete line.
+    fn skip_to_end(&mut self) -> std::io::Result<()> {
+        let len = self.file.metadata()?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            self.file.read_exact_at(&mut last, len - 1)?;
+            self.offset = len;
+            self.skipping = last[0] != b'\n';
+        }
+        Ok(())
     }
 
     /// The file, and whether the agent may write it (when it may only read it, it says so: the
@@ -211,11 +373,12 @@ impl Tail {
         Ok((file, writable))
     }
 
-    /// Reads what was added since the last read into `lines`; true when there may be more.
-    fn read(&mut self, lines: &mut Lines) -> std::io::Result<bool> {
+    /// Reads what was added since the last read into `lines` (through `buf`, at most its size);
+    /// true when there may be more.
+    fn read(&mut self, buf: &mut [u8], lines: &mut Lines) -> std::io::Result<bool> {
         let len = self.file.metadata()?.len();
         if len < self.offset {
-            // Emptied by someone else: start again at its start.
+            // Emptied by someone else (or copied and truncated by logrotate): start again at its start.
             self.offset = 0;
             self.partial.clear();
             self.skipping = false;
@@ -227,17 +390,18 @@ impl Tail {
             }
             return Ok(false);
         }
-        let want = ((len - self.offset) as usize).min(CHUNK);
-        let n = self.file.read_at(&mut self.buf[..want], self.offset)?;
+        let want = ((len - self.offset) as usize).min(buf.len());
+        let n = self.file.read_at(&mut buf[..want], self.offset)?;
         self.offset += n as u64;
-        self.split(n, lines);
-        Ok(n == CHUNK)
+        self.split(&buf[..n], lines);
+        Ok(n == buf.len())
     }
 
-    /// Splits the `n` bytes read into lines (one longer than `MAX_LINE` goes in cut at
-    /// `MAX_LINE + 1` bytes, to be counted as oversized, and its rest is skipped).
-    fn split(&mut self, n: usize, lines: &mut Lines) {
-        let mut rest = &self.buf[..n];
+    /// Splits `read` into lines (one longer than `max_line` goes in cut at `max_line + 1` bytes,
+    /// to be counted as oversized, and its rest is skipped).
+    fn split(&mut self, read: &[u8], lines: &mut Lines) {
+        let max = self.max_line;
+        let mut rest = read;
         while !rest.is_empty() {
             let newline = rest.iter().position(|&b| b == b'\n');
             let (piece, ends) = match newline {
@@ -249,8 +413,8 @@ impl Tail {
                 self.skipping = !ends;
                 continue;
             }
-            if self.partial.len() + piece.len() > MAX_LINE {
-                let room = MAX_LINE + 1 - self.partial.len().min(MAX_LINE + 1);
+            if self.partial.len() + piece.len() > max {
+                let room = max + 1 - self.partial.len().min(max + 1);
                 self.partial.extend_from_slice(&piece[..room.min(piece.len())]);
                 lines.push(&self.partial);
                 self.partial.clear();
@@ -314,8 +478,14 @@ impl Tail {
         if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) {
             return Ok(false);
         }
-        info!("insight: {} was replaced; reading the new file", self.path.display());
-        (self.file, self.writable) = Self::open_file(&self.path)?;
+        if self.own {
+            info!("insight: {} was replaced; reading the new file", self.path.display());
+            (self.file, self.writable) = Self::open_file(&self.path)?;
+        } else {
+            // A rotated access log (renamed, and made again by nginx's reopen).
+            tracing::debug!("insight: {} was rotated; reading the new file", self.path.display());
+            self.file = File::open(&self.path)?;
+        }
         self.offset = 0;
         self.partial.clear();
         self.skipping = false;
@@ -432,8 +602,8 @@ mod tests {
 
     /// Everything readable now, as strings (a cut line shows its length).
     fn drain(tail: &mut Tail) -> Vec<String> {
-        let mut lines = Lines::default();
-        while tail.read(&mut lines).unwrap() {}
+        let (mut lines, mut buf) = (Lines::default(), vec![0; CHUNK]);
+        while tail.read(&mut buf, &mut lines).unwrap() {}
         let mut out = Vec::new();
         lines.each(|l| {
             out.push(if l.len() > 100 { format!("{} bytes", l.len()) } else { String::from_utf8_lossy(l).into() })
@@ -517,5 +687,71 @@ mod tests {
         append(&path, b"four\n");
         tail.checked -= RECHECK;
         assert_eq!(drain(&mut tail), ["four"]);
+    }
+
+    #[test]
+    fn an_access_log_is_read_from_its_end_and_followed_through_its_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.test.access.log");
+        assert!(Tail::open_access(&path, true).is_err(), "not made yet");
+        append(&path, b"history\n");
+        let mut tail = Tail::open_access(&path, true).unwrap();
+        assert!(drain(&mut tail).is_empty(), "what was there before is not read");
+        // A request line of 20 KiB is no oversized line in an access log.
+        let long = "r".repeat(20_000);
+        append(&path, format!("one\n{long}\n").as_bytes());
+        assert_eq!(drain(&mut tail), ["one".to_string(), "20000 bytes".to_string()]);
+        // logrotate: renamed, nginx told to reopen (a new file), the old one's rest read first.
+        let rotated = dir.path().join("a.test.access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        append(&rotated, b"two\n");
+        append(&path, b"three\n");
+        tail.checked -= RECHECK;
+        assert_eq!(drain(&mut tail), ["two"]);
+        tail.checked -= RECHECK;
+        assert_eq!(drain(&mut tail), ["three"]);
+        // copytruncate: emptied in place.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        append(&path, b"four\n");
+        assert_eq!(drain(&mut tail), ["four"]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"four\n", "the agent never writes the user's file");
+    }
+
+    #[test]
+    fn the_reader_counts_each_domains_access_log_under_its_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = State::default();
+        status.insight().set_domains(["a.test", "b.test"]);
+        let own = Tail::open(&dir.path().join("insight.log")).unwrap();
+        let mut reader = Reader { own, lines: Lines::default(), access: Vec::new(), revision: 0, buf: vec![0; CHUNK] };
+        let (a, b) = (dir.path().join("a.test.access.log"), dir.path().join("b.test.access.log"));
+        append(&a, b"a line of an earlier run\n");
+        status.set_insight_files(vec![("a.test".into(), a.clone()), ("b.test".into(), b.clone())]);
+        reader.update(&status);
+        let served = |host: &str, status: u16| {
+            format!(
+                r#"{{"time":"t","remote_addr":"1.2.3.4","request":"GET /\"x\" HTTP/1.1","status":{status},"bytes_sent":10,"domain":"{host}","upstream":"10.0.0.1:80","request_time":0.002,"upstream_status":"{status}","upstream_response_time":"0.001"}}"#
+            ) + "\n"
+        };
+        // The Host header says b.test, the file a.test's: the file decides.
+        append(&a, served("b.test", 200).as_bytes());
+        append(&a, served("a.test", 502).as_bytes());
+        // The redirect to HTTPS: no upstream fields, not counted.
+        append(&a, br#"{"time":"t","remote_addr":"1.2.3.4","request":"GET / HTTP/1.1","status":301,"bytes_sent":10,"domain":"a.test","upstream":"","request_time":0.000}"#);
+        append(&a, b"\n");
+        // b.test's file made after the list (nginx's reload): read from its start.
+        append(&b, served("b.test", 404).as_bytes());
+        append(&b, b"not json\n");
+        reader.read(&status).unwrap();
+        let snapshot = status.insight().snapshot(now_ms() + 60_000);
+        let classes = |d: &str| snapshot.domains.iter().find(|s| s.domain == d).unwrap().total.by_class;
+        let (a_classes, b_classes) = (classes("a.test"), classes("b.test"));
+        assert_eq!((a_classes.c2xx, a_classes.c3xx, a_classes.c5xx), (1, 0, 1), "{snapshot:?}");
+        assert_eq!((b_classes.c2xx, b_classes.c4xx), (0, 1));
+        assert_eq!(snapshot.dropped.malformed, 1);
+        // A domain no longer routed: its file is dropped from the reader.
+        status.set_insight_files(vec![("a.test".into(), a)]);
+        reader.update(&status);
+        assert_eq!(reader.access.len(), 1);
     }
 }

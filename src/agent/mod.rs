@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::apply::{Applied, Applier, ApplyError};
+use crate::apply::{Applied, Applier, ApplyError, Nginx};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::pipeline;
@@ -207,13 +207,24 @@ struct Controller {
     converging: Option<Converging>,
 }
 
+/// What went live of `table`: without the routes nginx refused.
+fn live_table(table: &RouteTable, applied: &Applied) -> RouteTable {
+    let mut live = table.clone();
+    for dropped in &applied.dropped {
+        live = live.without_site(&dropped.domain);
+    }
+    live
+}
+
 impl Controller {
     /// Connects what the agent needs (Docker, nginx, the status endpoint, the certificates task,
     /// the watchers and the resync timer, all sending to `tx`) and returns the controller.
-    async fn start(config: Config, tx: mpsc::Sender<Trigger>) -> anyhow::Result<Controller> {
+    async fn start(mut config: Config, tx: mpsc::Sender<Trigger>) -> anyhow::Result<Controller> {
         let renderer = load_renderer(&config)?;
         let docker = if config.docker { connect_docker(&tx).await } else { None };
         let nginx = choose_nginx(&config, docker.as_ref()).await?;
+        // The agent sees the access logs of its own nginx, not those in another container.
+        config.render.insight_from_access_logs = matches!(nginx, Nginx::Local(_));
         info!(nginx = %nginx.describe(), conf = %config.nginx.conf.display(), "starting");
         let applier = Applier::new(nginx, config.nginx.conf.clone(), config.certs_dir.clone());
         let status = Arc::new(crate::status::State::default());
@@ -422,9 +433,11 @@ impl Controller {
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().map(|c| self.describe(c)).collect();
         let result = self.applier.apply(&self.renderer, &self.config.render, &table).await;
         self.status.applied(&table, &result);
-        if result.is_ok() {
+        if let Ok(applied) = &result {
             let targets = insight::heal_targets(self.store.containers(), &table, &self.config.label_prefix);
             self.status.set_heal_targets(targets);
+            let files = self.renderer.insight_access_logs(&live_table(&table, applied), &self.config.render);
+            self.status.set_insight_files(files);
         }
         if let (Ok(applied), Some((publisher, _))) = (&result, &self.follow) {
             self.publish_follow(publisher.clone(), &table, applied);
@@ -455,12 +468,8 @@ impl Controller {
             return;
         }
         let Some(config) = self.applier.live() else { return };
-        let mut live = table.clone();
-        for dropped in &applied.dropped {
-            live = live.without_site(&dropped.domain);
-        }
         publisher.publish(crate::follow::server::Source {
-            table: live,
+            table: live_table(table, applied),
             renderer: self.renderer.clone(),
             settings: self.config.render.clone(),
             config: config.to_string(),

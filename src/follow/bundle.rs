@@ -293,6 +293,7 @@ impl Layout {
                 None => ErrorPages::default(),
             },
             insight_log: None,
+            insight_from_access_logs: false,
             ..agent.clone()
         })
     }
@@ -375,6 +376,7 @@ mod tests {
             auth_dir: p("conf/smart-proxy-htpasswd"),
             insight_log: Some(p("conf/smart-proxy-insight.log")),
             access_log_files: true,
+            insight_from_access_logs: false,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
             ipv6: false,

@@ -472,6 +472,7 @@ mod tests {
             auth_dir: p("conf/smart-proxy-htpasswd"),
             insight_log: Some(p("conf/smart-proxy-insight.log")),
             access_log_files: true,
+            insight_from_access_logs: false,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
             ipv6: false,

@@ -17,6 +17,23 @@ use thiserror::Error;
 /// variable a valid JSON string body, and an unset variable an empty string.
 pub const INSIGHT_LOG_FORMAT: &str = r#"'{"d":"$server_name","s":$status,"b":$bytes_sent,"t":$request_time,"ua":"$upstream_addr","us":"$upstream_status","ut":"$upstream_response_time"}'"#;
 
+/// The `log_format` of each domain's JSON access log (`logger-json`, `ACCESS_LOG_FILES`) in the
+/// servers that serve the domain: the seed's fields, then the upstream statuses and times that
+/// insight needs besides. When nginx is the agent's own, the agent reads these files
+/// ([`parse_access`]) and nginx writes no second line per request. `$host` (`domain`) is what the
+/// client sent and is never read here: a line's domain is its file's.
+pub const ACCESS_LOG_FORMAT: &str = r#"'{"time":"$time_iso8601","remote_addr":"$remote_addr","request":"$request","status":$status,"bytes_sent":$bytes_sent,"domain":"$host","upstream":"$upstream_addr","request_time":$request_time,"upstream_status":"$upstream_status","upstream_response_time":"$upstream_response_time"}'"#;
+
+/// The `log_format` of the same files in a server that only redirects to HTTPS
+/// (`logger-json-redirect`): the seed's fields. Its lines carry no `upstream_status`, which is how
+/// [`parse_access`] tells them apart (each visit is counted once, where it is served).
+pub const REDIRECT_LOG_FORMAT: &str = r#"'{"time":"$time_iso8601","remote_addr":"$remote_addr","request":"$request","status":$status,"bytes_sent":$bytes_sent,"domain":"$host","upstream":"$upstream_addr","request_time":$request_time}'"#;
+
+/// Lines of a domain's access log longer than this are refused unread: they hold the request
+/// line (at most `large_client_header_buffers`, 8 KiB by default, up to six times that once
+/// escaped) and the client's address.
+pub const MAX_ACCESS_LINE: usize = 64 * 1024;
+
 /// Lines longer than this are refused unread. A line of [`INSIGHT_LOG_FORMAT`] is about
 /// 150 bytes plus the domain (at most 253) and about 40 bytes per upstream attempt: 8 KiB holds
 /// some 190 attempts, far more than any `proxy_next_upstream_tries`, and bounds the work per line.
@@ -168,6 +185,30 @@ pub fn parse(line: &[u8]) -> Result<Entry<'_>, Malformed> {
     if line.len() > MAX_LINE {
         return Err(Malformed::Oversized);
     }
+    let fields = fields(line)?;
+    if fields.d.is_none() {
+        return Err(Malformed::Missing("d"));
+    }
+    entry(&fields)
+}
+
+/// Parses one line of a domain's access log ([`ACCESS_LOG_FORMAT`]); its `domain` is left empty
+/// (the caller knows the file's). `None` for a line without `upstream_status`: one written by
+/// the server that redirects to HTTPS ([`REDIRECT_LOG_FORMAT`]), or by a template of its own.
+pub fn parse_access(line: &[u8]) -> Result<Option<Entry<'_>>, Malformed> {
+    if line.len() > MAX_ACCESS_LINE {
+        return Err(Malformed::Oversized);
+    }
+    let fields = fields(line)?;
+    if fields.us.is_none() {
+        return Ok(None);
+    }
+    entry(&Fields { d: None, ..fields }).map(Some)
+}
+
+/// The fields of a flat JSON object, by the short names of [`INSIGHT_LOG_FORMAT`] or the long
+/// ones of [`ACCESS_LOG_FORMAT`].
+fn fields(line: &[u8]) -> Result<Fields<'_>, Malformed> {
     let mut body = line;
     if body.first() == Some(&b'<') {
         // The header (priority, time, tag) never holds a brace; the JSON starts at the first one.
@@ -189,12 +230,12 @@ pub fn parse(line: &[u8]) -> Result<Entry<'_>, Malformed> {
             let value = s.value()?;
             let slot = match key {
                 b"d" => &mut fields.d,
-                b"s" => &mut fields.s,
-                b"b" => &mut fields.b,
-                b"t" => &mut fields.t,
-                b"ua" => &mut fields.ua,
-                b"us" => &mut fields.us,
-                b"ut" => &mut fields.ut,
+                b"s" | b"status" => &mut fields.s,
+                b"b" | b"bytes_sent" => &mut fields.b,
+                b"t" | b"request_time" => &mut fields.t,
+                b"ua" | b"upstream" => &mut fields.ua,
+                b"us" | b"upstream_status" => &mut fields.us,
+                b"ut" | b"upstream_response_time" => &mut fields.ut,
                 _ => &mut fields.other,
             };
             *slot = Some(value);
@@ -209,9 +250,10 @@ pub fn parse(line: &[u8]) -> Result<Entry<'_>, Malformed> {
     if s.at != s.bytes.len() {
         return Err(Malformed::Syntax);
     }
-    if fields.d.is_none() {
-        return Err(Malformed::Missing("d"));
-    }
+    Ok(fields)
+}
+
+fn entry<'a>(fields: &Fields<'a>) -> Result<Entry<'a>, Malformed> {
     let status = integer(number(fields.s, "s")?).filter(|s| (100..=599).contains(s)).ok_or(Malformed::Value("s"))?;
     Ok(Entry {
         domain: text(fields.d, "d")?,
@@ -276,7 +318,7 @@ fn time_us(text: &str) -> Option<u64> {
     whole.checked_mul(1_000_000)?.checked_add(micros)
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Fields<'a> {
     d: Option<Value<'a>>,
     s: Option<Value<'a>>,
@@ -410,6 +452,38 @@ mod tests {
         assert_eq!(attempts.iter().map(Attempt::failed).collect::<Vec<_>>(), [true, true, false]);
         assert_eq!(attempts.iter().filter(|a| a.timed_out()).count(), 1);
         assert_eq!(e.upstream_us(), None);
+    }
+
+    #[test]
+    fn an_access_log_line_yields_the_same_entry_and_a_redirect_line_none() {
+        let fill = |f: &str| {
+            f[1..f.len() - 1]
+                .replace("$time_iso8601", "2026-12-06T07:00:00+00:00")
+                .replace("$remote_addr", "203.0.113.9")
+                .replace("$request_time", "1.500")
+                .replace("$request", r#"GET /a\"b\u0000?q HTTP/1.1"#)
+                .replace("$status", "502")
+                .replace("$bytes_sent", "0")
+                .replace("$host", "evil.example")
+                .replace("$upstream_addr", "10.0.0.1:80, 10.0.0.2:80")
+                .replace("$upstream_status", "502, 504")
+                .replace("$upstream_response_time", "0.001, 1.000")
+        };
+        for f in [ACCESS_LOG_FORMAT, REDIRECT_LOG_FORMAT] {
+            assert!(f.starts_with('\'') && f.ends_with('\'') && !f[1..f.len() - 1].contains('\''), "{f}");
+        }
+        let line = fill(ACCESS_LOG_FORMAT);
+        let e = parse_access(line.as_bytes()).unwrap().unwrap();
+        assert_eq!((e.domain, e.status, e.request_us, e.upstream_us()), ("", 502, 1_500_000, Some(1_000_000)));
+        assert_eq!(e.attempts().filter(Attempt::failed).count(), 2);
+        // The same figures as the insight file's line.
+        let short = fill(INSIGHT_LOG_FORMAT).replace("$server_name", "a.test");
+        assert_eq!(parse(short.as_bytes()).unwrap(), Entry { domain: "a.test", ..e });
+        assert_eq!(parse_access(fill(REDIRECT_LOG_FORMAT).as_bytes()), Ok(None));
+        assert_eq!(parse_access(b"{\"status\":200}"), Ok(None));
+        let long = line.replace("/a", &"/".repeat(MAX_ACCESS_LINE));
+        assert_eq!(parse_access(long.as_bytes()), Err(Malformed::Oversized));
+        assert_eq!(parse_access(line.replace("/a", &"/".repeat(MAX_LINE)).as_bytes()).map(|e| e.is_some()), Ok(true));
     }
 
     /// Datagrams nginx 1.22 sent with this format to a Unix socket (`nohostname,tag=smartproxy`):

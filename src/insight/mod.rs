@@ -22,7 +22,10 @@ use std::collections::HashMap;
 
 pub use anomaly::{Active, AnomalyEvent, AnomalyKind, Baseline, Figures};
 pub use heal::{Candidate, HealConfig, Healer, Restart};
-pub use line::{parse, Attempt, Entry, Malformed, INSIGHT_LOG_FORMAT, MAX_LINE};
+pub use line::{
+    parse, parse_access, Attempt, Entry, Malformed, ACCESS_LOG_FORMAT, INSIGHT_LOG_FORMAT, MAX_ACCESS_LINE, MAX_LINE,
+    REDIRECT_LOG_FORMAT,
+};
 pub use snapshot::{
     Classes, DomainSnapshot, Dropped, Percentiles, Snapshot, Totals, UpstreamCounts, UpstreamSnapshot, WindowSnapshot,
 };
@@ -416,14 +419,29 @@ impl Insight {
         let now_ms = self.clock(now_ms);
         let entry = match line::parse(line) {
             Ok(entry) => entry,
-            Err(Malformed::Oversized) => return self.dropped.oversized += 1,
-            Err(_) => return self.dropped.malformed += 1,
+            Err(e) => return self.dropped.count(e),
         };
-        let Some(state) = self.domains.get_mut(entry.domain) else {
+        self.record(entry.domain, &entry, now_ms);
+    }
+
+    /// Parses one line of `domain`'s access log ([`ACCESS_LOG_FORMAT`]) and adds it to the
+    /// domain; a line of the HTTPS redirect is skipped (see [`parse_access`]), what cannot be used
+    /// is counted and dropped as by [`Insight::ingest`].
+    pub fn ingest_access(&mut self, domain: &str, line: &[u8], now_ms: u64) {
+        let now_ms = self.clock(now_ms);
+        match line::parse_access(line) {
+            Ok(Some(entry)) => self.record(domain, &entry, now_ms),
+            Ok(None) => {}
+            Err(e) => self.dropped.count(e),
+        }
+    }
+
+    fn record(&mut self, domain: &str, entry: &Entry<'_>, now_ms: u64) {
+        let Some(state) = self.domains.get_mut(domain) else {
             return self.dropped.unrouted += 1;
         };
         let traffic = state.get_or_insert_with(|| Box::new(Traffic::new()));
-        traffic.record(&entry, now_ms);
+        traffic.record(entry, now_ms);
         for attempt in entry.attempts() {
             traffic.server(attempt.addr).record(&attempt, now_ms);
             if let Some(healer) = &mut self.healer {

@@ -24,10 +24,19 @@ pub struct Snapshot {
 pub struct Dropped {
     /// Not a line of the insight format (or a value out of range).
     pub malformed: u64,
-    /// Over `MAX_LINE` bytes.
+    /// Over `MAX_LINE` bytes (`MAX_ACCESS_LINE` in a domain's access log).
     pub oversized: u64,
     /// For a `$server_name` that is not a routed domain (nginx's default server, a stale name).
     pub unrouted: u64,
+}
+
+impl Dropped {
+    pub(super) fn count(&mut self, why: super::Malformed) {
+        match why {
+            super::Malformed::Oversized => self.oversized += 1,
+            _ => self.malformed += 1,
+        }
+    }
 }
 
 /// One domain.

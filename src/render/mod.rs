@@ -152,6 +152,10 @@ pub struct RenderSettings {
     pub insight_log: Option<ConfigPath>,
     /// Each domain's JSON access log in `log_dir` (`ACCESS_LOG_FILES`).
     pub access_log_files: bool,
+    /// The agent reads each domain's JSON access log for insight, so nginx writes one line per
+    /// request, not two: set by the agent when it sees `log_dir` as nginx does (nginx is its
+    /// child). Only where those files are held open ([`Renderer::insight_access_logs`]).
+    pub insight_from_access_logs: bool,
 }
 
 /// The file nginx appends access-log lines to for the agent, beside the rendered config (on the
@@ -335,9 +339,38 @@ impl Renderer {
         table
     }
 
+    /// Whether the template writes the access-log formats from the context (`access_log_format`,
+    /// `redirect_log_format`), as the built-in one does; one written before they existed
+    /// defines `logger-json` itself.
+    fn formats_access_logs(&self) -> bool {
+        self.custom.as_ref().is_none_or(|s| s.contains("access_log_format") && s.contains("redirect_log_format"))
+    }
+
+    fn logs(&self, table: &RouteTable, settings: &RenderSettings) -> Logs {
+        let held = settings.access_log_files && table.sites.len() <= settings.error_logs_max;
+        let formats = self.formats_access_logs();
+        Logs {
+            held,
+            insight_from_files: held && formats && settings.insight_from_access_logs && settings.insight_log.is_some(),
+            redirect_format: if formats { "logger-json-redirect" } else { "logger-json" },
+        }
+    }
+
+    /// The files the agent reads for insight when nginx writes each request's figures only into
+    /// its domain's JSON access log (see [`RenderSettings::insight_from_access_logs`]): each
+    /// site's domain and file. Empty when insight has a file of its own
+    /// ([`RenderSettings::insight_log`]).
+    pub fn insight_access_logs(&self, table: &RouteTable, settings: &RenderSettings) -> Vec<(String, PathBuf)> {
+        if !self.logs(table, settings).insight_from_files {
+            return Vec::new();
+        }
+        table.sites.iter().map(|s| (s.domain.to_string(), held_log_path(settings, &s.domain.file_stem()))).collect()
+    }
+
     pub fn render(&self, table: &RouteTable, settings: &RenderSettings) -> Result<String, RenderError> {
-        let globals = globals(&Context::new(table, settings));
-        let sites = SiteCtxs::new(table, settings);
+        let logs = self.logs(table, settings);
+        let globals = globals(&Context::new(table, settings, &logs));
+        let sites = SiteCtxs::new(table, settings, logs);
         if !self.split {
             let template = self.env.get_template(&self.name).map_err(RenderError::template)?;
             let all = minijinja::Value::from_object(Sites(table.sites.iter().map(|s| sites.of(s)).collect()));
@@ -515,6 +548,9 @@ struct Context<'a> {
     /// `off`), and of one that only redirects to HTTPS (the JSON file, or `off`).
     access_logs: String,
     redirect_access_logs: String,
+    /// One quoted nginx string each: the `logger-json` and `logger-json-redirect` formats.
+    access_log_format: &'static str,
+    redirect_log_format: &'static str,
     /// `INSIGHT`: the file the agent reads and the `log_format` of its lines.
     insight: Option<InsightCtx>,
     /// The server's `error_page` directives alone, for a location that sets an `error_page` of its
@@ -833,7 +869,7 @@ impl HeaderCtx {
 }
 
 impl<'a> Context<'a> {
-    fn new(table: &RouteTable, settings: &'a RenderSettings) -> Self {
+    fn new(table: &RouteTable, settings: &'a RenderSettings, logs: &Logs) -> Self {
         let upstreams: Vec<UpstreamCtx> = table
             .upstreams
             .iter()
@@ -923,8 +959,10 @@ impl<'a> Context<'a> {
                 format!("listen {a} ssl{};", if settings.nginx_version.has_http2_directive() { "" } else { " http2" })
             })),
             error_handling: error_handling(&settings.error_pages),
-            access_logs: access_logs(settings, true, None),
-            redirect_access_logs: access_logs(settings, false, None),
+            access_logs: access_logs(settings, logs, true, None),
+            redirect_access_logs: access_logs(settings, logs, false, None),
+            access_log_format: crate::insight::ACCESS_LOG_FORMAT,
+            redirect_log_format: crate::insight::REDIRECT_LOG_FORMAT,
             insight: settings
                 .insight_log
                 .as_ref()
@@ -947,17 +985,12 @@ impl<'a> Context<'a> {
 struct SiteCtxs<'a> {
     by_id: std::collections::HashMap<&'a str, &'a crate::routes::Upstream>,
     settings: &'a RenderSettings,
-    /// Each domain's access log is a file nginx holds open (see [`access_logs`]).
-    held_logs: bool,
+    logs: Logs,
 }
 
 impl<'a> SiteCtxs<'a> {
-    fn new(table: &'a RouteTable, settings: &'a RenderSettings) -> Self {
-        SiteCtxs {
-            by_id: table.upstreams.iter().map(|u| (u.id.as_str(), u)).collect(),
-            settings,
-            held_logs: settings.access_log_files && table.sites.len() <= settings.error_logs_max,
-        }
+    fn new(table: &'a RouteTable, settings: &'a RenderSettings, logs: Logs) -> Self {
+        SiteCtxs { by_id: table.upstreams.iter().map(|u| (u.id.as_str(), u)).collect(), settings, logs }
     }
 
     fn of(&self, site: &crate::routes::Site) -> SiteCtx {
@@ -966,8 +999,14 @@ impl<'a> SiteCtxs<'a> {
             domain: site.domain.to_string(),
             tls: site.tls == crate::routes::TlsMode::Auto,
             cert_dir: crate::certs::layout::live_dir_text(&settings.certs_dir.0, &site.domain),
-            access_logs: self.held_logs.then(|| access_logs(settings, true, Some(&site.domain.file_stem()))),
-            redirect_access_logs: self.held_logs.then(|| access_logs(settings, false, Some(&site.domain.file_stem()))),
+            access_logs: self
+                .logs
+                .held
+                .then(|| access_logs(settings, &self.logs, true, Some(&site.domain.file_stem()))),
+            redirect_access_logs: self
+                .logs
+                .held
+                .then(|| access_logs(settings, &self.logs, false, Some(&site.domain.file_stem()))),
             log_name: site.domain.file_stem(),
             has_root: site.locations.iter().any(|l| l.path.as_str() == "/"),
             health: site.health.path().map(str::to_string),
@@ -1040,26 +1079,47 @@ impl<'a> SiteCtxs<'a> {
     }
 }
 
-/// A server's `access_log`s: the domain's JSON file (`ACCESS_LOG_FILES`) and, where it serves
-/// the domain, the agent's file (`INSIGHT`, buffered: nginx writes it once per 64 KiB or second;
-/// a server that only redirects to HTTPS would count each visit twice); `off` without either.
+/// How a render writes the access logs (from the settings and what the template defines).
+#[derive(Debug, Clone, Copy)]
+struct Logs {
+    /// Each domain's access log is a file nginx holds open (see [`access_logs`]).
+    held: bool,
+    /// The agent reads those files for insight: no insight line besides.
+    insight_from_files: bool,
+    /// The format of the server that redirects to HTTPS.
+    redirect_format: &'static str,
+}
+
+/// A domain's JSON access log when nginx holds it open.
+fn held_log_path(settings: &RenderSettings, stem: &str) -> PathBuf {
+    Path::new(&settings.log_dir.0).join(format!("{stem}.access.log"))
+}
+
+/// A server's `access_log`s: the domain's JSON file (`ACCESS_LOG_FILES`; `logger-json` where it
+/// serves the domain, `logger-json-redirect` where it only redirects to HTTPS) and, where it
+/// serves the domain, the agent's file (`INSIGHT`, buffered: nginx writes it once per 64 KiB or
+/// second; a server that only redirects would count each visit twice); `off` without either.
+/// The agent's file is left out when the agent reads the JSON files instead
+/// ([`Logs::insight_from_files`]): one line per request instead of two.
 ///
 /// The JSON file is named by `held`, the domain's file stem, when nginx may hold one file open per
 /// domain (as many domains as per-domain error logs, `ERROR_LOGS_MAX`): then it is buffered too
 /// (a `write` per 8 KiB or second instead of one per request: 13 % more requests a second through
 /// one worker here). Past that, its path holds `$smartproxy_log`, so that 10,000 domains do not
 /// hold 10,000 open files; nginx cannot buffer such a log and writes each line as it comes.
-fn access_logs(settings: &RenderSettings, serves: bool, held: Option<&str>) -> String {
+fn access_logs(settings: &RenderSettings, logs: &Logs, serves: bool, held: Option<&str>) -> String {
     let mut lines = Vec::new();
+    let format = if serves { "logger-json" } else { logs.redirect_format };
     if settings.access_log_files {
         lines.push(match held {
             Some(stem) => {
-                format!("access_log {}/{stem}.access.log logger-json buffer=8k flush=1s;", settings.log_dir.0)
+                format!("access_log {} {format} buffer=8k flush=1s;", held_log_path(settings, stem).display())
             }
-            None => format!("access_log {}/$smartproxy_log.access.log logger-json;", settings.log_dir.0),
+            None => format!("access_log {}/$smartproxy_log.access.log {format};", settings.log_dir.0),
         });
     }
-    if let (Some(file), true) = (&settings.insight_log, serves) {
+    let from_files = held.is_some() && logs.insight_from_files;
+    if let (Some(file), true, false) = (&settings.insight_log, serves, from_files) {
         lines.push(format!("access_log {} smartproxy_insight buffer=64k flush=1s;", file.0));
     }
     if lines.is_empty() {
@@ -1161,6 +1221,7 @@ mod tests {
             auth_dir: ConfigPath("/a".into()),
             insight_log: Some(ConfigPath("/i.log".into())),
             access_log_files: true,
+            insight_from_access_logs: false,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
             ipv6: true,
@@ -1243,6 +1304,48 @@ mod tests {
             "{message}"
         );
         assert_eq!(Renderer::builtin().fit(table).sites.len(), 2);
+    }
+
+    /// With the agent reading the domains' access logs (nginx its child), nginx writes one line
+    /// per request: the domain's file, in the format that carries insight's figures; the redirect
+    /// to HTTPS writes its own format. A template written before those formats keeps the second
+    /// line, and its own `logger-json` everywhere; so do 1,001 domains (no file held open).
+    #[test]
+    fn insight_reads_the_access_logs_when_nginx_is_the_agents_own() {
+        let table = RouteTable::build(vec![crate::sources::env::parse(Some("a.com,b.com"), None)]);
+        let fold = RenderSettings { local: false, insight_from_access_logs: true, ..test_settings(false) };
+        let builtin = Renderer::builtin();
+        let config = builtin.render(&table, &fold).unwrap();
+        assert!(!config.contains("smartproxy_insight buffer"), "{config}");
+        assert!(config.contains("access_log /l/a.com.access.log logger-json buffer=8k flush=1s;"), "{config}");
+        assert!(config.contains("access_log /l/a.com.access.log logger-json-redirect buffer=8k flush=1s;"), "{config}");
+        assert!(config.contains(&format!("log_format logger-json escape=json {};", crate::insight::ACCESS_LOG_FORMAT)));
+        let files = builtin.insight_access_logs(&table, &fold);
+        assert_eq!(
+            files,
+            [
+                ("a.com".to_string(), PathBuf::from("/l/a.com.access.log")),
+                ("b.com".into(), "/l/b.com.access.log".into())
+            ]
+        );
+        // Not the agent's own nginx: the insight file, as before.
+        let companion = RenderSettings { insight_from_access_logs: false, ..fold.clone() };
+        assert!(builtin
+            .render(&table, &companion)
+            .unwrap()
+            .contains("access_log /i.log smartproxy_insight buffer=64k flush=1s;"));
+        assert!(builtin.insight_access_logs(&table, &companion).is_empty());
+        let many = RenderSettings { error_logs_max: 1, ..fold.clone() };
+        assert!(builtin.render(&table, &many).unwrap().contains("access_log /i.log smartproxy_insight"));
+        assert!(builtin.insight_access_logs(&table, &many).is_empty());
+        let old_source = BUILTIN_TEMPLATE
+            .replace("{{ access_log_format }}", crate::insight::REDIRECT_LOG_FORMAT)
+            .replace("log_format logger-json-redirect escape=json {{ redirect_log_format }};", "");
+        let old = Renderer::from_source("old.j2".into(), old_source).unwrap();
+        let config = old.render(&table, &fold).unwrap();
+        assert!(config.contains("access_log /i.log smartproxy_insight buffer=64k flush=1s;"), "{config}");
+        assert!(!config.contains("logger-json-redirect"), "{config}");
+        assert!(old.insight_access_logs(&table, &fold).is_empty());
     }
 
     #[test]

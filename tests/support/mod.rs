@@ -95,6 +95,7 @@ impl NginxSandbox {
             auth_dir: ConfigPath::parse("NGINX_CONF", &self.path("conf.d/smart-proxy-htpasswd")).unwrap(),
             insight_log: None,
             access_log_files: true,
+            insight_from_access_logs: false,
         }
     }
 
