@@ -10,9 +10,11 @@
 //! `SECONDS`, alternating, `ROUNDS` times; the medians, their ratio and the lines the agent
 //! counted against the requests wrk made are printed. Then wrk runs against the insight agent for
 //! `SOAK` seconds while the agent's RSS is sampled each second. Then the companion setup, as the
-//! compose files run it: nginx in its container (the local nginx image) writes its lines to the
-//! insight file on the volume it shares with the agent in another container; two such
-//! pairs, `INSIGHT=off` and the defaults, route `bench.test` to a third nginx container, and wrk
+//! compose files run it: nginx in its container (the local nginx image) shares conf.d and
+//! `/var/log/nginx` with the agent in another container, so nginx writes one line per request
+//! to the domain's file, which the agent reads; three such pairs, `INSIGHT=off`, the defaults,
+//! and the defaults without the shared `/var/log/nginx` (nginx then writes the insight file on the
+//! conf.d volume too), route `bench.test` to a fourth nginx container, and wrk
 //! sends to each nginx container's address on the bench's network, alternating (skipped without a
 //! Docker daemon; `BENCH_ONLY=local` or `companion` runs one part). `BENCH_QUICK=1`: short runs (a
 //! smoke run). Run with `cargo bench --bench ingest` (needs nginx and wrk: `.ci/run` installs them).
@@ -264,22 +266,51 @@ fn local(rounds: usize, seconds: u64, soak: u64) {
     );
 }
 
-/// One companion pair: nginx and the agent in their containers, sharing conf.d.
+/// The companion pairs compared: name, `INSIGHT`, `/var/log/nginx` on a volume in both
+/// containers (as the compose files have it). The baseline first.
+const PAIRS: [(&str, bool, bool); 3] = [
+    ("files only (INSIGHT=off)", false, true),
+    ("files + insight (default, compose)", true, true),
+    ("files + insight, LOG_DIR not shared", true, false),
+];
+
+/// One companion pair: nginx and the agent in their containers, sharing conf.d (and LOG_DIR).
 struct Pair {
     nginx: String,
     agent: String,
     /// nginx's address on the bench's network.
     url: String,
+    volumes: Vec<String>,
+}
+
+impl Drop for Pair {
+    /// The containers, then their named volumes (`docker rm --volumes` keeps named ones).
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "--force", "--volumes", &self.nginx, &self.agent]).output();
+        for v in &self.volumes {
+            let _ = Command::new("docker").args(["volume", "rm", "--force", v]).output();
+        }
+    }
 }
 
 impl Pair {
-    fn start(docker: &TestDocker, net: &str, short: &str, insight: bool, images: (&str, &str)) -> Pair {
+    fn start(docker: &TestDocker, net: &str, short: &str, (insight, logs): (bool, bool), images: (&str, &str)) -> Pair {
         let owner = format!("{TEST_LABEL}={}", docker.run_id());
         let volume = docker.name(&format!("{short}-conf"));
         cli(&["volume", "create", "--label", &owner, &volume]);
         let mount = format!("{volume}:/etc/nginx/conf.d");
+        let logs_volume = docker.name(&format!("{short}-logs"));
+        let logs_mount = format!("{logs_volume}:/var/log/nginx");
+        if logs {
+            cli(&["volume", "create", "--label", &owner, &logs_volume]);
+        }
         let (nginx, agent) = (docker.name(&format!("{short}-nginx")), docker.name(&format!("{short}-agent")));
-        cli(&["run", "-d", "--name", &nginx, "--label", &owner, "--network", net, "-v", &mount, images.0]);
+        let mut args = vec!["run", "-d", "--name", &nginx, "--label", &owner, "--network", net, "-v", &mount];
+        if logs {
+            args.extend(["-v", &logs_mount]);
+        }
+        args.push(images.0);
+        cli(&args);
         let env = [
             format!("LABEL_PREFIX={}{short}", docker.prefix()),
             "LOCAL=true".into(),
@@ -288,6 +319,9 @@ impl Pair {
         ];
         let mut args: Vec<&str> = vec!["run", "-d", "--name", &agent, "--label", &owner, "--network", net];
         args.extend(["-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", &mount]);
+        if logs {
+            args.extend(["-v", &logs_mount]);
+        }
         for e in &env {
             args.extend(["-e", e.as_str()]);
         }
@@ -295,7 +329,8 @@ impl Pair {
         cli(&args);
         let ip =
             cli(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), &nginx]);
-        Pair { nginx, agent, url: format!("http://{ip}/") }
+        let volumes = if logs { vec![volume, logs_volume] } else { vec![volume] };
+        Pair { nginx, agent, url: format!("http://{ip}/"), volumes }
     }
 
     fn pid(container: &str) -> u32 {
@@ -325,16 +360,20 @@ fn companion(rounds: usize, seconds: u64) {
     let backend = docker.name("backend");
     let mut args: Vec<String> =
         ["run", "-d", "--name", &backend, "--label", &owner, "--network", &net].map(String::from).to_vec();
-    for short in ["files", "insight"] {
+    let shorts = ["files", "insight", "unshared"];
+    for short in shorts {
         args.extend(["--label".into(), format!("{}{short}.domains=bench.test", docker.prefix())]);
         args.extend(["--label".into(), format!("{}{short}.port=80", docker.prefix())]);
     }
     args.push(images.nginx.clone());
     cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let pairs = [
-        Pair::start(&docker, &net, "files", false, (&images.nginx, &agent_image)),
-        Pair::start(&docker, &net, "insight", true, (&images.nginx, &agent_image)),
-    ];
+    let pairs: Vec<Pair> = PAIRS
+        .iter()
+        .zip(shorts)
+        .map(|(&(_, insight, logs), short)| {
+            Pair::start(&docker, &net, short, (insight, logs), (&images.nginx, &agent_image))
+        })
+        .collect();
     for p in &pairs {
         // Routed once the agent's default server answers unknown names (503) and bench.test 200.
         let host = |name: &str| {
@@ -365,44 +404,50 @@ fn companion(rounds: usize, seconds: u64) {
         );
         assert_eq!(wrk_url(&p.url, 1).2, 0, "the route answers errors");
     }
+    std::thread::sleep(Duration::from_millis(1500));
     let before: Vec<u64> = pairs.iter().map(Pair::counted).collect();
-    let (mut rps, mut made) = ([Vec::new(), Vec::new()], [0u64; 2]);
-    let (mut agent_cpu, mut nginx_cpu) = ([0.0f64; 2], [0.0f64; 2]);
+    let n = pairs.len();
+    let (mut rps, mut made) = (vec![Vec::new(); n], vec![0u64; n]);
+    let (mut agent_cpu, mut nginx_cpu) = (vec![0.0f64; n], vec![0.0f64; n]);
     for round in 0..rounds {
-        for i in 0..2 {
-            let which = (i + round) % 2;
+        for i in 0..n {
+            let which = (i + round) % n;
             let p = &pairs[which];
             let (agent, nginx) = (Pair::pid(&p.agent), Pair::pid(&p.nginx));
             let (cpu0, nginx0) = (cpu_of_tree(agent), cpu_of_tree(nginx));
-            let (value, n, failed) = wrk_url(&p.url, seconds);
+            let (value, made_now, failed) = wrk_url(&p.url, seconds);
             agent_cpu[which] += cpu_of_tree(agent) - cpu0;
             nginx_cpu[which] += cpu_of_tree(nginx) - nginx0;
             assert_eq!(failed, 0, "errors under load");
             rps[which].push(value);
-            made[which] += n;
+            made[which] += made_now;
         }
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let lines = pairs[1].counted() - before[1];
-    let (base, with) = (median(&mut rps[0]), median(&mut rps[1]));
+    let medians: Vec<f64> = rps.iter_mut().map(|r| median(r)).collect();
     let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
     println!("companion setup (nginx and the agent in containers, {rounds} rounds of {seconds} s, wrk -t1 -c32 to nginx's address)");
-    println!("files only (INSIGHT=off)             {base:>8.0} req/s (median) (the baseline)");
-    println!(
-        "files + insight (default)            {with:>8.0} req/s (median) {:.3} of files only (bar >= 0.95: {})",
-        with / base,
-        if with / base >= 0.95 { "met" } else { "not met" }
-    );
-    for (which, name) in [(0, "files only"), (1, "files + insight")] {
+    for (which, (name, insight, _)) in PAIRS.iter().enumerate() {
+        let ratio = medians[which] / medians[0];
+        let verdict = match (which, ratio >= 0.95) {
+            (0, _) => String::from("(the baseline)"),
+            (_, met) => format!("{ratio:.3} of files only (bar >= 0.95: {})", if met { "met" } else { "not met" }),
+        };
+        println!("{name:<36} {:>8.0} req/s (median) {verdict}", medians[which]);
         println!(
-            "{name:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs",
+            "{:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs",
+            "",
             per(nginx_cpu[which], made[which]),
             per(agent_cpu[which], made[which])
         );
+        if *insight {
+            let lines = pairs[which].counted() - before[which];
+            println!(
+                "{:<36} lines the agent counted: {lines} of the {} requests wrk made ({:.2} %)",
+                "",
+                made[which],
+                lines as f64 * 100.0 / made[which].max(1) as f64
+            );
+        }
     }
-    println!(
-        "lines the agent counted: {lines} of the {} requests wrk made ({:.2} %)",
-        made[1],
-        lines as f64 * 100.0 / made[1].max(1) as f64
-    );
 }

@@ -209,8 +209,13 @@ async fn dry_run(config: &Config, output: Option<&std::path::Path>) -> anyhow::R
     let renderer = Renderer::for_template(config.template.as_deref())?;
     let gathered = gather_and_warn(config).await?;
     let table = &gathered.table;
-    // As the agent would: it reads the access logs of its own nginx for insight.
-    let settings = RenderSettings { insight_from_access_logs: !gathered.companion, ..config.render.clone() };
+    // As the agent would: insight reads the access logs where the agent sees them as nginx does.
+    let docker = if config.docker { crate::sources::docker::DockerClient::connect().await.ok() } else { None };
+    let fold = match crate::agent::choose_nginx(config, docker.as_ref()).await {
+        Ok(nginx) => crate::agent::reads_access_logs(config, &nginx).await,
+        Err(_) => false,
+    };
+    let settings = RenderSettings { insight_from_access_logs: fold, ..config.render.clone() };
     let rendered = renderer.render(table, &settings)?;
     match output {
         Some(path) => std::fs::write(path, &rendered).with_context(|| format!("cannot write {}", path.display()))?,

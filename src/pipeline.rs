@@ -65,8 +65,6 @@ pub struct Gathered {
     /// Why nginx's networks are unknown although labels were read (several labelled nginx
     /// containers, or NGINX_CONTAINER cannot be inspected): addresses are chosen without them.
     pub nginx_unknown: Option<String>,
-    /// nginx runs in a companion container (named or labelled), as the agent would find it.
-    pub companion: bool,
 }
 
 /// Reads every source once and builds the table, as the agent's first pass would.
@@ -74,12 +72,7 @@ pub async fn gather(config: &Config) -> Gathered {
     let statics = config.statics.load();
     let prefix = &config.label_prefix;
     if !config.docker {
-        return Gathered {
-            table: build(None, None, statics, prefix),
-            docker_unavailable: None,
-            nginx_unknown: None,
-            companion: config.nginx.container.is_some(),
-        };
+        return Gathered { table: build(None, None, statics, prefix), docker_unavailable: None, nginx_unknown: None };
     }
     let containers = match read_containers(config).await {
         Ok(containers) => containers,
@@ -88,12 +81,10 @@ pub async fn gather(config: &Config) -> Gathered {
                 table: build(None, None, statics, prefix),
                 docker_unavailable: Some(e),
                 nginx_unknown: None,
-                companion: config.nginx.container.is_some(),
             }
         }
     };
     let (client, containers) = containers;
-    let companion = !matches!(nginx_container(config.nginx.container.as_deref(), prefix, &containers), Ok(None));
     let (nginx_networks, nginx_unknown) = match nginx_container(config.nginx.container.as_deref(), prefix, &containers)
     {
         Err(e) => (None, Some(e)),
@@ -110,7 +101,6 @@ pub async fn gather(config: &Config) -> Gathered {
         table: build(Some(&containers), nginx_networks, statics, prefix),
         docker_unavailable: None,
         nginx_unknown,
-        companion,
     }
 }
 

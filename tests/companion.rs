@@ -101,6 +101,9 @@ pub(crate) struct Options {
     /// The socket mounted as the agent's `/var/run/docker.sock` (a proxy's): the daemon's own by
     /// default.
     docker_socket: Option<String>,
+    /// A second volume at `/var/log/nginx` in both containers (as the compose files mount it):
+    /// the agent reads the per-domain access logs for insight.
+    shared_logs: bool,
 }
 
 impl Options {
@@ -109,6 +112,11 @@ impl Options {
     pub(crate) fn docker_socket(socket: &str) -> Options {
         Options { docker_socket: Some(socket.to_string()), ..Default::default() }
     }
+
+    /// `/var/log/nginx` on a volume in both containers.
+    pub(crate) fn shared_logs() -> Options {
+        Options { shared_logs: true, ..Default::default() }
+    }
 }
 
 /// One companion setup: a test network, the shared volume, the nginx and agent containers.
@@ -116,6 +124,8 @@ pub(crate) struct Companion<'d> {
     docker: &'d TestDocker,
     pub(crate) net: String,
     volume: Volume,
+    /// `/var/log/nginx` in both containers ([`Options::shared_logs`]).
+    logs: Option<Volume>,
     pub(crate) nginx: String,
     pub(crate) agent: String,
     by_label: bool,
@@ -129,10 +139,12 @@ impl<'d> Companion<'d> {
     pub(crate) fn start(docker: &'d TestDocker, options: Options) -> Companion<'d> {
         let net = docker.network("net");
         let volume = Volume::create(docker, "confd");
+        let logs = options.shared_logs.then(|| Volume::create(docker, "logs"));
         let c = Companion {
             docker,
             net,
             volume,
+            logs,
             nginx: docker.name("nginx"),
             agent: docker.name("agent"),
             by_label: options.by_label,
@@ -158,6 +170,10 @@ impl<'d> Companion<'d> {
         let mut args = vec!["run", "--detach", "--name", &self.nginx, "--label", &owner];
         if self.by_label {
             args.extend(["--label", &nginx_label]);
+        }
+        let logs = self.logs_mount();
+        if let Some(logs) = &logs {
+            args.extend(["--volume", logs]);
         }
         args.extend(["--network", &self.net, "--publish", "127.0.0.1::80", "--volume", &mount, &image]);
         cli(&args);
@@ -188,6 +204,10 @@ impl<'d> Companion<'d> {
         let socket =
             format!("{}:/var/run/docker.sock", self.docker_socket.as_deref().unwrap_or("/var/run/docker.sock"));
         args.extend(["--volume", &socket, "--volume", &mount]);
+        let logs = self.logs_mount();
+        if let Some(logs) = &logs {
+            args.extend(["--volume", logs]);
+        }
         for e in &env {
             args.extend(["--env", e]);
         }
@@ -200,6 +220,11 @@ impl<'d> Companion<'d> {
             cli(&["cp", &file.display().to_string(), &format!("{}:{TEMPLATE_IN_AGENT}", self.agent)]);
         }
         cli(&["start", &self.agent]);
+    }
+
+    /// The `--volume` of [`Options::shared_logs`].
+    fn logs_mount(&self) -> Option<String> {
+        self.logs.as_ref().map(|v| format!("{}:/var/log/nginx", v.name))
     }
 
     /// Reads nginx's published port again (`docker port`).

@@ -149,10 +149,35 @@ fn the_companion_nginx_sends_its_lines_to_the_agent() {
     require_docker!();
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::default());
-    started_app(&docker, &c, "app1");
+    counts_every_line_once(&docker, &c);
+    let config = docker_output(&["exec", &c.agent, "cat", "/etc/nginx/conf.d/default.conf"]);
+    let config = String::from_utf8_lossy(&config.stdout);
+    assert!(config.contains("smart-proxy-insight.log smartproxy_insight buffer=64k"), "{config}");
+    assert!(c.count("does not share LOG_DIR with the agent") == 1, "{}", c.agent_log());
+}
+
+/// The companion setup with `/var/log/nginx` on a volume in both containers, as the compose
+/// files have it: nginx writes one line per request, the domain's file, and the agent reads it.
+#[test]
+fn a_companion_sharing_its_log_dir_writes_one_line_per_request() {
+    require_docker!();
+    let docker = TestDocker::new();
+    let c = Companion::start(&docker, Options::shared_logs());
+    counts_every_line_once(&docker, &c);
+    let config = docker_output(&["exec", &c.agent, "cat", "/etc/nginx/conf.d/default.conf"]);
+    let config = String::from_utf8_lossy(&config.stdout);
+    assert!(!config.contains("smartproxy_insight buffer"), "{config}");
+    assert!(config.contains("/var/log/nginx/app1.test.access.log logger-json buffer=8k"), "{config}");
+    assert!(c.count("nginx sees LOG_DIR as the agent does") == 1, "{}", c.agent_log());
+}
+
+/// Ten requests to app1.test, then twenty more: each is counted once in `/insight`.
+fn counts_every_line_once(docker: &TestDocker, c: &Companion) {
+    started_app(docker, c, "app1");
     c.wait_for_status("app1.test", 200, Some("app1"));
     for _ in 0..10 {
-        assert!(http_get(c.port(), "app1.test", "/").1.contains("app1"));
+        let (status, body) = http_get(c.port(), "app1.test", "/");
+        assert!(status == 200 && body.contains("app1"), "{status} {body}\n{}", c.agent_log());
     }
     let total = || {
         let out = docker_output(&["exec", &c.agent, "wget", "-qO-", "http://127.0.0.1:9180/insight"]);

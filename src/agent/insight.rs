@@ -155,21 +155,20 @@ impl Reader {
     /// Reads what every file added, and counts it. Lines wait (up to [`HOLD_LINES`] and
     /// [`HOLD_BYTES`]) while `/insight` holds the figures; past that the reader waits for them.
     fn read(&mut self, status: &State) -> std::io::Result<()> {
-        let held = |r: &Reader| {
-            let mut all = (r.lines.ends.len(), r.lines.bytes.len());
-            for a in &r.access {
-                all = (all.0 + a.lines.ends.len(), all.1 + a.lines.bytes.len());
-            }
-            all
-        };
-        let full = |(n, bytes): (usize, usize)| n >= HOLD_LINES || bytes >= HOLD_BYTES;
-        while !full(held(self)) && self.own.read(&mut self.buf, &mut self.lines)? {}
+        let others = self.access.iter().fold(Held(0, 0), |all, a| all.add(a.lines.held()));
+        while !others.add(self.lines.held()).full() && self.own.read(&mut self.buf, &mut self.lines)? {}
+        let mut held = others.add(self.lines.held());
+        // Each file up to what the reader holds in all (a file past it waits for the next look).
         for a in &mut self.access {
-            a.read(&mut self.buf);
+            if held.full() {
+                break;
+            }
+            let before = a.lines.held();
+            a.read(&mut self.buf, held);
+            held = held.add(a.lines.held()).sub(before);
         }
-        let (n, _) = held(self);
-        if n > 0 {
-            let insight = if full(held(self)) { Some(status.insight()) } else { status.try_insight() };
+        if held.0 > 0 {
+            let insight = if held.full() { Some(status.insight()) } else { status.try_insight() };
             if let Some(mut insight) = insight {
                 let now = now_ms();
                 self.lines.each(|line| insight.ingest(line, now));
@@ -208,8 +207,9 @@ impl AccessLog {
         }
     }
 
-    /// Reads what the file added (after an I/O error, the file is opened again).
-    fn read(&mut self, buf: &mut [u8]) {
+    /// Reads what the file added, while the reader holds less than its limits with `held`
+    /// (after an I/O error, the file is opened again).
+    fn read(&mut self, buf: &mut [u8], held: Held) {
         if self.tail.is_none() {
             let due = self.missing.as_ref().is_none_or(|m| m.since.elapsed() < RECHECK || m.tried.elapsed() >= RECHECK);
             if !due {
@@ -219,10 +219,10 @@ impl AccessLog {
             self.open(false);
         }
         let Some(tail) = &mut self.tail else { return };
-        let full = |l: &Lines| l.ends.len() >= HOLD_LINES || l.bytes.len() >= HOLD_BYTES;
+        let start = self.lines.held();
         loop {
             match tail.read(buf, &mut self.lines) {
-                Ok(true) if !full(&self.lines) => continue,
+                Ok(true) if !held.add(self.lines.held()).sub(start).full() => continue,
                 Ok(_) => return,
                 Err(e) => {
                     warn!("insight: reading {} failed ({e}); opening it again", self.path.display());
@@ -244,6 +244,24 @@ fn read(reader: &mut Reader, status: &State) -> std::io::Result<()> {
     }
 }
 
+/// Lines and bytes held, against [`HOLD_LINES`] and [`HOLD_BYTES`].
+#[derive(Debug, Clone, Copy)]
+struct Held(usize, usize);
+
+impl Held {
+    fn add(self, other: Held) -> Held {
+        Held(self.0 + other.0, self.1 + other.1)
+    }
+
+    fn sub(self, other: Held) -> Held {
+        Held(self.0.saturating_sub(other.0), self.1.saturating_sub(other.1))
+    }
+
+    fn full(self) -> bool {
+        self.0 >= HOLD_LINES || self.1 >= HOLD_BYTES
+    }
+}
+
 /// Complete lines read and not yet counted, end to end.
 #[derive(Default)]
 struct Lines {
@@ -252,6 +270,10 @@ struct Lines {
 }
 
 impl Lines {
+    fn held(&self) -> Held {
+        Held(self.ends.len(), self.bytes.len())
+    }
+
     fn push(&mut self, line: &[u8]) {
         self.bytes.extend_from_slice(line);
         self.ends.push(self.bytes.len());

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::apply::{Applied, Applier, ApplyError, Nginx};
+use crate::apply::{Applied, Applier, ApplyError};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::pipeline;
@@ -207,6 +207,26 @@ struct Controller {
     converging: Option<Converging>,
 }
 
+/// Whether insight can read the per-domain access logs rather than have nginx write a second
+/// line per request: the agent must see `LOG_DIR` as nginx does (its child's; a companion
+/// container's when a volume mounts it in both). Said once, with what to do otherwise.
+pub async fn reads_access_logs(config: &Config, nginx: &crate::apply::Nginx) -> bool {
+    let render = &config.render;
+    if render.insight_log.is_none() || !render.access_log_files {
+        return false;
+    }
+    let shared = nginx.shares_dir(render.log_dir.as_path()).await;
+    if shared {
+        info!(log_dir = %render.log_dir.as_path().display(), "insight: nginx sees LOG_DIR as the agent does: the per-domain access logs carry each request's figures (one line per request)");
+    } else {
+        info!(
+            log_dir = %render.log_dir.as_path().display(),
+            "insight: nginx's container does not share LOG_DIR with the agent, so nginx writes each request's figures to the insight file too; mount LOG_DIR in both containers to save that line"
+        );
+    }
+    shared
+}
+
 /// What went live of `table`: without the routes nginx refused.
 fn live_table(table: &RouteTable, applied: &Applied) -> RouteTable {
     let mut live = table.clone();
@@ -223,8 +243,7 @@ impl Controller {
         let renderer = load_renderer(&config)?;
         let docker = if config.docker { connect_docker(&tx).await } else { None };
         let nginx = choose_nginx(&config, docker.as_ref()).await?;
-        // The agent sees the access logs of its own nginx, not those in another container.
-        config.render.insight_from_access_logs = matches!(nginx, Nginx::Local(_));
+        config.render.insight_from_access_logs = reads_access_logs(&config, &nginx).await;
         info!(nginx = %nginx.describe(), conf = %config.nginx.conf.display(), "starting");
         let applier = Applier::new(nginx, config.nginx.conf.clone(), config.certs_dir.clone());
         let status = Arc::new(crate::status::State::default());

@@ -206,6 +206,20 @@ impl Nginx {
         })
     }
 
+    /// Whether nginx sees `dir` as the agent does (the same directory, not one of the same name):
+    /// always for the agent's child; in the companion container when a volume mounts it in both
+    /// (the same device and inode, through `stat` in the container).
+    pub async fn shares_dir(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Nginx::Companion(c) = self else { return true };
+        let Ok(ours) = std::fs::metadata(dir) else { return false };
+        let cmd = vec!["stat".to_string(), "-c".to_string(), "%d %i".to_string(), path_str(dir)];
+        match c.exec(cmd).await {
+            Ok((0, out)) => out.trim() == format!("{} {}", ours.dev(), ours.ino()),
+            _ => false,
+        }
+    }
+
     /// Whether [`Nginx::test_swap_reload`] is offered: in the companion setup.
     pub fn swaps_in_one_exec(&self) -> bool {
         matches!(self, Nginx::Companion(_))
