@@ -17,7 +17,8 @@
 //! conf.d volume too), route `bench.test` to a fourth nginx container, and wrk
 //! sends to each nginx container's address on the bench's network, alternating (skipped without a
 //! Docker daemon; `BENCH_ONLY=local` or `companion` runs one part). `BENCH_QUICK=1`: short runs (a
-//! smoke run). Run with `cargo bench --bench ingest` (needs nginx and wrk: `.ci/run` installs them).
+//! smoke run); `BENCH_ROUNDS=n`: n rounds (the companion setup is noisier: more rounds steady its
+//! medians). Run with `cargo bench --bench ingest` (needs nginx and wrk: `.ci/run` installs them).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -174,6 +175,7 @@ fn counted(agent: &Agent) -> u64 {
 fn main() {
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let (rounds, seconds, soak) = if quick { (1, 1, 5) } else { (5, 3, 60) };
+    let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(rounds);
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only != "companion" {
         local(rounds, seconds, soak);
