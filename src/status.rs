@@ -31,8 +31,38 @@ pub use crate::settings::StatusAddr;
 use crate::sources::docker::DockerClient;
 
 /// What the controller publishes for the status endpoint.
-/// The access logs insight reads: each domain and its file.
-pub type InsightFiles = Vec<(String, PathBuf)>;
+/// The access logs insight reads.
+pub type InsightFiles = Vec<InsightFile>;
+
+/// A domain's access log that carries insight's figures, and where its reading starts when the
+/// reader does not read it yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsightFile {
+    pub domain: String,
+    pub path: PathBuf,
+    pub start: FileStart,
+}
+
+/// Where a file new to the reader is read from: what it held before the apply that routed its
+/// domain is an earlier run's (or another config's) traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStart {
+    /// The file as it was before the apply: from this offset while it is the same file (inode).
+    At { ino: u64, offset: u64 },
+    /// It did not exist before the apply: nginx made it since, every line is new.
+    Beginning,
+}
+
+impl FileStart {
+    /// What `path` holds now, to be read after it.
+    pub fn of(path: &std::path::Path) -> FileStart {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => FileStart::At { ino: m.ino(), offset: m.len() },
+            Err(_) => FileStart::Beginning,
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct State {
@@ -200,7 +230,8 @@ impl State {
     /// nginx writes them to the insight file).
     pub fn set_insight_files(&self, files: InsightFiles) {
         let mut current = self.insight_files.lock().unwrap_or_else(|p| p.into_inner());
-        if *current.1 != files {
+        let same = |a: &InsightFile, b: &InsightFile| (&a.domain, &a.path) == (&b.domain, &b.path);
+        if current.1.len() != files.len() || current.1.iter().zip(&files).any(|(a, b)| !same(a, b)) {
             *current = (current.0 + 1, Arc::new(files));
         }
     }

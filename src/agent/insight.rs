@@ -32,7 +32,7 @@ use crate::routes::{Origin, RouteTable};
 use crate::sources::docker::DockerApi;
 use crate::sources::label_schema::Heal;
 use crate::sources::labels::{self, Container};
-use crate::status::{now_ms, EventKind, HealTarget, State};
+use crate::status::{now_ms, EventKind, FileStart, HealTarget, InsightFile, InsightFiles, State};
 
 /// How often anomalies are judged (the insight windows' finest slot).
 const TICK: Duration = Duration::from_secs(5);
@@ -49,7 +49,7 @@ pub(super) fn start(
     })?;
     info!(file = %file.display(), "insight: reading nginx's access-log lines");
     let state = status.clone();
-    let mut reader = Reader { own, lines: Lines::default(), access: Vec::new(), revision: 0, buf: vec![0; CHUNK] };
+    let mut reader = Reader::new(own);
     std::thread::Builder::new().name("insight-reader".into()).spawn(move || loop {
         if let Err(e) = read(&mut reader, &state) {
             warn!("insight: reading {} failed ({e}); trying again in 5 s", reader.own.path.display());
@@ -92,6 +92,10 @@ const CUT_AFTER: u64 = 1 << 20;
 const EMPTY_AFTER: u64 = 64 << 20;
 /// How often the reader checks that the path still names the file it reads.
 const RECHECK: Duration = Duration::from_secs(5);
+/// How long a file replaced at its path must have stopped growing before the new one is read:
+/// nginx writes the old one until it reopens its logs (logrotate's postrotate, a reload), at the
+/// latest a second (its `flush`) after a line.
+const DRAIN: Duration = Duration::from_secs(3);
 
 /// Lines (or bytes) past which the reader waits for the figures rather than hold more.
 const HOLD_LINES: usize = 65_536;
@@ -104,6 +108,12 @@ struct Reader {
     /// Lines of the insight file not yet counted.
     lines: Lines,
     access: Vec<AccessLog>,
+    /// Lines of the access logs not yet counted, and the index in `access` of each one's file
+    /// (the list is only taken again once they are counted).
+    access_lines: Lines,
+    line_files: Vec<u32>,
+    /// The file the next look starts with (a look that stopped at the limits goes on from there).
+    next: usize,
     /// The revision of the access-log list read last.
     revision: u64,
     /// One read buffer for every file.
@@ -115,10 +125,18 @@ struct AccessLog {
     domain: String,
     path: PathBuf,
     tail: Option<Tail>,
-    lines: Lines,
+    /// Where reading starts when the file is opened: as the list said for the first open, at its
+    /// end after a read error (a line may be lost, none is counted twice).
+    start: Start,
     /// While the file cannot be opened: since when, and when it was last tried (every [`POLL`]
     /// for a [`RECHECK`], then every [`RECHECK`]); the reason is logged once.
     missing: Option<Missing>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    Listed(FileStart),
+    End,
 }
 
 struct Missing {
@@ -127,56 +145,102 @@ struct Missing {
     said: bool,
 }
 
+/// Where each of `files` stands now (before an apply).
+pub(super) fn file_starts(files: &[(String, PathBuf)]) -> std::collections::HashMap<PathBuf, FileStart> {
+    files.iter().map(|(_, path)| (path.clone(), FileStart::of(path))).collect()
+}
+
+/// `files` with the starts taken before the apply (a file not looked at then: as it is now).
+pub(super) fn with_starts(
+    files: Vec<(String, PathBuf)>,
+    starts: &std::collections::HashMap<PathBuf, FileStart>,
+) -> InsightFiles {
+    files
+        .into_iter()
+        .map(|(domain, path)| {
+            let start = starts.get(&path).copied().unwrap_or_else(|| FileStart::of(&path));
+            InsightFile { domain, path, start }
+        })
+        .collect()
+}
+
 impl Reader {
-    /// Takes the access-log list when it changed: files kept stay open where they were; a file
-    /// new to the list is read from its end (what it holds is a previous run's, or another
-    /// domain's history).
+    fn new(own: Tail) -> Reader {
+        Reader {
+            own,
+            lines: Lines::default(),
+            access: Vec::new(),
+            access_lines: Lines::default(),
+            line_files: Vec::new(),
+            next: 0,
+            revision: 0,
+            buf: vec![0; CHUNK],
+        }
+    }
+
+    /// Takes the access-log list when it changed (and no line read is waiting to be counted):
+    /// files kept stay open where they were; a file new to the list is read from where the list
+    /// says.
     fn update(&mut self, status: &State) {
+        if !self.access_lines.ends.is_empty() {
+            return;
+        }
         let Some((revision, files)) = status.insight_files_since(self.revision) else { return };
         self.revision = revision;
         let mut old: std::collections::HashMap<(String, PathBuf), AccessLog> =
             self.access.drain(..).map(|a| ((a.domain.clone(), a.path.clone()), a)).collect();
-        for (domain, path) in files.iter() {
-            let kept = old.remove(&(domain.clone(), path.clone()));
+        for file in files.iter() {
+            let kept = old.remove(&(file.domain.clone(), file.path.clone()));
             self.access.push(kept.unwrap_or_else(|| {
                 let mut log = AccessLog {
-                    domain: domain.clone(),
-                    path: path.clone(),
+                    domain: file.domain.clone(),
+                    path: file.path.clone(),
                     tail: None,
-                    lines: Lines::default(),
+                    start: Start::Listed(file.start),
                     missing: None,
                 };
-                log.open(true);
+                log.open();
                 log
             }));
         }
+        self.next = 0;
     }
 
     /// Reads what every file added, and counts it. Lines wait (up to [`HOLD_LINES`] and
     /// [`HOLD_BYTES`]) while `/insight` holds the figures; past that the reader waits for them.
     fn read(&mut self, status: &State) -> std::io::Result<()> {
-        let others = self.access.iter().fold(Held(0, 0), |all, a| all.add(a.lines.held()));
+        let others = self.access_lines.held();
         while !others.add(self.lines.held()).full() && self.own.read(&mut self.buf, &mut self.lines)? {}
-        let mut held = others.add(self.lines.held());
-        // Each file up to what the reader holds in all (a file past it waits for the next look).
-        for a in &mut self.access {
-            if held.full() {
+        // Each file up to what the reader holds in all (the files after it wait for the next look,
+        // which starts with them).
+        let n = self.access.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if others.add(self.lines.held()).full() {
+                self.next = i;
                 break;
             }
-            let before = a.lines.held();
-            a.read(&mut self.buf, held);
-            held = held.add(a.lines.held()).sub(before);
+            let before = self.access_lines.ends.len();
+            let (a, lines, buf) = (&mut self.access[i], &mut self.access_lines, &mut self.buf);
+            a.read(buf, lines, self.lines.held());
+            self.line_files.extend(std::iter::repeat_n(i as u32, self.access_lines.ends.len() - before));
         }
+        let held = self.access_lines.held().add(self.lines.held());
         if held.0 > 0 {
             let insight = if held.full() { Some(status.insight()) } else { status.try_insight() };
             if let Some(mut insight) = insight {
                 let now = now_ms();
                 self.lines.each(|line| insight.ingest(line, now));
                 self.lines.clear();
-                for a in &mut self.access {
-                    a.lines.each(|line| insight.ingest_access(&a.domain, line, now));
-                    a.lines.clear();
-                }
+                let mut files = self.line_files.iter();
+                let access = &self.access;
+                self.access_lines.each(|line| {
+                    if let Some(a) = files.next().and_then(|&i| access.get(i as usize)) {
+                        insight.ingest_access(&a.domain, line, now);
+                    }
+                });
+                self.access_lines.clear();
+                self.line_files.clear();
             }
         }
         self.own.release()
@@ -184,18 +248,24 @@ impl Reader {
 }
 
 impl AccessLog {
-    /// Opens the file (from its end or its start); while it cannot be, says why once.
-    fn open(&mut self, from_end: bool) {
-        match Tail::open_access(&self.path, from_end) {
+    /// Opens the file where [`AccessLog::start`] says; while it cannot be, says why once.
+    fn open(&mut self) {
+        match Tail::open_access(&self.path, self.start) {
             Ok(tail) => {
                 self.tail = Some(tail);
                 self.missing = None;
+                self.start = Start::End;
             }
             Err(e) => {
                 let now = Instant::now();
                 let missing = self.missing.get_or_insert(Missing { since: now, tried: now, said: false });
                 missing.tried = now;
-                if e.kind() != std::io::ErrorKind::NotFound && !missing.said {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // Gone or not made yet: nginx makes it again (a reload), every line new.
+                    if let Start::Listed(_) = self.start {
+                        self.start = Start::Listed(FileStart::Beginning);
+                    }
+                } else if !missing.said {
                     warn!(
                         "insight: cannot read {} ({e}); {}'s figures stay empty until it can",
                         self.path.display(),
@@ -207,26 +277,25 @@ impl AccessLog {
         }
     }
 
-    /// Reads what the file added, while the reader holds less than its limits with `held`
-    /// (after an I/O error, the file is opened again).
-    fn read(&mut self, buf: &mut [u8], held: Held) {
+    /// Reads what the file added into `lines`, while they and `others` stay under the limits
+    /// (after an I/O error, the file is opened again at its end).
+    fn read(&mut self, buf: &mut [u8], lines: &mut Lines, others: Held) {
         if self.tail.is_none() {
             let due = self.missing.as_ref().is_none_or(|m| m.since.elapsed() < RECHECK || m.tried.elapsed() >= RECHECK);
             if !due {
                 return;
             }
-            // Made by nginx's reload after the list changed: read from its start.
-            self.open(false);
+            self.open();
         }
         let Some(tail) = &mut self.tail else { return };
-        let start = self.lines.held();
         loop {
-            match tail.read(buf, &mut self.lines) {
-                Ok(true) if !held.add(self.lines.held()).sub(start).full() => continue,
+            match tail.read(buf, lines) {
+                Ok(true) if !others.add(lines.held()).full() => continue,
                 Ok(_) => return,
                 Err(e) => {
-                    warn!("insight: reading {} failed ({e}); opening it again", self.path.display());
+                    warn!("insight: reading {} failed ({e}); opening it again at its end", self.path.display());
                     self.tail = None;
+                    self.start = Start::End;
                     return;
                 }
             }
@@ -251,10 +320,6 @@ struct Held(usize, usize);
 impl Held {
     fn add(self, other: Held) -> Held {
         Held(self.0 + other.0, self.1 + other.1)
-    }
-
-    fn sub(self, other: Held) -> Held {
-        Held(self.0.saturating_sub(other.0), self.1.saturating_sub(other.1))
     }
 
     fn full(self) -> bool {
@@ -291,9 +356,9 @@ impl Lines {
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
-        if self.bytes.capacity() > 256 << 10 {
-            self.bytes.shrink_to(64 << 10);
-            self.ends.shrink_to(1024);
+        if self.bytes.capacity() > 1 << 20 {
+            self.bytes.shrink_to(256 << 10);
+            self.ends.shrink_to(4096);
         }
     }
 }
@@ -321,6 +386,9 @@ struct Tail {
     /// The insight file is made again when it was removed; an access log is only opened.
     own: bool,
     checked: Instant,
+    /// When the file last grew: a file replaced at its path is read on until it stopped growing
+    /// for [`DRAIN`] (nginx writes the old file until it reopens its logs).
+    grew: Instant,
 }
 
 impl Tail {
@@ -334,10 +402,15 @@ impl Tail {
     }
 
     /// Opens a domain's access log, read only, from its end (`from_end`) or its start.
-    fn open_access(path: &Path, from_end: bool) -> std::io::Result<Tail> {
+    fn open_access(path: &Path, start: Start) -> std::io::Result<Tail> {
+        use std::os::unix::fs::MetadataExt;
         let mut tail = Tail::new(path, File::open(path)?, false, MAX_ACCESS_LINE);
-        if from_end {
-            tail.skip_to_end()?;
+        let meta = tail.file.metadata()?;
+        match start {
+            Start::End => tail.skip_to(meta.len())?,
+            Start::Listed(FileStart::At { ino, offset }) if ino == meta.ino() => tail.skip_to(offset)?,
+            // Made again since (rotated), or made since: every line is new.
+            Start::Listed(_) => {}
         }
         Ok(tail)
     }
@@ -354,16 +427,23 @@ impl Tail {
             writable,
             own: false,
             checked: Instant::now(),
+            grew: Instant::now(),
         }
     }
 
     /// Starts after the last complete line.
     fn skip_to_end(&mut self) -> std::io::Result<()> {
         let len = self.file.metadata()?.len();
-        if len > 0 {
+        self.skip_to(len)
+    }
+
+    /// Starts at `offset` (at most the file's length), or after the line it falls in.
+    fn skip_to(&mut self, offset: u64) -> std::io::Result<()> {
+        let offset = offset.min(self.file.metadata()?.len());
+        if offset > 0 {
             let mut last = [0u8; 1];
-            self.file.read_exact_at(&mut last, len - 1)?;
-            self.offset = len;
+            self.file.read_exact_at(&mut last, offset - 1)?;
+            self.offset = offset;
             self.skipping = last[0] != b'\n';
         }
         Ok(())
@@ -406,7 +486,7 @@ impl Tail {
             self.skipping = false;
         }
         if len == self.offset {
-            if self.checked.elapsed() >= RECHECK {
+            if self.checked.elapsed() >= RECHECK && self.grew.elapsed() >= DRAIN {
                 self.checked = Instant::now();
                 return self.reopen_if_replaced();
             }
@@ -415,6 +495,7 @@ impl Tail {
         let want = ((len - self.offset) as usize).min(buf.len());
         let n = self.file.read_at(&mut buf[..want], self.offset)?;
         self.offset += n as u64;
+        self.grew = Instant::now();
         self.split(&buf[..n], lines);
         Ok(n == buf.len())
     }
@@ -448,6 +529,8 @@ impl Tail {
                     self.partial.extend_from_slice(piece);
                     lines.push(&self.partial);
                     self.partial.clear();
+                    // A thousand files each keeping a long line's room would add up.
+                    self.partial.shrink_to(1024);
                 }
             } else {
                 self.partial.extend_from_slice(piece);
@@ -707,36 +790,50 @@ mod tests {
         // Removed, and made again (as nginx does on a reload).
         std::fs::remove_file(&path).unwrap();
         append(&path, b"four\n");
-        tail.checked -= RECHECK;
+        (tail.checked, tail.grew) = (tail.checked - RECHECK, tail.grew - DRAIN);
         assert_eq!(drain(&mut tail), ["four"]);
     }
 
     #[test]
-    fn an_access_log_is_read_from_its_end_and_followed_through_its_rotation() {
+    fn an_access_log_is_read_from_where_the_list_says_and_followed_through_its_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.test.access.log");
-        assert!(Tail::open_access(&path, true).is_err(), "not made yet");
+        assert!(Tail::open_access(&path, Start::End).is_err(), "not made yet");
         append(&path, b"history\n");
-        let mut tail = Tail::open_access(&path, true).unwrap();
-        assert!(drain(&mut tail).is_empty(), "what was there before is not read");
+        // Before the apply: the file holds an earlier run's line. nginx writes one before the
+        // reader opens the file: it is read, the history is not.
+        let start = FileStart::of(&path);
+        append(&path, b"zero\n");
+        let mut tail = Tail::open_access(&path, Start::Listed(start)).unwrap();
+        assert_eq!(drain(&mut tail), ["zero"]);
         // A request line of 20 KiB is no oversized line in an access log.
         let long = "r".repeat(20_000);
         append(&path, format!("one\n{long}\n").as_bytes());
         assert_eq!(drain(&mut tail), ["one".to_string(), "20000 bytes".to_string()]);
-        // logrotate: renamed, nginx told to reopen (a new file), the old one's rest read first.
+        // logrotate: renamed and made again; nginx writes the old file until it reopens its logs,
+        // so the old one is read on until it stopped growing.
         let rotated = dir.path().join("a.test.access.log.1");
         std::fs::rename(&path, &rotated).unwrap();
-        append(&rotated, b"two\n");
         append(&path, b"three\n");
+        append(&rotated, b"two\n");
         tail.checked -= RECHECK;
         assert_eq!(drain(&mut tail), ["two"]);
         tail.checked -= RECHECK;
-        assert_eq!(drain(&mut tail), ["three"]);
+        assert!(drain(&mut tail).is_empty(), "the old file grew just now: read on");
+        append(&rotated, b"two and a half\n");
+        assert_eq!(drain(&mut tail), ["two and a half"]);
+        (tail.checked, tail.grew) = (tail.checked - RECHECK, tail.grew - DRAIN);
+        assert_eq!(drain(&mut tail), ["three"], "the new file, from its start");
         // copytruncate: emptied in place.
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
         append(&path, b"four\n");
         assert_eq!(drain(&mut tail), ["four"]);
         assert_eq!(std::fs::read(&path).unwrap(), b"four\n", "the agent never writes the user's file");
+        // A file made again between the look before the apply and the open: from its start.
+        std::fs::remove_file(&path).unwrap();
+        append(&path, b"five\n");
+        let mut tail = Tail::open_access(&path, Start::Listed(start)).unwrap();
+        assert_eq!(drain(&mut tail), ["five"]);
     }
 
     #[test]
@@ -745,10 +842,12 @@ mod tests {
         let status = State::default();
         status.insight().set_domains(["a.test", "b.test"]);
         let own = Tail::open(&dir.path().join("insight.log")).unwrap();
-        let mut reader = Reader { own, lines: Lines::default(), access: Vec::new(), revision: 0, buf: vec![0; CHUNK] };
+        let mut reader = Reader::new(own);
         let (a, b) = (dir.path().join("a.test.access.log"), dir.path().join("b.test.access.log"));
         append(&a, b"a line of an earlier run\n");
-        status.set_insight_files(vec![("a.test".into(), a.clone()), ("b.test".into(), b.clone())]);
+        let listed = vec![("a.test".to_string(), a.clone()), ("b.test".to_string(), b.clone())];
+        let starts = file_starts(&listed);
+        status.set_insight_files(with_starts(listed, &starts));
         reader.update(&status);
         let served = |host: &str, status: u16| {
             format!(
@@ -771,9 +870,16 @@ mod tests {
         assert_eq!((a_classes.c2xx, a_classes.c3xx, a_classes.c5xx), (1, 0, 1), "{snapshot:?}");
         assert_eq!((b_classes.c2xx, b_classes.c4xx), (0, 1));
         assert_eq!(snapshot.dropped.malformed, 1);
-        // A domain no longer routed: its file is dropped from the reader.
-        status.set_insight_files(vec![("a.test".into(), a)]);
+        // A domain no longer routed: its file is dropped from the reader; a.test's is kept where
+        // it was (nothing read twice).
+        let listed = vec![("a.test".to_string(), a.clone())];
+        status.set_insight_files(with_starts(listed, &std::collections::HashMap::new()));
         reader.update(&status);
         assert_eq!(reader.access.len(), 1);
+        append(&a, served("a.test", 200).as_bytes());
+        reader.read(&status).unwrap();
+        let snapshot = status.insight().snapshot(now_ms() + 60_000);
+        let a_total = snapshot.domains.iter().find(|s| s.domain == "a.test").unwrap().total.requests;
+        assert_eq!(a_total, 3);
     }
 }

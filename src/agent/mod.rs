@@ -450,13 +450,16 @@ impl Controller {
         }
 
         let causes: Vec<String> = std::mem::take(&mut self.causes).into_iter().map(|c| self.describe(c)).collect();
+        // Where insight starts reading the access logs this apply may route: after what they
+        // hold now (nginx -t and the reload make the missing ones; every line in those is new).
+        let starts = insight::file_starts(&self.renderer.insight_access_logs(&table, &self.config.render));
         let result = self.applier.apply(&self.renderer, &self.config.render, &table).await;
         self.status.applied(&table, &result);
         if let Ok(applied) = &result {
             let targets = insight::heal_targets(self.store.containers(), &table, &self.config.label_prefix);
             self.status.set_heal_targets(targets);
             let files = self.renderer.insight_access_logs(&live_table(&table, applied), &self.config.render);
-            self.status.set_insight_files(files);
+            self.status.set_insight_files(insight::with_starts(files, &starts));
         }
         if let (Ok(applied), Some((publisher, _))) = (&result, &self.follow) {
             self.publish_follow(publisher.clone(), &table, applied);

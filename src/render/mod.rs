@@ -339,20 +339,20 @@ impl Renderer {
         table
     }
 
-    /// Whether the template writes the access-log formats from the context (`access_log_format`,
-    /// `redirect_log_format`), as the built-in one does; one written before they existed
-    /// defines `logger-json` itself.
-    fn formats_access_logs(&self) -> bool {
-        self.custom.as_ref().is_none_or(|s| s.contains("access_log_format") && s.contains("redirect_log_format"))
-    }
-
     fn logs(&self, table: &RouteTable, settings: &RenderSettings) -> Logs {
         let held = settings.access_log_files && table.sites.len() <= settings.error_logs_max;
-        let formats = self.formats_access_logs();
+        // A template written before these formats defines `logger-json` itself (without the
+        // upstream fields) and no `logger-json-redirect`.
+        let redirect = self.custom.as_ref().is_none_or(|s| s.contains("log_format logger-json-redirect "));
+        let upstream_fields = self.custom.as_ref().is_none_or(|s| s.contains("{{ access_log_format }}"));
         Logs {
             held,
-            insight_from_files: held && formats && settings.insight_from_access_logs && settings.insight_log.is_some(),
-            redirect_format: if formats { "logger-json-redirect" } else { "logger-json" },
+            insight_from_files: held
+                && redirect
+                && upstream_fields
+                && settings.insight_log.is_some()
+                && settings.insight_from_access_logs,
+            redirect_format: if redirect { "logger-json-redirect" } else { "logger-json" },
         }
     }
 
@@ -1118,8 +1118,9 @@ fn access_logs(settings: &RenderSettings, logs: &Logs, serves: bool, held: Optio
             None => format!("access_log {}/$smartproxy_log.access.log {format};", settings.log_dir.0),
         });
     }
-    let from_files = held.is_some() && logs.insight_from_files;
-    if let (Some(file), true, false) = (&settings.insight_log, serves, from_files) {
+    // Reading the files, the agent reads every server's lines there (held or through
+    // `$smartproxy_log`, the same files).
+    if let (Some(file), true, false) = (&settings.insight_log, serves, logs.insight_from_files) {
         lines.push(format!("access_log {} smartproxy_insight buffer=64k flush=1s;", file.0));
     }
     if lines.is_empty() {
@@ -1338,6 +1339,16 @@ mod tests {
         let many = RenderSettings { error_logs_max: 1, ..fold.clone() };
         assert!(builtin.render(&table, &many).unwrap().contains("access_log /i.log smartproxy_insight"));
         assert!(builtin.insight_access_logs(&table, &many).is_empty());
+        // A template that writes the formats but the `$smartproxy_log` lines (the same files):
+        // no second line there either.
+        let global = BUILTIN_TEMPLATE
+            .replace("{{ site.access_logs or access_logs }}", "{{ access_logs }}")
+            .replace("{{ site.redirect_access_logs or redirect_access_logs }}", "{{ redirect_access_logs }}");
+        let global = Renderer::from_source("global.j2".into(), global).unwrap();
+        let config = global.render(&table, &fold).unwrap();
+        assert!(!config.contains("smartproxy_insight buffer"), "{config}");
+        assert!(config.contains("access_log /l/$smartproxy_log.access.log logger-json-redirect;"), "{config}");
+        assert_eq!(global.insight_access_logs(&table, &fold), files);
         let old_source = BUILTIN_TEMPLATE
             .replace("{{ access_log_format }}", crate::insight::REDIRECT_LOG_FORMAT)
             .replace("log_format logger-json-redirect escape=json {{ redirect_log_format }};", "");
