@@ -92,6 +92,29 @@ fn datagrams(domains: usize, count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A datagram's request as its domain's access log line (`insight::ACCESS_LOG_FORMAT`): its domain's
+/// index and the line.
+fn access_line(i: usize, datagram: &[u8]) -> (usize, Vec<u8>) {
+    let json = &datagram[datagram.iter().position(|&b| b == b'{').unwrap()..];
+    let e = parse(json).unwrap();
+    let d: usize = e.domain.trim_start_matches("site").split('.').next().unwrap().parse().unwrap();
+    let ms = e.request_us / 1000;
+    let line = format!(
+        r#"{{"time":"2026-12-05T22:00:00+00:00","remote_addr":"203.0.113.{}","request":"GET /products/{i}?page={} HTTP/1.1","status":{},"bytes_sent":{},"domain":"{}","upstream":"{}","request_time":{}.{:03},"upstream_status":"{}","upstream_response_time":"{}"}}"#,
+        i % 250,
+        i % 7,
+        e.status,
+        e.bytes,
+        e.domain,
+        e.upstream_addr,
+        ms / 1000,
+        ms % 1000,
+        e.upstream_status,
+        e.upstream_time
+    );
+    (d, line.into_bytes())
+}
+
 /// CPU time (user + system) of the calling thread so far (utime and stime).
 fn thread_cpu() -> Option<Duration> {
     common::stat_cpu("/proc/thread-self/stat", 11)
@@ -150,6 +173,28 @@ fn ingest(c: &mut Criterion) {
     if let Some((low, median, high)) = lines_per_second(7, lines.len(), &mut batch) {
         eprintln!("insight/ingest/1000 domains: {median:.0} lines/s of CPU time (median of 7; {low:.0} .. {high:.0})");
     }
+    // The same requests as the per-domain access logs carry them (the default where the agent
+    // reads nginx's LOG_DIR): the seed's fields, a request line and the client, the domain
+    // taken from the file.
+    let access: Vec<(usize, Vec<u8>)> = lines.iter().enumerate().map(|(i, l)| access_line(i, l)).collect();
+    let bytes: usize = access.iter().map(|(_, l)| l.len()).sum();
+    eprintln!("insight/access lines: {} bytes on average", bytes / access.len());
+    let mut access_insight = Insight::new();
+    access_insight.set_domains(&names);
+    let mut now = T0;
+    let mut access_batch = || {
+        for (d, line) in &access {
+            now += 1;
+            access_insight.ingest_access(&names[*d], black_box(line), now / 20);
+        }
+    };
+    if let Some((low, median, high)) = lines_per_second(7, access.len(), &mut access_batch) {
+        eprintln!(
+            "insight/ingest_access/1000 domains: {median:.0} lines/s of CPU time (median of 7; {low:.0} .. {high:.0})"
+        );
+    }
+    let dropped = access_insight.dropped();
+    assert_eq!((dropped.malformed, dropped.unrouted, dropped.oversized), (0, 0, 0));
     let mut group = c.benchmark_group("insight");
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Elements(lines.len() as u64));
