@@ -11,12 +11,13 @@
 //! start, so it stays small. The file lives beside NGINX_CONF, on the volume the companion setup
 //! shares, so nginx in another container writes it too.
 //!
-//! When nginx is the agent's child and holds each domain's JSON access log open, those files
+//! When the agent sees nginx's `LOG_DIR` and nginx holds each domain's JSON access log open, those files
 //! carry the same figures (`insight::ACCESS_LOG_FORMAT`) and the agent reads them instead
 //! (`render::Renderer::insight_access_logs`, handed over through `State::set_insight_files`):
-//! nginx then writes one line per request, not two. They are the user's files: the agent never
-//! writes them, reads them from their end, and follows their rotation (renamed and made again,
-//! or copied and truncated).
+//! nginx then writes one line per request, not two; in the companion setup too when `LOG_DIR` is
+//! on a volume in both containers. They are the user's files: the agent never writes them, reads
+//! each from where it stood before the apply that routed its domain, and follows their rotation
+//! (renamed and made again, or copied and truncated).
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -216,7 +217,7 @@ impl Reader {
         let n = self.access.len();
         for k in 0..n {
             let i = (self.next + k) % n;
-            if others.add(self.lines.held()).full() {
+            if self.access_lines.held().add(self.lines.held()).full() {
                 self.next = i;
                 break;
             }
@@ -352,7 +353,7 @@ impl Lines {
         }
     }
 
-    /// Empties it; a burst's memory is given back (a thousand domains' logs each hold theirs).
+    /// Empties it; a burst's memory is given back.
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
@@ -401,7 +402,8 @@ impl Tail {
         Ok(tail)
     }
 
-    /// Opens a domain's access log, read only, from its end (`from_end`) or its start.
+    /// Opens a domain's access log, read only, where `start` says: its end; or where it stood
+    /// before the apply while it is the same file, else its start.
     fn open_access(path: &Path, start: Start) -> std::io::Result<Tail> {
         use std::os::unix::fs::MetadataExt;
         let mut tail = Tail::new(path, File::open(path)?, false, MAX_ACCESS_LINE);
