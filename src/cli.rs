@@ -261,7 +261,9 @@ async fn check(config: &Config, format: Format) -> anyhow::Result<u8> {
     let gathered = gather_and_warn(config).await?;
     let table = &gathered.table;
     let missing = if config.serves_tls() { placeholder::missing(&config.certs_dir, table) } else { Vec::new() };
-    let report = Report::new(table, config.mode.is_local(), &missing).explaining_labels(&config.label_prefix);
+    let report = Report::new(table, config.mode.is_local(), &missing)
+        .with_swarm(&gathered.swarm)
+        .explaining_labels(&config.label_prefix);
     let text = match format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json() + "\n",

@@ -65,6 +65,8 @@ pub struct Gathered {
     /// Why nginx's networks are unknown although labels were read (several labelled nginx
     /// containers, or NGINX_CONTAINER cannot be inspected): addresses are chosen without them.
     pub nginx_unknown: Option<String>,
+    /// The Swarm services read, each with its routing mode (none without Swarm).
+    pub swarm: Vec<swarm::SwarmSummary>,
 }
 
 /// Reads every source once and builds the table, as the agent's first pass would.
@@ -72,7 +74,12 @@ pub async fn gather(config: &Config) -> Gathered {
     let statics = config.statics.load();
     let prefix = &config.label_prefix;
     if !config.docker {
-        return Gathered { table: build(None, None, statics, prefix), docker_unavailable: None, nginx_unknown: None };
+        return Gathered {
+            table: build(None, None, statics, prefix),
+            docker_unavailable: None,
+            nginx_unknown: None,
+            swarm: Vec::new(),
+        };
     }
     let containers = match read_containers(config).await {
         Ok(containers) => containers,
@@ -81,10 +88,11 @@ pub async fn gather(config: &Config) -> Gathered {
                 table: build(None, None, statics, prefix),
                 docker_unavailable: Some(e),
                 nginx_unknown: None,
+                swarm: Vec::new(),
             }
         }
     };
-    let (client, containers) = containers;
+    let (client, containers, swarm) = containers;
     let (nginx_networks, nginx_unknown) = match nginx_container(config.nginx.container.as_deref(), prefix, &containers)
     {
         Err(e) => (None, Some(e)),
@@ -101,10 +109,14 @@ pub async fn gather(config: &Config) -> Gathered {
         table: build(Some(&containers), nginx_networks, statics, prefix),
         docker_unavailable: None,
         nginx_unknown,
+        swarm,
     }
 }
 
-async fn read_containers(config: &Config) -> Result<(DockerClient, Vec<Container>), DockerError> {
+/// The labelled containers, with the Swarm services' (and what `check` says of each service).
+async fn read_containers(
+    config: &Config,
+) -> Result<(DockerClient, Vec<Container>, Vec<swarm::SwarmSummary>), DockerError> {
     let prefix = &config.label_prefix;
     let client = DockerClient::connect().await?;
     let mut containers = client.labelled_containers(prefix).await?;
@@ -113,10 +125,12 @@ async fn read_containers(config: &Config) -> Result<(DockerClient, Vec<Container
         SwarmMode::On => true,
         SwarmMode::Auto => client.swarm_manager().await?,
     };
+    let mut summaries = Vec::new();
     if swarm {
         for service in client.swarm_services(prefix).await? {
             containers.extend(swarm::containers(&service, prefix));
+            summaries.push(swarm::summary(&service, prefix));
         }
     }
-    Ok((client, containers))
+    Ok((client, containers, summaries))
 }

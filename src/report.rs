@@ -14,6 +14,10 @@ pub struct Report<'a> {
     pub warnings: Vec<&'a Diagnostic>,
     /// TLS domains without a certificate: a self-signed placeholder is (or would be) written.
     pub placeholders: Vec<String>,
+    /// The Swarm services read, with the routing mode each uses and why, and their tasks (also
+    /// those with no task running, whose routes have no server to show it on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub swarm_services: Vec<crate::sources::swarm::SwarmSummary>,
     /// The label prefix, when the text explains the label keys its diagnostics name
     /// ([`Report::explaining_labels`]).
     #[serde(skip)]
@@ -121,8 +125,15 @@ impl<'a> Report<'a> {
             errors: table.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect(),
             warnings: table.diagnostics.iter().filter(|d| d.severity == Severity::Warning).collect(),
             placeholders: placeholders.iter().map(ToString::to_string).collect(),
+            swarm_services: Vec::new(),
             label_prefix: None,
         }
+    }
+
+    /// With the Swarm services read (`pipeline::Gathered::swarm`).
+    pub fn with_swarm(mut self, services: &[crate::sources::swarm::SwarmSummary]) -> Self {
+        self.swarm_services = services.to_vec();
+        self
     }
 
     /// After the diagnostics, the text explains each label key they name (labels with `prefix`):
@@ -225,6 +236,12 @@ impl<'a> Report<'a> {
         networks.dedup();
         if !networks.is_empty() {
             let _ = writeln!(out, "\nNetworks:\n{}", networks.join("\n"));
+        }
+        if !self.swarm_services.is_empty() {
+            let _ = writeln!(out, "\nSwarm services:");
+            for s in &self.swarm_services {
+                let _ = writeln!(out, "  {}: {}; {} of {} tasks running", s.service, s.mode, s.running, s.tasks);
+            }
         }
         // Policies that differ from the defaults; the health path (one per domain) on its first row.
         let mut policies: Vec<String> = Vec::new();

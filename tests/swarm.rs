@@ -327,6 +327,7 @@ fn swarm_services_are_served_scaled_updated_and_removed_without_failed_requests(
     let check = s.agent.cli(&["check"]);
     let check_text = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
     assert!(check_text.contains("network proxy: swarm tasks (default); the network shared with nginx"), "{check_text}");
+    assert!(check_text.contains("Swarm services:\n  web: swarm tasks (default); 1 of 1 tasks running"), "{check_text}");
 
     // Scaled 1 → 5 → 1 under a request loop: no failed request.
     s.wait_steady("web.test", "web");

@@ -101,12 +101,8 @@ impl SwarmOrigin {
 /// instead of falling to the default server. A bad `swarm.lb` value routes by tasks here; the
 /// label builder reports it and skips the service.
 pub fn containers(service: &SwarmService, prefix: &str) -> Vec<Container> {
-    let label = format!("{prefix}.swarm.lb");
-    let (lb, why) = match service.labels.get(&label).map(|v| SwarmLb::parse(v)) {
-        Some(Ok(lb)) => (lb, format!("label {label}={lb}")),
-        _ => (SwarmLb::Tasks, "default".to_string()),
-    };
-    let origin = SwarmOrigin { service: service.name.clone(), lb, why };
+    let origin = origin(service, prefix);
+    let lb = origin.lb;
     let container = |id: String, name: String, networks: &BTreeMap<String, IpAddr>, running: bool| Container {
         id,
         name,
@@ -133,6 +129,38 @@ pub fn containers(service: &SwarmService, prefix: &str) -> Vec<Container> {
                 out
             }
         }
+    }
+}
+
+/// The service's routing mode and why.
+fn origin(service: &SwarmService, prefix: &str) -> SwarmOrigin {
+    let label = format!("{prefix}.swarm.lb");
+    let (lb, why) = match service.labels.get(&label).map(|v| SwarmLb::parse(v)) {
+        Some(Ok(lb)) => (lb, format!("label {label}={lb}")),
+        _ => (SwarmLb::Tasks, "default".to_string()),
+    };
+    SwarmOrigin { service: service.name.clone(), lb, why }
+}
+
+/// What `check` says of a Swarm service, whether or not a task runs: its routing mode and why,
+/// and its tasks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SwarmSummary {
+    pub service: String,
+    /// `swarm tasks (default)`, `swarm vip (label smart-proxy.swarm.lb=vip)`.
+    pub mode: String,
+    /// Tasks Swarm wants running, and those running.
+    pub tasks: usize,
+    pub running: usize,
+}
+
+pub fn summary(service: &SwarmService, prefix: &str) -> SwarmSummary {
+    let wanted = service.tasks.iter().filter(|t| t.wanted());
+    SwarmSummary {
+        service: service.name.clone(),
+        mode: origin(service, prefix).describe(),
+        tasks: wanted.clone().count(),
+        running: wanted.filter(|t| t.running()).count(),
     }
 }
 
@@ -186,6 +214,28 @@ mod tests {
             .iter()
             .flat_map(|def| def.backends.iter().map(move |b| (def.key.name.to_string(), b.address())))
             .collect()
+    }
+
+    /// `check` names each service's mode and its tasks, also with none running (its routes have
+    /// no server to show the mode on).
+    #[test]
+    fn the_summary_names_the_mode_without_a_running_task() {
+        let starting = service(
+            &[("smart-proxy.domains", "shop.example.com")],
+            vec![
+                task("t1", 1, "preparing", "running", [10, 0, 1, 5]),
+                task("t0", 1, "shutdown", "shutdown", [10, 0, 1, 4]),
+            ],
+        );
+        let summary = super::summary(&starting, "smart-proxy");
+        assert_eq!((summary.mode.as_str(), summary.tasks, summary.running), ("swarm tasks (default)", 1, 0));
+        let vip = service(
+            &[("smart-proxy.domains", "shop.example.com"), ("smart-proxy.swarm.lb", "vip")],
+            vec![task("t1", 1, "running", "running", [10, 0, 1, 5])],
+        );
+        let summary = super::summary(&vip, "smart-proxy");
+        assert_eq!(summary.mode, "swarm vip (label smart-proxy.swarm.lb=vip)");
+        assert_eq!((summary.tasks, summary.running), (1, 1));
     }
 
     #[test]
