@@ -127,6 +127,51 @@ fn wrk_url(url: &str, seconds: u64) -> (f64, u64, u64) {
     (rps, made, failed)
 }
 
+/// What the rounds measured, per setup (the baseline first): each round's requests per second,
+/// the requests made, and the CPU seconds of nginx and of the agent.
+struct Runs {
+    rps: Vec<Vec<f64>>,
+    made: Vec<u64>,
+    nginx_cpu: Vec<f64>,
+    agent_cpu: Vec<f64>,
+}
+
+impl Runs {
+    /// Per setup (name, insight on): its median rate and ratio to the baseline, its CPU per
+    /// request and, with insight, the lines the agent counted (`counted(setup)`).
+    fn print(mut self, setups: &[(&str, bool)], counted: impl Fn(usize) -> u64) {
+        let paired = paired_ratios(&self.rps);
+        let medians: Vec<f64> = self.rps.iter_mut().map(|r| median(r)).collect();
+        let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
+        for (which, &(name, insight)) in setups.iter().enumerate() {
+            let (low, ratio, high) = paired[which];
+            let verdict = match (which, ratio >= 0.95) {
+                (0, _) => String::from("(the baseline)"),
+                (_, met) => format!(
+                    "{ratio:.3} of files only (median of the rounds' ratios, quartiles {low:.3}..{high:.3}; bar >= 0.95: {})",
+                    if met { "met" } else { "not met" }
+                ),
+            };
+            let made = self.made[which];
+            println!("{name:<36} {:>8.0} req/s (median) {verdict}", medians[which]);
+            println!(
+                "{:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs",
+                "",
+                per(self.nginx_cpu[which], made),
+                per(self.agent_cpu[which], made)
+            );
+            if insight {
+                let lines = counted(which);
+                println!(
+                    "{:<36} lines the agent counted: {lines} of the {made} requests wrk made ({:.2} %; wrk counts only answers it read)",
+                    "",
+                    lines as f64 * 100.0 / made.max(1) as f64
+                );
+            }
+        }
+    }
+}
+
 /// Each setup's throughput against the baseline's in the same round (the setups run back to
 /// back in each round, so a slow minute of the machine weighs on both): the lower quartile,
 /// median and upper quartile of those ratios.
@@ -235,36 +280,10 @@ fn local(rounds: usize, seconds: u64, soak: u64) {
         }
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let paired = paired_ratios(&rps);
-    let medians: Vec<f64> = rps.iter_mut().map(|r| median(r)).collect();
     println!("insight through nginx ({rounds} rounds of {seconds} s per agent, wrk -t1 -c32, nginx 1 worker)");
-    let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
-    for (which, (name, insight, _)) in SETUPS.iter().enumerate() {
-        let (low, ratio, high) = paired[which];
-        let verdict = match (which, ratio >= 0.95) {
-            (0, _) => String::from("(the baseline)"),
-            (_, met) => format!(
-                "{ratio:.3} of files only (median of the rounds' ratios, quartiles {low:.3}..{high:.3}; bar >= 0.95: {})",
-                if met { "met" } else { "not met" }
-            ),
-        };
-        println!("{name:<36} {:>8.0} req/s (median) {verdict}", medians[which]);
-        println!(
-            "{:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs",
-            "",
-            per(nginx_cpu[which], made[which]),
-            per(agent_cpu[which], made[which])
-        );
-        if *insight {
-            let lines = counted(&agents[which]) - before[which];
-            println!(
-                "{:<36} lines the agent counted: {lines} of the {} requests wrk made ({:.2} %; wrk counts only answers it read)",
-                "",
-                made[which],
-                lines as f64 * 100.0 / made[which].max(1) as f64
-            );
-        }
-    }
+    let setups: Vec<(&str, bool)> = SETUPS.iter().map(|&(name, insight, _)| (name, insight)).collect();
+    let runs = Runs { rps, made, nginx_cpu, agent_cpu };
+    runs.print(&setups, |which| counted(&agents[which]) - before[which]);
 
     // Soak: the agent's memory under sustained traffic.
     let insight = agents.into_iter().next_back().expect("files + insight");
@@ -444,34 +463,8 @@ fn companion(rounds: usize, seconds: u64) {
         }
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let paired = paired_ratios(&rps);
-    let medians: Vec<f64> = rps.iter_mut().map(|r| median(r)).collect();
-    let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
     println!("companion setup (nginx and the agent in containers, {rounds} rounds of {seconds} s, wrk -t1 -c32 to nginx's address)");
-    for (which, (name, insight, _)) in PAIRS.iter().enumerate() {
-        let (low, ratio, high) = paired[which];
-        let verdict = match (which, ratio >= 0.95) {
-            (0, _) => String::from("(the baseline)"),
-            (_, met) => format!(
-                "{ratio:.3} of files only (median of the rounds' ratios, quartiles {low:.3}..{high:.3}; bar >= 0.95: {})",
-                if met { "met" } else { "not met" }
-            ),
-        };
-        println!("{name:<36} {:>8.0} req/s (median) {verdict}", medians[which]);
-        println!(
-            "{:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs",
-            "",
-            per(nginx_cpu[which], made[which]),
-            per(agent_cpu[which], made[which])
-        );
-        if *insight {
-            let lines = pairs[which].counted() - before[which];
-            println!(
-                "{:<36} lines the agent counted: {lines} of the {} requests wrk made ({:.2} %)",
-                "",
-                made[which],
-                lines as f64 * 100.0 / made[which].max(1) as f64
-            );
-        }
-    }
+    let setups: Vec<(&str, bool)> = PAIRS.iter().map(|&(name, insight, _)| (name, insight)).collect();
+    let runs = Runs { rps, made, nginx_cpu, agent_cpu };
+    runs.print(&setups, |which| pairs[which].counted() - before[which]);
 }

@@ -253,6 +253,12 @@ impl<'d> Companion<'d> {
         strip_ansi(&(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)))
     }
 
+    /// The config the agent rendered, as its container sees it.
+    pub(crate) fn agent_config(&self) -> String {
+        let out = docker_output(&["exec", &self.agent, "cat", "/etc/nginx/conf.d/default.conf"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The agent container's log (`docker logs`).
     pub(crate) fn agent_log(&self) -> String {
         Self::logs(&self.agent)

@@ -150,8 +150,7 @@ fn the_companion_nginx_sends_its_lines_to_the_agent() {
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::default());
     counts_every_line_once(&docker, &c);
-    let config = docker_output(&["exec", &c.agent, "cat", "/etc/nginx/conf.d/default.conf"]);
-    let config = String::from_utf8_lossy(&config.stdout);
+    let config = c.agent_config();
     assert!(config.contains("smart-proxy-insight.log smartproxy_insight buffer=64k"), "{config}");
     assert!(c.count("does not share LOG_DIR with the agent") == 1, "{}", c.agent_log());
 }
@@ -164,8 +163,7 @@ fn a_companion_sharing_its_log_dir_writes_one_line_per_request() {
     let docker = TestDocker::new();
     let c = Companion::start(&docker, Options::shared_logs());
     counts_every_line_once(&docker, &c);
-    let config = docker_output(&["exec", &c.agent, "cat", "/etc/nginx/conf.d/default.conf"]);
-    let config = String::from_utf8_lossy(&config.stdout);
+    let config = c.agent_config();
     assert!(!config.contains("smartproxy_insight buffer"), "{config}");
     assert!(config.contains("/var/log/nginx/app1.test.access.log logger-json buffer=8k"), "{config}");
     assert!(c.count("nginx sees LOG_DIR as the agent does") == 1, "{}", c.agent_log());
