@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use smart_proxy::insight::{parse, Insight};
+use smart_proxy::insight::{parse, parse_access, Insight};
 
 #[allow(dead_code)]
 mod common;
@@ -179,13 +179,20 @@ fn ingest(c: &mut Criterion) {
     let access: Vec<(usize, Vec<u8>)> = lines.iter().enumerate().map(|(i, l)| access_line(i, l)).collect();
     let bytes: usize = access.iter().map(|(_, l)| l.len()).sum();
     eprintln!("insight/access lines: {} bytes on average", bytes / access.len());
+    let parsed_access = || access.iter().filter(|(_, l)| matches!(parse_access(black_box(l)), Ok(Some(_)))).count();
+    assert_eq!(parsed_access(), access.len());
+    if let Some((low, median, high)) = lines_per_second(7, access.len(), || {
+        black_box(parsed_access());
+    }) {
+        eprintln!("insight/parse_access: {median:.0} lines/s of CPU time (median of 7; {low:.0} .. {high:.0})");
+    }
     let mut access_insight = Insight::new();
     access_insight.set_domains(&names);
     let mut now = T0;
     let mut access_batch = || {
         for (d, line) in &access {
             now += 1;
-            access_insight.ingest_access(&names[*d], black_box(line), now / 20);
+            access_insight.ingest_access(&names[*d], [black_box(&line[..])], now / 20);
         }
     };
     if let Some((low, median, high)) = lines_per_second(7, access.len(), &mut access_batch) {

@@ -233,13 +233,15 @@ impl Reader {
                 let now = now_ms();
                 self.lines.each(|line| insight.ingest(line, now));
                 self.lines.clear();
-                let mut files = self.line_files.iter();
-                let access = &self.access;
-                self.access_lines.each(|line| {
-                    if let Some(a) = files.next().and_then(|&i| access.get(i as usize)) {
-                        insight.ingest_access(&a.domain, line, now);
+                // Lines come in runs from one file: each run is counted with one domain lookup.
+                let mut at = 0;
+                while let Some(&file) = self.line_files.get(at) {
+                    let run = self.line_files[at..].iter().take_while(|&&f| f == file).count();
+                    if let Some(a) = self.access.get(file as usize) {
+                        insight.ingest_access(&a.domain, self.access_lines.range(at, at + run), now);
                     }
-                });
+                    at += run;
+                }
                 self.access_lines.clear();
                 self.line_files.clear();
             }
@@ -343,6 +345,16 @@ impl Lines {
     fn push(&mut self, line: &[u8]) {
         self.bytes.extend_from_slice(line);
         self.ends.push(self.bytes.len());
+    }
+
+    /// Lines `from..to`.
+    fn range(&self, from: usize, to: usize) -> impl Iterator<Item = &[u8]> {
+        let mut start = if from == 0 { 0 } else { self.ends[from - 1] };
+        self.ends[from..to].iter().map(move |&end| {
+            let line = &self.bytes[start..end];
+            start = end;
+            line
+        })
     }
 
     fn each(&self, mut f: impl FnMut(&[u8])) {
@@ -508,7 +520,7 @@ impl Tail {
         let max = self.max_line;
         let mut rest = read;
         while !rest.is_empty() {
-            let newline = rest.iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', rest);
             let (piece, ends) = match newline {
                 Some(i) => (&rest[..i], true),
                 None => (rest, false),

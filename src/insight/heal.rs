@@ -82,6 +82,9 @@ impl Healer {
 
     /// One attempt against `server`.
     pub fn observe(&mut self, server: &str, failed: bool, now_ms: u64) {
+        if !failed && self.runs.is_empty() {
+            return; // The usual case, without a lookup.
+        }
         if !self.runs.contains_key(server) {
             if !failed {
                 return; // Healthy servers cost nothing.

@@ -159,8 +159,10 @@ impl<'a> Iterator for Items<'a> {
                 return None;
             }
             // An item ends at a comma or at " : " (an address itself holds ':' without spaces).
-            let end = rest.find(',').unwrap_or(rest.len());
-            let end = rest[..end].find(" : ").unwrap_or(end);
+            let b = rest.as_bytes();
+            let end = (0..b.len())
+                .find(|&i| b[i] == b',' || (b[i] == b' ' && b.get(i + 1) == Some(&b':') && b.get(i + 2) == Some(&b' ')))
+                .unwrap_or(b.len());
             let (item, tail) = rest.split_at(end);
             self.0 = tail;
             let item = item.trim();
@@ -199,11 +201,71 @@ pub fn parse_access(line: &[u8]) -> Result<Option<Entry<'_>>, Malformed> {
     if line.len() > MAX_ACCESS_LINE {
         return Err(Malformed::Oversized);
     }
-    let fields = fields(line)?;
+    let fields = match as_written(line) {
+        Some(fields) => fields,
+        None => fields(line)?,
+    };
     if fields.us.is_none() {
         return Ok(None);
     }
     entry(&Fields { d: None, ..fields }).map(Some)
+}
+
+/// The keys of [`ACCESS_LOG_FORMAT`] in its order, each with whether its value is a string.
+const ACCESS_KEYS: [(&[u8], bool); 10] = [
+    (b"time", true),
+    (b"remote_addr", true),
+    (b"request", true),
+    (b"status", false),
+    (b"bytes_sent", false),
+    (b"domain", true),
+    (b"upstream", true),
+    (b"request_time", false),
+    (b"upstream_status", true),
+    (b"upstream_response_time", true),
+];
+
+/// How many of [`ACCESS_KEYS`] [`REDIRECT_LOG_FORMAT`] has.
+const REDIRECT_KEYS: usize = 8;
+
+/// The fields of a line exactly as nginx writes [`ACCESS_LOG_FORMAT`] or [`REDIRECT_LOG_FORMAT`] (its keys in order, no
+/// space): each key is checked in place rather than read and looked up, about half the work of
+/// [`fields`] on the agent's busiest path. `None` for anything else, which [`fields`] then reads
+/// (what this accepts, [`fields`] reads the same).
+fn as_written(line: &[u8]) -> Option<Fields<'_>> {
+    let mut s = Scanner { bytes: line, at: 0 };
+    let mut values = [None; ACCESS_KEYS.len()];
+    for (i, &(key, string)) in ACCESS_KEYS.iter().enumerate() {
+        if i == REDIRECT_KEYS && s.bytes.get(s.at) == Some(&b'}') {
+            break; // REDIRECT_LOG_FORMAT: no upstream status.
+        }
+        s.expect(if i == 0 { b'{' } else { b',' }).ok()?;
+        s.expect(b'"').ok()?;
+        let rest = s.bytes.get(s.at..)?;
+        if !(rest.starts_with(key) && rest.get(key.len()..key.len() + 2) == Some(b"\":")) {
+            return None;
+        }
+        s.at += key.len() + 2;
+        let first = *s.bytes.get(s.at)?;
+        if (first == b'"') != string {
+            return None;
+        }
+        values[i] = Some(s.value().ok()?);
+    }
+    s.expect(b'}').ok()?;
+    if s.at != line.len() {
+        return None;
+    }
+    let [_, _, _, status, bytes, _, upstream, time, upstream_status, upstream_time] = values;
+    Some(Fields {
+        s: status,
+        b: bytes,
+        t: time,
+        ua: upstream,
+        us: upstream_status,
+        ut: upstream_time,
+        ..Fields::default()
+    })
 }
 
 /// The fields of a flat JSON object, by the short names of [`INSIGHT_LOG_FORMAT`] or the long
@@ -369,11 +431,13 @@ impl<'a> Scanner<'a> {
         self.expect(b'"')?;
         let start = self.at;
         loop {
-            match self.bytes.get(self.at) {
-                None => return Err(Malformed::Syntax),
-                Some(b'"') => break,
-                Some(b'\\') => self.at += 2,
-                Some(_) => self.at += 1,
+            // The next quote or backslash, found a word at a time (request lines and times make
+            // most of a line's bytes).
+            let rest = self.bytes.get(self.at..).ok_or(Malformed::Syntax)?;
+            self.at += memchr::memchr2(b'"', b'\\', rest).ok_or(Malformed::Syntax)?;
+            match self.bytes[self.at] {
+                b'"' => break,
+                _ => self.at += 2,
             }
         }
         let body = self.bytes.get(start..self.at).ok_or(Malformed::Syntax)?;
@@ -581,12 +645,73 @@ mod tests {
             })
     }
 
+    /// Lines of [`ACCESS_LOG_FORMAT`] as nginx fills it (`escape=json`: quotes and backslashes
+    /// escaped, control bytes as `\u00XX`), request lines and addresses included.
+    fn access_line() -> impl Strategy<Value = Vec<u8>> {
+        (valid_line(), "[ -~]{0,60}", "[ -~]{0,20}", any::<bool>()).prop_map(|(insight, request, host, redirect)| {
+            let e = parse(&insight).unwrap();
+            let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+            let mut f = if redirect { REDIRECT_LOG_FORMAT } else { ACCESS_LOG_FORMAT }.to_string();
+            f = f[1..f.len() - 1].to_string();
+            let t = format!("{}.{:03}", e.request_us / 1_000_000, e.request_us / 1000 % 1000);
+            for (var, value) in [
+                ("$time_iso8601", "2026-12-05T22:00:00+00:00".to_string()),
+                ("$remote_addr", "203.0.113.7".to_string()),
+                ("$request_time", t),
+                ("$request", escape(&request)),
+                ("$status", e.status.to_string()),
+                ("$bytes_sent", e.bytes.to_string()),
+                ("$host", escape(&host)),
+                ("$upstream_addr", e.upstream_addr.to_string()),
+                ("$upstream_status", e.upstream_status.to_string()),
+                ("$upstream_response_time", e.upstream_time.to_string()),
+            ] {
+                f = f.replace(var, &value);
+            }
+            f.into_bytes()
+        })
+    }
+
+    /// What [`parse_access`] makes of `fields`.
+    fn access_entry(fields: Option<Fields<'_>>) -> Option<Result<Option<Entry<'_>>, Malformed>> {
+        let fields = fields?;
+        Some(if fields.us.is_none() { Ok(None) } else { entry(&Fields { d: None, ..fields }).map(Some) })
+    }
+
     proptest! {
+        #[test]
+        fn lines_as_written_read_the_same_in_place(
+            line in access_line(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 0..4),
+        ) {
+            // Intact, the in-place reading takes the line; mutated, it takes it or leaves it to
+            // the general reading, and where it takes it both agree.
+            let fast = access_entry(as_written(&line));
+            prop_assert!(fast.is_some(), "{}", String::from_utf8_lossy(&line));
+            prop_assert_eq!(fast, access_entry(fields(&line).ok()));
+            let mut line = line;
+            for (at, byte, op) in edits {
+                let i = at.index(line.len() + 1);
+                match op {
+                    0 if i < line.len() => line[i] = byte,
+                    1 => line.insert(i, byte),
+                    _ if i < line.len() => { line.remove(i); }
+                    _ => {}
+                }
+            }
+            if let Some(fast) = access_entry(as_written(&line)) {
+                prop_assert_eq!(Some(fast), access_entry(fields(&line).ok()));
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..10_000)) {
             if let Ok(e) = parse(&bytes) {
                 let _ = e.attempts().count();
                 let _ = e.upstream_us();
+            }
+            if let Ok(Some(e)) = parse_access(&bytes) {
+                let _ = e.attempts().count();
             }
         }
 

@@ -424,29 +424,29 @@ impl Insight {
         self.record(entry.domain, &entry, now_ms);
     }
 
-    /// Parses one line of `domain`'s access log ([`ACCESS_LOG_FORMAT`]) and adds it to the
-    /// domain; a line of the HTTPS redirect is skipped (see [`parse_access`]), what cannot be used
-    /// is counted and dropped as by [`Insight::ingest`].
-    pub fn ingest_access(&mut self, domain: &str, line: &[u8], now_ms: u64) {
+    /// Parses lines of `domain`'s access log ([`ACCESS_LOG_FORMAT`]) and adds them to the
+    /// domain (looked up once for them all); a line of the HTTPS redirect is skipped (see
+    /// [`parse_access`]), what cannot be used is counted and dropped as by [`Insight::ingest`].
+    pub fn ingest_access<'l>(&mut self, domain: &str, lines: impl IntoIterator<Item = &'l [u8]>, now_ms: u64) {
         let now_ms = self.clock(now_ms);
-        match line::parse_access(line) {
-            Ok(Some(entry)) => self.record(domain, &entry, now_ms),
-            Ok(None) => {}
-            Err(e) => self.dropped.count(e),
+        let Insight { domains, dropped, healer, .. } = self;
+        let mut state = domains.get_mut(domain);
+        for line in lines {
+            match line::parse_access(line) {
+                Ok(Some(entry)) => match state.as_deref_mut() {
+                    Some(state) => record(state, healer.as_mut(), &entry, now_ms),
+                    None => dropped.unrouted += 1,
+                },
+                Ok(None) => {}
+                Err(e) => dropped.count(e),
+            }
         }
     }
 
     fn record(&mut self, domain: &str, entry: &Entry<'_>, now_ms: u64) {
-        let Some(state) = self.domains.get_mut(domain) else {
-            return self.dropped.unrouted += 1;
-        };
-        let traffic = state.get_or_insert_with(|| Box::new(Traffic::new()));
-        traffic.record(entry, now_ms);
-        for attempt in entry.attempts() {
-            traffic.server(attempt.addr).record(&attempt, now_ms);
-            if let Some(healer) = &mut self.healer {
-                healer.observe(attempt.addr, attempt.failed(), now_ms);
-            }
+        match self.domains.get_mut(domain) {
+            Some(state) => record(state, self.healer.as_mut(), entry, now_ms),
+            None => self.dropped.unrouted += 1,
         }
     }
 
@@ -500,6 +500,19 @@ impl Insight {
         let per_key = std::mem::size_of::<(Box<str>, Option<Box<Traffic>>)>();
         self.domains.capacity() * (per_key + 1)
             + self.domains.iter().map(|(k, t)| k.len() + t.as_ref().map_or(0, |t| t.heap_bytes())).sum::<usize>()
+    }
+}
+
+/// Adds `entry` to a routed domain's figures (allocated on its first request) and its attempts
+/// to the healer.
+fn record(state: &mut Option<Box<Traffic>>, mut healer: Option<&mut Healer>, entry: &Entry<'_>, now_ms: u64) {
+    let traffic = state.get_or_insert_with(|| Box::new(Traffic::new()));
+    traffic.record(entry, now_ms);
+    for attempt in entry.attempts() {
+        traffic.server(attempt.addr).record(&attempt, now_ms);
+        if let Some(healer) = healer.as_deref_mut() {
+            healer.observe(attempt.addr, attempt.failed(), now_ms);
+        }
     }
 }
 
