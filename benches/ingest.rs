@@ -2,19 +2,20 @@
 //! with ingestion on ≥ 95 % of the same nginx with access logging to files only (wrk, same run);
 //! agent RSS stays bounded under 10,000 req/s for 60 s").
 //!
-//! Three agents, as users run them (LOCAL, nginx their child with one worker), route `bench.test`
+//! Four agents, as users run them (LOCAL, nginx their child with one worker), route `bench.test`
 //! to the same backend (an nginx of its own answering `200 ok`, so the app costs the same and is
-//! not the bottleneck): one with `INSIGHT=off` (the per-domain JSON file only: the baseline), one
-//! with `ACCESS_LOG_FILES=off` (the agent's insight file only), one with the defaults (both
+//! not the bottleneck): one with `INSIGHT=off` (the per-domain JSON file only: the baseline), a
+//! second one the same (A/A: the ratio the machine's noise alone gives), one with
+//! `ACCESS_LOG_FILES=off` (the agent's insight file only), one with the defaults (both
 //! files). `wrk -t1 -c32` runs against each for
 //! `SECONDS`, alternating, `ROUNDS` times; the medians, their ratio and the lines the agent
 //! counted against the requests wrk made are printed. Then wrk runs against the insight agent for
 //! `SOAK` seconds while the agent's RSS is sampled each second. Then the companion setup, as the
 //! compose files run it: nginx in its container (the local nginx image) shares conf.d and
 //! `/var/log/nginx` with the agent in another container, so nginx writes one line per request
-//! to the domain's file, which the agent reads; three such pairs, `INSIGHT=off`, the defaults,
+//! to the domain's file, which the agent reads; four such pairs, `INSIGHT=off` twice, the defaults,
 //! and the defaults without the shared `/var/log/nginx` (nginx then writes the insight file on the
-//! conf.d volume too), route `bench.test` to a fourth nginx container, and wrk
+//! conf.d volume too), route `bench.test` to a fifth nginx container, and wrk
 //! sends to each nginx container's address on the bench's network, alternating (skipped without a
 //! Docker daemon; `BENCH_ONLY=local` or `companion` runs one part). `BENCH_QUICK=1`: short runs (a
 //! smoke run); `BENCH_ROUNDS=n`: n rounds (the companion setup is noisier: more rounds steady its
@@ -76,8 +77,9 @@ fn backend(port: u16) -> Backend {
 }
 
 /// The three setups compared: the baseline first.
-const SETUPS: [(&str, bool, bool); 3] = [
+const SETUPS: [(&str, bool, bool); 4] = [
     ("files only (INSIGHT=off)", false, true),
+    ("files only again (A/A)", false, true),
     ("insight only (ACCESS_LOG_FILES=off)", true, false),
     ("files + insight (default)", true, true),
 ];
@@ -147,6 +149,9 @@ impl Runs {
             let (low, ratio, high) = paired[which];
             let verdict = match (which, ratio >= 0.95) {
                 (0, _) => String::from("(the baseline)"),
+                _ if !insight => format!(
+                    "{ratio:.3} of files only (the same setup again: the machine's noise; quartiles {low:.3}..{high:.3})"
+                ),
                 (_, met) => format!(
                     "{ratio:.3} of files only (median of the rounds' ratios, quartiles {low:.3}..{high:.3}; bar >= 0.95: {})",
                     if met { "met" } else { "not met" }
@@ -307,8 +312,9 @@ fn local(rounds: usize, seconds: u64, soak: u64) {
 
 /// The companion pairs compared: name, `INSIGHT`, `/var/log/nginx` on a volume in both
 /// containers (as the compose files have it). The baseline first.
-const PAIRS: [(&str, bool, bool); 3] = [
+const PAIRS: [(&str, bool, bool); 4] = [
     ("files only (INSIGHT=off)", false, true),
+    ("files only again (A/A)", false, true),
     ("files + insight (default, compose)", true, true),
     ("files + insight, LOG_DIR not shared", true, false),
 ];
@@ -399,7 +405,7 @@ fn companion(rounds: usize, seconds: u64) {
     let backend = docker.name("backend");
     let mut args: Vec<String> =
         ["run", "-d", "--name", &backend, "--label", &owner, "--network", &net].map(String::from).to_vec();
-    let shorts = ["files", "insight", "unshared"];
+    let shorts = ["files", "again", "insight", "unshared"];
     for short in shorts {
         args.extend(["--label".into(), format!("{}{short}.domains=bench.test", docker.prefix())]);
         args.extend(["--label".into(), format!("{}{short}.port=80", docker.prefix())]);
