@@ -76,7 +76,7 @@ fn backend(port: u16) -> Backend {
     Backend { child, _dir: dir }
 }
 
-/// The three setups compared: the baseline first.
+/// The four setups compared: the baseline first, then the same again (A/A).
 const SETUPS: [(&str, bool, bool); 4] = [
     ("files only (INSIGHT=off)", false, true),
     ("files only again (A/A)", false, true),
@@ -254,7 +254,7 @@ fn main() {
     companion(rounds, seconds);
 }
 
-/// Nginx as the agent's child: files only, insight only, both; then the soak.
+/// Nginx as the agent's child: files only (twice), insight only, both; then the soak.
 fn local(rounds: usize, seconds: u64, soak: u64) {
     let backend_port = free_port();
     let _backend = backend(backend_port);

@@ -238,6 +238,16 @@ impl<'d> Companion<'d> {
         self.port.set(port);
     }
 
+    /// Waits until nginx runs no worker of an earlier config: after a reload, a worker of the
+    /// old config may still accept a connection until it handles its signal (a moment, longer on
+    /// a loaded machine), and its answer is the old config's.
+    pub(crate) fn wait_for_old_workers(&self) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.wait_for("nginx's old workers to stop", Duration::from_secs(30), || {
+            !cli(&["top", &self.nginx]).contains("shutting down")
+        });
+    }
+
     /// nginx's published port on 127.0.0.1.
     pub(crate) fn port(&self) -> u16 {
         self.port.get()

@@ -173,6 +173,8 @@ fn a_companion_sharing_its_log_dir_writes_one_line_per_request() {
 fn counts_every_line_once(docker: &TestDocker, c: &Companion) {
     started_app(docker, c, "app1");
     c.wait_for_status("app1.test", 200, Some("app1"));
+    // Every request below must reach the new config's workers (they write the lines counted).
+    c.wait_for_old_workers();
     for _ in 0..10 {
         let (status, body) = http_get(c.port(), "app1.test", "/");
         assert!(status == 200 && body.contains("app1"), "{status} {body}\n{}", c.agent_log());

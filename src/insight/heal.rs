@@ -83,7 +83,7 @@ impl Healer {
     /// One attempt against `server`.
     pub fn observe(&mut self, server: &str, failed: bool, now_ms: u64) {
         if !failed && self.runs.is_empty() {
-            return; // The usual case, without a lookup.
+            return; // The usual case (no server failing), without a lookup.
         }
         if !self.runs.contains_key(server) {
             if !failed {
@@ -97,15 +97,15 @@ impl Healer {
             }
             self.runs.insert(server.into(), Run { since_ms: None, failures: 0, last_ms: now_ms });
         }
+        if !failed {
+            // The run ends: a server without a run is one that has not failed since.
+            self.runs.remove(server);
+            return;
+        }
         let Some(run) = self.runs.get_mut(server) else { return };
         run.last_ms = now_ms;
-        if failed {
-            run.since_ms.get_or_insert(now_ms);
-            run.failures = run.failures.saturating_add(1);
-        } else {
-            run.since_ms = None;
-            run.failures = 0;
-        }
+        run.since_ms.get_or_insert(now_ms);
+        run.failures = run.failures.saturating_add(1);
     }
 
     fn forget_before(&mut self, cutoff_ms: u64) {

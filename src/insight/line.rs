@@ -645,31 +645,44 @@ mod tests {
             })
     }
 
-    /// Lines of [`ACCESS_LOG_FORMAT`] as nginx fills it (`escape=json`: quotes and backslashes
-    /// escaped, control bytes as `\u00XX`), request lines and addresses included.
+    /// Lines of [`ACCESS_LOG_FORMAT`] and [`REDIRECT_LOG_FORMAT`] as nginx fills them
+    /// (`escape=json`: quotes and backslashes escaped, control bytes as `\u00XX`), with request
+    /// lines and hosts of any characters.
     fn access_line() -> impl Strategy<Value = Vec<u8>> {
-        (valid_line(), "[ -~]{0,60}", "[ -~]{0,20}", any::<bool>()).prop_map(|(insight, request, host, redirect)| {
-            let e = parse(&insight).unwrap();
-            let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
-            let mut f = if redirect { REDIRECT_LOG_FORMAT } else { ACCESS_LOG_FORMAT }.to_string();
-            f = f[1..f.len() - 1].to_string();
-            let t = format!("{}.{:03}", e.request_us / 1_000_000, e.request_us / 1000 % 1000);
-            for (var, value) in [
-                ("$time_iso8601", "2026-12-05T22:00:00+00:00".to_string()),
-                ("$remote_addr", "203.0.113.7".to_string()),
-                ("$request_time", t),
-                ("$request", escape(&request)),
-                ("$status", e.status.to_string()),
-                ("$bytes_sent", e.bytes.to_string()),
-                ("$host", escape(&host)),
-                ("$upstream_addr", e.upstream_addr.to_string()),
-                ("$upstream_status", e.upstream_status.to_string()),
-                ("$upstream_response_time", e.upstream_time.to_string()),
-            ] {
-                f = f.replace(var, &value);
-            }
-            f.into_bytes()
-        })
+        (valid_line(), "\\PC{0,60}|[\\x00-\\x1f\"\\\\ ]{0,8}", "\\PC{0,20}", any::<bool>()).prop_map(
+            |(insight, request, host, redirect)| {
+                let e = parse(&insight).unwrap();
+                let escape = |v: &str| {
+                    let mut out = String::new();
+                    for c in v.chars() {
+                        match c {
+                            '"' | '\\' => out.extend(['\\', c]),
+                            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                            c => out.push(c),
+                        }
+                    }
+                    out
+                };
+                let mut f = if redirect { REDIRECT_LOG_FORMAT } else { ACCESS_LOG_FORMAT }.to_string();
+                f = f[1..f.len() - 1].to_string();
+                let t = format!("{}.{:03}", e.request_us / 1_000_000, e.request_us / 1000 % 1000);
+                for (var, value) in [
+                    ("$time_iso8601", "2026-12-05T22:00:00+00:00".to_string()),
+                    ("$remote_addr", "203.0.113.7".to_string()),
+                    ("$request_time", t),
+                    ("$request", escape(&request)),
+                    ("$status", e.status.to_string()),
+                    ("$bytes_sent", e.bytes.to_string()),
+                    ("$host", escape(&host)),
+                    ("$upstream_addr", e.upstream_addr.to_string()),
+                    ("$upstream_status", e.upstream_status.to_string()),
+                    ("$upstream_response_time", e.upstream_time.to_string()),
+                ] {
+                    f = f.replace(var, &value);
+                }
+                f.into_bytes()
+            },
+        )
     }
 
     /// What [`parse_access`] makes of `fields`.
