@@ -19,7 +19,8 @@
 //! sends to each nginx container's address on the bench's network, alternating (skipped without a
 //! Docker daemon; `BENCH_ONLY=local` or `companion` runs one part). `BENCH_QUICK=1`: short runs (a
 //! smoke run); `BENCH_ROUNDS=n`: n rounds (the companion setup is noisier: more rounds steady its
-//! medians). Run with `cargo bench --bench ingest` (needs nginx and wrk: `.ci/run` installs them).
+//! medians), run in `BENCH_BLOCKS` blocks (default 3 from 6 rounds) that each start every setup
+//! anew, so that one process's luck (where the kernel put it) does not make a setup's figure. Run with `cargo bench --bench ingest` (needs nginx and wrk: `.ci/run` installs them).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -139,6 +140,22 @@ struct Runs {
 }
 
 impl Runs {
+    fn new(n: usize) -> Runs {
+        Runs { rps: vec![Vec::new(); n], made: vec![0; n], nginx_cpu: vec![0.0; n], agent_cpu: vec![0.0; n] }
+    }
+
+    /// Runs wrk through setup `which` (`wrk()` gives its result) and adds it, with the CPU the
+    /// processes `agent` and `nginx` (and their children) spent meanwhile.
+    fn measure(&mut self, which: usize, (agent, nginx): (u32, u32), wrk: impl FnOnce() -> (f64, u64, u64)) {
+        let (cpu0, nginx0) = (cpu_of_tree(agent), cpu_of_tree(nginx));
+        let (value, made, failed) = wrk();
+        self.agent_cpu[which] += cpu_of_tree(agent) - cpu0;
+        self.nginx_cpu[which] += cpu_of_tree(nginx) - nginx0;
+        assert_eq!(failed, 0, "errors under load");
+        self.rps[which].push(value);
+        self.made[which] += made;
+    }
+
     /// Per setup (name, insight on): its median rate and ratio to the baseline, its CPU per
     /// request and, with insight, the lines the agent counted (`counted(setup)`).
     fn print(mut self, setups: &[(&str, bool)], counted: impl Fn(usize) -> u64) {
@@ -254,41 +271,51 @@ fn main() {
     companion(rounds, seconds);
 }
 
+/// How many blocks `rounds` are run in, and the rounds of each: every block starts its setups
+/// anew (`BENCH_BLOCKS`, default 3 from 6 rounds), so that no one process's luck (where the
+/// kernel placed it, what it shares a core with) decides a setup's figure.
+fn blocks(rounds: usize) -> Vec<usize> {
+    let default = if rounds >= 6 { 3 } else { 1 };
+    let n = std::env::var("BENCH_BLOCKS").ok().and_then(|b| b.parse().ok()).unwrap_or(default).clamp(1, rounds);
+    (0..n).map(|b| rounds / n + usize::from(b < rounds % n)).collect()
+}
+
 /// Nginx as the agent's child: files only (twice), insight only, both; then the soak.
 fn local(rounds: usize, seconds: u64, soak: u64) {
     let backend_port = free_port();
     let _backend = backend(backend_port);
-    let agents: Vec<Agent> = SETUPS.iter().map(|&(_, insight, files)| agent(backend_port, insight, files)).collect();
-    for a in &agents {
-        assert_eq!(wrk(a.port, 1).2, 0, "the route answers errors");
-    }
-    // The warm-up's last lines reach the figures (nginx's flush, the agent's next look) before
-    // the count starts.
-    std::thread::sleep(Duration::from_millis(1500));
-    let before: Vec<u64> = agents.iter().map(counted).collect();
-    let n = agents.len();
-    let (mut rps, mut made) = (vec![Vec::new(); n], vec![0u64; n]);
-    // CPU seconds of each agent and of its nginx during its runs.
-    let (mut agent_cpu, mut nginx_cpu) = (vec![0.0f64; n], vec![0.0f64; n]);
-    for round in 0..rounds {
-        for i in 0..n {
-            let which = (i + round) % n;
-            let a = &agents[which];
-            let (pid, nginx) = (a.pid().unwrap(), nginx_pid(a));
-            let (cpu0, nginx0) = (cpu_of_tree(pid), cpu_of_tree(nginx));
-            let (value, made_now, failed) = wrk(a.port, seconds);
-            agent_cpu[which] += cpu_of_tree(pid) - cpu0;
-            nginx_cpu[which] += cpu_of_tree(nginx) - nginx0;
-            assert_eq!(failed, 0, "errors under load");
-            rps[which].push(value);
-            made[which] += made_now;
+    let n = SETUPS.len();
+    let mut runs = Runs::new(n);
+    let mut lines = vec![0u64; n];
+    let mut agents = Vec::new();
+    for (block, block_rounds) in blocks(rounds).into_iter().enumerate() {
+        drop(std::mem::take(&mut agents));
+        agents = SETUPS.iter().map(|&(_, insight, files)| agent(backend_port, insight, files)).collect();
+        for a in &agents {
+            assert_eq!(wrk(a.port, 1).2, 0, "the route answers errors");
+        }
+        // The warm-up's last lines reach the figures (nginx's flush, the agent's next look)
+        // before the count starts.
+        std::thread::sleep(Duration::from_millis(1500));
+        let before: Vec<u64> = agents.iter().map(counted).collect();
+        for round in 0..block_rounds {
+            for i in 0..n {
+                let which = (i + round + block) % n;
+                let a = &agents[which];
+                runs.measure(which, (a.pid().unwrap(), nginx_pid(a)), || wrk(a.port, seconds));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        for (which, a) in agents.iter().enumerate() {
+            lines[which] += counted(a) - before[which];
         }
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    println!("insight through nginx ({rounds} rounds of {seconds} s per agent, wrk -t1 -c32, nginx 1 worker)");
+    println!(
+        "insight through nginx ({rounds} rounds of {seconds} s per agent in {} blocks, wrk -t1 -c32, nginx 1 worker)",
+        blocks(rounds).len()
+    );
     let setups: Vec<(&str, bool)> = SETUPS.iter().map(|&(name, insight, _)| (name, insight)).collect();
-    let runs = Runs { rps, made, nginx_cpu, agent_cpu };
-    runs.print(&setups, |which| counted(&agents[which]) - before[which]);
+    runs.print(&setups, |which| lines[which]);
 
     // Soak: the agent's memory under sustained traffic.
     let insight = agents.into_iter().next_back().expect("files + insight");
@@ -382,6 +409,38 @@ impl Pair {
         cli(&["inspect", "-f", "{{.State.Pid}}", container]).parse().expect("a pid")
     }
 
+    /// Waits until the agent routes bench.test (its default server answers unknown names 503,
+    /// bench.test 200), and checks the route under load.
+    fn wait_routed(&self) {
+        let host = |name: &str| {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-m",
+                    "2",
+                    "-H",
+                    &format!("Host: {name}"),
+                    &self.url,
+                ])
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        support::poll(
+            "the companion pair to route bench.test",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || host("x.invalid") == "503" && host("bench.test") == "200",
+            || None,
+            || cli(&["logs", &self.agent]),
+        );
+        assert_eq!(wrk_url(&self.url, 1).2, 0, "the route answers errors");
+    }
+
     /// The requests the agent counted for bench.test.
     fn counted(&self) -> u64 {
         let out = Command::new("docker")
@@ -412,65 +471,38 @@ fn companion(rounds: usize, seconds: u64) {
     }
     args.push(images.nginx.clone());
     cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let pairs: Vec<Pair> = PAIRS
-        .iter()
-        .zip(shorts)
-        .map(|(&(_, insight, logs), short)| {
-            Pair::start(&docker, &net, short, (insight, logs), (&images.nginx, &agent_image))
-        })
-        .collect();
-    for p in &pairs {
-        // Routed once the agent's default server answers unknown names (503) and bench.test 200.
-        let host = |name: &str| {
-            let out = Command::new("curl")
-                .args([
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "-m",
-                    "2",
-                    "-H",
-                    &format!("Host: {name}"),
-                    &p.url,
-                ])
-                .output()
-                .expect("curl");
-            String::from_utf8_lossy(&out.stdout).to_string()
-        };
-        support::poll(
-            "the companion pair to route bench.test",
-            Duration::from_secs(60),
-            Duration::from_millis(200),
-            || host("x.invalid") == "503" && host("bench.test") == "200",
-            || None,
-            || cli(&["logs", &p.agent]),
-        );
-        assert_eq!(wrk_url(&p.url, 1).2, 0, "the route answers errors");
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    let before: Vec<u64> = pairs.iter().map(Pair::counted).collect();
-    let n = pairs.len();
-    let (mut rps, mut made) = (vec![Vec::new(); n], vec![0u64; n]);
-    let (mut agent_cpu, mut nginx_cpu) = (vec![0.0f64; n], vec![0.0f64; n]);
-    for round in 0..rounds {
-        for i in 0..n {
-            let which = (i + round) % n;
-            let p = &pairs[which];
-            let (agent, nginx) = (Pair::pid(&p.agent), Pair::pid(&p.nginx));
-            let (cpu0, nginx0) = (cpu_of_tree(agent), cpu_of_tree(nginx));
-            let (value, made_now, failed) = wrk_url(&p.url, seconds);
-            agent_cpu[which] += cpu_of_tree(agent) - cpu0;
-            nginx_cpu[which] += cpu_of_tree(nginx) - nginx0;
-            assert_eq!(failed, 0, "errors under load");
-            rps[which].push(value);
-            made[which] += made_now;
+    let n = PAIRS.len();
+    let mut runs = Runs::new(n);
+    let mut lines = vec![0u64; n];
+    for (block, block_rounds) in blocks(rounds).into_iter().enumerate() {
+        let pairs: Vec<Pair> = PAIRS
+            .iter()
+            .zip(shorts)
+            .map(|(&(_, insight, logs), short)| {
+                Pair::start(&docker, &net, short, (insight, logs), (&images.nginx, &agent_image))
+            })
+            .collect();
+        for p in &pairs {
+            p.wait_routed();
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let before: Vec<u64> = pairs.iter().map(Pair::counted).collect();
+        for round in 0..block_rounds {
+            for i in 0..n {
+                let which = (i + round + block) % n;
+                let p = &pairs[which];
+                runs.measure(which, (Pair::pid(&p.agent), Pair::pid(&p.nginx)), || wrk_url(&p.url, seconds));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        for (which, p) in pairs.iter().enumerate() {
+            lines[which] += p.counted() - before[which];
         }
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    println!("companion setup (nginx and the agent in containers, {rounds} rounds of {seconds} s, wrk -t1 -c32 to nginx's address)");
+    println!(
+        "companion setup (nginx and the agent in containers, {rounds} rounds of {seconds} s in {} blocks, wrk -t1 -c32 to nginx's address)",
+        blocks(rounds).len()
+    );
     let setups: Vec<(&str, bool)> = PAIRS.iter().map(|&(name, insight, _)| (name, insight)).collect();
-    let runs = Runs { rps, made, nginx_cpu, agent_cpu };
-    runs.print(&setups, |which| pairs[which].counted() - before[which]);
+    runs.print(&setups, |which| lines[which]);
 }
