@@ -685,6 +685,22 @@ mod tests {
         )
     }
 
+    /// `line` with each edit made: (where, byte, 0 replace / 1 insert / 2 remove).
+    fn mutated(mut line: Vec<u8>, edits: Vec<(prop::sample::Index, u8, u8)>) -> Vec<u8> {
+        for (at, byte, op) in edits {
+            let i = at.index(line.len() + 1);
+            match op {
+                0 if i < line.len() => line[i] = byte,
+                1 => line.insert(i, byte),
+                _ if i < line.len() => {
+                    line.remove(i);
+                }
+                _ => {}
+            }
+        }
+        line
+    }
+
     /// What [`parse_access`] makes of `fields`.
     fn access_entry(fields: Option<Fields<'_>>) -> Option<Result<Option<Entry<'_>>, Malformed>> {
         let fields = fields?;
@@ -702,16 +718,7 @@ mod tests {
             let fast = access_entry(as_written(&line));
             prop_assert!(fast.is_some(), "{}", String::from_utf8_lossy(&line));
             prop_assert_eq!(fast, access_entry(fields(&line).ok()));
-            let mut line = line;
-            for (at, byte, op) in edits {
-                let i = at.index(line.len() + 1);
-                match op {
-                    0 if i < line.len() => line[i] = byte,
-                    1 => line.insert(i, byte),
-                    _ if i < line.len() => { line.remove(i); }
-                    _ => {}
-                }
-            }
+            let line = mutated(line, edits);
             if let Some(fast) = access_entry(as_written(&line)) {
                 prop_assert_eq!(Some(fast), access_entry(fields(&line).ok()));
             }
@@ -739,16 +746,7 @@ mod tests {
             line in valid_line(),
             edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
         ) {
-            let mut line = line;
-            for (at, byte, op) in edits {
-                let i = at.index(line.len() + 1);
-                match op {
-                    0 if i < line.len() => line[i] = byte,
-                    1 => line.insert(i, byte),
-                    _ if i < line.len() => { line.remove(i); }
-                    _ => {}
-                }
-            }
+            let line = mutated(line, edits);
             if let Ok(e) = parse(&line) {
                 for a in e.attempts() {
                     let _ = (a.failed(), a.timed_out());
