@@ -288,7 +288,8 @@ fn local(rounds: usize, seconds: u64, soak: u64) {
     let mut runs = Runs::new(n);
     let mut lines = vec![0u64; n];
     let mut agents = Vec::new();
-    for (block, block_rounds) in blocks(rounds).into_iter().enumerate() {
+    let blocks = blocks(rounds);
+    for (block, &block_rounds) in blocks.iter().enumerate() {
         drop(std::mem::take(&mut agents));
         agents = SETUPS.iter().map(|&(_, insight, files)| agent(backend_port, insight, files)).collect();
         for a in &agents {
@@ -312,7 +313,7 @@ fn local(rounds: usize, seconds: u64, soak: u64) {
     }
     println!(
         "insight through nginx ({rounds} rounds of {seconds} s per agent in {} blocks, wrk -t1 -c32, nginx 1 worker)",
-        blocks(rounds).len()
+        blocks.len()
     );
     let setups: Vec<(&str, bool)> = SETUPS.iter().map(|&(name, insight, _)| (name, insight)).collect();
     runs.print(&setups, |which| lines[which]);
@@ -474,7 +475,8 @@ fn companion(rounds: usize, seconds: u64) {
     let n = PAIRS.len();
     let mut runs = Runs::new(n);
     let mut lines = vec![0u64; n];
-    for (block, block_rounds) in blocks(rounds).into_iter().enumerate() {
+    let blocks = blocks(rounds);
+    for (block, &block_rounds) in blocks.iter().enumerate() {
         let pairs: Vec<Pair> = PAIRS
             .iter()
             .zip(shorts)
@@ -501,7 +503,7 @@ fn companion(rounds: usize, seconds: u64) {
     }
     println!(
         "companion setup (nginx and the agent in containers, {rounds} rounds of {seconds} s in {} blocks, wrk -t1 -c32 to nginx's address)",
-        blocks(rounds).len()
+        blocks.len()
     );
     let setups: Vec<(&str, bool)> = PAIRS.iter().map(|&(name, insight, _)| (name, insight)).collect();
     runs.print(&setups, |which| lines[which]);
