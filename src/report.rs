@@ -240,7 +240,12 @@ impl<'a> Report<'a> {
         if !self.swarm_services.is_empty() {
             let _ = writeln!(out, "\nSwarm services:");
             for s in &self.swarm_services {
-                let _ = writeln!(out, "  {}: {}; {} of {} tasks running", s.service, s.mode, s.running, s.tasks);
+                let heal = if s.heal_ignored {
+                    "; heal=restart has no effect on a service (Swarm replaces failed tasks)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "  {}: {}; {} of {} tasks running{heal}", s.service, s.mode, s.running, s.tasks);
             }
         }
         // Policies that differ from the defaults; the health path (one per domain) on its first row.

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::label_schema::SwarmLb;
+use super::label_schema::{Heal, SwarmLb};
 use super::labels::{Container, NetworkAddress};
 
 /// One Swarm service with a label of the prefix, and its tasks.
@@ -152,6 +152,10 @@ pub struct SwarmSummary {
     /// Tasks Swarm wants running, and those running.
     pub tasks: usize,
     pub running: usize,
+    /// The service asks for `heal=restart`, which the agent does not do for a service: Swarm
+    /// replaces failed tasks itself (its health check, `--restart-condition`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub heal_ignored: bool,
 }
 
 pub fn summary(service: &SwarmService, prefix: &str) -> SwarmSummary {
@@ -161,6 +165,8 @@ pub fn summary(service: &SwarmService, prefix: &str) -> SwarmSummary {
         mode: origin(service, prefix).describe(),
         tasks: wanted.clone().count(),
         running: wanted.filter(|t| t.running()).count(),
+        heal_ignored: service.labels.get(&format!("{prefix}.heal")).and_then(|v| Heal::parse(v).ok())
+            == Some(Heal::Restart),
     }
 }
 
@@ -236,6 +242,17 @@ mod tests {
         let summary = super::summary(&vip, "smart-proxy");
         assert_eq!(summary.mode, "swarm vip (label smart-proxy.swarm.lb=vip)");
         assert_eq!((summary.tasks, summary.running), (1, 1));
+    }
+
+    /// `heal=restart` on a service is valid (it routes) but not acted on: `check` says so.
+    #[test]
+    fn the_summary_says_heal_is_ignored_on_a_service() {
+        let running = vec![task("t1", 1, "running", "running", [10, 0, 1, 5])];
+        let healing = service(&[("smart-proxy.domains", "shop.example.com"), ("smart-proxy.heal", "restart")], running);
+        assert!(super::summary(&healing, "smart-proxy").heal_ignored);
+        assert_eq!(servers(&healing), [("shop_web".to_string(), "10.0.1.5:80".to_string())]);
+        let plain = service(&[("smart-proxy.domains", "shop.example.com"), ("smart-proxy.heal", "off")], vec![]);
+        assert!(!super::summary(&plain, "smart-proxy").heal_ignored);
     }
 
     #[test]
