@@ -44,6 +44,8 @@ struct Shared {
     seen: Vec<(String, String, bool)>,
     /// Canned answers: a GET whose path (without the query) ends with the text gets the body.
     replies: Vec<(String, Arc<Vec<u8>>)>,
+    /// The daemon's socket that requests go on to.
+    daemon: PathBuf,
 }
 
 pub struct DockerFaults {
@@ -61,11 +63,18 @@ fn upstream() -> PathBuf {
 }
 
 impl DockerFaults {
+    /// In front of the tests' daemon.
     pub fn start() -> DockerFaults {
+        DockerFaults::start_to(upstream())
+    }
+
+    /// In front of the daemon at `daemon` (a unix socket: another engine, such as a Swarm
+    /// test's own).
+    pub fn start_to(daemon: PathBuf) -> DockerFaults {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("docker.sock");
         let listener = UnixListener::bind(&socket).unwrap();
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared { daemon, ..Shared::default() }));
         let accept = shared.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -202,7 +211,8 @@ fn handle(mut client: UnixStream, shared: &Mutex<Shared>) {
         }
         None => {}
     }
-    let Ok(mut daemon) = UnixStream::connect(upstream()) else { return };
+    let socket = shared.lock().unwrap().daemon.clone();
+    let Ok(mut daemon) = UnixStream::connect(socket) else { return };
     let upgrade = text.lines().any(|l| l.to_ascii_lowercase().starts_with("upgrade:"));
     let head = if upgrade {
         text

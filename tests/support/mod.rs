@@ -28,6 +28,7 @@ pub mod images;
 pub mod pebble;
 pub mod stub_http;
 pub mod swarm;
+pub mod wrk;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
