@@ -3,10 +3,11 @@
 //! reaches it (the latency is logged), it keeps serving while the agent is down and catches up
 //! when it returns, a restarted follower serves its last good bundle before the agent answers,
 //! `/followers` lists it with its revision; a forged or broken bundle (from a fake agent) is
-//! refused, reported on the next poll, and the last good config stays; a certificate, a basic-auth
+//! refused, reported on the next poll, and the last good config stays; a real agent shows a
+//! follower's refusal (its `nginx -t` fails) and its age; a certificate, a basic-auth
 //! login and an HTTP-01 token of the agent are served by the follower; Pebble validates HTTP-01
-//! through a follower only and the follower serves the certificate; `follow --beside` reloads an
-//! nginx it did not start.
+//! through a follower only and two followers serve its one certificate; `follow --beside` reloads
+//! an nginx it did not start.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -188,6 +189,80 @@ fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_ca
     assert!(node.log().contains("the agent answers again"), "{}", node.log());
     let key_shown = node.log().contains(KEY) || agent.log().contains(KEY);
     assert!(!key_shown, "the key never appears in a log");
+}
+
+/// The row of `node` in the agent's `/followers` (`Null` while it has none).
+fn follower_row(agent: &Agent, node: &str) -> serde_json::Value {
+    let (_, body) = agent.status_get("/followers");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let rows = json["followers"].as_array().cloned().unwrap_or_default();
+    rows.into_iter().find(|r| r["node"] == node).unwrap_or_default()
+}
+
+/// A real agent shows what a follower reports: a bundle it refused (its own `nginx -t` fails: a
+/// line an operator added to the node's main nginx.conf breaks it), why, and the revision it
+/// still serves; then, the node fixed, the next revision applied and the refusal gone; and its
+/// age, the seconds since its last poll, which grows once it polls no more.
+#[test]
+fn the_agent_shows_a_followers_refusal_and_its_age() {
+    let backend = StubHttp::body("refusal-backend");
+    let keys = tempfile::tempdir().unwrap();
+    let routes_dir = tempfile::tempdir().unwrap();
+    let routes_file = routes_dir.path().join("routes.json");
+    crate::support::agent::write_file(&routes_file, &routes(&["one"], backend.port()));
+    let (mut agent, follow_port) = agent(&keys, &routes_file, &[]);
+    agent.launch();
+    let mut node = follower(&keys, follow_port, "node-r", &[]);
+    node.launch();
+    node.wait_for("the follower to serve one.test", Duration::from_secs(15), || {
+        serves(&node, "one.test", "refusal-backend")
+    });
+    agent.wait_for("/followers to show node-r current", Duration::from_secs(40), || {
+        follower_row(&agent, "node-r")["current"] == true
+    });
+    let served = follower_row(&agent, "node-r")["revision"].as_u64().unwrap();
+
+    // The node's own nginx config gets a second `events` block: every `nginx -t` there fails.
+    let main = node.path("nginx.conf");
+    let good = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, format!("{good}events {{ }}\n")).unwrap();
+    crate::support::agent::write_file(&routes_file, &routes(&["one", "two"], backend.port()));
+    agent.wait_for("the refusal in /followers", Duration::from_secs(20), || {
+        follower_row(&agent, "node-r")["error"].is_string()
+    });
+    let (_, body) = agent.status_get("/followers");
+    let row = follower_row(&agent, "node-r");
+    eprintln!("/followers with a refusal: {}", body.trim());
+    let error = row["error"].as_str().unwrap();
+    assert!(error.contains("\"events\" directive is duplicate"), "nginx's own reason: {body}");
+    assert_eq!(row["revision"].as_u64(), Some(served), "it still serves the last good revision: {body}");
+    assert_eq!(row["current"], false, "{body}");
+    let age = row["age_s"].as_u64().unwrap_or_else(|| panic!("age_s: {body}"));
+    assert!(age <= 30, "a live follower polls at least every 30 s: {body}");
+    assert!(agent.log().contains("follower refused a bundle"), "{}", agent.log());
+    assert!(serves(&node, "one.test", "refusal-backend"), "the last good config stays");
+    assert!(!serves(&node, "two.test", "refusal-backend"), "the refused revision is not served");
+
+    // Fixed on the node: the next revision applies, and the refusal is gone from the row.
+    std::fs::write(&main, &good).unwrap();
+    crate::support::agent::write_file(&routes_file, &routes(&["one", "two", "three"], backend.port()));
+    node.wait_for("the follower to serve three.test", Duration::from_secs(15), || {
+        serves(&node, "three.test", "refusal-backend")
+    });
+    agent.wait_for("node-r current again, without an error", Duration::from_secs(40), || {
+        let row = follower_row(&agent, "node-r");
+        row["current"] == true && row["error"].is_null()
+    });
+
+    // Stopped, it polls no more: its age grows (its row stays, for 24 hours).
+    node.stop();
+    let stopped = Instant::now();
+    agent.wait_for("node-r's age to pass 3 s", Duration::from_secs(40), || {
+        follower_row(&agent, "node-r")["age_s"].as_u64().is_some_and(|a| a >= 3)
+    });
+    let age = follower_row(&agent, "node-r")["age_s"].as_u64().unwrap();
+    // Its last poll began at most 30 s before it stopped (the long-poll's length).
+    assert!(age <= stopped.elapsed().as_secs() + 31, "age_s {age} after {:?}", stopped.elapsed());
 }
 
 /// A bundle for the fake agent to serve.
@@ -412,7 +487,7 @@ fn a_follower_serves_the_agents_certificate_over_tls_and_its_http01_tokens() {
 }
 
 #[test]
-fn pebble_validates_http01_through_the_follower_and_the_follower_serves_the_certificate() {
+fn pebble_validates_http01_through_a_follower_and_two_followers_serve_its_one_certificate() {
     use crate::certs_e2e::{env_refs, first_der, pebble_env, served_leaf, trust_file};
     let pebble = crate::support::pebble::Pebble::start();
     pebble.add_a("issued.test", std::net::Ipv4Addr::LOCALHOST);
@@ -446,8 +521,16 @@ fn pebble_validates_http01_through_the_follower_and_the_follower_serves_the_cert
     );
     node.port = pebble.http_port();
     node.launch();
-    agent.wait_for("the follower to be current", Duration::from_secs(40), || {
-        agent.status_get("/followers").1.contains("\"current\":true")
+    // A second follower (another node) on ports of its own: pebble never reaches it; it gets the
+    // certificate only from the agent's bundle.
+    let second_https = free_port().to_string();
+    let mut second = follower(&keys, follow_port, "node-pebble-2", &[("HTTPS_PORT", second_https.as_str())]);
+    second.launch();
+    agent.wait_for("both followers to be current", Duration::from_secs(40), || {
+        let (_, body) = agent.status_get("/followers");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let rows = json["followers"].as_array().cloned().unwrap_or_default();
+        rows.len() == 2 && rows.iter().all(|r| r["current"] == true)
     });
 
     // A TLS route appears: the agent orders once, the token travels to the follower before the
@@ -471,9 +554,32 @@ fn pebble_validates_http01_through_the_follower_and_the_follower_serves_the_cert
     node.wait_for("the follower to serve pebble's certificate", Duration::from_secs(15), || {
         served_leaf(node.https_port, "issued.test").as_deref() == Some(want.as_slice())
     });
+    second.wait_for("the second follower to serve pebble's certificate", Duration::from_secs(15), || {
+        served_leaf(second.https_port, "issued.test").as_deref() == Some(want.as_slice())
+    });
+    // One certificate: the same serial and fingerprint from both followers, ordered once.
+    let (serial, fingerprint) = serial_and_fingerprint(&want);
+    for (name, port) in [("node-pebble", node.https_port), ("node-pebble-2", second.https_port)] {
+        let served = served_leaf(port, "issued.test").unwrap_or_else(|| panic!("no certificate from {name}"));
+        assert_eq!(serial_and_fingerprint(&served), (serial.clone(), fingerprint.clone()), "{name}");
+    }
+    eprintln!("one certificate from pebble, served by both followers: serial {serial}, SHA-256 {fingerprint}");
+    let orders = agent.log().matches("ordering a certificate").count();
+    assert_eq!(orders, 1, "the agent ordered once:\n{}", agent.log());
     let trusted = trust_file(node.dir.path(), &pebble, &fullchain);
     assert_eq!(node.curl_ok("issued.test", &trusted), "issued-backend\n");
-    assert!(!node.log().contains("ordering a certificate"), "followers order nothing:\n{}", node.log());
+    assert_eq!(second.curl_ok("issued.test", &trusted), "issued-backend\n");
+    for f in [&node, &second] {
+        assert!(!f.log().contains("ordering a certificate"), "followers order nothing:\n{}", f.log());
+    }
+}
+
+/// A certificate's serial number (hex) and SHA-256 fingerprint (hex) from its DER.
+fn serial_and_fingerprint(der: &[u8]) -> (String, String) {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("a certificate");
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    (hex(cert.raw_serial()), hex(fingerprint.as_ref()))
 }
 
 #[test]
