@@ -130,6 +130,12 @@ fn nginx_listens_on_ipv6_unless_turned_off() {
 #[test]
 fn nginx_errors_get_the_proxy_pages_unless_a_route_turns_them_off() {
     let dead = crate::support::free_port().to_string();
+    // An app that answers after 2.5 s: past `timeout=1s`, nginx answers 504.
+    let slow = StubHttp::start(0, |_| {
+        std::thread::sleep(Duration::from_millis(2500));
+        Some("late".into())
+    });
+    let slow_port = slow.port().to_string();
     let c = container(
         "down",
         [127, 0, 0, 1],
@@ -140,9 +146,20 @@ fn nginx_errors_get_the_proxy_pages_unless_a_route_turns_them_off() {
             ("smart-proxy.own.domains", "own.test"),
             ("smart-proxy.own.path", "/"),
             ("smart-proxy.own.error-pages", "off"),
+            ("smart-proxy.limited.domains", "limited.test"),
+            ("smart-proxy.limited.rate", "1r/m"),
+            ("smart-proxy.limited.rate.burst", "0"),
         ],
     );
-    let table = label_table(&[c]);
+    let s = container(
+        "slow",
+        [127, 0, 0, 1],
+        &[("smart-proxy.domains", "slow.test"), ("smart-proxy.port", &slow_port), ("smart-proxy.timeout", "1s")],
+    );
+    // And a domain without a service (the seed's `DOMAINS` form): 503.
+    use smart_proxy::sources::{env, labels};
+    let settings = labels::LabelSettings { prefix: "smart-proxy".into(), nginx_networks: None };
+    let table = RouteTable::build(vec![labels::routes(&[c, s], &settings), env::parse(Some("none.test"), Some(""))]);
     assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
     let get = |port: u16, host: &str, path: &str| {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -152,28 +169,59 @@ fn nginx_errors_get_the_proxy_pages_unless_a_route_turns_them_off() {
         let _ = stream.read_to_string(&mut response);
         response
     };
+    // The status and body of each error nginx answers itself (the rate limit's second request
+    // within its minute is the 429; `limited` takes the container's `path`).
+    let errors = |port: u16| -> Vec<(u16, String)> {
+        let first = get(port, "limited.test", "/app/");
+        assert!(first.starts_with("HTTP/1.1 502"), "the first request passes the limit: {first}");
+        [("down.test", "/"), ("down.test", "/app/x"), ("none.test", "/"), ("slow.test", "/"), ("limited.test", "/app/")]
+            .iter()
+            .map(|(host, path)| {
+                let response = get(port, host, path);
+                let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+            })
+            .collect()
+    };
 
     // Built in: plain text naming the domain, with nginx's status.
     let nginx = Served::start_with(&table, |_| {});
-    assert_eq!(request(nginx.port, "", "down.test", ""), (404, "down.test has no page at this address\n".into()));
-    let down = get(nginx.port, "down.test", "/app/x");
-    assert!(down.starts_with("HTTP/1.1 502") && down.ends_with("\r\n\r\ndown.test is starting or down\n"), "{down}");
+    assert_eq!(
+        errors(nginx.port),
+        [
+            (404, "down.test has no page at this address\n".into()),
+            (502, "down.test is starting or down\n".into()),
+            (503, "Service not configured for this domain\n".into()),
+            (504, "slow.test did not answer in time\n".into()),
+            (429, "Too many requests to limited.test: wait a moment and try again\n".into()),
+        ]
+    );
     let own = get(nginx.port, "own.test", "/");
     assert!(own.starts_with("HTTP/1.1 502") && own.contains("<h1>502 Bad Gateway</h1>"), "error-pages=off: {own}");
     drop(nginx);
 
-    // Branded pages from ERROR_PAGES_DIR (read by nginx's workers); a code without a file keeps
-    // the built-in text.
+    // Branded pages from ERROR_PAGES_DIR (read by nginx's workers); a code without a file (404)
+    // keeps the built-in text.
     use std::os::unix::fs::PermissionsExt;
     let pages = tempfile::tempdir().unwrap();
     std::fs::set_permissions(pages.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(pages.path().join("502.html"), "<h1>We'll be right back</h1>\n").unwrap();
+    for code in [429, 502, 503, 504] {
+        std::fs::write(pages.path().join(format!("{code}.html")), format!("<h1>Brand {code}</h1>\n")).unwrap();
+    }
     let error_pages = smart_proxy::config::read_error_pages(Some(pages.path())).unwrap();
     let nginx = Served::start_with(&table, |s| s.error_pages = error_pages);
     let branded = get(nginx.port, "down.test", "/app/x");
     assert!(branded.starts_with("HTTP/1.1 502") && branded.contains("Content-Type: text/html"), "{branded}");
-    assert!(branded.ends_with("\r\n\r\n<h1>We'll be right back</h1>\n"), "{branded}");
-    assert_eq!(request(nginx.port, "", "down.test", ""), (404, "down.test has no page at this address\n".into()));
+    assert_eq!(
+        errors(nginx.port),
+        [
+            (404, "down.test has no page at this address\n".into()),
+            (502, "<h1>Brand 502</h1>\n".into()),
+            (503, "<h1>Brand 503</h1>\n".into()),
+            (504, "<h1>Brand 504</h1>\n".into()),
+            (429, "<h1>Brand 429</h1>\n".into()),
+        ]
+    );
     assert!(get(nginx.port, "own.test", "/").contains("<h1>502 Bad Gateway</h1>"));
     assert_eq!(
         get(nginx.port, "down.test", "/.smartproxy-error/502.html").split(' ').nth(1),
