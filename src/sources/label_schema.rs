@@ -108,7 +108,7 @@ impl Heal {
         match raw.trim() {
             "off" => Ok(Heal::Off),
             "restart" => Ok(Heal::Restart),
-            other => Err(format!("{other:?} is not a heal action; allowed: {}", Heal::ALLOWED)),
+            other => Err(format!("{:?} is not a heal action; allowed: {}", show(other), Heal::ALLOWED)),
         }
     }
 }
@@ -773,6 +773,15 @@ pub fn companions(key: &str) -> &'static [(&'static str, &'static str)] {
 mod tests {
     use super::*;
     use crate::sources::labels::{routes, Container, LabelSettings, NetworkAddress};
+
+    /// The README names every word a route cannot be (the first segments of dotted keys).
+    #[test]
+    fn the_readme_names_the_reserved_route_names() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let words = or_list(&reserved_words().iter().map(|w| format!("`{w}`")).collect::<Vec<_>>());
+        let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains(&format!("(`<route>` is `[a-z0-9-]+`, and not {words}:")), "README.md: say {words}");
+    }
 
     /// `docs/labels.md` holds [`reference`] between its table markers; `UPDATE_DOCS=1` rewrites it.
     #[test]

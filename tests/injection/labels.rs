@@ -39,6 +39,7 @@ const VALUE_KEYS: &[(&str, &[&str])] = &[
     ("max-body", SIZE_OK),
     ("timeout", TIMEOUT_OK),
     ("buffering", BOOL_OK),
+    ("error-pages", BOOL_OK),
     ("health", HEALTH_OK),
     ("strip-prefix", BOOL_OK),
     ("hsts", HSTS_OK),
@@ -56,6 +57,8 @@ const VALUE_KEYS: &[(&str, &[&str])] = &[
     ("rate", RATE_OK),
     ("rate.burst", BURST_OK),
     ("rate.key", RATE_KEY_OK),
+    ("heal", &["restart", "off"]),
+    ("swarm.lb", &["tasks", "vip"]),
 ];
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
