@@ -42,7 +42,7 @@ fn every_policy_example_in_the_readme_loads() {
             let key = key.trim_start_matches("smart-proxy.");
             // `<route>.<key>`: the key after a route name of the example's own.
             let key = match key.split_once('.') {
-                Some((route, rest)) if ["php", "tls-app", "site"].contains(&route) => rest,
+                Some((route, rest)) if ["php", "tls-app", "site", "team"].contains(&route) => rest,
                 _ => key,
             };
             let key = if key.starts_with("headers.") { &key[..key.rfind('.').unwrap()] } else { key };
@@ -62,6 +62,7 @@ fn every_policy_example_in_the_readme_loads() {
         "headers.response",
         "auth",
         "auth.users",
+        "auth.users-file",
         "auth.bypass",
         "auth.url",
         "auth.signin",
