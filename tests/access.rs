@@ -352,6 +352,49 @@ fn rate_limits_let_the_burst_through_and_answer_429_past_it() {
     assert_eq!(statuses("keyed.test", 1, &[("X-Api-Key", "c")]), [200], "a new key, after the address's count ran out");
 }
 
+/// Under wrk's concurrent load the count holds: 1r/m with a burst of 5 lets exactly 1 + 5
+/// requests through, whatever the concurrency, and every other one is a 429.
+#[test]
+fn under_concurrent_load_the_burst_is_honoured_exactly() {
+    if !crate::support::wrk::have_wrk() {
+        return;
+    }
+    let (app, _) = app();
+    let port = app.port().to_string();
+    let c = container(
+        "api",
+        [127, 0, 0, 1],
+        &[
+            ("smart-proxy.domains", "crowd.test"),
+            ("smart-proxy.port", &port),
+            ("smart-proxy.rate", "1r/m"),
+            ("smart-proxy.rate.burst", "5"),
+        ],
+    );
+    let table = label_table(&[c]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let out = Command::new("wrk")
+        .args(["-t2", "-c16", "-d2s", "-H", "Host: crowd.test"])
+        .arg(format!("http://127.0.0.1:{}/", nginx.port))
+        .output()
+        .expect("run wrk");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let number = |after: &str| -> Option<u64> {
+        report.lines().find_map(|l| l.trim().strip_prefix(after)).and_then(|v| v.trim().parse().ok())
+    };
+    let requests: u64 = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
+    let refused = number("Non-2xx or 3xx responses:").unwrap_or(0);
+    assert!(!report.contains("Socket errors"), "{report}");
+    assert!(requests >= 100, "wrk made too few requests to test concurrency:\n{report}");
+    assert_eq!(requests - refused, 6, "1 + burst 5 passed, the rest got 429:\n{report}");
+    // What wrk counted as refused were 429s (a request after the run sees the limit too).
+    assert_eq!(get(nginx.port, "crowd.test", "/", &[]).status, 429);
+}
+
 /// The group id of `name` in /etc/group.
 fn gid(name: &str) -> Option<u32> {
     let groups = std::fs::read_to_string("/etc/group").ok()?;

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::agent::Agent;
 use crate::support::docker::{docker as cli, TestDocker};
-/// Also for other modules' wrk tests (tests/access.rs).
-pub(crate) use crate::support::wrk::have_wrk;
-use crate::support::wrk::{Report, Wrk};
+use crate::support::wrk::{have_wrk, Report, Wrk};
 
 const RELOADED: &str = "config applied and nginx reloaded";
 /// Reloads to reach during the load (the test asks for 50+): the churn stops there.
