@@ -233,7 +233,7 @@ fn listen_ipv6(mode: Ipv6Mode, if_inet6: &Path) -> bool {
     }
 }
 
-/// `CLOUDFLARE_IPS_URL`: an `http` or `https` URL.
+/// `ANOMALY_WARMUP`: whole minutes, 1 to 60.
 fn anomaly_warmup(warmup: humantime::Duration) -> Result<u32, ConfigError> {
     let secs = warmup.as_secs();
     match (secs % 60, secs / 60, warmup.subsec_nanos()) {
@@ -242,6 +242,7 @@ fn anomaly_warmup(warmup: humantime::Duration) -> Result<u32, ConfigError> {
     }
 }
 
+/// `CLOUDFLARE_IPS_URL`: an `http` or `https` URL.
 fn cloudflare_ips_url(text: &str) -> Result<reqwest::Url, ConfigError> {
     let bad = |reason: &str| {
         ConfigError::Path(RenderError::Setting {
