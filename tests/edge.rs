@@ -26,7 +26,8 @@ fn app() -> StubHttp {
     })
 }
 
-/// Routes `ip.test` to the app, and `vpn.test` to it only for 203.0.113.0/24.
+/// Routes `ip.test` to the app, `vpn.test` to it only for 203.0.113.0/24, and `limited.test`
+/// to it at one request a minute per client.
 fn table(app: &StubHttp) -> RouteTable {
     let port = app.port().to_string();
     let c = container(
@@ -37,6 +38,9 @@ fn table(app: &StubHttp) -> RouteTable {
             ("smart-proxy.port", &port),
             ("smart-proxy.vpn.domains", "vpn.test"),
             ("smart-proxy.vpn.allow", "203.0.113.0/24"),
+            ("smart-proxy.limited.domains", "limited.test"),
+            ("smart-proxy.limited.rate", "1r/m"),
+            ("smart-proxy.limited.rate.burst", "0"),
         ],
     );
     let table = label_table(&[c]);
@@ -71,6 +75,10 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let nginx = served(&app, "", None);
     assert_eq!(request(nginx.port, "", "ip.test", spoof).1, "real=127.0.0.1 xff=198.51.100.1, 203.0.113.9, 127.0.0.1");
     assert_eq!(request(nginx.port, "", "vpn.test", spoof).0, 403, "allow sees the peer, not the header");
+    // The rate limit counts the peer: a new address in the header does not get a new count.
+    let from = |client: &str| format!("X-Forwarded-For: {client}\r\n");
+    assert_eq!(request(nginx.port, "", "limited.test", &from("198.51.100.1")).0, 200);
+    assert_eq!(request(nginx.port, "", "limited.test", &from("198.51.100.2")).0, 429, "the header dodges no limit");
     drop(nginx);
 
     // Another network trusted: loopback is not, so its header is ignored.
@@ -84,6 +92,10 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(request(nginx.port, "", "ip.test", spoof).1.split(' ').next(), Some("real=203.0.113.9"));
     assert_eq!(request(nginx.port, "", "vpn.test", spoof).0, 200, "allow sees the client");
     assert_eq!(request(nginx.port, "", "vpn.test", "").0, 403, "no header: the peer's own address");
+    // The rate limit counts each client behind the trusted proxy on its own.
+    assert_eq!(request(nginx.port, "", "limited.test", &from("203.0.113.1")).0, 200);
+    assert_eq!(request(nginx.port, "", "limited.test", &from("203.0.113.1")).0, 429);
+    assert_eq!(request(nginx.port, "", "limited.test", &from("203.0.113.2")).0, 200, "another client, its own count");
 }
 
 #[test]
