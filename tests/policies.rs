@@ -151,6 +151,91 @@ fn max_body_timeout_and_buffering_act_on_requests() {
     assert!(!upload("default.test"), "buffered by default: the app saw nothing while the body was incomplete");
 }
 
+/// `buffering=off` streams responses too: the app's writes go at the client's pace (a server-sent
+/// event reaches the client at once, a download is not spooled). Buffered (the default), nginx
+/// takes the whole response from the app, to its temp files, however slowly the client reads.
+#[test]
+fn buffering_off_passes_responses_at_the_clients_pace() {
+    // An app that answers /events with one event and holds the response for 3 s, and anything
+    // else with 64 MiB, counting the bytes it managed to write.
+    const SIZE: usize = 64 << 20;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_port = listener.local_addr().unwrap().port().to_string();
+    let counter = written.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let (mut head, mut byte) = (Vec::new(), [0u8]);
+                while !head.ends_with(b"\r\n\r\n") && matches!(stream.read(&mut byte), Ok(1)) {
+                    head.push(byte[0]);
+                }
+                if head.starts_with(b"GET /events ") {
+                    let chunk = |text: &str| format!("{:x}\r\n{text}\r\n", text.len());
+                    let head =
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    let _ = stream.write_all(format!("{head}{}", chunk("data: first\n\n")).as_bytes());
+                    std::thread::sleep(Duration::from_secs(3));
+                    let _ = stream.write_all(format!("{}0\r\n\r\n", chunk("data: last\n\n")).as_bytes());
+                    return;
+                }
+                counter.store(0, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").as_bytes());
+                let block = vec![b'x'; 64 << 10];
+                for _ in 0..SIZE / block.len() {
+                    if stream.write_all(&block).is_err() {
+                        return;
+                    }
+                    counter.fetch_add(block.len(), std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let c = container(
+        "events",
+        [127, 0, 0, 1],
+        &[
+            ("smart-proxy.domains", "buffered.test"),
+            ("smart-proxy.port", &app_port),
+            ("smart-proxy.stream.domains", "stream.test"),
+            ("smart-proxy.stream.buffering", "off"),
+        ],
+    );
+    let table = label_table(&[c]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let ask = |host: &str, path: &str| {
+        let mut stream = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        stream
+    };
+
+    // The event arrives while the app holds the response.
+    let mut stream = ask("stream.test", "/events");
+    let (started, mut got, mut buf) = (std::time::Instant::now(), Vec::new(), [0u8; 4096]);
+    while started.elapsed() < Duration::from_millis(1500) {
+        if let Ok(n) = stream.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.contains("data: first") && !got.contains("data: last"), "buffering=off: {got:?}");
+
+    // A client that reads nothing: what the app could write in 3 s.
+    let stalled = |host: &str| -> usize {
+        let _client = ask(host, "/download");
+        std::thread::sleep(Duration::from_secs(3));
+        written.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(stalled("buffered.test"), SIZE, "buffered: nginx took the whole response");
+    let streamed = stalled("stream.test");
+    assert!(streamed < SIZE / 2, "buffering=off: the app waits for the client ({streamed} of {SIZE} bytes written)");
+}
+
 #[test]
 fn the_proxy_answers_health_on_every_domain_in_local_mode_unless_told_otherwise() {
     let dir = tempfile::tempdir().unwrap();
@@ -554,6 +639,59 @@ fn lb_chooses_how_replicas_share_requests() {
     };
     assert_eq!(seen("rr.test").len(), 2, "round-robin (the default) uses both replicas");
     assert_eq!(seen("hash.test").len(), 1, "ip-hash keeps one client on one replica (set by one replica's label)");
+}
+
+/// `least-conn` sends requests past a replica that is busy; `random` uses every replica.
+#[test]
+fn least_conn_avoids_a_busy_replica_and_random_uses_all() {
+    // Replicas that hold a request for /hold for 3 s and answer their name at once otherwise.
+    let holding = |name: &'static str| {
+        StubHttp::start(0, move |request| {
+            if request.path == "/hold" {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Some(name.to_string())
+        })
+    };
+    let (one, two) = (holding("one"), holding("two"));
+    let replica = |name: &str, domain: &str, app: &StubHttp, lb: &str| {
+        let port = app.port().to_string();
+        let service = domain.trim_end_matches(".test");
+        let labels = [
+            ("smart-proxy.domains", domain),
+            ("smart-proxy.service", service),
+            ("smart-proxy.port", port.as_str()),
+            ("smart-proxy.lb", lb),
+        ];
+        container(name, [127, 0, 0, 1], &labels)
+    };
+    let table = label_table(&[
+        replica("lc-1", "lc.test", &one, "least-conn"),
+        replica("lc-2", "lc.test", &two, "least-conn"),
+        replica("rnd-1", "rnd.test", &one, "random"),
+        replica("rnd-2", "rnd.test", &two, "random"),
+    ]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start(&table);
+    let body = |response: String| response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+
+    // One request held by a replica: each of the next ten goes to the other one.
+    let port = nginx.port;
+    let held = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(b"GET /hold HTTP/1.1\r\nHost: lc.test\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let others: std::collections::BTreeSet<String> = (0..10).map(|_| body(nginx.get("lc.test", "/"))).collect();
+    let busy = body(held.join().unwrap());
+    assert_eq!(others.len(), 1, "least-conn: every request to the replica that is not busy: {others:?}");
+    assert!(!others.contains(&busy), "least-conn: {busy} held a request and got none of the others");
+
+    let seen: std::collections::BTreeSet<String> = (0..30).map(|_| body(nginx.get("rnd.test", "/"))).collect();
+    assert_eq!(seen.len(), 2, "random uses both replicas (all 30 on one: a chance of 2 in 2^30)");
 }
 
 // --- proto: real backends of each protocol
