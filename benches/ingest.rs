@@ -8,8 +8,9 @@
 //! second one the same (A/A: the ratio the machine's noise alone gives), one with
 //! `ACCESS_LOG_FILES=off` (the agent's insight file only), one with the defaults (both
 //! files). `wrk -t1 -c32` runs against each for
-//! `SECONDS`, alternating, `ROUNDS` times; the medians, their ratio and the lines the agent
-//! counted against the requests wrk made are printed. Then wrk runs against the insight agent for
+//! `SECONDS`, alternating, `ROUNDS` times; the medians, each round's ratio to the mean of the
+//! two files-only runs of that round (the A/A row: the second to the first) and the lines the
+//! agent counted against the requests wrk made are printed. Then wrk runs against the insight agent for
 //! `SOAK` seconds while the agent's RSS is sampled each second. Then the companion setup, as the
 //! compose files run it: nginx in its container (the local nginx image) shares conf.d and
 //! `/var/log/nginx` with the agent in another container, so nginx writes one line per request
@@ -130,6 +131,11 @@ fn wrk_url(url: &str, seconds: u64) -> (f64, u64, u64) {
     (rps, made, failed)
 }
 
+/// The pause before each wrk run: nginx flushes its buffered log lines within 1 s (`flush=1s`),
+/// the agent reads them within 100 ms after that, so no run carries the work the previous one
+/// left (the rotation puts the same setup after each one in a round).
+const SETTLE: Duration = Duration::from_millis(1500);
+
 /// What the rounds measured, per setup (the baseline first): each round's requests per second,
 /// the requests made, and the CPU seconds of nginx and of the agent.
 struct Runs {
@@ -145,8 +151,11 @@ impl Runs {
     }
 
     /// Runs wrk through setup `which` (`wrk()` gives its result) and adds it, with the CPU the
-    /// processes `agent` and `nginx` (and their children) spent meanwhile.
+    /// processes `agent` and `nginx` (and their children) spent meanwhile. It first waits
+    /// [`SETTLE`], so that what the setup measured before still does (nginx's buffered lines,
+    /// flushed within a second; the agent reading them) is done and weighs on neither.
     fn measure(&mut self, which: usize, (agent, nginx): (u32, u32), wrk: impl FnOnce() -> (f64, u64, u64)) {
+        std::thread::sleep(SETTLE);
         let (cpu0, nginx0) = (cpu_of_tree(agent), cpu_of_tree(nginx));
         let (value, made, failed) = wrk();
         self.agent_cpu[which] += cpu_of_tree(agent) - cpu0;
@@ -156,8 +165,10 @@ impl Runs {
         self.made[which] += made;
     }
 
-    /// Per setup (name, insight on): its median rate and ratio to the baseline, its CPU per
-    /// request and, with insight, the lines the agent counted (`counted(setup)`).
+    /// Per setup (name, insight on): its median rate and ratio to files only, its CPU per
+    /// request and, with insight, the lines the agent counted (`counted(setup)`). The first two
+    /// setups are the same (files only, run twice): the A/A row shows what the machine's noise
+    /// alone gives, and an insight setup is held against both ([`paired_ratios`]).
     fn print(mut self, setups: &[(&str, bool)], counted: impl Fn(usize) -> u64) {
         let paired = paired_ratios(&self.rps);
         let medians: Vec<f64> = self.rps.iter_mut().map(|r| median(r)).collect();
@@ -165,15 +176,16 @@ impl Runs {
         for (which, &(name, insight)) in setups.iter().enumerate() {
             let (low, ratio, high) = paired[which];
             let verdict = match (which, ratio >= 0.95) {
-                (0, _) => String::from("(the baseline)"),
-                _ if !insight => format!(
-                    "{ratio:.3} of files only (the same setup again: the machine's noise; quartiles {low:.3}..{high:.3})"
+                (0, _) => String::from("(files only: the reference, with the row below)"),
+                (1, _) => format!(
+                    "{ratio:.3} of the row above (the same setup again: the machine's noise; quartiles {low:.3}..{high:.3})"
                 ),
                 (_, met) => format!(
-                    "{ratio:.3} of files only (median of the rounds' ratios, quartiles {low:.3}..{high:.3}; bar >= 0.95: {})",
+                    "{ratio:.3} of files only (median of the rounds' ratios to both files-only runs, quartiles {low:.3}..{high:.3}; bar >= 0.95: {})",
                     if met { "met" } else { "not met" }
                 ),
             };
+            debug_assert!(which > 1 || !insight, "the first two setups are files only");
             let made = self.made[which];
             println!("{name:<36} {:>8.0} req/s (median) {verdict}", medians[which]);
             println!(
@@ -194,13 +206,20 @@ impl Runs {
     }
 }
 
-/// Each setup's throughput against the baseline's in the same round (the setups run back to
-/// back in each round, so a slow minute of the machine weighs on both): the lower quartile,
-/// median and upper quartile of those ratios.
+/// Each setup's throughput against files only in the same round (the setups run back to back in
+/// each round, so a slow minute of the machine weighs on all): the lower quartile, median and
+/// upper quartile of those ratios. Files only ran twice in each round (setups 0 and 1), and the
+/// reference is the mean of the two, which halves its share of the noise; the second run's own
+/// ratio is to the first (A/A).
 fn paired_ratios(rps: &[Vec<f64>]) -> Vec<(f64, f64, f64)> {
     rps.iter()
-        .map(|runs| {
-            let mut ratios: Vec<f64> = runs.iter().zip(&rps[0]).map(|(r, base)| r / base).collect();
+        .enumerate()
+        .map(|(which, runs)| {
+            let reference = |round: usize| match which {
+                0 | 1 => rps[0][round],
+                _ => (rps[0][round] + rps[1][round]) / 2.0,
+            };
+            let mut ratios: Vec<f64> = runs.iter().enumerate().map(|(round, r)| r / reference(round)).collect();
             ratios.sort_by(f64::total_cmp);
             let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
             (at(0.25), at(0.5), at(0.75))
