@@ -56,11 +56,14 @@ fn table(n: usize) -> RouteTable {
     table
 }
 
-/// [`table`] with a policy on three routes in four, as labels would set them: body size, timeout
+/// [`table`] with a policy on four routes in five, as labels would set them: body size, timeout
 /// and a rate limit; streaming with two response headers (a CSP holding quotes and a `$`) and a
-/// request header; HSTS with flags, a health path and basic auth with a bypass path.
+/// request header; HSTS with flags, a health path and basic auth with a bypass path; forward
+/// auth with a sign-in URL, a copied header and a bypass path.
 fn policy_table(n: usize) -> RouteTable {
-    use smart_proxy::routes::access::{parse_paths, Auth, AuthMethod, BasicUsers, Rate, RateLimit, Users};
+    use smart_proxy::routes::access::{
+        parse_paths, Auth, AuthMethod, BasicUsers, Forward, Rate, RateLimit, Url, Users,
+    };
     use smart_proxy::routes::policy::{Direction, Header, HeaderName, HeaderValue, Hsts, Size, Timeout};
     use smart_proxy::routes::Health;
     let header = |name: &str, value: &str, direction| Header {
@@ -70,7 +73,7 @@ fn policy_table(n: usize) -> RouteTable {
     let mut table = table(n);
     for (i, site) in table.sites.iter_mut().enumerate() {
         let policy = &mut site.locations[0].policy;
-        match i % 4 {
+        match i % 5 {
             0 => {
                 policy.max_body = Some(Size::parse("10g").unwrap());
                 policy.timeout = Some(Timeout::parse("5m").unwrap());
@@ -91,6 +94,15 @@ fn policy_table(n: usize) -> RouteTable {
                 let users = Users::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap();
                 let bypass = parse_paths("/public/").unwrap();
                 policy.auth = Some(Auth { method: AuthMethod::Basic(BasicUsers::Inline(users)), bypass });
+            }
+            3 => {
+                let forward = Forward {
+                    url: Url::parse("http://authelia:9091/api/authz/auth-request").unwrap(),
+                    signin: Some(Url::parse("https://auth.example.com/").unwrap()),
+                    headers: vec![HeaderName::parse("Remote-User", Direction::Response).unwrap()],
+                };
+                policy.auth =
+                    Some(Auth { method: AuthMethod::Forward(forward), bypass: parse_paths("/api/").unwrap() });
             }
             _ => {}
         }
