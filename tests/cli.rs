@@ -37,11 +37,17 @@ const SERVICES: &str = "app1:app1:8080,app2:app2:8081,api:api:3000";
 
 #[test]
 fn dry_run_prints_the_config() {
-    dry_run(&[("DOMAINS", "app1.com:app1,app2.com:app2,status.com"), ("SERVICES", SERVICES)])
+    let out = dry_run(&[("DOMAINS", "app1.com:app1,app2.com:app2,status.com"), ("SERVICES", SERVICES)])
         .success()
         .stdout(contains("server_name app1.com;").and(contains("server_name status.com;")))
-        .stdout(contains("Service not configured for this domain"))
+        .stdout(contains("503 \"Service not configured for this domain\\n\";"))
         .stderr(contains("a self-signed placeholder would be written").and(contains("nothing written")));
+    // status.com has no service: its location answers 503, and its server's error_page the text.
+    let config = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let status = config.rsplit("server_name status.com;").next().expect("status.com's HTTPS server");
+    let status = &status[..status.find("\nserver {").unwrap_or(status.len())];
+    assert!(status.contains("error_page 404 429 502 503 504 @smartproxy_error;"), "{status}");
+    assert!(status.contains("location / {\n        # No service") && status.contains("return 503;"), "{status}");
 }
 
 #[test]
