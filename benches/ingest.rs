@@ -133,7 +133,7 @@ fn wrk_url(url: &str, seconds: u64) -> (f64, u64, u64) {
 
 /// The pause before each wrk run: nginx flushes its buffered log lines within 1 s (`flush=1s`),
 /// the agent reads them within 100 ms after that, so no run carries the work the previous one
-/// left (the rotation puts the same setup after each one in a round).
+/// left (within a round, the rotation puts the same setup after each one).
 const SETTLE: Duration = Duration::from_millis(1500);
 
 /// What the rounds measured, per setup (the baseline first): each round's requests per second,
@@ -185,7 +185,7 @@ impl Runs {
                     if met { "met" } else { "not met" }
                 ),
             };
-            debug_assert!(which > 1 || !insight, "the first two setups are files only");
+            assert!(which > 1 || !insight, "the first two setups are files only");
             let made = self.made[which];
             println!("{name:<36} {:>8.0} req/s (median) {verdict}", medians[which]);
             println!(

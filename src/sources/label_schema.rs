@@ -670,8 +670,12 @@ pub fn reserved_word(name: &str) -> Option<&'static str> {
 
 /// Every word a dotted key starts with (route names they cannot be), in key order.
 fn reserved_words() -> Vec<&'static str> {
-    let mut words: Vec<&'static str> = KEYS.iter().filter_map(|k| k.key.split_once('.').map(|(w, _)| w)).collect();
-    words.dedup();
+    let mut words: Vec<&'static str> = Vec::new();
+    for word in KEYS.iter().filter_map(|k| k.key.split_once('.').map(|(w, _)| w)) {
+        if !words.contains(&word) {
+            words.push(word);
+        }
+    }
     words
 }
 
