@@ -265,10 +265,12 @@ fn template_errors_name_file_and_line() {
 #[test]
 fn a_setting_an_older_template_cannot_render_leaves_out_its_domain_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    // The built-in template as it was before `max-body`: it never reads `max_body`.
-    let block = "{% if p.max_body %}\n        client_max_body_size {{ p.max_body }};\n{% endif %}\n";
+    // A template written before `max-body` (and before the policy's `directives`): it places
+    // the policy's fields one by one and never reads `max_body`.
+    let block = "{{ loc.policy.directives }}";
     assert!(smart_proxy::render::BUILTIN_TEMPLATE.contains(block));
-    let old = smart_proxy::render::BUILTIN_TEMPLATE.replace(block, "");
+    let fields = "        {{ m }}_send_timeout {{ loc.policy.timeout }};\n        {{ m }}_read_timeout {{ loc.policy.timeout }};";
+    let old = smart_proxy::render::BUILTIN_TEMPLATE.replace(block, fields);
     let template = dir.path().join("old.j2");
     std::fs::write(&template, &old).unwrap();
     let file = dir.path().join("routes.json");
