@@ -333,7 +333,7 @@ impl Renderer {
         for site in &table.sites {
             for (key, origin) in keys_used(site, &table) {
                 let field = FIELDS.iter().find(|(k, _)| *k == key).map_or("", |(_, f)| *f);
-                let placed = IN_DIRECTIVES.contains(&key) && source.contains(".policy.directives");
+                let placed = IN_DIRECTIVES.contains(&key) && source.contains(".directives");
                 if !source.contains(field) && !placed {
                     let message = format!(
                         "{key} is set, but the template {} never uses `{}` to render it, so {} is left out; render it as the built-in template does (docs/templates.md)",
