@@ -53,7 +53,7 @@ pub struct Restart {
 /// The current run of failures of one server.
 #[derive(Debug, Clone, Copy)]
 struct Run {
-    /// When the first failure of the run happened; `None` after a success.
+    /// When the first failure of the run happened; `None` right after a restart.
     since_ms: Option<u64>,
     failures: u32,
     last_ms: u64,
@@ -82,13 +82,15 @@ impl Healer {
 
     /// One attempt against `server`.
     pub fn observe(&mut self, server: &str, failed: bool, now_ms: u64) {
-        if !failed && self.runs.is_empty() {
-            return; // The usual case (no server failing), without a lookup.
+        if !failed {
+            // A success ends the server's run: a server without one has not failed since. With
+            // no server failing (the usual case), without a lookup.
+            if !self.runs.is_empty() {
+                self.runs.remove(server);
+            }
+            return;
         }
         if !self.runs.contains_key(server) {
-            if !failed {
-                return; // Healthy servers cost nothing.
-            }
             if self.runs.len() >= MAX_SERVERS {
                 self.forget_before(now_ms.saturating_sub(self.config.failing_for_ms));
                 if self.runs.len() >= MAX_SERVERS {
@@ -96,11 +98,6 @@ impl Healer {
                 }
             }
             self.runs.insert(server.into(), Run { since_ms: None, failures: 0, last_ms: now_ms });
-        }
-        if !failed {
-            // The run ends: a server without a run is one that has not failed since.
-            self.runs.remove(server);
-            return;
         }
         let Some(run) = self.runs.get_mut(server) else { return };
         run.last_ms = now_ms;
