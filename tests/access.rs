@@ -433,13 +433,11 @@ fn under_concurrent_load_the_burst_is_honoured_exactly() {
     let table = label_table(&[c]);
     assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
     let nginx = Served::start(&table);
-    let out = Command::new("wrk")
-        .args(["-t2", "-c16", "-d2s", "-H", "Host: crowd.test"])
-        .arg(format!("http://127.0.0.1:{}/", nginx.port))
-        .output()
-        .expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report = crate::support::wrk::Report::parse(&text);
+    use crate::support::wrk::{Report, Wrk};
+    let wrk = Wrk::start(([127, 0, 0, 1], nginx.port).into(), "crowd.test", 16, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let text = wrk.finish();
+    let report = Report::parse(&text);
     assert_eq!(report.socket_errors, None, "{text}");
     assert!(report.requests >= 100, "wrk made too few requests to test concurrency:\n{text}");
     assert_eq!(report.requests - report.non_2xx, 6, "1 + burst 5 passed, the rest got 429:\n{text}");
