@@ -189,9 +189,30 @@ pub fn env_table(domains: &str, services: &str) -> RouteTable {
     RouteTable::build(vec![smart_proxy::sources::env::parse(Some(domains), Some(services))])
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked: bound, then released; the caller binds it soon
-/// after). The one definition for the tests and the benches (which include this module).
+/// A free TCP port (free when asked, on every address: bound, then released; the caller binds it
+/// soon after). The one definition for the tests and the benches (which include this module).
+///
+/// Taken below the kernel's ephemeral range (32768-60999 by default), in turn from a start of the
+/// process's own: a port the kernel hands out (`:0`) is one the next outgoing connection may take
+/// as its source port before the caller binds it (nginx then fails with "Address already in use").
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % COUNT,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        let free = |ip: [u8; 4]| std::net::TcpListener::bind(std::net::SocketAddr::from((ip, port))).is_ok();
+        if free([0, 0, 0, 0]) && free([127, 0, 0, 1]) {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
