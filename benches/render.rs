@@ -148,6 +148,21 @@ fn report(what: &str, figures: Option<(Duration, Duration)>) {
 fn render(c: &mut Criterion) {
     let renderer = Renderer::builtin();
     let production = settings(false);
+    // `RENDER_ONCE=production` or `policies`: build that table of 10,000 routes, render it `n`
+    // times (`RENDER_TIMES`, default 1) and exit. For `valgrind --tool=callgrind`, whose
+    // instruction counts do not move with the machine's noise as times do: a render's count is the
+    // difference between `RENDER_TIMES=2` and `1`.
+    if let Ok(which) = std::env::var("RENDER_ONCE") {
+        let table = match which.as_str() {
+            "policies" => policy_table(10_000),
+            _ => table(10_000),
+        };
+        let times = std::env::var("RENDER_TIMES").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+        for _ in 0..times {
+            black_box(renderer.render(&table, &production).unwrap());
+        }
+        std::process::exit(0);
+    }
     let mut group = c.benchmark_group("render");
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for n in [10usize, 1_000, 10_000] {
