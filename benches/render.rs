@@ -44,6 +44,7 @@ fn settings(local: bool) -> RenderSettings {
             ConfigPath::parse("NGINX_CONF", Path::new("/etc/nginx/conf.d/smart-proxy-insight.log")).unwrap(),
         ),
         access_log_files: true,
+        backend_ca: ConfigPath::parse("BACKEND_CA", std::path::Path::new(smart_proxy::render::BACKEND_CA)).unwrap(),
         insight_from_access_logs: false,
     }
 }

@@ -130,6 +130,7 @@ impl Config {
                 None
             },
             access_log_files: settings.access_log_files,
+            backend_ca: ConfigPath::parse("BACKEND_CA", &settings.backend_ca)?,
             // The agent turns it on once it knows nginx is its child.
             insight_from_access_logs: false,
         };

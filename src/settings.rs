@@ -86,6 +86,11 @@ pub struct Settings {
     #[arg(long, env = "ERROR_PAGES_DIR", global = true)]
     pub error_pages_dir: Option<PathBuf>,
 
+    /// The CA certificates nginx checks an `https`/`grpcs` app's certificate against
+    /// (`backend-verify`), as nginx sees the file: an internal CA's, for apps it signs.
+    #[arg(long, env = "BACKEND_CA", global = true, default_value = crate::render::BACKEND_CA)]
+    pub backend_ca: PathBuf,
+
     /// Also listen on IPv6 (`[::]`): `auto` (when the kernel has IPv6), `on` or `off`.
     #[arg(long, env = "IPV6", global = true, value_enum, default_value = "auto")]
     pub ipv6: Ipv6Mode,

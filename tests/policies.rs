@@ -831,6 +831,62 @@ server {{
     assert_eq!(get("verified.test").0, 502, "a self-signed certificate does not pass backend-verify");
 }
 
+/// `backend-verify` against `BACKEND_CA`, an internal CA: an app whose certificate that CA signed
+/// for the name passes (200, the name sent as SNI); the same app checked against another name, and
+/// an app whose self-signed certificate names the right host, get 502.
+#[test]
+fn backend_verify_passes_an_app_certificate_that_backend_ca_signed_for_the_name() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use smart_proxy::render::ConfigPath;
+    use std::path::Path;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "smart-proxy test internal CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, &ca_key);
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca_file = write("ca.pem", ca_cert.pem());
+    let signed_key = KeyPair::generate().unwrap();
+    let signed =
+        CertificateParams::new(vec!["app.internal".to_string()]).unwrap().signed_by(&signed_key, &issuer).unwrap();
+    let self_key = KeyPair::generate().unwrap();
+    let self_signed = CertificateParams::new(vec!["app.internal".to_string()]).unwrap().self_signed(&self_key).unwrap();
+    let (signed_port, self_port) = (free_port(), free_port());
+    let server = |port: u16, cert: String, key: String| {
+        format!(
+            "server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    location / {{\n        default_type text/plain;\n        return 200 \"sni=$ssl_server_name\\n\";\n    }}\n}}\n"
+        )
+    };
+    let _backends = Served::raw(
+        &(server(signed_port, write("signed.pem", signed.pem()), write("signed.key", signed_key.serialize_pem()))
+            + &server(self_port, write("self.pem", self_signed.pem()), write("self.key", self_key.serialize_pem()))),
+        signed_port,
+    );
+    fn verify(name: &str) -> [(&str, &str); 2] {
+        [("smart-proxy.proto", "https"), ("smart-proxy.backend-verify", name)]
+    }
+    let table = label_table(&[
+        app_container("signed", "signed.test", signed_port, &verify("app.internal")),
+        app_container("wrong-name", "wrong-name.test", signed_port, &verify("other.internal")),
+        app_container("self-signed", "self-signed.test", self_port, &verify("app.internal")),
+    ]);
+    assert!(table.diagnostics.is_empty(), "{:?}", table.diagnostics);
+    let nginx = Served::start_with(&table, |s| {
+        s.backend_ca = ConfigPath::parse("BACKEND_CA", Path::new(&ca_file)).unwrap();
+    });
+    let get = |host: &str| split(&nginx.get(host, "/"));
+    assert_eq!(get("signed.test"), (200, "sni=app.internal\n".into()), "the CA signed it for app.internal");
+    assert_eq!(get("wrong-name.test").0, 502, "the certificate does not name other.internal");
+    assert_eq!(get("self-signed.test").0, 502, "BACKEND_CA did not sign a self-signed certificate");
+}
+
 /// FastCGI through the real php-fpm: a path naming a script runs it (with its PATH_INFO), every
 /// other path the front controller `index.php` with the original URI; the body, the request
 /// headers the proxy and the route set, and the timeout reach PHP.

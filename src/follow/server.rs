@@ -472,6 +472,8 @@ mod tests {
             auth_dir: p("conf/smart-proxy-htpasswd"),
             insight_log: Some(p("conf/smart-proxy-insight.log")),
             access_log_files: true,
+            backend_ca: crate::render::ConfigPath::parse("BACKEND_CA", std::path::Path::new(crate::render::BACKEND_CA))
+                .unwrap(),
             insight_from_access_logs: false,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],

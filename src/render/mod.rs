@@ -24,8 +24,8 @@ use edge::{ErrorPages, RealIp, ERROR_CODES};
 pub const BUILTIN_TEMPLATE: &str = include_str!("../../templates/nginx.conf.j2");
 const BUILTIN_NAME: &str = "nginx.conf.j2 (built in)";
 
-/// The CA bundle nginx checks an app's certificate against (`backend-verify`): Debian's, which
-/// the official nginx image has too.
+/// The CA bundle nginx checks an app's certificate against (`backend-verify`) unless `BACKEND_CA`
+/// names another: Debian's, which the official nginx image has too.
 pub const BACKEND_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 #[derive(Debug, Error)]
@@ -153,6 +153,8 @@ pub struct RenderSettings {
     pub insight_log: Option<ConfigPath>,
     /// Each domain's JSON access log in `log_dir` (`ACCESS_LOG_FILES`).
     pub access_log_files: bool,
+    /// The CA certificates `backend-verify` checks an app's certificate against (`BACKEND_CA`).
+    pub backend_ca: ConfigPath,
     /// The agent reads each domain's JSON access log for insight, so nginx writes one line per
     /// request, not two: set by the agent when it sees `log_dir` as nginx does (nginx is its
     /// child). Only where those files are held open ([`Renderer::insight_access_logs`]).
@@ -555,8 +557,8 @@ struct Context<'a> {
     https_port_suffix: String,
     /// `:8080` when HTTP is not on 80, for redirects of plain-HTTP servers.
     http_port_suffix: String,
-    /// The CA bundle for `backend-verify`.
-    backend_ca: &'static str,
+    /// The CA certificates for `backend-verify`.
+    backend_ca: &'a ConfigPath,
     /// Some location passes to FastCGI: the config maps its script name.
     fastcgi: bool,
     http2_on: bool,
@@ -1133,7 +1135,7 @@ impl<'a> Context<'a> {
             https_port: settings.https_port,
             https_port_suffix: https_suffix(settings),
             http_port_suffix: http_suffix(settings),
-            backend_ca: BACKEND_CA,
+            backend_ca: &settings.backend_ca,
             fastcgi: table.upstreams.iter().any(|u| u.protocol.proto.module() == Module::Fastcgi),
             http2_on: settings.nginx_version.has_http2_directive(),
             acme_webroot: &settings.acme_webroot,
@@ -1441,6 +1443,7 @@ mod tests {
             auth_dir: ConfigPath("/a".into()),
             insight_log: Some(ConfigPath("/i.log".into())),
             access_log_files: true,
+            backend_ca: ConfigPath::parse("BACKEND_CA", std::path::Path::new(BACKEND_CA)).unwrap(),
             insight_from_access_logs: false,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],

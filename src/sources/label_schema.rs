@@ -402,7 +402,7 @@ pub const KEYS: &[LabelKey] = &[
     route(
         "backend-verify",
         ValueKind::BackendVerify,
-        "with `proto=https`/`grpcs`: `on` checks the app's certificate against the system's CA bundle and the service's host name (static services), a host name checks it against that name (containers are reached by address); `off` encrypts without checking",
+        "with `proto=https`/`grpcs`: `on` checks the app's certificate against `BACKEND_CA` (the system's CA bundle by default) and the service's host name (static services), a host name checks it against that name (containers are reached by address); `off` encrypts without checking",
         "`off`",
         "app.internal",
     ),

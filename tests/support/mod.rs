@@ -96,6 +96,11 @@ impl NginxSandbox {
             auth_dir: ConfigPath::parse("NGINX_CONF", &self.path("conf.d/smart-proxy-htpasswd")).unwrap(),
             insight_log: None,
             access_log_files: true,
+            backend_ca: smart_proxy::render::ConfigPath::parse(
+                "BACKEND_CA",
+                std::path::Path::new(smart_proxy::render::BACKEND_CA),
+            )
+            .unwrap(),
             insight_from_access_logs: false,
         }
     }
