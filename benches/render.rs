@@ -6,7 +6,8 @@
 //! Routes come from the seed env format, as `DOMAINS`/`SERVICES` would give them: a mix of
 //! services by IP (upstream blocks), by host name (resolved per request, no upstream block) and
 //! by IPv6 address; one domain in ten has no service (503). Tables are built once, outside the
-//! timed loop. Run with `cargo bench --bench render`.
+//! timed loop. Run with `cargo bench --bench render`; `RENDER_ONCE=policies` (or `production`)
+//! renders one table of 10,000 routes once and exits, for `valgrind --tool=callgrind`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -44,7 +45,7 @@ fn settings(local: bool) -> RenderSettings {
             ConfigPath::parse("NGINX_CONF", Path::new("/etc/nginx/conf.d/smart-proxy-insight.log")).unwrap(),
         ),
         access_log_files: true,
-        backend_ca: ConfigPath::parse("BACKEND_CA", std::path::Path::new(smart_proxy::render::BACKEND_CA)).unwrap(),
+        backend_ca: ConfigPath::parse("BACKEND_CA", Path::new(smart_proxy::render::BACKEND_CA)).unwrap(),
         insight_from_access_logs: false,
     }
 }
@@ -156,9 +157,10 @@ fn render(c: &mut Criterion) {
     if let Ok(which) = std::env::var("RENDER_ONCE") {
         let table = match which.as_str() {
             "policies" => policy_table(10_000),
-            _ => table(10_000),
+            "production" => table(10_000),
+            other => panic!("RENDER_ONCE={other:?}: production or policies"),
         };
-        let times = std::env::var("RENDER_TIMES").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+        let times = std::env::var("RENDER_TIMES").map_or(1, |t| t.parse().expect("RENDER_TIMES: a number"));
         for _ in 0..times {
             black_box(renderer.render(&table, &production).unwrap());
         }

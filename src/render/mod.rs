@@ -92,7 +92,7 @@ impl FromStr for NginxVersion {
     }
 }
 
-/// An absolute directory path safe to place in the config (no spaces, quotes, ';', '$', ...).
+/// An absolute path (of a directory or a file) safe to place in the config (no spaces, quotes, ';', '$', ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct ConfigPath(String);
@@ -417,7 +417,7 @@ impl Renderer {
         // rendered at the same time, each into its own buffer, and appended.
         // Sized for all: growing a buffer of this size copies it (and faults its pages in) again.
         // Each share is checked for UTF-8 where it was rendered, at the same time as the others
-        // (35 MB at 10,000 sites: 5 ms for one thread after all the others).
+        // (35 MB for 10,000 sites with policies: 5 ms for one thread after all the others).
         let mut out = Vec::with_capacity(output_size(&table.sites));
         let (mut out, others) = std::thread::scope(|scope| {
             let handles: Vec<_> = chunks
@@ -515,7 +515,13 @@ struct Root {
 
 impl minijinja::value::Object for Root {
     fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
-        match key.as_str()? {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    /// Without the default's detour through a value made of `key`: the template looks a global
+    /// up some twenty times a site.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<minijinja::Value> {
+        match key {
             "sites" => Some(self.sites.clone()),
             name => self.globals.get(name).cloned(),
         }
@@ -655,16 +661,26 @@ impl<T: minijinja::value::Object + Send + Sync + 'static> Serialize for Shared<T
     }
 }
 
-/// Makes a context struct a template object whose fields become template values when the
-/// template reads them, each alone: the built-in template reads three of a policy's eleven
-/// fields, and converting all of them for every location cost 3 % of a render's instructions.
-/// For structs whose fields are read once or twice (each read converts anew). `enumerate` lists
-/// the fields, so that a template may still iterate over them or print them.
+/// Declares a context struct and makes it a template object whose fields become template values
+/// when the template reads them, each alone: the built-in template reads three of a policy's
+/// eleven fields, and converting all of them for every location cost 3 % of a render's
+/// instructions. For structs whose fields are read once or twice (each read converts anew).
+/// `enumerate` lists every field in order, so that a template may still iterate over them or
+/// print them, as it could the serialized struct.
 macro_rules! fields {
-    ($t:ident { $($field:ident),* $(,)? }) => {
+    ($(#[$meta:meta])* struct $t:ident { $($(#[$field_meta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        struct $t {
+            $($(#[$field_meta])* $field: $ty,)*
+        }
+
         impl minijinja::value::Object for $t {
             fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
-                Some(match key.as_str()? {
+                self.get_value_by_str(key.as_str()?)
+            }
+
+            fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<minijinja::Value> {
+                Some(match key {
                     $(stringify!($field) => value_of(&self.$field),)*
                     _ => return None,
                 })
@@ -676,21 +692,6 @@ macro_rules! fields {
         }
     };
 }
-
-fields!(PolicyCtx {
-    strip_regex,
-    max_body,
-    timeout,
-    buffering,
-    request_headers,
-    response_headers,
-    adds_headers,
-    error_pages,
-    rate,
-    auth,
-    directives
-});
-fields!(AuthCtx { basic_file, check, url, signin, headers, bypass });
 
 #[derive(Serialize)]
 struct InsightCtx {
@@ -805,34 +806,36 @@ struct LocationCtx {
     policy: Option<Shared<PolicyCtx>>,
 }
 
-#[derive(Debug)]
-struct PolicyCtx {
-    /// With `strip-prefix`: the regex of the `rewrite` that removes the location's path.
-    strip_regex: Option<String>,
-    /// `client_max_body_size` when set (nginx's 1m otherwise).
-    max_body: Option<String>,
-    /// The proxy read and send timeout (`60s` by default).
-    timeout: String,
-    /// False: `proxy_buffering off` and `proxy_request_buffering off`.
-    buffering: bool,
-    /// `proxy_set_header name value` (an empty value drops the client's header).
-    request_headers: Vec<HeaderCtx>,
-    /// `add_header name value always` (empty value: `proxy_hide_header name`).
-    response_headers: Vec<HeaderCtx>,
-    /// Some response header is added: nginx then drops the server's `add_header`s in this
-    /// location, so the template repeats HSTS here.
-    adds_headers: bool,
-    /// False with `error-pages=off`: nginx's own pages.
-    error_pages: bool,
-    /// `limit_req` in this location.
-    rate: Option<LimitCtx>,
-    /// `auth_basic` or `auth_request`.
-    auth: Option<Shared<AuthCtx>>,
-    /// All of the above as the built-in template's directive lines (each indented for a
-    /// location, the last without its line break), written here once: with policies on most of
-    /// 10,000 routes, the template's lookups of these fields were a third of a render. A
-    /// template of one's own may use the fields instead.
-    directives: String,
+fields! {
+    #[derive(Debug)]
+    struct PolicyCtx {
+        /// With `strip-prefix`: the regex of the `rewrite` that removes the location's path.
+        strip_regex: Option<String>,
+        /// `client_max_body_size` when set (nginx's 1m otherwise).
+        max_body: Option<String>,
+        /// The proxy read and send timeout (`60s` by default).
+        timeout: String,
+        /// False: `proxy_buffering off` and `proxy_request_buffering off`.
+        buffering: bool,
+        /// `proxy_set_header name value` (an empty value drops the client's header).
+        request_headers: Vec<HeaderCtx>,
+        /// `add_header name value always` (empty value: `proxy_hide_header name`).
+        response_headers: Vec<HeaderCtx>,
+        /// Some response header is added: nginx then drops the server's `add_header`s in this
+        /// location, so the template repeats HSTS here.
+        adds_headers: bool,
+        /// False with `error-pages=off`: nginx's own pages.
+        error_pages: bool,
+        /// `limit_req` in this location.
+        rate: Option<LimitCtx>,
+        /// `auth_basic` or `auth_request`.
+        auth: Option<Shared<AuthCtx>>,
+        /// All of the above as the built-in template's directive lines (each indented for a
+        /// location, the last without its line break), written here once: with policies on most of
+        /// 10,000 routes, the template's lookups of these fields were a third of a render. A
+        /// template of one's own may use the fields instead.
+        directives: String,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -842,20 +845,22 @@ struct LimitCtx {
     burst: u32,
 }
 
-#[derive(Debug)]
-struct AuthCtx {
-    /// Basic: the htpasswd file (`auth_basic_user_file`).
-    basic_file: Option<String>,
-    /// Forward: the internal location the `auth_request` goes to (`/.smart-proxy/auth/<n>`).
-    check: Option<String>,
-    /// Forward: the auth service's URL as one nginx string.
-    url: Option<String>,
-    /// Forward: the sign-in URL with `rd=` and the original URL, as one nginx string.
-    signin: Option<String>,
-    /// Forward: the response headers copied to the app.
-    headers: Vec<AuthHeaderCtx>,
-    /// Paths inside the location that skip auth (nested locations).
-    bypass: Vec<String>,
+fields! {
+    #[derive(Debug)]
+    struct AuthCtx {
+        /// Basic: the htpasswd file (`auth_basic_user_file`).
+        basic_file: Option<String>,
+        /// Forward: the internal location the `auth_request` goes to (`/.smart-proxy/auth/<n>`).
+        check: Option<String>,
+        /// Forward: the auth service's URL as one nginx string.
+        url: Option<String>,
+        /// Forward: the sign-in URL with `rd=` and the original URL, as one nginx string.
+        signin: Option<String>,
+        /// Forward: the response headers copied to the app.
+        headers: Vec<AuthHeaderCtx>,
+        /// Paths inside the location that skip auth (nested locations).
+        bypass: Vec<String>,
+    }
 }
 
 #[derive(Debug, Serialize)]
