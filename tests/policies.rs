@@ -884,7 +884,7 @@ fn backend_verify_passes_an_app_certificate_that_backend_ca_signed_for_the_name(
     let get = |host: &str| split(&nginx.get(host, "/"));
     assert_eq!(get("signed.test"), (200, "sni=app.internal\n".into()), "the CA signed it for app.internal");
     assert_eq!(get("wrong-name.test").0, 502, "the certificate does not name other.internal");
-    assert_eq!(get("self-signed.test").0, 502, "BACKEND_CA did not sign a self-signed certificate");
+    assert_eq!(get("self-signed.test").0, 502, "a self-signed certificate, though it names app.internal");
 }
 
 /// FastCGI through the real php-fpm: a path naming a script runs it (with its PATH_INFO), every

@@ -172,7 +172,7 @@ const SERVICE_FIELDS: &[Field] = &[
         name: "backend-verify",
         kind: FieldKind::BackendVerify,
         required: false,
-        doc: "with proto `https`/`grpcs`: `on` checks its certificate against the system's CA bundle and `host`, a host name against that name, `off` encrypts without checking; `on` when absent for a `host` name, `off` for an IP address",
+        doc: "with proto `https`/`grpcs`: `on` checks its certificate against `BACKEND_CA` (the system's CA bundle by default) and `host`, a host name against that name, `off` encrypts without checking; `on` when absent for a `host` name, `off` for an IP address",
     },
     Field {
         name: "fastcgi.root",
