@@ -747,25 +747,71 @@ struct UpstreamCtx {
     method: Option<&'static str>,
 }
 
-#[derive(Debug, Serialize)]
-struct SiteCtx {
-    domain: String,
-    tls: bool,
-    cert_dir: String,
-    /// The `access_log`s of the servers that serve the domain and of the one that only
-    /// redirects to HTTPS, when its JSON file is its own, held open ([`access_logs`]); else the
-    /// globals of the same names, shared by every site.
-    access_logs: Option<String>,
-    redirect_access_logs: Option<String>,
-    log_name: String,
-    has_root: bool,
-    /// The exact path of the proxy's own `200 healthy` answer; none when `health=off`.
-    health: Option<String>,
-    /// The HTTPS server's `Strict-Transport-Security` value; none when `hsts=off`.
-    hsts: Option<String>,
-    /// The whole domain redirects (its locations are empty).
-    redirect: Option<RedirectCtx>,
-    locations: Vec<LocationCtx>,
+/// Declares a context struct whose fields a template reads many times, and makes it serialize
+/// as a template object that holds each field converted once (as serde would convert it) and
+/// finds it by a `match` on its name: a serialized struct is a map that compares a name with its
+/// keys one by one, and a template reads a site's fields some thirty times.
+macro_rules! converted {
+    ($(#[$meta:meta])* struct $t:ident as $obj:ident { $($(#[$field_meta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        struct $t {
+            $($(#[$field_meta])* $field: $ty,)*
+        }
+
+        #[doc = concat!("[`", stringify!($t), "`] as a template value.")]
+        #[derive(Debug)]
+        struct $obj {
+            $($field: minijinja::Value,)*
+        }
+
+        impl Serialize for $t {
+            /// Into a template value: the object (minijinja keeps a value that a serialization
+            /// into one carries whole); anywhere else, its fields.
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                minijinja::Value::from_object($obj { $($field: value_of(&self.$field),)* }).serialize(serializer)
+            }
+        }
+
+        impl minijinja::value::Object for $obj {
+            fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+                self.get_value_by_str(key.as_str()?)
+            }
+
+            fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<minijinja::Value> {
+                Some(match key {
+                    $(stringify!($field) => self.$field.clone(),)*
+                    _ => return None,
+                })
+            }
+
+            fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+                minijinja::value::Enumerator::Str(&[$(stringify!($field)),*])
+            }
+        }
+    };
+}
+
+converted! {
+    #[derive(Debug)]
+    struct SiteCtx as SiteValue {
+        domain: String,
+        tls: bool,
+        cert_dir: String,
+        /// The `access_log`s of the servers that serve the domain and of the one that only
+        /// redirects to HTTPS, when its JSON file is its own, held open ([`access_logs`]); else the
+        /// globals of the same names, shared by every site.
+        access_logs: Option<String>,
+        redirect_access_logs: Option<String>,
+        log_name: String,
+        has_root: bool,
+        /// The exact path of the proxy's own `200 healthy` answer; none when `health=off`.
+        health: Option<String>,
+        /// The HTTPS server's `Strict-Transport-Security` value; none when `hsts=off`.
+        hsts: Option<String>,
+        /// The whole domain redirects (its locations are empty).
+        redirect: Option<RedirectCtx>,
+        locations: Vec<LocationCtx>,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -784,26 +830,28 @@ struct BackendTlsCtx {
     verify: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct LocationCtx {
-    path: String,
-    upstream: Option<String>,
-    /// `host:port` for a dynamic upstream.
-    backend: Option<String>,
-    /// The module that passes requests on: `proxy`, `grpc`, `fastcgi` or `uwsgi` (its
-    /// directives' prefix).
-    module: &'static str,
-    /// The `*_pass` address: scheme (none for FastCGI and uwsgi) and upstream, or
-    /// `$smartproxy_backend` for a dynamic one.
-    pass: String,
-    /// The app is reached over TLS (`https`, `grpcs`).
-    tls: Option<BackendTlsCtx>,
-    /// With FastCGI: the app's document root.
-    fastcgi_root: Option<String>,
-    allow: Vec<String>,
-    /// The location's policy; `None` for the defaults (most locations: one field to serialize
-    /// and one test in the template).
-    policy: Option<Shared<PolicyCtx>>,
+converted! {
+    #[derive(Debug)]
+    struct LocationCtx as LocationValue {
+        path: String,
+        upstream: Option<String>,
+        /// `host:port` for a dynamic upstream.
+        backend: Option<String>,
+        /// The module that passes requests on: `proxy`, `grpc`, `fastcgi` or `uwsgi` (its
+        /// directives' prefix).
+        module: &'static str,
+        /// The `*_pass` address: scheme (none for FastCGI and uwsgi) and upstream, or
+        /// `$smartproxy_backend` for a dynamic one.
+        pass: String,
+        /// The app is reached over TLS (`https`, `grpcs`).
+        tls: Option<BackendTlsCtx>,
+        /// With FastCGI: the app's document root.
+        fastcgi_root: Option<String>,
+        allow: Vec<String>,
+        /// The location's policy; `None` for the defaults (most locations: one field to serialize
+        /// and one test in the template).
+        policy: Option<Shared<PolicyCtx>>,
+    }
 }
 
 fields! {
