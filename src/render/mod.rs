@@ -1584,6 +1584,34 @@ mod tests {
         assert_eq!(Renderer::builtin().fit(table).sites.len(), 2);
     }
 
+    /// A custom template sees every field of a site, a location, a policy and its auth, in their
+    /// declared order, as it saw the serialized structs: the contexts are objects now
+    /// (`converted!`, `fields!`), which enumerate their fields themselves.
+    #[test]
+    fn a_custom_template_sees_every_context_field_in_order() {
+        use crate::routes::access::{Auth, BasicUsers, Users};
+        let mut table = RouteTable::build(vec![crate::sources::env::parse(Some("a.com"), None)]);
+        let users = Users::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap();
+        let auth = Auth { method: AuthMethod::Basic(BasicUsers::Inline(users)), bypass: vec![] };
+        table.sites[0].locations[0].policy.auth = Some(auth);
+        let template = "{% for site in sites %}{{ site|list|join(',') }}\n{% for loc in site.locations %}\
+                        {{ loc|list|join(',') }}\n{{ loc.policy|list|join(',') }}\n{{ loc.policy|length }} \
+                        {{ loc.policy.auth|list|join(',') }} {{ loc.policy.timeout }} {{ loc.policy.buffering }} \
+                        {{ loc.policy.rate }} {{ loc.policy.auth.basic_file is string }} {{ site.domain }} \
+                        {{ loc.path }}\n\
+                        {% endfor %}{% endfor %}";
+        let custom = Renderer::from_source("fields.j2".into(), template.to_string()).unwrap();
+        let out = custom.render(&table, &test_settings(true)).unwrap();
+        assert_eq!(
+            out,
+            "domain,tls,cert_dir,access_logs,redirect_access_logs,log_name,has_root,health,hsts,redirect,locations\n\
+             path,upstream,backend,module,pass,tls,fastcgi_root,allow,policy\n\
+             strip_regex,max_body,timeout,buffering,request_headers,response_headers,adds_headers,error_pages,rate,\
+             auth,directives\n\
+             11 basic_file,check,url,signin,headers,bypass 60s True None True a.com /\n"
+        );
+    }
+
     /// With the agent reading the domains' access logs (nginx its child), nginx writes one line
     /// per request: the domain's file, in the format that carries insight's figures; the redirect
     /// to HTTPS writes its own format. A template written before those formats keeps the second
