@@ -7,7 +7,8 @@
 //! services by IP (upstream blocks), by host name (resolved per request, no upstream block) and
 //! by IPv6 address; one domain in ten has no service (503). Tables are built once, outside the
 //! timed loop. Run with `cargo bench --bench render`; `RENDER_ONCE=policies` (or `production`)
-//! renders one table of 10,000 routes once and exits, for `valgrind --tool=callgrind`.
+//! renders one table of 10,000 routes (`RENDER_TIMES` times, default once) and exits, for
+//! `valgrind --tool=callgrind`.
 
 use std::hint::black_box;
 use std::path::Path;
