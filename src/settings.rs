@@ -87,7 +87,8 @@ pub struct Settings {
     pub error_pages_dir: Option<PathBuf>,
 
     /// The CA certificates nginx checks an `https`/`grpcs` app's certificate against
-    /// (`backend-verify`), as nginx sees the file: an internal CA's, for apps it signs.
+    /// (`backend-verify`), as nginx sees the file: an internal CA's, for apps it signs. It replaces
+    /// the system bundle: for both kinds of app, give one file holding both.
     #[arg(long, env = "BACKEND_CA", global = true, default_value = crate::render::BACKEND_CA)]
     pub backend_ca: PathBuf,
 
