@@ -99,6 +99,12 @@ fn known_traffic_shows_per_domain_class_and_upstream() {
     let p50 = shop["request_time_ms"]["p50"].as_f64().unwrap();
     assert!((400.0 * 0.87..=600.0).contains(&p95), "p95 {p95} ms: {shop}");
     assert!(p50 < 100.0, "p50 {p50} ms: {shop}");
+    // The app's own time is most of it: the upstream time's p95 and p99 are the slow ones too.
+    for (figure, q) in [("request_time_ms", "p99"), ("upstream_time_ms", "p95"), ("upstream_time_ms", "p99")] {
+        let ms = shop[figure][q].as_f64().unwrap();
+        assert!((400.0 * 0.87..=600.0).contains(&ms), "{figure} {q} {ms} ms: {shop}");
+    }
+    assert!(shop["upstream_time_ms"]["p50"].as_f64().unwrap() < 100.0, "{shop}");
     let down = domain(&doc, "down.test");
     assert_eq!(down["last_minute"]["by_class"]["5xx"], 8, "{down}");
     let upstreams = down["upstreams"].as_array().unwrap();
@@ -118,6 +124,16 @@ fn known_traffic_shows_per_domain_class_and_upstream() {
         let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}:\n{metrics}"));
         assert_eq!(line.rsplit(' ').next(), Some(value.to_string().as_str()), "{line}");
     }
+    // Every shop.test request reached the app: each has an upstream time, the 4 slow ones above
+    // 128 ms (a busy machine may push a few fast ones there too).
+    let value = |series: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let upstream = "smart_proxy_http_upstream_duration_seconds";
+    assert_eq!(value(&format!(r#"{upstream}_count{{domain="shop.test"}}"#)), expected, "{metrics}");
+    let fast = value(&format!(r#"{upstream}_bucket{{domain="shop.test",le="0.128"}}"#));
+    assert!((expected - 7..=expected - 4).contains(&fast), "{fast} of {expected} under 128 ms:\n{metrics}");
 
     // The per-domain JSON file is still written, with every request (buffered: within a second).
     let config = std::fs::read_to_string(agent.path("conf.d/default.conf")).unwrap();

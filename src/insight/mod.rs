@@ -85,6 +85,9 @@ struct Total {
     /// Request time per bucket, and the sum in microseconds.
     request: [u64; BUCKETS],
     request_sum_us: u64,
+    /// The same for the upstream time of requests that reached an upstream (the last try's).
+    upstream: [u64; BUCKETS],
+    upstream_sum_us: u64,
 }
 
 /// One time slot of a window.
@@ -242,7 +245,14 @@ impl Traffic {
             fine: Default::default(),
             coarse: Default::default(),
             spark: [(0, 0); SPARK_SLOTS],
-            totals: Total { classes: [0; 5], bytes: 0, request: [0; BUCKETS], request_sum_us: 0 },
+            totals: Total {
+                classes: [0; 5],
+                bytes: 0,
+                request: [0; BUCKETS],
+                request_sum_us: 0,
+                upstream: [0; BUCKETS],
+                upstream_sum_us: 0,
+            },
             servers: Vec::new(),
             detector: anomaly::Detector::default(),
         }
@@ -265,6 +275,10 @@ impl Traffic {
         t.bytes = t.bytes.saturating_add(entry.bytes);
         t.request[request_bucket] += 1;
         t.request_sum_us = t.request_sum_us.saturating_add(entry.request_us);
+        if let (Some(bucket), Some(us)) = (upstream_bucket, entry.upstream_us()) {
+            t.upstream[bucket] += 1;
+            t.upstream_sum_us = t.upstream_sum_us.saturating_add(us);
+        }
     }
 
     fn server(&mut self, addr: &str) -> &mut Server {

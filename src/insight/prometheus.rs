@@ -12,11 +12,15 @@ use super::{hist, Insight, Traffic};
 /// so a domain costs 11 bucket series rather than 56.
 const LE_BUCKETS: [usize; 10] = [0, 6, 12, 18, 24, 30, 36, 42, 48, 54];
 
+/// A histogram's buckets and its sum in microseconds, from a domain's totals.
+type Histogram = fn(&super::Total) -> (&[u64; hist::BUCKETS], u64);
+
 /// Every family, as exposed.
 pub const NAMES: &[&str] = &[
     "smart_proxy_http_requests_total",
     "smart_proxy_http_response_bytes_total",
     "smart_proxy_http_request_duration_seconds",
+    "smart_proxy_http_upstream_duration_seconds",
     "smart_proxy_http_upstream_attempts_total",
     "smart_proxy_http_upstream_errors_total",
     "smart_proxy_http_upstream_timeouts_total",
@@ -56,29 +60,39 @@ pub(super) fn encode(insight: &Insight, out: &mut String) {
         let _ = writeln!(out, "{name}{{domain=\"{}\"}} {}", escape(d), t.totals.bytes);
     }
 
-    let name = NAMES[2];
-    header(out, name, "histogram", "Request time ($request_time) for each routed domain");
-    for (d, t) in &domains {
-        let d = escape(d);
-        let mut cumulative = 0u64;
-        let mut from = 0;
-        for b in LE_BUCKETS {
-            cumulative += t.totals.request[from..=b].iter().sum::<u64>();
-            from = b + 1;
-            let le = hist::UPPER_US[b] as f64 / 1e6;
-            let _ = writeln!(out, "{name}_bucket{{domain=\"{d}\",le=\"{le}\"}} {cumulative}");
+    let histograms: [(&str, &str, Histogram); 2] = [
+        (NAMES[2], "Request time ($request_time) for each routed domain", |t| (&t.request, t.request_sum_us)),
+        (
+            NAMES[3],
+            "Upstream time (the last try's $upstream_response_time) for each routed domain, of the requests that reached an upstream",
+            |t| (&t.upstream, t.upstream_sum_us),
+        ),
+    ];
+    for (name, help, of) in histograms {
+        header(out, name, "histogram", help);
+        for (d, t) in &domains {
+            let d = escape(d);
+            let (buckets, sum_us) = of(&t.totals);
+            let mut cumulative = 0u64;
+            let mut from = 0;
+            for b in LE_BUCKETS {
+                cumulative += buckets[from..=b].iter().sum::<u64>();
+                from = b + 1;
+                let le = hist::UPPER_US[b] as f64 / 1e6;
+                let _ = writeln!(out, "{name}_bucket{{domain=\"{d}\",le=\"{le}\"}} {cumulative}");
+            }
+            let count: u64 = buckets.iter().sum();
+            let _ = writeln!(out, "{name}_bucket{{domain=\"{d}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{name}_sum{{domain=\"{d}\"}} {}", sum_us as f64 / 1e6);
+            let _ = writeln!(out, "{name}_count{{domain=\"{d}\"}} {count}");
         }
-        let count: u64 = t.totals.request.iter().sum();
-        let _ = writeln!(out, "{name}_bucket{{domain=\"{d}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{domain=\"{d}\"}} {}", t.totals.request_sum_us as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count{{domain=\"{d}\"}} {count}");
     }
 
     type Field = fn(&super::ServerCounts) -> u32;
     let upstream: [(&str, &str, Field); 3] = [
-        (NAMES[3], "Tries of each upstream server, retries included", |c| c.attempts),
-        (NAMES[4], "Tries of each upstream server that failed (retried elsewhere, or 502 or 504)", |c| c.errors),
-        (NAMES[5], "Tries of each upstream server that timed out (504)", |c| c.timeouts),
+        (NAMES[4], "Tries of each upstream server, retries included", |c| c.attempts),
+        (NAMES[5], "Tries of each upstream server that failed (retried elsewhere, or 502 or 504)", |c| c.errors),
+        (NAMES[6], "Tries of each upstream server that timed out (504)", |c| c.timeouts),
     ];
     for (name, help, field) in upstream {
         header(out, name, "counter", help);
@@ -90,7 +104,7 @@ pub(super) fn encode(insight: &Insight, out: &mut String) {
         }
     }
 
-    let name = NAMES[6];
+    let name = NAMES[7];
     header(out, name, "gauge", "1 while an anomaly flag is up for the domain (see /insight), else 0");
     for (d, t) in &domains {
         let d = escape(d);
@@ -100,7 +114,7 @@ pub(super) fn encode(insight: &Insight, out: &mut String) {
         }
     }
 
-    let name = NAMES[7];
+    let name = NAMES[8];
     header(out, name, "counter", "Access-log lines the agent dropped, by reason");
     let dropped = insight.dropped;
     for (reason, n) in

@@ -273,6 +273,11 @@ fn prometheus_families() {
     assert!(has("smart_proxy_http_request_duration_seconds_bucket{domain=\"a.com\",le=\"0.008\"} 2"), "{text}");
     assert!(has("smart_proxy_http_request_duration_seconds_bucket{domain=\"a.com\",le=\"+Inf\"} 3"), "{text}");
     assert!(has("smart_proxy_http_request_duration_seconds_sum{domain=\"a.com\"} 3.004"), "{text}");
+    // The last try's upstream time: 1 ms for each of the three.
+    assert!(has("smart_proxy_http_upstream_duration_seconds_bucket{domain=\"a.com\",le=\"0.0005\"} 0"), "{text}");
+    assert!(has("smart_proxy_http_upstream_duration_seconds_bucket{domain=\"a.com\",le=\"0.002\"} 3"), "{text}");
+    assert!(has("smart_proxy_http_upstream_duration_seconds_count{domain=\"a.com\"} 3"), "{text}");
+    assert!(has("smart_proxy_http_upstream_duration_seconds_sum{domain=\"a.com\"} 0.003"), "{text}");
     assert!(has("smart_proxy_http_upstream_errors_total{domain=\"a.com\",upstream=\"10.0.0.1:80\"} 1"), "{text}");
     assert!(has("smart_proxy_http_upstream_errors_total{domain=\"a.com\",upstream=\"x\\\\\\\"y\"} 1"), "{text}");
     assert!(has("smart_proxy_http_anomaly{domain=\"a.com\",kind=\"latency\"} 0"), "{text}");
