@@ -142,6 +142,72 @@ fn known_traffic_shows_per_domain_class_and_upstream() {
     agent.wait_for("every request in the JSON file", Duration::from_secs(10), || lines() == expected);
 }
 
+/// Hostile requests through real nginx, into the domain's JSON access log (the agent reads it:
+/// nginx is its child): quotes, backslashes and escapes in the request line (the request text the
+/// line carries), a 7 KB URL, headers with control characters, quotes, JSON and 7 KB values.
+/// nginx escapes the request line into a valid line, so each is counted under its domain and
+/// nothing is dropped as malformed; a 64 KiB URL nginx refuses (414) before it knows the domain,
+/// so no domain counts it; the agent goes on counting.
+#[test]
+fn hostile_requests_through_nginx_are_counted_and_break_nothing() {
+    use std::io::Read;
+    let app = StubHttp::start_replies(0, |_| StubReply::new(200, &[], "ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.json");
+    let json = serde_json::json!({
+        "domains": [{"name": "hostile.test", "service": "app", "tls": "off"}],
+        "services": [{"name": "app", "host": "127.0.0.1", "port": app.port()}],
+    });
+    write_file(&config, &json.to_string());
+    let config_path = config.display().to_string();
+    let agent = Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", &config_path)]);
+    agent.wait_for_status("hostile.test", 200, Some("ok"));
+    let config = std::fs::read_to_string(agent.path("conf.d/default.conf")).unwrap();
+    let reads_json =
+        config.contains("hostile.test.access.log logger-json") && !config.contains("insight.log smartproxy");
+    assert!(reads_json, "the agent reads the domain's JSON file, nginx writes no other line:\n{config}");
+    let requests = || domain(&insight(&agent), "hostile.test")["total"]["requests"].as_u64().unwrap_or(0);
+    agent.wait_for("the readiness checks to be counted", Duration::from_secs(10), || requests() >= 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (base, malformed) = (requests(), insight(&agent)["dropped"]["malformed"].as_u64().unwrap());
+
+    let send = |request: Vec<u8>| -> u16 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+        stream.write_all(&request).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    };
+    let request = |target: &str, headers: &[u8]| {
+        [format!("GET {target} HTTP/1.1\r\nHost: hostile.test\r\nConnection: close\r\n").as_bytes(), headers, b"\r\n"]
+            .concat()
+    };
+    let long = "q".repeat(7_000);
+    let hostile: Vec<Vec<u8>> = vec![
+        request(r#"/a"b\c?x='1'&y="2"%00%01%1b[31m"#, b"User-Agent: \"quoted\" \\ back\x01\x1b[31m\t\x7f\r\n"),
+        request("/ok", format!("Referer: http://x/{long}\r\nUser-Agent: {long}\"\\\r\n").as_bytes()),
+        request(&format!("/{long}"), b"X-Forwarded-For: \"1.2.3.4\", 5.6.7.8\r\n"),
+        request("/json", b"User-Agent: {\"d\":\"other.test\",\"s\":200}\n\r\n"),
+    ];
+    for r in hostile {
+        assert_eq!(send(r), 200, "nginx passes each to the app");
+    }
+    assert_eq!(send(request(&format!("/{}", "u".repeat(65_536)), b"")), 414, "a 64 KiB URL");
+
+    agent.wait_for("the 4 hostile requests to be counted", Duration::from_secs(10), || requests() == base + 4);
+    std::thread::sleep(Duration::from_millis(1500));
+    let doc = insight(&agent);
+    assert_eq!(domain(&doc, "hostile.test")["total"]["requests"], base + 4, "{doc}");
+    assert_eq!(doc["dropped"]["malformed"], malformed, "nginx's escaped lines all parse: {}", doc["dropped"]);
+    let log = std::fs::read_to_string(agent.path("logs/hostile.test.access.log")).unwrap();
+    assert!(log.contains(r#""request":"GET /a\"b\\c?x='1'&y=\"2\"%00%01%1b[31m HTTP/1.1""#), "{log}");
+    assert!(log.lines().any(|l| l.len() > 7_000), "the 7 KB URL's line:\n{log}");
+    assert_eq!(agent.get("hostile.test", "/after").0, 200);
+    agent.wait_for("the next request to be counted", Duration::from_secs(10), || requests() == base + 5);
+    assert!(!agent.log().contains("panicked"), "{}", agent.log());
+}
+
 #[test]
 fn insight_and_access_log_files_can_be_turned_off() {
     let agent = Agent::start(&[
