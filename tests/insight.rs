@@ -295,16 +295,28 @@ fn counts_every_line_once(docker: &TestDocker, c: &Companion) {
 
 /// `heal=restart`: a container whose every request fails (routed to a port nothing listens on, so
 /// a restart changes nothing) is restarted after `HEAL_AFTER`, three times and no more in the
-/// hour, each restart logged with its cause; a container that answers is never restarted.
+/// hour, each restart logged with its cause; a container that answers is never restarted, and
+/// neither is one that fails the same way while Docker's health check calls it healthy.
 #[test]
 fn heal_restart_restarts_a_failing_container_within_its_hourly_cap() {
     require_docker!();
     let docker = TestDocker::new();
     let net = docker.network("net");
+    // `vouched` fails every request as `wedged` does, but Docker's health check says healthy:
+    // the agent leaves it alone.
+    let wedged_app = |short: &str, domain: &str| {
+        docker.app(short).label("domains", domain).label("port", "9").label("heal", "restart").network(&net)
+    };
     docker.start(vec![
-        docker.app("wedged").label("domains", "wedged.test").label("port", "9").label("heal", "restart").network(&net),
+        wedged_app("wedged", "wedged.test"),
+        wedged_app("vouched", "vouched.test").arg("--health-cmd=true").arg("--health-interval=1s"),
         docker.app("fine").label("domains", "fine.test").label("heal", "restart").network(&net),
     ]);
+    let vouched = docker.name("vouched");
+    let health = || {
+        let out = docker_output(&["inspect", "-f", "{{.State.Health.Status}}", &vouched]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     let prefix = docker.prefix();
     let agent = Agent::start(&[("LABEL_PREFIX", &prefix), ("HEAL_AFTER", "2s")]);
     agent.wait_for_status("fine.test", 200, Some("fine"));
@@ -313,10 +325,11 @@ fn heal_restart_restarts_a_failing_container_within_its_hourly_cap() {
         let out = docker_output(&["inspect", "-f", "{{.State.StartedAt}}", name]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let (first, fine_first) = (started(&wedged), started(&docker.name("fine")));
+    let (first, fine_first, vouched_first) = (started(&wedged), started(&docker.name("fine")), started(&vouched));
     let restarts = || agent.log().matches("heal: the container restarted").count();
     let traffic = || {
         agent.get("wedged.test", "/");
+        agent.get("vouched.test", "/");
         assert_eq!(agent.get("fine.test", "/").0, 200);
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -336,6 +349,13 @@ fn heal_restart_restarts_a_failing_container_within_its_hourly_cap() {
     assert_eq!(causes.len(), 3, "{log}");
     assert!(causes.iter().all(|l| l.contains(&wedged) && l.contains("cause=")), "{causes:#?}");
     assert_eq!(started(&docker.name("fine")), fine_first, "the answering container is never restarted");
+    assert_eq!(health(), "healthy", "Docker vouched for it all along");
+    assert_eq!(started(&vouched), vouched_first, "a container Docker calls healthy is never restarted");
+    assert!(!causes.iter().any(|l| l.contains(&vouched)), "{causes:#?}");
+    assert!(
+        agent.get("vouched.test", "/").0 >= 500,
+        "it failed every request: the veto, not a lack of failures, kept it"
+    );
     let events = agent.status_get("/events").1;
     assert_eq!(events.matches(&format!("container {wedged} restarted")).count(), 3, "{events}");
 }

@@ -216,6 +216,8 @@ pub struct App {
     labels: Vec<(String, String)>,
     networks: Vec<String>,
     env: Vec<(String, String)>,
+    /// More `docker create` options (`--health-cmd`, ...).
+    args: Vec<String>,
 }
 
 impl App {
@@ -240,6 +242,12 @@ impl App {
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// A further `docker create` option, e.g. `--health-cmd=true`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
         self
     }
 }
@@ -304,6 +312,7 @@ impl TestDocker {
             labels: Vec::new(),
             networks: Vec::new(),
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -353,6 +362,7 @@ impl TestDocker {
         if let Some(first) = app.networks.first() {
             args.extend(["--network".into(), first.clone()]);
         }
+        args.extend(app.args.iter().cloned());
         args.push(app_image());
         docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
         for network in app.networks.iter().skip(1) {
