@@ -405,6 +405,7 @@ fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
     assert!(html.contains("error: container x, label smart-proxy.port: port must be 1..65535"), "{html}");
     // Certificates and events (newest first).
     assert!(html.contains(">failing<") && html.contains(">rate limited<"), "{html}");
+    assert!(html.contains("<td class=\"num days bad\">3</td>"), "3 days left, marked: {html}");
     let events = &html[html.find("id=\"events\"").unwrap()..];
     assert!(events.find("error_ratio up").unwrap() < events.find("config applied").unwrap(), "{events}");
 

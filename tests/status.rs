@@ -178,8 +178,9 @@ fn healthz_metrics_and_routes_of_a_production_agent() {
         raw(port, "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 405, "{response}");
 
-    // No secret anywhere.
-    for path in ["/healthz", "/metrics", "/routes"] {
+    // No secret anywhere: every path the status endpoint answers.
+    let paths = ["/", "/dashboard.js", "/dashboard.css", "/login", "/healthz", "/metrics", "/routes"];
+    for path in paths.into_iter().chain(["/insight", "/events", "/certs", "/followers"]) {
         assert!(!agent.status_get(path).1.contains(SECRET), "{path} shows the Cloudflare token");
     }
     assert!(!agent.log().contains(SECRET), "the log shows the Cloudflare token");

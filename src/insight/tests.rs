@@ -83,6 +83,11 @@ fn windows_count_completed_slots() {
     let near = |got: Option<f64>, want: f64| (got.unwrap() - want).abs() <= want * 0.123;
     assert!(near(p.p50, 50.0) && near(p.p95, 100.0) && near(p.p99, 100.0), "{p:?}");
     assert!(near(d.last_minute.upstream_time_ms.p50, 2.0));
+    let p = d.last_15_minutes.request_time_ms;
+    assert!(near(p.p50, 50.0) && near(p.p95, 100.0) && near(p.p99, 100.0), "{p:?}");
+    let p = d.last_15_minutes.upstream_time_ms;
+    assert!(near(p.p50, 2.0) && near(p.p95, 2.0) && near(p.p99, 2.0), "{p:?}");
+    assert_eq!(d.last_15_minutes.bytes, 900_000);
     // The sparkline: 60 minutes, the first 40 without traffic.
     assert_eq!(d.requests_per_minute.len(), 60);
     assert_eq!(d.requests_per_minute[..40], [0; 40]);
