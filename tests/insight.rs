@@ -360,6 +360,38 @@ fn heal_restart_restarts_a_failing_container_within_its_hourly_cap() {
     assert_eq!(events.matches(&format!("container {wedged} restarted")).count(), 3, "{events}");
 }
 
+/// `heal=restart` on a container whose health check fails: Docker calls it unhealthy, so it leaves
+/// nginx's upstream, and its domain answers 502 from the upstream's stand-in; nginx logs those
+/// under the upstream's name, which the healer watches for it: restarted, the cause saying Docker
+/// agrees.
+#[test]
+fn heal_restart_restarts_a_container_docker_calls_unhealthy() {
+    require_docker!();
+    let docker = TestDocker::new();
+    let net = docker.network("net");
+    docker.start(vec![docker
+        .app("sick")
+        .label("domains", "sick.test")
+        .label("heal", "restart")
+        .network(&net)
+        .arg("--health-cmd=false")
+        .arg("--health-interval=1s")
+        .arg("--health-retries=1")]);
+    let prefix = docker.prefix();
+    let agent = Agent::start(&[("LABEL_PREFIX", &prefix), ("HEAL_AFTER", "2s")]);
+    agent.wait_for_status("sick.test", 502, None);
+    let sick = docker.name("sick");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !agent.log().contains("heal: the container restarted") {
+        assert!(std::time::Instant::now() < deadline, "a restart within 60 s:\n{}", agent.log());
+        assert_eq!(agent.get("sick.test", "/").0, 502, "out of the upstream while unhealthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = agent.log();
+    let cause = log.lines().find(|l| l.contains("heal: restarting the container")).unwrap();
+    assert!(cause.contains(&sick) && cause.contains("Docker reports it unhealthy"), "{cause}");
+}
+
 /// An upstream that turns to errors under steady traffic raises `error_ratio` within a minute and
 /// recovery clears it: logged once each way, in `/insight` with the figures that raised it, in
 /// `/metrics`, and among the dashboard's recent decisions. `ANOMALY_WARMUP=1m` so that one minute

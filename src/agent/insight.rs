@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::config::Timing;
 use crate::insight::{AnomalyEvent, Candidate, HealConfig, MAX_ACCESS_LINE, MAX_LINE};
-use crate::routes::{Origin, RouteTable};
+use crate::routes::{BackendState, Origin, RouteTable};
 use crate::sources::docker::DockerApi;
 use crate::sources::label_schema::Heal;
 use crate::sources::labels::{self, Container};
@@ -658,14 +658,23 @@ pub(super) fn heal_targets<'a>(
     let mut targets: Vec<HealTarget> = table
         .upstreams
         .iter()
-        .flat_map(|u| &u.backends)
-        .filter_map(|b| {
+        .flat_map(|u| {
+            // An upstream none of whose servers may take traffic has one `down` stand-in, and
+            // nginx logs each request's 502 under the upstream's name: a container Docker calls
+            // unhealthy (so out of the upstream) is watched there, or no try would ever reach it.
+            let all_out = u.backends.iter().all(|b| b.state != BackendState::Up);
+            u.backends.iter().flat_map(move |b| {
+                let unhealthy = all_out && b.state == BackendState::Unhealthy;
+                [Some(b.address()), unhealthy.then(|| u.id.clone())].into_iter().flatten().map(move |s| (b, s))
+            })
+        })
+        .filter_map(|(b, server)| {
             let Origin::Container { name, .. } = &b.origin else { return None };
             let c = healing.get(name.as_str())?;
             Some(HealTarget {
                 id: c.id.clone(),
                 name: c.name.clone(),
-                server: b.address(),
+                server,
                 docker_healthy: c.health.map(|h| h == labels::Health::Healthy),
             })
         })
