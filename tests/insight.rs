@@ -140,6 +140,14 @@ fn known_traffic_shows_per_domain_class_and_upstream() {
     assert!(config.contains("shop.test.access.log logger-json buffer=8k flush=1s;"), "{config}");
     let lines = || std::fs::read_to_string(agent.path("logs/shop.test.access.log")).unwrap().lines().count() as u64;
     agent.wait_for("every request in the JSON file", Duration::from_secs(10), || lines() == expected);
+    // The bytes nginx logged there are the bytes insight counted.
+    let logged: u64 = std::fs::read_to_string(agent.path("logs/shop.test.access.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["bytes_sent"].as_u64().unwrap())
+        .sum();
+    let counted = domain(&insight(&agent), "shop.test")["total"]["bytes"].as_u64().unwrap();
+    assert_eq!(counted, logged, "bytes insight counted, against $bytes_sent in nginx's JSON log");
 }
 
 /// Hostile requests through real nginx, into the domain's JSON access log (the agent reads it:
