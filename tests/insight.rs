@@ -531,4 +531,10 @@ fn heal_restart_brings_back_an_app_that_hangs() {
     assert!(cause.contains(&stuck) && cause.contains("cause="), "{cause}");
     assert_ne!(started(), first, "Docker restarted the container");
     agent.wait_for_status("stuck.test", 200, Some("stuck"));
+    // The hung tries are the server's timeouts (504s), each also an error.
+    let doc = insight(&agent);
+    let servers = domain(&doc, "stuck.test")["upstreams"].as_array().unwrap().clone();
+    let total = &servers.iter().find(|s| s["server"] != "other").expect("the app's server")["total"];
+    let (errors, timeouts) = (total["errors"].as_u64().unwrap(), total["timeouts"].as_u64().unwrap());
+    assert!(timeouts >= 5 && errors >= timeouts, "{servers:?}");
 }
