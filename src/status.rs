@@ -84,7 +84,8 @@ pub struct State {
 pub struct HealTarget {
     pub id: String,
     pub name: String,
-    /// `ip:port`, as nginx logs `$upstream_addr`.
+    /// `ip:port`, or the upstream's name when no server of it is left, as nginx logs
+    /// `$upstream_addr`.
     pub server: String,
     /// Docker's health status, when the container has a health check.
     pub docker_healthy: Option<bool>,

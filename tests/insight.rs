@@ -151,11 +151,11 @@ fn known_traffic_shows_per_domain_class_and_upstream() {
 }
 
 /// Hostile requests through real nginx, into the domain's JSON access log (the agent reads it:
-/// nginx is its child): quotes, backslashes and escapes in the request line (the request text the
-/// line carries), a 7 KB URL, headers with control characters, quotes, JSON and 7 KB values.
-/// nginx escapes the request line into a valid line, so each is counted under its domain and
-/// nothing is dropped as malformed; a 64 KiB URL nginx refuses (414) before it knows the domain,
-/// so no domain counts it; the agent goes on counting.
+/// nginx is its child): quotes, backslashes and escapes in the request line, and a 7 KB URL (the
+/// line carries the request line, no header); headers with control characters, quotes, JSON and
+/// 7 KB values pass too. nginx escapes the request line into a valid line, so each is counted
+/// under its domain and nothing is dropped as malformed; a 64 KiB URL nginx refuses (414) before
+/// it knows the domain, so no domain counts it; the agent goes on counting.
 #[test]
 fn hostile_requests_through_nginx_are_counted_and_break_nothing() {
     use std::io::Read;
@@ -181,7 +181,8 @@ fn hostile_requests_through_nginx_are_counted_and_break_nothing() {
 
     let send = |request: Vec<u8>| -> u16 {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
-        stream.write_all(&request).unwrap();
+        // nginx may answer (414) and close before it read a 64 KiB request whole.
+        let _ = stream.write_all(&request);
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         let answer = String::from_utf8_lossy(&answer);
@@ -360,9 +361,14 @@ fn heal_restart_restarts_a_failing_container_within_its_hourly_cap() {
     assert_eq!(health(), "healthy", "Docker vouched for it all along");
     assert_eq!(started(&vouched), vouched_first, "a container Docker calls healthy is never restarted");
     assert!(!causes.iter().any(|l| l.contains(&vouched)), "{causes:#?}");
+    // It failed every request at its own address (nginx tried it: Docker called it healthy), so
+    // the veto, not a lack of failures, kept it.
+    let doc = insight(&agent);
+    let servers = domain(&doc, "vouched.test")["upstreams"].as_array().unwrap().clone();
+    let own = servers.iter().find(|s| s["server"].as_str().unwrap().ends_with(":9")).expect("its address");
     assert!(
-        agent.get("vouched.test", "/").0 >= 500,
-        "it failed every request: the veto, not a lack of failures, kept it"
+        own["total"]["errors"].as_u64().unwrap() >= 5 && own["total"]["attempts"] == own["total"]["errors"],
+        "{servers:?}"
     );
     let events = agent.status_get("/events").1;
     assert_eq!(events.matches(&format!("container {wedged} restarted")).count(), 3, "{events}");
@@ -398,6 +404,7 @@ fn heal_restart_restarts_a_container_docker_calls_unhealthy() {
     let log = agent.log();
     let cause = log.lines().find(|l| l.contains("heal: restarting the container")).unwrap();
     assert!(cause.contains(&sick) && cause.contains("Docker reports it unhealthy"), "{cause}");
+    assert!(cause.contains("requests to sp_"), "the failures counted under the upstream's name: {cause}");
 }
 
 /// An upstream that turns to errors under steady traffic raises `error_ratio` within a minute and
@@ -534,7 +541,8 @@ fn heal_restart_brings_back_an_app_that_hangs() {
     // The hung tries are the server's timeouts (504s), each also an error.
     let doc = insight(&agent);
     let servers = domain(&doc, "stuck.test")["upstreams"].as_array().unwrap().clone();
-    let total = &servers.iter().find(|s| s["server"] != "other").expect("the app's server")["total"];
+    let timeouts_of = |s: &&serde_json::Value| s["total"]["timeouts"].as_u64().unwrap();
+    let total = &servers.iter().max_by_key(timeouts_of).expect("the app's server")["total"];
     let (errors, timeouts) = (total["errors"].as_u64().unwrap(), total["timeouts"].as_u64().unwrap());
     assert!(timeouts >= 5 && errors >= timeouts, "{servers:?}");
 }

@@ -644,7 +644,8 @@ async fn heal(status: &State, docker: &dyn DockerApi) {
     }
 }
 
-/// The containers with `heal=restart` that run, each at every upstream address it has in `table`.
+/// The containers with `heal=restart` that run, each at every upstream address it has in `table`,
+/// and an unhealthy one also under its upstream's name when no server of that upstream is left.
 pub(super) fn heal_targets<'a>(
     containers: impl Iterator<Item = &'a Container>,
     table: &RouteTable,

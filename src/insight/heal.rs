@@ -4,7 +4,8 @@
 //!
 //! A server qualifies once every attempt against it failed for [`HealConfig::failing_for_ms`] with
 //! at least [`HealConfig::min_requests`] of them, the last within that time: one success starts the
-//! count over, and so does a restart decision (the container gets the same time to come back). A container is restarted at
+//! count over, and so do a minute (or a window, if longer) without a try and a restart decision
+//! (the container gets the same time to come back). A container is restarted at
 //! most [`HealConfig::max_per_hour`] times in any hour, and never while Docker's own health check
 //! says it is healthy.
 
@@ -34,7 +35,8 @@ impl Default for HealConfig {
 pub struct Candidate<'a> {
     /// What the caller restarts (a container id or name); the hourly cap counts per container.
     pub container: &'a str,
-    /// The upstream server address nginx logs for it (`10.0.0.5:8080`).
+    /// The upstream server address nginx logs for it (`10.0.0.5:8080`), or the name of its
+    /// upstream, which nginx logs when no server of it is left to try.
     pub server: &'a str,
     /// Docker's health status if the container has a health check: `Some(true)` (healthy) vetoes
     /// a restart.
@@ -58,6 +60,11 @@ struct Run {
     failures: u32,
     last_ms: u64,
 }
+
+/// A silence after which a failure starts a new run (or the window, if longer). Not the window
+/// itself: lines reach the healer in nginx's buffered batches, so a short `HEAL_AFTER` would cut
+/// one run into many.
+const SILENCE_MS: u64 = 60_000;
 
 /// Servers tracked at most: addresses come from nginx's config, but a resolver may hand out new
 /// ones; past this the oldest silent ones are forgotten.
@@ -100,6 +107,12 @@ impl Healer {
             self.runs.insert(server.into(), Run { since_ms: None, failures: 0, last_ms: now_ms });
         }
         let Some(run) = self.runs.get_mut(server) else { return };
+        if now_ms.saturating_sub(run.last_ms) > self.config.failing_for_ms.max(SILENCE_MS) {
+            // No try for a while: what failed before is not this failure's run (a server no
+            // success is ever logged for, such as an upstream's name, would otherwise carry
+            // failures from days ago).
+            *run = Run { since_ms: None, failures: 0, last_ms: now_ms };
+        }
         run.last_ms = now_ms;
         run.since_ms.get_or_insert(now_ms);
         run.failures = run.failures.saturating_add(1);
@@ -115,6 +128,11 @@ impl Healer {
         let config = self.config;
         let mut out = Vec::new();
         for c in candidates {
+            // Once per pass: a container reached under two names (its address, its upstream's)
+            // may qualify under both.
+            if out.iter().any(|r: &Restart| r.container == c.container) {
+                continue;
+            }
             let Some(run) = self.runs.get_mut(c.server) else { continue };
             let Some(since) = run.since_ms else { continue };
             let failing_for = now_ms.saturating_sub(since);
@@ -198,6 +216,34 @@ mod tests {
         let mut current = stale.clone();
         assert!(stale.decide(&candidate(None), 70_001).is_empty());
         assert_eq!(current.decide(&candidate(None), 60_000).len(), 1, "still current at 60 s");
+    }
+
+    #[test]
+    fn a_failure_after_a_silent_window_starts_a_new_run() {
+        let mut h = Healer::new(HealConfig::default());
+        fail(&mut h, 0, 10_000, 1000);
+        // Days later (a server no success is logged for, such as an upstream's name).
+        let later = 86_400_000;
+        fail(&mut h, later, later + 59_001, 1000);
+        assert!(h.decide(&candidate(None), later + 59_000).is_empty(), "59 s of this run, not a day");
+        let r = h.decide(&candidate(None), later + 60_000);
+        assert!(r[0].cause.starts_with("all 60 requests to 10.0.0.5:8080 failed for 60 s"), "{}", r[0].cause);
+    }
+
+    #[test]
+    fn a_container_is_restarted_once_a_pass() {
+        let mut h = Healer::new(HealConfig::default());
+        fail(&mut h, 0, 70_000, 1000);
+        let mut t = 0;
+        while t < 70_000 {
+            h.observe("sp_app", true, t);
+            t += 1000;
+        }
+        let both = [
+            Candidate { container: "app-1", server: SERVER, docker_healthy: Some(false) },
+            Candidate { container: "app-1", server: "sp_app", docker_healthy: Some(false) },
+        ];
+        assert_eq!(h.decide(&both, 70_000).len(), 1);
     }
 
     #[test]

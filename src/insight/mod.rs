@@ -261,7 +261,8 @@ impl Traffic {
     fn record(&mut self, entry: &Entry<'_>, now_ms: u64) {
         let class = usize::from(entry.status / 100).clamp(1, 5) - 1;
         let request_bucket = hist::bucket(entry.request_us);
-        let upstream_bucket = entry.upstream_us().map(hist::bucket);
+        let upstream_us = entry.upstream_us();
+        let upstream_bucket = upstream_us.map(hist::bucket);
         let (fine, coarse) = (epoch(now_ms, FINE_MS), epoch(now_ms, COARSE_MS));
         self.fine[fine as usize % FINE_SLOTS].at(fine).record(entry, class, request_bucket, upstream_bucket);
         self.coarse[coarse as usize % COARSE_SLOTS].at(coarse).record(entry, class, request_bucket, upstream_bucket);
@@ -275,7 +276,7 @@ impl Traffic {
         t.bytes = t.bytes.saturating_add(entry.bytes);
         t.request[request_bucket] += 1;
         t.request_sum_us = t.request_sum_us.saturating_add(entry.request_us);
-        if let (Some(bucket), Some(us)) = (upstream_bucket, entry.upstream_us()) {
+        if let (Some(bucket), Some(us)) = (upstream_bucket, upstream_us) {
             t.upstream[bucket] += 1;
             t.upstream_sum_us = t.upstream_sum_us.saturating_add(us);
         }

@@ -64,7 +64,7 @@ pub(super) fn encode(insight: &Insight, out: &mut String) {
         (NAMES[2], "Request time ($request_time) for each routed domain", |t| (&t.request, t.request_sum_us)),
         (
             NAMES[3],
-            "Upstream time (the last try's $upstream_response_time) for each routed domain, of the requests that reached an upstream",
+            "Upstream time (the last try's $upstream_response_time) for each routed domain, of the requests nginx passed to an upstream",
             |t| (&t.upstream, t.upstream_sum_us),
         ),
     ];
