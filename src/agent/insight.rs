@@ -906,4 +906,75 @@ mod tests {
         let a_total = snapshot.domains.iter().find(|s| s.domain == "a.test").unwrap().total.requests;
         assert_eq!(a_total, 3);
     }
+
+    /// A compose service's container on `demo_default` at 172.18.0.`ip`:8080.
+    fn replica(service: &str, n: u8, ip: u8, heal: bool, health: Option<labels::Health>) -> Container {
+        let mut labels: std::collections::BTreeMap<String, String> = [
+            ("smart-proxy.domains", format!("{service}.test")),
+            ("com.docker.compose.project", "demo".into()),
+            ("com.docker.compose.service", service.into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if heal {
+            labels.insert("smart-proxy.heal".into(), "restart".into());
+        }
+        let address = labels::NetworkAddress { ipv4: Some(std::net::Ipv4Addr::new(172, 18, 0, ip)), ipv6: None };
+        Container {
+            id: format!("id-{service}-{n}"),
+            name: format!("demo-{service}-{n}"),
+            labels,
+            exposed_ports: vec![8080],
+            networks: [("demo_default".to_string(), address)].into(),
+            health,
+            running: true,
+            swarm: None,
+        }
+    }
+
+    #[test]
+    fn heal_targets_are_the_labelled_containers_at_each_address_nginx_logs_for_them() {
+        use labels::Health::{Healthy, Unhealthy};
+        let mut stopped = replica("gone", 1, 20, true, None);
+        stopped.running = false;
+        let containers = vec![
+            // web: one replica heals, the other does not ask to.
+            replica("web", 1, 5, true, None),
+            replica("web", 2, 6, false, None),
+            // api: both out of the upstream (Docker calls them unhealthy), so nginx logs the
+            // upstream's name for its stand-in's 502s; both heal.
+            replica("api", 1, 7, true, Some(Unhealthy)),
+            replica("api", 2, 8, true, Some(Unhealthy)),
+            // db: one unhealthy replica, one healthy left in the upstream: tries reach the
+            // healthy one, and the unhealthy one is watched at its own address only.
+            replica("db", 1, 9, true, Some(Unhealthy)),
+            replica("db", 2, 10, true, Some(Healthy)),
+            // A stopped container is not restarted by the healer.
+            stopped,
+        ];
+        let settings = labels::LabelSettings { prefix: "smart-proxy".into(), nginx_networks: None };
+        let table = RouteTable::build(vec![labels::routes(&containers, &settings)]);
+        let api = table.upstreams.iter().find(|u| u.service.as_str() == "demo-api").unwrap().id.clone();
+        assert!(api.starts_with("sp_"), "{api}");
+
+        let targets = heal_targets(containers.iter(), &table, "smart-proxy");
+        let seen: Vec<(&str, &str, Option<bool>)> =
+            targets.iter().map(|t| (t.name.as_str(), t.server.as_str(), t.docker_healthy)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("demo-api-1", "172.18.0.7:8080", Some(false)),
+                ("demo-api-1", api.as_str(), Some(false)),
+                ("demo-api-2", "172.18.0.8:8080", Some(false)),
+                ("demo-api-2", api.as_str(), Some(false)),
+                ("demo-db-1", "172.18.0.9:8080", Some(false)),
+                ("demo-db-2", "172.18.0.10:8080", Some(true)),
+                ("demo-web-1", "172.18.0.5:8080", None),
+            ]
+        );
+        assert!(targets.iter().all(|t| t.id == format!("id-{}", &t.name["demo-".len()..])), "{targets:?}");
+        // Another label prefix: no container asks to heal.
+        assert!(heal_targets(containers.iter(), &table, "other").is_empty());
+    }
 }
