@@ -132,8 +132,11 @@ fn the_dashboard_shows_routes_certificates_traffic_and_decisions_in_chromium() {
 
     // The page shows exactly the requests sent (all in the last minute's completed slots).
     let html = dump_dom(&chromium, &url);
-    let shown =
-        cell(&html, "<tr data-domain=\"down.test\"><td class=\"domain\">down.test</td><td><svg", "num requests");
+    let shown = cell(
+        &html,
+        "<tr data-domain=\"down.test\"><td class=\"domain\">down.test</td><td data-label=\"Last hour\"><svg",
+        "num requests",
+    );
     assert_eq!(shown, sent.to_string(), "the page's requests for down.test, against the {sent} sent");
     // Traffic: every request to down.test was a 502 (upstream refused).
     let traffic = &html[html.find("id=\"traffic\"").unwrap()..html.find("id=\"routes\"").unwrap()];
@@ -318,6 +321,62 @@ fn top_prints_a_table_once_and_sorts_live_under_tmux() {
 /// flags with their figures, a sparkline's points, a left-out route with nginx's reason, an
 /// unhealthy server, a failing certificate, events newest first; and markup in a domain or a reason
 /// shown as text, never run. The assets are the binary's own, served by a stub.
+/// A stub status endpoint: the dashboard's own page, script and style (from the binary), the four
+/// documents given, `/healthz` answering 503, and `/phone`: the page in a frame 412 CSS pixels
+/// wide (a phone's width with the page's `width=device-width`), which measures its layout once
+/// the page says it is loaded and writes the figures as JSON into `<pre id="layout">`.
+fn fixed_dashboard(insight: String, routes: String, certs: String, events: String) -> StubHttp {
+    StubHttp::start_replies(0, move |req| {
+        let (kind, body) = match req.path {
+            "/" => ("text/html", smart_proxy::dashboard::INDEX_HTML.to_string()),
+            "/dashboard.js" => ("text/javascript", smart_proxy::dashboard::SCRIPT.to_string()),
+            "/dashboard.css" => ("text/css", smart_proxy::dashboard::STYLE.to_string()),
+            "/insight" => ("application/json", insight.clone()),
+            "/routes" => ("application/json", routes.clone()),
+            "/certs" => ("application/json", certs.clone()),
+            "/events" => ("application/json", events.clone()),
+            "/phone" => ("text/html", PHONE.to_string()),
+            "/healthz" => return StubReply::new(503, &[], "last apply failed: disk full"),
+            _ => return StubReply::new(404, &[], "no"),
+        };
+        StubReply::new(200, &[("Content-Type", kind)], &body)
+    })
+}
+
+/// The frame `/phone` serves (see [`fixed_dashboard`]). Per section (`.scroll` box), its content's
+/// width against its box's; the page's width; the smallest font size of any visible text; and
+/// the visible elements that reach past the frame's right edge.
+const PHONE: &str = r##"<!doctype html>
+<html><body style="margin:0">
+<iframe id="f" src="/" style="width:412px;height:1200px;border:0"></iframe>
+<pre id="layout">pending</pre>
+<script>
+function measure() {
+  const d = document.getElementById("f").contentDocument;
+  if (!d || !d.body || d.body.dataset.loaded !== "true") { setTimeout(measure, 100); return; }
+  const w = d.defaultView;
+  const visible = (e) => e.getClientRects().length > 0 && w.getComputedStyle(e).visibility !== "hidden";
+  const boxes = {};
+  for (const b of d.querySelectorAll(".scroll")) boxes[b.id] = [b.scrollWidth, b.clientWidth];
+  let smallest = 1000, smallestAt = "";
+  const past = [];
+  for (const e of d.body.querySelectorAll("*")) {
+    if (!visible(e) || e.closest(".scroll")) continue;
+    if (e.getBoundingClientRect().right > w.innerWidth + 0.5) past.push(e.tagName + (e.id ? "#" + e.id : ""));
+  }
+  for (const e of d.body.querySelectorAll("*")) {
+    const text = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!text || !visible(e)) continue;
+    const size = parseFloat(w.getComputedStyle(e).fontSize);
+    if (size < smallest) { smallest = size; smallestAt = e.tagName + "." + e.className; }
+  }
+  document.getElementById("layout").textContent = JSON.stringify({
+    viewport: w.innerWidth, page: d.documentElement.scrollWidth, boxes, smallest, smallestAt, past });
+}
+measure();
+</script>
+</body></html>"##;
+
 #[test]
 fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
     let Some(chromium) = tool("chromium", "--version", "chromium") else { return };
@@ -358,20 +417,7 @@ fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
         {"id": 1, "at_ms": 1_764_972_000_000u64, "kind": "reload", "text": "config applied: 1 domain live"},
         {"id": 2, "at_ms": 1_764_972_060_000u64, "kind": "anomaly", "text": "api.test: error_ratio up"}]})
     .to_string();
-    let stub = StubHttp::start_replies(0, move |req| {
-        let (kind, body) = match req.path {
-            "/" => ("text/html", smart_proxy::dashboard::INDEX_HTML.to_string()),
-            "/dashboard.js" => ("text/javascript", smart_proxy::dashboard::SCRIPT.to_string()),
-            "/dashboard.css" => ("text/css", smart_proxy::dashboard::STYLE.to_string()),
-            "/insight" => ("application/json", insight.clone()),
-            "/routes" => ("application/json", routes.clone()),
-            "/certs" => ("application/json", certs.clone()),
-            "/events" => ("application/json", events.clone()),
-            "/healthz" => return StubReply::new(503, &[], "last apply failed: disk full"),
-            _ => return StubReply::new(404, &[], "no"),
-        };
-        StubReply::new(200, &[("Content-Type", kind)], &body)
-    });
+    let stub = fixed_dashboard(insight, routes, certs, events);
     // Once, in CI with many tests at once, every fetch of the page from the stub failed ("Failed
     // to fetch"): that says nothing of the page (it showed the failure, as it should). Load it
     // again then.
@@ -405,7 +451,7 @@ fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
     assert!(html.contains("error: container x, label smart-proxy.port: port must be 1..65535"), "{html}");
     // Certificates and events (newest first).
     assert!(html.contains(">failing<") && html.contains(">rate limited<"), "{html}");
-    assert!(html.contains("<td class=\"num days bad\">3</td>"), "3 days left, marked: {html}");
+    assert!(html.contains("<td class=\"num days bad\" data-label=\"Days left\">3</td>"), "3 days left, marked: {html}");
     let events = &html[html.find("id=\"events\"").unwrap()..];
     assert!(events.find("error_ratio up").unwrap() < events.find("config applied").unwrap(), "{events}");
 
@@ -603,4 +649,82 @@ fn the_login_form_sets_a_cookie_the_page_fetches_with() {
         "the routes after a reload",
         "!window.beforeReload && document.body.dataset.loaded === 'true' && document.querySelectorAll('#routes tr[data-domain]').length === 2",
     );
+}
+
+/// "Readable on a phone": the page in a frame 412 CSS pixels wide, with long names, large
+/// figures, flags and long reasons. The page never scrolls sideways, nothing reaches past the
+/// frame's edge, every table fits whole (a row shows as a card, its figures visible without
+/// scrolling), and no text is smaller than 11 px.
+#[test]
+fn the_dashboard_fits_a_phone_with_long_names_and_large_figures() {
+    let Some(chromium) = tool("chromium", "--version", "chromium") else { return };
+    assert!(smart_proxy::dashboard::INDEX_HTML.contains(r#"content="width=device-width, initial-scale=1""#));
+    let long = "customer-portal-staging.eu-west-1.internal-applications.example-company.com";
+    let mut spark = vec![0u32; 60];
+    spark[59] = 999_999;
+    let mut domains: Vec<serde_json::Value> = ["a.test", "shop.example.com", long]
+        .iter()
+        .map(|d| {
+            serde_json::json!({"domain": d, "requests_per_minute": spark,
+                "last_minute": {"requests": 59_999_940u64, "requests_per_second": 999_999.0, "error_ratio": 0.999,
+                    "request_time_ms": {"p50": 59_999.0, "p95": 59_999.0}}})
+        })
+        .collect();
+    let figures = serde_json::json!({"observed": 0.999, "baseline": 0.001, "requests": 59_999_940u64});
+    domains[2]["anomalies"] = serde_json::json!([
+        {"kind": "error_ratio", "since_ms": 1, "raised": figures, "latest": figures},
+        {"kind": "latency", "since_ms": 1, "raised": {"observed": 59_999.0, "baseline": 12.0, "requests": 59_999_940u64}},
+        {"kind": "traffic_drop", "since_ms": 1, "raised": {"observed": 0.0, "baseline": 999.0, "requests": 0}}
+    ]);
+    let insight = serde_json::json!({"at_ms": 1, "domains": domains,
+        "dropped": {"malformed": 123_456_789u64, "oversized": 123_456_789u64, "unrouted": 123_456_789u64}})
+    .to_string();
+    let servers: Vec<serde_json::Value> = (1..=3)
+        .map(|n| {
+            serde_json::json!({"address": format!("[2001:db8:1234:5678:9abc:def0:1234:567{n}]:65535"),
+            "state": if n == 2 { "unhealthy" } else { "up" }, "source": format!("container {long}-web-{n}")})
+        })
+        .collect();
+    let routes = serde_json::json!({
+        "routes": [{"domain": long, "path": "/api/v2/customers/exports", "servers": servers, "health": "/healthz/ready",
+            "source": format!("container {long}-web-1, label smart-proxy.admin.domains"), "tls": "auto", "allow": []}],
+        "left_out": [{"domain": long, "sources": [format!("container {long}-web-1")],
+            "reason": format!("nginx -t fails with it: nginx: [emerg] host not found in upstream \"{long}:8080\" in /etc/nginx/conf.d/smart-proxy/{long}.conf:17")}],
+        "errors": [{"severity": "error", "origin": format!("container {long}-web-1, label smart-proxy.admin.rate-limit"),
+            "message": "rate-limit must be like 10r/s or 600r/m with an optional burst (10r/s burst=20)"}],
+        "warnings": []
+    })
+    .to_string();
+    let certs = serde_json::json!({"certificates": [
+        {"domain": long, "issuer": "(STAGING) Pretend Pear X1 Intermediate", "not_after": null, "days_left": 3,
+         "status": "failing", "last_error": format!("acme: urn:ietf:params:acme:error:rateLimited: too many certificates already issued for {long}"),
+         "next_try": null}]})
+    .to_string();
+    let events = serde_json::json!({"events": [
+        {"id": 1, "at_ms": 1_764_972_000_000u64, "kind": "anomaly",
+         "text": format!("{long}: 5xx share up: 99.9 % against a baseline of 0.1 % over 59999940 requests")}]})
+    .to_string();
+    let stub = fixed_dashboard(insight, routes, certs, events);
+
+    // The page as a phone shows it, kept as an artifact beside the other two.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-phone.png");
+    let profile = tempfile::tempdir().unwrap();
+    let arg = format!("--screenshot={}", shot.display());
+    let url = format!("http://127.0.0.1:{}/", stub.port());
+    chromium_run(&chromium, profile.path(), &["--virtual-time-budget=5000", "--window-size=412,1400", &arg, &url]);
+    println!("dashboard screenshot (phone): {}", shot.display());
+
+    let html = dump_dom(&chromium, &format!("http://127.0.0.1:{}/phone", stub.port()));
+    let layout = html.split("<pre id=\"layout\">").nth(1).and_then(|r| r.split("</pre>").next()).unwrap();
+    let layout: serde_json::Value =
+        serde_json::from_str(layout).unwrap_or_else(|e| panic!("the frame's figures ({e}): {layout}"));
+    println!("412 px frame: {layout}");
+    assert_eq!(layout["viewport"], 412, "{layout}");
+    assert!(layout["page"].as_u64().unwrap() <= 412, "the page scrolls sideways: {layout}");
+    assert_eq!(layout["past"], serde_json::json!([]), "past the right edge: {layout}");
+    for section in ["traffic", "routes", "left-out", "certs"] {
+        let [content, box_] = [0, 1].map(|i| layout["boxes"][section][i].as_u64().unwrap());
+        assert!(content <= box_, "{section}: {content} px of table in a {box_} px box: {layout}");
+    }
+    assert!(layout["smallest"].as_f64().unwrap() >= 11.0, "text under 11 px: {layout}");
 }

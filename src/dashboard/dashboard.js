@@ -17,8 +17,15 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// On a narrow screen a row shows as a card (dashboard.css): its first cell a heading, every
+// other cell labelled with its column's name (data-label).
 function table(headers, rows) {
   const head = el("tr", {}, ...headers.map(([name, cls]) => el("th", { class: cls }, name)));
+  for (const row of rows) {
+    [...row.cells].forEach((cell, i) => {
+      if (i > 0 && headers[i] && headers[i][0]) cell.dataset.label = headers[i][0];
+    });
+  }
   return el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows));
 }
 
