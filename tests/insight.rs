@@ -407,90 +407,181 @@ fn heal_restart_restarts_a_container_docker_calls_unhealthy() {
     assert!(cause.contains("requests to sp_"), "the failures counted under the upstream's name: {cause}");
 }
 
-/// An upstream that turns to errors under steady traffic raises `error_ratio` within a minute and
-/// recovery clears it: logged once each way, in `/insight` with the figures that raised it, in
-/// `/metrics`, and among the dashboard's recent decisions. `ANOMALY_WARMUP=1m` so that one minute
-/// of healthy traffic is baseline enough (the default is 5).
+/// Two upstreams under steady traffic, one turning to errors and one turning slow: `error_ratio`
+/// and `latency` rise within a minute, and recovery clears them. Each is logged once each way, in
+/// `/insight` with the figures that raised it, in `/metrics`, among the dashboard's recent
+/// decisions, and on the live dashboard in Chromium with those figures (and gone from it after
+/// recovery). `ANOMALY_WARMUP=1m` so that one minute of healthy traffic is baseline enough (the
+/// default is 5).
 #[test]
-fn an_upstream_turning_to_errors_raises_the_error_ratio_flag_and_recovery_clears_it() {
+fn upstreams_turning_to_errors_and_slow_raise_flags_that_recovery_clears() {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     use std::sync::Arc;
     use std::time::Instant;
 
+    // Chromium is needed under CI; outside it, the dashboard's part is skipped loudly.
+    let chromium = crate::dashboard::tool("chromium", "--version", "chromium");
     let failing = Arc::new(AtomicBool::new(false));
     let answer = failing.clone();
-    let app = StubHttp::start_replies(0, move |_| match answer.load(Relaxed) {
+    let flaky_app = StubHttp::start_replies(0, move |_| match answer.load(Relaxed) {
         true => StubReply::new(500, &[], "broken"),
         false => StubReply::new(200, &[], "ok"),
+    });
+    let slow = Arc::new(AtomicBool::new(false));
+    let answer = slow.clone();
+    let slow_app = StubHttp::start_replies(0, move |_| {
+        if answer.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        StubReply::new(200, &[], "ok")
     });
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("routes.json");
     let json = serde_json::json!({
-        "domains": [{"name": "flaky.test", "service": "app", "tls": "off"}],
-        "services": [{"name": "app", "host": "127.0.0.1", "port": app.port()}],
+        "domains": [
+            {"name": "flaky.test", "service": "flaky", "tls": "off"},
+            {"name": "slow.test", "service": "slow", "tls": "off"},
+        ],
+        "services": [
+            {"name": "flaky", "host": "127.0.0.1", "port": flaky_app.port()},
+            {"name": "slow", "host": "127.0.0.1", "port": slow_app.port()},
+        ],
     });
     write_file(&config, &json.to_string());
     let config_path = config.display().to_string();
     let agent = Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", &config_path), ("ANOMALY_WARMUP", "1m")]);
     agent.wait_for_status("flaky.test", 200, Some("ok"));
+    agent.wait_for_status("slow.test", 200, Some("ok"));
 
-    // Steady traffic, 20 requests a second, for the whole test.
+    // Steady traffic to each, 20 requests a second (fewer while slow.test is slow), for the
+    // whole test.
     let stop = Arc::new(AtomicBool::new(false));
-    let (port, stopped) = (agent.port, stop.clone());
-    let traffic = std::thread::spawn(move || {
-        while !stopped.load(Relaxed) {
-            http_get(port, "flaky.test", "/");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    let flaky = |doc: &serde_json::Value| domain(doc, "flaky.test").clone();
-    let flags = |doc: &serde_json::Value| -> Vec<String> {
-        flaky(doc)["anomalies"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap().to_string()).collect()
+    let traffic: Vec<_> = ["flaky.test", "slow.test"]
+        .map(|host| {
+            let (port, stopped) = (agent.port, stop.clone());
+            std::thread::spawn(move || {
+                while !stopped.load(Relaxed) {
+                    http_get(port, host, "/");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+        .into();
+    let flags = |doc: &serde_json::Value, name: &str| -> Vec<String> {
+        domain(doc, name)["anomalies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let flag = |doc: &serde_json::Value, name: &str, kind: &str| -> serde_json::Value {
+        domain(doc, name)["anomalies"].as_array().unwrap().iter().find(|a| a["kind"] == kind).unwrap().clone()
     };
     // The first minute boundary starts the clock, the next completes a minute to learn.
     agent.wait_for("one minute of baseline", Duration::from_secs(150), || {
-        flaky(&insight(&agent))["baseline"]["error_ratio"]["samples"].as_u64() >= Some(1)
+        let doc = insight(&agent);
+        domain(&doc, "flaky.test")["baseline"]["error_ratio"]["samples"].as_u64() >= Some(1)
+            && domain(&doc, "slow.test")["baseline"]["p95_ms"]["samples"].as_u64() >= Some(1)
     });
     let healthy = insight(&agent);
-    assert!(flags(&healthy).is_empty(), "healthy traffic raises no flag: {}", flaky(&healthy));
+    for name in ["flaky.test", "slow.test"] {
+        assert!(flags(&healthy, name).is_empty(), "healthy traffic raises no flag: {}", domain(&healthy, name));
+    }
 
     failing.store(true, Relaxed);
+    slow.store(true, Relaxed);
     let turned = Instant::now();
     let mut doc = serde_json::Value::Null;
-    agent.wait_for("the error_ratio flag", Duration::from_secs(60), || {
+    agent.wait_for("the error_ratio and latency flags", Duration::from_secs(60), || {
         doc = insight(&agent);
-        flags(&doc).contains(&"error_ratio".to_string())
+        flags(&doc, "flaky.test") == ["error_ratio"] && flags(&doc, "slow.test") == ["latency"]
     });
     let raised_after = turned.elapsed();
-    let flag =
-        flaky(&doc)["anomalies"].as_array().unwrap().iter().find(|a| a["kind"] == "error_ratio").unwrap().clone();
-    let raised = &flag["raised"];
-    assert!(raised["observed"].as_f64().unwrap() >= 0.10, "{flag}");
-    assert!(raised["baseline"].as_f64().unwrap() < 0.01, "{flag}");
-    assert!(raised["requests"].as_u64().unwrap() >= 20, "{flag}");
+    let errors = flag(&doc, "flaky.test", "error_ratio");
+    let raised = &errors["raised"];
+    assert!(raised["observed"].as_f64().unwrap() >= 0.10, "{errors}");
+    assert!(raised["baseline"].as_f64().unwrap() < 0.01, "{errors}");
+    assert!(raised["requests"].as_u64().unwrap() >= 20, "{errors}");
+    let latency = flag(&doc, "slow.test", "latency");
+    let raised = &latency["raised"];
+    // A quantile is its bucket's geometric middle, within 12.2 % of the 300 ms (hist.rs).
+    let observed = raised["observed"].as_f64().unwrap();
+    assert!((300.0 / 1.123..300.0 * 1.123).contains(&observed), "the p95 of answers after 300 ms: {latency}");
+    assert!(raised["baseline"].as_f64().unwrap() < 100.0, "{latency}");
+    assert!(raised["requests"].as_u64().unwrap() >= 20, "{latency}");
     let metrics = agent.status_get("/metrics").1;
-    let series = r#"smart_proxy_http_anomaly{domain="flaky.test",kind="error_ratio"} 1"#;
-    assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+    for series in [
+        r#"smart_proxy_http_anomaly{domain="flaky.test",kind="error_ratio"} 1"#,
+        r#"smart_proxy_http_anomaly{domain="slow.test",kind="latency"} 1"#,
+        r#"smart_proxy_http_anomaly{domain="slow.test",kind="error_ratio"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+    }
+    // The live dashboard: each flag in its domain's row, with the figures that raised it.
+    let page = format!("http://127.0.0.1:{}/", agent.status_port());
+    if let Some(chromium) = &chromium {
+        let html = crate::dashboard::dump_dom(chromium, &page);
+        for (row, kind, unit, scale, raised) in [
+            ("flaky.test", "error_ratio", "%", 100.0, &errors["raised"]),
+            ("slow.test", "latency", "ms", 1.0, &latency["raised"]),
+        ] {
+            let at = html.find(&format!("<tr data-domain=\"{row}\">")).unwrap_or_else(|| panic!("{row}: {html}"));
+            let row_html = &html[at..at + html[at..].find("</tr>").unwrap()];
+            assert_eq!(row_html.matches("class=\"flag\"").count(), 1, "one flag in {row}'s row: {row_html}");
+            let open = format!("<span class=\"flag\" data-kind=\"{kind}\">");
+            let text = row_html.split(&open).nth(1).and_then(|t| t.split("</span>").next());
+            let text = text.unwrap_or_else(|| panic!("{open} in {row}'s row: {row_html}"));
+            // "error_ratio: 25.0 % vs baseline 1.0 % (600 requests)", "latency: 480 ms vs ..."
+            let words: Vec<&str> = text.split(' ').collect();
+            let shown = |i: usize| words[i].parse::<f64>().unwrap_or_else(|_| panic!("{text}"));
+            let (observed, baseline) = (raised["observed"].as_f64().unwrap(), raised["baseline"].as_f64().unwrap());
+            let close = |a: f64, b: f64| (a - b * scale).abs() <= 0.51 / if unit == "%" { 10.0 } else { 1.0 };
+            assert_eq!(
+                (words[0], words[2], words[3], words[4]),
+                (&*format!("{kind}:"), unit, "vs", "baseline"),
+                "{text}"
+            );
+            assert!(close(shown(1), observed) && close(shown(5), baseline), "{text} against {raised}");
+            assert_eq!(text.split_once(" (").unwrap().1, format!("{} requests)", raised["requests"]), "{text}");
+        }
+    }
 
     failing.store(false, Relaxed);
+    slow.store(false, Relaxed);
     let recovered = Instant::now();
-    agent.wait_for("the flag to clear after recovery", Duration::from_secs(120), || flags(&insight(&agent)).is_empty());
+    agent.wait_for("the flags to clear after recovery", Duration::from_secs(120), || {
+        let doc = insight(&agent);
+        flags(&doc, "flaky.test").is_empty() && flags(&doc, "slow.test").is_empty()
+    });
     let cleared_after = recovered.elapsed();
     stop.store(true, Relaxed);
-    traffic.join().unwrap();
-    eprintln!(
-        "error_ratio raised {raised_after:?} after the upstream failed, cleared {cleared_after:?} after recovery"
-    );
+    traffic.into_iter().for_each(|t| t.join().unwrap());
+    eprintln!("flags raised {raised_after:?} after the upstreams turned, cleared {cleared_after:?} after recovery");
+    if let Some(chromium) = &chromium {
+        let html = crate::dashboard::dump_dom(chromium, &page);
+        assert!(html.contains("data-loaded=\"true\""), "{html}");
+        assert!(!html.contains("class=\"flag\""), "no flag after recovery: {html}");
+    }
 
     let log = agent.log();
-    let lines = |what: &str| log.lines().filter(|l| l.contains(what) && l.contains("flaky.test")).count();
-    assert_eq!((lines("anomaly started"), lines("anomaly ended")), (1, 1), "{log}");
+    for name in ["flaky.test", "slow.test"] {
+        let lines = |what: &str| log.lines().filter(|l| l.contains(what) && l.contains(name)).count();
+        assert_eq!((lines("anomaly started"), lines("anomaly ended")), (1, 1), "{name}: {log}");
+    }
     let events = agent.status_get("/events").1;
-    assert!(events.contains("flaky.test: 5xx share up:"), "{events}");
-    assert!(events.contains("flaky.test: 5xx share back to"), "{events}");
+    for text in
+        ["flaky.test: 5xx share up:", "flaky.test: 5xx share back to", "slow.test: p95 up:", "slow.test: p95 back to"]
+    {
+        assert!(events.contains(text), "{text}: {events}");
+    }
     let metrics = agent.status_get("/metrics").1;
-    let series = r#"smart_proxy_http_anomaly{domain="flaky.test",kind="error_ratio"} 0"#;
-    assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+    for series in [
+        r#"smart_proxy_http_anomaly{domain="flaky.test",kind="error_ratio"} 0"#,
+        r#"smart_proxy_http_anomaly{domain="slow.test",kind="latency"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+    }
 }
 
 /// `heal=restart` on an app that hangs: its server process stopped (SIGSTOP), so connections are
