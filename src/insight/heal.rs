@@ -133,7 +133,7 @@ impl Healer {
             if out.iter().any(|r: &Restart| r.container == c.container) {
                 continue;
             }
-            let Some(run) = self.runs.get_mut(c.server) else { continue };
+            let Some(run) = self.runs.get(c.server) else { continue };
             let Some(since) = run.since_ms else { continue };
             let failing_for = now_ms.saturating_sub(since);
             // A run whose server has had no request for a whole window is stale, not failing.
@@ -165,8 +165,14 @@ impl Healer {
                     config.max_per_hour
                 ),
             });
-            // The restarted container gets a full window to come back.
-            *run = Run { since_ms: None, failures: 0, last_ms: now_ms };
+        }
+        // A restarted container gets a full window to come back, under each of its names. The
+        // runs are reset only now, so that the containers behind one upstream's name (all out
+        // of it, Docker calling each unhealthy) are restarted together, not one a window.
+        for c in candidates.iter().filter(|c| out.iter().any(|r| r.container == c.container)) {
+            if let Some(run) = self.runs.get_mut(c.server) {
+                *run = Run { since_ms: None, failures: 0, last_ms: now_ms };
+            }
         }
         self.restarts.retain(|_, r| r.back().is_some_and(|&t| now_ms.saturating_sub(t) < HOUR));
         out
@@ -244,6 +250,25 @@ mod tests {
             Candidate { container: "app-1", server: "sp_app", docker_healthy: Some(false) },
         ];
         assert_eq!(h.decide(&both, 70_000).len(), 1);
+        // Both of its runs start over: no second restart a pass later under the other name.
+        assert!(h.decide(&both, 71_000).is_empty());
+    }
+
+    #[test]
+    fn the_containers_behind_an_upstreams_name_are_restarted_together() {
+        let mut h = Healer::new(HealConfig::default());
+        let mut t = 0;
+        while t < 70_000 {
+            h.observe("sp_app", true, t);
+            t += 1000;
+        }
+        let replicas = [
+            Candidate { container: "app-1", server: "sp_app", docker_healthy: Some(false) },
+            Candidate { container: "app-2", server: "sp_app", docker_healthy: Some(false) },
+        ];
+        let restarted: Vec<String> = h.decide(&replicas, 70_000).into_iter().map(|r| r.container).collect();
+        assert_eq!(restarted, ["app-1", "app-2"]);
+        assert!(h.decide(&replicas, 71_000).is_empty(), "each gets a full window to come back");
     }
 
     #[test]
