@@ -521,12 +521,13 @@ fn upstreams_turning_to_errors_and_slow_raise_flags_that_recovery_clears() {
     // The live dashboard: each flag in its domain's row, with the figures that raised it.
     let page = format!("http://127.0.0.1:{}/", agent.status_port());
     if let Some(chromium) = &chromium {
-        let html = crate::dashboard::dump_dom(chromium, &page);
+        let html = live_dashboard(chromium, &page);
         for (row, kind, unit, scale, raised) in [
             ("flaky.test", "error_ratio", "%", 100.0, &errors["raised"]),
             ("slow.test", "latency", "ms", 1.0, &latency["raised"]),
         ] {
-            let at = html.find(&format!("<tr data-domain=\"{row}\">")).unwrap_or_else(|| panic!("{row}: {html}"));
+            // The traffic table comes first: its row.
+            let at = html.find(&format!("<tr data-domain=\"{row}\"")).unwrap_or_else(|| panic!("{row}: {html}"));
             let row_html = &html[at..at + html[at..].find("</tr>").unwrap()];
             assert_eq!(row_html.matches("class=\"flag\"").count(), 1, "one flag in {row}'s row: {row_html}");
             let open = format!("<span class=\"flag\" data-kind=\"{kind}\">");
@@ -559,8 +560,11 @@ fn upstreams_turning_to_errors_and_slow_raise_flags_that_recovery_clears() {
     traffic.into_iter().for_each(|t| t.join().unwrap());
     eprintln!("flags raised {raised_after:?} after the upstreams turned, cleared {cleared_after:?} after recovery");
     if let Some(chromium) = &chromium {
-        let html = crate::dashboard::dump_dom(chromium, &page);
-        assert!(html.contains("data-loaded=\"true\""), "{html}");
+        let html = live_dashboard(chromium, &page);
+        let traffic = &html[html.find("id=\"traffic\"").unwrap()..html.find("id=\"routes\"").unwrap()];
+        for name in ["flaky.test", "slow.test"] {
+            assert!(traffic.contains(&format!("<tr data-domain=\"{name}\"")), "{name} in the traffic: {traffic}");
+        }
         assert!(!html.contains("class=\"flag\""), "no flag after recovery: {html}");
     }
 
@@ -582,6 +586,19 @@ fn upstreams_turning_to_errors_and_slow_raise_flags_that_recovery_clears() {
     ] {
         assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
     }
+}
+
+/// The dashboard's DOM at `page`, once its fetches all went through (a load whose fetches failed,
+/// as once happened under CI's load, is tried again, up to three times).
+fn live_dashboard(chromium: &std::path::Path, page: &str) -> String {
+    for attempt in 1..=3 {
+        let html = crate::dashboard::dump_dom(chromium, page);
+        if html.contains("data-loaded=\"true\"") && html.contains("<p id=\"trouble\" class=\"trouble\" hidden=\"\">") {
+            return html;
+        }
+        println!("the dashboard's fetches failed (attempt {attempt}); loading it again:\n{html}");
+    }
+    panic!("the dashboard's fetches failed three times");
 }
 
 /// `heal=restart` on an app that hangs: its server process stopped (SIGSTOP), so connections are

@@ -18,15 +18,18 @@ function el(tag, attrs, ...children) {
 }
 
 // On a narrow screen a row shows as a card (dashboard.css): its first cell a heading, every
-// other cell labelled with its column's name (data-label).
+// other cell labelled with its column's name (data-label). The roles keep it a table for
+// screen readers, which drop a table's meaning once its parts are shown as blocks.
 function table(headers, rows) {
-  const head = el("tr", {}, ...headers.map(([name, cls]) => el("th", { class: cls }, name)));
+  const head = el("tr", { role: "row" }, ...headers.map(([name, cls]) => el("th", { class: cls, role: "columnheader" }, name)));
   for (const row of rows) {
+    row.setAttribute("role", "row");
     [...row.cells].forEach((cell, i) => {
+      cell.setAttribute("role", "cell");
       if (i > 0 && headers[i] && headers[i][0]) cell.dataset.label = headers[i][0];
     });
   }
-  return el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows));
+  return el("table", { role: "table" }, el("thead", {}, head), el("tbody", {}, ...rows));
 }
 
 function replace(id, ...nodes) {
