@@ -9,8 +9,9 @@
 //! `ACCESS_LOG_FILES=off` (the agent's insight file only), one with the defaults (both
 //! files). `wrk -t1 -c32` runs against each for
 //! `SECONDS`, alternating, `ROUNDS` times; the medians, each round's ratio to the mean of the
-//! two files-only runs of that round (the A/A row: the second to the first) and the lines the
-//! agent counted against the requests wrk made are printed. Then wrk runs against the insight agent for
+//! two files-only runs of that round (the A/A row: the second to the first), with a 95 % interval
+//! of the median ratio and every round's ratio (to pool runs), and the lines the agent counted
+//! against the requests wrk made are printed. Then wrk runs against the insight agent for
 //! `SOAK` seconds while the agent's RSS is sampled each second. Then the companion setup, as the
 //! compose files run it: nginx in its container (the local nginx image) shares conf.d and
 //! `/var/log/nginx` with the agent in another container, so nginx writes one line per request
@@ -143,11 +144,24 @@ struct Runs {
     made: Vec<u64>,
     nginx_cpu: Vec<f64>,
     agent_cpu: Vec<f64>,
+    /// wrk's CPU seconds, and the machine's busy and idle CPU seconds (all cores).
+    wrk_cpu: Vec<f64>,
+    busy: Vec<f64>,
+    idle: Vec<f64>,
 }
 
 impl Runs {
     fn new(n: usize) -> Runs {
-        Runs { rps: vec![Vec::new(); n], made: vec![0; n], nginx_cpu: vec![0.0; n], agent_cpu: vec![0.0; n] }
+        let zeros = vec![0.0; n];
+        Runs {
+            rps: vec![Vec::new(); n],
+            made: vec![0; n],
+            nginx_cpu: zeros.clone(),
+            agent_cpu: zeros.clone(),
+            wrk_cpu: zeros.clone(),
+            busy: zeros.clone(),
+            idle: zeros,
+        }
     }
 
     /// Runs wrk through setup `which` (`wrk()` gives its result) and adds it, with the CPU the
@@ -156,10 +170,14 @@ impl Runs {
     /// flushed within a second; the agent reading them) is done and weighs on neither.
     fn measure(&mut self, which: usize, (agent, nginx): (u32, u32), wrk: impl FnOnce() -> (f64, u64, u64)) {
         std::thread::sleep(SETTLE);
-        let (cpu0, nginx0) = (cpu_of_tree(agent), cpu_of_tree(nginx));
+        let (cpu0, nginx0, wrk0, machine0) = (cpu_of_tree(agent), cpu_of_tree(nginx), children_cpu(), machine_cpu());
         let (value, made, failed) = wrk();
         self.agent_cpu[which] += cpu_of_tree(agent) - cpu0;
         self.nginx_cpu[which] += cpu_of_tree(nginx) - nginx0;
+        self.wrk_cpu[which] += children_cpu() - wrk0;
+        let machine = machine_cpu();
+        self.busy[which] += machine.0 - machine0.0;
+        self.idle[which] += machine.1 - machine0.1;
         assert_eq!(failed, 0, "errors under load");
         self.rps[which].push(value);
         self.made[which] += made;
@@ -174,25 +192,33 @@ impl Runs {
         let medians: Vec<f64> = self.rps.iter_mut().map(|r| median(r)).collect();
         let per = |cpu: f64, n: u64| cpu * 1e6 / n.max(1) as f64;
         for (which, &(name, insight)) in setups.iter().enumerate() {
-            let (low, ratio, high) = paired[which];
-            let verdict = match (which, ratio >= 0.95) {
+            let Paired { ratios, quartiles: (low, ratio, high), interval: (from, to) } = &paired[which];
+            let verdict = match (which, *ratio >= 0.95) {
                 (0, _) => String::from("(files only: the reference, with the row below)"),
                 (1, _) => format!(
-                    "{ratio:.3} of the row above (the same setup again: the machine's noise; quartiles {low:.3}..{high:.3})"
+                    "{ratio:.3} of the row above (the same setup again: the machine's noise; quartiles {low:.3}..{high:.3}; 95 % interval of the median {from:.3}..{to:.3})"
                 ),
                 (_, met) => format!(
-                    "{ratio:.3} of files only (median of the rounds' ratios to both files-only runs, quartiles {low:.3}..{high:.3}; bar >= 0.95: {})",
+                    "{ratio:.3} of files only (median of the rounds' ratios to both files-only runs, quartiles {low:.3}..{high:.3}; 95 % interval of the median {from:.3}..{to:.3}; bar >= 0.95: {})",
                     if met { "met" } else { "not met" }
                 ),
             };
             assert!(which > 1 || !insight, "the first two setups are files only");
             let made = self.made[which];
             println!("{name:<36} {:>8.0} req/s (median) {verdict}", medians[which]);
+            if which > 0 {
+                // Every round's ratio, in order, so that runs can be pooled.
+                let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+                println!("{:<36} ratios: {}", "", listed.join(" "));
+            }
             println!(
-                "{:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs",
+                "{:<36} CPU per request: nginx {:.1} µs, agent {:.1} µs, wrk {:.1} µs, the machine {:.1} µs ({:.1} % idle)",
                 "",
                 per(self.nginx_cpu[which], made),
-                per(self.agent_cpu[which], made)
+                per(self.agent_cpu[which], made),
+                per(self.wrk_cpu[which], made),
+                per(self.busy[which], made),
+                self.idle[which] * 100.0 / (self.busy[which] + self.idle[which]).max(1e-9)
             );
             if insight {
                 let lines = counted(which);
@@ -211,7 +237,7 @@ impl Runs {
 /// upper quartile of those ratios. Files only ran twice in each round (setups 0 and 1), and the
 /// reference is the mean of the two, which halves its share of the noise; the second run's own
 /// ratio is to the first (A/A).
-fn paired_ratios(rps: &[Vec<f64>]) -> Vec<(f64, f64, f64)> {
+fn paired_ratios(rps: &[Vec<f64>]) -> Vec<Paired> {
     rps.iter()
         .enumerate()
         .map(|(which, runs)| {
@@ -219,17 +245,70 @@ fn paired_ratios(rps: &[Vec<f64>]) -> Vec<(f64, f64, f64)> {
                 0 | 1 => rps[0][round],
                 _ => (rps[0][round] + rps[1][round]) / 2.0,
             };
-            let mut ratios: Vec<f64> = runs.iter().enumerate().map(|(round, r)| r / reference(round)).collect();
-            ratios.sort_by(f64::total_cmp);
-            let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
-            (at(0.25), at(0.5), at(0.75))
+            let ratios: Vec<f64> = runs.iter().enumerate().map(|(round, r)| r / reference(round)).collect();
+            let mut sorted = ratios.clone();
+            sorted.sort_by(f64::total_cmp);
+            let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+            let n = sorted.len();
+            let median = (sorted[(n - 1) / 2] + sorted[n / 2]) / 2.0;
+            Paired { quartiles: (at(0.25), median, at(0.75)), interval: median_interval(&sorted), ratios }
         })
         .collect()
+}
+
+/// A setup's ratios to files only, one per round (in the rounds' order), with their quartiles (the
+/// median of an even number the mean of the two middle ones) and [`median_interval`].
+struct Paired {
+    ratios: Vec<f64>,
+    quartiles: (f64, f64, f64),
+    interval: (f64, f64),
+}
+
+/// A 95 % interval for the median of `sorted` that assumes nothing of the noise's shape: the
+/// order statistics x(j) and x(n+1-j) for the largest j with 2 P(B < j) <= 0.05, B the number of
+/// values below the true median, binomial(n, 1/2). It says how far the median could move were the
+/// rounds run again on a machine as noisy as this one was. Under 6 rounds no such j exists and
+/// this is the whole range.
+fn median_interval(sorted: &[f64]) -> (f64, f64) {
+    let n = sorted.len();
+    // P(B = i) for i = 0, 1, ...: C(n, i) / 2^n.
+    let (mut term, mut below, mut j) = (0.5f64.powi(n as i32), 0.0, 1);
+    for i in 0..n / 2 {
+        below += term;
+        if 2.0 * below > 0.05 {
+            break;
+        }
+        j = i + 1;
+        term *= (n - i) as f64 / (i + 1) as f64;
+    }
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    (sorted[j - 1], sorted[n - j])
 }
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
+}
+
+/// The CPU seconds of the bench's children that ended (each wrk run, once waited for).
+fn children_cpu() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    seconds(usage.user_time()) + seconds(usage.system_time())
+}
+
+/// The machine's busy and idle (with I/O wait) CPU seconds since boot, all cores.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    let busy: f64 = ticks.iter().take(8).sum::<f64>() - idle;
+    (busy / 100.0, idle / 100.0)
 }
 
 /// The process's resident memory, in KiB.
