@@ -55,6 +55,15 @@ fn known_traffic_shows_per_domain_class_and_upstream() {
     agent.wait_for_status("shop.test", 200, Some("ok"));
     let file = agent.path("conf.d/smart-proxy-insight.log");
     assert!(file.is_file(), "the agent made its file beside NGINX_CONF");
+    // The reader runs in the idle class: SCHED_IDLE is policy 5, field 41 of its thread's stat.
+    let pid = agent.pid().expect("the agent runs");
+    let reader = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        (comm.trim() == "insight-reader").then(|| std::fs::read_to_string(task.path().join("stat")).unwrap())
+    });
+    let stat = reader.expect("the agent has an insight-reader thread");
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(fields[41 - 3], "5", "the reader's scheduling policy: {stat}");
 
     // The requests that found shop.test ready count too: the figures below are on top of them.
     let mut base = serde_json::Value::Null;
