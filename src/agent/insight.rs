@@ -51,6 +51,8 @@ pub(super) fn start(
     info!(file = %file.display(), "insight: reading nginx's access-log lines");
     let state = status.clone();
     let mut reader = Reader::new(own);
+    // Before the reader, so that it is in the normal class.
+    cutter();
     std::thread::Builder::new().name("insight-reader".into()).spawn(move || {
         run_when_idle();
         loop {
@@ -84,21 +86,21 @@ pub(super) fn start(
 }
 
 /// Puts the calling thread, the reader, in Linux's `SCHED_IDLE` class: it runs on the CPU time
-/// nginx, the apps and their clients leave, and never preempts them. Its reading takes 2 % of
-/// nginx's CPU, but in the normal class each wake-up took a core from nginx and the processes
-/// it passes requests to: on two busy cores nginx lost 7-13 % of its throughput that way, and
-/// none in this class (`benches/ingest.rs`, docs/insight.md). On a host whose every core is busy
-/// the reader still gets a small share (a few thousand lines a second); lines it has not read
-/// yet wait in the files.
+/// the other threads of its cgroup (nginx, the apps, their clients, on a host) leave, and never
+/// preempts them. Its reading takes about 3 % of nginx's CPU, but in the normal class each
+/// wake-up took a core from nginx and the processes it passes requests to: on two busy cores
+/// nginx lost 7-13 % of its throughput that way (0.869 of files only against 0.999 in this class,
+/// same run: `benches/ingest.rs`, docs/insight.md). On a host whose every core is busy the reader
+/// still gets a small share (a few thousand lines a second); lines it has not read yet wait in
+/// the files. It never takes a lock nginx needs: the cuts of the insight file are made on another
+/// thread ([`in_normal_class`]).
 fn run_when_idle() {
     let param = nix::libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads `param`, which outlives the call; pid 0 is this thread.
     let result = unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param) };
     if result != 0 {
-        warn!(
-            "insight: cannot run the reader in the idle class ({}): it competes with nginx for the CPU",
-            std::io::Error::last_os_error()
-        );
+        let error = std::io::Error::last_os_error();
+        warn!("insight: cannot run the reader in the idle class ({error}): it competes with nginx for the CPU");
     }
 }
 
@@ -251,26 +253,95 @@ impl Reader {
         let held = self.access_lines.held().add(self.lines.held());
         if held.0 > 0 {
             let insight = if held.full() { Some(status.insight()) } else { status.try_insight() };
-            if let Some(mut insight) = insight {
-                let now = now_ms();
-                self.lines.each(|line| insight.ingest(line, now));
-                self.lines.clear();
-                // Lines come in runs from one file: each run is counted with one domain lookup.
-                let mut at = 0;
-                while let Some(&file) = self.line_files.get(at) {
-                    let run = self.line_files[at..].iter().take_while(|&&f| f == file).count();
-                    if let Some(a) = self.access.get(file as usize) {
-                        insight.ingest_access(&a.domain, self.access_lines.range(at, at + run), now);
-                    }
-                    at += run;
-                }
-                self.access_lines.clear();
-                self.line_files.clear();
+            if let Some(insight) = insight {
+                self.count(status, insight);
             }
         }
         self.own.release()
     }
+
+    /// Counts every line held, at most [`SLICE`] under the figures' lock at a time: the reader
+    /// is in the idle class and may wait long for a core while it holds the lock, and whoever
+    /// else needs it (the tick, `/metrics`, `/insight`, an apply) then waits for one slice, not
+    /// for a whole batch. Between slices it lets the waiters go first.
+    fn count(&mut self, status: &State, first: std::sync::MutexGuard<'_, crate::insight::Insight>) {
+        let now = now_ms();
+        let mut insight = Some(first);
+        let lock = |insight: &mut Option<_>| {
+            if insight.is_none() {
+                std::thread::yield_now();
+                *insight = Some(status.insight());
+            }
+        };
+        let own = self.lines.ends.len();
+        for from in (0..own).step_by(SLICE) {
+            lock(&mut insight);
+            let guard = insight.as_mut().expect("locked");
+            self.lines.range(from, (from + SLICE).min(own)).for_each(|line| guard.ingest(line, now));
+            insight = None;
+        }
+        self.lines.clear();
+        // Lines come in runs from one file: each run (or slice of it) is counted with one domain
+        // lookup.
+        let mut at = 0;
+        while let Some(&file) = self.line_files.get(at) {
+            let run = self.line_files[at..].iter().take_while(|&&f| f == file).count().min(SLICE);
+            if let Some(a) = self.access.get(file as usize) {
+                lock(&mut insight);
+                let guard = insight.as_mut().expect("locked");
+                guard.ingest_access(&a.domain, self.access_lines.range(at, at + run), now);
+                insight = None;
+            }
+            at += run;
+        }
+        self.access_lines.clear();
+        self.line_files.clear();
+    }
 }
+
+/// Runs `work` on the `insight-cutter` thread, in the normal scheduling class, and waits for its
+/// result. A cut of the insight file holds the file's lock that nginx's appends take: the
+/// reader, in the idle class, could be kept off the CPU while it held it, and nginx would wait.
+/// The thread is started by [`start`] before the reader (a thread inherits its creator's
+/// class); without it the work runs here.
+fn in_normal_class<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let Some(jobs) = cutter() else { return work() };
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    let job: CutJob = Box::new(move || {
+        let _ = done.send(work());
+    });
+    // Should the thread be gone, the job comes back and runs here.
+    if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
+        job();
+    }
+    result.recv().expect("the job answers once it ran")
+}
+
+type CutJob = Box<dyn FnOnce() + Send>;
+
+/// The `insight-cutter` thread's queue, started at the first call.
+fn cutter() -> Option<&'static std::sync::mpsc::Sender<CutJob>> {
+    static JOBS: std::sync::OnceLock<Option<std::sync::mpsc::Sender<CutJob>>> = std::sync::OnceLock::new();
+    JOBS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<CutJob>();
+        let spawned = std::thread::Builder::new().name("insight-cutter".into()).spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                warn!("insight: cannot start the insight-cutter thread ({e}); the reader cuts its file itself");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// Lines counted under one hold of the figures' lock (about half a millisecond's work).
+const SLICE: usize = 1024;
 
 impl AccessLog {
     /// Opens the file where [`AccessLog::start`] says; while it cannot be, says why once.
@@ -379,6 +450,7 @@ impl Lines {
         })
     }
 
+    #[cfg(test)]
     fn each(&self, mut f: impl FnMut(&[u8])) {
         let mut start = 0;
         for &end in &self.ends {
@@ -590,7 +662,10 @@ impl Tail {
             let (size, block) = (meta.len(), meta.blksize().max(512));
             let len = self.offset.min(size.saturating_sub(1)) / block * block;
             if len > 0 {
-                match fallocate(self.file.as_raw_fd(), FallocateFlags::FALLOC_FL_COLLAPSE_RANGE, 0, len as i64) {
+                let fd = self.file.as_raw_fd();
+                let collapse = FallocateFlags::FALLOC_FL_COLLAPSE_RANGE;
+                // The file outlives the call: in_normal_class waits for it.
+                match in_normal_class(move || fallocate(fd, collapse, 0, len as i64)) {
                     Ok(()) => self.offset -= len,
                     Err(nix::errno::Errno::EOPNOTSUPP) => {
                         info!(
@@ -605,7 +680,8 @@ impl Tail {
             }
         }
         if !self.cut && self.offset >= EMPTY_AFTER && self.file.metadata()?.len() == self.offset {
-            self.file.set_len(0)?;
+            let file = self.file.try_clone()?;
+            in_normal_class(move || file.set_len(0))?;
             self.offset = 0;
         }
         Ok(())
