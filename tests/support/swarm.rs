@@ -197,6 +197,9 @@ impl SwarmEngine {
         let (host_end, ns_end) = (format!("{ns}h"), format!("{ns}v"));
         run("ip", &["netns", "add", &ns]);
         self.nodes.push((ns.clone(), None));
+        // A pair left by an engine that had this bridge's number and was killed: this engine
+        // holds the number now (the bridge), so the names are its own.
+        let _ = quiet("ip", &["link", "del", &host_end]);
         run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end]);
         run("ip", &["link", "set", &ns_end, "netns", &ns]);
         run("ip", &["link", "set", &host_end, "master", &self.name]);
@@ -284,6 +287,10 @@ impl Drop for SwarmEngine {
         // Never panic here (a panic while unwinding aborts the test process).
         self.stop();
         for (ns, _) in &self.nodes {
+            // The veth pair first, at once: a namespace is destroyed later, in the kernel's own
+            // time, with the pair in it, and by then another engine may have this bridge's number
+            // and want the same names.
+            let _ = quiet("ip", &["link", "del", &format!("{ns}h")]);
             let _ = quiet("ip", &["netns", "del", ns]);
         }
         if self.forward_rule {
