@@ -112,6 +112,17 @@ fn chromium_run(chromium: &Path, profile: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// A screenshot of `url` in a window of `size` (`width,height`), kept as `target/tmp/<name>`,
+/// the test's artifact (docs/testing.md).
+fn screenshot(chromium: &Path, url: &str, size: &str, name: &str) {
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let profile = tempfile::tempdir().unwrap();
+    let (window, arg) = (format!("--window-size={size}"), format!("--screenshot={}", shot.display()));
+    chromium_run(chromium, profile.path(), &["--virtual-time-budget=5000", &window, &arg, url]);
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot at {}", shot.display());
+    println!("dashboard screenshot: {}", shot.display());
+}
+
 /// The text of the first element after `marker` in `html` up to its closing `</td>`.
 fn cell<'a>(html: &'a str, row: &str, class: &str) -> &'a str {
     let start = html.find(row).unwrap_or_else(|| panic!("{row} missing from the DOM:\n{html}"));
@@ -156,12 +167,7 @@ fn the_dashboard_shows_routes_certificates_traffic_and_decisions_in_chromium() {
     assert!(html.contains("<span id=\"health\" class=\"ok\">healthy</span>"), "/healthz: {html}");
 
     // A phone-sized screenshot, kept as the test's artifact.
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    let profile = tempfile::tempdir().unwrap();
-    let arg = format!("--screenshot={}", shot.display());
-    chromium_run(&chromium, profile.path(), &["--virtual-time-budget=5000", "--window-size=412,1600", &arg, &url]);
-    assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot at {}", shot.display());
-    println!("dashboard screenshot: {}", shot.display());
+    screenshot(&chromium, &url, "412,1600", "dashboard.png");
 }
 
 #[test]
@@ -453,13 +459,7 @@ fn the_dashboard_draws_flags_sparklines_and_left_out_routes_from_fixed_data() {
     let events = &html[html.find("id=\"events\"").unwrap()..];
     assert!(events.find("error_ratio up").unwrap() < events.find("config applied").unwrap(), "{events}");
 
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-fixed.png");
-    let profile = tempfile::tempdir().unwrap();
-    let arg = format!("--screenshot={}", shot.display());
-    let url = format!("http://127.0.0.1:{}/", stub.port());
-    chromium_run(&chromium, profile.path(), &["--virtual-time-budget=5000", "--window-size=412,1400", &arg, &url]);
-    assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot at {}", shot.display());
-    println!("dashboard screenshot (fixed data): {}", shot.display());
+    screenshot(&chromium, &format!("http://127.0.0.1:{}/", stub.port()), "412,1400", "dashboard-fixed.png");
 }
 
 /// `/events` on a real agent: the first apply, then a domain removed from the routes file and
@@ -709,13 +709,7 @@ fn the_dashboard_fits_a_phone_with_long_names_and_large_figures() {
     let stub = fixed_dashboard(insight, routes, certs, events);
 
     // The page as a phone shows it, kept as an artifact beside the other two.
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-phone.png");
-    let profile = tempfile::tempdir().unwrap();
-    let arg = format!("--screenshot={}", shot.display());
-    let url = format!("http://127.0.0.1:{}/", stub.port());
-    chromium_run(&chromium, profile.path(), &["--virtual-time-budget=5000", "--window-size=412,1400", &arg, &url]);
-    assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot at {}", shot.display());
-    println!("dashboard screenshot (phone): {}", shot.display());
+    screenshot(&chromium, &format!("http://127.0.0.1:{}/", stub.port()), "412,1400", "dashboard-phone.png");
 
     // As in the fixed-data test, a load whose fetches all failed is tried again: an empty page
     // would fit anything.
