@@ -174,10 +174,10 @@ fn a_follower_serves_the_agents_routes_keeps_them_while_the_agent_is_down_and_ca
     assert!(!String::from_utf8_lossy(&std::fs::read(&kept).unwrap()).contains("app1.test"), "kept sealed");
     node.stop();
     node.launch();
-    node.wait_for("the restarted follower to serve app6", Duration::from_secs(10), || {
-        serves(&node, "app6.test", "backend-answer")
+    // It says so once nginx runs that bundle: the log is polled too.
+    node.wait_for("the restarted follower to serve app6 from the bundle kept", Duration::from_secs(10), || {
+        serves(&node, "app6.test", "backend-answer") && node.log().contains("serving the last good bundle kept on disk")
     });
-    assert!(node.log().contains("serving the last good bundle kept on disk"), "{}", node.log());
 
     // Changed while the agent was down; the agent comes back: the follower catches up.
     names.push("app7".into());
