@@ -11,6 +11,10 @@
 //!   request is verified (nginx keeps no cache of verified passwords);
 //! - `forward`: `auth_request` to `/auth` on the backend server (a subrequest per request).
 //!
+//! A second nginx (one worker too, on its own backend) serves the same routes with `AUTH_CACHE`
+//! (nginx's Lua module loaded: Debian's `libnginx-mod-http-lua`): its `plain` and each `basic`
+//! route, whose login nginx checks once and then remembers, are measured in the same rounds.
+//!
 //! `wrk -t1 -c32` runs on each route for `SECONDS`, the routes alternating, `ROUNDS` times; the
 //! median requests per second of each route and its ratio to `plain` are printed, with the
 //! responses that were not 2xx (there must be none). `BENCH_QUICK=1`: one short round (a smoke
@@ -45,6 +49,8 @@ struct Route {
     name: String,
     host: String,
     authorization: bool,
+    /// The port of the nginx that serves it.
+    port: u16,
 }
 
 /// nginx serving the rendered routes and the backend; stopped when dropped.
@@ -61,7 +67,9 @@ impl Drop for Nginx1 {
     }
 }
 
-fn start_nginx(port: u16, backend: u16) -> (Nginx1, Vec<Route>) {
+/// nginx on `port` with its backend on `backend`, serving the routes; with `cache`, `AUTH_CACHE`
+/// (and no rate or forward route: those are measured without it).
+fn start_nginx(port: u16, backend: u16, cache: bool) -> (Nginx1, Vec<Route>) {
     use std::os::unix::fs::PermissionsExt;
     let backend_port = backend.to_string();
     let mut labels: Vec<(String, String)> = vec![
@@ -73,17 +81,25 @@ fn start_nginx(port: u16, backend: u16) -> (Nginx1, Vec<Route>) {
         ("smart-proxy.forward.auth".into(), "forward".into()),
         ("smart-proxy.forward.auth.url".into(), format!("http://127.0.0.1:{backend}/auth")),
     ];
-    let mut routes = vec![
-        Route { name: "plain".into(), host: "plain.bench".into(), authorization: false },
-        Route { name: "rate (1000000r/s, ip)".into(), host: "rate.bench".into(), authorization: false },
-    ];
+    let route = |name: &str, host: &str, authorization: bool| Route {
+        name: if cache { format!("{name}, AUTH_CACHE") } else { name.to_string() },
+        host: host.to_string(),
+        authorization,
+        port,
+    };
+    let mut routes = vec![route("plain", "plain.bench", false)];
+    if !cache {
+        routes.push(route("rate (1000000r/s, ip)", "rate.bench", false));
+    }
     for (scheme, line) in HASHES {
         labels.push((format!("smart-proxy.{scheme}.domains"), format!("{scheme}.bench")));
         labels.push((format!("smart-proxy.{scheme}.auth"), "basic".into()));
         labels.push((format!("smart-proxy.{scheme}.auth.users"), line.to_string()));
-        routes.push(Route { name: format!("basic ({scheme})"), host: format!("{scheme}.bench"), authorization: true });
+        routes.push(route(&format!("basic ({scheme})"), &format!("{scheme}.bench"), true));
     }
-    routes.push(Route { name: "forward (auth_request)".into(), host: "forward.bench".into(), authorization: false });
+    if !cache {
+        routes.push(route("forward (auth_request)", "forward.bench", false));
+    }
     let refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let table = label_table(&[container("bench", [127, 0, 0, 1], &refs)]);
     assert!(table.diagnostics.is_empty(), "{:#?}", table.diagnostics);
@@ -92,6 +108,8 @@ fn start_nginx(port: u16, backend: u16) -> (Nginx1, Vec<Route>) {
     std::fs::set_permissions(sandbox.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(sandbox.path("logs"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let settings = RenderSettings { http_port: port, nginx_version: nginx_version(), ..sandbox.settings(true) };
+    let files = AuthFiles::of(&table);
+    let settings = RenderSettings { auth_cache: cache.then(|| files.generation()), ..settings };
     let config = Renderer::builtin().render(&table, &settings).expect("render");
     let target = sandbox.path("conf.d/default.conf");
     std::fs::write(&target, config).unwrap();
@@ -99,7 +117,8 @@ fn start_nginx(port: u16, backend: u16) -> (Nginx1, Vec<Route>) {
     std::fs::write(
         &main,
         format!(
-            "pid {pid};\nerror_log {log} warn;\nworker_processes 1;\nevents {{ worker_connections 4096; }}\nhttp {{\n    access_log off;\n    include {conf};\n    server {{\n        listen 127.0.0.1:{backend};\n        access_log off;\n        location = /auth {{ return 204; }}\n        location / {{ return 200 \"ok\\n\"; }}\n    }}\n}}\n",
+            "{modules}pid {pid};\nerror_log {log} warn;\nworker_processes 1;\nevents {{ worker_connections 4096; }}\nhttp {{\n    access_log off;\n    include {conf};\n    server {{\n        listen 127.0.0.1:{backend};\n        access_log off;\n        location = /auth {{ return 204; }}\n        location / {{ return 200 \"ok\\n\"; }}\n    }}\n}}\n",
+            modules = if cache { support::lua_modules() } else { String::new() },
             pid = sandbox.path("nginx.pid").display(),
             log = sandbox.path("logs/error.log").display(),
             conf = target.display(),
@@ -108,7 +127,6 @@ fn start_nginx(port: u16, backend: u16) -> (Nginx1, Vec<Route>) {
     .unwrap();
     // The htpasswd files, as the agent writes them, given to the workers' group by its test script
     // (which also runs nginx -t on the config).
-    let files = AuthFiles::of(&table);
     files.write(settings.auth_dir.as_path()).unwrap();
     let nginx = Nginx::Local(LocalNginx { bin: nginx_bin(), main_conf: main.clone(), child: None });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -136,13 +154,13 @@ fn start_nginx(port: u16, backend: u16) -> (Nginx1, Vec<Route>) {
 }
 
 /// One wrk run: requests per second and the responses that were not 2xx or 3xx.
-fn wrk(port: u16, route: &Route, seconds: u64) -> (f64, u64) {
+fn wrk(route: &Route, seconds: u64) -> (f64, u64) {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c32", &format!("-d{seconds}s"), "-H", &format!("Host: {}", route.host)]);
     if route.authorization {
         cmd.args(["-H", &format!("Authorization: {AUTHORIZATION}")]);
     }
-    let out = cmd.arg(format!("http://127.0.0.1:{port}/")).output().expect("run wrk (apt-get install wrk)");
+    let out = cmd.arg(format!("http://127.0.0.1:{}/", route.port)).output().expect("run wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> Option<&str> {
         text.lines().find_map(|l| l.trim().strip_prefix(name)).map(|rest| rest.trim_start_matches(':').trim())
@@ -161,11 +179,13 @@ fn main() {
     // cargo bench passes `--bench`; anything else (a filter) is ignored.
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let (rounds, seconds) = if quick { (1, 1) } else { (5, 3) };
-    let (port, backend) = (free_port(), free_port());
-    let (_nginx, routes) = start_nginx(port, backend);
+    let (_nginx, mut routes) = start_nginx(free_port(), free_port(), false);
+    let (_cached, more) = start_nginx(free_port(), free_port(), true);
+    routes.extend(more);
     for route in &routes {
-        // Warm up (and check that the route answers 2xx through the whole stack).
-        let (_, failed) = wrk(port, route, 1);
+        // Warm up (and check that the route answers 2xx through the whole stack; the cache
+        // remembers the login here).
+        let (_, failed) = wrk(route, 1);
         assert_eq!(failed, 0, "{} answers errors", route.name);
     }
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); routes.len()];
@@ -174,23 +194,24 @@ fn main() {
         // Alternating: each round measures every route once, in a rotated order.
         for i in 0..routes.len() {
             let r = (i + round) % routes.len();
-            let (value, bad) = wrk(port, &routes[r], seconds);
+            let (value, bad) = wrk(&routes[r], seconds);
             rps[r].push(value);
             failed[r] += bad;
         }
     }
     let medians: Vec<f64> = rps.iter_mut().map(|v| median(v)).collect();
     println!("auth and rate through nginx ({rounds} rounds of {seconds} s per route, wrk -t1 -c32, nginx 1 worker)");
-    println!("{:<26} {:>12} {:>9} {:>8}  bar (>= 0.90 of plain)", "route", "median req/s", "vs plain", "non-2xx");
-    println!("{:<26} {:>12.0} {:>9.3} {:>8}", routes[0].name, medians[0], 1.0, failed[0]);
+    println!("{:<38} {:>12} {:>9} {:>8}  bar (>= 0.90 of plain)", "route", "median req/s", "vs plain", "non-2xx");
+    println!("{:<38} {:>12.0} {:>9.3} {:>8}", routes[0].name, medians[0], 1.0, failed[0]);
     for (i, route) in routes.iter().enumerate().skip(1) {
         let ratio = medians[i] / medians[0];
         let bar = if ratio >= 0.90 { "met" } else { "not met" };
-        println!("{:<26} {:>12.0} {:>9.3} {:>8}  {bar}", route.name, medians[i], ratio, failed[i]);
+        println!("{:<38} {:>12.0} {:>9.3} {:>8}  {bar}", route.name, medians[i], ratio, failed[i]);
     }
     println!(
         "basic auth costs what its hash costs: nginx verifies the password on every request, without a cache \
          ({{SHA}}: one SHA-1; apr1: 1,000 MD5 rounds; SHA-512-crypt: 5,000 rounds; bcrypt cost 5: 32 Blowfish \
-         key setups); forward auth is a second request per request (to a URL, so without keepalive)"
+         key setups); forward auth is a second request per request (to a URL, so without keepalive); with \
+         AUTH_CACHE, a login is checked once and remembered"
     );
 }

@@ -48,6 +48,7 @@ fn settings(local: bool) -> RenderSettings {
         access_log_files: true,
         backend_ca: ConfigPath::parse("BACKEND_CA", Path::new(smart_proxy::render::BACKEND_CA)).unwrap(),
         insight_from_access_logs: false,
+        auth_cache: None,
     }
 }
 

@@ -216,6 +216,8 @@ async fn dry_run(config: &Config, output: Option<&std::path::Path>) -> anyhow::R
         Err(_) => false,
     };
     let settings = RenderSettings { insight_from_access_logs: fold, ..config.render.clone() };
+    // With AUTH_CACHE, the generation of the users lists the agent would write.
+    let settings = crate::apply::auth_files::AuthFiles::of(table).settings(&settings).unwrap_or(settings);
     let rendered = renderer.render(table, &settings)?;
     match output {
         Some(path) => std::fs::write(path, &rendered).with_context(|| format!("cannot write {}", path.display()))?,

@@ -133,6 +133,8 @@ impl Config {
             backend_ca: ConfigPath::parse("BACKEND_CA", &settings.backend_ca)?,
             // The agent turns it on once it knows nginx is its child.
             insight_from_access_logs: false,
+            // The applier names the generation of the users lists it writes.
+            auth_cache: settings.auth_cache.then(String::new),
         };
         Ok(Config {
             mode,

@@ -82,6 +82,12 @@ pub struct Settings {
     #[arg(long, env = "ACCESS_LOG_FILES", global = true, value_parser = boolish("ACCESS_LOG_FILES", "--access-log-files"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
     pub access_log_files: bool,
 
+    /// nginx remembers each login an `auth=basic` route accepted (in shared memory, until a
+    /// users list changes or 10 minutes pass), instead of checking its hash on every request.
+    /// Needs nginx's Lua module (Debian's `libnginx-mod-http-lua`, OpenResty) loaded.
+    #[arg(long, env = "AUTH_CACHE", global = true, value_parser = boolish("AUTH_CACHE", "--auth-cache"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub auth_cache: bool,
+
     /// Branded error pages: `404.html`, `429.html`, `502.html`, `503.html`, `504.html`.
     #[arg(long, env = "ERROR_PAGES_DIR", global = true)]
     pub error_pages_dir: Option<PathBuf>,

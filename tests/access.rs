@@ -527,6 +527,108 @@ fn the_agent_copies_users_files_for_nginx_follows_their_edits_and_leaves_out_an_
     assert!(!agent.log().contains("carol-pw"), "the clear password is never logged");
 }
 
+/// `AUTH_CACHE`: nginx (with its Lua module) checks a login's hash once and then remembers it.
+/// Shown by what only a remembered login survives: the htpasswd copy nginx reads, emptied behind
+/// the agent's back, still lets alice in but no longer carol (valid, never used). A wrong password
+/// is never remembered, nor one a rate limit refused before auth_basic checked it; an edited
+/// users-file is a new generation, so a removed user is out once the agent has applied it.
+#[test]
+fn auth_cache_remembers_only_checked_logins_and_forgets_them_when_the_users_change() {
+    let (app, _) = app();
+    let dir = tempfile::tempdir().unwrap();
+    let team = dir.path().join("team.htpasswd");
+    write_file(&team, &format!("{}\n{}\n", hashed("2y", "alice", "alice-pw"), hashed("6", "carol", "carol-pw")));
+    let routes = dir.path().join("routes.json");
+    let config = serde_json::json!({
+        "services": [{ "name": "app", "host": "127.0.0.1", "port": app.port() }],
+        "domains": [
+            { "name": "team.test", "service": "app", "auth": "basic", "auth.users-file": team.to_str().unwrap(),
+              "auth.bypass": "/public/" },
+            { "name": "limited.test", "service": "app", "auth": "basic", "auth.users": [hashed("2y", "bob", "bob-pw")],
+              "rate": "1r/m", "rate.burst": 0, "rate.key": "header:X-Key" },
+            { "name": "open.test", "service": "app" },
+        ],
+    });
+    std::fs::write(&routes, config.to_string()).unwrap();
+    let agent =
+        Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", routes.to_str().unwrap()), ("AUTH_CACHE", "true")]);
+    agent.wait_for_status("open.test", 200, Some("app /"));
+    let port = agent.port;
+    let config = std::fs::read_to_string(agent.path("conf.d/default.conf")).unwrap();
+    assert!(config.contains("init_by_lua_block"), "{config}");
+    let login =
+        |host: &str, user: &str, password: &str| get(port, host, "/", &[("Authorization", &basic(user, password))]);
+
+    let asked = get(port, "team.test", "/", &[]);
+    assert_eq!(asked.status, 401);
+    assert_eq!(asked.header("WWW-Authenticate"), Some("Basic realm=\"team.test\""));
+    assert_eq!(login("team.test", "alice", "wrong").status, 401);
+    assert_eq!(login("team.test", "alice", "alice-pw").status, 200, "checked, then remembered");
+    assert_eq!(login("team.test", "alice", "alice-pw").body, "app / user=none groups=none secret=none");
+    assert_eq!(login("team.test", "alice", "wrong").status, 401, "a wrong password is never remembered");
+    assert_eq!(get(port, "team.test", "/public/x", &[]).status, 200, "the bypass path needs no login");
+
+    // The copy nginx reads, emptied (the agent does not watch its own copies): only the
+    // remembered login still passes.
+    let auth_dir = agent.path("conf.d/smart-proxy-htpasswd");
+    let copy = std::fs::read_dir(&auth_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).unwrap().contains("carol:"))
+        .expect("the users-file's copy");
+    std::fs::write(&copy, "").unwrap();
+    assert_eq!(login("team.test", "alice", "alice-pw").status, 200, "alice's login is remembered");
+    assert_ne!(login("team.test", "carol", "carol-pw").status, 200, "carol's is checked against the empty copy");
+
+    // A request a rate limit refuses (before auth_basic) is not remembered: the same wrong
+    // password under another key is checked, and refused.
+    let with_key = |key: &str, password: &str| {
+        get(port, "limited.test", "/", &[("Authorization", &basic("bob", password)), ("X-Key", key)]).status
+    };
+    assert_eq!(with_key("k1", "wrong"), 401, "k1's one request, checked");
+    assert_eq!(with_key("k1", "wrong"), 429, "refused before the check");
+    assert_eq!(with_key("k2", "wrong"), 401, "still checked, never remembered");
+    assert_eq!(with_key("k3", "bob-pw"), 200);
+
+    // An edit of the users-file (alice out, dave in) is a new generation: a new config, applied as
+    // any other (nginx -t, swap, reload), in which alice's login is checked again, and refused.
+    write_file(&team, &format!("{}\n", hashed("2y", "dave", "dave-pw")));
+    agent.wait_for("dave in and alice out", Duration::from_secs(15), || {
+        login("team.test", "dave", "dave-pw").status == 200 && login("team.test", "alice", "alice-pw").status == 401
+    });
+    assert_eq!(agent.log().matches("config applied").count(), 2, "{}", agent.log());
+    let log = agent.log();
+    assert!(!log.contains("alice-pw") && !log.contains("$2y$"), "no password or hash is logged:\n{log}");
+    let errors = std::fs::read_to_string(agent.path("logs/nginx-error.log")).unwrap_or_default();
+    assert!(!errors.contains("[lua]") && !errors.contains("lua entry thread aborted"), "{errors}");
+}
+
+/// `AUTH_CACHE` where nginx has no Lua module: `nginx -t` refuses the config, so the basic-auth
+/// route is left out (never served without its check) saying what to install; every other route
+/// is served. (`on`, not `true`: the test harness loads the module only for `true`.)
+#[test]
+fn auth_cache_without_the_lua_module_leaves_out_only_the_basic_auth_routes() {
+    let (app, _) = app();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.json");
+    let config = serde_json::json!({
+        "services": [{ "name": "app", "host": "127.0.0.1", "port": app.port() }],
+        "domains": [
+            { "name": "team.test", "service": "app", "auth": "basic", "auth.users": [hashed("2y", "bob", "bob-pw")] },
+            { "name": "open.test", "service": "app" },
+        ],
+    });
+    std::fs::write(&routes, config.to_string()).unwrap();
+    let agent = Agent::start(&[("NO_DOCKER", "true"), ("CONFIG_FILE", routes.to_str().unwrap()), ("AUTH_CACHE", "on")]);
+    agent.wait_for_status("open.test", 200, Some("app /"));
+    let (_, routes_json) = agent.status_get("/routes");
+    let json: serde_json::Value = serde_json::from_str(&routes_json).unwrap();
+    let left = json["left_out"].as_array().unwrap().iter().find(|e| e["domain"] == "team.test").cloned();
+    let reason = left.unwrap_or_else(|| panic!("team.test is not left out: {json}"))["reason"].to_string();
+    assert!(reason.contains("AUTH_CACHE needs nginx's Lua module"), "{reason}");
+    assert_ne!(get(agent.port, "team.test", "/", &[("Authorization", &basic("bob", "bob-pw"))]).status, 200);
+}
+
 /// The companion setup: the htpasswd files reach nginx's own container on the volume it shares
 /// with the agent (beside the config), and the test script, run there by `docker exec`, gives
 /// them to its workers' group (`user www-data;` in the test image): the login works through it.

@@ -145,6 +145,38 @@ fn http2_directive_follows_the_nginx_version() {
     assert!(new.contains("listen 443 ssl;\n    listen [::]:443 ssl;\n    http2 on;") && !new.contains("ssl http2"));
 }
 
+/// `AUTH_CACHE`: the Lua functions once in the http context; in a basic-auth location the realm
+/// set before the strip-prefix rewrite (whose `break` would skip it), and the log phase's call; a
+/// bypass location checks nothing; a route without basic auth is as without the cache.
+#[test]
+fn auth_cache() {
+    let admin = container(
+        "admin",
+        [172, 20, 0, 9],
+        &[
+            ("smart-proxy.domains", "admin.example.com"),
+            ("smart-proxy.path", "/admin/"),
+            ("smart-proxy.strip-prefix", "true"),
+            ("smart-proxy.auth", "basic"),
+            ("smart-proxy.auth.users", "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/"),
+            ("smart-proxy.auth.bypass", "/admin/public/"),
+            ("smart-proxy.rate", "600r/m"),
+        ],
+    );
+    let open = container("open", [172, 20, 0, 10], &[("smart-proxy.domains", "open.example.com")]);
+    let table = label_table(&[admin, open]);
+    let sandbox = NginxSandbox::new();
+    let settings =
+        smart_proxy::render::RenderSettings { auth_cache: Some("0123456789abcdef".into()), ..sandbox.settings(true) };
+    let config = sandbox.render_and_test_with(&table, settings);
+    insta::assert_snapshot!("auth_cache", stable(&config, &sandbox));
+    assert_eq!(config.matches("init_by_lua_block").count(), 1, "{config}");
+    assert_eq!(config.matches("log_by_lua_block").count(), 1, "{config}");
+    let realm = config.find("set_by_lua_block $smartproxy_auth_realm").expect("the realm");
+    let rewrite = config.find("rewrite ^/admin").expect("the strip-prefix rewrite");
+    assert!(realm < rewrite, "{config}");
+}
+
 #[test]
 fn policies() {
     let files = container(

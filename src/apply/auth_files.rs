@@ -16,6 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::write_atomic;
+use crate::render::RenderSettings;
 use crate::routes::access::{AuthMethod, BasicUsers, Users};
 use crate::routes::{Diagnostic, DomainName, RouteTable};
 
@@ -57,6 +58,25 @@ impl AuthFiles {
             }
         }
         out
+    }
+
+    /// A digest of every users list (names and contents), for [`RenderSettings::auth_cache`]:
+    /// the logins nginx remembers are keyed by it, so an edited list is a new config and no login
+    /// accepted against the old one is taken again.
+    pub fn generation(&self) -> String {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for (name, text) in &self.files {
+            for part in [name.as_bytes(), b"\n", text.as_bytes(), b"\0"] {
+                context.update(part);
+            }
+        }
+        context.finish().as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// `settings` with the generation of these users lists, when `AUTH_CACHE` is on.
+    pub fn settings(&self, settings: &RenderSettings) -> Option<RenderSettings> {
+        settings.auth_cache.as_ref()?;
+        Some(RenderSettings { auth_cache: Some(self.generation()), ..settings.clone() })
     }
 
     /// Writes every file whose contents differ from what `dir` holds (creating `dir`, 0750);
@@ -182,6 +202,29 @@ mod tests {
         let left: Vec<String> =
             std::fs::read_dir(&auth_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(left.len(), 2, "the copy and a file not ours: {left:?}");
+    }
+
+    /// `AUTH_CACHE`'s generation names every users list's contents: an edited users-file (same
+    /// path, same copy's name) is a new generation, so a new config; the same lists, the same one.
+    #[test]
+    fn the_generation_follows_the_users_lists_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let users_file = dir.path().join("team.htpasswd");
+        std::fs::write(&users_file, format!("bob:{BCRYPT}\n")).unwrap();
+        let file = BasicUsers::File(UsersFile::parse(users_file.to_str().unwrap()).unwrap());
+        let table = table(&[("b.test", file)]);
+        let first = AuthFiles::of(&table).generation();
+        assert_eq!(first.len(), 16);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+        assert_eq!(AuthFiles::of(&table).generation(), first);
+        std::fs::write(&users_file, format!("carol:{BCRYPT}\n")).unwrap();
+        assert_ne!(AuthFiles::of(&table).generation(), first);
+
+        let settings = crate::render::tests::test_settings(false);
+        assert!(AuthFiles::of(&table).settings(&settings).is_none(), "AUTH_CACHE off: no generation");
+        let on = RenderSettings { auth_cache: Some(String::new()), ..settings };
+        let with = AuthFiles::of(&table).settings(&on).unwrap();
+        assert_eq!(with.auth_cache, Some(AuthFiles::of(&table).generation()));
     }
 
     #[test]

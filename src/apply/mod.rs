@@ -130,6 +130,8 @@ impl Applier {
         // The htpasswd files first: nginx reads them per request, and a users-file's contents
         // may change while the config stays the same.
         let auth = AuthFiles::of(table);
+        let cached = auth.settings(settings);
+        let settings = cached.as_ref().unwrap_or(settings);
         let auth_dir = settings.auth_dir.as_path();
         let auth_files =
             auth.write(auth_dir).map_err(|source| ApplyError::Write { path: auth_dir.to_path_buf(), source })?;
@@ -214,7 +216,16 @@ impl Applier {
             for (domain, reason) in culprits {
                 let sources = sources_of(&current, &domain);
                 current = current.without_site(&domain);
-                let reason = format!("nginx -t fails with it: {}", first_error_line(&reason));
+                let line = first_error_line(&reason);
+                let reason =
+                    if settings.auth_cache.is_some() && line.contains("unknown directive \"init_by_lua_block\"") {
+                        format!(
+                            "AUTH_CACHE needs nginx's Lua module, which this nginx has not loaded (Debian: install \
+                         libnginx-mod-http-lua; or use OpenResty), so this basic-auth route is left out: {line}"
+                        )
+                    } else {
+                        format!("nginx -t fails with it: {line}")
+                    };
                 dropped.push(Dropped { domain, sources, reason });
             }
             let started = Instant::now();

@@ -294,6 +294,8 @@ impl Layout {
             },
             insight_log: None,
             insight_from_access_logs: false,
+            // A follower's nginx may not have the Lua module the cache needs.
+            auth_cache: None,
             ..agent.clone()
         })
     }
@@ -379,6 +381,7 @@ mod tests {
             backend_ca: crate::render::ConfigPath::parse("BACKEND_CA", std::path::Path::new(crate::render::BACKEND_CA))
                 .unwrap(),
             insight_from_access_logs: false,
+            auth_cache: None,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
             ipv6: false,

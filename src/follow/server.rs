@@ -475,6 +475,7 @@ mod tests {
             backend_ca: crate::render::ConfigPath::parse("BACKEND_CA", std::path::Path::new(crate::render::BACKEND_CA))
                 .unwrap(),
             insight_from_access_logs: false,
+            auth_cache: None,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
             ipv6: false,

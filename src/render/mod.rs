@@ -159,6 +159,11 @@ pub struct RenderSettings {
     /// request, not two: set by the agent when it sees `log_dir` as nginx does (nginx is its
     /// child). Only where those files are held open ([`Renderer::insight_access_logs`]).
     pub insight_from_access_logs: bool,
+    /// `AUTH_CACHE`: nginx remembers the basic-auth logins it accepted (Lua shared memory), keyed
+    /// by this generation, a digest of every users list (`AuthFiles::generation` in `apply`):
+    /// a changed list changes the config, so no login accepted against an old list is taken.
+    /// `None`: off.
+    pub auth_cache: Option<String>,
 }
 
 /// The file nginx appends access-log lines to for the agent, beside the rendered config (on the
@@ -371,6 +376,13 @@ impl Renderer {
                 && settings.insight_log.is_some()
                 && settings.insight_from_access_logs,
             redirect_format: if redirect { "logger-json-redirect" } else { "logger-json" },
+            auth_cache: settings.auth_cache.is_some()
+                && self.custom.as_ref().is_none_or(|s| s.contains("auth_cache") && s.contains("auth.cache"))
+                && table
+                    .sites
+                    .iter()
+                    .flat_map(|s| &s.locations)
+                    .any(|l| matches!(l.policy.auth.as_ref().map(|a| &a.method), Some(AuthMethod::Basic(_)))),
         }
     }
 
@@ -576,6 +588,9 @@ struct Context<'a> {
     /// Some header value or auth URL holds a `$`: the config defines `$smartproxy_dollar` as a
     /// literal `$`.
     dollar: bool,
+    /// `AUTH_CACHE` with a basic-auth route: the generation of the users lists (hex), in the keys
+    /// of the logins nginx remembers; the template defines the Lua functions that remember them.
+    auth_cache: Option<String>,
     /// The `listen` addresses of the HTTP servers (`80`, `[::]:80`; with ` proxy_protocol`).
     listen_http: Vec<String>,
     /// The same for HTTPS.
@@ -899,6 +914,9 @@ fields! {
     struct AuthCtx {
         /// Basic: the htpasswd file (`auth_basic_user_file`).
         basic_file: Option<String>,
+        /// Basic with `AUTH_CACHE`: the users list's name in the keys of the logins nginx
+        /// remembers (`set_by_lua_block` before any `rewrite`; see the built-in template).
+        cache: Option<String>,
         /// Forward: the internal location the `auth_request` goes to (`/.smart-proxy/auth/<n>`).
         check: Option<String>,
         /// Forward: the auth service's URL as one nginx string.
@@ -940,6 +958,8 @@ struct At<'a> {
     /// The location's number in its site, from 1.
     index: usize,
     auth_dir: &'a ConfigPath,
+    /// Basic auth remembers accepted logins (`AUTH_CACHE`, see [`Logs::auth_cache`]).
+    auth_cache: bool,
 }
 
 /// The rate zone of a location, named after its domain, path and key: nginx keeps a zone's counts
@@ -962,6 +982,7 @@ impl AuthCtx {
     fn of(auth: &Auth, at: &At) -> Self {
         let mut ctx = AuthCtx {
             basic_file: None,
+            cache: None,
             check: None,
             url: None,
             signin: None,
@@ -971,6 +992,7 @@ impl AuthCtx {
         match &auth.method {
             AuthMethod::Basic(users) => {
                 ctx.basic_file = Some(format!("{}/{}", at.auth_dir.0, users.file_name()));
+                ctx.cache = at.auth_cache.then(|| users.file_name());
             }
             AuthMethod::Forward(forward) => {
                 ctx.check = Some(format!("/.smart-proxy/auth/{}", at.index));
@@ -1075,6 +1097,13 @@ impl PolicyCtx {
         }
         let Some(auth) = &self.auth else { return out };
         match (&auth.basic_file, &auth.check) {
+            (Some(file), _) if auth.cache.is_some() => {
+                // The realm, or `off` for a login accepted before: the template's
+                // `set_by_lua_block` sets it, the log phase remembers a login nginx accepted.
+                line(format_args!("        auth_basic $smartproxy_auth_realm;"));
+                line(format_args!("        auth_basic_user_file {file};"));
+                line(format_args!("        log_by_lua_block {{ smartproxy_auth_log() }}"));
+            }
             (Some(file), _) => {
                 line(format_args!("        auth_basic \"{domain}\";"));
                 line(format_args!("        auth_basic_user_file {file};"));
@@ -1102,11 +1131,12 @@ impl PolicyCtx {
             line(format_args!("        # auth.bypass: no auth here; the route's other policies apply."));
             line(format_args!("        location {b} {{"));
             line(format_args!("            {off}"));
-            if let Some(regex) = &self.strip_regex {
-                line(format_args!("            rewrite {regex} /$1 break;"));
-            }
+            // Before the rewrite, whose `break` ends the rewrite directives after it.
             if let Some(backend) = &loc.backend {
                 line(format_args!("            set $smartproxy_backend {backend};"));
+            }
+            if let Some(regex) = &self.strip_regex {
+                line(format_args!("            rewrite {regex} /$1 break;"));
             }
             line(format_args!("            {m}_pass {};", loc.pass));
             line(format_args!("        }}"));
@@ -1196,6 +1226,14 @@ impl<'a> Context<'a> {
             log_dir: &settings.log_dir,
             per_domain_error_logs: table.sites.len() <= settings.error_logs_max,
             resolver,
+            auth_cache: logs.auth_cache.then(|| {
+                let generation = settings.auth_cache.as_deref().unwrap_or_default();
+                if generation.is_empty() {
+                    "0".to_string()
+                } else {
+                    generation.to_string()
+                }
+            }),
             dollar: policies().any(|(_, l)| {
                 l.policy
                     .request_headers
@@ -1340,6 +1378,7 @@ impl<'a> SiteCtxs<'a> {
                             path: l.path.as_str(),
                             index: i + 1,
                             auth_dir: &settings.auth_dir,
+                            auth_cache: self.logs.auth_cache,
                         };
                         let mut policy = PolicyCtx::of(&l.policy, &at);
                         policy.directives = policy.write_directives(&ctx, &domain, hsts, &self.error_pages_in_location);
@@ -1363,6 +1402,9 @@ struct Logs {
     insight_from_files: bool,
     /// The format of the server that redirects to HTTPS.
     redirect_format: &'static str,
+    /// Not a log, but chosen the same way: `AUTH_CACHE` is on, some route has basic auth, and
+    /// the template defines the cache (the built-in one, or one that renders `auth_cache`).
+    auth_cache: bool,
 }
 
 /// A domain's JSON access log when nginx holds it open.
@@ -1481,11 +1523,11 @@ fn hash_sizes(table: &RouteTable) -> HashSizes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Settings with short paths, the agent's insight file on and a resolver.
-    fn test_settings(local: bool) -> RenderSettings {
+    pub(crate) fn test_settings(local: bool) -> RenderSettings {
         RenderSettings {
             local,
             http_port: 80,
@@ -1499,6 +1541,7 @@ mod tests {
             access_log_files: true,
             backend_ca: ConfigPath::parse("BACKEND_CA", std::path::Path::new(BACKEND_CA)).unwrap(),
             insight_from_access_logs: false,
+            auth_cache: None,
             nginx_version: NginxVersion::ASSUMED,
             resolver: vec!["127.0.0.11".parse().unwrap()],
             ipv6: true,
@@ -1585,6 +1628,59 @@ mod tests {
         assert_eq!(Renderer::builtin().fit(table).sites.len(), 2);
     }
 
+    /// A service given by host name is resolved per request through `$smartproxy_backend`: its
+    /// `set` comes before the strip-prefix `rewrite … break`, which ends the rewrite directives
+    /// after it (nginx then answered 500, "invalid URL prefix"), in a bypass location too.
+    #[test]
+    fn the_backend_is_set_before_the_strip_prefix_rewrite() {
+        use crate::routes::access::{Auth, BasicUsers, Users};
+        let mut table =
+            RouteTable::build(vec![crate::sources::env::parse(Some("a.com:files"), Some("files:files.internal:8080"))]);
+        let location = &mut table.sites[0].locations[0];
+        location.path = crate::routes::PathPrefix::parse("/api/").unwrap();
+        location.policy.strip_prefix = Some(true);
+        let users = Users::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap();
+        let bypass = vec![crate::routes::PathPrefix::parse("/api/public/").unwrap()];
+        location.policy.auth = Some(Auth { method: AuthMethod::Basic(BasicUsers::Inline(users)), bypass });
+        let out = Renderer::builtin().render(&table, &test_settings(true)).unwrap();
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        let at = |prefix: &str| -> Vec<usize> {
+            lines.iter().enumerate().filter(|(_, l)| l.starts_with(prefix)).map(|(i, _)| i).collect()
+        };
+        let (sets, rewrites) = (at("set $smartproxy_backend "), at("rewrite ^/api"));
+        assert_eq!((sets.len(), rewrites.len()), (2, 2), "the route and its bypass location:\n{out}");
+        assert!(sets[0] < rewrites[0] && sets[1] < rewrites[1], "{out}");
+    }
+
+    /// `AUTH_CACHE` reaches a custom template's `directives` only when it defines the cache (it
+    /// mentions `auth_cache` and `auth.cache`): otherwise its basic auth checks every request.
+    #[test]
+    fn a_custom_template_without_the_cache_checks_every_login() {
+        use crate::routes::access::{Auth, BasicUsers, Users};
+        let mut table = RouteTable::build(vec![crate::sources::env::parse(Some("a.com"), None)]);
+        let users = Users::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap();
+        let auth = Auth { method: AuthMethod::Basic(BasicUsers::Inline(users)), bypass: vec![] };
+        table.sites[0].locations[0].policy.auth = Some(auth);
+        let settings = RenderSettings { auth_cache: Some("ab".into()), ..test_settings(true) };
+        let loops = "{% for site in sites %}{% for loc in site.locations %}{{ loc.policy.directives }}\n\
+                     {{ loc.policy.auth.cache }}{% endfor %}{% endfor %}";
+        let old = Renderer::from_source("old.j2".into(), loops.replace("{{ loc.policy.auth.cache }}", "")).unwrap();
+        let out = old.render(&table, &settings).unwrap();
+        assert!(out.contains("auth_basic \"a.com\";") && !out.contains("lua"), "{out}");
+        let new = Renderer::from_source("new.j2".into(), format!("{{{{ auth_cache }}}}\n{loops}")).unwrap();
+        let out = new.render(&table, &settings).unwrap();
+        assert!(out.starts_with("ab\n"), "{out}");
+        assert!(out.contains("auth_basic $smartproxy_auth_realm;") && out.contains("smartproxy_auth_log()"), "{out}");
+        assert!(
+            out.ends_with(
+                &BasicUsers::Inline(Users::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap()).file_name()
+            ),
+            "{out}"
+        );
+        let builtin = Renderer::builtin().render(&table, &RenderSettings { auth_cache: None, ..settings }).unwrap();
+        assert!(!builtin.contains("lua"), "off: no Lua");
+    }
+
     /// A custom template sees every field of a site, a location, a policy and its auth, in their
     /// declared order, as it saw the serialized structs: the contexts are objects now
     /// (`converted!`, `fields!`), which enumerate their fields themselves.
@@ -1612,12 +1708,12 @@ mod tests {
              path,upstream,backend,module,pass,tls,fastcgi_root,allow,policy\n\
              strip_regex,max_body,timeout,buffering,request_headers,response_headers,adds_headers,error_pages,rate,\
              auth,directives\n\
-             11 basic_file,check,url,signin,headers,bypass 60s True None True a.com /\n\
+             11 basic_file,cache,check,url,signin,headers,bypass 60s True None True a.com /\n\
              {}|{}|{}|{}|",
             "True".repeat(11),
             "True".repeat(9),
             "True".repeat(11),
-            "True".repeat(6)
+            "True".repeat(7)
             )
         );
     }

@@ -102,7 +102,8 @@ impl Agent {
         std::fs::write(
             conf_dir.join("nginx.conf"),
             format!(
-                "pid {pid};\nerror_log {err} {level};\nworker_processes 1;\nevents {{ worker_connections {connections}; }}\nhttp {{\n    access_log off;\n    include {confd}/*.conf;\n}}\n",
+                "{modules}pid {pid};\nerror_log {err} {level};\nworker_processes 1;\nevents {{ worker_connections {connections}; }}\nhttp {{\n    access_log off;\n    include {confd}/*.conf;\n}}\n",
+                modules = if env.contains(&("AUTH_CACHE", "true")) { super::lua_modules() } else { String::new() },
                 pid = p("nginx.pid").display(),
                 err = p("logs/nginx-error.log").display(),
                 level = prefix.error_log_level,

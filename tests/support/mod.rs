@@ -58,6 +58,21 @@ pub fn nginx_version() -> NginxVersion {
     smart_proxy::config::detect_nginx_version(&nginx_bin())
 }
 
+/// The `load_module` lines of nginx's Lua module (`AUTH_CACHE`), Debian's `libnginx-mod-http-lua`
+/// (`.ci/run` installs it), for a main config of the tests' own; panics naming the package when it
+/// is missing.
+pub fn lua_modules() -> String {
+    let dir = Path::new("/usr/lib/nginx/modules");
+    let modules = ["ndk_http_module.so", "ngx_http_lua_module.so"];
+    let mut lines = String::new();
+    for module in modules {
+        let path = dir.join(module);
+        assert!(path.exists(), "{} is missing: install Debian's libnginx-mod-http-lua (.ci/run does)", path.display());
+        lines.push_str(&format!("load_module {};\n", path.display()));
+    }
+    lines
+}
+
 /// A scratch nginx prefix: certs, webroot and log directories, and a main `nginx.conf` that
 /// includes the rendered file in its http context (as `conf.d/*.conf` is in real setups).
 pub struct NginxSandbox {
@@ -102,6 +117,7 @@ impl NginxSandbox {
             )
             .unwrap(),
             insight_from_access_logs: false,
+            auth_cache: None,
         }
     }
 
@@ -117,10 +133,11 @@ impl NginxSandbox {
         let conf_d = self.path("conf.d/default.conf");
         std::fs::write(&conf_d, config).unwrap();
         let main = self.path("nginx.conf");
+        let modules = if config.contains("init_by_lua_block") { lua_modules() } else { String::new() };
         std::fs::write(
             &main,
             format!(
-                "pid {pid};\nerror_log stderr;\nevents {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    include {conf};\n}}\n",
+                "{modules}pid {pid};\nerror_log stderr;\nevents {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    include {conf};\n}}\n",
                 pid = self.path("nginx.pid").display(),
                 conf = conf_d.display()
             ),
@@ -146,16 +163,21 @@ impl NginxSandbox {
 
     /// Renders `table` with the built-in template, writes placeholders, and `nginx -t`s it.
     pub fn render_and_test(&self, table: &RouteTable, local: bool) -> String {
+        self.render_and_test_with(table, self.settings(local))
+    }
+
+    /// [`NginxSandbox::render_and_test`] with these settings (the version tested is the real one).
+    pub fn render_and_test_with(&self, table: &RouteTable, settings: RenderSettings) -> String {
         let renderer = Renderer::builtin();
-        let tested = RenderSettings { nginx_version: nginx_version(), ..self.settings(local) };
+        let tested = RenderSettings { nginx_version: nginx_version(), ..settings.clone() };
         let config = renderer.render(table, &tested).expect("render");
-        if !local {
+        if !settings.local {
             self.placeholders(table);
         }
         if let Err(e) = self.test(&config) {
             panic!("nginx -t rejected the rendered config:\n{e}\n--- config ---\n{config}");
         }
-        renderer.render(table, &self.settings(local)).expect("render")
+        renderer.render(table, &settings).expect("render")
     }
 }
 
