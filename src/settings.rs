@@ -82,8 +82,8 @@ pub struct Settings {
     #[arg(long, env = "ACCESS_LOG_FILES", global = true, value_parser = boolish("ACCESS_LOG_FILES", "--access-log-files"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
     pub access_log_files: bool,
 
-    /// nginx remembers each login an `auth=basic` route accepted (in shared memory, until a
-    /// users list changes or 10 minutes pass), instead of checking its hash on every request.
+    /// Each nginx worker remembers the logins an `auth=basic` route accepted (until a changed
+    /// users list is applied, or 10 minutes pass), instead of checking a hash on every request.
     /// Needs nginx's Lua module (Debian's `libnginx-mod-http-lua`, OpenResty) loaded.
     #[arg(long, env = "AUTH_CACHE", global = true, value_parser = boolish("AUTH_CACHE", "--auth-cache"), action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub auth_cache: bool,

@@ -1105,7 +1105,9 @@ impl PolicyCtx {
                 line(format_args!("        log_by_lua_block {{ smartproxy_auth_log() }}"));
             }
             (Some(file), _) => {
-                line(format_args!("        auth_basic \"{domain}\";"));
+                // nginx reads the realm `off` as auth turned off: a domain named so gets `off.`.
+                let realm = if domain == "off" { "off." } else { domain };
+                line(format_args!("        auth_basic \"{realm}\";"));
                 line(format_args!("        auth_basic_user_file {file};"));
             }
             (None, check) => {
@@ -1679,6 +1681,19 @@ pub(crate) mod tests {
         );
         let builtin = Renderer::builtin().render(&table, &RenderSettings { auth_cache: None, ..settings }).unwrap();
         assert!(!builtin.contains("lua"), "off: no Lua");
+    }
+
+    /// nginx reads the realm `off` as basic auth turned off: a domain named `off` gets `off.`.
+    #[test]
+    fn a_domain_named_off_keeps_its_basic_auth() {
+        use crate::routes::access::{Auth, BasicUsers, Users};
+        let mut table = RouteTable::build(vec![crate::sources::env::parse(Some("off:app"), Some("app:10.0.0.1:80"))]);
+        assert_eq!(table.sites.len(), 1, "{:?}", table.diagnostics);
+        let users = Users::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap();
+        let auth = Auth { method: AuthMethod::Basic(BasicUsers::Inline(users)), bypass: vec![] };
+        table.sites[0].locations[0].policy.auth = Some(auth);
+        let out = Renderer::builtin().render(&table, &test_settings(true)).unwrap();
+        assert!(out.contains("auth_basic \"off.\";") && !out.contains("auth_basic \"off\";"), "{out}");
     }
 
     /// A custom template sees every field of a site, a location, a policy and its auth, in their

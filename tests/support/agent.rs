@@ -103,6 +103,7 @@ impl Agent {
             conf_dir.join("nginx.conf"),
             format!(
                 "{modules}pid {pid};\nerror_log {err} {level};\nworker_processes 1;\nevents {{ worker_connections {connections}; }}\nhttp {{\n    access_log off;\n    include {confd}/*.conf;\n}}\n",
+                // Only for `true`: a test of `AUTH_CACHE` without the module sets `on`.
                 modules = if env.contains(&("AUTH_CACHE", "true")) { super::lua_modules() } else { String::new() },
                 pid = p("nginx.pid").display(),
                 err = p("logs/nginx-error.log").display(),
