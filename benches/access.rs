@@ -15,9 +15,9 @@
 //! (nginx's Lua module loaded: Debian's `libnginx-mod-http-lua`): its `plain` and each `basic`
 //! route, whose login nginx checks once and then remembers, are measured in the same rounds.
 //!
-//! `wrk -t1 -c32` runs on each route for `SECONDS`, the routes alternating, `ROUNDS` times; the
-//! median requests per second of each route and its ratio to `plain` are printed, with the
-//! responses that were not 2xx (there must be none). `BENCH_QUICK=1`: one short round (a smoke
+//! `wrk -t1 -c32` runs on each route for 3 s, the routes alternating, `BENCH_ROUNDS` times (5);
+//! the median requests per second of each route, the median (and range) of its ratio to `plain`
+//! in the same round, and the responses that were not 2xx (there must be none) are printed. `BENCH_QUICK=1`: one short round (a smoke
 //! run). Run with `cargo bench --bench access` (needs nginx and wrk: `.ci/run` installs them).
 
 use std::process::{Child, Command, Stdio};
@@ -178,7 +178,8 @@ fn median(values: &mut [f64]) -> f64 {
 fn main() {
     // cargo bench passes `--bench`; anything else (a filter) is ignored.
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    let (rounds, seconds) = if quick { (1, 1) } else { (5, 3) };
+    let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let (rounds, seconds) = if quick { (1, 1) } else { (rounds, 3) };
     let (_nginx, mut routes) = start_nginx(free_port(), free_port(), false);
     let (_cached, more) = start_nginx(free_port(), free_port(), true);
     routes.extend(more);
@@ -199,14 +200,36 @@ fn main() {
             failed[r] += bad;
         }
     }
+    // Each round's ratio to a plain route of the same round (the machine's speed drifts between
+    // rounds, not within one): the median of those, and its range. Against the first nginx's plain
+    // route, and against the plain route of the route's own nginx (the same config without auth).
+    let of_plain = |i: usize, base: usize| -> Vec<f64> { rps[i].iter().zip(&rps[base]).map(|(v, p)| v / p).collect() };
+    let own_plain = |i: usize| {
+        if routes[i].port == routes[0].port {
+            0
+        } else {
+            routes.iter().position(|r| r.port == routes[i].port).unwrap()
+        }
+    };
+    let ratios: Vec<Vec<f64>> = (0..routes.len()).map(|i| of_plain(i, 0)).collect();
+    let own: Vec<f64> = (0..routes.len()).map(|i| median(&mut of_plain(i, own_plain(i)))).collect();
     let medians: Vec<f64> = rps.iter_mut().map(|v| median(v)).collect();
     println!("auth and rate through nginx ({rounds} rounds of {seconds} s per route, wrk -t1 -c32, nginx 1 worker)");
-    println!("{:<38} {:>12} {:>9} {:>8}  bar (>= 0.90 of plain)", "route", "median req/s", "vs plain", "non-2xx");
-    println!("{:<38} {:>12.0} {:>9.3} {:>8}", routes[0].name, medians[0], 1.0, failed[0]);
+    println!(
+        "{:<38} {:>12} {:>9} {:>13} {:>12} {:>8}  bar (>= 0.90 of its plain)",
+        "route", "median req/s", "vs plain", "(range)", "vs its plain", "non-2xx"
+    );
+    println!("{:<38} {:>12.0} {:>9.3} {:>13} {:>12.3} {:>8}", routes[0].name, medians[0], 1.0, "", 1.0, failed[0]);
     for (i, route) in routes.iter().enumerate().skip(1) {
-        let ratio = medians[i] / medians[0];
-        let bar = if ratio >= 0.90 { "met" } else { "not met" };
-        println!("{:<38} {:>12.0} {:>9.3} {:>8}  {bar}", route.name, medians[i], ratio, failed[i]);
+        let mut of_round = ratios[i].clone();
+        let (low, high) = of_round.iter().fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        let ratio = median(&mut of_round);
+        let bar = if own[i] >= 0.90 { "met" } else { "not met" };
+        let range = format!("{low:.3}-{high:.3}");
+        println!(
+            "{:<38} {:>12.0} {:>9.3} {:>13} {:>12.3} {:>8}  {bar}",
+            route.name, medians[i], ratio, range, own[i], failed[i]
+        );
     }
     println!(
         "basic auth costs what its hash costs: nginx verifies the password on every request, without a cache \
