@@ -60,9 +60,9 @@ impl AuthFiles {
         out
     }
 
-    /// A digest of every users list (names and contents), for [`RenderSettings::auth_cache`]:
-    /// the logins nginx remembers are keyed by it, so an edited list is a new config and no login
-    /// accepted against the old one is taken again.
+    /// A digest of every users list (names and contents), for [`RenderSettings::auth_cache`]: in
+    /// the config, it makes an edited list a new config, whose reload forgets every login nginx
+    /// remembered.
     pub fn generation(&self) -> String {
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         for (name, text) in &self.files {

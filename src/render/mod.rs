@@ -159,10 +159,10 @@ pub struct RenderSettings {
     /// request, not two: set by the agent when it sees `log_dir` as nginx does (nginx is its
     /// child). Only where those files are held open ([`Renderer::insight_access_logs`]).
     pub insight_from_access_logs: bool,
-    /// `AUTH_CACHE`: nginx remembers the basic-auth logins it accepted (Lua shared memory), keyed
-    /// by this generation, a digest of every users list (`AuthFiles::generation` in `apply`):
-    /// a changed list changes the config, so no login accepted against an old list is taken.
-    /// `None`: off.
+    /// `AUTH_CACHE`: each nginx worker remembers the basic-auth logins it accepted (in its Lua
+    /// state, made anew by every reload). This generation, a digest of every users list
+    /// (`AuthFiles::generation` in `apply`), is written into the config, so a changed list is a
+    /// new config and a reload: no login accepted against an old list is taken. `None`: off.
     pub auth_cache: Option<String>,
 }
 
@@ -588,8 +588,8 @@ struct Context<'a> {
     /// Some header value or auth URL holds a `$`: the config defines `$smartproxy_dollar` as a
     /// literal `$`.
     dollar: bool,
-    /// `AUTH_CACHE` with a basic-auth route: the generation of the users lists (hex), in the keys
-    /// of the logins nginx remembers; the template defines the Lua functions that remember them.
+    /// `AUTH_CACHE` with a basic-auth route: the generation of the users lists (hex), written into
+    /// the config (a changed list, a new config); the template defines the Lua functions.
     auth_cache: Option<String>,
     /// The `listen` addresses of the HTTP servers (`80`, `[::]:80`; with ` proxy_protocol`).
     listen_http: Vec<String>,
