@@ -547,6 +547,8 @@ fn auth_cache_remembers_only_checked_logins_and_forgets_them_when_the_users_chan
             { "name": "limited.test", "service": "app", "auth": "basic", "auth.users": [hashed("2y", "bob", "bob-pw")],
               "rate": "1r/m", "rate.burst": 0, "rate.key": "header:X-Key" },
             { "name": "open.test", "service": "app" },
+            // nginx reads the realm `off` as no auth.
+            { "name": "off", "service": "app", "auth": "basic", "auth.users": [hashed("2y", "bob", "bob-pw")] },
         ],
     });
     std::fs::write(&routes, config.to_string()).unwrap();
@@ -559,6 +561,9 @@ fn auth_cache_remembers_only_checked_logins_and_forgets_them_when_the_users_chan
     let login =
         |host: &str, user: &str, password: &str| get(port, host, "/", &[("Authorization", &basic(user, password))]);
 
+    let off = get(port, "off", "/", &[]);
+    assert_eq!((off.status, off.header("WWW-Authenticate")), (401, Some("Basic realm=\"off.\"")), "{}", off.head);
+    assert_eq!(login("off", "bob", "bob-pw").status, 200);
     let asked = get(port, "team.test", "/", &[]);
     assert_eq!(asked.status, 401);
     assert_eq!(asked.header("WWW-Authenticate"), Some("Basic realm=\"team.test\""));
