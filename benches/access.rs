@@ -17,8 +17,8 @@
 //!
 //! `wrk -t1 -c32` runs on each route for 3 s, the routes alternating, `BENCH_ROUNDS` times (5);
 //! the median requests per second of each route, the median (and range) of its ratio to `plain`
-//! in the same round, and the responses that were not 2xx (there must be none) are printed. `BENCH_QUICK=1`: one short round (a smoke
-//! run). Run with `cargo bench --bench access` (needs nginx and wrk: `.ci/run` installs them).
+//! in the same round, and the responses that were not 2xx (there must be none) are printed.
+//! `BENCH_QUICK=1`: one short round (a smoke run). Run with `cargo bench --bench access` (needs nginx and wrk: `.ci/run` installs them).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -204,13 +204,8 @@ fn main() {
     // rounds, not within one): the median of those, and its range. Against the first nginx's plain
     // route, and against the plain route of the route's own nginx (the same config without auth).
     let of_plain = |i: usize, base: usize| -> Vec<f64> { rps[i].iter().zip(&rps[base]).map(|(v, p)| v / p).collect() };
-    let own_plain = |i: usize| {
-        if routes[i].port == routes[0].port {
-            0
-        } else {
-            routes.iter().position(|r| r.port == routes[i].port).unwrap()
-        }
-    };
+    // Each nginx's routes start with its plain route.
+    let own_plain = |i: usize| routes.iter().position(|r| r.port == routes[i].port).unwrap_or(0);
     let ratios: Vec<Vec<f64>> = (0..routes.len()).map(|i| of_plain(i, 0)).collect();
     let own: Vec<f64> = (0..routes.len()).map(|i| median(&mut of_plain(i, own_plain(i)))).collect();
     let medians: Vec<f64> = rps.iter_mut().map(|v| median(v)).collect();
